@@ -1,0 +1,528 @@
+"""Checksum manifests of releases, coreutils `md5sum`/`sha256sum` line files, and verification.
+
+A manifest (`checksums/<release>.json`) lists digests per stage: `meta_original` (Meta's files),
+`hf_base` (the pinned HF conversion the XOR was made against) and `decoded` (the fine-tuned
+result). A line file holds one stage without saying which, so it applies to whichever is asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ._atomic import AtomicFile
+from ._progress import byte_bar
+from .constants import ALGORITHMS, CHUNK_SIZE, HEX_LENGTH, MANIFEST_FORMAT, STAGES, TEMP_PREFIX
+from .errors import FormatError, InputError, MissingFileError, UnknownReleaseError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """Published facts about one file: any of md5, sha256 and size."""
+
+    md5: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+
+    def algorithms(self) -> tuple[str, ...]:
+        """The digest algorithms this entry has a value for."""
+        return tuple(a for a in ALGORITHMS if getattr(self, a))
+
+    def get(self, algorithm: str) -> str | None:
+        return getattr(self, algorithm) if algorithm in ALGORITHMS else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in (("md5", self.md5), ("sha256", self.sha256), ("size", self.size)) if v}
+
+
+@dataclass(frozen=True)
+class ChecksumManifest:
+    """Digests of a release by stage, with where they came from."""
+
+    release: str
+    stages: Mapping[str, Mapping[str, FileDigest]]
+    repo_id: str | None = None
+    description: str = ""
+    sources: Mapping[str, str] = field(default_factory=dict)
+    caveats: tuple[str, ...] = ()
+    needs: Mapping[str, str] = field(default_factory=dict)
+    raw_files: tuple[str, ...] = ()
+    unstaged: Mapping[str, FileDigest] | None = None
+    """Entries of a line file, which applies to any stage."""
+    path: str | None = None
+
+    def stage(self, name: str) -> Mapping[str, FileDigest]:
+        """Entries of stage `name` (empty when the release publishes none)."""
+        if name not in STAGES:
+            raise InputError(f"unknown stage {name!r}; expected one of {', '.join(STAGES)}")
+        if self.unstaged is not None:
+            return self.unstaged
+        return self.stages.get(name, {})
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"format": MANIFEST_FORMAT, "release": self.release}
+        if self.repo_id:
+            doc["repo_id"] = self.repo_id
+        if self.description:
+            doc["description"] = self.description
+        if self.raw_files:
+            doc["raw_files"] = list(self.raw_files)
+        if self.needs:
+            doc["needs"] = dict(self.needs)
+        doc["stages"] = {
+            stage: {name: d.to_json() for name, d in sorted(files.items())}
+            for stage, files in self.stages.items()
+        }
+        if self.sources:
+            doc["sources"] = dict(self.sources)
+        if self.caveats:
+            doc["caveats"] = list(self.caveats)
+        return doc
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def manifests_dir() -> Path:
+    """Folder of the bundled manifests: inside the installed package, else the source tree's."""
+    bundled = Path(str(resources.files("xorweights"))) / "checksums"
+    if bundled.is_dir():
+        return bundled
+    # Running from a source checkout (editable install or tests): the top-level folder.
+    return Path(__file__).resolve().parent.parent / "checksums"
+
+
+def known_releases() -> list[ChecksumManifest]:
+    """Every bundled release manifest, sorted by release name."""
+    return sorted((load_manifest_file(p) for p in manifests_dir().glob("*.json")), key=lambda m: m.release)
+
+
+def _check_hex(value: Any, algorithm: str, where: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(f"[0-9a-f]{{{HEX_LENGTH[algorithm]}}}", value.lower()):
+        raise FormatError(f"{where}: {algorithm} must be {HEX_LENGTH[algorithm]} hex digits, got {value!r}")
+    return value.lower()
+
+
+def _parse_entry(value: Any, where: str) -> FileDigest:
+    if not isinstance(value, dict):
+        raise FormatError(f"{where}: expected an object with md5/sha256/size")
+    unknown = set(value) - {"md5", "sha256", "size"}
+    if unknown:
+        raise FormatError(f"{where}: unknown keys {sorted(unknown)}")
+    size = value.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise FormatError(f"{where}: size must be a non-negative integer")
+    md5 = value.get("md5")
+    sha = value.get("sha256")
+    if md5 is None and sha is None:
+        raise FormatError(f"{where}: needs md5 or sha256")
+    return FileDigest(
+        md5=None if md5 is None else _check_hex(md5, "md5", where),
+        sha256=None if sha is None else _check_hex(sha, "sha256", where),
+        size=size,
+    )
+
+
+def _check_name(name: Any, where: str) -> str:
+    """Names in manifests are relative paths inside a folder; nothing may point outside it."""
+    if not isinstance(name, str) or not name or name.startswith(("/", "\\")) or "\x00" in name:
+        raise FormatError(f"{where}: bad file name {name!r}")
+    parts = re.split(r"[\\/]", name)
+    if any(p in ("", ".", "..") for p in parts) or re.match(r"^[A-Za-z]:", name):
+        raise FormatError(f"{where}: file name {name!r} must stay inside its folder")
+    return name
+
+
+def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
+    """Validate a decoded JSON manifest; raises `FormatError` naming `source` on any defect."""
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise FormatError(f'{source}: not a checksum manifest (expected "format": "{MANIFEST_FORMAT}")')
+    release = doc.get("release")
+    if not isinstance(release, str) or not release:
+        raise FormatError(f'{source}: missing "release"')
+    stages_doc = doc.get("stages", {})
+    if not isinstance(stages_doc, dict):
+        raise FormatError(f'{source}: "stages" must be an object')
+    stages: dict[str, dict[str, FileDigest]] = {}
+    for stage, files in stages_doc.items():
+        if stage not in STAGES:
+            raise FormatError(f"{source}: unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        if not isinstance(files, dict):
+            raise FormatError(f"{source}: stage {stage!r} must map file names to digests")
+        stages[stage] = {
+            _check_name(n, f"{source} [{stage}]"): _parse_entry(v, f"{source} [{stage}] {n}")
+            for n, v in files.items()
+        }
+
+    def _strs(key: str) -> tuple[str, ...]:
+        v = doc.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise FormatError(f'{source}: "{key}" must be a list of strings')
+        return tuple(v)
+
+    def _strmap(key: str) -> dict[str, str]:
+        v = doc.get(key, {})
+        if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+            raise FormatError(f'{source}: "{key}" must map names to strings')
+        return dict(v)
+
+    repo_id = doc.get("repo_id")
+    if repo_id is not None and not isinstance(repo_id, str):
+        raise FormatError(f'{source}: "repo_id" must be a string')
+    return ChecksumManifest(
+        release=release,
+        repo_id=repo_id,
+        description=str(doc.get("description", "")),
+        stages=stages,
+        sources=_strmap("sources"),
+        caveats=_strs("caveats"),
+        needs=_strmap("needs"),
+        raw_files=_strs("raw_files"),
+        path=source,
+    )
+
+
+def load_manifest_file(path: os.PathLike[str] | str) -> ChecksumManifest:
+    """Read a JSON manifest or a coreutils line file (told apart by content)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingFileError(f"checksum file not found: {path}", path=path) from None
+    except OSError as e:
+        raise InputError(f"cannot read checksum file {path}: {e.strerror}", path=path) from e
+    text = raw.decode("utf-8", errors="replace")
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})", path=path) from None
+        return parse_manifest(doc, str(path))
+    algorithm, entries = parse_sum_lines(text, source=str(path))
+    digests = {n: FileDigest(**{algorithm: h}) for n, h in entries.items()}
+    return ChecksumManifest(release=path.name, stages={}, unstaged=digests, path=str(path))
+
+
+def load_checksums(spec: os.PathLike[str] | str) -> ChecksumManifest:
+    """Resolve `--checksums`: a known release (name or repo id, `-xor` optional) or a file.
+
+    Raises:
+        `UnknownReleaseError`: `spec` is neither a file nor a known release.
+    """
+    if isinstance(spec, os.PathLike) or Path(spec).is_file():
+        return load_manifest_file(spec)
+    key = str(spec).strip().rstrip("/")
+    wanted = {key.lower(), key.lower().removesuffix("-xor"), key.split("/")[-1].lower().removesuffix("-xor")}
+    releases = known_releases()
+    for m in releases:
+        names = {m.release.lower()}
+        if m.repo_id:
+            names |= {m.repo_id.lower(), m.repo_id.split("/")[-1].lower().removesuffix("-xor")}
+        if names & wanted:
+            return m
+    raise UnknownReleaseError(
+        f"no checksum file or known release named {key!r}; known releases: "
+        + ", ".join(m.release for m in releases),
+        path=key,
+    )
+
+
+# --- coreutils line files -----------------------------------------------------------------------
+
+_LINE = re.compile(r"^(\\?)([0-9a-fA-F]+) [ *](.*)$")
+
+
+def _unescape(name: str) -> str:
+    out, i = [], 0
+    while i < len(name):
+        c = name[i]
+        if c == "\\" and i + 1 < len(name):
+            nxt = name[i + 1]
+            out.append({"n": "\n", "\\": "\\", "r": "\r"}.get(nxt, "\\" + nxt))
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def parse_sum_lines(text: str, *, source: str = "<text>") -> tuple[str, dict[str, str]]:
+    """Parse `md5sum`/`sha256sum` output (text or `*binary` mode, escaped names).
+
+    Returns:
+        `(algorithm, {name: hexdigest})`; the algorithm is told by the digest length.
+
+    Raises:
+        `FormatError`: a malformed line, mixed algorithms, or no entries.
+    """
+    entries: dict[str, str] = {}
+    algorithm: str | None = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if not m:
+            raise FormatError(f"{source}:{lineno}: not a '<digest>  <name>' line: {line[:80]!r}")
+        escaped, digest, name = m.groups()
+        algo = {32: "md5", 64: "sha256"}.get(len(digest))
+        if algo is None:
+            raise FormatError(
+                f"{source}:{lineno}: digest of {len(digest)} hex digits is neither md5 nor sha256"
+            )
+        if algorithm not in (None, algo):
+            raise FormatError(f"{source}:{lineno}: mixes {algorithm} and {algo} digests")
+        algorithm = algo
+        name = _unescape(name) if escaped else name
+        if name.startswith("./"):
+            name = name[2:]
+        entries[_check_name(name, f"{source}:{lineno}")] = digest.lower()
+    if algorithm is None:
+        raise FormatError(f"{source}: no checksum lines")
+    return algorithm, entries
+
+
+def format_sum_lines(entries: Mapping[str, str]) -> str:
+    """Render `{name: digest}` exactly as coreutils would, sorted by name."""
+    lines = []
+    for name, digest in sorted(entries.items()):
+        if "\\" in name or "\n" in name or "\r" in name:
+            esc = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+            lines.append(f"\\{digest}  {esc}\n")
+        else:
+            lines.append(f"{digest}  {name}\n")
+    return "".join(lines)
+
+
+# --- hashing and verification ------------------------------------------------------------------
+
+
+def hash_file(
+    path: os.PathLike[str] | str,
+    algorithms: Iterable[str],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    on_progress: Any = None,
+) -> dict[str, str]:
+    """Digests of a file, all algorithms in one read."""
+    hs = {a: hashlib.new(a) for a in algorithms}
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            for h in hs.values():
+                h.update(view[:n])
+            if on_progress is not None:
+                on_progress(n)
+    return {a: h.hexdigest() for a, h in hs.items()}
+
+
+def list_files(root: os.PathLike[str] | str) -> list[str]:
+    """Relative POSIX names of the regular files below `root`, skipping hidden ones and our temps."""
+    root = Path(root)
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if f.startswith(".") or f.startswith(TEMP_PREFIX):
+                continue
+            p = Path(dirpath, f)
+            if p.is_file():
+                names.append(p.relative_to(root).as_posix())
+    return sorted(names)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One file whose digest (or size) differs from the published value."""
+
+    name: str
+    algorithm: str
+    expected: str
+    actual: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of checking a folder against one stage of a manifest."""
+
+    folder: str
+    stage: str
+    release: str
+    checked: tuple[str, ...]
+    matched: tuple[str, ...]
+    mismatches: tuple[Mismatch, ...]
+    missing: tuple[str, ...]
+    extra: tuple[str, ...]
+    digests: Mapping[str, Mapping[str, str]]
+
+    @property
+    def ok(self) -> bool:
+        """True when every listed file is present and matches."""
+        return not self.mismatches and not self.missing and bool(self.checked)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "folder": self.folder,
+            "stage": self.stage,
+            "release": self.release,
+            "ok": self.ok,
+            "checked": list(self.checked),
+            "matched": list(self.matched),
+            "mismatches": [m.__dict__ for m in self.mismatches],
+            "missing": list(self.missing),
+            "extra": list(self.extra),
+            "digests": {k: dict(v) for k, v in self.digests.items()},
+        }
+
+
+def verify(
+    folder: os.PathLike[str] | str,
+    checksums: os.PathLike[str] | str | ChecksumManifest,
+    *,
+    stage: str = "decoded",
+    jobs: int | None = None,
+    progress: bool = False,
+) -> VerifyReport:
+    """Check every file a manifest stage lists against the files in `folder`.
+
+    Args:
+        folder: the folder holding the files.
+        checksums: a release name or repo id, a manifest or line file, or a loaded manifest.
+        stage: `decoded`, `hf_base` or `meta_original`.
+        jobs: files hashed at once (default: number of cores).
+        progress: show a byte progress bar on stderr.
+
+    Returns:
+        `VerifyReport`; its `ok` is false on any mismatch or missing file.
+
+    Raises:
+        `MissingFileError`: `folder` does not exist.
+        `InputError`: the manifest has no entries for `stage`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingFileError(f"folder not found: {folder}", path=folder)
+    manifest = checksums if isinstance(checksums, ChecksumManifest) else load_checksums(checksums)
+    entries = manifest.stage(stage)
+    if not entries:
+        raise InputError(
+            f"{manifest.release} publishes no {stage} checksums"
+            + (f" (it has: {', '.join(manifest.stages)})" if manifest.stages else ""),
+            path=manifest.path,
+        )
+    present = set(list_files(folder))
+    missing = sorted(n for n in entries if n not in present)
+    extra = sorted(present - set(entries))
+    todo = sorted(n for n in entries if n in present)
+
+    mismatches: list[Mismatch] = []
+    sized: list[str] = []
+    for name in todo:
+        want = entries[name].size
+        actual_size = (folder / name).stat().st_size
+        if want is not None and actual_size != want:
+            mismatches.append(Mismatch(name, "size", str(want), str(actual_size)))
+        else:
+            sized.append(name)
+
+    total = sum((folder / n).stat().st_size for n in sized)
+    digests: dict[str, dict[str, str]] = {}
+    with byte_bar(total, f"verify {stage}", enabled=progress) as bar:
+
+        def work(name: str) -> tuple[str, dict[str, str]]:
+            return name, hash_file(folder / name, entries[name].algorithms(), on_progress=bar.update)
+
+        with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+            for name, got in pool.map(work, sized):
+                digests[name] = got
+    for name in sized:
+        for algo, actual in digests[name].items():
+            expected = entries[name].get(algo)
+            if expected and expected != actual:
+                mismatches.append(Mismatch(name, algo, expected, actual))
+    bad = {m.name for m in mismatches}
+    logger.info("verified %d file(s) in %s against %s %s", len(todo), folder, manifest.release, stage)
+    return VerifyReport(
+        folder=str(folder),
+        stage=stage,
+        release=manifest.release,
+        checked=tuple(todo),
+        matched=tuple(n for n in todo if n not in bad),
+        mismatches=tuple(sorted(mismatches, key=lambda m: m.name)),
+        missing=tuple(missing),
+        extra=tuple(extra),
+        digests=digests,
+    )
+
+
+@dataclass(frozen=True)
+class ChecksumReport:
+    """Digests of every file in a folder, as `checksum` computed them."""
+
+    folder: str
+    algorithm: str
+    entries: Mapping[str, str]
+    output: str | None = None
+
+    def lines(self) -> str:
+        """The report as `md5sum`/`sha256sum` lines."""
+        return format_sum_lines(self.entries)
+
+
+def checksum(
+    folder: os.PathLike[str] | str,
+    *,
+    algorithm: str = "md5",
+    output: os.PathLike[str] | str | None = None,
+    jobs: int | None = None,
+    progress: bool = False,
+) -> ChecksumReport:
+    """Hash every file below `folder`; optionally write the lines to `output` (atomically).
+
+    The lines are what `md5sum`/`sha256sum` print when run inside `folder`, so
+    `cd folder && md5sum -c FILE` accepts them.
+
+    Raises:
+        `InputError`: unknown algorithm.
+        `MissingFileError`: `folder` does not exist.
+    """
+    if algorithm not in ALGORITHMS:
+        raise InputError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingFileError(f"folder not found: {folder}", path=folder)
+    names = list_files(folder)
+    if output is not None:
+        out_path = Path(output).resolve()
+        names = [n for n in names if (folder / n).resolve() != out_path]
+    total = sum((folder / n).stat().st_size for n in names)
+    with byte_bar(total, f"{algorithm}sum", enabled=progress) as bar:
+        with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+            digests = dict(
+                pool.map(
+                    lambda n: (n, hash_file(folder / n, [algorithm], on_progress=bar.update)[algorithm]),
+                    names,
+                )
+            )
+    report = ChecksumReport(
+        folder=str(folder),
+        algorithm=algorithm,
+        entries=digests,
+        output=None if output is None else str(output),
+    )
+    if output is not None:
+        with AtomicFile(output) as f:
+            f.file.write(report.lines().encode("utf-8"))
+            f.commit()
+    return report

@@ -1,0 +1,388 @@
+"""Command-line interface: the only place that prints or exits.
+
+Exit codes: 0 success; 1 a checksum or verification mismatch; 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .checksums import ChecksumManifest, checksum, known_releases, verify
+from .codec import DecodeReport, decode, encode
+from .constants import ALGORITHMS, ENV_DEBUG, STAGES, env_flag
+from .errors import ChecksumMismatchError, XorWeightsError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
+
+EXAMPLES = {
+    "decode": "xorweights decode oasst-sft-6-llama-30b-xor --base llama30b_hf --out oasst-sft-6 "
+    "--checksums oasst-sft-6-llama-30b",
+    "verify": "xorweights verify oasst-sft-6 --checksums oasst-sft-6-llama-30b",
+    "checksum": "xorweights checksum oasst-sft-6 --output oasst-sft-6.md5",
+}
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _rate(n_bytes: int, seconds: float) -> str:
+    return f"{n_bytes / seconds / 1e6:.0f} MB/s" if seconds > 0 else "-"
+
+
+def _emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+jobs_option = click.option(
+    "--jobs", "-j", type=click.IntRange(min=1), default=None, help="Files processed at once [default: cores]."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xorweights")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Rebuild fine-tuned weights from XOR payloads and a license-held base, and prove them."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command("decode", epilog=f"Example: {EXAMPLES['decode']}")
+@click.argument("payload", type=click.Path(path_type=Path))
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="Folder of the base files.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the decoded files.")
+@click.option(
+    "--checksums", help="Release name or repo id (see `xorweights releases`), or a manifest/md5sum file."
+)
+@click.option("--format", "fmt", type=click.Choice(["auto", "oasst"]), default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite files already in --out.")
+@jobs_option
+@quiet_option
+@json_option
+def decode_cmd(
+    payload: Path,
+    base: Path,
+    out: Path,
+    checksums: str | None,
+    fmt: str,
+    force: bool,
+    jobs: int | None,
+    quiet: bool,
+    as_json: bool,
+) -> int:
+    """Decode an XOR PAYLOAD folder against --base into --out, verifying as it goes."""
+    report = decode(
+        payload,
+        base=base,
+        out=out,
+        checksums=checksums,
+        format=fmt,  # type: ignore[arg-type]
+        jobs=jobs,
+        force=force,
+        progress=not quiet,
+    )
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        _print_decode(report)
+    return EXIT_OK
+
+
+def _print_decode(report: DecodeReport) -> None:
+    for f in report.files:
+        how = "copied" if f.action == "copy" else ("xor gzip" if f.compressed else "xor")
+        proof = []
+        if f.base_verified:
+            proof.append("base ok")
+        if f.verified:
+            proof.append("output ok (" + ", ".join(f"{a} {d}" for a, d in sorted(f.digests.items())) + ")")
+        click.echo(f"  {f.name:<40} {_human(f.size):>10}  {how:<8} {'; '.join(proof)}")
+    click.echo(
+        f"decoded {len(report.files)} files, {_human(report.bytes_written)} in {report.seconds:.1f} s "
+        f"({_rate(report.bytes_written, report.seconds)}) into {report.out_dir}"
+    )
+    if report.release:
+        n_ok = sum(f.verified for f in report.files)
+        n_base = sum(f.base_verified for f in report.files)
+        click.echo(f"verified against {report.release}: {n_ok} outputs, {n_base} base files")
+        for name in report.unverified:
+            click.echo(f"warning: {name}: no published digest; not verified", err=True)
+    else:
+        click.echo("no --checksums given: outputs were not verified", err=True)
+
+
+@cli.command("encode")
+@click.argument("finetuned", type=click.Path(path_type=Path))
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="Folder of the base files.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the payload.")
+@click.option("--format", "fmt", type=click.Choice(["oasst"]), default="oasst", show_default=True)
+@click.option("--compress", type=click.Choice(["gzip"]), default=None, help="Store each XOR-ed file gzipped.")
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the release's checksum manifest (hf_base and decoded, md5 and sha256) here.",
+)
+@click.option("--release", default=None, help="Release name recorded in --manifest.")
+@click.option("--force", is_flag=True, help="Overwrite files already in --out.")
+@jobs_option
+@quiet_option
+@json_option
+def encode_cmd(
+    finetuned: Path,
+    base: Path,
+    out: Path,
+    fmt: str,
+    compress: str | None,
+    manifest: Path | None,
+    release: str | None,
+    force: bool,
+    jobs: int | None,
+    quiet: bool,
+    as_json: bool,
+) -> int:
+    """Make an XOR payload from a FINETUNED folder and its --base."""
+    report = encode(
+        finetuned,
+        base=base,
+        out=out,
+        format=fmt,
+        compress=compress,  # type: ignore[arg-type]
+        release=release,
+        with_checksums=manifest is not None,
+        jobs=jobs,
+        force=force,
+        progress=not quiet,
+    )
+    if manifest is not None and report.manifest is not None:
+        from ._atomic import AtomicFile
+
+        with AtomicFile(manifest) as f:
+            f.file.write((json.dumps(report.manifest.to_json(), indent=2) + "\n").encode())
+            f.commit()
+    if as_json:
+        doc = report.to_dict()
+        doc["manifest"] = str(manifest) if manifest else None
+        _emit_json(doc)
+    else:
+        click.echo(
+            f"encoded {len(report.files)} files, {_human(report.bytes_written)} in {report.seconds:.1f} s "
+            f"({_rate(report.bytes_written, report.seconds)}) into {report.out_dir}"
+        )
+        if manifest:
+            click.echo(f"checksums written to {manifest}")
+    return EXIT_OK
+
+
+@cli.command("verify", epilog=f"Example: {EXAMPLES['verify']}")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--checksums", required=True, help="Release name or repo id, or a manifest/md5sum file.")
+@click.option("--stage", type=click.Choice(STAGES), default="decoded", show_default=True)
+@jobs_option
+@quiet_option
+@json_option
+def verify_cmd(folder: Path, checksums: str, stage: str, jobs: int | None, quiet: bool, as_json: bool) -> int:
+    """Check the files in FOLDER against published checksums."""
+    report = verify(folder, checksums, stage=stage, jobs=jobs, progress=not quiet)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        bad = {m.name: m for m in report.mismatches}
+        for name in report.checked:
+            if name in bad:
+                m = bad[name]
+                click.echo(f"MISMATCH {name}: {m.algorithm} {m.actual}, expected {m.expected}")
+            else:
+                click.echo(f"ok       {name}")
+        for name in report.missing:
+            click.echo(f"MISSING  {name}")
+        for name in report.extra:
+            click.echo(f"extra    {name} (not listed)")
+        verdict = "OK" if report.ok else "FAILED"
+        click.echo(
+            f"{verdict}: {len(report.matched)}/{len(report.checked) + len(report.missing)} files of "
+            f"{report.release} [{stage}] match"
+        )
+    return EXIT_OK if report.ok else EXIT_MISMATCH
+
+
+@cli.command("checksum", epilog=f"Example: {EXAMPLES['checksum']}")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--algorithm", "-a", type=click.Choice(ALGORITHMS), default="md5", show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the lines to this file instead of stdout.",
+)
+@jobs_option
+@quiet_option
+def checksum_cmd(folder: Path, algorithm: str, output: Path | None, jobs: int | None, quiet: bool) -> int:
+    """Print md5sum/sha256sum-compatible lines for every file in FOLDER."""
+    report = checksum(folder, algorithm=algorithm, output=output, jobs=jobs, progress=not quiet)
+    if output is None:
+        click.echo(report.lines(), nl=False)
+    else:
+        click.echo(f"{len(report.entries)} {algorithm} lines written to {output}", err=True)
+    return EXIT_OK
+
+
+def _release_doc(m: ChecksumManifest) -> dict[str, Any]:
+    return {
+        "release": m.release,
+        "repo_id": m.repo_id,
+        "description": m.description,
+        "stages": {
+            s: {"files": len(f), "algorithms": sorted({a for d in f.values() for a in d.algorithms()})}
+            for s, f in m.stages.items()
+        },
+        "needs": dict(m.needs),
+        "caveats": list(m.caveats),
+    }
+
+
+@cli.command("releases")
+@json_option
+def releases_cmd(as_json: bool) -> int:
+    """List the known releases, their checksum stages and what decoding each needs."""
+    docs = [_release_doc(m) for m in known_releases()]
+    if as_json:
+        _emit_json(docs)
+        return EXIT_OK
+    for d in docs:
+        click.echo(f"{d['release']}  ({d['repo_id']})")
+        if d["description"]:
+            click.echo(f"  {d['description']}")
+        for stage in STAGES:
+            s = d["stages"].get(stage)
+            have = f"{s['files']} files, {'+'.join(s['algorithms'])}" if s else "not published"
+            click.echo(f"  {stage:<14} {have}")
+        for what, need in d["needs"].items():
+            click.echo(f"  needs ({what}): {need}")
+        for c in d["caveats"]:
+            click.echo(f"  caveat: {c}")
+        click.echo("")
+    return EXIT_OK
+
+
+@cli.command("demo")
+@click.option(
+    "--size-mb",
+    type=click.IntRange(min=32),
+    default=128,
+    show_default=True,
+    help="Approximate size of the generated model.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the generated files here (default: a temporary folder, removed after).",
+)
+@jobs_option
+@quiet_option
+@json_option
+def demo_cmd(size_mb: int, workdir: Path | None, jobs: int | None, quiet: bool, as_json: bool) -> int:
+    """Generate a small model pair, encode it, decode it with checksums, and verify the result."""
+    from .demo import run_demo
+
+    with tempfile.TemporaryDirectory(prefix="xorweights-demo-") as tmp:
+        where = workdir if workdir is not None else Path(tmp)
+        if not as_json:
+            click.echo(f"generating a {size_mb} MiB LLaMA-shaped model and a fine-tuned copy in {where} ...")
+        rep = run_demo(where, size_mb=size_mb, jobs=jobs, progress=not quiet)
+        if as_json:
+            _emit_json(
+                {
+                    "workdir": rep.workdir,
+                    "model_bytes": rep.model_bytes,
+                    "layers": rep.layers,
+                    "encode": rep.encode.to_dict(),
+                    "decode": rep.decode.to_dict(),
+                    "verify": rep.verify.to_dict(),
+                }
+            )
+            return EXIT_OK if rep.verify.ok else EXIT_MISMATCH
+        e, d, v = rep.encode, rep.decode, rep.verify
+        n_tuned = len(e.files)
+        click.echo(
+            f"1. generated base/ and finetuned/ ({rep.layers} layers, {_human(rep.model_bytes)}, "
+            f"vocabulary grown by 16 rows, added_tokens.json) in {rep.generate_seconds:.1f} s"
+        )
+        click.echo(
+            f"2. encode  finetuned XOR base -> payload/: {n_tuned} files, {_human(e.bytes_written)} "
+            f"in {e.seconds:.2f} s ({_rate(e.bytes_written, e.seconds)}), checksums.json written"
+        )
+        click.echo(
+            f"3. decode  payload XOR base -> decoded/: {len(d.files)} files, {_human(d.bytes_written)} "
+            f"in {d.seconds:.2f} s ({_rate(d.bytes_written, d.seconds)}), "
+            f"{sum(f.base_verified for f in d.files)} base files and "
+            f"{sum(f.verified for f in d.files)} outputs verified in the same pass"
+        )
+        click.echo(
+            f"4. verify  decoded/ against checksums.json: {len(v.matched)}/{len(v.checked)} files match"
+        )
+        click.echo(
+            "demo OK: decoded files are byte-identical to the fine-tuned ones" if v.ok else "demo FAILED"
+        )
+        if workdir is not None:
+            click.echo(f"files kept in {workdir}")
+        return EXIT_OK if v.ok else EXIT_MISMATCH
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, XorWeightsError):
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}{where}"
+    return " ".join(str(e).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `xorweights` command; returns (and exits with) the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = cli.main(args=args or ["--help"], prog_name="xorweights", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        code = 130
+    except click.exceptions.ClickException as e:
+        e.show()
+        code = EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        code = 130
+    except (XorWeightsError, OSError) as e:
+        code = EXIT_MISMATCH if isinstance(e, ChecksumMismatchError) else EXIT_BAD_INPUT
+        click.echo(f"Error: {_one_line(e)}", err=True)
+        if env_flag(ENV_DEBUG):
+            traceback.print_exc()
+        else:
+            click.echo(f"(set {ENV_DEBUG}=1 for the full traceback)", err=True)
+    code = int(code or 0)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

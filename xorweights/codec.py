@@ -1,0 +1,491 @@
+"""Decode and encode releases: plan, cheap checks, parallel XOR passes, verification, commit."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from . import legacy
+from ._atomic import AtomicFile
+from ._progress import byte_bar
+from .checksums import ChecksumManifest, FileDigest, load_checksums
+from .constants import GZIP_MAGIC
+from .engine import Cancelled, Role, xor_stream
+from .errors import (
+    BaseMismatchError,
+    ChecksumMismatchError,
+    FormatError,
+    InputError,
+    MissingFileError,
+    OutputExistsError,
+)
+
+logger = logging.getLogger(__name__)
+
+Format = Literal["auto", "oasst"]
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """How one output file was made and what was proven about it."""
+
+    name: str
+    action: Literal["xor", "copy"]
+    size: int
+    """Bytes written."""
+    compressed: bool = False
+    """The payload was (decode) or is (encode) a gzip stream."""
+    base_size: int | None = None
+    digests: Mapping[str, str] = field(default_factory=dict)
+    """Digests of the output file's bytes."""
+    input_digests: Mapping[str, str] = field(default_factory=dict)
+    """Digests of the input the output is made from (payload, or fine-tuned file)."""
+    base_digests: Mapping[str, str] = field(default_factory=dict)
+    verified: bool = False
+    """The output matched a published digest."""
+    base_verified: bool = False
+    """The base file matched a published digest."""
+
+
+@dataclass(frozen=True)
+class _Report:
+    files: tuple[FileReport, ...]
+    seconds: float
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def throughput(self) -> float:
+        """Output bytes per second."""
+        return self.bytes_written / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class DecodeReport(_Report):
+    """What `decode` wrote and verified."""
+
+    payload_dir: str
+    base_dir: str
+    out_dir: str
+    release: str | None = None
+    unverified: tuple[str, ...] = ()
+    """Outputs with no published digest to check against (only when checksums were given)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "operation": "decode",
+            "payload_dir": self.payload_dir,
+            "base_dir": self.base_dir,
+            "out_dir": self.out_dir,
+            "release": self.release,
+            "seconds": round(self.seconds, 3),
+            "bytes_written": self.bytes_written,
+            "throughput_bytes_per_s": round(self.throughput),
+            "unverified": list(self.unverified),
+            "files": [_file_dict(f) for f in self.files],
+        }
+
+
+@dataclass(frozen=True)
+class EncodeReport(_Report):
+    """What `encode` wrote; `manifest` holds the release's checksums when they were computed."""
+
+    finetuned_dir: str
+    base_dir: str
+    out_dir: str
+    compress: str | None = None
+    manifest: ChecksumManifest | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "operation": "encode",
+            "finetuned_dir": self.finetuned_dir,
+            "base_dir": self.base_dir,
+            "out_dir": self.out_dir,
+            "compress": self.compress,
+            "seconds": round(self.seconds, 3),
+            "bytes_written": self.bytes_written,
+            "throughput_bytes_per_s": round(self.throughput),
+            "files": [_file_dict(f) for f in self.files],
+        }
+
+
+def _file_dict(f: FileReport) -> dict[str, Any]:
+    d = dict(f.__dict__)
+    for k in ("digests", "input_digests", "base_digests"):
+        d[k] = dict(d[k])
+    return d
+
+
+# --- one file --------------------------------------------------------------------------------
+
+
+class _HashingWriter:
+    """Forwards writes to a file and hashes the bytes as they pass (the stored payload bytes)."""
+
+    def __init__(self, sink: BinaryIO, algorithms: Sequence[str]) -> None:
+        self.sink = sink
+        self.hashers = {a: hashlib.new(a) for a in algorithms}
+
+    def write(self, data: Any) -> int:
+        for h in self.hashers.values():
+            h.update(data)
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def hexdigests(self) -> dict[str, str]:
+        return {a: h.hexdigest() for a, h in self.hashers.items()}
+
+
+@dataclass(frozen=True)
+class _Job:
+    planned: legacy.PlannedFile
+    out: Path
+    hashes: Mapping[Role, Sequence[str]]
+    expect_base: FileDigest | None = None
+    expect_out: FileDigest | None = None
+    release: str = ""
+    encoding: bool = False
+    compress: str | None = None
+    gzip_mtime: int = 0
+    hash_written: Sequence[str] = ()
+
+
+def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want: FileDigest | None) -> bool:
+    """Compare digests; raise on a mismatch; True when at least one published digest matched."""
+    if want is None:
+        return False
+    matched = False
+    for algo in want.algorithms():
+        expected, actual = want.get(algo), got.get(algo)
+        if actual is None:
+            continue
+        if actual != expected:
+            name = job.planned.name
+            if kind == "base":
+                raise BaseMismatchError(
+                    f"base file {job.planned.base}: {algo} {actual}, but {job.release} hf_base "
+                    f"expects {expected}; the base must be the byte-exact output of the release's "
+                    "pinned conversion (see `xorweights releases`)",
+                    path=job.planned.base,
+                    expected=expected,
+                    actual=actual,
+                    algorithm=algo,
+                    stage="hf_base",
+                )
+            raise ChecksumMismatchError(
+                f"decoded {name}: {algo} {actual}, but {job.release} decoded expects {expected}; "
+                f"payload file {job.planned.source} or its base is wrong (output discarded)",
+                path=job.out,
+                expected=expected,
+                actual=actual,
+                algorithm=algo,
+                stage="decoded",
+            )
+        matched = True
+    return matched
+
+
+def _run_job(job: _Job, bar: Any, stop: threading.Event) -> FileReport:
+    p = job.planned
+    with ExitStack() as stack:
+        data, compressed = legacy.open_source(p.source, detect_gzip=not job.encoding)
+        stack.enter_context(data)
+        base = stack.enter_context(open(p.base, "rb")) if p.base is not None else None
+        atomic = stack.enter_context(AtomicFile(job.out))
+        sink: Any = _HashingWriter(atomic.file, job.hash_written) if job.hash_written else atomic.file
+        gz = legacy.gzip_writer(sink, p.name, mtime=job.gzip_mtime) if job.compress else None
+        try:
+            stats = xor_stream(
+                data,
+                base,
+                gz if gz is not None else sink,
+                hashes=job.hashes,
+                on_progress=bar.update,
+                should_stop=stop.is_set,
+            )
+        except (EOFError, OSError, zlib.error) as e:
+            if compressed and not isinstance(e, (FileNotFoundError, PermissionError)):
+                raise FormatError(
+                    f"payload {p.source}: gzip stream is corrupt or truncated ({e})", path=p.source
+                ) from e
+            raise
+        if gz is not None:
+            gz.close()
+        base_ok = _check("base", job, stats.digests.get("base", {}), job.expect_base)
+        out_ok = _check("out", job, stats.digests.get("out", {}), job.expect_out)
+        if job.encoding and job.compress is None and p.action == "xor":
+            # Encoding: a plain payload that begins like gzip would be misread when decoded.
+            atomic.file.flush()
+            with open(atomic.temp, "rb") as head:
+                if head.read(len(GZIP_MAGIC)) == GZIP_MAGIC:
+                    raise FormatError(
+                        f"payload {p.name} would start with the gzip magic bytes and be misread "
+                        "when decoded; encode with --compress gzip",
+                        path=p.source,
+                    )
+        atomic.commit()
+    written = sink.hexdigests() if isinstance(sink, _HashingWriter) else {}
+    return FileReport(
+        name=p.name,
+        action=p.action,
+        size=atomic.final.stat().st_size if job.compress else stats.size,
+        compressed=compressed or job.compress is not None,
+        base_size=stats.base_read if p.base is not None else None,
+        digests={**stats.digests.get("out", {}), **written},
+        input_digests=dict(stats.digests.get("data", {})),
+        base_digests=dict(stats.digests.get("base", {})),
+        verified=out_ok,
+        base_verified=base_ok,
+    )
+
+
+def _run_jobs(jobs: list[_Job], n_jobs: int | None, *, progress: bool, desc: str) -> list[FileReport]:
+    """Run file jobs in parallel, largest first; the first failure stops the others."""
+    jobs = sorted(jobs, key=lambda j: -j.planned.source_size)
+    total = sum(j.planned.source_size for j in jobs)
+    stop = threading.Event()
+    results: dict[str, FileReport] = {}
+    errors: list[BaseException] = []
+    workers = max(1, min(n_jobs or os.cpu_count() or 1, len(jobs)))
+    with byte_bar(total, desc, enabled=progress) as bar, ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(_run_job, j, bar, stop): j for j in jobs}
+        for fut in as_completed(futures):
+            try:
+                rep = fut.result()
+            except Cancelled:
+                continue
+            except BaseException as e:  # noqa: BLE001 (re-raised below, after the others stop)
+                if not errors:
+                    stop.set()
+                errors.append(e)
+                continue
+            results[rep.name] = rep
+    if errors:
+        for extra in errors[1:]:
+            logger.error("also failed: %s", extra)
+        raise errors[0]
+    return [results[n] for n in sorted(results)]
+
+
+# --- decode / encode ---------------------------------------------------------------------------
+
+
+def _check_out_dir(out: Path, inputs: Mapping[str, Path], names: Sequence[str], force: bool) -> None:
+    for role, folder in inputs.items():
+        if out.resolve() == folder.resolve():
+            raise InputError(f"--out must differ from the {role} folder ({folder})", path=out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out must be a folder: {out}", path=out)
+    taken = [n for n in names if (out / n).exists()]
+    if taken and not force:
+        raise OutputExistsError(
+            f"{out} already holds {', '.join(taken)}; refusing to overwrite (use --force)",
+            path=out / taken[0],
+        )
+
+
+def decode(
+    payload: os.PathLike[str] | str,
+    *,
+    base: os.PathLike[str] | str,
+    out: os.PathLike[str] | str,
+    checksums: os.PathLike[str] | str | ChecksumManifest | None = None,
+    format: Format = "auto",
+    jobs: int | None = None,
+    force: bool = False,
+    progress: bool = False,
+) -> DecodeReport:
+    """Rebuild fine-tuned files from an XOR payload and the base they were made against.
+
+    Args:
+        payload: the payload folder (or a repo download holding it a few levels down).
+        base: the folder with the base files, named as in the payload.
+        out: where the decoded files go; created if needed.
+        checksums (*optional*): a release name, repo id, manifest or `md5sum` file. Every base
+            file is checked against its `hf_base` digest and every output against its `decoded`
+            digest in the same pass; an output is renamed into place only when both match.
+        format: `auto` or `oasst` (the legacy file-level XOR; gzip payloads recognised).
+        jobs: files decoded at once (default: number of cores).
+        force: overwrite files already in `out`.
+        progress: show a byte progress bar on stderr.
+
+    Returns:
+        `DecodeReport` with every file's size and digests.
+
+    Raises:
+        `MissingFileError`: the payload, the base folder or a base file is missing (named,
+            before anything is written).
+        `BaseMismatchError`: a base file is not the one the release was made against.
+        `ChecksumMismatchError`: an output differs from its published digest.
+        `OutputExistsError`: `out` already holds an output file and `force` is false.
+        `FormatError`: a payload file is corrupt (e.g. a truncated gzip stream).
+    """
+    if format not in ("auto", "oasst"):
+        raise InputError(f"unknown payload format {format!r}; expected auto or oasst")
+    started = time.perf_counter()
+    payload_dir = legacy.find_payload_dir(payload)
+    base_dir, out_dir = Path(base), Path(out)
+    manifest = (
+        checksums
+        if isinstance(checksums, ChecksumManifest) or checksums is None
+        else load_checksums(checksums)
+    )
+    raw = manifest.raw_files if manifest else ()
+    planned = legacy.plan(payload_dir, base_dir, raw_patterns=raw)
+    _check_out_dir(out_dir, {"payload": payload_dir, "base": base_dir}, [p.name for p in planned], force)
+
+    hf_base = manifest.stage("hf_base") if manifest else {}
+    decoded = manifest.stage("decoded") if manifest else {}
+    if manifest is not None:
+        listed = set(hf_base) | set(decoded)
+        if not listed & {p.name for p in planned}:
+            raise InputError(
+                f"none of the payload files is listed in the checksums of {manifest.release}; wrong release?",
+                path=manifest.path or manifest.release,
+            )
+        for p in planned:  # cheap checks first: sizes where published
+            want = hf_base.get(p.name)
+            if p.base is not None and want is not None and want.size is not None:
+                size = p.base.stat().st_size
+                if size != want.size:
+                    raise BaseMismatchError(
+                        f"base file {p.base}: {size} bytes, but {manifest.release} hf_base expects "
+                        f"{want.size}; the base must be the byte-exact output of the pinned conversion",
+                        path=p.base,
+                        expected=str(want.size),
+                        actual=str(size),
+                        algorithm="size",
+                        stage="hf_base",
+                    )
+    job_list = []
+    for p in planned:
+        eb = hf_base.get(p.name) if p.base is not None else None
+        eo = decoded.get(p.name)
+        job_list.append(
+            _Job(
+                planned=p,
+                out=out_dir / p.name,
+                hashes={"base": eb.algorithms() if eb else (), "out": eo.algorithms() if eo else ()},
+                expect_base=eb,
+                expect_out=eo,
+                release=manifest.release if manifest else "",
+            )
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = _run_jobs(job_list, jobs, progress=progress, desc="decode")
+    unverified = tuple(f.name for f in files if manifest is not None and not f.verified)
+    for name in unverified:
+        logger.warning("%s: no published decoded digest, output not verified", name)
+    return DecodeReport(
+        files=tuple(files),
+        seconds=time.perf_counter() - started,
+        payload_dir=str(payload_dir),
+        base_dir=str(base_dir),
+        out_dir=str(out_dir),
+        release=manifest.release if manifest else None,
+        unverified=unverified,
+    )
+
+
+def encode(
+    finetuned: os.PathLike[str] | str,
+    *,
+    base: os.PathLike[str] | str,
+    out: os.PathLike[str] | str,
+    format: Literal["oasst"] = "oasst",
+    compress: Literal["gzip"] | None = None,
+    release: str | None = None,
+    with_checksums: bool = False,
+    jobs: int | None = None,
+    force: bool = False,
+    gzip_mtime: int = 0,
+    progress: bool = False,
+) -> EncodeReport:
+    """Make an XOR payload from fine-tuned files and their base, as the legacy script does.
+
+    Args:
+        finetuned: folder of the fine-tuned files (flat).
+        base: folder of the base files, named as the fine-tuned ones.
+        out: folder for the payload.
+        format: `oasst` (legacy file-level XOR).
+        compress (*optional*): `gzip` to store each XOR-ed file as a gzip stream (level 9).
+        release (*optional*): name for the checksum manifest (default: the out folder's name).
+        with_checksums: compute the `hf_base` and `decoded` digests (md5 and sha256) in the
+            same pass and return them as `report.manifest`, ready for `decode --checksums`.
+        jobs: files encoded at once (default: number of cores).
+        force: overwrite files already in `out`.
+        gzip_mtime: timestamp stored in gzip headers (the legacy script stores the current time).
+        progress: show a byte progress bar on stderr.
+
+    Raises:
+        `MissingFileError`: a base counterpart is missing (named, before anything is written).
+        `FormatError`: a plain payload would begin with the gzip magic bytes.
+    """
+    if format != "oasst":
+        raise InputError(f"unknown payload format {format!r}; expected oasst")
+    if compress not in (None, "gzip"):
+        raise InputError(f"unknown compression {compress!r}; expected gzip")
+    started = time.perf_counter()
+    src_dir, base_dir, out_dir = Path(finetuned), Path(base), Path(out)
+    if not src_dir.is_dir():
+        raise MissingFileError(f"fine-tuned folder not found: {src_dir}", path=src_dir)
+    planned = legacy.plan(src_dir, base_dir)
+    _check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir}, [p.name for p in planned], force)
+    algos = ("md5", "sha256") if with_checksums else ()
+    job_list = [
+        _Job(
+            planned=p,
+            out=out_dir / p.name,
+            hashes={"data": algos, "base": algos if p.base is not None else ()},
+            encoding=True,
+            compress=compress if p.action == "xor" else None,
+            gzip_mtime=gzip_mtime,
+            hash_written=("sha256",) if with_checksums else (),
+        )
+        for p in planned
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = _run_jobs(job_list, jobs, progress=progress, desc="encode")
+    manifest = None
+    if with_checksums:
+
+        def entry(d: Mapping[str, str], size: int | None) -> FileDigest:
+            return FileDigest(md5=d.get("md5"), sha256=d.get("sha256"), size=size)
+
+        by_name = {p.name: p for p in planned}
+        manifest = ChecksumManifest(
+            release=release or out_dir.resolve().name,
+            description="checksums written by xorweights encode",
+            stages={
+                "hf_base": {
+                    f.name: entry(f.base_digests, by_name[f.name].base.stat().st_size)  # type: ignore[union-attr]
+                    for f in files
+                    if f.action == "xor"
+                },
+                "decoded": {f.name: entry(f.input_digests, by_name[f.name].source_size) for f in files},
+            },
+        )
+    return EncodeReport(
+        files=tuple(files),
+        seconds=time.perf_counter() - started,
+        finetuned_dir=str(src_dir),
+        base_dir=str(base_dir),
+        out_dir=str(out_dir),
+        compress=compress,
+        manifest=manifest,
+    )

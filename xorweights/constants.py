@@ -1,0 +1,48 @@
+"""Formats, magic numbers and environment switches, in one place."""
+
+from __future__ import annotations
+
+import os
+
+#: Bytes XOR-ed per step. Memory per job is a small multiple of this, whatever the file size.
+CHUNK_SIZE = 16 * 1024 * 1024
+
+#: Block size of the published legacy script (`xor_codec.py`); used only by the benchmark.
+LEGACY_BLOCK_SIZE = 4096
+
+#: gzip member header: ID1 ID2 CM=deflate. A legacy payload starting with these is gzip.
+GZIP_MAGIC = b"\x1f\x8b\x08"
+
+#: Files the legacy script copies raw instead of XOR-ing (stock LLaMA has no such file).
+LEGACY_RAW_FILES = ("added_tokens.json",)
+
+#: Prefix of every temporary file written in a destination folder.
+TEMP_PREFIX = ".xorweights-"
+TEMP_SUFFIX = ".part"
+
+#: Checksum algorithms understood everywhere, with the hex length that identifies them.
+ALGORITHMS = ("md5", "sha256")
+HEX_LENGTH = {"md5": 32, "sha256": 64}
+
+#: Checksum stages of a release, in the order a user meets them.
+STAGES = ("meta_original", "hf_base", "decoded")
+
+#: Schema tag of the JSON checksum manifests in `checksums/`.
+MANIFEST_FORMAT = "xorweights-checksums/1"
+
+ENV_VARS_TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
+
+#: Silences every progress bar (same effect as `--quiet`).
+ENV_DISABLE_PROGRESS_BARS = "XORWEIGHTS_DISABLE_PROGRESS_BARS"
+#: Makes the CLI print full tracebacks.
+ENV_DEBUG = "XORWEIGHTS_DEBUG"
+
+
+def is_true(value: str | None) -> bool:
+    """Whether an environment value means "on" (`1`, `yes`, `true`, `on`, any case)."""
+    return value is not None and value.strip().upper() in ENV_VARS_TRUE_VALUES
+
+
+def env_flag(name: str) -> bool:
+    """Read a boolean environment switch now (not at import, so tests can set it)."""
+    return is_true(os.environ.get(name))

@@ -1,0 +1,171 @@
+"""The legacy OpenAssistant XOR payload format (`oasst`), file by file.
+
+Spec (also in the README): every payload file is the byte-wise XOR of the fine-tuned file and
+the same-named base file, exactly as long as the fine-tuned file (base zero-padded or truncated);
+`added_tokens.json` is stored raw; a payload file MAY be a gzip stream of that XOR, recognised
+by its first bytes. This module finds the payload folder and plans which file is made how.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from .constants import GZIP_MAGIC, LEGACY_RAW_FILES, TEMP_PREFIX
+from .errors import InputError, MissingFileError
+
+logger = logging.getLogger(__name__)
+
+#: Files whose presence marks a folder as holding a model or a payload.
+_MARKERS = ("*.bin", "*.safetensors", "*.pth", "*.index.json", "config.json", "tokenizer.model")
+#: How deep below the given folder a payload may sit (the sft-6 repo nests it two levels down).
+_MAX_DEPTH = 3
+
+Action = Literal["xor", "copy"]
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One output file: its name, its inputs and how it is made."""
+
+    name: str
+    source: Path
+    base: Path | None
+    action: Action
+
+    @property
+    def source_size(self) -> int:
+        return self.source.stat().st_size
+
+
+def _files(folder: Path) -> list[str]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except NotADirectoryError:
+        raise InputError(f"not a folder: {folder}", path=folder) from None
+    except FileNotFoundError:
+        raise MissingFileError(f"folder not found: {folder}", path=folder) from None
+    except PermissionError:
+        raise InputError(f"cannot list folder {folder}: permission denied", path=folder) from None
+    return [e.name for e in entries if not e.name.startswith((".", TEMP_PREFIX)) and e.is_file()]
+
+
+def _has_markers(folder: Path) -> bool:
+    return any(fnmatch.fnmatch(n, pat) for n in _files(folder) for pat in _MARKERS)
+
+
+def find_payload_dir(path: os.PathLike[str] | str) -> Path:
+    """The folder holding the payload files: `path` itself, or the one folder below it that does.
+
+    A repo download keeps its payload up to three levels down (`repo/name/name/` for sft-6);
+    the nearest folder holding model files (`*.bin`, `*.safetensors`, `*.index.json`,
+    `config.json`, ...) is taken, and more than one at that depth is an error.
+
+    Raises:
+        `MissingFileError`: `path` does not exist.
+        `InputError`: no folder, or more than one, holds payload files.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise MissingFileError(f"payload folder not found: {root}", path=root)
+    if not root.is_dir():
+        raise InputError(f"payload must be a folder, got a file: {root}", path=root)
+    if _has_markers(root):
+        return root
+    level = [root]
+    for _depth in range(_MAX_DEPTH):
+        level = [
+            Path(e.path)
+            for d in level
+            for e in sorted(os.scandir(d), key=lambda e: e.name)
+            if e.is_dir() and not e.name.startswith(".")
+        ]
+        found = [d for d in level if _has_markers(d)]
+        if len(found) == 1:
+            logger.info("payload files found in %s", found[0])
+            return found[0]
+        if len(found) > 1:
+            raise InputError(
+                f"{root} holds several payload folders ({', '.join(str(f) for f in found)}); "
+                "pass the one to decode",
+                path=root,
+            )
+    if _files(root):
+        return root  # plain files with no model markers: take the folder as given
+    raise InputError(
+        f"no payload files in {root} or {_MAX_DEPTH} levels below it (looked for {', '.join(_MARKERS)})",
+        path=root,
+    )
+
+
+def is_raw(name: str, raw_patterns: Iterable[str] = ()) -> bool:
+    """Whether `name` is stored raw (copied, not XOR-ed)."""
+    return name in LEGACY_RAW_FILES or any(fnmatch.fnmatch(name, p) for p in raw_patterns)
+
+
+def plan(source_dir: Path, base_dir: Path, *, raw_patterns: Iterable[str] = ()) -> list[PlannedFile]:
+    """Plan every output of a decode (or encode): XOR with the same-named base file, or copy.
+
+    Raises:
+        `MissingFileError`: base files are missing; the message names all of them.
+        `InputError`: the base folder is unusable or there is nothing to do.
+    """
+    if not base_dir.exists():
+        raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
+    if not base_dir.is_dir():
+        raise InputError(f"base must be a folder, got a file: {base_dir}", path=base_dir)
+    raw_patterns = tuple(raw_patterns)
+    names = _files(source_dir)
+    if not names:
+        raise InputError(f"no files to process in {source_dir}", path=source_dir)
+    skipped = [e.name for e in os.scandir(source_dir) if e.is_dir() and not e.name.startswith(".")]
+    for d in skipped:
+        logger.warning("ignoring subfolder %s of %s (payloads are flat)", d, source_dir)
+
+    planned: list[PlannedFile] = []
+    missing: list[str] = []
+    for name in names:
+        if is_raw(name, raw_patterns):
+            planned.append(PlannedFile(name, source_dir / name, None, "copy"))
+            continue
+        base = base_dir / name
+        if not base.is_file():
+            missing.append(name)
+            continue
+        planned.append(PlannedFile(name, source_dir / name, base, "xor"))
+    if missing:
+        raise MissingFileError(
+            f"base file{'s' if len(missing) > 1 else ''} missing in {base_dir}: "
+            + ", ".join(missing)
+            + f" (every payload file except {', '.join(LEGACY_RAW_FILES)} needs its base counterpart)",
+            path=base_dir / missing[0],
+        )
+    return planned
+
+
+def open_source(path: Path, *, detect_gzip: bool) -> tuple[BinaryIO, bool]:
+    """Open a payload (or fine-tuned) file; gzip streams are recognised by their magic bytes.
+
+    Returns:
+        `(stream, compressed)`: the stream yields the uncompressed bytes.
+    """
+    f = open(path, "rb")  # noqa: SIM115 (the caller owns the stream)
+    if detect_gzip and f.read(len(GZIP_MAGIC)) == GZIP_MAGIC:
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb"), True  # type: ignore[return-value]
+    f.seek(0)
+    return f, False
+
+
+def gzip_writer(sink: BinaryIO, name: str, *, mtime: int) -> gzip.GzipFile:
+    """A gzip stream as the legacy `--compress` writes it: level 9, the file's name in the header.
+
+    The legacy script stamps the current time; `mtime` makes the output reproducible.
+    """
+    return gzip.GzipFile(filename=name, mode="wb", fileobj=sink, compresslevel=9, mtime=mtime)
