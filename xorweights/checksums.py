@@ -268,7 +268,9 @@ def parse_sum_lines(text: str, *, source: str = "<text>") -> tuple[str, dict[str
     """
     entries: dict[str, str] = {}
     algorithm: str | None = None
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only, as coreutils reads them (a CRLF file's "\r" is dropped).
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         m = _LINE.match(line)

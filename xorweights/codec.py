@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 Format = Literal["auto", "oasst"]
 
+_WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pth", ".pt")
+
 
 @dataclass(frozen=True)
 class FileReport:
@@ -318,7 +320,8 @@ def decode(
         out: where the decoded files go; created if needed.
         checksums (*optional*): a release name, repo id, manifest or `md5sum` file. Every base
             file is checked against its `hf_base` digest and every output against its `decoded`
-            digest in the same pass; an output is renamed into place only when both match.
+            digest in the same pass; an output is renamed into place only when both match. An
+            `md5sum`/`sha256sum` line file lists the decoded outputs.
         format: `auto` or `oasst` (the legacy file-level XOR; gzip payloads recognised).
         jobs: files decoded at once (default: number of cores).
         force: overwrite files already in `out`.
@@ -349,13 +352,19 @@ def decode(
     planned = legacy.plan(payload_dir, base_dir, raw_patterns=raw)
     _check_out_dir(out_dir, {"payload": payload_dir, "base": base_dir}, [p.name for p in planned], force)
 
-    hf_base = manifest.stage("hf_base") if manifest else {}
+    # A line file names no stage: given to decode, it lists the decoded outputs.
+    line_file = manifest is not None and manifest.unstaged is not None
+    hf_base = manifest.stage("hf_base") if manifest and not line_file else {}
     decoded = manifest.stage("decoded") if manifest else {}
     if manifest is not None:
         listed = set(hf_base) | set(decoded)
-        if not listed & {p.name for p in planned}:
+        names = {p.name for p in planned}
+        weights = {n for n in names if n.endswith(_WEIGHT_SUFFIXES)}
+        if not listed & (weights or names):
             raise InputError(
-                f"none of the payload files is listed in the checksums of {manifest.release}; wrong release?",
+                f"none of the payload's {'weight ' if weights else ''}files "
+                f"({', '.join(sorted(weights or names)[:3])}, ...) is listed in the checksums of "
+                f"{manifest.release}; wrong release?",
                 path=manifest.path or manifest.release,
             )
         for p in planned:  # cheap checks first: sizes where published

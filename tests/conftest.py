@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No progress bars, and any Hub cache in a temporary folder."""
+    monkeypatch.setenv("XORWEIGHTS_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    monkeypatch.delenv("XORWEIGHTS_DEBUG", raising=False)
+
+
+def random_bytes(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.fixture
+def model_pair(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
+    """Make `base/` and `finetuned/` folders shaped like a legacy release (small)."""
+
+    def make(**overrides: bytes) -> tuple[Path, Path]:
+        base = {
+            "pytorch_model-00001-of-00002.bin": random_bytes(300_001, 1),
+            "pytorch_model-00002-of-00002.bin": random_bytes(200_003, 2),
+            "pytorch_model.bin.index.json": b'{"metadata": {"total_size": 500004}}\n',
+            "config.json": b'{"vocab_size": 32000}\n',
+            "tokenizer.model": random_bytes(4_097, 3),
+        }
+        tuned = {
+            # grown vocabulary: longer than the base
+            "pytorch_model-00001-of-00002.bin": random_bytes(300_001 + 16 * 13, 4),
+            # shorter than the base
+            "pytorch_model-00002-of-00002.bin": random_bytes(199_990, 5),
+            "pytorch_model.bin.index.json": b'{"metadata": {"total_size": 500212}}\n',
+            "config.json": b'{"vocab_size": 32016}\n',
+            "tokenizer.model": base["tokenizer.model"],
+            "added_tokens.json": b'{"<|prompter|>": 32000}\n',
+        }
+        tuned.update(overrides)
+        return write_files(tmp_path / "base", base), write_files(tmp_path / "finetuned", tuned)
+
+    return make
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """All files below a folder by relative name (hidden temporaries included: none may remain)."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture
+def chdir_tmp(tmp_path: Path):
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(old)

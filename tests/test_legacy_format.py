@@ -1,0 +1,184 @@
+"""The legacy `oasst` format, byte for byte against an independent implementation of the script."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+import xorweights
+from tests import legacy_reference as ref
+from tests.conftest import random_bytes, tree, write_files
+from xorweights.constants import CHUNK_SIZE
+
+
+def legacy_payload(tmp_path: Path, base: Path, tuned: Path, *, compress: bool = False) -> Path:
+    out = tmp_path / ("ref_payload_gz" if compress else "ref_payload")
+    failed = ref.xor_dir(str(out), str(tuned), str(base), decode=False, compress=compress)
+    assert failed == ["added_tokens.json"]  # the base has none: the script swallows it, raw copy stays
+    return out
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_decode_matches_the_legacy_script(tmp_path: Path, model_pair, compress: bool) -> None:
+    base, tuned = model_pair()
+    payload = legacy_payload(tmp_path, base, tuned, compress=compress)
+    legacy_out = tmp_path / "legacy_out"
+    ref.xor_dir(str(legacy_out), str(payload), str(base), decode=True, compress=compress)
+
+    report = xorweights.decode(payload, base=base, out=tmp_path / "out")
+
+    assert tree(tmp_path / "out") == tree(legacy_out) == tree(tuned)
+    assert {f.name: f.compressed for f in report.files} == {
+        n: compress and n != "added_tokens.json" for n in tree(tuned)
+    }
+    assert {f.name: f.action for f in report.files}["added_tokens.json"] == "copy"
+
+
+@pytest.mark.parametrize("compress", [None, "gzip"], ids=["plain", "gzip"])
+def test_encode_matches_the_legacy_script(tmp_path: Path, model_pair, compress: str | None) -> None:
+    base, tuned = model_pair()
+    expected = legacy_payload(tmp_path, base, tuned, compress=compress is not None)
+    xorweights.encode(tuned, base=base, out=tmp_path / "ours", compress=compress, gzip_mtime=ref.FIXED_MTIME)
+    assert tree(tmp_path / "ours") == tree(expected)
+
+
+def test_gzip_is_recognised_by_magic_not_by_name_or_flag(tmp_path: Path, model_pair) -> None:
+    base, tuned = model_pair()
+    payload = legacy_payload(tmp_path, base, tuned, compress=True)
+    # Mix: one file plain, the others gzip; decode needs no flag.
+    plain_name = "config.json"
+    ref.xor_uncompressed(str(payload / plain_name), str(tuned / plain_name), str(base / plain_name))
+    report = xorweights.decode(payload, base=base, out=tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(tuned)
+    flags = {f.name: f.compressed for f in report.files}
+    assert flags[plain_name] is False and flags["tokenizer.model"] is True
+
+
+@pytest.mark.parametrize(
+    ("n_tuned", "n_base"),
+    [(0, 0), (0, 100), (100, 0), (1, 1), (7, 9), (9, 7), (CHUNK_SIZE, CHUNK_SIZE), (CHUNK_SIZE + 3, CHUNK_SIZE - 5),
+     (CHUNK_SIZE - 5, 2 * CHUNK_SIZE + 1)],
+    ids=lambda v: str(v),
+)
+def test_round_trip_at_every_size(tmp_path: Path, n_tuned: int, n_base: int) -> None:
+    base = write_files(tmp_path / "base", {"w.bin": random_bytes(n_base, 1)})
+    tuned = write_files(tmp_path / "tuned", {"w.bin": random_bytes(n_tuned, 2)})
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    assert (tmp_path / "payload" / "w.bin").stat().st_size == n_tuned  # output length = input length
+    ref_payload = tmp_path / "ref.bin"
+    ref.xor_uncompressed(str(ref_payload), str(tuned / "w.bin"), str(base / "w.bin"))
+    assert (tmp_path / "payload" / "w.bin").read_bytes() == ref_payload.read_bytes()
+    xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
+    assert (tmp_path / "out" / "w.bin").read_bytes() == (tuned / "w.bin").read_bytes()
+
+
+def test_empty_files_round_trip_with_gzip(tmp_path: Path) -> None:
+    base = write_files(tmp_path / "base", {"a.bin": b"", "b.bin": b"xyz"})
+    tuned = write_files(tmp_path / "tuned", {"a.bin": b"", "b.bin": b""})
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload", compress="gzip")
+    assert gzip.decompress((tmp_path / "payload" / "a.bin").read_bytes()) == b""
+    xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(tuned)
+
+
+def test_nested_payload_folder_is_found(tmp_path: Path, model_pair) -> None:
+    base, tuned = model_pair()
+    repo = tmp_path / "oasst-sft-6-llama-30b-xor"
+    inner = repo / "oasst-sft-6-llama-30b-xor" / "oasst-sft-6-llama-30b-xor"
+    xorweights.encode(tuned, base=base, out=inner)
+    (repo / "README.md").write_text("# model card\n")
+    (repo / ".gitattributes").write_text("*.bin filter=lfs\n")
+    report = xorweights.decode(repo, base=base, out=tmp_path / "out")
+    assert report.payload_dir == str(inner)
+    assert tree(tmp_path / "out") == tree(tuned)
+
+
+def test_two_payload_folders_are_ambiguous(tmp_path: Path, model_pair) -> None:
+    base, tuned = model_pair()
+    xorweights.encode(tuned, base=base, out=tmp_path / "repo" / "a")
+    xorweights.encode(tuned, base=base, out=tmp_path / "repo" / "b")
+    with pytest.raises(xorweights.InputError, match="several payload folders"):
+        xorweights.decode(tmp_path / "repo", base=base, out=tmp_path / "out")
+
+
+def test_added_tokens_json_is_copied_raw_even_if_the_base_has_one(tmp_path: Path, model_pair) -> None:
+    base, tuned = model_pair()
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    assert (tmp_path / "payload" / "added_tokens.json").read_bytes() == (tuned / "added_tokens.json").read_bytes()
+    (base / "added_tokens.json").write_bytes(b"{}")
+    xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
+    assert (tmp_path / "out" / "added_tokens.json").read_bytes() == (tuned / "added_tokens.json").read_bytes()
+
+
+def test_missing_base_files_are_all_named_before_anything_is_written(tmp_path: Path, model_pair) -> None:
+    base, tuned = model_pair()
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    (base / "config.json").unlink()
+    (base / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(xorweights.MissingFileError) as info:
+        xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
+    assert "config.json" in str(info.value) and "pytorch_model-00002-of-00002.bin" in str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_gzip_payload_is_a_format_error_and_leaves_nothing(tmp_path: Path, model_pair) -> None:
+    base, tuned = model_pair()
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload", compress="gzip")
+    victim = tmp_path / "payload" / "pytorch_model-00001-of-00002.bin"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(xorweights.FormatError, match="pytorch_model-00001-of-00002.bin.*gzip"):
+        xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out", jobs=1)
+    assert "pytorch_model-00001-of-00002.bin" not in tree(tmp_path / "out")
+    assert not [n for n in tree(tmp_path / "out") if n.startswith(".")]  # no temporaries left
+
+
+def test_existing_outputs_are_not_overwritten_without_force(tmp_path: Path, model_pair) -> None:
+    base, tuned = model_pair()
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    out = write_files(tmp_path / "out", {"config.json": b"mine"})
+    with pytest.raises(xorweights.OutputExistsError, match="config.json"):
+        xorweights.decode(tmp_path / "payload", base=base, out=out)
+    assert tree(out) == {"config.json": b"mine"}
+    xorweights.decode(tmp_path / "payload", base=base, out=out, force=True)
+    assert tree(out) == tree(tuned)
+
+
+def test_out_may_not_be_an_input_folder(tmp_path: Path, model_pair) -> None:
+    base, tuned = model_pair()
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    with pytest.raises(xorweights.InputError, match="must differ from the base"):
+        xorweights.decode(tmp_path / "payload", base=base, out=base, force=True)
+
+
+def test_plain_payload_that_would_look_like_gzip_is_refused(tmp_path: Path) -> None:
+    base = write_files(tmp_path / "base", {"w.bin": b"\x00\x00\x00rest"})
+    tuned = write_files(tmp_path / "tuned", {"w.bin": b"\x1f\x8b\x08data"})
+    with pytest.raises(xorweights.FormatError, match="--compress gzip"):
+        xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    assert tree(tmp_path / "payload") == {}
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload", compress="gzip")
+    xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(tuned)
+
+
+def test_parallel_jobs_give_the_same_bytes(tmp_path: Path, model_pair) -> None:
+    base, tuned = model_pair()
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    for jobs in (1, 2, 4):
+        xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / f"out{jobs}", jobs=jobs)
+        assert tree(tmp_path / f"out{jobs}") == tree(tuned)
+
+
+def test_gzip_encode_matches_the_legacy_script_across_a_chunk_boundary(tmp_path: Path) -> None:
+    n = CHUNK_SIZE + 3
+    # Half-compressible data, so deflate makes real matches across the boundary.
+    data = bytes(random_bytes(n // 2, 1)) + bytes(n - n // 2)
+    base = write_files(tmp_path / "base", {"w.bin": random_bytes(n - 11, 2)})
+    tuned = write_files(tmp_path / "tuned", {"w.bin": data})
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload", compress="gzip")
+    (tmp_path / "ref").mkdir()  # the gzip header holds the file's name, so same name here
+    ref.xor_encode(str(tmp_path / "ref" / "w.bin"), str(tuned / "w.bin"), str(base / "w.bin"))
+    assert (tmp_path / "payload" / "w.bin").read_bytes() == (tmp_path / "ref" / "w.bin").read_bytes()
