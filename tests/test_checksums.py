@@ -65,8 +65,12 @@ def test_manifests_equal_the_published_lists() -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["oasst-sft-6-llama-30b", "oasst-sft-6-llama-30b-xor", "OpenAssistant/oasst-sft-6-llama-30b-xor",
-     "OASST-SFT-6-LLAMA-30B"],
+    [
+        "oasst-sft-6-llama-30b",
+        "oasst-sft-6-llama-30b-xor",
+        "OpenAssistant/oasst-sft-6-llama-30b-xor",
+        "OASST-SFT-6-LLAMA-30B",
+    ],
 )
 def test_release_is_found_by_name_or_repo_id(spec: str) -> None:
     assert load_checksums(spec).release == "oasst-sft-6-llama-30b"
@@ -95,8 +99,13 @@ def test_md5sum_accepts_what_checksum_writes(tmp_path: Path) -> None:
     assert run.stdout.count(": OK") == 4
     # and the other way: what md5sum writes, we read
     ours = (folder / "SUMS.md5").read_text()
-    theirs = subprocess.run(["md5sum", "a.bin", "b c.json", "w\\x.bin", "sub/n.txt"], cwd=folder,
-                            capture_output=True, text=True, check=True).stdout
+    theirs = subprocess.run(
+        ["md5sum", "a.bin", "b c.json", "w\\x.bin", "sub/n.txt"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert parse_sum_lines(theirs) == parse_sum_lines(ours)
     assert sorted(theirs.splitlines()) == sorted(ours.splitlines())
 
@@ -118,9 +127,14 @@ def test_line_parser_reads_binary_mode_and_escapes() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("nonsense\n", "not a '<digest>  <name>' line"), ("abc  x\n", "neither md5 nor sha256"),
-     (f"{'0' * 32}  a\n{'0' * 64}  b\n", "mixes md5 and sha256"), ("\n", "no checksum lines"),
-     (f"{'0' * 32}  ../escape\n", "must stay inside"), (f"{'0' * 32}  /etc/passwd\n", "bad file name")],
+    [
+        ("nonsense\n", "not a '<digest>  <name>' line"),
+        ("abc  x\n", "neither md5 nor sha256"),
+        (f"{'0' * 32}  a\n{'0' * 64}  b\n", "mixes md5 and sha256"),
+        ("\n", "no checksum lines"),
+        (f"{'0' * 32}  ../escape\n", "must stay inside"),
+        (f"{'0' * 32}  /etc/passwd\n", "bad file name"),
+    ],
 )
 def test_line_parser_rejects_bad_input(text: str, message: str) -> None:
     with pytest.raises(xorweights.FormatError, match=message):
@@ -137,9 +151,16 @@ def test_line_parser_fuzz_raises_only_format_errors(text: str) -> None:
 
 
 @settings(max_examples=200)
-@given(st.dictionaries(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=30)
-                       .filter(lambda s: s.strip(" ") == s and "\x00" not in s), st.binary(min_size=16, max_size=16),
-                       min_size=1, max_size=8))
+@given(
+    st.dictionaries(
+        st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=30).filter(
+            lambda s: s.strip(" ") == s and "\x00" not in s
+        ),
+        st.binary(min_size=16, max_size=16),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_line_format_round_trips(entries: dict[str, bytes]) -> None:
     digests = {n: d.hex() for n, d in entries.items()}
     try:
@@ -160,15 +181,32 @@ def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("doc", "message"),
-    [({"format": "other"}, "not a checksum manifest"),
-     ({"format": MANIFEST_FORMAT}, "missing \"release\""),
-     ({"format": MANIFEST_FORMAT, "release": "r", "stages": {"bogus": {}}}, "unknown stage"),
-     ({"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"a": {"md5": "xyz"}}}}, "32 hex"),
-     ({"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"a": {}}}}, "needs md5 or sha256"),
-     ({"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"../a": {"md5": "0" * 32}}}}, "inside"),
-     ({"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"C:x": {"md5": "0" * 32}}}}, "inside"),
-     ({"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"a": {"md5": "0" * 32, "size": -1}}}},
-      "non-negative")],
+    [
+        ({"format": "other"}, "not a checksum manifest"),
+        ({"format": MANIFEST_FORMAT}, 'missing "release"'),
+        ({"format": MANIFEST_FORMAT, "release": "r", "stages": {"bogus": {}}}, "unknown stage"),
+        ({"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"a": {"md5": "xyz"}}}}, "32 hex"),
+        (
+            {"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"a": {}}}},
+            "needs md5 or sha256",
+        ),
+        (
+            {"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"../a": {"md5": "0" * 32}}}},
+            "inside",
+        ),
+        (
+            {"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"C:x": {"md5": "0" * 32}}}},
+            "inside",
+        ),
+        (
+            {
+                "format": MANIFEST_FORMAT,
+                "release": "r",
+                "stages": {"decoded": {"a": {"md5": "0" * 32, "size": -1}}},
+            },
+            "non-negative",
+        ),
+    ],
 )
 def test_manifest_parser_rejects_bad_documents(doc: object, message: str) -> None:
     with pytest.raises(xorweights.FormatError, match=message):
@@ -183,9 +221,19 @@ _json = st.recursive(
 
 
 @settings(max_examples=300)
-@given(st.fixed_dictionaries({"format": st.just(MANIFEST_FORMAT), "release": _json}, optional={
-    "stages": st.dictionaries(st.sampled_from(["decoded", "hf_base", "x"]), _json, max_size=3),
-    "caveats": _json, "sources": _json, "needs": _json, "raw_files": _json, "repo_id": _json}))
+@given(
+    st.fixed_dictionaries(
+        {"format": st.just(MANIFEST_FORMAT), "release": _json},
+        optional={
+            "stages": st.dictionaries(st.sampled_from(["decoded", "hf_base", "x"]), _json, max_size=3),
+            "caveats": _json,
+            "sources": _json,
+            "needs": _json,
+            "raw_files": _json,
+            "repo_id": _json,
+        },
+    )
+)
 def test_manifest_parser_fuzz_raises_only_format_errors(doc: dict) -> None:
     try:
         parse_manifest(doc, "fuzz.json")
@@ -208,9 +256,20 @@ def test_verify_reads_md5sum_files_and_json_manifests(tmp_path: Path) -> None:
     lines = tmp_path / "sums.md5"
     lines.write_text(f"{md5(b'abc')}  a.bin\n{md5(b'def')}  b.bin\n")
     manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"format": MANIFEST_FORMAT, "release": "t", "stages": {
-        "decoded": {"a.bin": {"md5": md5(b"abc"), "sha256": hashlib.sha256(b"abc").hexdigest()},
-                    "b.bin": {"md5": md5(b"def"), "size": 3}}}}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "format": MANIFEST_FORMAT,
+                "release": "t",
+                "stages": {
+                    "decoded": {
+                        "a.bin": {"md5": md5(b"abc"), "sha256": hashlib.sha256(b"abc").hexdigest()},
+                        "b.bin": {"md5": md5(b"def"), "size": 3},
+                    }
+                },
+            }
+        )
+    )
     for source in (lines, manifest):
         r = xorweights.verify(folder, source)
         assert r.ok and r.matched == ("a.bin", "b.bin") and r.extra == ("c.bin",)
@@ -303,7 +362,9 @@ def test_checksums_of_another_release_are_refused_up_front(tmp_path: Path, model
     base, tuned = model_pair()  # two shards; sft-6 lists seven others
     xorweights.encode(tuned, base=base, out=tmp_path / "payload")
     with pytest.raises(xorweights.InputError, match="wrong release"):
-        xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out", checksums="oasst-sft-6-llama-30b")
+        xorweights.decode(
+            tmp_path / "payload", base=base, out=tmp_path / "out", checksums="oasst-sft-6-llama-30b"
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -311,5 +372,7 @@ def test_decode_with_an_md5sum_file_checks_outputs(tmp_path: Path, model_pair) -
     base, tuned = model_pair()
     xorweights.encode(tuned, base=base, out=tmp_path / "payload")
     xorweights.checksum(tuned, output=tmp_path / "decoded.md5")
-    r = xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out", checksums=tmp_path / "decoded.md5")
+    r = xorweights.decode(
+        tmp_path / "payload", base=base, out=tmp_path / "out", checksums=tmp_path / "decoded.md5"
+    )
     assert all(f.verified for f in r.files)

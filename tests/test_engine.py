@@ -21,14 +21,32 @@ def legacy_rule(data: bytes, base: bytes) -> bytes:
 @pytest.mark.parametrize("chunk", [1, 7, 8, 64, 4096])
 @pytest.mark.parametrize(
     ("n_data", "n_base"),
-    [(0, 0), (0, 5), (5, 0), (1, 1), (63, 63), (64, 64), (65, 64), (64, 65), (1000, 17), (17, 1000),
-     (4095, 4097), (4097, 4095), (12_345, 12_345)],
+    [
+        (0, 0),
+        (0, 5),
+        (5, 0),
+        (1, 1),
+        (63, 63),
+        (64, 64),
+        (65, 64),
+        (64, 65),
+        (1000, 17),
+        (17, 1000),
+        (4095, 4097),
+        (4097, 4095),
+        (12_345, 12_345),
+    ],
 )
 def test_xor_follows_the_legacy_length_rule(chunk: int, n_data: int, n_base: int) -> None:
     data, base = random_bytes(n_data, 1), random_bytes(n_base, 2)
     out = io.BytesIO()
-    stats = xor_stream(io.BytesIO(data), io.BytesIO(base), out, chunk_size=chunk,
-                       hashes={"data": ["md5"], "base": ["md5", "sha256"], "out": ["sha256"]})
+    stats = xor_stream(
+        io.BytesIO(data),
+        io.BytesIO(base),
+        out,
+        chunk_size=chunk,
+        hashes={"data": ["md5"], "base": ["md5", "sha256"], "out": ["sha256"]},
+    )
     expected = legacy_rule(data, base)
     assert out.getvalue() == expected
     assert stats.size == n_data

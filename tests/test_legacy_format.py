@@ -58,8 +58,17 @@ def test_gzip_is_recognised_by_magic_not_by_name_or_flag(tmp_path: Path, model_p
 
 @pytest.mark.parametrize(
     ("n_tuned", "n_base"),
-    [(0, 0), (0, 100), (100, 0), (1, 1), (7, 9), (9, 7), (CHUNK_SIZE, CHUNK_SIZE), (CHUNK_SIZE + 3, CHUNK_SIZE - 5),
-     (CHUNK_SIZE - 5, 2 * CHUNK_SIZE + 1)],
+    [
+        (0, 0),
+        (0, 100),
+        (100, 0),
+        (1, 1),
+        (7, 9),
+        (9, 7),
+        (CHUNK_SIZE, CHUNK_SIZE),
+        (CHUNK_SIZE + 3, CHUNK_SIZE - 5),
+        (CHUNK_SIZE - 5, 2 * CHUNK_SIZE + 1),
+    ],
     ids=lambda v: str(v),
 )
 def test_round_trip_at_every_size(tmp_path: Path, n_tuned: int, n_base: int) -> None:
@@ -106,7 +115,9 @@ def test_two_payload_folders_are_ambiguous(tmp_path: Path, model_pair) -> None:
 def test_added_tokens_json_is_copied_raw_even_if_the_base_has_one(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
     xorweights.encode(tuned, base=base, out=tmp_path / "payload")
-    assert (tmp_path / "payload" / "added_tokens.json").read_bytes() == (tuned / "added_tokens.json").read_bytes()
+    assert (tmp_path / "payload" / "added_tokens.json").read_bytes() == (
+        tuned / "added_tokens.json"
+    ).read_bytes()
     (base / "added_tokens.json").write_bytes(b"{}")
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
     assert (tmp_path / "out" / "added_tokens.json").read_bytes() == (tuned / "added_tokens.json").read_bytes()

@@ -1,0 +1,224 @@
+"""The command-line contract: commands, exit codes, JSON reports, progress and error lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import xorweights
+from tests.conftest import tree
+from xorweights.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def release(tmp_path: Path, model_pair, capsys) -> tuple[Path, Path, Path, Path]:
+    base, tuned = model_pair()
+    code = main(
+        [
+            "encode",
+            str(tuned),
+            "--base",
+            str(base),
+            "--out",
+            str(tmp_path / "payload"),
+            "--manifest",
+            str(tmp_path / "release.json"),
+            "--release",
+            "t",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert "checksums written to" in capsys.readouterr().out
+    return base, tuned, tmp_path / "payload", tmp_path / "release.json"
+
+
+def test_decode_then_verify(tmp_path: Path, capsys, release) -> None:
+    base, tuned, payload, manifest = release
+    code, out, err = run(
+        capsys,
+        "decode",
+        payload,
+        "--base",
+        base,
+        "--out",
+        tmp_path / "out",
+        "--checksums",
+        manifest,
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "verified against t: 6 outputs, 5 base files" in out
+    assert tree(tmp_path / "out") == tree(tuned)
+    code, out, _ = run(capsys, "verify", tmp_path / "out", "--checksums", manifest, "--quiet")
+    assert code == 0 and "OK: 6/6 files of t [decoded] match" in out
+    code, out, _ = run(capsys, "verify", base, "--checksums", manifest, "--stage", "hf_base", "--quiet")
+    assert code == 0 and "OK: 5/5" in out
+
+
+def test_decode_json_report(tmp_path: Path, capsys, release) -> None:
+    base, tuned, payload, manifest = release
+    code, out, _ = run(
+        capsys,
+        "decode",
+        payload,
+        "--base",
+        base,
+        "--out",
+        tmp_path / "out",
+        "--checksums",
+        manifest,
+        "--json",
+        "--quiet",
+        "--jobs",
+        "2",
+    )
+    doc = json.loads(out)
+    assert code == 0 and doc["operation"] == "decode" and doc["release"] == "t"
+    assert doc["bytes_written"] == sum(len(b) for b in tree(tuned).values())
+    assert all(f["verified"] for f in doc["files"])
+
+
+def test_missing_base_file_exits_2_naming_it(tmp_path: Path, capsys, release) -> None:
+    base, _, payload, _ = release
+    (base / "tokenizer.model").unlink()
+    code, out, err = run(capsys, "decode", payload, "--base", base, "--out", tmp_path / "out", "--quiet")
+    assert code == 2
+    assert err.startswith("Error: base file missing in ") and "tokenizer.model" in err
+    assert len([line for line in err.splitlines() if line.startswith("Error")]) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_checksum_mismatch_exits_1_naming_the_file(tmp_path: Path, capsys, release) -> None:
+    base, _, payload, manifest = release
+    victim = payload / "config.json"
+    victim.write_bytes(bytes([victim.read_bytes()[0] ^ 1]) + victim.read_bytes()[1:])
+    code, _, err = run(
+        capsys,
+        "decode",
+        payload,
+        "--base",
+        base,
+        "--out",
+        tmp_path / "out",
+        "--checksums",
+        manifest,
+        "--quiet",
+        "--jobs",
+        "1",
+    )
+    assert code == 1
+    assert "Error: decoded config.json: md5" in err
+    assert "config.json" not in tree(tmp_path / "out")
+
+
+def test_verify_mismatch_exits_1(tmp_path: Path, capsys, release) -> None:
+    base, tuned, _, manifest = release
+    (tuned / "config.json").write_bytes(b"{}")
+    code, out, _ = run(capsys, "verify", tuned, "--checksums", manifest, "--quiet")
+    assert code == 1 and "MISMATCH config.json" in out and "FAILED" in out
+    code, out, _ = run(capsys, "verify", tuned, "--checksums", manifest, "--json", "--quiet")
+    assert code == 1 and json.loads(out)["mismatches"][0]["name"] == "config.json"
+
+
+def test_checksum_command_prints_md5sum_lines(tmp_path: Path, capsys, release) -> None:
+    _, tuned, _, _ = release
+    code, out, _ = run(capsys, "checksum", tuned, "--quiet")
+    assert code == 0
+    check = subprocess.run(["md5sum", "-c", "-"], input=out, cwd=tuned, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.count(": OK") == 6
+
+
+def test_bad_usage_exits_2(capsys) -> None:
+    code, _, err = run(capsys, "decode", "somewhere")
+    assert code == 2 and "Missing option '--base'" in err
+    code, _, err = run(capsys, "verify", ".", "--checksums", "x", "--stage", "nope")
+    assert code == 2
+
+
+def test_unknown_release_exits_2(tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "verify", tmp_path, "--checksums", "no-such-release")
+    assert code == 2 and "Error: no checksum file or known release named 'no-such-release'" in err
+
+
+def test_releases_lists_stages_and_needs(capsys) -> None:
+    code, out, _ = run(capsys, "releases")
+    assert code == 0
+    assert "oasst-sft-6-llama-30b  (OpenAssistant/oasst-sft-6-llama-30b-xor)" in out
+    assert "d04ec99bec8a0b432fc03ed60cea9a1a20ebaf3c" in out
+    code, out, _ = run(capsys, "releases", "--json")
+    docs = {d["release"]: d for d in json.loads(out)}
+    assert docs["oasst-sft-6-llama-30b"]["stages"]["hf_base"] == {"files": 14, "algorithms": ["md5"]}
+    assert "decoded" not in docs["oasst-sft-7-llama-30b"]["stages"]
+
+
+def test_no_arguments_prints_help(capsys) -> None:
+    code, out, _ = run(capsys)
+    assert code == 0 and "decode" in out and "verify" in out
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
+    code, out, err = run(capsys, "demo", "--size-mb", "32", "--workdir", tmp_path / "demo", "--quiet")
+    assert code == 0, err
+    assert "demo OK" in out and "4. verify" in out
+    assert tree(tmp_path / "demo" / "decoded") == tree(tmp_path / "demo" / "finetuned")
+
+
+def test_progress_bars_go_to_stderr_unless_quiet(tmp_path: Path, release, monkeypatch) -> None:
+    base, _, payload, _ = release
+    monkeypatch.delenv("XORWEIGHTS_DISABLE_PROGRESS_BARS")
+    env = {k: v for k, v in os.environ.items() if k != "XORWEIGHTS_DISABLE_PROGRESS_BARS"}
+    cmd = [sys.executable, "-m", "xorweights.cli", "decode", str(payload), "--base", str(base)]
+    loud = subprocess.run([*cmd, "--out", str(tmp_path / "a")], capture_output=True, text=True, env=env)
+    quiet = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True, env=env
+    )
+    silenced = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        env={**env, "XORWEIGHTS_DISABLE_PROGRESS_BARS": "1"},
+    )
+    assert loud.returncode == quiet.returncode == silenced.returncode == 0
+    bar = "%|"  # tqdm's percentage and bar edge
+    assert "decode:" in loud.stderr and bar in loud.stderr and "B/s" in loud.stderr
+    assert bar not in quiet.stderr and bar not in silenced.stderr
+    assert bar not in loud.stdout  # bars never pollute stdout
+
+
+def test_console_script_exit_codes(tmp_path: Path, release) -> None:
+    """The installed `xorweights` command itself, as a user runs it."""
+    base, _, payload, manifest = release
+    exe = Path(sys.executable).with_name("xorweights")
+    assert exe.exists(), "the package is installed with its console script"
+    ok = subprocess.run(
+        [exe, "decode", payload, "--base", base, "--out", tmp_path / "o", "--checksums", manifest, "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    missing = subprocess.run(
+        [exe, "decode", tmp_path / "nope", "--base", base, "--out", tmp_path / "o2"],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "Error: payload folder not found" in missing.stderr
+    assert "XORWEIGHTS_DEBUG=1" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_library_never_prints(tmp_path: Path, capsys, release) -> None:
+    base, _, payload, manifest = release
+    report = xorweights.decode(payload, base=base, out=tmp_path / "out", checksums=manifest, progress=False)
+    assert isinstance(report, xorweights.DecodeReport)
+    assert capsys.readouterr() == ("", "")

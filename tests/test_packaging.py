@@ -1,0 +1,43 @@
+"""The wheel carries the release manifests and the console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_ships_the_manifests(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("xorweights-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    shipped = {n.split("/")[-1] for n in names if n.startswith("xorweights/checksums/")}
+    assert shipped == {p.name for p in (ROOT / "checksums").glob("*.json")}
+    assert len(shipped) == 4
+    assert "xorweights = xorweights.cli:main" in entry_points
+    assert "xorweights/py.typed" in names
+
+
+def test_torch_is_not_imported_by_the_library() -> None:
+    code = "import sys, xorweights, xorweights.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
