@@ -115,3 +115,68 @@ def test_should_stop_cancels_between_chunks() -> None:
     with pytest.raises(Cancelled):
         xor_stream(io.BytesIO(random_bytes(1000, 1)), None, out, chunk_size=100, should_stop=stop)
     assert len(out.getvalue()) == 200
+
+
+class _Counting(io.BytesIO):
+    """Counts the bytes handed out, to prove each input byte is read once."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.handed = 0
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = super().readinto(b)
+        self.handed += n
+        return n
+
+
+@pytest.mark.parametrize("depth", [2, 3, 8])
+def test_one_pass_reads_each_byte_once(depth: int) -> None:
+    data, base = _Counting(random_bytes(10_000, 1)), _Counting(random_bytes(13_000, 2))
+    out = io.BytesIO()
+    stats = xor_stream(
+        data,
+        base,
+        out,
+        chunk_size=256,
+        depth=depth,
+        hashes={"data": ["sha256"], "base": ["md5", "sha256"], "out": ["md5", "sha256"]},
+    )
+    assert data.handed == 10_000 and base.handed == 13_000
+    assert out.getvalue() == legacy_rule(data.getvalue(), base.getvalue())
+    assert stats.digests["out"]["md5"] == hashlib.md5(out.getvalue()).hexdigest()
+
+
+class _FailingSink(io.BytesIO):
+    def __init__(self, fail_after: int) -> None:
+        super().__init__()
+        self.writes = 0
+        self.fail_after = fail_after
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.writes += 1
+        if self.writes > self.fail_after:
+            raise OSError(28, "No space left on device")
+        return super().write(b)
+
+
+def test_a_failing_writer_stops_the_pass_without_hanging() -> None:
+    sink = _FailingSink(fail_after=3)
+    with pytest.raises(OSError, match="No space left"):
+        xor_stream(
+            io.BytesIO(random_bytes(100_000, 1)),
+            io.BytesIO(random_bytes(100_000, 2)),
+            sink,
+            chunk_size=1000,
+            depth=2,
+            hashes={"out": ["md5"]},
+        )
+    assert sink.writes == 4  # it stopped at the first failure, not after the whole input
+
+
+def test_progress_counts_every_output_byte() -> None:
+    seen: list[int] = []
+    xor_stream(
+        io.BytesIO(random_bytes(10_001, 1)), None, io.BytesIO(), chunk_size=1000, on_progress=seen.append
+    )
+    assert sum(seen) == 10_001 and len(seen) == 11

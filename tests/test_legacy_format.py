@@ -193,3 +193,43 @@ def test_gzip_encode_matches_the_legacy_script_across_a_chunk_boundary(tmp_path:
     (tmp_path / "ref").mkdir()  # the gzip header holds the file's name, so same name here
     ref.xor_encode(str(tmp_path / "ref" / "w.bin"), str(tuned / "w.bin"), str(base / "w.bin"))
     assert (tmp_path / "payload" / "w.bin").read_bytes() == (tmp_path / "ref" / "w.bin").read_bytes()
+
+
+@pytest.mark.parametrize("backend", ["zlib", "isal"])
+def test_gzip_backends_decode_the_same_bytes(tmp_path: Path, model_pair, backend: str) -> None:
+    base, tuned = model_pair()
+    payload = legacy_payload(tmp_path, base, tuned, compress=True)
+    report = xorweights.decode(payload, base=base, out=tmp_path / "out", gzip_backend=backend)
+    assert report.gzip_backend == backend
+    assert tree(tmp_path / "out") == tree(tuned)
+    victim = payload / "tokenizer.model"
+    victim.write_bytes(victim.read_bytes()[:-9])  # drop the trailer: truncated stream
+    with pytest.raises(xorweights.FormatError, match="tokenizer.model: gzip stream is corrupt or truncated"):
+        xorweights.decode(payload, base=base, out=tmp_path / "out2", gzip_backend=backend, jobs=1)
+    assert "tokenizer.model" not in tree(tmp_path / "out2")
+
+
+def test_gzip_backend_auto_prefers_isal_and_env_can_force_zlib(monkeypatch) -> None:
+    from xorweights.legacy import gzip_backend
+
+    assert gzip_backend() == "isal"  # installed with the test extra
+    monkeypatch.setenv("XORWEIGHTS_GZIP_BACKEND", "zlib")
+    assert gzip_backend() == "zlib"
+    with pytest.raises(xorweights.InputError, match="unknown gzip backend"):
+        gzip_backend("lz4")
+
+
+def test_plain_payload_reports_no_gzip_backend(tmp_path: Path, model_pair) -> None:
+    base, tuned = model_pair()
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    assert xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out").gzip_backend is None
+
+
+def test_drop_cache_and_no_fsync_give_the_same_bytes(tmp_path: Path) -> None:
+    n = 3 * CHUNK_SIZE + 5
+    base = write_files(tmp_path / "base", {"w.bin": random_bytes(n - 100, 1)})
+    tuned = write_files(tmp_path / "tuned", {"w.bin": random_bytes(n, 2)})
+    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "a", drop_cache=True)
+    xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "b", fsync=False)
+    assert tree(tmp_path / "a") == tree(tmp_path / "b") == tree(tuned)

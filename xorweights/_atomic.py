@@ -18,6 +18,19 @@ def _umask() -> int:
     return mask
 
 
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible on every platform; the rename itself is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class AtomicFile:
     """A file written to `.xorweights-<name>.<random>.part` in the target's folder.
 
@@ -43,13 +56,21 @@ class AtomicFile:
         self.file: BinaryIO = os.fdopen(fd, "wb")
         self.committed = False
 
-    def commit(self) -> Path:
-        """Make the written bytes durable and visible under the final name."""
+    def commit(self, *, durable: bool = True) -> Path:
+        """Make the written bytes visible under the final name.
+
+        Args:
+            durable: fsync the file before the rename and its folder after, so that a power
+                failure cannot leave a final name over missing data.
+        """
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if durable:
+            os.fsync(self.file.fileno())
         self.file.close()
         os.chmod(self.temp, 0o666 & ~_umask())
         os.replace(self.temp, self.final)
+        if durable:
+            _fsync_dir(self.final.parent)
         self.committed = True
         logger.debug("committed %s", self.final)
         return self.final

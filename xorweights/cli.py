@@ -75,6 +75,22 @@ def cli(verbose: int) -> None:
 )
 @click.option("--format", "fmt", type=click.Choice(["auto", "oasst"]), default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite files already in --out.")
+@click.option(
+    "--drop-cache",
+    is_flag=True,
+    help="Drop inputs and outputs from the page cache behind the cursor (long runs on shared machines).",
+)
+@click.option(
+    "--no-fsync",
+    is_flag=True,
+    help="Skip fsync of outputs before renaming (faster; a power failure may lose them).",
+)
+@click.option(
+    "--gzip-backend",
+    type=click.Choice(["auto", "isal", "zlib"]),
+    default=None,
+    help="gzip decompressor [default: isal when installed, else zlib].",
+)
 @jobs_option
 @quiet_option
 @json_option
@@ -85,6 +101,9 @@ def decode_cmd(
     checksums: str | None,
     fmt: str,
     force: bool,
+    drop_cache: bool,
+    no_fsync: bool,
+    gzip_backend: str | None,
     jobs: int | None,
     quiet: bool,
     as_json: bool,
@@ -98,6 +117,9 @@ def decode_cmd(
         format=fmt,  # type: ignore[arg-type]
         jobs=jobs,
         force=force,
+        fsync=not no_fsync,
+        drop_cache=drop_cache,
+        gzip_backend=gzip_backend,
         progress=not quiet,
     )
     if as_json:
@@ -119,6 +141,7 @@ def _print_decode(report: DecodeReport) -> None:
     click.echo(
         f"decoded {len(report.files)} files, {_human(report.bytes_written)} in {report.seconds:.1f} s "
         f"({_rate(report.bytes_written, report.seconds)}) into {report.out_dir}"
+        + (f"; gzip payloads read with {report.gzip_backend}" if report.gzip_backend else "")
     )
     if report.release:
         n_ok = sum(f.verified for f in report.files)

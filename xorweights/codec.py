@@ -7,7 +7,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
@@ -83,6 +82,8 @@ class DecodeReport(_Report):
     out_dir: str
     release: str | None = None
     unverified: tuple[str, ...] = ()
+    gzip_backend: str | None = None
+    """The decompressor used, when any payload file was gzip (`isal` or `zlib`)."""
     """Outputs with no published digest to check against (only when checksums were given)."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +93,7 @@ class DecodeReport(_Report):
             "base_dir": self.base_dir,
             "out_dir": self.out_dir,
             "release": self.release,
+            "gzip_backend": self.gzip_backend,
             "seconds": round(self.seconds, 3),
             "bytes_written": self.bytes_written,
             "throughput_bytes_per_s": round(self.throughput),
@@ -165,6 +167,9 @@ class _Job:
     compress: str | None = None
     gzip_mtime: int = 0
     hash_written: Sequence[str] = ()
+    gzip_backend: str = "zlib"
+    fsync: bool = True
+    drop_cache: bool = False
 
 
 def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want: FileDigest | None) -> bool:
@@ -205,7 +210,9 @@ def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want
 def _run_job(job: _Job, bar: Any, stop: threading.Event) -> FileReport:
     p = job.planned
     with ExitStack() as stack:
-        data, compressed = legacy.open_source(p.source, detect_gzip=not job.encoding)
+        data, compressed = legacy.open_source(
+            p.source, detect_gzip=not job.encoding, backend=job.gzip_backend
+        )
         stack.enter_context(data)
         base = stack.enter_context(open(p.base, "rb")) if p.base is not None else None
         atomic = stack.enter_context(AtomicFile(job.out))
@@ -219,13 +226,14 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event) -> FileReport:
                 hashes=job.hashes,
                 on_progress=bar.update,
                 should_stop=stop.is_set,
+                drop_cache=job.drop_cache,
             )
-        except (EOFError, OSError, zlib.error) as e:
-            if compressed and not isinstance(e, (FileNotFoundError, PermissionError)):
-                raise FormatError(
-                    f"payload {p.source}: gzip stream is corrupt or truncated ({e})", path=p.source
-                ) from e
-            raise
+        except legacy.GZIP_ERRORS as e:
+            if not compressed:
+                raise
+            raise FormatError(
+                f"payload {p.source}: gzip stream is corrupt or truncated ({e})", path=p.source
+            ) from e
         if gz is not None:
             gz.close()
         base_ok = _check("base", job, stats.digests.get("base", {}), job.expect_base)
@@ -240,7 +248,7 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event) -> FileReport:
                         "when decoded; encode with --compress gzip",
                         path=p.source,
                     )
-        atomic.commit()
+        atomic.commit(durable=job.fsync)
     written = sink.hexdigests() if isinstance(sink, _HashingWriter) else {}
     return FileReport(
         name=p.name,
@@ -310,6 +318,9 @@ def decode(
     format: Format = "auto",
     jobs: int | None = None,
     force: bool = False,
+    fsync: bool = True,
+    drop_cache: bool = False,
+    gzip_backend: str | None = None,
     progress: bool = False,
 ) -> DecodeReport:
     """Rebuild fine-tuned files from an XOR payload and the base they were made against.
@@ -325,6 +336,11 @@ def decode(
         format: `auto` or `oasst` (the legacy file-level XOR; gzip payloads recognised).
         jobs: files decoded at once (default: number of cores).
         force: overwrite files already in `out`.
+        fsync: make each output durable before it is renamed into place (off: faster, but a
+            power failure may leave a final name over missing data).
+        drop_cache: drop inputs' and outputs' cached pages behind the cursor, so a 65 GB decode
+            does not evict the machine's page cache.
+        gzip_backend: `auto` (python-isal when installed), `isal` or `zlib`.
         progress: show a byte progress bar on stderr.
 
     Returns:
@@ -381,6 +397,7 @@ def decode(
                         algorithm="size",
                         stage="hf_base",
                     )
+    backend = legacy.gzip_backend(gzip_backend)
     job_list = []
     for p in planned:
         eb = hf_base.get(p.name) if p.base is not None else None
@@ -393,6 +410,9 @@ def decode(
                 expect_base=eb,
                 expect_out=eo,
                 release=manifest.release if manifest else "",
+                gzip_backend=backend,
+                fsync=fsync,
+                drop_cache=drop_cache,
             )
         )
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -408,6 +428,7 @@ def decode(
         out_dir=str(out_dir),
         release=manifest.release if manifest else None,
         unverified=unverified,
+        gzip_backend=backend if any(f.compressed for f in files) else None,
     )
 
 

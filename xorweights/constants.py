@@ -7,6 +7,12 @@ import os
 #: Bytes XOR-ed per step. Memory per job is a small multiple of this, whatever the file size.
 CHUNK_SIZE = 16 * 1024 * 1024
 
+#: Chunks in flight per file: memory per file is about DEPTH * 2 * CHUNK_SIZE.
+PIPELINE_DEPTH = 4
+
+#: With `drop_cache`, written bytes further back than this are waited for and dropped from the cache.
+WRITEBACK_WINDOW = 4 * CHUNK_SIZE
+
 #: Block size of the published legacy script (`xor_codec.py`); used only by the benchmark.
 LEGACY_BLOCK_SIZE = 4096
 
@@ -34,6 +40,9 @@ ENV_VARS_TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 
 #: Silences every progress bar (same effect as `--quiet`).
 ENV_DISABLE_PROGRESS_BARS = "XORWEIGHTS_DISABLE_PROGRESS_BARS"
+#: gzip decompressor: `auto` (python-isal when installed, else zlib), `isal` or `zlib`.
+ENV_GZIP_BACKEND = "XORWEIGHTS_GZIP_BACKEND"
+GZIP_BACKENDS = ("auto", "isal", "zlib")
 #: Makes the CLI print full tracebacks.
 ENV_DEBUG = "XORWEIGHTS_DEBUG"
 

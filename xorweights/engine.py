@@ -1,23 +1,32 @@
-"""Chunked XOR of two byte streams, with hashing fused into the same pass.
+"""Chunked XOR of two byte streams, pipelined, with hashing fused into the same pass.
 
 The data stream sets the output length (the legacy rule): the base is read alongside it,
 zero-padded where it is shorter and ignored past the data's end (though still hashed when a
-base digest is wanted, so no file is read twice). Two reusable `uint8` buffers of
-`chunk_size` bytes are all the memory a call needs, whatever the file sizes.
+base digest is wanted, so no file is read twice).
+
+The pass is a pipeline over a fixed pool of `depth` slots, each holding one chunk of data and one
+of base. The calling thread reads a slot (`readinto`, no allocation) and XORs it in place; lanes,
+one thread per hasher (role and algorithm) plus a writer, take the slots in order and give them
+back. hashlib, numpy and file I/O release the GIL on large buffers, so hashing, reading and
+writing overlap on every core. Memory is `depth` slots, whatever the file sizes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import os
+import queue
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
-import numpy.typing as npt
 
-from .constants import CHUNK_SIZE
+from . import _oscache
+from .constants import CHUNK_SIZE, PIPELINE_DEPTH, WRITEBACK_WINDOW
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,103 @@ def read_full(stream: BinaryIO, view: memoryview) -> int:
     return filled
 
 
+def _fd(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+class _Slot:
+    """One chunk in flight: data (XOR-ed into `out`), base, and how many lanes still hold it."""
+
+    def __init__(self, chunk_size: int, with_base: bool, separate_out: bool) -> None:
+        self.a = np.empty(chunk_size, dtype=np.uint8)
+        self.b = np.empty(chunk_size, dtype=np.uint8) if with_base else None
+        # In place unless the data itself is hashed (its lane must see it before the XOR).
+        self.o = np.empty(chunk_size, dtype=np.uint8) if separate_out else self.a
+        self.av, self.ov = memoryview(self.a), memoryview(self.o)
+        self.bv = memoryview(self.b) if self.b is not None else None
+        self.n = 0  # data bytes in this slot
+        self.m = 0  # base bytes in this slot
+        self.pending = 0
+
+
+class _Lanes:
+    """Ordered consumer threads sharing one slot pool; the first error is kept and re-raised."""
+
+    def __init__(self, free: queue.Queue[_Slot]) -> None:
+        self.free = free
+        self.lock = threading.Lock()
+        self.failure: list[BaseException] = []
+        self.threads: list[tuple[queue.SimpleQueue[_Slot | None], threading.Thread]] = []
+
+    def add(self, work: Callable[[_Slot], None], name: str) -> queue.SimpleQueue[_Slot | None]:
+        q: queue.SimpleQueue[_Slot | None] = queue.SimpleQueue()
+
+        def run() -> None:
+            while (slot := q.get()) is not None:
+                if not self.failure:
+                    try:
+                        work(slot)
+                    except BaseException as e:  # noqa: BLE001 (handed to the reader thread)
+                        with self.lock:
+                            self.failure.append(e)
+                self.release(slot)
+
+        t = threading.Thread(target=run, name=f"xorweights-{name}", daemon=True)
+        t.start()
+        self.threads.append((q, t))
+        return q
+
+    def release(self, slot: _Slot) -> None:
+        with self.lock:
+            slot.pending -= 1
+            done = slot.pending == 0
+        if done:
+            self.free.put(slot)
+
+    @staticmethod
+    def dispatch(slot: _Slot, lanes: Sequence[queue.SimpleQueue[_Slot | None]]) -> None:
+        slot.pending = len(lanes)
+        for q in lanes:
+            q.put(slot)
+
+    def close(self) -> None:
+        for q, _ in self.threads:
+            q.put(None)
+        for _, t in self.threads:
+            t.join()
+
+
+class _Writer:
+    """Writes slots in order; starts writeback behind itself so the final fsync has little left."""
+
+    def __init__(self, out: BinaryIO, on_progress: Callable[[int], None] | None, drop_cache: bool) -> None:
+        self.out = out
+        # Only a plain file: flushing a compressor (gzip) would change the bytes it writes.
+        self.fd = _fd(out) if isinstance(out, (io.BufferedWriter, io.FileIO)) else None
+        self.on_progress = on_progress
+        self.drop_cache = drop_cache
+        self.offset = 0
+        self.synced = 0  # everything before this offset is on disk
+
+    def __call__(self, slot: _Slot) -> None:
+        n = slot.n
+        self.out.write(slot.ov[:n])
+        if self.fd is not None:
+            self.out.flush()
+            _oscache.start_writeback(self.fd, self.offset, n)
+            behind = self.offset + n - WRITEBACK_WINDOW
+            if self.drop_cache and behind > self.synced:
+                _oscache.finish_writeback(self.fd, self.synced, behind - self.synced)
+                _oscache.drop(self.fd, behind)
+                self.synced = behind
+        self.offset += n
+        if self.on_progress is not None:
+            self.on_progress(n)
+
+
 def xor_stream(
     data: BinaryIO,
     base: BinaryIO | None,
@@ -60,8 +166,10 @@ def xor_stream(
     *,
     hashes: Mapping[Role, Sequence[str]] | None = None,
     chunk_size: int = CHUNK_SIZE,
+    depth: int = PIPELINE_DEPTH,
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    drop_cache: bool = False,
 ) -> XorStats:
     """Write `data XOR base` to `out`, chunk by chunk; `base=None` copies `data`.
 
@@ -71,60 +179,87 @@ def xor_stream(
         out (`BinaryIO`): where the result goes.
         hashes (`Mapping`, *optional*): algorithms wanted per role, e.g. `{"out": ["md5"]}`.
         chunk_size (`int`): bytes per step.
+        depth (`int`): chunks in flight; memory is about `depth * 2 * chunk_size`.
         on_progress (`Callable`, *optional*): called with the bytes of output written per step.
         should_stop (`Callable`, *optional*): polled per step; when true, the pass raises `Cancelled`.
+        drop_cache (`bool`): drop the inputs' and the output's cached pages behind the cursor, so a
+            long run does not evict the machine's page cache.
 
     Returns:
         `XorStats`: sizes and the requested digests.
     """
     hashes = hashes or {}
-    hashers = {role: {algo: hashlib.new(algo) for algo in algos} for role, algos in hashes.items() if algos}
-    data_h = list(hashers.get("data", {}).values())
-    base_h = list(hashers.get("base", {}).values())
-    out_h = list(hashers.get("out", {}).values())
+    hashers = {role: {a: hashlib.new(a) for a in algos} for role, algos in hashes.items() if algos}
+    depth = max(2, depth)
+    free: queue.Queue[_Slot] = queue.Queue()
+    separate_out = bool(hashers.get("data"))
+    for _ in range(depth):
+        free.put(_Slot(chunk_size, base is not None, separate_out))
 
-    buf_a: npt.NDArray[np.uint8] = np.empty(chunk_size, dtype=np.uint8)
-    buf_b: npt.NDArray[np.uint8] | None = np.empty(chunk_size, dtype=np.uint8) if base is not None else None
-    view_a = memoryview(buf_a)
-    view_b = memoryview(buf_b) if buf_b is not None else None
+    fds = [fd for fd in (_fd(data), _fd(base)) if fd is not None]
+    for fd in fds:
+        _oscache.advise_sequential(fd)
+
+    lanes = _Lanes(free)
+
+    def hasher_lane(h: Any, view: str, count: str) -> Callable[[_Slot], None]:
+        return lambda s: h.update(getattr(s, view)[: getattr(s, count)])
+
+    data_q = [lanes.add(hasher_lane(h, "av", "n"), f"data-{a}") for a, h in hashers.get("data", {}).items()]
+    base_q = [lanes.add(hasher_lane(h, "bv", "m"), f"base-{a}") for a, h in hashers.get("base", {}).items()]
+    out_q = [lanes.add(hasher_lane(h, "ov", "n"), f"out-{a}") for a, h in hashers.get("out", {}).items()]
+    write_q = [lanes.add(_Writer(out, on_progress, drop_cache), "write")]
 
     size = 0
     base_read = 0
     base_done = base is None
-    while True:
-        if should_stop is not None and should_stop():
-            raise Cancelled()
-        n = read_full(data, view_a)
-        if n == 0:
-            break
-        for h in data_h:
-            h.update(view_a[:n])
-        if not base_done:
-            assert buf_b is not None and view_b is not None and base is not None
-            m = read_full(base, view_b[:n])
-            if m:
-                for h in base_h:
-                    h.update(view_b[:m])
-                np.bitwise_xor(buf_a[:m], buf_b[:m], out=buf_a[:m])
-                base_read += m
-            if m < n:
-                base_done = True  # base shorter: the rest XORs with zeros, i.e. stays as is
-        for h in out_h:
-            h.update(view_a[:n])
-        out.write(view_a[:n])
-        size += n
-        if on_progress is not None:
-            on_progress(n)
-        if n < chunk_size:
-            break
-
-    if not base_done and base_h:
-        # Base longer than the data: its tail is not used, but its digest covers it.
-        assert view_b is not None and base is not None
-        while m := read_full(base, view_b):
-            for h in base_h:
-                h.update(view_b[:m])
+    stopped = False
+    try:
+        while not lanes.failure:
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            slot = free.get()
+            n = read_full(data, slot.av)
+            if n == 0:
+                free.put(slot)
+                break
+            m = 0
+            if not base_done:
+                assert base is not None and slot.bv is not None and slot.b is not None
+                m = read_full(base, slot.bv[:n])
+                base_done = m < n  # base shorter: the rest XORs with zeros, i.e. stays as is
+                if m:
+                    np.bitwise_xor(slot.a[:m], slot.b[:m], out=slot.o[:m])
+            if separate_out and n > m:
+                slot.o[m:n] = slot.a[m:n]
+            slot.n, slot.m = n, m
+            lanes.dispatch(slot, [*data_q, *(base_q if m else []), *out_q, *write_q])
+            size += n
             base_read += m
-
-    digests = {role: {algo: h.hexdigest() for algo, h in hs.items()} for role, hs in hashers.items()}
+            if drop_cache:
+                for fd in fds:
+                    _oscache.drop(fd, os.lseek(fd, 0, os.SEEK_CUR) - chunk_size)
+            if n < chunk_size:
+                break
+        if not base_done and base_q and not lanes.failure and not stopped:
+            # Base longer than the data: its tail is not used, but its digest covers it.
+            assert base is not None
+            while not lanes.failure:
+                slot = free.get()
+                assert slot.bv is not None
+                m = read_full(base, slot.bv)
+                if m == 0:
+                    free.put(slot)
+                    break
+                slot.n, slot.m = 0, m
+                lanes.dispatch(slot, base_q)
+                base_read += m
+    finally:
+        lanes.close()
+    if lanes.failure:
+        raise lanes.failure[0]
+    if stopped:
+        raise Cancelled()
+    digests = {role: {a: h.hexdigest() for a, h in hs.items()} for role, hs in hashers.items()}
     return XorStats(size=size, base_read=base_read, digests=digests)

@@ -12,12 +12,13 @@ import fnmatch
 import gzip
 import logging
 import os
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
-from .constants import GZIP_MAGIC, LEGACY_RAW_FILES, TEMP_PREFIX
+from .constants import ENV_GZIP_BACKEND, GZIP_BACKENDS, GZIP_MAGIC, LEGACY_RAW_FILES, TEMP_PREFIX
 from .errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -149,18 +150,85 @@ def plan(source_dir: Path, base_dir: Path, *, raw_patterns: Iterable[str] = ()) 
     return planned
 
 
-def open_source(path: Path, *, detect_gzip: bool) -> tuple[BinaryIO, bool]:
+def gzip_backend(preferred: str | None = None) -> str:
+    """The gzip decompressor to use: python-isal (about 3x faster) when installed, else zlib.
+
+    `preferred` (or the `XORWEIGHTS_GZIP_BACKEND` environment variable) may force `isal` or `zlib`.
+
+    Raises:
+        `InputError`: an unknown backend, or `isal` asked for and not installed.
+    """
+    choice = (preferred or os.environ.get(ENV_GZIP_BACKEND) or "auto").lower()
+    if choice not in GZIP_BACKENDS:
+        raise InputError(f"unknown gzip backend {choice!r}; expected one of {', '.join(GZIP_BACKENDS)}")
+    if choice == "zlib":
+        return "zlib"
+    try:
+        import isal.igzip_threaded  # noqa: F401
+    except ImportError:
+        if choice == "isal":
+            raise InputError("gzip backend isal asked for, but python-isal is not installed") from None
+        return "zlib"
+    return "isal"
+
+
+#: Errors a corrupt or truncated gzip stream raises, whichever backend reads it.
+GZIP_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.BadGzipFile)
+try:
+    from isal.isal_zlib import error as _isal_error
+
+    GZIP_ERRORS += (_isal_error,)
+except ImportError:  # pragma: no cover (python-isal is optional)
+    pass
+
+
+def open_source(path: Path, *, detect_gzip: bool, backend: str = "zlib") -> tuple[BinaryIO, bool]:
     """Open a payload (or fine-tuned) file; gzip streams are recognised by their magic bytes.
 
+    With the `isal` backend, decompression runs in its own thread, overlapping the XOR pass.
+
     Returns:
-        `(stream, compressed)`: the stream yields the uncompressed bytes.
+        `(stream, compressed)`: the stream yields the uncompressed bytes; closing it closes the file.
     """
     f = open(path, "rb")  # noqa: SIM115 (the caller owns the stream)
-    if detect_gzip and f.read(len(GZIP_MAGIC)) == GZIP_MAGIC:
+    try:
+        head = f.read(len(GZIP_MAGIC)) if detect_gzip else b""
         f.seek(0)
-        return gzip.GzipFile(fileobj=f, mode="rb"), True  # type: ignore[return-value]
-    f.seek(0)
-    return f, False
+    except BaseException:
+        f.close()
+        raise
+    if head != GZIP_MAGIC:
+        return f, False
+    if backend == "isal":
+        import isal.igzip_threaded
+
+        return _Closing(isal.igzip_threaded.open(f, "rb", threads=1, block_size=4 << 20), f), True
+    return _Closing(gzip.GzipFile(fileobj=f, mode="rb"), f), True
+
+
+class _Closing:
+    """A decompressing reader that also closes the file under it."""
+
+    def __init__(self, reader: Any, raw: BinaryIO) -> None:
+        self.reader, self.raw = reader, raw
+
+    def readinto(self, b: Any) -> int:
+        return int(self.reader.readinto(b))
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        try:
+            self.reader.close()
+        finally:
+            self.raw.close()
+
+    def __enter__(self) -> _Closing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def gzip_writer(sink: BinaryIO, name: str, *, mtime: int) -> gzip.GzipFile:
