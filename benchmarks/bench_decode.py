@@ -1,17 +1,20 @@
 """Decode benchmark: xorweights vs the legacy 4 KiB-block algorithm vs `cp` of the same bytes.
 
-Usage: python benchmarks/bench_decode.py [--size-gib 1] [--workdir DIR] [--keep]
+Usage: python benchmarks/bench_decode.py [--sizes 1,4] [--kinds plain,gzip] [--repeat 3] [--workdir DIR]
 
-Makes a synthetic payload/base pair (random bytes; the fine-tuned file is 16 rows of 6656 fp16
-longer than the base, as in the LLaMA-30B releases), then times, in one run and on the same files:
-  - `xorweights decode` (no checksums), and with md5 verification of base and output fused in;
+For each size and payload kind it makes a synthetic pair (the fine-tuned file is 16 rows of
+6656 fp16 longer than the base, as in the LLaMA-30B releases; a gzip payload is compressible
+like a real fp16 XOR, whose high bytes are mostly zero), then times, in one run on the same files:
+  - `cp` of the output bytes, and `cp` followed by `sync` of the copy;
+  - `xorweights decode` verifying md5 and sha256 of the base and the output in the same pass,
+    as it runs by default (each output fsynced before its rename), and with `--no-fsync`;
+  - `xorweights decode` verifying md5 only (all the legacy releases publish), and without checksums;
   - the legacy algorithm (4 KiB blocks, as the published script), alone and followed by `md5sum`
-    of its output and base (what users had to do to verify);
-  - `cp` of the payload bytes, and `cp` followed by `sync` of the copy (xorweights fsyncs its
-    outputs before renaming them, so that is the like-for-like floor).
-Each contender runs as its own process; peak RSS is that process's (with md5sum, the larger of
-the two), measured by GNU time. All inputs are in the page cache for every contender (the
-machine has RAM to spare).
+    of its output and the base (what users had to do to verify).
+Each contender is its own process, started by GNU time, which reports that process's peak RSS;
+each runs `--repeat` times from a synced machine and the median wall time is reported (this
+machine's disk write speed varies widely from one run to the next).
+Inputs are in the page cache for every contender alike (the machine has RAM to spare).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,48 +36,61 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "pytorch_model-00001-of-00001.bin"
 GROWTH = 16 * 6656 * 2  # 16 extra vocabulary rows of hidden 6656 in fp16
+TIME = "/usr/bin/time"  # GNU time: reports the peak RSS of exactly the process it starts
+RELEASE_BYTES = 65_057_902_592 + 16 * 6656 * 2 * 2  # LLaMA-30B hf_base total_size plus the grown rows
 
 
-def make_pair(folder: Path, size: int) -> tuple[Path, Path, Path]:
-    """payload/NAME (size bytes), base/NAME (size - GROWTH bytes), and an md5 manifest."""
+def _gzip_writer(path: Path):  # type: ignore[no-untyped-def]
+    try:
+        from isal import igzip  # fast to make; decoding speed does not depend on the level
+
+        return igzip.open(path, "wb", compresslevel=1)
+    except ImportError:
+        import gzip
+
+        return gzip.open(path, "wb", compresslevel=1)
+
+
+def make_pair(folder: Path, size: int, kind: str) -> tuple[Path, Path, Path]:
+    """payload/NAME (size bytes decoded), base/NAME (size - GROWTH bytes), and a manifest."""
     payload, base = folder / "payload", folder / "base"
-    payload.mkdir(parents=True, exist_ok=True)
-    base.mkdir(parents=True, exist_ok=True)
+    for d in (payload, base):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
     rng = np.random.default_rng(0)
     step = 64 * 1024 * 1024
-    hp, hb, ho = hashlib.md5(), hashlib.md5(), hashlib.md5()
-    with open(payload / NAME, "wb") as fp, open(base / NAME, "wb") as fb:
+    hb = {a: hashlib.new(a) for a in ("md5", "sha256")}
+    ho = {a: hashlib.new(a) for a in ("md5", "sha256")}
+    fp = _gzip_writer(payload / NAME) if kind == "gzip" else open(payload / NAME, "wb")
+    with fp, open(base / NAME, "wb") as fb:
         done = 0
         while done < size:
             n = min(step, size - done)
             p = rng.integers(0, 256, n, dtype=np.uint8)
+            p[1::2] &= 0x03  # like an fp16 XOR: high bytes nearly zero
             b = rng.integers(0, 256, n, dtype=np.uint8)
             nb = max(0, min(n, size - GROWTH - done))
             fp.write(p.data)
             fb.write(b[:nb].data)
-            hp.update(p.data)
-            hb.update(b[:nb].data)
             o = p.copy()
             o[:nb] ^= b[:nb]
-            ho.update(o.data)
+            for h in hb.values():
+                h.update(b[:nb].data)
+            for h in ho.values():
+                h.update(o.data)
             done += n
     manifest = folder / "manifest.json"
+    entry = lambda hs: {a: h.hexdigest() for a, h in hs.items()}  # noqa: E731
     manifest.write_text(
         json.dumps(
             {
                 "format": "xorweights-checksums/1",
                 "release": "bench",
-                "stages": {
-                    "hf_base": {NAME: {"md5": hb.hexdigest()}},
-                    "decoded": {NAME: {"md5": ho.hexdigest()}},
-                },
+                "stages": {"hf_base": {NAME: entry(hb)}, "decoded": {NAME: entry(ho)}},
             }
         )
     )
     return payload, base, manifest
-
-
-TIME = "/usr/bin/time"  # GNU time: reports the peak RSS of exactly the process it starts
 
 
 def run(cmds: list[list[str]], scratch: Path) -> tuple[float, int]:
@@ -97,114 +114,143 @@ def run(cmds: list[list[str]], scratch: Path) -> tuple[float, int]:
 
 LEGACY = """
 import sys; sys.path.insert(0, {root!r})
-from tests.legacy_reference import xor_uncompressed
-xor_uncompressed({dst!r}, {payload!r}, {base!r})
+from tests.legacy_reference import {fn}
+{fn}({dst!r}, {payload!r}, {base!r})
 """
+
+
+def scenario(work: Path, size: int, kind: str, repeat: int) -> dict[str, tuple[float, int]]:
+    t = time.perf_counter()
+    payload, base, manifest = make_pair(work, size, kind)
+    stored = (payload / NAME).stat().st_size
+    print(
+        f"\n== {size / 2**30:g} GiB {kind} payload ({stored / 2**20:.0f} MiB stored), "
+        f"made in {time.perf_counter() - t:.0f} s",
+        flush=True,
+    )
+    py = sys.executable
+    xw = [py, "-m", "xorweights.cli", "decode", str(payload), "--base", str(base), "--quiet", "--out"]
+    legacy_fn = "xor_decode" if kind == "gzip" else "xor_uncompressed"
+    # The legacy releases publish md5 only: the same check with the sha256 entries left out.
+    md5_only = work / "manifest-md5.json"
+    doc = json.loads(manifest.read_text())
+    for files in doc["stages"].values():
+        for entry in files.values():
+            entry.pop("sha256")
+    md5_only.write_text(json.dumps(doc))
+
+    def out(tag: str) -> Path:
+        d = work / f"out-{tag}"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        return d
+
+    def legacy(tag: str) -> list[str]:
+        code = LEGACY.format(
+            root=str(ROOT),
+            fn=legacy_fn,
+            dst=str(out(tag) / NAME),
+            payload=str(payload / NAME),
+            base=str(base / NAME),
+        )
+        return [py, "-c", code]
+
+    contenders = {
+        "cp": lambda: [["cp", str(work / "out-xw" / NAME), str(out("cp") / NAME)]],
+        "cp + sync": lambda: [
+            ["sh", "-c", f"cp {work}/out-xw/{NAME} {out('cps')}/{NAME} && sync {work}/out-cps/{NAME}"]
+        ],
+        "xorweights + md5,sha256 verify": lambda: [[*xw, str(out("xwv")), "--checksums", str(manifest)]],
+        "  same, --no-fsync": lambda: [[*xw, str(out("xwn")), "--checksums", str(manifest), "--no-fsync"]],
+        "xorweights + md5 verify": lambda: [[*xw, str(out("xw5")), "--checksums", str(md5_only)]],
+        "xorweights, no verify": lambda: [[*xw, str(out("xw"))]],
+        "legacy 4 KiB": lambda: [legacy("leg")],
+        "legacy 4 KiB + md5sum": lambda: [
+            legacy("legm"),
+            ["md5sum", str(base / NAME), str(work / "out-legm" / NAME)],
+        ],
+    }
+    # Order: cp copies the no-verify output; the legacy output is compared with ours. Every
+    # contender starts from a synced machine and outputs go as soon as they are not needed, so
+    # no one pays for another's writeback.
+    plan = [
+        ("xorweights, no verify", []),
+        ("cp", []),
+        ("cp + sync", ["cp", "cps", "xw"]),
+        ("xorweights + md5,sha256 verify", []),
+        ("  same, --no-fsync", ["xwn"]),
+        ("xorweights + md5 verify", ["xw5"]),
+        ("legacy 4 KiB", []),
+        ("legacy 4 KiB + md5sum", ["legm"]),
+    ]
+    results: dict[str, tuple[float, int]] = {}
+    for name, remove_after in plan:
+        times, peak = [], 0
+        for _ in range(repeat):
+            subprocess.run(["sync"], check=True)
+            secs, rss = run(contenders[name](), work)
+            times.append(secs)
+            peak = max(peak, rss)
+        results[name] = (statistics.median(times), peak)
+        print(
+            f"  {name:<32} median {results[name][0]:7.2f} s of {' '.join(f'{t:.2f}' for t in times)}",
+            flush=True,
+        )
+        if name == "legacy 4 KiB":
+            same = subprocess.run(["cmp", str(work / "out-xwv" / NAME), str(work / "out-leg" / NAME)])
+            assert same.returncode == 0, "xorweights and the legacy algorithm disagree"
+            remove_after = ["xwv", "leg"]
+        for tag in remove_after:
+            shutil.rmtree(work / f"out-{tag}", ignore_errors=True)
+
+    cp_s, cps_s = results["cp"][0], results["cp + sync"][0]
+    print(f"{'contender':<32} {'wall s':>8} {'MB/s':>8} {'peak RSS':>10} {'x cp':>6} {'x cp+sync':>10}")
+    for name in contenders:
+        secs, rss = results[name]
+        print(
+            f"{name:<32} {secs:8.2f} {size / secs / 1e6:8.0f} {rss / 2**20:7.0f} MiB "
+            f"{secs / cp_s:6.2f} {secs / cps_s:10.2f}"
+        )
+    ours = results["xorweights + md5,sha256 verify"][0]
+    print(
+        f"verified decode is {results['legacy 4 KiB + md5sum'][0] / ours:.1f}x faster than legacy + md5sum; "
+        f"65 GB release projected at {RELEASE_BYTES / (size / ours) / 60:.0f} min at this rate"
+    )
+    return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size-gib", type=float, default=1.0)
+    ap.add_argument("--sizes", default="1,4", help="GiB per pair, comma-separated")
+    ap.add_argument("--kinds", default="plain,gzip", help="payload kinds: plain,gzip")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per contender; the median is reported")
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     if not Path(TIME).exists():
         raise SystemExit(f"{TIME} (GNU time) is needed to measure peak RSS: apt-get install time")
-    size = int(args.size_gib * 1024**3)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="xorweights-bench-", dir=ROOT))
     work.mkdir(parents=True, exist_ok=True)
+    print(
+        f"{os.cpu_count()} cores, {args.repeat} runs per contender; all figures below come from this run"
+    )
+    summary = {}
     try:
-        t = time.perf_counter()
-        payload, base, manifest = make_pair(work, size)
-        print(f"pair of {size / 2**30:.2f} GiB made in {time.perf_counter() - t:.1f} s in {work}", flush=True)
-        py = sys.executable
-        xw = [py, "-m", "xorweights.cli"]
-
-        def out(tag: str) -> Path:
-            d = work / f"out-{tag}"
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir()
-            return d
-
-        contenders = {
-            "cp": lambda: [["cp", str(payload / NAME), str(out("cp") / NAME)]],
-            "cp + sync": lambda: [
-                ["sh", "-c", f"cp {payload / NAME} {out('cps') / NAME} && sync {work}/out-cps/{NAME}"]
-            ],
-            "xorweights decode": lambda: [
-                [*xw, "decode", str(payload), "--base", str(base), "--out", str(out("xw")), "--quiet"]
-            ],
-            "xorweights decode + md5 verify": lambda: [
-                [
-                    *xw,
-                    "decode",
-                    str(payload),
-                    "--base",
-                    str(base),
-                    "--out",
-                    str(out("xwv")),
-                    "--checksums",
-                    str(manifest),
-                    "--quiet",
-                ]
-            ],
-            "legacy 4 KiB": lambda: [
-                [
-                    py,
-                    "-c",
-                    LEGACY.format(
-                        root=str(ROOT),
-                        dst=str(out("leg") / NAME),
-                        payload=str(payload / NAME),
-                        base=str(base / NAME),
-                    ),
-                ]
-            ],
-            "legacy 4 KiB + md5sum": lambda: [
-                [
-                    py,
-                    "-c",
-                    LEGACY.format(
-                        root=str(ROOT),
-                        dst=str(out("legm") / NAME),
-                        payload=str(payload / NAME),
-                        base=str(base / NAME),
-                    ),
-                ],
-                ["md5sum", str(base / NAME), str(work / "out-legm" / NAME)],
-            ],
-        }
-        results = {}
-        for name, make_cmds in contenders.items():
-            results[name] = run(make_cmds(), work)
-            print(f"  {name:<32} {results[name][0]:7.2f} s", flush=True)
-        # Every contender wrote the same bytes.
-        ref = (work / "out-cp" / NAME).stat().st_size
-        for tag in ("xw", "xwv", "leg", "legm"):
-            assert (work / f"out-{tag}" / NAME).stat().st_size == ref
-        assert (
-            subprocess.run(["cmp", str(work / "out-xw" / NAME), str(work / "out-leg" / NAME)]).returncode == 0
-        )
-
-        cp_s = results["cp"][0]
-        cps_s = results["cp + sync"][0]
-        print(
-            f"\ndecode of a {size / 2**30:.2f} GiB payload ({size} bytes out), "
-            f"one run, {os.cpu_count()} cores"
-        )
-        print(f"{'contender':<32} {'wall s':>8} {'MB/s':>8} {'peak RSS':>10} {'x cp':>6} {'x cp+sync':>10}")
-        for name, (secs, rss) in results.items():
-            print(
-                f"{name:<32} {secs:8.2f} {size / secs / 1e6:8.0f} {rss / 2**20:7.0f} MiB "
-                f"{secs / cp_s:6.2f} {secs / cps_s:10.2f}"
-            )
-        leg, ours = results["legacy 4 KiB + md5sum"][0], results["xorweights decode + md5 verify"][0]
-        print(f"\nverified decode vs legacy + md5sum: {leg / ours:.1f}x faster")
-        plain = results["legacy 4 KiB"][0] / results["xorweights decode"][0]
-        print(f"plain decode vs legacy: {plain:.1f}x faster")
+        for kind in args.kinds.split(","):
+            for gib in args.sizes.split(","):
+                size = int(float(gib) * 2**30)
+                summary[(kind, gib)] = scenario(work, size, kind, args.repeat)
     finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    print("\nsummary: verified decode (md5+sha256 of base and output, fsync) vs the floors, and peak RSS")
+    for (kind, gib), r in summary.items():
+        ours, rss = r["xorweights + md5,sha256 verify"]
+        cp, cps, nofsync = r["cp"][0], r["cp + sync"][0], r["  same, --no-fsync"][0]
+        legacy = r["legacy 4 KiB + md5sum"][0]
+        print(
+            f"  {kind:<5} {gib:>3} GiB: {ours / cp:.2f}x cp, {ours / cps:.2f}x cp+sync, "
+            f"--no-fsync {nofsync / cp:.2f}x cp, {legacy / ours:.1f}x faster than legacy+md5sum, "
+            f"RSS {rss / 2**20:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

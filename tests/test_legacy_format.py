@@ -233,3 +233,30 @@ def test_drop_cache_and_no_fsync_give_the_same_bytes(tmp_path: Path) -> None:
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "a", drop_cache=True)
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "b", fsync=False)
     assert tree(tmp_path / "a") == tree(tmp_path / "b") == tree(tuned)
+
+
+def _resident_bytes(path: Path) -> int:
+    """Bytes of `path` in the page cache, as util-linux fincore reports them."""
+    import subprocess
+
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.split()[0])
+
+
+def test_drop_cache_keeps_the_inputs_and_output_out_of_the_page_cache(tmp_path: Path) -> None:
+    n = 8 * CHUNK_SIZE
+    base = write_files(tmp_path / "base", {"w.bin": random_bytes(n, 1)})
+    payload = write_files(tmp_path / "payload", {"w.bin": random_bytes(n, 2)})
+    for p in (base / "w.bin", payload / "w.bin"):
+        assert _resident_bytes(p) > n // 2  # just written: cached
+    xorweights.decode(payload, base=base, out=tmp_path / "kept")
+    assert _resident_bytes(tmp_path / "kept" / "w.bin") > n // 2  # without the option, cached
+    xorweights.decode(payload, base=base, out=tmp_path / "out", drop_cache=True)
+    # Only the last window behind the cursor may remain (the writeback window and one chunk each).
+    for p in (base / "w.bin", payload / "w.bin", tmp_path / "out" / "w.bin"):
+        assert _resident_bytes(p) <= 5 * CHUNK_SIZE, p

@@ -53,7 +53,11 @@ def _emit_json(doc: Any) -> None:
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 jobs_option = click.option(
-    "--jobs", "-j", type=click.IntRange(min=1), default=None, help="Files processed at once [default: cores]."
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Files processed at once [default: cores, at most 4].",
 )
 
 

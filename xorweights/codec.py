@@ -18,7 +18,7 @@ from . import legacy
 from ._atomic import AtomicFile
 from ._progress import byte_bar
 from .checksums import ChecksumManifest, FileDigest, load_checksums
-from .constants import GZIP_MAGIC
+from .constants import DEFAULT_MAX_JOBS, GZIP_MAGIC, PIPELINE_DEPTH, PIPELINE_SLOTS
 from .engine import Cancelled, Role, xor_stream
 from .errors import (
     BaseMismatchError,
@@ -207,7 +207,7 @@ def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want
     return matched
 
 
-def _run_job(job: _Job, bar: Any, stop: threading.Event) -> FileReport:
+def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int) -> FileReport:
     p = job.planned
     with ExitStack() as stack:
         data, compressed = legacy.open_source(
@@ -226,6 +226,7 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event) -> FileReport:
                 hashes=job.hashes,
                 on_progress=bar.update,
                 should_stop=stop.is_set,
+                depth=depth,
                 drop_cache=job.drop_cache,
             )
         except legacy.GZIP_ERRORS as e:
@@ -264,6 +265,11 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event) -> FileReport:
     )
 
 
+def default_jobs() -> int:
+    """Files processed at once unless told: the cores, at most `DEFAULT_MAX_JOBS`."""
+    return max(1, min(os.cpu_count() or 1, DEFAULT_MAX_JOBS))
+
+
 def _run_jobs(jobs: list[_Job], n_jobs: int | None, *, progress: bool, desc: str) -> list[FileReport]:
     """Run file jobs in parallel, largest first; the first failure stops the others."""
     jobs = sorted(jobs, key=lambda j: -j.planned.source_size)
@@ -271,9 +277,10 @@ def _run_jobs(jobs: list[_Job], n_jobs: int | None, *, progress: bool, desc: str
     stop = threading.Event()
     results: dict[str, FileReport] = {}
     errors: list[BaseException] = []
-    workers = max(1, min(n_jobs or os.cpu_count() or 1, len(jobs)))
+    workers = max(1, min(n_jobs or default_jobs(), len(jobs)))
+    depth = max(2, min(PIPELINE_DEPTH, PIPELINE_SLOTS // workers))
     with byte_bar(total, desc, enabled=progress) as bar, ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(_run_job, j, bar, stop): j for j in jobs}
+        futures = {pool.submit(_run_job, j, bar, stop, depth): j for j in jobs}
         for fut in as_completed(futures):
             try:
                 rep = fut.result()
@@ -334,7 +341,7 @@ def decode(
             digest in the same pass; an output is renamed into place only when both match. An
             `md5sum`/`sha256sum` line file lists the decoded outputs.
         format: `auto` or `oasst` (the legacy file-level XOR; gzip payloads recognised).
-        jobs: files decoded at once (default: number of cores).
+        jobs: files decoded at once (default: the cores, at most 4; memory stays the same).
         force: overwrite files already in `out`.
         fsync: make each output durable before it is renamed into place (off: faster, but a
             power failure may leave a final name over missing data).
@@ -457,7 +464,7 @@ def encode(
         release (*optional*): name for the checksum manifest (default: the out folder's name).
         with_checksums: compute the `hf_base` and `decoded` digests (md5 and sha256) in the
             same pass and return them as `report.manifest`, ready for `decode --checksums`.
-        jobs: files encoded at once (default: number of cores).
+        jobs: files encoded at once (default: the cores, at most 4).
         force: overwrite files already in `out`.
         gzip_mtime: timestamp stored in gzip headers (the legacy script stores the current time).
         progress: show a byte progress bar on stderr.

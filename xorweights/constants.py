@@ -9,6 +9,11 @@ CHUNK_SIZE = 16 * 1024 * 1024
 
 #: Chunks in flight per file: memory per file is about DEPTH * 2 * CHUNK_SIZE.
 PIPELINE_DEPTH = 4
+#: Chunks in flight across all files decoded at once; each file gets a share, at least 2.
+PIPELINE_SLOTS = 8
+#: Files processed at once by default: the cores, at most this many (each file already keeps
+#: several cores busy; more files would only add memory).
+DEFAULT_MAX_JOBS = 4
 
 #: With `drop_cache`, written bytes further back than this are waited for and dropped from the cache.
 WRITEBACK_WINDOW = 4 * CHUNK_SIZE
