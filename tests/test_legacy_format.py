@@ -260,3 +260,27 @@ def test_drop_cache_keeps_the_inputs_and_output_out_of_the_page_cache(tmp_path: 
     # Only the last window behind the cursor may remain (the writeback window and one chunk each).
     for p in (base / "w.bin", payload / "w.bin", tmp_path / "out" / "w.bin"):
         assert _resident_bytes(p) <= 5 * CHUNK_SIZE, p
+
+
+def test_gzip_progress_counts_stored_bytes(tmp_path: Path, model_pair) -> None:
+    from xorweights.codec import _stored_progress
+
+    base, tuned = model_pair()
+    payload = legacy_payload(tmp_path, base, tuned, compress=True)
+    victim = payload / "pytorch_model-00001-of-00002.bin"
+
+    class Bar:
+        n = 0
+
+        def update(self, k: int) -> None:
+            self.n += k
+
+    bar = Bar()
+    stream, compressed = __import__("xorweights.legacy", fromlist=["open_source"]).open_source(
+        victim, detect_gzip=True, backend="zlib"
+    )
+    with stream:
+        update = _stored_progress(stream, bar)
+        while stream.readinto(bytearray(4096)):
+            update(4096)
+    assert compressed and bar.n == victim.stat().st_size

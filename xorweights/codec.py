@@ -207,6 +207,21 @@ def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want
     return matched
 
 
+def _stored_progress(stream: Any, bar: Any) -> Any:
+    """Progress of a gzip payload in stored bytes (the bar's total), not decompressed ones."""
+    fd = stream.fileno()
+    done = 0
+
+    def update(_n: int) -> None:
+        nonlocal done
+        pos = os.lseek(fd, 0, os.SEEK_CUR)
+        if pos > done:
+            bar.update(pos - done)
+            done = pos
+
+    return update
+
+
 def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int) -> FileReport:
     p = job.planned
     with ExitStack() as stack:
@@ -224,7 +239,7 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int) -> FileRepo
                 base,
                 gz if gz is not None else sink,
                 hashes=job.hashes,
-                on_progress=bar.update,
+                on_progress=_stored_progress(data, bar) if compressed else bar.update,
                 should_stop=stop.is_set,
                 depth=depth,
                 drop_cache=job.drop_cache,
