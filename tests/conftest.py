@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xorweights.constants import STATE_FILE
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
@@ -69,9 +71,12 @@ def model_pair(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    """All files below a folder by relative name (hidden temporaries included: none may remain)."""
+    """All files below a folder by relative name, hidden temporaries included (none may remain);
+    only the decode state file is left out."""
     return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != STATE_FILE
     }
 
 

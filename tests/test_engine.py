@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import random_bytes
-from xorweights.engine import Cancelled, xor_stream
+from xorweights.engine import Cancelled, StreamError, xor_stream
 
 
 def legacy_rule(data: bytes, base: bytes) -> bytes:
@@ -162,7 +162,7 @@ class _FailingSink(io.BytesIO):
 
 def test_a_failing_writer_stops_the_pass_without_hanging() -> None:
     sink = _FailingSink(fail_after=3)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StreamError, match="No space left") as info:
         xor_stream(
             io.BytesIO(random_bytes(100_000, 1)),
             io.BytesIO(random_bytes(100_000, 2)),
@@ -172,6 +172,7 @@ def test_a_failing_writer_stops_the_pass_without_hanging() -> None:
             hashes={"out": ["md5"]},
         )
     assert sink.writes == 4  # it stopped at the first failure, not after the whole input
+    assert info.value.role == "out" and info.value.op == "write" and info.value.cause.errno == 28
 
 
 def test_progress_counts_every_output_byte() -> None:

@@ -16,17 +16,22 @@ from typing import Any, BinaryIO, Literal
 
 from . import legacy
 from ._atomic import AtomicFile
+from ._outdir import OutputFolder, file_id
+from ._paths import check_not_escaping_link
 from ._progress import byte_bar
-from .checksums import ChecksumManifest, FileDigest, load_checksums
-from .constants import DEFAULT_MAX_JOBS, GZIP_MAGIC, PIPELINE_DEPTH, PIPELINE_SLOTS
-from .engine import Cancelled, Role, xor_stream
+from .checksums import ChecksumManifest, FileDigest, hash_file, load_checksums
+from .constants import DEFAULT_MAX_JOBS, GZIP_MAGIC, INFLATE_SLACK, PIPELINE_DEPTH, PIPELINE_SLOTS
+from .engine import Cancelled, Role, StreamError, xor_stream
 from .errors import (
     BaseMismatchError,
     ChecksumMismatchError,
     FormatError,
+    InputChangedError,
     InputError,
+    IOFailure,
     MissingFileError,
     OutputExistsError,
+    XorWeightsError,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,6 +61,8 @@ class FileReport:
     """The output matched a published digest."""
     base_verified: bool = False
     """The base file matched a published digest."""
+    kept: bool = False
+    """The output was already in place (an earlier run made it, or it matched its digest)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,7 @@ class _Job:
     planned: legacy.PlannedFile
     out: Path
     hashes: Mapping[Role, Sequence[str]]
+    inputs: Mapping[str, tuple[int, int]]
     expect_base: FileDigest | None = None
     expect_out: FileDigest | None = None
     release: str = ""
@@ -170,6 +178,7 @@ class _Job:
     gzip_backend: str = "zlib"
     fsync: bool = True
     drop_cache: bool = False
+    inflate_limit: int | None = None
 
 
 def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want: FileDigest | None) -> bool:
@@ -222,20 +231,77 @@ def _stored_progress(stream: Any, bar: Any) -> Any:
     return update
 
 
-def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int) -> FileReport:
+class _Limited:
+    """Caps what a decompressing reader may yield: a gzip bomb stops at `limit` bytes."""
+
+    def __init__(self, stream: Any, limit: int, path: Path) -> None:
+        self.stream, self.limit, self.path, self.count = stream, limit, path, 0
+
+    def readinto(self, b: Any) -> int:
+        n = int(self.stream.readinto(b))
+        self.count += n
+        if self.count > self.limit:
+            raise FormatError(
+                f"payload {self.path}: gzip stream inflates beyond {self.limit} bytes, more than the "
+                "output can be (a corrupt or hostile payload, or the wrong base)",
+                path=self.path,
+                expected=self.limit,
+                actual=self.count,
+            )
+        return n
+
+    def fileno(self) -> int:
+        return int(self.stream.fileno())
+
+
+def _open(op: str, path: Path, opener: Any) -> Any:
+    try:
+        return opener()
+    except OSError as e:
+        raise IOFailure(op, path, e) from e
+
+
+def _stream_failure(e: StreamError, job: _Job, compressed: bool) -> BaseException:
+    """Turn a failed read or write into an error that names the file and the operation."""
+    p, cause = job.planned, e.cause
+    if isinstance(cause, XorWeightsError):
+        return cause
+    if e.role == "data" and compressed and isinstance(cause, legacy.GZIP_ERRORS):
+        return FormatError(
+            f"payload {p.source}: gzip stream is corrupt or truncated ({cause})", path=p.source
+        )
+    path = {"data": p.source, "base": p.base, "out": job.out}[e.role]
+    if isinstance(cause, OSError) and path is not None:
+        return IOFailure("writing" if e.op == "write" else "reading", path, cause)
+    return cause
+
+
+def _check_unchanged(path: Path, stream: Any, at_open: tuple[int, int], read: int | None) -> None:
+    """Refuse an input whose size changed during the pass, or that yielded fewer bytes than it had."""
+    now = os.fstat(stream.fileno()).st_size
+    if now != at_open[0] or (read is not None and read != at_open[0]):
+        raise InputChangedError(path, at_open[0], read if read is not None and read != at_open[0] else now)
+
+
+def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: OutputFolder) -> FileReport:
     p = job.planned
     with ExitStack() as stack:
-        data, compressed = legacy.open_source(
-            p.source, detect_gzip=not job.encoding, backend=job.gzip_backend
+        data, compressed = _open(
+            "opening",
+            p.source,
+            lambda: legacy.open_source(
+                p.source, detect_gzip=not job.encoding and p.action == "xor", backend=job.gzip_backend
+            ),
         )
         stack.enter_context(data)
-        base = stack.enter_context(open(p.base, "rb")) if p.base is not None else None
-        atomic = stack.enter_context(AtomicFile(job.out))
+        base = stack.enter_context(_open("opening", p.base, lambda: open(p.base, "rb"))) if p.base else None
+        atomic = stack.enter_context(_open("creating a file in", job.out.parent, lambda: AtomicFile(job.out)))
         sink: Any = _HashingWriter(atomic.file, job.hash_written) if job.hash_written else atomic.file
         gz = legacy.gzip_writer(sink, p.name, mtime=job.gzip_mtime) if job.compress else None
+        reader = _Limited(data, job.inflate_limit, p.source) if compressed and job.inflate_limit else data
         try:
             stats = xor_stream(
-                data,
+                reader,  # type: ignore[arg-type]
                 base,
                 gz if gz is not None else sink,
                 hashes=job.hashes,
@@ -244,14 +310,19 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int) -> FileRepo
                 depth=depth,
                 drop_cache=job.drop_cache,
             )
-        except legacy.GZIP_ERRORS as e:
-            if not compressed:
-                raise
-            raise FormatError(
-                f"payload {p.source}: gzip stream is corrupt or truncated ({e})", path=p.source
-            ) from e
-        if gz is not None:
-            gz.close()
+            if gz is not None:
+                gz.close()
+        except StreamError as e:
+            raise _stream_failure(e, job, compressed) from e.cause
+        except OSError as e:  # closing the gzip writer flushes its last block
+            raise IOFailure("writing", job.out, e) from e
+        _check_unchanged(p.source, data, job.inputs["payload"], None if compressed else stats.size)
+        if base is not None:
+            hashed_whole = bool(job.hashes.get("base"))
+            expect_read = job.inputs["base"][0] if hashed_whole else min(job.inputs["base"][0], stats.size)
+            _check_unchanged(p.base, base, job.inputs["base"], None)  # type: ignore[arg-type]
+            if stats.base_read != expect_read:
+                raise InputChangedError(p.base, expect_read, stats.base_read)  # type: ignore[arg-type]
         base_ok = _check("base", job, stats.digests.get("base", {}), job.expect_base)
         out_ok = _check("out", job, stats.digests.get("out", {}), job.expect_out)
         if job.encoding and job.compress is None and p.action == "xor":
@@ -264,15 +335,20 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int) -> FileRepo
                         "when decoded; encode with --compress gzip",
                         path=p.source,
                     )
-        atomic.commit(durable=job.fsync)
+        try:
+            atomic.commit(durable=job.fsync)
+        except OSError as e:
+            raise IOFailure("saving", job.out, e) from e
     written = sink.hexdigests() if isinstance(sink, _HashingWriter) else {}
+    digests = {**stats.digests.get("out", {}), **written}
+    folder.record(p.name, digests, job.inputs)
     return FileReport(
         name=p.name,
         action=p.action,
         size=atomic.final.stat().st_size if job.compress else stats.size,
         compressed=compressed or job.compress is not None,
         base_size=stats.base_read if p.base is not None else None,
-        digests={**stats.digests.get("out", {}), **written},
+        digests=digests,
         input_digests=dict(stats.digests.get("data", {})),
         base_digests=dict(stats.digests.get("base", {})),
         verified=out_ok,
@@ -285,17 +361,21 @@ def default_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, DEFAULT_MAX_JOBS))
 
 
-def _run_jobs(jobs: list[_Job], n_jobs: int | None, *, progress: bool, desc: str) -> list[FileReport]:
+def _run_jobs(
+    jobs: list[_Job], n_jobs: int | None, folder: OutputFolder, *, progress: bool, desc: str
+) -> list[FileReport]:
     """Run file jobs in parallel, largest first; the first failure stops the others."""
-    jobs = sorted(jobs, key=lambda j: -j.planned.source_size)
-    total = sum(j.planned.source_size for j in jobs)
+    if not jobs:
+        return []
+    jobs = sorted(jobs, key=lambda j: -j.inputs["payload"][0])
+    total = sum(j.inputs["payload"][0] for j in jobs)
     stop = threading.Event()
     results: dict[str, FileReport] = {}
     errors: list[BaseException] = []
     workers = max(1, min(n_jobs or default_jobs(), len(jobs)))
     depth = max(2, min(PIPELINE_DEPTH, PIPELINE_SLOTS // workers))
     with byte_bar(total, desc, enabled=progress) as bar, ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(_run_job, j, bar, stop, depth): j for j in jobs}
+        futures = {pool.submit(_run_job, j, bar, stop, depth, folder): j for j in jobs}
         for fut in as_completed(futures):
             try:
                 rep = fut.result()
@@ -311,24 +391,83 @@ def _run_jobs(jobs: list[_Job], n_jobs: int | None, *, progress: bool, desc: str
         for extra in errors[1:]:
             logger.error("also failed: %s", extra)
         raise errors[0]
-    return [results[n] for n in sorted(results)]
+    return list(results.values())
 
 
-# --- decode / encode ---------------------------------------------------------------------------
+def _inputs(p: legacy.PlannedFile) -> dict[str, tuple[int, int]]:
+    ids = {"payload": file_id(p.source)}
+    if p.base is not None:
+        ids["base"] = file_id(p.base)
+    return ids
 
 
-def _check_out_dir(out: Path, inputs: Mapping[str, Path], names: Sequence[str], force: bool) -> None:
+def _triage(
+    planned: Sequence[legacy.PlannedFile],
+    folder: OutputFolder,
+    expected: Mapping[str, FileDigest],
+    force: bool,
+    *,
+    keep: bool,
+) -> tuple[list[legacy.PlannedFile], list[FileReport]]:
+    """Split the plan into files to make and outputs already in place that can be kept.
+
+    Kept: outputs a previous run recorded (inputs unchanged, digests matching), and existing
+    files that match their published digests. Files in the way that are neither ours nor
+    proven are refused unless `force`; a symlink out of the folder is always refused.
+    """
+    todo: list[legacy.PlannedFile] = []
+    kept: list[FileReport] = []
+    taken: list[str] = []
+    for p in planned:
+        final = folder.path / p.name
+        check_not_escaping_link(final, folder.path)
+        want = (
+            {a: expected[p.name].get(a) or "" for a in expected[p.name].algorithms()}
+            if p.name in expected
+            else {}
+        )
+        inputs = _inputs(p)
+        done = folder.kept(p.name, inputs, want) if keep else None
+        if keep and done is None and final.is_file() and not folder.is_ours(p.name) and want and not force:
+            got = hash_file(final, want)
+            if got == want:
+                folder.record(p.name, got, inputs)
+                done = folder.done[p.name]
+        if done is not None:
+            logger.info("%s: already in place and %s; kept", p.name, "verified" if want else "complete")
+            kept.append(
+                FileReport(
+                    name=p.name,
+                    action=p.action,
+                    size=done.size,
+                    digests=dict(done.digests),
+                    verified=bool(want),
+                    kept=True,
+                )
+            )
+            continue
+        if (final.exists() or final.is_symlink()) and not folder.is_ours(p.name) and not force:
+            taken.append(p.name)
+        todo.append(p)
+    if taken:
+        raise OutputExistsError(
+            f"{folder.path} already holds {', '.join(taken)}, not made by xorweights"
+            + (" and not matching the published checksums" if expected else "")
+            + "; refusing to overwrite (use --force)",
+            path=folder.path / taken[0],
+        )
+    return todo, kept
+
+
+def _check_out_dir(out: Path, inputs: Mapping[str, Path]) -> None:
     for role, folder in inputs.items():
         if out.resolve() == folder.resolve():
             raise InputError(f"--out must differ from the {role} folder ({folder})", path=out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out must be a folder: {out}", path=out)
-    taken = [n for n in names if (out / n).exists()]
-    if taken and not force:
-        raise OutputExistsError(
-            f"{out} already holds {', '.join(taken)}; refusing to overwrite (use --force)",
-            path=out / taken[0],
-        )
+
+
+# --- decode / encode ---------------------------------------------------------------------------
 
 
 def decode(
@@ -388,7 +527,7 @@ def decode(
     )
     raw = manifest.raw_files if manifest else ()
     planned = legacy.plan(payload_dir, base_dir, raw_patterns=raw)
-    _check_out_dir(out_dir, {"payload": payload_dir, "base": base_dir}, [p.name for p in planned], force)
+    _check_out_dir(out_dir, {"payload": payload_dir, "base": base_dir})
 
     # A line file names no stage: given to decode, it lists the decoded outputs.
     line_file = manifest is not None and manifest.unstaged is not None
@@ -420,25 +559,33 @@ def decode(
                         stage="hf_base",
                     )
     backend = legacy.gzip_backend(gzip_backend)
-    job_list = []
-    for p in planned:
-        eb = hf_base.get(p.name) if p.base is not None else None
-        eo = decoded.get(p.name)
-        job_list.append(
-            _Job(
-                planned=p,
-                out=out_dir / p.name,
-                hashes={"base": eb.algorithms() if eb else (), "out": eo.algorithms() if eo else ()},
-                expect_base=eb,
-                expect_out=eo,
-                release=manifest.release if manifest else "",
-                gzip_backend=backend,
-                fsync=fsync,
-                drop_cache=drop_cache,
+    with OutputFolder(out_dir) as folder:
+        todo, kept = _triage(planned, folder, decoded, force, keep=True)
+        job_list = []
+        for p in todo:
+            eb = hf_base.get(p.name) if p.base is not None else None
+            eo = decoded.get(p.name)
+            inputs = _inputs(p)
+            limit = (
+                eo.size if eo and eo.size is not None else 2 * inputs.get("base", (0, 0))[0] + INFLATE_SLACK
             )
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = _run_jobs(job_list, jobs, progress=progress, desc="decode")
+            job_list.append(
+                _Job(
+                    planned=p,
+                    out=out_dir / p.name,
+                    hashes={"base": eb.algorithms() if eb else (), "out": eo.algorithms() if eo else ()},
+                    inputs=inputs,
+                    expect_base=eb,
+                    expect_out=eo,
+                    release=manifest.release if manifest else "",
+                    gzip_backend=backend,
+                    fsync=fsync,
+                    drop_cache=drop_cache,
+                    inflate_limit=limit,
+                )
+            )
+        made = _run_jobs(job_list, jobs, folder, progress=progress, desc="decode")
+    files = sorted([*made, *kept], key=lambda f: f.name)
     unverified = tuple(f.name for f in files if manifest is not None and not f.verified)
     for name in unverified:
         logger.warning("%s: no published decoded digest, output not verified", name)
@@ -497,22 +644,28 @@ def encode(
     if not src_dir.is_dir():
         raise MissingFileError(f"fine-tuned folder not found: {src_dir}", path=src_dir)
     planned = legacy.plan(src_dir, base_dir)
-    _check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir}, [p.name for p in planned], force)
+    _check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
     algos = ("md5", "sha256") if with_checksums else ()
-    job_list = [
-        _Job(
-            planned=p,
-            out=out_dir / p.name,
-            hashes={"data": algos, "base": algos if p.base is not None else ()},
-            encoding=True,
-            compress=compress if p.action == "xor" else None,
-            gzip_mtime=gzip_mtime,
-            hash_written=("sha256",) if with_checksums else (),
+    with OutputFolder(out_dir, keep_state=False) as folder:
+        # A payload folder gets published: no state file in it, and every file is made afresh
+        # (the manifest needs every digest). The lock and the overwrite rules are as for decode.
+        todo, _ = _triage(planned, folder, {}, force, keep=False)
+        job_list = [
+            _Job(
+                planned=p,
+                out=out_dir / p.name,
+                hashes={"data": algos, "base": algos if p.base is not None else ()},
+                inputs=_inputs(p),
+                encoding=True,
+                compress=compress if p.action == "xor" else None,
+                gzip_mtime=gzip_mtime,
+                hash_written=("sha256",) if with_checksums else (),
+            )
+            for p in todo
+        ]
+        files = sorted(
+            _run_jobs(job_list, jobs, folder, progress=progress, desc="encode"), key=lambda f: f.name
         )
-        for p in planned
-    ]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = _run_jobs(job_list, jobs, progress=progress, desc="encode")
     manifest = None
     if with_checksums:
 

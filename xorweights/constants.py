@@ -24,8 +24,15 @@ LEGACY_BLOCK_SIZE = 4096
 #: gzip member header: ID1 ID2 CM=deflate. A legacy payload starting with these is gzip.
 GZIP_MAGIC = b"\x1f\x8b\x08"
 
+#: Without a published size, a gzip payload may inflate to at most twice its base plus this.
+INFLATE_SLACK = 64 * 1024 * 1024
+
 #: Files the legacy script copies raw instead of XOR-ing (stock LLaMA has no such file).
 LEGACY_RAW_FILES = ("added_tokens.json",)
+
+#: Record of finished outputs in an output folder (hidden; see `_outdir.py`).
+STATE_FILE = ".xorweights-state.json"
+STATE_FORMAT = "xorweights-state/1"
 
 #: Prefix of every temporary file written in a destination folder.
 TEMP_PREFIX = ".xorweights-"

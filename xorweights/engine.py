@@ -38,6 +38,27 @@ class Cancelled(Exception):
     """Raised inside a pass when the caller's `should_stop` says so (another job failed)."""
 
 
+class StreamError(Exception):
+    """A read or write of one of the pass's streams failed; `cause` is the original error.
+
+    `role` is `data`, `base` or `out`, and `op` is `read` or `write`, so that the caller can
+    name the file and the operation.
+    """
+
+    def __init__(self, role: Role, op: str, cause: BaseException) -> None:
+        super().__init__(f"{op} {role}: {cause}")
+        self.role: Role = role
+        self.op = op
+        self.cause = cause
+
+
+def _guarded_read(stream: BinaryIO, view: memoryview, role: Role) -> int:
+    try:
+        return read_full(stream, view)
+    except Exception as e:
+        raise StreamError(role, "read", e) from e
+
+
 @dataclass(frozen=True)
 class XorStats:
     """What one pass read, wrote and hashed."""
@@ -147,6 +168,12 @@ class _Writer:
         self.synced = 0  # everything before this offset is on disk
 
     def __call__(self, slot: _Slot) -> None:
+        try:
+            self._write(slot)
+        except OSError as e:
+            raise StreamError("out", "write", e) from e
+
+    def _write(self, slot: _Slot) -> None:
         n = slot.n
         self.out.write(slot.ov[:n])
         if self.fd is not None:
@@ -223,14 +250,14 @@ def xor_stream(
                 stopped = True
                 break
             slot = free.get()
-            n = read_full(data, slot.av)
+            n = _guarded_read(data, slot.av, "data")
             if n == 0:
                 free.put(slot)
                 break
             m = 0
             if not base_done:
                 assert base is not None and slot.bv is not None and slot.b is not None
-                m = read_full(base, slot.bv[:n])
+                m = _guarded_read(base, slot.bv[:n], "base")
                 base_done = m < n  # base shorter: the rest XORs with zeros, i.e. stays as is
                 if m:
                     np.bitwise_xor(slot.a[:m], slot.b[:m], out=slot.o[:m])
@@ -251,7 +278,7 @@ def xor_stream(
             while not lanes.failure:
                 slot = free.get()
                 assert slot.bv is not None
-                m = read_full(base, slot.bv)
+                m = _guarded_read(base, slot.bv, "base")
                 if m == 0:
                     free.put(slot)
                     break

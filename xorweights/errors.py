@@ -53,6 +53,45 @@ class OutputExistsError(XorWeightsError, FileExistsError):
     """The destination holds a file that is not ours to overwrite."""
 
 
+class UnsafePathError(XorWeightsError, ValueError):
+    """A name or link from outside would reach beyond the folder it belongs to."""
+
+
+class FolderLockedError(XorWeightsError, BlockingIOError):
+    """Another xorweights process is writing into the same folder."""
+
+
+class IOFailure(XorWeightsError, OSError):
+    """A read or write failed: the message names the operation and the path.
+
+    Attributes: `path`, `op` (`reading`, `writing`, ...), `errno` and `strerror` of the cause.
+    """
+
+    def __init__(self, op: str, path: os.PathLike[str] | str, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        super().__init__(f"{op} {os.fspath(path)}: {reason}", path=path)
+        self.op = op
+        self.errno = cause.errno
+        self.strerror = reason
+
+
+class InputChangedError(IOFailure):
+    """An input file changed size while it was being read."""
+
+    def __init__(self, path: os.PathLike[str] | str, expected: int, actual: int) -> None:
+        XorWeightsError.__init__(
+            self,
+            f"reading {os.fspath(path)}: it changed while being read (size {expected} at the start, "
+            f"{actual} bytes read); is something else writing it?",
+            path=path,
+            expected=expected,
+            actual=actual,
+        )
+        self.op = "reading"
+        self.errno = None
+        self.strerror = "changed while being read"
+
+
 # Verification failures: exit code 1 in the CLI.
 
 

@@ -1,0 +1,60 @@
+"""Names that come from outside (payload listings, manifests, indexes, model cards) are checked here.
+
+A name is a relative path inside a folder: no absolute paths, no drive letters, no `..`, no
+empty or `.` parts, no NUL or control characters, and at most 255 bytes per part.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import UnsafePathError
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(name: object, where: str) -> str:
+    """Return `name` if it is a safe relative file name; raise `UnsafePathError` otherwise.
+
+    Args:
+        name: the candidate (anything decoded from JSON, say).
+        where: what to name in the error (the file the name came from).
+    """
+    if not isinstance(name, str) or not name:
+        raise UnsafePathError(f"{where}: file name must be a non-empty string, got {name!r}", path=where)
+    if _CONTROL.search(name):
+        raise UnsafePathError(f"{where}: file name {name!r} has control characters", path=where)
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        raise UnsafePathError(f"{where}: file name {name!r} must be relative to its folder", path=where)
+    parts = re.split(r"[\\/]", name)
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafePathError(f"{where}: file name {name!r} must stay inside its folder", path=where)
+    if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
+        raise UnsafePathError(f"{where}: file name {name[:40]!r}... is too long", path=where)
+    return name
+
+
+def inside(folder: Path, name: str, where: str) -> Path:
+    """`folder / name`, refusing a result that resolves (through symlinks) outside `folder`."""
+    check_name(name, where)
+    root = folder.resolve()
+    target = (folder / name).resolve()
+    if target != root and root not in target.parents:
+        raise UnsafePathError(
+            f"{folder / name} resolves to {target}, outside {root}; refusing to follow it", path=folder / name
+        )
+    return folder / name
+
+
+def check_not_escaping_link(path: Path, folder: Path) -> None:
+    """Refuse `path` if it is a symlink whose target lies outside `folder`."""
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        root = folder.resolve()
+        if root not in target.parents:
+            raise UnsafePathError(
+                f"{path} is a symlink to {target}, outside {root}; refusing to follow it", path=path
+            )
