@@ -20,7 +20,7 @@ from typing import Any
 
 from ._atomic import AtomicFile
 from ._paths import check_name
-from .constants import STATE_FILE, STATE_FORMAT, TEMP_PREFIX, TEMP_SUFFIX
+from .constants import MAX_MANIFEST_BYTES, STATE_FILE, STATE_FORMAT, TEMP_PREFIX, TEMP_SUFFIX
 from .errors import FolderLockedError, InputError
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class OutputFolder:
     def _load(self) -> dict[str, Done]:
         path = self.path / STATE_FILE
         try:
+            if path.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ValueError("too large")
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}

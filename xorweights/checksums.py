@@ -21,7 +21,15 @@ from typing import Any
 
 from ._atomic import AtomicFile
 from ._progress import byte_bar
-from .constants import ALGORITHMS, CHUNK_SIZE, HEX_LENGTH, MANIFEST_FORMAT, STAGES, TEMP_PREFIX
+from .constants import (
+    ALGORITHMS,
+    CHUNK_SIZE,
+    HEX_LENGTH,
+    MANIFEST_FORMAT,
+    MAX_MANIFEST_BYTES,
+    STAGES,
+    TEMP_PREFIX,
+)
 from .errors import FormatError, InputError, MissingFileError, UnknownReleaseError
 
 logger = logging.getLogger(__name__)
@@ -197,6 +205,12 @@ def load_manifest_file(path: os.PathLike[str] | str) -> ChecksumManifest:
     """Read a JSON manifest or a coreutils line file (told apart by content)."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise FormatError(
+                f"{path}: {size} bytes is too large for a checksum file (limit {MAX_MANIFEST_BYTES})",
+                path=path,
+            )
         raw = path.read_bytes()
     except FileNotFoundError:
         raise MissingFileError(f"checksum file not found: {path}", path=path) from None

@@ -136,6 +136,7 @@ def decode_cmd(
 def _print_decode(report: DecodeReport) -> None:
     for f in report.files:
         how = "copied" if f.action == "copy" else ("xor gzip" if f.compressed else "xor")
+        how = "kept" if f.kept else how
         proof = []
         if f.base_verified:
             proof.append("base ok")

@@ -389,7 +389,7 @@ def _run_jobs(
             results[rep.name] = rep
     if errors:
         for extra in errors[1:]:
-            logger.error("also failed: %s", extra)
+            logger.debug("also failed: %s", extra)
         raise errors[0]
     return list(results.values())
 

@@ -45,6 +45,9 @@ HEX_LENGTH = {"md5": 32, "sha256": 64}
 #: Checksum stages of a release, in the order a user meets them.
 STAGES = ("meta_original", "hf_base", "decoded")
 
+#: Checksum files, manifests and state files larger than this are refused unread.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
 #: Schema tag of the JSON checksum manifests in `checksums/`.
 MANIFEST_FORMAT = "xorweights-checksums/1"
 

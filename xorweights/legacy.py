@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from ._paths import check_not_escaping_link
 from .constants import ENV_GZIP_BACKEND, GZIP_BACKENDS, GZIP_MAGIC, LEGACY_RAW_FILES, TEMP_PREFIX
 from .errors import InputError, MissingFileError
 
@@ -132,6 +133,7 @@ def plan(source_dir: Path, base_dir: Path, *, raw_patterns: Iterable[str] = ()) 
     planned: list[PlannedFile] = []
     missing: list[str] = []
     for name in names:
+        check_not_escaping_link(source_dir / name, source_dir)
         if is_raw(name, raw_patterns):
             planned.append(PlannedFile(name, source_dir / name, None, "copy"))
             continue

@@ -1,0 +1,162 @@
+"""A strict reader of safetensors headers: every field checked before any tensor byte is touched.
+
+Layout: 8 bytes little-endian header length N, N bytes of UTF-8 JSON, then the data section. The
+JSON maps tensor names to `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets relative to
+the data section) plus an optional `"__metadata__"` of string to string. Tensors MUST tile the
+data section exactly: sorted by offset, each begins where the previous ends, the last ends at
+the end of the file, and each spans `prod(shape) * itemsize` bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import FormatError, MissingFileError
+
+logger = logging.getLogger(__name__)
+
+#: Bytes per element of every dtype safetensors defines.
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+#: The reference implementation refuses headers above 100 MB; so do we, before reading them.
+MAX_HEADER_BYTES = 100_000_000
+_MAX_DIMS = 64
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a safetensors file; `begin`/`end` are absolute file offsets."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """The validated header of one file."""
+
+    path: str
+    data_start: int
+    tensors: Mapping[str, TensorInfo]
+    metadata: Mapping[str, str] | None = field(default=None)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def parse_header(header: bytes, file_size: int, source: str) -> SafetensorsHeader:
+    """Validate a header's JSON bytes against the size of the file they came from.
+
+    Raises:
+        `FormatError`: naming `source` and the first defect found.
+    """
+    data_start = 8 + len(header)
+    try:
+        doc = json.loads(header.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise FormatError(f"{source}: safetensors header is not valid JSON ({e})", path=source) from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"{source}: safetensors header must be a JSON object", path=source)
+    metadata = doc.pop("__metadata__", None)
+    if metadata is not None and (
+        not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise FormatError(f"{source}: __metadata__ must map strings to strings", path=source)
+    data_len = file_size - data_start
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in doc.items():
+        where = f"{source}: tensor {name[:80]!r}"
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise FormatError(f"{where}: needs exactly dtype, shape and data_offsets", path=source)
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in DTYPE_SIZES:
+            raise FormatError(f"{where}: unknown dtype {str(dtype)[:20]!r}", path=source)
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_DIMS
+            or not all(_int(d) and d >= 0 for d in shape)
+        ):
+            raise FormatError(f"{where}: shape must be a list of non-negative integers", path=source)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_int(o) for o in offsets)):
+            raise FormatError(f"{where}: data_offsets must be [begin, end]", path=source)
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_len:
+            raise FormatError(
+                f"{where}: data_offsets [{begin}, {end}] outside the data section of {data_len} bytes",
+                path=source,
+            )
+        need = DTYPE_SIZES[dtype]
+        for d in shape:
+            need *= d
+        if need != end - begin:
+            raise FormatError(
+                f"{where}: {dtype} {shape} needs {need} bytes, offsets give {end - begin}", path=source
+            )
+        tensors[name] = TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end)
+    cursor = data_start
+    for t in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
+        if t.begin != cursor:
+            what = "overlaps another" if t.begin < cursor else "leaves a gap before it"
+            raise FormatError(f"{source}: tensor {t.name[:80]!r} {what}", path=source)
+        cursor = t.end
+    if cursor != file_size:
+        raise FormatError(
+            f"{source}: tensors cover {cursor - data_start} of the {data_len} data bytes", path=source
+        )
+    return SafetensorsHeader(path=source, data_start=data_start, tensors=tensors, metadata=metadata)
+
+
+def read_header(path: os.PathLike[str] | str) -> SafetensorsHeader:
+    """Read and validate the header of a safetensors file (the data is not read).
+
+    Raises:
+        `MissingFileError`: no such file.
+        `FormatError`: a truncated file, a header length beyond the limit or the file, or any
+            defect `parse_header` finds.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise FormatError(f"{path}: too short for a safetensors file ({size} bytes)", path=path)
+            (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise FormatError(
+                    f"{path}: safetensors header length {n} is beyond "
+                    f"{'the file' if 8 + n > size else 'the 100 MB limit'}",
+                    path=path,
+                )
+            header = f.read(n)
+    except FileNotFoundError:
+        raise MissingFileError(f"safetensors file not found: {path}", path=path) from None
+    return parse_header(header, size, str(path))
