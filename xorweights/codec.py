@@ -79,6 +79,14 @@ class _Report:
         """Output bytes per second."""
         return self.bytes_written / self.seconds if self.seconds > 0 else 0.0
 
+    def _summary(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 3),
+            "bytes_written": self.bytes_written,
+            "throughput_bytes_per_s": round(self.throughput),
+            "files": [_file_dict(f) for f in self.files],
+        }
+
 
 @dataclass(frozen=True)
 class DecodeReport(_Report):
@@ -89,9 +97,9 @@ class DecodeReport(_Report):
     out_dir: str
     release: str | None = None
     unverified: tuple[str, ...] = ()
+    """Outputs with no published digest to check against (only when checksums were given)."""
     gzip_backend: str | None = None
     """The decompressor used, when any payload file was gzip (`isal` or `zlib`)."""
-    """Outputs with no published digest to check against (only when checksums were given)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,11 +109,8 @@ class DecodeReport(_Report):
             "out_dir": self.out_dir,
             "release": self.release,
             "gzip_backend": self.gzip_backend,
-            "seconds": round(self.seconds, 3),
-            "bytes_written": self.bytes_written,
-            "throughput_bytes_per_s": round(self.throughput),
             "unverified": list(self.unverified),
-            "files": [_file_dict(f) for f in self.files],
+            **self._summary(),
         }
 
 
@@ -126,10 +131,7 @@ class EncodeReport(_Report):
             "base_dir": self.base_dir,
             "out_dir": self.out_dir,
             "compress": self.compress,
-            "seconds": round(self.seconds, 3),
-            "bytes_written": self.bytes_written,
-            "throughput_bytes_per_s": round(self.throughput),
-            "files": [_file_dict(f) for f in self.files],
+            **self._summary(),
         }
 
 
