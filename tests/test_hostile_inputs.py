@@ -406,3 +406,14 @@ def test_torch_mutated_real_pickle_fuzz(tmp_path: Path, data: st.DataObject) -> 
         read_checkpoint(path)
     except FormatError:
         pass
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.text(max_size=12), _json_value, max_size=4) | _json_value)
+def test_state_file_fuzz(tmp_path: Path, files: object) -> None:
+    """Whatever the state file holds, the folder opens; only well-formed, safe entries count."""
+    (tmp_path / STATE_FILE).write_text(json.dumps({"format": STATE_FORMAT, "files": files}))
+    with OutputFolder(tmp_path) as folder:
+        for name, done in folder.done.items():
+            check_name(name, "state")
+            assert isinstance(done.size, int) and isinstance(done.mtime_ns, int)
