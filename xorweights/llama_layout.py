@@ -25,9 +25,9 @@ NUM_SHARDS = {"7B": 1, "13B": 2, "30B": 4, "65B": 8}
 _MODEL_MAX_LENGTH = int(1e30)
 
 
-def intermediate_size(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float = 1.0) -> int:
-    """The feed-forward width the conversion computes from `dim` (Meta's rule)."""
-    return multiple_of * ((int(ffn_dim_multiplier * int(8 * dim / 3)) + multiple_of - 1) // multiple_of)
+def intermediate_size(dim: int) -> int:
+    """The feed-forward width the conversion computes from `dim`: ceil(8 dim / 3), up to a multiple of 256."""
+    return (math.ceil(dim * 8 / 3) + 255) // 256 * 256
 
 
 @dataclass(frozen=True)
@@ -56,15 +56,14 @@ class LlamaLayout:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], num_shards: int, vocab: int = 32000) -> LlamaLayout:
-        """From Meta's `params.json` (dim, n_layers, n_heads, norm_eps, multiple_of)."""
+        """From Meta's `params.json` (dim, n_layers, n_heads, norm_eps); the vocabulary is the
+        conversion's default, 32000, whatever `params.json` says."""
         dim = int(params["dim"])
         return cls(
             dim=dim,
             n_layers=int(params["n_layers"]),
             n_heads=int(params["n_heads"]),
-            intermediate=intermediate_size(
-                dim, int(params.get("multiple_of", 256)), float(params.get("ffn_dim_multiplier") or 1.0)
-            ),
+            intermediate=intermediate_size(dim),
             vocab=vocab,
             norm_eps=float(params.get("norm_eps", 1e-6)),
             num_shards=num_shards,
