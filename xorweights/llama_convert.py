@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -116,10 +116,97 @@ def converted_tensors(meta: MetaCheckpoint) -> dict[str, Callable[[], np.ndarray
     return out
 
 
-def write_shards(meta: MetaCheckpoint, open_out: Callable[[str], BinaryIO]) -> list[str]:
+class HFCheckpoint:
+    """An HF-format copy of LLaMA weights, in any container and shard layout: `*.safetensors`
+    files and/or `pytorch_model*.bin` zip checkpoints (read through the allow-list reader), with
+    a `config.json` giving the shape. Tensors are memory-mapped, never loaded whole."""
+
+    def __init__(self, folder: os.PathLike[str] | str) -> None:
+        from .safetensors_header import read_header
+
+        self.folder = Path(folder)
+        config_path = self.folder / "config.json"
+        if not config_path.is_file():
+            raise MissingFileError(
+                f"{self.folder}: no config.json (not an HF model folder)", path=config_path
+            )
+        try:
+            self.config = json.loads(config_path.read_text())
+            self.layout = LlamaLayout(
+                dim=int(self.config["hidden_size"]),
+                n_layers=int(self.config["num_hidden_layers"]),
+                n_heads=int(self.config["num_attention_heads"]),
+                intermediate=int(self.config["intermediate_size"]),
+                vocab=int(self.config.get("vocab_size", 32000)),
+                norm_eps=float(self.config.get("rms_norm_eps", 1e-6)),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"{config_path}: not a LLaMA config ({e})", path=config_path) from None
+        self.where: dict[str, tuple[Path, str, tuple[int, ...], int]] = {}
+        files = sorted(
+            p for p in self.folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()
+        )
+        if not files:
+            raise MissingFileError(f"{self.folder}: no *.safetensors or *.bin weight files", path=self.folder)
+        for path in files:
+            if path.suffix == ".safetensors":
+                header = read_header(path)
+                entries = [(t.name, t.dtype, t.shape, t.begin) for t in header.tensors.values()]
+            else:
+                ck = read_checkpoint(path)
+                entries = [(n, r.dtype, r.shape, ck.byte_range(n)[0]) for n, r in ck.tensors.items()]
+            for name, dtype, shape, begin in entries:
+                if name in self.where:
+                    raise FormatError(f"{self.folder}: tensor {name!r} is in two files", path=path)
+                self.where[name] = (path, dtype, shape, begin)
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self.where:
+            raise FormatError(f"{self.folder}: missing tensor {name!r}", path=self.folder)
+        path, dtype, shape, begin = self.where[name]
+        if dtype not in _NUMPY:
+            raise FormatError(f"{path}: tensor {name!r} is {dtype}; expected F16, BF16 or F32", path=path)
+        return np.memmap(path, dtype=_NUMPY[dtype], mode="r", offset=begin, shape=shape)
+
+    def as_float16(self, name: str) -> np.ndarray:
+        """The tensor in float16, as the pinned conversion holds it (exact when the copy was
+        float16 or upcast from it)."""
+        a = self.array(name)
+        if self.where[name][1] == "BF16":
+            a = (a.astype(np.uint32) << 16).view(np.float32)
+        return a if a.dtype == np.float16 else a.astype(np.float16)
+
+
+def hf_tensors(ck: HFCheckpoint) -> dict[str, Callable[[], np.ndarray]]:
+    """Converted tensors from an HF copy: the same names; float16; `inv_freq` recomputed (copies
+    made by other versions lack it or hold other values)."""
+    freq = inv_freq(ck.layout.head_dim)
+    out: dict[str, Callable[[], np.ndarray]] = {}
+    for name, _dtype, _shape in ck.layout.tensors():
+        if name.endswith("rotary_emb.inv_freq"):
+            out[name] = lambda: freq
+        else:
+            out[name] = lambda name=name: ck.as_float16(name)
+    return out
+
+
+def open_base(folder: os.PathLike[str] | str) -> tuple[LlamaLayout, dict[str, Callable[[], np.ndarray]]]:
+    """The layout and converted tensors of a LLaMA folder: Meta's original, or any HF copy."""
+    folder = Path(folder)
+    if (folder / "params.json").is_file():
+        meta = MetaCheckpoint.open(folder)
+        return meta.layout(), converted_tensors(meta)
+    ck = HFCheckpoint(folder)
+    return ck.layout, hf_tensors(ck)
+
+
+def write_shards(
+    layout: LlamaLayout,
+    compute: Mapping[str, Callable[[], np.ndarray]],
+    open_out: Callable[[str], BinaryIO],
+    source: str = "",
+) -> list[str]:
     """Write every converted shard file through `open_out(file_name)`; returns the names."""
-    layout = meta.layout()
-    compute = converted_tensors(meta)
     dtypes = {name: (dt, shape) for name, dt, shape in layout.tensors()}
     names = layout.shard_names()
     for fname, tensor_names in zip(names, layout.shards(), strict=True):
@@ -130,9 +217,9 @@ def write_shards(meta: MetaCheckpoint, open_out: Callable[[str], BinaryIO]) -> l
                 arr = np.ascontiguousarray(compute[spec.name]())
                 if arr.shape != spec.shape or arr.dtype != _NUMPY[spec.dtype]:
                     raise FormatError(
-                        f"{meta.folder}: {spec.name} came out {arr.dtype}{arr.shape}, "
+                        f"{source}: {spec.name} came out {arr.dtype}{arr.shape}, "
                         f"expected {spec.dtype}{spec.shape}",
-                        path=meta.folder,
+                        path=source,
                     )
                 yield spec.name, [memoryview(arr).cast("B")]
 

@@ -1,0 +1,134 @@
+"""The pinned conversion, rebuilt without torch: byte-exact against fixtures converted by the real
+script (torch 2.0.1 + transformers 4.28.1; see tools/make_golden_fixtures.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from xorweights.checksums import parse_sum_lines
+from xorweights.llama_convert import (
+    HFCheckpoint,
+    MetaCheckpoint,
+    hf_tensors,
+    inv_freq,
+    open_base,
+    write_shards,
+)
+from xorweights.torch_save import TensorSpec, save_state_dict
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+CASES = ["llama-tiny-1shard", "llama-tiny-2shard", "llama-tiny-4shard"]
+VERSION = "4.28.1"  # the fixtures' transformers version, written into their config files
+
+
+def expected(case: str) -> dict[str, str]:
+    return parse_sum_lines((GOLDEN / case / "hf.md5").read_text())[1]
+
+
+def convert(layout, compute, out: Path) -> dict[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    write_shards(layout, compute, lambda name: open(out / name, "wb"), str(out))
+    (out / "config.json").write_bytes(layout.config_json(VERSION))
+    (out / "generation_config.json").write_bytes(layout.generation_config_json(VERSION))
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_meta_format_converts_byte_exact(tmp_path: Path, case: str) -> None:
+    layout, compute = open_base(GOLDEN / case / "meta")
+    assert layout.num_shards == int(case.split("-")[-1][0])
+    assert convert(layout, compute, tmp_path / "hf") == expected(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_safetensors_copy_resharded_differently_converts_byte_exact(tmp_path: Path, case: str) -> None:
+    """Another copy of the same weights: safetensors, three shards split elsewhere, no inv_freq."""
+    meta = MetaCheckpoint.open(GOLDEN / case / "meta")
+    layout, compute = open_base(meta.folder)
+    names = [n for n, _, _ in layout.tensors() if not n.endswith("inv_freq")]
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for i, part in enumerate((names[::3], names[1::3], names[2::3])):
+        save_file({n: np.ascontiguousarray(compute[n]()) for n in part}, str(copy / f"model-{i}.safetensors"))
+    (copy / "config.json").write_text(
+        json.dumps(
+            {
+                "hidden_size": layout.dim,
+                "num_hidden_layers": layout.n_layers,
+                "num_attention_heads": layout.n_heads,
+                "intermediate_size": layout.intermediate,
+                "vocab_size": layout.vocab,
+                "rms_norm_eps": 1e-6,
+            }
+        )
+    )
+    layout2, compute2 = open_base(copy)
+    assert layout2 == layout.__class__(**{**layout.__dict__, "num_shards": 1})
+    got = convert(layout2, compute2, tmp_path / "hf")
+    assert got == expected(case)
+
+
+def test_float32_and_bin_copies_convert_byte_exact(tmp_path: Path) -> None:
+    """An upcast float32 copy saved by today's torch in one .bin file gives the same bytes."""
+    case = CASES[2]
+    layout, compute = open_base(GOLDEN / case / "meta")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    torch.save(
+        {
+            n: torch.from_numpy(np.ascontiguousarray(compute[n]()).astype(np.float32))
+            for n, _, _ in layout.tensors()
+        },
+        copy / "pytorch_model.bin",
+    )
+    (copy / "config.json").write_text(
+        json.dumps(
+            {
+                "hidden_size": layout.dim,
+                "num_hidden_layers": layout.n_layers,
+                "num_attention_heads": layout.n_heads,
+                "intermediate_size": layout.intermediate,
+            }
+        )
+    )
+    ck = HFCheckpoint(copy)
+    assert convert(ck.layout, hf_tensors(ck), tmp_path / "hf") == expected(case)
+
+
+def test_inv_freq_matches_torch_for_every_head_size() -> None:
+    table = json.loads((GOLDEN / "inv_freq.json").read_text())
+    assert "128" in table
+    for hd, hexs in table.items():
+        assert inv_freq(int(hd)).tobytes().hex() == hexs, hd
+
+
+def test_written_checkpoint_loads_in_current_torch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {"b": rng.standard_normal((3, 5)).astype(np.float16), "a": np.arange(7, dtype=np.float32)}
+    specs = [TensorSpec(n, "F16" if a.dtype == np.float16 else "F32", a.shape) for n, a in arrays.items()]
+    from xorweights.torch_save import record_order
+
+    with open(tmp_path / "x.bin", "wb") as f:
+        save_state_dict(f, "x", specs, ((s.name, [arrays[s.name].tobytes()]) for s in record_order(specs)))
+    loaded = torch.load(tmp_path / "x.bin", weights_only=True)
+    assert list(loaded) == ["b", "a"]
+    for n, a in arrays.items():
+        assert np.array_equal(loaded[n].numpy(), a)
+
+
+def test_meta_folder_defects(tmp_path: Path) -> None:
+    from xorweights.errors import FormatError, MissingFileError
+
+    with pytest.raises(MissingFileError, match="no params.json"):
+        MetaCheckpoint.open(tmp_path)
+    (tmp_path / "params.json").write_text("{}")
+    (tmp_path / "consolidated.01.pth").write_bytes(b"")
+    with pytest.raises(FormatError, match="in sequence"):
+        MetaCheckpoint.open(tmp_path)
