@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .constants import TEMP_PREFIX, TEMP_SUFFIX
 
@@ -90,3 +92,24 @@ class AtomicFile:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+class HashingWriter:
+    """Forwards writes to a file and hashes the bytes as they pass, so nothing is read back."""
+
+    def __init__(self, sink: BinaryIO, algorithms: Sequence[str]) -> None:
+        self.sink = sink
+        self.hashers = {a: hashlib.new(a) for a in algorithms}
+        self.count = 0
+
+    def write(self, data: Any) -> int:
+        for h in self.hashers.values():
+            h.update(data)
+        self.count += len(data)
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def hexdigests(self) -> dict[str, str]:
+        return {a: h.hexdigest() for a, h in self.hashers.items()}

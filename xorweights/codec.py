@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -12,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 from . import legacy
-from ._atomic import AtomicFile
+from ._atomic import AtomicFile, HashingWriter
 from ._outdir import OutputFolder, file_id
 from ._paths import check_not_escaping_link
 from ._progress import byte_bar
@@ -143,25 +142,6 @@ def _file_dict(f: FileReport) -> dict[str, Any]:
 
 
 # --- one file --------------------------------------------------------------------------------
-
-
-class _HashingWriter:
-    """Forwards writes to a file and hashes the bytes as they pass (the stored payload bytes)."""
-
-    def __init__(self, sink: BinaryIO, algorithms: Sequence[str]) -> None:
-        self.sink = sink
-        self.hashers = {a: hashlib.new(a) for a in algorithms}
-
-    def write(self, data: Any) -> int:
-        for h in self.hashers.values():
-            h.update(data)
-        return self.sink.write(data)
-
-    def flush(self) -> None:
-        self.sink.flush()
-
-    def hexdigests(self) -> dict[str, str]:
-        return {a: h.hexdigest() for a, h in self.hashers.items()}
 
 
 @dataclass(frozen=True)
@@ -298,7 +278,7 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
         stack.enter_context(data)
         base = stack.enter_context(_open("opening", p.base, lambda: open(p.base, "rb"))) if p.base else None
         atomic = stack.enter_context(_open("creating a file in", job.out.parent, lambda: AtomicFile(job.out)))
-        sink: Any = _HashingWriter(atomic.file, job.hash_written) if job.hash_written else atomic.file
+        sink: Any = HashingWriter(atomic.file, job.hash_written) if job.hash_written else atomic.file
         gz = legacy.gzip_writer(sink, p.name, mtime=job.gzip_mtime) if job.compress else None
         reader = _Limited(data, job.inflate_limit, p.source) if compressed and job.inflate_limit else data
         try:
@@ -341,7 +321,7 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
             atomic.commit(durable=job.fsync)
         except OSError as e:
             raise IOFailure("saving", job.out, e) from e
-    written = sink.hexdigests() if isinstance(sink, _HashingWriter) else {}
+    written = sink.hexdigests() if isinstance(sink, HashingWriter) else {}
     digests = {**stats.digests.get("out", {}), **written}
     folder.record(p.name, digests, job.inputs)
     return FileReport(
