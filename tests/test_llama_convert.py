@@ -132,3 +132,98 @@ def test_meta_folder_defects(tmp_path: Path) -> None:
     (tmp_path / "consolidated.01.pth").write_bytes(b"")
     with pytest.raises(FormatError, match="in sequence"):
         MetaCheckpoint.open(tmp_path)
+
+
+def _weights_manifest(case: str, tmp_path: Path) -> Path:
+    """The golden md5 of the converted weights as an hf_base manifest (its configs carry 4.28.1,
+    the pinned conversion writes 4.29.0.dev0, so only the weights are compared here)."""
+    m = tmp_path / "m.json"
+    m.write_text(
+        json.dumps(
+            {
+                "format": "xorweights-checksums/1",
+                "release": case,
+                "stages": {"hf_base": {"pytorch_model.bin": {"md5": expected(case)["pytorch_model.bin"]}}},
+            }
+        )
+    )
+    return m
+
+
+def test_base_convert_verifies_as_it_writes(tmp_path: Path) -> None:
+    import shutil
+
+    from xorweights.base import convert_base
+
+    case = CASES[1]
+    src = tmp_path / "meta"
+    shutil.copytree(GOLDEN / case / "meta", src)
+    (tmp_path / "tokenizer.model").write_bytes(b"sentencepiece stand-in")  # Meta keeps it one level up
+    report = convert_base(src, tmp_path / "out", checksums=_weights_manifest(case, tmp_path))
+    by_name = {f.name: f for f in report.files}
+    assert by_name["pytorch_model.bin"].verified
+    assert set(report.unverified) == {
+        "config.json",
+        "generation_config.json",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+    }
+    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == b"sentencepiece stand-in"
+    assert (
+        hashlib.md5((tmp_path / "out" / "pytorch_model.bin").read_bytes()).hexdigest()
+        == expected(case)["pytorch_model.bin"]
+    )
+
+
+def test_base_convert_names_the_file_and_tensors_of_a_mismatch(tmp_path: Path) -> None:
+    import shutil
+
+    from xorweights.base import convert_base
+    from xorweights.errors import BaseMismatchError
+
+    case = CASES[0]
+    src = tmp_path / "meta"
+    shutil.copytree(GOLDEN / case / "meta", src)
+    sd = torch.load(src / "consolidated.00.pth", weights_only=True)
+    sd["layers.1.feed_forward.w2.weight"][0, 0] += 1  # not the weights the release was made from
+    torch.save(sd, src / "consolidated.00.pth")
+    with pytest.raises(BaseMismatchError) as info:
+        convert_base(src, tmp_path / "out", checksums=_weights_manifest(case, tmp_path))
+    msg = str(info.value)
+    assert "generated base file pytorch_model.bin: md5" in msg and "model.embed_tokens.weight" in msg
+    assert "lm_head.weight" in msg and str(src) in msg
+    assert not (tmp_path / "out" / "pytorch_model.bin").exists()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".part")]
+
+
+def test_base_convert_refuses_the_wrong_layout(tmp_path: Path) -> None:
+    from xorweights.base import convert_base
+    from xorweights.errors import InputError
+
+    with pytest.raises(InputError, match="not llama-30b"):
+        convert_base(GOLDEN / CASES[0] / "meta", tmp_path / "out", layout="llama-30b")
+
+
+def test_base_convert_cli(tmp_path: Path, capsys) -> None:
+    from xorweights.cli import main
+
+    case = CASES[2]
+    code = main(
+        [
+            "base",
+            "convert",
+            "--from",
+            str(GOLDEN / case / "meta"),
+            "--out",
+            str(tmp_path / "out"),
+            "--checksums",
+            str(_weights_manifest(case, tmp_path)),
+            "--quiet",
+            "--json",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads(out)
+    assert {f["name"]: f["verified"] for f in doc["files"]}["pytorch_model.bin"] is True

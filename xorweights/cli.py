@@ -221,6 +221,63 @@ def encode_cmd(
     return EXIT_OK
 
 
+@cli.group("base")
+def base_group() -> None:
+    """Rebuild the exact base a legacy release was made against."""
+
+
+@base_group.command("convert")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Meta's original LLaMA folder, or any HF copy (.safetensors or .bin, any sharding).",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the converted base.")
+@click.option(
+    "--layout",
+    type=click.Choice(["llama-7b", "llama-13b", "llama-30b", "llama-65b"]),
+    default=None,
+    help="Refuse a source of another shape.",
+)
+@click.option(
+    "--checksums",
+    default=None,
+    help="Release or manifest whose hf_base digests every file must match [default for 30B: oasst-sft-6].",
+)
+@click.option("--force", is_flag=True, help="Overwrite files in --out not made by xorweights.")
+@quiet_option
+@json_option
+def base_convert_cmd(
+    source: Path,
+    out: Path,
+    layout: str | None,
+    checksums: str | None,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> int:
+    """Write what the pinned conversion wrote, from any copy of the LLaMA weights, verified as written."""
+    from .base import convert_base
+
+    report = convert_base(source, out, layout=layout, checksums=checksums, force=force, progress=not quiet)
+    if as_json:
+        _emit_json(report.to_dict())
+        return EXIT_OK
+    for f in report.files:
+        click.echo(
+            f"  {f.name:<40} {_human(f.size):>10}  md5 {f.digests['md5']}  {'verified' if f.verified else ''}"
+        )
+    click.echo(
+        f"converted a {report.layout} base into {report.out_dir} in {report.seconds:.1f} s"
+        + (f"; verified against {report.release} hf_base" if report.release else "")
+    )
+    for name in report.unverified:
+        click.echo(f"warning: {name}: no published digest; not verified", err=True)
+    return EXIT_OK
+
+
 @cli.command("verify", epilog=f"Example: {EXAMPLES['verify']}")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--checksums", required=True, help="Release name or repo id, or a manifest/md5sum file.")

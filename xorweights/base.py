@@ -1,0 +1,212 @@
+"""Materialise the exact base a legacy release was made against, from any copy of LLaMA.
+
+`convert_base` writes what the pinned conversion wrote (shards, index, configs, tokenizer files)
+from Meta's original folder or an HF copy in any container and shard layout, hashing every
+file as it is written and checking it against the release's published `hf_base` digests before
+it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._atomic import AtomicFile, HashingWriter
+from ._outdir import OutputFolder
+from ._progress import byte_bar
+from .checksums import ChecksumManifest, FileDigest, load_checksums
+from .errors import BaseMismatchError, InputError
+from .llama_convert import open_base, write_shards
+from .llama_layout import LlamaLayout
+
+logger = logging.getLogger(__name__)
+
+#: The release whose `hf_base` list a layout is checked against when none is named.
+DEFAULT_RELEASE = {"llama-30b": "oasst-sft-6-llama-30b"}
+_LAYOUTS = ("llama-7b", "llama-13b", "llama-30b", "llama-65b")
+
+
+@dataclass(frozen=True)
+class BaseFile:
+    name: str
+    size: int
+    digests: dict[str, str]
+    verified: bool
+
+
+@dataclass(frozen=True)
+class BaseReport:
+    """What `convert_base` wrote, and which files matched published digests."""
+
+    source: str
+    out_dir: str
+    layout: str
+    release: str | None
+    files: tuple[BaseFile, ...]
+    seconds: float
+    unverified: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "operation": "base convert",
+            "source": self.source,
+            "out_dir": self.out_dir,
+            "layout": self.layout,
+            "release": self.release,
+            "seconds": round(self.seconds, 3),
+            "unverified": list(self.unverified),
+            "files": [f.__dict__ for f in self.files],
+        }
+
+
+def _layout_name(layout: LlamaLayout) -> str:
+    for name in _LAYOUTS:
+        p = LlamaLayout.preset(name)
+        if (p.dim, p.n_layers, p.n_heads, p.intermediate, p.vocab) == (
+            layout.dim,
+            layout.n_layers,
+            layout.n_heads,
+            layout.intermediate,
+            layout.vocab,
+        ):
+            return name
+    return f"custom ({layout.dim}x{layout.n_layers}, {layout.n_heads} heads)"
+
+
+def _check(name: str, got: dict[str, str], want: FileDigest | None, release: str, detail: str) -> bool:
+    if want is None:
+        return False
+    for algo in want.algorithms():
+        if got.get(algo) != want.get(algo):
+            raise BaseMismatchError(
+                f"generated base file {name}: {algo} {got.get(algo)}, but {release} hf_base expects "
+                f"{want.get(algo)}; {detail}",
+                path=name,
+                expected=want.get(algo),
+                actual=got.get(algo),
+                algorithm=algo,
+                stage="hf_base",
+            )
+    return True
+
+
+def convert_base(
+    source: os.PathLike[str] | str,
+    out: os.PathLike[str] | str,
+    *,
+    layout: str | None = None,
+    checksums: os.PathLike[str] | str | ChecksumManifest | None = None,
+    force: bool = False,
+    progress: bool = False,
+) -> BaseReport:
+    """Write the pinned conversion's output for the LLaMA weights in `source` into `out`.
+
+    Args:
+        source: Meta's original folder (`consolidated.NN.pth`, `params.json`) or an HF copy
+            (`*.safetensors` or `pytorch_model*.bin`, any sharding, with `config.json`).
+        out: the folder for the converted base; created if needed.
+        layout (*optional*): `llama-7b`, `llama-13b`, `llama-30b` or `llama-65b`; the source must have
+            that shape. Default: whatever the source is.
+        checksums (*optional*): the release (or manifest) whose `hf_base` digests every file must
+            match; default `oasst-sft-6-llama-30b` for the 30B layout.
+        force: overwrite files in `out` that xorweights did not make.
+        progress: show a byte progress bar on stderr.
+
+    Raises:
+        `BaseMismatchError`: a generated file differs from its published digest (the file and the
+            tensors it holds are named); nothing is left under its name.
+    """
+    started = time.perf_counter()
+    src, out_dir = Path(source), Path(out)
+    shape, compute = open_base(src)
+    name = _layout_name(shape)
+    if layout is not None and layout.lower() != name:
+        raise InputError(f"{src} holds a {name} model, not {layout}", path=src)
+    if checksums is None and name in DEFAULT_RELEASE:
+        checksums = DEFAULT_RELEASE[name]
+    manifest = (
+        checksums
+        if isinstance(checksums, ChecksumManifest) or checksums is None
+        else load_checksums(checksums)
+    )
+    want = manifest.stage("hf_base") if manifest else {}
+    release = manifest.release if manifest else ""
+    files: list[BaseFile] = []
+    algos = ("md5", "sha256")
+    groups = dict(zip(shape.shard_names(), shape.shards(), strict=True))
+    total = shape.total_size()
+    with OutputFolder(out_dir) as folder, byte_bar(total, "base", enabled=progress) as bar:
+        taken = [
+            n for n in [*groups, *shape.small_files()] if (out_dir / n).exists() and not folder.is_ours(n)
+        ]
+        if taken and not force:
+            raise InputError(
+                f"{out_dir} already holds {', '.join(taken)}; refusing to overwrite (use --force)",
+                path=out_dir / taken[0],
+            )
+
+        def finish(fname: str, atomic: AtomicFile, writer: HashingWriter, detail: str) -> None:
+            ok = _check(fname, writer.hexdigests(), want.get(fname), release, detail)
+            atomic.commit()
+            folder.record(fname, writer.hexdigests(), {})
+            files.append(BaseFile(fname, writer.count, writer.hexdigests(), ok))
+
+        class _Out:
+            """One shard: written to a temporary, hashed on the way, verified, then renamed."""
+
+            def __init__(self, fname: str) -> None:
+                self.fname = fname
+                self.atomic = AtomicFile(out_dir / fname)
+                self.writer = HashingWriter(self.atomic.file, algos)
+
+            def write(self, data: Any) -> int:
+                bar.update(len(data))
+                return self.writer.write(data)
+
+            def flush(self) -> None:
+                self.writer.flush()
+
+            def __enter__(self) -> _Out:
+                return self
+
+            def __exit__(self, exc_type: Any, *exc: object) -> None:
+                with self.atomic:
+                    if exc_type is None:
+                        names = groups[self.fname]
+                        detail = (
+                            f"it holds {names[0]} ... {names[-1]} ({len(names)} tensors) from {src}; that "
+                            "source is not the LLaMA weights the release was made against"
+                        )
+                        finish(self.fname, self.atomic, self.writer, detail)
+
+        write_shards(shape, compute, _Out, str(src))  # type: ignore[arg-type]
+        for fname, data in shape.small_files().items():
+            with AtomicFile(out_dir / fname) as atomic:
+                writer = HashingWriter(atomic.file, algos)
+                writer.write(data)
+                finish(fname, atomic, writer, "it is derived from the architecture alone")
+        for candidate in (src / "tokenizer.model", src.parent / "tokenizer.model"):
+            if candidate.is_file():
+                with AtomicFile(out_dir / "tokenizer.model") as atomic, open(candidate, "rb") as f:
+                    writer = HashingWriter(atomic.file, algos)
+                    shutil.copyfileobj(f, writer)  # type: ignore[arg-type]
+                    finish("tokenizer.model", atomic, writer, f"copied from {candidate}")
+                break
+    unverified = tuple(f.name for f in files if not f.verified)
+    missing = sorted(set(want) - {f.name for f in files})
+    for n in missing:
+        logger.warning("%s: listed in %s hf_base but not generated", n, release)
+    return BaseReport(
+        str(src),
+        str(out_dir),
+        name,
+        release or None,
+        tuple(sorted(files, key=lambda f: f.name)),
+        time.perf_counter() - started,
+        unverified,
+    )
