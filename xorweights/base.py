@@ -8,6 +8,8 @@ it is renamed into place.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import shutil
@@ -210,3 +212,68 @@ def convert_base(
         time.perf_counter() - started,
         unverified,
     )
+
+
+class GeneratedBase:
+    """A base folder holding LLaMA in another form (Meta's original, or any HF copy) whose
+    pinned-conversion files are generated on demand and streamed, never written to disk."""
+
+    def __init__(self, folder: os.PathLike[str] | str) -> None:
+        from .llama_convert import GeneratedFile, write_shard
+
+        self.folder = Path(folder)
+        self.layout, self._compute = open_base(self.folder)
+        self._shards = set(self.layout.shard_names())
+        self._small = self.layout.small_files()
+        self._tokenizer = next(
+            (
+                p
+                for p in (self.folder / "tokenizer.model", self.folder.parent / "tokenizer.model")
+                if p.is_file()
+            ),
+            None,
+        )
+        self._generated_file = GeneratedFile
+        self._write_shard = write_shard
+
+    @staticmethod
+    def looks_like(folder: os.PathLike[str] | str) -> bool:
+        """Whether `folder` holds LLaMA weights that a base can be generated from."""
+        f = Path(folder)
+        if (f / "params.json").is_file() and any(f.glob("consolidated.*.pth")):
+            return True
+        if not (any(f.glob("*.safetensors")) or any(f.glob("pytorch_model*.bin"))):
+            return False
+        try:
+            config = json.loads((f / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        return (
+            isinstance(config, dict)
+            and config.get("model_type") == "llama"
+            and all(k in config for k in keys)
+        )
+
+    def opener(self, name: str) -> Any:
+        """A callable opening a stream of the generated file `name`, or None if not generated here."""
+        if name in self._shards:
+            layout, compute, src = self.layout, self._compute, str(self.folder)
+            return lambda: self._generated_file(
+                lambda w: self._write_shard(layout, compute, name, w, src), name
+            )
+        if name in self._small:
+            data = self._small[name]
+            return lambda: io.BytesIO(data)
+        if name == "tokenizer.model" and self._tokenizer is not None:
+            path = self._tokenizer
+            return lambda: open(path, "rb")
+        return None
+
+    def identity(self) -> tuple[int, int]:
+        """Total size and newest modification time of the source files (for resume records)."""
+        files = [p for p in self.folder.iterdir() if p.is_file()]
+        if self._tokenizer is not None:
+            files.append(self._tokenizer)
+        stats = [p.stat() for p in files]
+        return sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)

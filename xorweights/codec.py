@@ -175,11 +175,18 @@ def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want
         if actual != expected:
             name = job.planned.name
             if kind == "base":
+                p = job.planned
+                cause = (
+                    f"{p.base_label.split(' generated from ')[-1]} is not the LLaMA copy the release "
+                    "was made from"
+                    if p.base_open is not None
+                    else "the base must be the byte-exact output of the release's pinned conversion, or the "
+                    "original LLaMA weights (see `xorweights releases`)"
+                )
                 raise BaseMismatchError(
-                    f"base file {job.planned.base}: {algo} {actual}, but {job.release} hf_base "
-                    f"expects {expected}; the base must be the byte-exact output of the release's "
-                    "pinned conversion (see `xorweights releases`)",
-                    path=job.planned.base,
+                    f"base file {p.base_name}: {algo} {actual}, but {job.release} hf_base expects "
+                    f"{expected}; {cause}",
+                    path=p.base if p.base is not None else p.base_label,
                     expected=expected,
                     actual=actual,
                     algorithm=algo,
@@ -252,7 +259,7 @@ def _stream_failure(e: StreamError, job: _Job, compressed: bool) -> BaseExceptio
         return FormatError(
             f"payload {p.source}: gzip stream is corrupt or truncated ({cause})", path=p.source
         )
-    path = {"data": p.source, "base": p.base, "out": job.out}[e.role]
+    path = {"data": p.source, "base": p.base or p.base_label, "out": job.out}[e.role]
     if isinstance(cause, OSError) and path is not None:
         return IOFailure("writing" if e.op == "write" else "reading", path, cause)
     return cause
@@ -276,7 +283,12 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
             ),
         )
         stack.enter_context(data)
-        base = stack.enter_context(_open("opening", p.base, lambda: open(p.base, "rb"))) if p.base else None
+        if p.base_open is not None:
+            base = stack.enter_context(_open("generating", p.base_name, p.base_open))
+        elif p.base is not None:
+            base = stack.enter_context(_open("opening", p.base, lambda: open(p.base, "rb")))
+        else:
+            base = None
         atomic = stack.enter_context(_open("creating a file in", job.out.parent, lambda: AtomicFile(job.out)))
         sink: Any = HashingWriter(atomic.file, job.hash_written) if job.hash_written else atomic.file
         gz = legacy.gzip_writer(sink, p.name, mtime=job.gzip_mtime) if job.compress else None
@@ -299,7 +311,7 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
         except OSError as e:  # closing the gzip writer flushes its last block
             raise IOFailure("writing", job.out, e) from e
         _check_unchanged(p.source, data, job.inputs["payload"], None if compressed else stats.size)
-        if base is not None:
+        if base is not None and p.base is not None:  # a generated base has no file to change
             hashed_whole = bool(job.hashes.get("base"))
             expect_read = job.inputs["base"][0] if hashed_whole else min(job.inputs["base"][0], stats.size)
             _check_unchanged(p.base, base, job.inputs["base"], None)  # type: ignore[arg-type]
@@ -329,7 +341,7 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
         action=p.action,
         size=atomic.final.stat().st_size if job.compress else stats.size,
         compressed=compressed or job.compress is not None,
-        base_size=stats.base_read if p.base is not None else None,
+        base_size=stats.base_read if p.action == "xor" else None,
         digests=digests,
         input_digests=dict(stats.digests.get("data", {})),
         base_digests=dict(stats.digests.get("base", {})),
@@ -376,10 +388,12 @@ def _run_jobs(
     return list(results.values())
 
 
-def _inputs(p: legacy.PlannedFile) -> dict[str, tuple[int, int]]:
+def _inputs(p: legacy.PlannedFile, generated_id: tuple[int, int] | None = None) -> dict[str, tuple[int, int]]:
     ids = {"payload": file_id(p.source)}
     if p.base is not None:
         ids["base"] = file_id(p.base)
+    elif p.base_open is not None and generated_id is not None:
+        ids["base"] = generated_id
     return ids
 
 
@@ -390,6 +404,7 @@ def _triage(
     force: bool,
     *,
     keep: bool,
+    generated_id: tuple[int, int] | None = None,
 ) -> tuple[list[legacy.PlannedFile], list[FileReport]]:
     """Split the plan into files to make and outputs already in place that can be kept.
 
@@ -408,7 +423,7 @@ def _triage(
             if p.name in expected
             else {}
         )
-        inputs = _inputs(p)
+        inputs = _inputs(p, generated_id)
         done = folder.kept(p.name, inputs, want) if keep else None
         if keep and done is None and final.is_file() and not folder.is_ours(p.name) and want and not force:
             got = hash_file(final, want)
@@ -441,6 +456,26 @@ def _triage(
     return todo, kept
 
 
+def _generated_base(payload_dir: Path, base_dir: Path, raw: Sequence[str], mode: str) -> Any:
+    """The generated base to decode against, or None to use the base folder's files."""
+    if mode not in ("auto", "files", "generate"):
+        raise InputError(f"unknown base mode {mode!r}; expected auto, files or generate")
+    if mode == "files" or not base_dir.is_dir():
+        return None
+    from .base import GeneratedBase  # numpy-only, but only needed here
+
+    if not GeneratedBase.looks_like(base_dir):
+        if mode == "generate":
+            raise InputError(f"{base_dir} holds no LLaMA weights to generate a base from", path=base_dir)
+        return None
+    if mode == "auto":
+        needed = [e.name for e in os.scandir(payload_dir) if e.is_file() and not legacy.is_raw(e.name, raw)]
+        if all((base_dir / n).is_file() for n in needed if not n.startswith(".")):
+            return None
+    logger.info("generating the base from the LLaMA weights in %s", base_dir)
+    return GeneratedBase(base_dir)
+
+
 def _check_out_dir(out: Path, inputs: Mapping[str, Path]) -> None:
     for role, folder in inputs.items():
         if out.resolve() == folder.resolve():
@@ -464,6 +499,7 @@ def decode(
     fsync: bool = True,
     drop_cache: bool = False,
     gzip_backend: str | None = None,
+    base_mode: Literal["auto", "files", "generate"] = "auto",
     progress: bool = False,
 ) -> DecodeReport:
     """Rebuild fine-tuned files from an XOR payload and the base they were made against.
@@ -484,6 +520,10 @@ def decode(
         drop_cache: drop inputs' and outputs' cached pages behind the cursor, so a 65 GB decode
             does not evict the machine's page cache.
         gzip_backend: `auto` (python-isal when installed), `isal` or `zlib`.
+        base_mode: `files` XORs with the base folder's files as they are; `generate` treats the
+            base folder as LLaMA weights in any form (Meta's original, any HF copy) and streams
+            the pinned conversion's files from it into the XOR pass; `auto` generates when the
+            folder lacks files the payload needs and holds LLaMA weights.
         progress: show a byte progress bar on stderr.
 
     Returns:
@@ -508,7 +548,9 @@ def decode(
         else load_checksums(checksums)
     )
     raw = manifest.raw_files if manifest else ()
-    planned = legacy.plan(payload_dir, base_dir, raw_patterns=raw)
+    generated = _generated_base(payload_dir, base_dir, raw, base_mode)
+    planned = legacy.plan(payload_dir, base_dir, raw_patterns=raw, generated=generated)
+    generated_id = generated.identity() if generated is not None else None
     _check_out_dir(out_dir, {"payload": payload_dir, "base": base_dir})
 
     # A line file names no stage: given to decode, it lists the decoded outputs.
@@ -542,10 +584,10 @@ def decode(
                     )
     backend = legacy.gzip_backend(gzip_backend)
     with OutputFolder(out_dir) as folder:
-        todo, kept = _triage(planned, folder, decoded, force, keep=True)
+        todo, kept = _triage(planned, folder, decoded, force, keep=True, generated_id=generated_id)
         job_list = []
         for p in todo:
-            eb = hf_base.get(p.name) if p.base is not None else None
+            eb = hf_base.get(p.name) if p.action == "xor" else None
             eo = decoded.get(p.name)
             inputs = _inputs(p)
             limit = (

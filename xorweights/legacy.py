@@ -40,6 +40,14 @@ class PlannedFile:
     source: Path
     base: Path | None
     action: Action
+    base_open: Any = None
+    """Opens a generated base stream (the base folder holds LLaMA in another form)."""
+    base_label: str = ""
+
+    @property
+    def base_name(self) -> str:
+        """How to name the base in messages: its path, or what it is generated from."""
+        return str(self.base) if self.base is not None else self.base_label
 
     @property
     def source_size(self) -> int:
@@ -111,7 +119,9 @@ def is_raw(name: str, raw_patterns: Iterable[str] = ()) -> bool:
     return name in LEGACY_RAW_FILES or any(fnmatch.fnmatch(name, p) for p in raw_patterns)
 
 
-def plan(source_dir: Path, base_dir: Path, *, raw_patterns: Iterable[str] = ()) -> list[PlannedFile]:
+def plan(
+    source_dir: Path, base_dir: Path, *, raw_patterns: Iterable[str] = (), generated: Any = None
+) -> list[PlannedFile]:
     """Plan every output of a decode (or encode): XOR with the same-named base file, or copy.
 
     Raises:
@@ -136,6 +146,11 @@ def plan(source_dir: Path, base_dir: Path, *, raw_patterns: Iterable[str] = ()) 
         check_not_escaping_link(source_dir / name, source_dir)
         if is_raw(name, raw_patterns):
             planned.append(PlannedFile(name, source_dir / name, None, "copy"))
+            continue
+        opener = generated.opener(name) if generated is not None else None
+        if opener is not None:
+            label = f"{name} generated from {generated.folder}"
+            planned.append(PlannedFile(name, source_dir / name, None, "xor", opener, label))
             continue
         base = base_dir / name
         if not base.is_file():

@@ -9,14 +9,17 @@ the rotary `inv_freq` in float32. Shard files are then written byte for byte as 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -200,6 +203,32 @@ def open_base(folder: os.PathLike[str] | str) -> tuple[LlamaLayout, dict[str, Ca
     return ck.layout, hf_tensors(ck)
 
 
+def write_shard(
+    layout: LlamaLayout,
+    compute: Mapping[str, Callable[[], np.ndarray]],
+    fname: str,
+    out: BinaryIO,
+    source: str = "",
+) -> None:
+    """Write one converted shard file (`fname`, one of `layout.shard_names()`) to `out`."""
+    dtypes = {name: (dt, shape) for name, dt, shape in layout.tensors()}
+    groups = dict(zip(layout.shard_names(), layout.shards(), strict=True))
+    specs = [TensorSpec(t, dtypes[t][0], dtypes[t][1]) for t in groups[fname]]
+
+    def data() -> Iterator[tuple[str, list[memoryview]]]:
+        for spec in record_order(specs):
+            arr = np.ascontiguousarray(compute[spec.name]())
+            if arr.shape != spec.shape or arr.dtype != _NUMPY[spec.dtype]:
+                raise FormatError(
+                    f"{source}: {spec.name} came out {arr.dtype}{arr.shape}, "
+                    f"expected {spec.dtype}{spec.shape}",
+                    path=source,
+                )
+            yield spec.name, [memoryview(arr).cast("B")]
+
+    save_state_dict(out, Path(fname).stem, specs, data())
+
+
 def write_shards(
     layout: LlamaLayout,
     compute: Mapping[str, Callable[[], np.ndarray]],
@@ -207,22 +236,90 @@ def write_shards(
     source: str = "",
 ) -> list[str]:
     """Write every converted shard file through `open_out(file_name)`; returns the names."""
-    dtypes = {name: (dt, shape) for name, dt, shape in layout.tensors()}
     names = layout.shard_names()
-    for fname, tensor_names in zip(names, layout.shards(), strict=True):
-        specs = [TensorSpec(t, dtypes[t][0], dtypes[t][1]) for t in tensor_names]
-
-        def data(specs: list[TensorSpec] = specs) -> Iterator[tuple[str, list[memoryview]]]:
-            for spec in record_order(specs):
-                arr = np.ascontiguousarray(compute[spec.name]())
-                if arr.shape != spec.shape or arr.dtype != _NUMPY[spec.dtype]:
-                    raise FormatError(
-                        f"{source}: {spec.name} came out {arr.dtype}{arr.shape}, "
-                        f"expected {spec.dtype}{spec.shape}",
-                        path=source,
-                    )
-                yield spec.name, [memoryview(arr).cast("B")]
-
+    for fname in names:
         with open_out(fname) as f:
-            save_state_dict(f, Path(fname).stem, specs, data())
+            write_shard(layout, compute, fname, f, source)
     return names
+
+
+class GeneratedFile(io.RawIOBase):
+    """A read-only stream of bytes that a producer writes in a thread of its own.
+
+    The producer gets a writer; what it writes reaches the reader through a small queue (the
+    producer waits when the reader lags), so a converted shard streams into the XOR pass
+    without ever existing on disk. An error in the producer is raised by the reader.
+    """
+
+    def __init__(self, produce: Callable[[Any], None], name: str, *, depth: int = 4) -> None:
+        super().__init__()
+        self.name = name
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._chunk = memoryview(b"")
+        self._done = False
+        self._thread = threading.Thread(
+            target=self._run, args=(produce,), name=f"xorweights-gen-{name}", daemon=True
+        )
+        self._thread.start()
+
+    class _Writer:
+        def __init__(self, owner: GeneratedFile) -> None:
+            self.owner = owner
+
+        def write(self, data: Any) -> int:
+            view = memoryview(data).cast("B")
+            while not self.owner._stop.is_set():
+                try:
+                    self.owner._q.put(view, timeout=0.1)
+                    return len(view)
+                except queue.Full:
+                    continue
+            raise _Closed()
+
+        def flush(self) -> None:
+            pass
+
+    def _run(self, produce: Callable[[Any], None]) -> None:
+        try:
+            produce(GeneratedFile._Writer(self))
+            item: Any = None
+        except _Closed:
+            return
+        except BaseException as e:  # noqa: BLE001 (handed to the reader)
+            item = e
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._chunk:
+            if self._done:
+                return 0
+            item = self._q.get()
+            if item is None:
+                self._done = True
+                return 0
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            self._chunk = item
+        n = min(len(b), len(self._chunk))
+        memoryview(b).cast("B")[:n] = self._chunk[:n]
+        self._chunk = self._chunk[n:]
+        return n
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        super().close()
+
+
+class _Closed(Exception):
+    """The reader went away; the producer stops."""
