@@ -139,3 +139,26 @@ def test_other_llama_weights_are_named_as_the_cause(release, tmp_path: Path) -> 
 def test_generate_mode_needs_llama_weights(release, tmp_path: Path) -> None:
     with pytest.raises(xorweights.InputError, match="no LLaMA weights"):
         xorweights.decode(release["payload"], base=release["tuned"], out=tmp_path / "o", base_mode="generate")
+
+
+def test_cli_decode_with_generated_base(release, tmp_path: Path, capsys) -> None:
+    from xorweights.cli import main
+
+    code = main(
+        [
+            "decode",
+            str(release["payload"]),
+            "--base",
+            str(release["meta"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--checksums",
+            str(release["manifest"]),
+            "--base-mode",
+            "generate",
+            "--quiet",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "verified against tiny: 7 outputs, 6 base files" in out
+    assert tree(tmp_path / "o") == tree(release["tuned"])

@@ -90,6 +90,15 @@ def cli(verbose: int) -> None:
     help="Skip fsync of outputs before renaming (faster; a power failure may lose them).",
 )
 @click.option(
+    "--base-mode",
+    type=click.Choice(["auto", "files", "generate"]),
+    default="auto",
+    show_default=True,
+    help="files: XOR with --base's files as they are; generate: --base holds LLaMA in any form (Meta's "
+    "original, any HF copy) and the release's exact base is generated from it on the fly; auto: generate "
+    "when files the payload needs are missing.",
+)
+@click.option(
     "--gzip-backend",
     type=click.Choice(["auto", "isal", "zlib"]),
     default=None,
@@ -107,6 +116,7 @@ def decode_cmd(
     force: bool,
     drop_cache: bool,
     no_fsync: bool,
+    base_mode: str,
     gzip_backend: str | None,
     jobs: int | None,
     quiet: bool,
@@ -124,6 +134,7 @@ def decode_cmd(
         fsync=not no_fsync,
         drop_cache=drop_cache,
         gzip_backend=gzip_backend,
+        base_mode=base_mode,  # type: ignore[arg-type]
         progress=not quiet,
     )
     if as_json:
