@@ -7,7 +7,8 @@ The layout (read off real files, and checked byte for byte against them by the t
   holding `3\\n`; `<stem>` is the file name without its extension.
 - Each local header: version 0, flags 0x0808 (data descriptor, UTF-8 name), method 0 (stored),
   time and date 0, CRC and sizes 0; the name; a ZIP64 extra field when the size or the header's
-  offset reaches 0xFFFFFFFF; then an `FB` extra field of `Z` bytes so that the data starts on a
+  offset reaches 0xFFFFFFFF (uncompressed size, a compressed size of 0, the offset: those
+  needed); then an `FB` extra field of `Z` bytes so that the data starts on a
   64-byte boundary. After the data, a data descriptor (`PK\\x07\\x08`, CRC-32, sizes; 64-bit
   sizes when ZIP64).
 - A central directory (version 0, flags 0x0808, sizes and offset capped at 0xFFFFFFFF with a
@@ -83,7 +84,8 @@ class ZipRecordWriter:
         raw = name.encode("utf-8")
         header_at = self.offset
         big_size, big_offset = size >= _U32, header_at >= _U32
-        zip64 = _zip64_extra(*([size, size] if big_size else []), *([header_at] if big_offset else []))
+        # In the local header the compressed size is left 0 (the data descriptor carries it).
+        zip64 = _zip64_extra(*([size, 0] if big_size else []), *([header_at] if big_offset else []))
         start = header_at + _LOCAL.size + len(raw) + len(zip64) + 4
         pad = (-start) % ALIGNMENT
         extra = zip64 + b"FB" + struct.pack("<H", pad) + b"Z" * pad
