@@ -111,9 +111,7 @@ def main() -> None:
                 f.write(rng.integers(0, 256, n, dtype=np.uint8).data)
                 left -= n
         made = time.perf_counter() - t
-        print(
-            f"30B-shaped Meta base, {args.layers} layers, {total / 2**30:.2f} GiB, made in {made:.0f} s"
-        )
+        print(f"30B-shaped Meta base, {args.layers} layers, {total / 2**30:.2f} GiB, made in {made:.0f} s")
         out = work / "out"
         ours = timed(
             [

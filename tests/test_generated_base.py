@@ -132,7 +132,10 @@ def test_other_llama_weights_are_named_as_the_cause(release, tmp_path: Path) -> 
         )
     msg = str(info.value)
     assert msg.startswith(f"base file pytorch_model.bin generated from {meta}: md5")
-    assert f"{meta} is not the LLaMA copy the release was made from" in msg
+    assert (
+        f"{meta} is not the LLaMA copy the release was made from (it holds model.embed_tokens.weight" in msg
+    )
+    assert "lm_head.weight (23 tensors)" in msg
     assert "pytorch_model.bin" not in tree(tmp_path / "out")
 
 

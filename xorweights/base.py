@@ -270,6 +270,16 @@ class GeneratedBase:
             return lambda: open(path, "rb")
         return None
 
+    def detail(self, name: str) -> str:
+        """Which source tensors a generated file holds, for messages."""
+        groups = dict(zip(self.layout.shard_names(), self.layout.shards(), strict=True))
+        if name in groups:
+            t = groups[name]
+            return f"it holds {t[0]} ... {t[-1]} ({len(t)} tensors)"
+        return (
+            "it is derived from the architecture alone" if name in self._small else f"it is {self._tokenizer}"
+        )
+
     def identity(self) -> tuple[int, int]:
         """Total size and newest modification time of the source files (for resume records)."""
         files = [p for p in self.folder.iterdir() if p.is_file()]

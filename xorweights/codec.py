@@ -178,7 +178,7 @@ def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want
                 p = job.planned
                 cause = (
                     f"{p.base_label.split(' generated from ')[-1]} is not the LLaMA copy the release "
-                    "was made from"
+                    f"was made from ({p.base_detail})"
                     if p.base_open is not None
                     else "the base must be the byte-exact output of the release's pinned conversion, or the "
                     "original LLaMA weights (see `xorweights releases`)"

@@ -43,6 +43,8 @@ class PlannedFile:
     base_open: Any = None
     """Opens a generated base stream (the base folder holds LLaMA in another form)."""
     base_label: str = ""
+    base_detail: str = ""
+    """What a generated base file holds (source tensors), for messages."""
 
     @property
     def base_name(self) -> str:
@@ -150,7 +152,9 @@ def plan(
         opener = generated.opener(name) if generated is not None else None
         if opener is not None:
             label = f"{name} generated from {generated.folder}"
-            planned.append(PlannedFile(name, source_dir / name, None, "xor", opener, label))
+            planned.append(
+                PlannedFile(name, source_dir / name, None, "xor", opener, label, generated.detail(name))
+            )
             continue
         base = base_dir / name
         if not base.is_file():
