@@ -32,6 +32,21 @@ def expected(case: str) -> dict[str, str]:
     return parse_sum_lines((GOLDEN / case / "hf.md5").read_text())[1]
 
 
+def hf_config(layout) -> str:
+    """A config.json for an HF copy of `layout` (only the fields a copy needs)."""
+    return json.dumps(
+        {
+            "model_type": "llama",
+            "hidden_size": layout.dim,
+            "num_hidden_layers": layout.n_layers,
+            "num_attention_heads": layout.n_heads,
+            "intermediate_size": layout.intermediate,
+            "vocab_size": layout.vocab,
+            "rms_norm_eps": 1e-6,
+        }
+    )
+
+
 def convert(layout, compute, out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     write_shards(layout, compute, lambda name: open(out / name, "wb"), str(out))
@@ -57,18 +72,7 @@ def test_safetensors_copy_resharded_differently_converts_byte_exact(tmp_path: Pa
     copy.mkdir()
     for i, part in enumerate((names[::3], names[1::3], names[2::3])):
         save_file({n: np.ascontiguousarray(compute[n]()) for n in part}, str(copy / f"model-{i}.safetensors"))
-    (copy / "config.json").write_text(
-        json.dumps(
-            {
-                "hidden_size": layout.dim,
-                "num_hidden_layers": layout.n_layers,
-                "num_attention_heads": layout.n_heads,
-                "intermediate_size": layout.intermediate,
-                "vocab_size": layout.vocab,
-                "rms_norm_eps": 1e-6,
-            }
-        )
-    )
+    (copy / "config.json").write_text(hf_config(layout))
     layout2, compute2 = open_base(copy)
     assert layout2 == layout.__class__(**{**layout.__dict__, "num_shards": 1})
     got = convert(layout2, compute2, tmp_path / "hf")
@@ -88,16 +92,7 @@ def test_float32_and_bin_copies_convert_byte_exact(tmp_path: Path) -> None:
         },
         copy / "pytorch_model.bin",
     )
-    (copy / "config.json").write_text(
-        json.dumps(
-            {
-                "hidden_size": layout.dim,
-                "num_hidden_layers": layout.n_layers,
-                "num_attention_heads": layout.n_heads,
-                "intermediate_size": layout.intermediate,
-            }
-        )
-    )
+    (copy / "config.json").write_text(hf_config(layout))
     ck = HFCheckpoint(copy)
     assert convert(ck.layout, hf_tensors(ck), tmp_path / "hf") == expected(case)
 

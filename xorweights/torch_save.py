@@ -21,7 +21,6 @@ The layout (read off real files, and checked byte for byte against them by the t
 
 from __future__ import annotations
 
-import collections
 import io
 import math
 import pickle
@@ -271,7 +270,3 @@ def save_state_dict(
 def record_order(specs: list[TensorSpec]) -> list[TensorSpec]:
     """The order in which tensor bytes are written (storage keys sorted as strings)."""
     return [s.spec for s in storage_order(pickle_state_dict(specs)[1])]
-
-
-def _unused() -> collections.OrderedDict[str, Any]:  # pragma: no cover (keeps the import honest)
-    return collections.OrderedDict()
