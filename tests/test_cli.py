@@ -44,20 +44,15 @@ def release(tmp_path: Path, model_pair, capsys) -> tuple[Path, Path, Path, Path]
     return base, tuned, tmp_path / "payload", tmp_path / "release.json"
 
 
+def decode_args(release, out: Path, *extra: object) -> list[object]:
+    """`decode PAYLOAD --base BASE --out OUT --checksums MANIFEST` for the release fixture, plus `extra`."""
+    base, _, payload, manifest = release
+    return ["decode", payload, "--base", base, "--out", out, "--checksums", manifest, *extra]
+
+
 def test_decode_then_verify(tmp_path: Path, capsys, release) -> None:
     base, tuned, payload, manifest = release
-    code, out, err = run(
-        capsys,
-        "decode",
-        payload,
-        "--base",
-        base,
-        "--out",
-        tmp_path / "out",
-        "--checksums",
-        manifest,
-        "--quiet",
-    )
+    code, out, err = run(capsys, *decode_args(release, tmp_path / "out", "--quiet"))
     assert code == 0, err
     assert "verified against t: 6 outputs, 5 base files" in out
     assert tree(tmp_path / "out") == tree(tuned)
@@ -69,21 +64,7 @@ def test_decode_then_verify(tmp_path: Path, capsys, release) -> None:
 
 def test_decode_json_report(tmp_path: Path, capsys, release) -> None:
     base, tuned, payload, manifest = release
-    code, out, _ = run(
-        capsys,
-        "decode",
-        payload,
-        "--base",
-        base,
-        "--out",
-        tmp_path / "out",
-        "--checksums",
-        manifest,
-        "--json",
-        "--quiet",
-        "--jobs",
-        "2",
-    )
+    code, out, _ = run(capsys, *decode_args(release, tmp_path / "out", "--json", "--quiet", "--jobs", "2"))
     doc = json.loads(out)
     assert code == 0 and doc["operation"] == "decode" and doc["release"] == "t"
     assert doc["bytes_written"] == sum(len(b) for b in tree(tuned).values())
@@ -104,20 +85,7 @@ def test_checksum_mismatch_exits_1_naming_the_file(tmp_path: Path, capsys, relea
     base, _, payload, manifest = release
     victim = payload / "config.json"
     victim.write_bytes(bytes([victim.read_bytes()[0] ^ 1]) + victim.read_bytes()[1:])
-    code, _, err = run(
-        capsys,
-        "decode",
-        payload,
-        "--base",
-        base,
-        "--out",
-        tmp_path / "out",
-        "--checksums",
-        manifest,
-        "--quiet",
-        "--jobs",
-        "1",
-    )
+    code, _, err = run(capsys, *decode_args(release, tmp_path / "out", "--quiet", "--jobs", "1"))
     assert code == 1
     assert "Error: decoded config.json: md5" in err
     assert "config.json" not in tree(tmp_path / "out")

@@ -23,7 +23,7 @@ from ._outdir import OutputFolder
 from ._progress import byte_bar
 from .checksums import ChecksumManifest, FileDigest, load_checksums
 from .errors import BaseMismatchError, InputError
-from .llama_convert import open_base, write_shards
+from .llama_convert import GeneratedFile, open_base, write_shard, write_shards
 from .llama_layout import LlamaLayout
 
 logger = logging.getLogger(__name__)
@@ -83,17 +83,18 @@ def _layout_name(layout: LlamaLayout) -> str:
 def _check(name: str, got: dict[str, str], want: FileDigest | None, release: str, detail: str) -> bool:
     if want is None:
         return False
-    for algo in want.algorithms():
-        if got.get(algo) != want.get(algo):
-            raise BaseMismatchError(
-                f"generated base file {name}: {algo} {got.get(algo)}, but {release} hf_base expects "
-                f"{want.get(algo)}; {detail}",
-                path=name,
-                expected=want.get(algo),
-                actual=got.get(algo),
-                algorithm=algo,
-                stage="hf_base",
-            )
+    bad = want.mismatch(got)
+    if bad is not None:
+        algo, expected, actual = bad
+        raise BaseMismatchError(
+            f"generated base file {name}: {algo} {actual}, but {release} hf_base expects "
+            f"{expected}; {detail}",
+            path=name,
+            expected=expected,
+            actual=actual,
+            algorithm=algo,
+            stage="hf_base",
+        )
     return True
 
 
@@ -153,10 +154,11 @@ def convert_base(
             )
 
         def finish(fname: str, atomic: AtomicFile, writer: HashingWriter, detail: str) -> None:
-            ok = _check(fname, writer.hexdigests(), want.get(fname), release, detail)
+            digests = writer.hexdigests()
+            ok = _check(fname, digests, want.get(fname), release, detail)
             atomic.commit()
-            folder.record(fname, writer.hexdigests(), {})
-            files.append(BaseFile(fname, writer.count, writer.hexdigests(), ok))
+            folder.record(fname, digests, {})
+            files.append(BaseFile(fname, writer.count, digests, ok))
 
         class _Out:
             """One shard: written to a temporary, hashed on the way, verified, then renamed."""
@@ -219,8 +221,6 @@ class GeneratedBase:
     pinned-conversion files are generated on demand and streamed, never written to disk."""
 
     def __init__(self, folder: os.PathLike[str] | str) -> None:
-        from .llama_convert import GeneratedFile, write_shard
-
         self.folder = Path(folder)
         self.layout, self._compute = open_base(self.folder)
         self._shards = set(self.layout.shard_names())
@@ -233,8 +233,6 @@ class GeneratedBase:
             ),
             None,
         )
-        self._generated_file = GeneratedFile
-        self._write_shard = write_shard
 
     @staticmethod
     def looks_like(folder: os.PathLike[str] | str) -> bool:
@@ -259,9 +257,7 @@ class GeneratedBase:
         """A callable opening a stream of the generated file `name`, or None if not generated here."""
         if name in self._shards:
             layout, compute, src = self.layout, self._compute, str(self.folder)
-            return lambda: self._generated_file(
-                lambda w: self._write_shard(layout, compute, name, w, src), name
-            )
+            return lambda: GeneratedFile(lambda w: write_shard(layout, compute, name, w, src), name)
         if name in self._small:
             data = self._small[name]
             return lambda: io.BytesIO(data)

@@ -50,6 +50,18 @@ class FileDigest:
     def get(self, algorithm: str) -> str | None:
         return getattr(self, algorithm) if algorithm in ALGORITHMS else None
 
+    def mismatch(self, got: Mapping[str, str]) -> tuple[str, str, str] | None:
+        """The first `(algorithm, expected, actual)` where `got` has a digest that differs."""
+        for algo in self.algorithms():
+            actual = got.get(algo)
+            if actual is not None and actual != self.get(algo):
+                return algo, str(self.get(algo)), actual
+        return None
+
+    def matched_by(self, got: Mapping[str, str]) -> bool:
+        """Whether `got` has at least one of these digests, and all it has agree."""
+        return self.mismatch(got) is None and any(got.get(a) == self.get(a) for a in self.algorithms())
+
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in (("md5", self.md5), ("sha256", self.sha256), ("size", self.size)) if v}
 

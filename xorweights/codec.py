@@ -18,6 +18,7 @@ from ._atomic import AtomicFile, HashingWriter
 from ._outdir import OutputFolder, file_id
 from ._paths import check_not_escaping_link
 from ._progress import byte_bar
+from .base import GeneratedBase
 from .checksums import ChecksumManifest, FileDigest, hash_file, load_checksums
 from .constants import DEFAULT_MAX_JOBS, GZIP_MAGIC, INFLATE_SLACK, PIPELINE_DEPTH, PIPELINE_SLOTS
 from .engine import Cancelled, Role, StreamError, xor_stream
@@ -167,42 +168,37 @@ def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want
     """Compare digests; raise on a mismatch; True when at least one published digest matched."""
     if want is None:
         return False
-    matched = False
-    for algo in want.algorithms():
-        expected, actual = want.get(algo), got.get(algo)
-        if actual is None:
-            continue
-        if actual != expected:
-            name = job.planned.name
-            if kind == "base":
-                p = job.planned
-                cause = (
-                    f"{p.base_label.split(' generated from ')[-1]} is not the LLaMA copy the release "
-                    f"was made from ({p.base_detail})"
-                    if p.base_open is not None
-                    else "the base must be the byte-exact output of the release's pinned conversion, or the "
-                    "original LLaMA weights (see `xorweights releases`)"
-                )
-                raise BaseMismatchError(
-                    f"base file {p.base_name}: {algo} {actual}, but {job.release} hf_base expects "
-                    f"{expected}; {cause}",
-                    path=p.base if p.base is not None else p.base_label,
-                    expected=expected,
-                    actual=actual,
-                    algorithm=algo,
-                    stage="hf_base",
-                )
-            raise ChecksumMismatchError(
-                f"decoded {name}: {algo} {actual}, but {job.release} decoded expects {expected}; "
-                f"payload file {job.planned.source} or its base is wrong (output discarded)",
-                path=job.out,
-                expected=expected,
-                actual=actual,
-                algorithm=algo,
-                stage="decoded",
-            )
-        matched = True
-    return matched
+    bad = want.mismatch(got)
+    if bad is None:
+        return want.matched_by(got)
+    algo, expected, actual = bad
+    p = job.planned
+    if kind == "base":
+        cause = (
+            f"{p.base_label.split(' generated from ')[-1]} is not the LLaMA copy the release "
+            f"was made from ({p.base_detail})"
+            if p.base_open is not None
+            else "the base must be the byte-exact output of the release's pinned conversion, or the "
+            "original LLaMA weights (see `xorweights releases`)"
+        )
+        raise BaseMismatchError(
+            f"base file {p.base_name}: {algo} {actual}, but {job.release} hf_base expects "
+            f"{expected}; {cause}",
+            path=p.base if p.base is not None else p.base_label,
+            expected=expected,
+            actual=actual,
+            algorithm=algo,
+            stage="hf_base",
+        )
+    raise ChecksumMismatchError(
+        f"decoded {p.name}: {algo} {actual}, but {job.release} decoded expects {expected}; "
+        f"payload file {p.source} or its base is wrong (output discarded)",
+        path=job.out,
+        expected=expected,
+        actual=actual,
+        algorithm=algo,
+        stage="decoded",
+    )
 
 
 def _stored_progress(stream: Any, bar: Any) -> Any:
@@ -462,8 +458,6 @@ def _generated_base(payload_dir: Path, base_dir: Path, raw: Sequence[str], mode:
         raise InputError(f"unknown base mode {mode!r}; expected auto, files or generate")
     if mode == "files" or not base_dir.is_dir():
         return None
-    from .base import GeneratedBase  # numpy-only, but only needed here
-
     if not GeneratedBase.looks_like(base_dir):
         if mode == "generate":
             raise InputError(f"{base_dir} holds no LLaMA weights to generate a base from", path=base_dir)
