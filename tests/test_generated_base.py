@@ -20,6 +20,7 @@ from xorweights.llama_convert import open_base, write_shards
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASE = "llama-tiny-2shard"
+TOKENIZER = "bpe-1000"
 
 
 def md5(b: bytes) -> str:
@@ -33,7 +34,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("gen")
     meta = root / "LLaMA" / "tiny"
     shutil.copytree(GOLDEN / CASE / "meta", meta)
-    (root / "LLaMA" / "tokenizer.model").write_bytes(b"\x0a\x0bsentencepiece model stand-in" * 40)
+    shutil.copy(GOLDEN / "tokenizers" / TOKENIZER / "tokenizer.model", root / "LLaMA" / "tokenizer.model")
     layout, compute = open_base(meta)
     exact = root / "exact"
     exact.mkdir()
@@ -41,6 +42,9 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, data in layout.small_files().items():
         (exact / name).write_bytes(data)
     shutil.copy(root / "LLaMA" / "tokenizer.model", exact / "tokenizer.model")
+    shutil.copy(
+        GOLDEN / "tokenizers" / TOKENIZER / "tokenizer.json", exact / "tokenizer.json"
+    )  # real toolchain's
     golden = parse_sum_lines((GOLDEN / CASE / "hf.md5").read_text())[1]["pytorch_model.bin"]
     assert md5((exact / "pytorch_model.bin").read_bytes()) == golden
 
@@ -56,6 +60,9 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     enc = xorweights.encode(tuned, base=exact, out=root / "payload", with_checksums=True, release="tiny")
     manifest = enc.manifest.to_json()
     manifest["stages"]["hf_base"]["pytorch_model.bin"] = {"md5": golden}  # the real toolchain's digest
+    assert manifest["stages"]["hf_base"]["tokenizer.json"]["md5"] == md5(
+        (GOLDEN / "tokenizers" / TOKENIZER / "tokenizer.json").read_bytes()
+    )
     (root / "m.json").write_text(json.dumps(manifest))
     return {
         "meta": meta,
@@ -163,5 +170,36 @@ def test_cli_decode_with_generated_base(release, tmp_path: Path, capsys) -> None
         ]
     )
     out = capsys.readouterr().out
-    assert code == 0 and "verified against tiny: 7 outputs, 6 base files" in out
+    assert code == 0 and "verified against tiny: 8 outputs, 7 base files" in out
     assert tree(tmp_path / "o") == tree(release["tuned"])
+
+
+def test_tokenizer_json_is_derived_and_verified(release, tmp_path: Path) -> None:
+    report = xorweights.decode(
+        release["payload"], base=release["meta"], out=tmp_path / "out", checksums=release["manifest"]
+    )
+    tok = next(f for f in report.files if f.name == "tokenizer.json")
+    golden = md5((GOLDEN / "tokenizers" / TOKENIZER / "tokenizer.json").read_bytes())
+    assert tok.action == "xor" and tok.base_verified and tok.base_digests["md5"] == golden
+    assert not (release["meta"] / "tokenizer.json").exists()
+
+
+def test_another_tokenizer_model_is_named_as_the_cause(release, tmp_path: Path) -> None:
+    root = tmp_path / "LLaMA"
+    shutil.copytree(release["meta"], root / "tiny")
+    other = GOLDEN / "tokenizers" / "bpe-600-nosplitdigits" / "tokenizer.model"
+    shutil.copy(other, root / "tokenizer.model")
+    manifest = json.loads(release["manifest"].read_text())
+    del manifest["stages"]["hf_base"]["tokenizer.model"]  # only the derived file can catch it now
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    with pytest.raises(xorweights.BaseMismatchError) as info:
+        xorweights.decode(
+            release["payload"],
+            base=root / "tiny",
+            out=tmp_path / "out",
+            checksums=tmp_path / "m.json",
+            jobs=1,
+        )
+    msg = str(info.value)
+    assert "tokenizer.json" in msg and f"it is derived from {root / 'tokenizer.model'}" in msg
+    assert "tokenizer.json" not in tree(tmp_path / "out")

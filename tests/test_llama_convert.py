@@ -153,7 +153,8 @@ def test_base_convert_verifies_as_it_writes(tmp_path: Path) -> None:
     case = CASES[1]
     src = tmp_path / "meta"
     shutil.copytree(GOLDEN / case / "meta", src)
-    (tmp_path / "tokenizer.model").write_bytes(b"sentencepiece stand-in")  # Meta keeps it one level up
+    tok = GOLDEN / "tokenizers" / "bpe-1000"
+    shutil.copy(tok / "tokenizer.model", tmp_path / "tokenizer.model")  # Meta keeps it one level up
     report = convert_base(src, tmp_path / "out", checksums=_weights_manifest(case, tmp_path))
     by_name = {f.name: f for f in report.files}
     assert by_name["pytorch_model.bin"].verified
@@ -163,8 +164,10 @@ def test_base_convert_verifies_as_it_writes(tmp_path: Path) -> None:
         "special_tokens_map.json",
         "tokenizer_config.json",
         "tokenizer.model",
+        "tokenizer.json",
     }
-    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == b"sentencepiece stand-in"
+    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (tok / "tokenizer.model").read_bytes()
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (tok / "tokenizer.json").read_bytes()
     assert (
         hashlib.md5((tmp_path / "out" / "pytorch_model.bin").read_bytes()).hexdigest()
         == expected(case)["pytorch_model.bin"]

@@ -25,12 +25,14 @@ from .checksums import ChecksumManifest, FileDigest, load_checksums
 from .errors import BaseMismatchError, InputError
 from .llama_convert import GeneratedFile, open_base, write_shard, write_shards
 from .llama_layout import LlamaLayout
+from .llama_tokenizer import derive_tokenizer_json
 
 logger = logging.getLogger(__name__)
 
 #: The release whose `hf_base` list a layout is checked against when none is named.
 DEFAULT_RELEASE = {"llama-30b": "oasst-sft-6-llama-30b"}
 _LAYOUTS = ("llama-7b", "llama-13b", "llama-30b", "llama-65b")
+TOKENIZER_JSON = "tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,10 @@ def convert_base(
                     writer = HashingWriter(atomic.file, algos)
                     shutil.copyfileobj(f, writer)  # type: ignore[arg-type]
                     finish("tokenizer.model", atomic, writer, f"copied from {candidate}")
+                with AtomicFile(out_dir / TOKENIZER_JSON) as atomic:
+                    writer = HashingWriter(atomic.file, algos)
+                    writer.write(derive_tokenizer_json(candidate))
+                    finish(TOKENIZER_JSON, atomic, writer, f"it is derived from {candidate}")
                 break
     unverified = tuple(f.name for f in files if not f.verified)
     missing = sorted(set(want) - {f.name for f in files})
@@ -264,6 +270,9 @@ class GeneratedBase:
         if name == "tokenizer.model" and self._tokenizer is not None:
             path = self._tokenizer
             return lambda: open(path, "rb")
+        if name == TOKENIZER_JSON and self._tokenizer is not None:
+            path = self._tokenizer
+            return lambda: io.BytesIO(derive_tokenizer_json(path))
         return None
 
     def detail(self, name: str) -> str:
@@ -272,9 +281,11 @@ class GeneratedBase:
         if name in groups:
             t = groups[name]
             return f"it holds {t[0]} ... {t[-1]} ({len(t)} tensors)"
-        return (
-            "it is derived from the architecture alone" if name in self._small else f"it is {self._tokenizer}"
-        )
+        if name in self._small:
+            return "it is derived from the architecture alone"
+        if name == TOKENIZER_JSON:
+            return f"it is derived from {self._tokenizer}"
+        return f"it is {self._tokenizer}"
 
     def identity(self) -> tuple[int, int]:
         """Total size and newest modification time of the source files (for resume records)."""
