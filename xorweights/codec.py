@@ -9,11 +9,11 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from . import legacy
+from . import legacy, native
 from ._atomic import AtomicFile, HashingWriter
 from ._outdir import OutputFolder, file_id
 from ._paths import check_not_escaping_link
@@ -33,10 +33,18 @@ from .errors import (
     OutputExistsError,
     XorWeightsError,
 )
+from .native_manifest import MANIFEST_NAME, NativeManifest, is_native
 
 logger = logging.getLogger(__name__)
 
-Format = Literal["auto", "oasst"]
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+Format = Literal["auto", "xorweights", "oasst"]
 
 _WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pth", ".pt")
 
@@ -100,10 +108,13 @@ class DecodeReport(_Report):
     """Outputs with no published digest to check against (only when checksums were given)."""
     gzip_backend: str | None = None
     """The decompressor used, when any payload file was gzip (`isal` or `zlib`)."""
+    format: str = "oasst"
+    """`xorweights` (native, tensor-level) or `oasst` (legacy, file-level)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "operation": "decode",
+            "format": self.format,
             "payload_dir": self.payload_dir,
             "base_dir": self.base_dir,
             "out_dir": self.out_dir,
@@ -123,10 +134,14 @@ class EncodeReport(_Report):
     out_dir: str
     compress: str | None = None
     manifest: ChecksumManifest | None = None
+    format: str = "oasst"
+    native_manifest: NativeManifest | None = None
+    """The `xorweights.json` written with a native payload."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "operation": "encode",
+            "format": self.format,
             "finetuned_dir": self.finetuned_dir,
             "base_dir": self.base_dir,
             "out_dir": self.out_dir,
@@ -162,6 +177,8 @@ class _Job:
     fsync: bool = True
     drop_cache: bool = False
     inflate_limit: int | None = None
+    native: bool = False
+    """A native payload file: never gzip, so no magic-byte detection or check."""
 
 
 def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want: FileDigest | None) -> bool:
@@ -275,7 +292,9 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
             "opening",
             p.source,
             lambda: legacy.open_source(
-                p.source, detect_gzip=not job.encoding and p.action == "xor", backend=job.gzip_backend
+                p.source,
+                detect_gzip=not job.encoding and not job.native and p.action == "xor",
+                backend=job.gzip_backend,
             ),
         )
         stack.enter_context(data)
@@ -315,7 +334,7 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
                 raise InputChangedError(p.base, expect_read, stats.base_read)  # type: ignore[arg-type]
         base_ok = _check("base", job, stats.digests.get("base", {}), job.expect_base)
         out_ok = _check("out", job, stats.digests.get("out", {}), job.expect_out)
-        if job.encoding and job.compress is None and p.action == "xor":
+        if job.encoding and not job.native and job.compress is None and p.action == "xor":
             # Encoding: a plain payload that begins like gzip would be misread when decoded.
             atomic.file.flush()
             with open(atomic.temp, "rb") as head:
@@ -531,8 +550,8 @@ def decode(
         `OutputExistsError`: `out` already holds an output file and `force` is false.
         `FormatError`: a payload file is corrupt (e.g. a truncated gzip stream).
     """
-    if format not in ("auto", "oasst"):
-        raise InputError(f"unknown payload format {format!r}; expected auto or oasst")
+    if format not in ("auto", "xorweights", "oasst"):
+        raise InputError(f"unknown payload format {format!r}; expected auto, xorweights or oasst")
     started = time.perf_counter()
     payload_dir = legacy.find_payload_dir(payload)
     base_dir, out_dir = Path(base), Path(out)
@@ -541,6 +560,16 @@ def decode(
         if isinstance(checksums, ChecksumManifest) or checksums is None
         else load_checksums(checksums)
     )
+    if is_native(payload_dir) and format != "oasst":
+        return _decode_native(
+            payload_dir, base_dir, out_dir, manifest, started,
+            jobs=jobs, force=force, fsync=fsync, drop_cache=drop_cache, progress=progress,
+        )  # fmt: skip
+    if format == "xorweights":
+        raise InputError(
+            f"{payload_dir} has no {MANIFEST_NAME}: not a native payload (try --format auto)",
+            path=payload_dir,
+        )
     raw = manifest.raw_files if manifest else ()
     generated = _generated_base(payload_dir, base_dir, raw, base_mode)
     planned = legacy.plan(payload_dir, base_dir, raw_patterns=raw, generated=generated)
@@ -619,12 +648,72 @@ def decode(
     )
 
 
+def _decode_native(
+    payload_dir: Path,
+    base_dir: Path,
+    out_dir: Path,
+    published: ChecksumManifest | None,
+    started: float,
+    *,
+    jobs: int | None,
+    force: bool,
+    fsync: bool,
+    drop_cache: bool,
+    progress: bool,
+) -> DecodeReport:
+    """Decode a native payload: prove the base tensors, then rebuild every file in one pass each."""
+    manifest = native.load_manifest(payload_dir / MANIFEST_NAME)
+    native.check_payload_files(manifest, payload_dir)
+    _check_out_dir(out_dir, {"payload": payload_dir, "base": base_dir})
+    if not base_dir.is_dir() and (manifest.base_tensors or any(f.base_file for f in manifest.files)):
+        raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
+    store = native.open_store(manifest, base_dir)
+    planned = native.decode_plan(manifest, payload_dir, base_dir, store)
+    expected = native.expected_outputs(manifest, published)
+    identity = store.identity() if store is not None else None
+    where = str(payload_dir / MANIFEST_NAME)
+    with OutputFolder(out_dir) as folder:
+        todo, kept = _triage(planned, folder, expected, force, keep=True, generated_id=identity)
+        names = {p.name for p in todo}
+        needed = {t.base for f in manifest.files if f.name in names for t in f.tensors if t.base}
+        native.check_base(
+            manifest, store, base_dir, jobs=jobs or default_jobs(), progress=progress, names=needed,
+            files=names,
+        )  # fmt: skip
+        job_list = [
+            _Job(
+                planned=p,
+                out=out_dir / p.name,
+                hashes={"out": expected[p.name].algorithms()},
+                inputs=_inputs(p, identity),
+                expect_out=expected[p.name],
+                release=where,
+                fsync=fsync,
+                drop_cache=drop_cache,
+                native=True,
+            )
+            for p in todo
+        ]
+        made = _run_jobs(job_list, jobs, folder, progress=progress, desc="decode")
+    made = [replace(f, base_verified=f.action == "xor") for f in made]
+    files = sorted([*made, *kept], key=lambda f: f.name)
+    return DecodeReport(
+        files=tuple(files),
+        seconds=time.perf_counter() - started,
+        payload_dir=str(payload_dir),
+        base_dir=str(base_dir),
+        out_dir=str(out_dir),
+        release=published.release if published else None,
+        format="xorweights",
+    )
+
+
 def encode(
     finetuned: os.PathLike[str] | str,
     *,
     base: os.PathLike[str] | str,
     out: os.PathLike[str] | str,
-    format: Literal["oasst"] = "oasst",
+    format: Literal["xorweights", "oasst"] = "xorweights",
     compress: Literal["gzip"] | None = None,
     release: str | None = None,
     with_checksums: bool = False,
@@ -653,14 +742,45 @@ def encode(
         `MissingFileError`: a base counterpart is missing (named, before anything is written).
         `FormatError`: a plain payload would begin with the gzip magic bytes.
     """
-    if format != "oasst":
-        raise InputError(f"unknown payload format {format!r}; expected oasst")
+    if format not in ("xorweights", "oasst"):
+        raise InputError(f"unknown payload format {format!r}; expected xorweights or oasst")
     if compress not in (None, "gzip"):
         raise InputError(f"unknown compression {compress!r}; expected gzip")
     started = time.perf_counter()
     src_dir, base_dir, out_dir = Path(finetuned), Path(base), Path(out)
     if not src_dir.is_dir():
         raise MissingFileError(f"fine-tuned folder not found: {src_dir}", path=src_dir)
+    if format == "xorweights":
+        if compress is not None:
+            raise InputError("native payloads are not compressed (compress them for transfer if you wish)")
+        if not base_dir.is_dir():
+            raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
+        _check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
+
+        def make_job(p: legacy.PlannedFile, identity: tuple[int, int] | None) -> _Job:
+            return _Job(
+                planned=p,
+                out=out_dir / p.name,
+                hashes={"data": ("sha256",), "base": ("sha256",) if p.base is not None else ()},
+                inputs=_inputs(p, identity),
+                encoding=True,
+                hash_written=("sha256",),
+                native=True,
+            )
+
+        files, native_manifest = native.encode_native(
+            src_dir, base_dir, out_dir, jobs=jobs or default_jobs(), force=force, progress=progress,
+            run_jobs=_run_jobs, make_job=make_job, triage=_triage, encoder=f"xorweights {_version()}",
+        )  # fmt: skip
+        return EncodeReport(
+            files=tuple(sorted(files, key=lambda f: f.name)),
+            seconds=time.perf_counter() - started,
+            finetuned_dir=str(src_dir),
+            base_dir=str(base_dir),
+            out_dir=str(out_dir),
+            format="xorweights",
+            native_manifest=native_manifest,
+        )
     planned = legacy.plan(src_dir, base_dir)
     _check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
     algos = ("md5", "sha256") if with_checksums else ()

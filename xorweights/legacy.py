@@ -25,7 +25,15 @@ from .errors import InputError, MissingFileError
 logger = logging.getLogger(__name__)
 
 #: Files whose presence marks a folder as holding a model or a payload.
-_MARKERS = ("*.bin", "*.safetensors", "*.pth", "*.index.json", "config.json", "tokenizer.model")
+_MARKERS = (
+    "xorweights.json",
+    "*.bin",
+    "*.safetensors",
+    "*.pth",
+    "*.index.json",
+    "config.json",
+    "tokenizer.model",
+)
 #: How deep below the given folder a payload may sit (the sft-6 repo nests it two levels down).
 _MAX_DEPTH = 3
 

@@ -1,0 +1,525 @@
+"""The native payload format (`xorweights`): tensor-level XOR, independent of the base's container.
+
+A fine-tuned safetensors file becomes a payload safetensors file with the same header whose
+tensor bytes are XOR-ed with the same-named base tensor's bytes, wherever and however the base
+stores them. Decoding rebuilds the file byte for byte: after its header, the payload is XOR-ed
+with a "base image", the base tensors laid out at the payload's offsets (see `BaseImage`), in
+the same pipelined pass as the legacy format. Every base tensor is hashed and checked against
+the manifest before any output is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import legacy
+from ._atomic import AtomicFile
+from ._outdir import OutputFolder
+from ._progress import byte_bar
+from .checksums import ChecksumManifest, FileDigest, hash_file
+from .constants import CHUNK_SIZE
+from .errors import BaseMismatchError, FormatError, InputError, MissingFileError
+from .native_manifest import (
+    MANIFEST_NAME,
+    BaseFile,
+    BaseTensor,
+    FileEntry,
+    NativeManifest,
+    TensorEntry,
+)
+from .safetensors_header import SafetensorsHeader, read_header
+from .tensor_store import FLOAT_DTYPES, TensorStore, castable, nbytes_of
+
+logger = logging.getLogger(__name__)
+
+#: Weight files of a fine-tuned folder in a container other than safetensors.
+OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
+#: Small files that hold no weights: always copied raw (base copies differ in them freely).
+RAW_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".py", ".jinja")
+BIN_NOTE = (
+    "encoded per file (legacy semantics): decoding needs the same-named base file byte for byte; "
+    "publish safetensors for a payload that works against any copy of the base"
+)
+
+
+class BaseImage(io.RawIOBase):
+    """The base side of one tensor-xor file, as long as the payload file.
+
+    Zeros where the payload holds its header or a raw tensor; where it holds an XOR-ed tensor,
+    that base tensor's bytes (read as the manifest's dtype), zero-padded or truncated to the
+    payload tensor's size, so that a grown vocabulary works.
+    """
+
+    def __init__(self, store: TensorStore, segments: Sequence[tuple[int, str | None, str | None]]) -> None:
+        super().__init__()
+        self.store = store
+        self._segments = list(reversed(segments))  # (length, base tensor or None, dtype)
+        self._left = 0
+        self._reader: Any = None
+        self._zeros = bytes(min(CHUNK_SIZE, max((s[0] for s in segments), default=0)))
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        while self._segments:
+            length, name, dtype = self._segments.pop()
+            if length:
+                self._left = length
+                if name is not None:
+                    self._reader = self.store.reader(name, dtype)
+                return True
+        return False
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        if not len(view):
+            return 0
+        if self._left == 0 and not self._next():
+            return 0
+        want = min(len(view), self._left)
+        n = self._reader.readinto(view[:want]) if self._reader is not None else 0
+        if not n:  # a raw tensor, the header, or the padding past a shorter base tensor
+            n = min(want, len(self._zeros))
+            view[:n] = self._zeros[:n]
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        super().close()
+
+
+def segments(
+    header: SafetensorsHeader, bases: Mapping[str, str | None], dtypes: Mapping[str, str]
+) -> list[tuple[int, str | None, str | None]]:
+    """The base image of a file: `(length, base tensor, dtype)` from its first byte to its last."""
+    out: list[tuple[int, str | None, str | None]] = [(header.data_start, None, None)]
+    for t in sorted(header.tensors.values(), key=lambda t: t.begin):
+        base = bases.get(t.name)
+        out.append((t.nbytes, base, dtypes[base] if base is not None else None))
+    return out
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+def _hash_all(
+    work: Sequence[tuple[str, Callable[[Callable[[int], None]], str], int]],
+    jobs: int,
+    progress: bool,
+    desc: str,
+) -> dict[str, str]:
+    """Run `(key, hasher, size)` jobs in parallel threads (hashlib releases the GIL)."""
+    if not work:
+        return {}
+    total = sum(w[2] for w in work)
+    with byte_bar(total, desc, enabled=progress) as bar, ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {key: pool.submit(fn, bar.update) for key, fn, _ in sorted(work, key=lambda w: -w[2])}
+        return {key: fut.result() for key, fut in futures.items()}
+
+
+def _file_sha256(path: Path) -> Callable[[Callable[[int], None]], str]:
+    def run(update: Callable[[int], None]) -> str:
+        digest = hash_file(path, {"sha256": ""})["sha256"]
+        update(path.stat().st_size)
+        return digest
+
+    return run
+
+
+def check_base(
+    manifest: NativeManifest,
+    store: TensorStore | None,
+    base_dir: Path,
+    *,
+    jobs: int,
+    progress: bool = False,
+    names: set[str] | None = None,
+    files: set[str] | None = None,
+) -> None:
+    """Prove every base tensor and base file the manifest needs, before any output is written.
+
+    Raises:
+        `MissingFileError`: a base tensor or base file is absent (all are named).
+        `BaseMismatchError`: one differs in shape, dtype or sha256 (tensor, file, expected, actual).
+    """
+    wanted = {t.base for f in manifest.files for t in f.tensors if t.base is not None}
+    if names is not None:
+        wanted &= names
+    missing = sorted(n for n in wanted if store is None or store.get(n) is None)
+    if missing:
+        raise MissingFileError(
+            f"base tensor{'s' if len(missing) > 1 else ''} missing in {base_dir}: {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
+            path=base_dir,
+        )
+    work: list[tuple[str, Callable[[Callable[[int], None]], str], int]] = []
+    for name in sorted(wanted):
+        assert store is not None
+        want, have = manifest.base_tensors[name], store.tensors[name]
+        if have.shape != want.shape or not castable(have.dtype, want.dtype):
+            raise BaseMismatchError(
+                f"base tensor {name} in {have.source}: {have.dtype}{list(have.shape)}, but the payload "
+                f"was made against {want.dtype}{list(want.shape)}",
+                path=have.source,
+                expected=f"{want.dtype}{list(want.shape)}",
+                actual=f"{have.dtype}{list(have.shape)}",
+                algorithm="shape",
+                stage="base",
+            )
+        work.append(
+            (
+                f"t:{name}",
+                lambda update, n=name, d=want.dtype: store.sha256(n, d, update),
+                nbytes_of(want.dtype, want.shape),
+            )  # type: ignore[union-attr,misc]
+        )
+    files_ = [f for f in manifest.files if f.base_file is not None and (files is None or f.name in files)]
+    for f in files_:
+        assert f.base_file is not None
+        path = base_dir / f.base_file.name
+        if not path.is_file():
+            raise MissingFileError(f"base file missing in {base_dir}: {f.base_file.name}", path=path)
+        if path.stat().st_size != f.base_file.size:
+            raise BaseMismatchError(
+                f"base file {path}: {path.stat().st_size} bytes, but {f.name} was made against "
+                f"{f.base_file.size} (it is XOR-ed by file, so the base file must be the same bytes)",
+                path=path,
+                expected=str(f.base_file.size),
+                actual=str(path.stat().st_size),
+                algorithm="size",
+                stage="base",
+            )
+        work.append((f"f:{f.name}", _file_sha256(path), f.base_file.size))
+    got = _hash_all(work, jobs, progress, "verify base")
+    for name in sorted(wanted):
+        want = manifest.base_tensors[name]
+        actual = got[f"t:{name}"]
+        if actual != want.sha256:
+            assert store is not None
+            src = store.tensors[name]
+            cast_note = f" read as {want.dtype}" if src.dtype != want.dtype else ""
+            raise BaseMismatchError(
+                f"base tensor {name} in {src.source}{cast_note}: sha256 {actual}, but the payload was made "
+                f"against {want.sha256}; these are not the base weights the release was made from",
+                path=src.source,
+                expected=want.sha256,
+                actual=actual,
+                algorithm="sha256",
+                stage="base",
+            )
+    for f in files_:
+        assert f.base_file is not None
+        actual = got[f"f:{f.name}"]
+        if actual != f.base_file.sha256:
+            raise BaseMismatchError(
+                f"base file {base_dir / f.base_file.name}: sha256 {actual}, but {f.name} was made against "
+                f"{f.base_file.sha256} (it is XOR-ed by file, so the base file must be the same bytes)",
+                path=base_dir / f.base_file.name,
+                expected=f.base_file.sha256,
+                actual=actual,
+                algorithm="sha256",
+                stage="base",
+            )
+
+
+def check_payload_files(manifest: NativeManifest, payload_dir: Path) -> None:
+    """Every payload file is present with the size the manifest gives (cheap, before anything else)."""
+    missing = [f.name for f in manifest.files if not (payload_dir / f.name).is_file()]
+    if missing:
+        raise MissingFileError(
+            f"payload file{'s' if len(missing) > 1 else ''} missing in {payload_dir}: {', '.join(missing)}",
+            path=payload_dir / missing[0],
+        )
+    for f in manifest.files:
+        legacy.check_not_escaping_link(payload_dir / f.name, payload_dir)
+        size = (payload_dir / f.name).stat().st_size
+        if size != f.payload_size:
+            raise FormatError(
+                f"payload file {payload_dir / f.name}: {size} bytes, but {MANIFEST_NAME} lists "
+                f"{f.payload_size} (an incomplete download?)",
+                path=payload_dir / f.name,
+                expected=f.payload_size,
+                actual=size,
+            )
+
+
+def payload_header(path: Path, entry: FileEntry) -> SafetensorsHeader:
+    """The payload file's header, which must list exactly the manifest's tensors."""
+    header = read_header(path)
+    listed = {t.name: (t.dtype, t.shape) for t in entry.tensors}
+    found = {t.name: (t.dtype, t.shape) for t in header.tensors.values()}
+    if listed != found:
+        diff = sorted(set(listed) ^ set(found)) or sorted(n for n in listed if listed[n] != found.get(n))
+        raise FormatError(
+            f"payload file {path}: its tensors differ from {MANIFEST_NAME}'s (first: {diff[0]})", path=path
+        )
+    return header
+
+
+# --- encode ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    entries: list[tuple[str, str]]  # (name, method) of the files to make
+    omitted: list[str]
+
+
+def _plan_encode(src_dir: Path, base_dir: Path) -> _Plan:
+    names = sorted(e.name for e in os.scandir(src_dir) if e.is_file() and not e.name.startswith("."))
+    if not names:
+        raise InputError(f"no files to encode in {src_dir}", path=src_dir)
+    if MANIFEST_NAME in names:
+        raise InputError(
+            f"{src_dir} holds a {MANIFEST_NAME}: it is a payload, not a fine-tuned model", path=src_dir
+        )
+    has_safetensors = any(n.endswith(".safetensors") for n in names)
+    entries: list[tuple[str, str]] = []
+    omitted: list[str] = []
+    missing: list[str] = []
+    for n in names:
+        legacy.check_not_escaping_link(src_dir / n, src_dir)
+        if n.endswith(".safetensors"):
+            entries.append((n, "tensor-xor"))
+        elif n.endswith(OTHER_WEIGHTS):
+            if has_safetensors:
+                omitted.append(n)
+            elif (base_dir / n).is_file():
+                entries.append((n, "file-xor"))
+            else:
+                missing.append(n)
+        elif n.endswith(RAW_SUFFIXES):
+            entries.append((n, "copy"))
+        else:
+            entries.append((n, "file-xor" if (base_dir / n).is_file() else "copy"))
+    if missing:
+        raise MissingFileError(
+            f"{', '.join(missing)}: the fine-tuned weights are not safetensors, so they are XOR-ed by file, "
+            f"and {base_dir} has no same-named base file; convert the fine-tuned model to safetensors",
+            path=base_dir / missing[0],
+        )
+    if omitted:
+        logger.warning(
+            "%s: left out of the payload (the safetensors files hold the weights): %s",
+            src_dir,
+            ", ".join(omitted),
+        )
+    return _Plan(entries, omitted)
+
+
+def _tensor_hashes(
+    path: Path, header: SafetensorsHeader
+) -> Callable[[Callable[[int], None]], dict[str, str]]:
+    def run(update: Callable[[int], None]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        buf = bytearray(CHUNK_SIZE)
+        with open(path, "rb") as f:
+            for t in sorted(header.tensors.values(), key=lambda t: t.begin):
+                f.seek(t.begin)
+                h, left = hashlib.sha256(), t.nbytes
+                while left:
+                    n = f.readinto(memoryview(buf)[: min(left, len(buf))])
+                    if not n:
+                        raise FormatError(f"{path}: file ends inside tensor {t.name}", path=path)
+                    h.update(memoryview(buf)[:n])
+                    left -= n
+                    update(n)
+                out[t.name] = h.hexdigest()
+        return out
+
+    return run
+
+
+def encode_native(
+    src_dir: Path,
+    base_dir: Path,
+    out_dir: Path,
+    *,
+    jobs: int,
+    force: bool,
+    progress: bool,
+    run_jobs: Callable[..., Any],
+    make_job: Callable[..., Any],
+    triage: Callable[..., Any],
+    encoder: str,
+) -> tuple[list[Any], NativeManifest]:
+    """Write a native payload of `src_dir` against `base_dir` into `out_dir` (see `codec.encode`)."""
+    plan = _plan_encode(src_dir, base_dir)
+    headers = {n: read_header(src_dir / n) for n, m in plan.entries if m == "tensor-xor"}
+    store = TensorStore.open(base_dir) if headers else None
+    bases: dict[str, dict[str, str | None]] = {}
+    dtypes: dict[str, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for fname, header in headers.items():
+        bases[fname] = {}
+        for t in header.tensors.values():
+            have = store.get(t.name) if store is not None else None
+            if have is None:
+                bases[fname][t.name] = None
+                logger.info("%s: tensor %s has no base counterpart; stored raw", fname, t.name)
+                continue
+            # Floats are XOR-ed in the fine-tuned dtype (a cast base compresses as well as a same-dtype one).
+            dtype = t.dtype if (t.dtype in FLOAT_DTYPES and have.dtype in FLOAT_DTYPES) else have.dtype
+            if dtypes.setdefault(t.name, dtype) != dtype:
+                dtype = dtypes[t.name]
+            bases[fname][t.name] = t.name
+            shapes[t.name] = have.shape
+    work: list[tuple[str, Any, int]] = [
+        (n, lambda update, n=n: store.sha256(n, dtypes[n], update), nbytes_of(dtypes[n], shapes[n]))  # type: ignore[union-attr]
+        for n in sorted(dtypes)
+    ]
+    base_sha = _hash_all(work, jobs, progress, "hash base")
+    tensor_sha: dict[str, dict[str, str]] = {}
+    if headers:
+        total = sum(sum(t.nbytes for t in h.tensors.values()) for h in headers.values())
+        with (
+            byte_bar(total, "hash tensors", enabled=progress) as bar,
+            ThreadPoolExecutor(max(1, jobs)) as pool,
+        ):
+            futures = {n: pool.submit(_tensor_hashes(src_dir / n, h), bar.update) for n, h in headers.items()}
+            tensor_sha = {n: f.result() for n, f in futures.items()}
+
+    planned: list[legacy.PlannedFile] = []
+    for name, method in plan.entries:
+        source = src_dir / name
+        if method == "tensor-xor":
+            segs = segments(headers[name], bases[name], dtypes)
+            planned.append(
+                legacy.PlannedFile(
+                    name,
+                    source,
+                    None,
+                    "xor",
+                    lambda segs=segs: BaseImage(store, segs),
+                    f"base tensors in {base_dir}",
+                )
+            )
+        elif method == "file-xor":
+            planned.append(legacy.PlannedFile(name, source, base_dir / name, "xor"))
+        else:
+            planned.append(legacy.PlannedFile(name, source, None, "copy"))
+    identity = store.identity() if store is not None else None
+    with OutputFolder(out_dir, keep_state=False) as folder:
+        stale = out_dir / MANIFEST_NAME
+        if stale.exists() and not folder.is_ours(MANIFEST_NAME) and not force:
+            from .errors import OutputExistsError
+
+            raise OutputExistsError(
+                f"{out_dir} already holds {MANIFEST_NAME}; refusing to overwrite (use --force)", path=stale
+            )
+        todo, _ = triage(planned, folder, {}, force, keep=False, generated_id=identity)
+        job_list = [make_job(p, identity) for p in todo]
+        files = run_jobs(job_list, jobs, folder, progress=progress, desc="encode")
+        by_name = {f.name: f for f in files}
+        entries: list[FileEntry] = []
+        for name, method in plan.entries:
+            rep = by_name[name]
+            src_sha = rep.input_digests["sha256"]
+            base_file = None
+            if method == "file-xor":
+                base_file = BaseFile(name, (base_dir / name).stat().st_size, rep.base_digests["sha256"])
+            tensors: tuple[TensorEntry, ...] = ()
+            if method == "tensor-xor":
+                tensors = tuple(
+                    TensorEntry(t.name, t.dtype, t.shape, tensor_sha[name][t.name], bases[name][t.name])
+                    for t in sorted(headers[name].tensors.values(), key=lambda t: t.begin)
+                )
+            note = BIN_NOTE if method == "file-xor" and name.endswith(OTHER_WEIGHTS) else None
+            entries.append(
+                FileEntry(
+                    name=name,
+                    method=method,  # type: ignore[arg-type]
+                    size=(src_dir / name).stat().st_size,
+                    sha256=src_sha,
+                    payload_size=(out_dir / name).stat().st_size,
+                    payload_sha256=rep.digests["sha256"],
+                    tensors=tensors,
+                    base_file=base_file,
+                    note=note,
+                )
+            )
+        manifest = NativeManifest(
+            encoder=encoder,
+            files=tuple(entries),
+            base_tensors={n: BaseTensor(n, dtypes[n], shapes[n], base_sha[n]) for n in dtypes},
+            omitted=tuple(plan.omitted),
+        )
+        with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
+            atomic.file.write(manifest.dumps())
+            atomic.commit()
+        folder.record(MANIFEST_NAME, {}, {})
+    if any(e.note for e in entries):
+        logger.warning("%s", BIN_NOTE)
+    return files, manifest
+
+
+# --- decode ------------------------------------------------------------------------------------
+
+
+def decode_plan(
+    manifest: NativeManifest, payload_dir: Path, base_dir: Path, store: TensorStore | None
+) -> list[legacy.PlannedFile]:
+    """One planned file per manifest entry; tensor-xor files take their base from a `BaseImage`."""
+    dtypes = {n: b.dtype for n, b in manifest.base_tensors.items()}
+    planned: list[legacy.PlannedFile] = []
+    for f in manifest.files:
+        source = payload_dir / f.name
+        if f.method == "tensor-xor":
+            header = payload_header(source, f)
+            segs = segments(header, {t.name: t.base for t in f.tensors}, dtypes)
+            if store is None and any(t.base for t in f.tensors):
+                raise MissingFileError(f"no base tensors in {base_dir}", path=base_dir)
+            planned.append(
+                legacy.PlannedFile(
+                    f.name,
+                    source,
+                    None,
+                    "xor",
+                    lambda segs=segs: BaseImage(store, segs),  # type: ignore[arg-type]
+                    f"{f.name} base tensors in {base_dir}",
+                    "its base tensors were verified before the pass",
+                )
+            )
+        elif f.method == "file-xor":
+            assert f.base_file is not None
+            planned.append(legacy.PlannedFile(f.name, source, base_dir / f.base_file.name, "xor"))
+        else:
+            planned.append(legacy.PlannedFile(f.name, source, None, "copy"))
+    return planned
+
+
+def expected_outputs(manifest: NativeManifest, published: ChecksumManifest | None) -> dict[str, FileDigest]:
+    """The digests each output must have: the manifest's sha256, plus published ones if given."""
+    out: dict[str, FileDigest] = {}
+    extra = (published.stage("decoded") if published is not None else {}) or {}
+    for f in manifest.files:
+        pub = extra.get(f.name)
+        if pub is not None and pub.sha256 and pub.sha256 != f.sha256:
+            raise InputError(
+                f"{f.name}: the published checksums give sha256 {pub.sha256}, but {MANIFEST_NAME} gives "
+                f"{f.sha256}; they describe different files",
+                path=f.name,
+            )
+        out[f.name] = FileDigest(md5=pub.md5 if pub else None, sha256=f.sha256, size=f.size)
+    return out
+
+
+def open_store(manifest: NativeManifest, base_dir: Path) -> TensorStore | None:
+    if not manifest.base_tensors:
+        return None
+    return TensorStore.open(base_dir)

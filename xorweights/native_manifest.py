@@ -1,0 +1,287 @@
+"""`xorweights.json`, the manifest of a native payload: what each output file is, how it is made,
+and the sha256 of every output file, output tensor and base tensor it depends on.
+
+Validated strictly on reading: every name goes through `_paths.check_name`, every digest is 64
+hex digits, every size and shape a non-negative integer, and each file's method one of
+`tensor-xor`, `file-xor`, `copy`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ._paths import check_name
+from .constants import MAX_MANIFEST_BYTES
+from .errors import FormatError, MissingFileError
+from .safetensors_header import DTYPE_SIZES
+
+MANIFEST_NAME = "xorweights.json"
+FORMAT = "xorweights"
+FORMAT_VERSION = 1
+#: Larger than a checksum file may be: a 65B model lists about 800 tensors per file.
+MAX_NATIVE_MANIFEST_BYTES = 4 * MAX_MANIFEST_BYTES
+Method = Literal["tensor-xor", "file-xor", "copy"]
+_METHODS = ("tensor-xor", "file-xor", "copy")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of an output safetensors file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    sha256: str
+    """Of the decoded tensor's bytes."""
+    base: str | None
+    """The base tensor its payload bytes are XOR-ed with; None: stored raw."""
+
+
+@dataclass(frozen=True)
+class BaseTensor:
+    """A base tensor as the payload was made against it: its bytes in `dtype` hash to `sha256`."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BaseFile:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One output file and how it is made from its payload file."""
+
+    name: str
+    method: Method
+    size: int
+    sha256: str
+    payload_size: int
+    payload_sha256: str
+    tensors: tuple[TensorEntry, ...] = ()
+    base_file: BaseFile | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class NativeManifest:
+    """The whole manifest; `files` sorted by name."""
+
+    encoder: str
+    files: tuple[FileEntry, ...]
+    base_tensors: Mapping[str, BaseTensor]
+    format_version: int = FORMAT_VERSION
+    omitted: tuple[str, ...] = field(default=())
+    """Files of the fine-tuned folder left out of the payload (duplicate weights in another container)."""
+
+    def file(self, name: str) -> FileEntry:
+        return next(f for f in self.files if f.name == name)
+
+    def to_json(self) -> dict[str, Any]:
+        def tensor(t: TensorEntry) -> dict[str, Any]:
+            return {
+                "name": t.name,
+                "dtype": t.dtype,
+                "shape": list(t.shape),
+                "sha256": t.sha256,
+                "base": t.base,
+            }
+
+        def entry(f: FileEntry) -> dict[str, Any]:
+            d: dict[str, Any] = {
+                "name": f.name,
+                "method": f.method,
+                "size": f.size,
+                "sha256": f.sha256,
+                "payload_size": f.payload_size,
+                "payload_sha256": f.payload_sha256,
+            }
+            if f.base_file is not None:
+                d["base_file"] = {
+                    "name": f.base_file.name,
+                    "size": f.base_file.size,
+                    "sha256": f.base_file.sha256,
+                }
+            if f.method == "tensor-xor":
+                d["tensors"] = [tensor(t) for t in f.tensors]
+            if f.note:
+                d["note"] = f.note
+            return d
+
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "encoder": self.encoder,
+            "files": [entry(f) for f in self.files],
+            "base_tensors": {
+                n: {"dtype": b.dtype, "shape": list(b.shape), "sha256": b.sha256}
+                for n, b in sorted(self.base_tensors.items())
+            },
+        }
+        if self.omitted:
+            doc["omitted"] = list(self.omitted)
+        return doc
+
+    def dumps(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def is_native(folder: os.PathLike[str] | str) -> bool:
+    return (Path(folder) / MANIFEST_NAME).is_file()
+
+
+def load_manifest(path: os.PathLike[str] | str) -> NativeManifest:
+    """Read and validate `xorweights.json` (a path to the file or to its folder).
+
+    Raises:
+        `MissingFileError`: no manifest there.
+        `FormatError`: anything malformed, named with the file and the field.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise MissingFileError(f"no {MANIFEST_NAME} at {path}", path=path) from None
+    if size > MAX_NATIVE_MANIFEST_BYTES:
+        raise FormatError(f"{path}: {size} bytes, more than a manifest may be", path=path)
+    try:
+        doc = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: invalid JSON ({e})", path=path) from None
+    return parse_manifest(doc, str(path))
+
+
+def parse_manifest(doc: Any, where: str) -> NativeManifest:
+    def fail(msg: str) -> FormatError:
+        return FormatError(f"{where}: {msg}", path=where)
+
+    def obj(v: Any, what: str) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise fail(f"{what} must be an object")
+        return v
+
+    def integer(v: Any, what: str) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise fail(f"{what} must be a non-negative integer, got {v!r}")
+        return v
+
+    def digest(v: Any, what: str) -> str:
+        if not isinstance(v, str) or not _SHA256.match(v):
+            raise fail(f"{what} must be a sha256 (64 lowercase hex digits)")
+        return v
+
+    def dtype(v: Any, what: str) -> str:
+        if v not in DTYPE_SIZES:
+            raise fail(f"{what}: unknown dtype {v!r}")
+        return str(v)
+
+    def shape(v: Any, what: str) -> tuple[int, ...]:
+        if not isinstance(v, list):
+            raise fail(f"{what} must be a list")
+        return tuple(integer(d, what) for d in v)
+
+    def text(v: Any, what: str) -> str:
+        if not isinstance(v, str) or not v:
+            raise fail(f"{what} must be a non-empty string")
+        return v
+
+    d = obj(doc, "the manifest")
+    if d.get("format") != FORMAT:
+        raise fail(f"not a {FORMAT} manifest (format {d.get('format')!r})")
+    version = integer(d.get("format_version"), "format_version")
+    if version != FORMAT_VERSION:
+        raise fail(
+            f"format_version {version} is not supported by this xorweights (it reads {FORMAT_VERSION})"
+        )
+    base_tensors = {
+        text(n, "base tensor name"): BaseTensor(
+            n,
+            dtype(obj(b, n).get("dtype"), f"base tensor {n}"),
+            shape(b.get("shape"), f"base tensor {n} shape"),
+            digest(b.get("sha256"), f"base tensor {n} sha256"),
+        )
+        for n, b in obj(d.get("base_tensors", {}), "base_tensors").items()
+    }
+    files: list[FileEntry] = []
+    seen: set[str] = set()
+    raw_files = d.get("files")
+    if not isinstance(raw_files, list) or not raw_files:
+        raise fail("files must be a non-empty list")
+    for raw in raw_files:
+        f = obj(raw, "a files entry")
+        name = check_name(f.get("name"), where)
+        if "/" in name or "\\" in name:
+            raise fail(f"file name {name!r} must be a plain name (payloads are flat)")
+        if name in seen or name == MANIFEST_NAME:
+            raise fail(f"file {name!r} is listed twice or shadows the manifest")
+        seen.add(name)
+        method = f.get("method")
+        if method not in _METHODS:
+            raise fail(f"{name}: method must be one of {', '.join(_METHODS)}, got {method!r}")
+        tensors: list[TensorEntry] = []
+        if method == "tensor-xor":
+            raw_tensors = f.get("tensors")
+            if not isinstance(raw_tensors, list):
+                raise fail(f"{name}: tensors must be a list")
+            for rt in raw_tensors:
+                t = obj(rt, f"{name}: a tensor")
+                tname = text(t.get("name"), f"{name}: tensor name")
+                base = t.get("base")
+                if base is not None and base not in base_tensors:
+                    raise fail(f"{name}: tensor {tname} refers to base tensor {base!r}, not in base_tensors")
+                tensors.append(
+                    TensorEntry(
+                        tname,
+                        dtype(t.get("dtype"), f"{name}: tensor {tname}"),
+                        shape(t.get("shape"), f"{name}: tensor {tname} shape"),
+                        digest(t.get("sha256"), f"{name}: tensor {tname} sha256"),
+                        base,
+                    )
+                )
+        base_file = None
+        if method == "file-xor":
+            b = obj(f.get("base_file"), f"{name}: base_file")
+            base_file = BaseFile(
+                check_name(b.get("name"), where),
+                integer(b.get("size"), f"{name}: base_file size"),
+                digest(b.get("sha256"), f"{name}: base_file sha256"),
+            )
+        note = f.get("note")
+        files.append(
+            FileEntry(
+                name=name,
+                method=method,
+                size=integer(f.get("size"), f"{name}: size"),
+                sha256=digest(f.get("sha256"), f"{name}: sha256"),
+                payload_size=integer(f.get("payload_size"), f"{name}: payload_size"),
+                payload_sha256=digest(f.get("payload_sha256"), f"{name}: payload_sha256"),
+                tensors=tuple(tensors),
+                base_file=base_file,
+                note=note if isinstance(note, str) else None,
+            )
+        )
+    omitted = d.get("omitted", [])
+    if not isinstance(omitted, list):
+        raise fail("omitted must be a list")
+    return NativeManifest(
+        encoder=str(d.get("encoder", "")),
+        files=tuple(sorted(files, key=lambda f: f.name)),
+        base_tensors=base_tensors,
+        format_version=version,
+        omitted=tuple(check_name(o, where) for o in omitted),
+    )
