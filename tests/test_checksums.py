@@ -294,7 +294,9 @@ def test_verify_reports_mismatch_and_missing(tmp_path: Path) -> None:
 
 def _release(tmp_path: Path, model_pair) -> tuple[Path, Path, Path, Path]:
     base, tuned = model_pair()
-    rep = xorweights.encode(tuned, base=base, out=tmp_path / "payload", with_checksums=True, release="t")
+    rep = xorweights.encode(
+        tuned, format="oasst", base=base, out=tmp_path / "payload", with_checksums=True, release="t"
+    )
     assert rep.manifest is not None
     m = tmp_path / "t.json"
     m.write_text(json.dumps(rep.manifest.to_json()))
@@ -360,7 +362,7 @@ def test_output_mismatch_names_the_file_and_keeps_nothing_under_its_name(tmp_pat
 
 def test_checksums_of_another_release_are_refused_up_front(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()  # two shards; sft-6 lists seven others
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     with pytest.raises(xorweights.InputError, match="wrong release"):
         xorweights.decode(
             tmp_path / "payload", base=base, out=tmp_path / "out", checksums="oasst-sft-6-llama-30b"
@@ -370,7 +372,7 @@ def test_checksums_of_another_release_are_refused_up_front(tmp_path: Path, model
 
 def test_decode_with_an_md5sum_file_checks_outputs(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     xorweights.checksum(tuned, output=tmp_path / "decoded.md5")
     r = xorweights.decode(
         tmp_path / "payload", base=base, out=tmp_path / "out", checksums=tmp_path / "decoded.md5"

@@ -54,7 +54,9 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path,
     tuned = write_files(
         root / "tuned", {n: random_bytes(s, 100 + i) for i, (n, s) in enumerate(sizes.items())}
     )
-    rep = xorweights.encode(tuned, base=base, out=root / "payload", with_checksums=True, release="faults")
+    rep = xorweights.encode(
+        tuned, format="oasst", base=base, out=root / "payload", with_checksums=True, release="faults"
+    )
     (root / "m.json").write_text(json.dumps(rep.manifest.to_json()))
     return root / "payload", base, root / "m.json", tree(tuned)
 

@@ -57,7 +57,9 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             data[i] ^= int(rng.integers(1, 256))
         (tuned / p.name).write_bytes(bytes(data) + (b"grown" * 99 if p.suffix == ".bin" else b""))
     (tuned / "added_tokens.json").write_text('{"<|prompter|>": 32000}\n')
-    enc = xorweights.encode(tuned, base=exact, out=root / "payload", with_checksums=True, release="tiny")
+    enc = xorweights.encode(
+        tuned, format="oasst", base=exact, out=root / "payload", with_checksums=True, release="tiny"
+    )
     manifest = enc.manifest.to_json()
     manifest["stages"]["hf_base"]["pytorch_model.bin"] = {"md5": golden}  # the real toolchain's digest
     assert manifest["stages"]["hf_base"]["tokenizer.json"]["md5"] == md5(

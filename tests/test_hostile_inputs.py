@@ -91,7 +91,7 @@ def test_state_file_with_hostile_names_is_ignored(tmp_path: Path) -> None:
 
 def test_payload_symlink_out_of_the_folder_is_refused(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     secret = write_files(tmp_path / "elsewhere", {"secret": b"do not read"}) / "secret"
     (tmp_path / "payload" / "config.json").unlink()
     (tmp_path / "payload" / "config.json").symlink_to(secret)
@@ -102,7 +102,7 @@ def test_payload_symlink_out_of_the_folder_is_refused(tmp_path: Path, model_pair
 
 def test_output_symlink_out_of_the_folder_is_refused(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     target = write_files(tmp_path / "elsewhere", {"precious": b"keep me"}) / "precious"
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "config.json").symlink_to(target)

@@ -41,7 +41,9 @@ def test_decode_matches_the_legacy_script(tmp_path: Path, model_pair, compress: 
 def test_encode_matches_the_legacy_script(tmp_path: Path, model_pair, compress: str | None) -> None:
     base, tuned = model_pair()
     expected = legacy_payload(tmp_path, base, tuned, compress=compress is not None)
-    xorweights.encode(tuned, base=base, out=tmp_path / "ours", compress=compress, gzip_mtime=ref.FIXED_MTIME)
+    xorweights.encode(
+        tuned, format="oasst", base=base, out=tmp_path / "ours", compress=compress, gzip_mtime=ref.FIXED_MTIME
+    )
     assert tree(tmp_path / "ours") == tree(expected)
 
 
@@ -75,7 +77,7 @@ def test_gzip_is_recognised_by_magic_not_by_name_or_flag(tmp_path: Path, model_p
 def test_round_trip_at_every_size(tmp_path: Path, n_tuned: int, n_base: int) -> None:
     base = write_files(tmp_path / "base", {"w.bin": random_bytes(n_base, 1)})
     tuned = write_files(tmp_path / "tuned", {"w.bin": random_bytes(n_tuned, 2)})
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     assert (tmp_path / "payload" / "w.bin").stat().st_size == n_tuned  # output length = input length
     ref_payload = tmp_path / "ref.bin"
     ref.xor_uncompressed(str(ref_payload), str(tuned / "w.bin"), str(base / "w.bin"))
@@ -87,7 +89,7 @@ def test_round_trip_at_every_size(tmp_path: Path, n_tuned: int, n_base: int) -> 
 def test_empty_files_round_trip_with_gzip(tmp_path: Path) -> None:
     base = write_files(tmp_path / "base", {"a.bin": b"", "b.bin": b"xyz"})
     tuned = write_files(tmp_path / "tuned", {"a.bin": b"", "b.bin": b""})
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload", compress="gzip")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload", compress="gzip")
     assert gzip.decompress((tmp_path / "payload" / "a.bin").read_bytes()) == b""
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
     assert tree(tmp_path / "out") == tree(tuned)
@@ -97,7 +99,7 @@ def test_nested_payload_folder_is_found(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
     repo = tmp_path / "oasst-sft-6-llama-30b-xor"
     inner = repo / "oasst-sft-6-llama-30b-xor" / "oasst-sft-6-llama-30b-xor"
-    xorweights.encode(tuned, base=base, out=inner)
+    xorweights.encode(tuned, format="oasst", base=base, out=inner)
     (repo / "README.md").write_text("# model card\n")
     (repo / ".gitattributes").write_text("*.bin filter=lfs\n")
     report = xorweights.decode(repo, base=base, out=tmp_path / "out")
@@ -107,15 +109,15 @@ def test_nested_payload_folder_is_found(tmp_path: Path, model_pair) -> None:
 
 def test_two_payload_folders_are_ambiguous(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "repo" / "a")
-    xorweights.encode(tuned, base=base, out=tmp_path / "repo" / "b")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "repo" / "a")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "repo" / "b")
     with pytest.raises(xorweights.InputError, match="several payload folders"):
         xorweights.decode(tmp_path / "repo", base=base, out=tmp_path / "out")
 
 
 def test_added_tokens_json_is_copied_raw_even_if_the_base_has_one(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     assert (tmp_path / "payload" / "added_tokens.json").read_bytes() == (
         tuned / "added_tokens.json"
     ).read_bytes()
@@ -126,7 +128,7 @@ def test_added_tokens_json_is_copied_raw_even_if_the_base_has_one(tmp_path: Path
 
 def test_missing_base_files_are_all_named_before_anything_is_written(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     (base / "config.json").unlink()
     (base / "pytorch_model-00002-of-00002.bin").unlink()
     with pytest.raises(xorweights.MissingFileError) as info:
@@ -138,7 +140,7 @@ def test_missing_base_files_are_all_named_before_anything_is_written(tmp_path: P
 
 def test_truncated_gzip_payload_is_a_format_error_and_leaves_nothing(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload", compress="gzip")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload", compress="gzip")
     victim = tmp_path / "payload" / "pytorch_model-00001-of-00002.bin"
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     with pytest.raises(xorweights.FormatError, match="pytorch_model-00001-of-00002.bin.*gzip"):
@@ -149,7 +151,7 @@ def test_truncated_gzip_payload_is_a_format_error_and_leaves_nothing(tmp_path: P
 
 def test_existing_outputs_are_not_overwritten_without_force(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     out = write_files(tmp_path / "out", {"config.json": b"mine"})
     with pytest.raises(xorweights.OutputExistsError, match="config.json"):
         xorweights.decode(tmp_path / "payload", base=base, out=out)
@@ -160,7 +162,7 @@ def test_existing_outputs_are_not_overwritten_without_force(tmp_path: Path, mode
 
 def test_out_may_not_be_an_input_folder(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     with pytest.raises(xorweights.InputError, match="must differ from the base"):
         xorweights.decode(tmp_path / "payload", base=base, out=base, force=True)
 
@@ -169,16 +171,16 @@ def test_plain_payload_that_would_look_like_gzip_is_refused(tmp_path: Path) -> N
     base = write_files(tmp_path / "base", {"w.bin": b"\x00\x00\x00rest"})
     tuned = write_files(tmp_path / "tuned", {"w.bin": b"\x1f\x8b\x08data"})
     with pytest.raises(xorweights.FormatError, match="--compress gzip"):
-        xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+        xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     assert tree(tmp_path / "payload") == {}
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload", compress="gzip")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload", compress="gzip")
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
     assert tree(tmp_path / "out") == tree(tuned)
 
 
 def test_parallel_jobs_give_the_same_bytes(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     for jobs in (1, 2, 4):
         xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / f"out{jobs}", jobs=jobs)
         assert tree(tmp_path / f"out{jobs}") == tree(tuned)
@@ -190,7 +192,7 @@ def test_gzip_encode_matches_the_legacy_script_across_a_chunk_boundary(tmp_path:
     data = bytes(random_bytes(n // 2, 1)) + bytes(n - n // 2)
     base = write_files(tmp_path / "base", {"w.bin": random_bytes(n - 11, 2)})
     tuned = write_files(tmp_path / "tuned", {"w.bin": data})
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload", compress="gzip")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload", compress="gzip")
     (tmp_path / "ref").mkdir()  # the gzip header holds the file's name, so same name here
     ref.xor_encode(str(tmp_path / "ref" / "w.bin"), str(tuned / "w.bin"), str(base / "w.bin"))
     assert (tmp_path / "payload" / "w.bin").read_bytes() == (tmp_path / "ref" / "w.bin").read_bytes()
@@ -222,7 +224,7 @@ def test_gzip_backend_auto_prefers_isal_and_env_can_force_zlib(monkeypatch) -> N
 
 def test_plain_payload_reports_no_gzip_backend(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     assert xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out").gzip_backend is None
 
 
@@ -230,7 +232,7 @@ def test_drop_cache_and_no_fsync_give_the_same_bytes(tmp_path: Path) -> None:
     n = 3 * CHUNK_SIZE + 5
     base = write_files(tmp_path / "base", {"w.bin": random_bytes(n - 100, 1)})
     tuned = write_files(tmp_path / "tuned", {"w.bin": random_bytes(n, 2)})
-    xorweights.encode(tuned, base=base, out=tmp_path / "payload")
+    xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "a", drop_cache=True)
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "b", fsync=False)
     assert tree(tmp_path / "a") == tree(tmp_path / "b") == tree(tuned)

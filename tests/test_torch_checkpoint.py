@@ -31,7 +31,11 @@ def test_decoded_checkpoint_loads_with_the_fine_tuned_tensors(tmp_path: Path) ->
     ).stat().st_size
 
     enc = xorweights.encode(
-        tmp_path / "tuned", base=tmp_path / "base", out=tmp_path / "payload", with_checksums=True
+        tmp_path / "tuned",
+        format="oasst",
+        base=tmp_path / "base",
+        out=tmp_path / "payload",
+        with_checksums=True,
     )
     payload = (tmp_path / "payload" / "pytorch_model.bin").read_bytes()
     assert payload[:4] == b"\x00\x00\x00\x00"  # "PK\x03\x04" XOR "PK\x03\x04"

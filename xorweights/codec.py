@@ -33,7 +33,7 @@ from .errors import (
     OutputExistsError,
     XorWeightsError,
 )
-from .native_manifest import MANIFEST_NAME, NativeManifest, is_native
+from .native_manifest import MANIFEST_NAME, NativeManifest, is_native, load_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -662,7 +662,7 @@ def _decode_native(
     progress: bool,
 ) -> DecodeReport:
     """Decode a native payload: prove the base tensors, then rebuild every file in one pass each."""
-    manifest = native.load_manifest(payload_dir / MANIFEST_NAME)
+    manifest = load_manifest(payload_dir / MANIFEST_NAME)
     native.check_payload_files(manifest, payload_dir)
     _check_out_dir(out_dir, {"payload": payload_dir, "base": base_dir})
     if not base_dir.is_dir() and (manifest.base_tensors or any(f.base_file for f in manifest.files)):

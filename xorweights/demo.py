@@ -151,6 +151,7 @@ def run_demo(
     generated = time.perf_counter() - t0
     enc = encode(
         tuned_dir,
+        format="oasst",
         base=base_dir,
         out=workdir / "payload",
         with_checksums=True,

@@ -1,0 +1,194 @@
+"""The native format: tensor-level XOR against any container of the base, byte-exact output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import xorweights
+from tests.conftest import tree
+from xorweights.native_manifest import load_manifest
+
+
+def sha256(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def base_tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "model.embed_tokens.weight": torch.randn(100, 16, generator=g).half(),
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(16, 16, generator=g).to(torch.bfloat16),
+        "model.layers.0.mlp.up_proj.weight": torch.randn(32, 16, generator=g),  # fp32
+        "model.layers.0.quant.weight": torch.randint(-128, 127, (16, 8), generator=g, dtype=torch.int8),
+        "model.layers.0.mask": torch.rand(8, 8, generator=g) > 0.5,
+        "model.norm.weight": torch.ones(16).half(),
+        "lm_head.weight": torch.randn(100, 16, generator=g).half(),
+    }
+
+
+def finetune(base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    out = {}
+    for name, t in base.items():
+        if t.is_floating_point():
+            out[name] = (t.float() + 1e-3 * torch.randn(t.shape, generator=g)).to(t.dtype)
+        elif t.dtype == torch.bool:
+            out[name] = t.clone()
+            out[name][0, :3] = ~out[name][0, :3]
+        else:
+            out[name] = t.clone()
+            out[name][0, 0] += 1
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):  # vocabulary grown by 4 rows
+        out[name] = torch.cat([out[name], torch.randn(4, 16, generator=g).half()])
+    out["model.layers.0.adapter.weight"] = torch.randn(4, 16, generator=g).half()  # not in the base
+    return out
+
+
+def save_bin_shards(sd: dict[str, torch.Tensor], folder: Path, groups: list[list[str]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, names in enumerate(groups, 1):
+        torch.save({n: sd[n] for n in names}, folder / f"pytorch_model-{i:05d}-of-{len(groups):05d}.bin")
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("native")
+    base_sd = base_tensors()
+    ft_sd = finetune(base_sd)
+    rng = np.random.default_rng(3)
+    tokenizer = rng.bytes(3000)
+    config = json.dumps({"model_type": "llama", "hidden_size": 16}).encode()
+
+    base = root / "base-bin"  # three .bin shards, grouped unlike the fine-tune's two safetensors
+    names = list(base_sd)
+    save_bin_shards(base_sd, base, [names[:2], names[2:5], names[5:]])
+    (base / "tokenizer.model").write_bytes(tokenizer)
+    (base / "config.json").write_bytes(config)
+
+    ft = root / "finetuned"
+    ft.mkdir()
+    ft_names = sorted(ft_sd)
+    shards = {
+        "model-00001-of-00002.safetensors": ft_names[:4],
+        "model-00002-of-00002.safetensors": ft_names[4:],
+    }
+    for fname, group in shards.items():
+        save_file({n: ft_sd[n].contiguous() for n in group}, str(ft / fname), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {n: f for f, g in shards.items() for n in g}}
+    (ft / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (ft / "config.json").write_bytes(config.replace(b"16", b'16, "vocab_size": 104'))
+    tok = bytearray(tokenizer)
+    tok[10:20] = b"fine-tuned"
+    (ft / "tokenizer.model").write_bytes(bytes(tok))
+
+    report = xorweights.encode(ft, base=base, out=root / "payload")
+    assert report.format == "xorweights" and report.native_manifest is not None
+    return {"root": root, "base": base, "ft": ft, "payload": root / "payload"}
+
+
+def test_payload_is_valid_safetensors_with_the_same_header(release) -> None:
+    for p in sorted(release["ft"].glob("*.safetensors")):
+        payload = release["payload"] / p.name
+        n = int.from_bytes(p.read_bytes()[:8], "little")
+        assert payload.read_bytes()[: 8 + n] == p.read_bytes()[: 8 + n]
+        with safe_open(str(payload), framework="pt") as f, safe_open(str(p), framework="pt") as g:
+            assert set(f.keys()) == set(g.keys())
+            for k in f.keys():
+                assert f.get_slice(k).get_shape() == g.get_slice(k).get_shape()
+
+
+def test_manifest_records_files_tensors_and_base_tensors(release) -> None:
+    m = load_manifest(release["payload"])
+    methods = {f.name: f.method for f in m.files}
+    assert methods == {
+        "config.json": "copy",
+        "model.safetensors.index.json": "copy",
+        "model-00001-of-00002.safetensors": "tensor-xor",
+        "model-00002-of-00002.safetensors": "tensor-xor",
+        "tokenizer.model": "file-xor",
+    }
+    for f in m.files:
+        assert f.sha256 == sha256((release["ft"] / f.name).read_bytes())
+        assert f.payload_sha256 == sha256((release["payload"] / f.name).read_bytes())
+    tensors = {t.name: t for f in m.files for t in f.tensors}
+    assert tensors["model.layers.0.adapter.weight"].base is None  # stored raw
+    assert tensors["model.embed_tokens.weight"].base == "model.embed_tokens.weight"
+    assert m.base_tensors["model.embed_tokens.weight"].shape == (100, 16)
+    want = base_tensors()["model.layers.0.mask"].numpy().tobytes()
+    assert m.base_tensors["model.layers.0.mask"].sha256 == sha256(want)
+    assert m.base_tensors["model.layers.0.mask"].dtype == "BOOL"
+    assert {m.base_tensors[n].dtype for n in m.base_tensors} == {"F16", "BF16", "F32", "I8", "BOOL"}
+
+
+def test_raw_tensor_and_grown_rows_are_stored_as_they_are(release) -> None:
+    ft = finetune(base_tensors())
+    with safe_open(str(release["payload"] / "model-00001-of-00002.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    shard = (
+        "model-00001-of-00002.safetensors"
+        if "model.layers.0.adapter.weight" in keys
+        else ("model-00002-of-00002.safetensors")
+    )
+    with safe_open(str(release["payload"] / shard), framework="pt") as f:
+        assert torch.equal(f.get_tensor("model.layers.0.adapter.weight"), ft["model.layers.0.adapter.weight"])
+    for f_name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        with safe_open(str(release["payload"] / f_name), framework="pt") as f:
+            if "lm_head.weight" in f.keys():
+                grown = f.get_tensor("lm_head.weight")[100:]
+                assert torch.equal(grown, ft["lm_head.weight"][100:])  # XOR-ed with zero padding
+
+
+def test_decode_against_sharded_bin_base_is_byte_exact(release, tmp_path: Path) -> None:
+    report = xorweights.decode(release["payload"], base=release["base"], out=tmp_path / "out")
+    assert report.format == "xorweights"
+    assert tree(tmp_path / "out") == tree(release["ft"])
+    assert all(f.verified for f in report.files)
+
+
+def test_decode_against_a_differently_sharded_safetensors_copy(release, tmp_path: Path) -> None:
+    sd = base_tensors()
+    copy = tmp_path / "base-st"
+    copy.mkdir()
+    names = sorted(sd)
+    save_file({n: sd[n] for n in names[:1]}, str(copy / "a.safetensors"))
+    save_file({n: sd[n] for n in names[1:]}, str(copy / "b.safetensors"))
+    shutil.copy(release["base"] / "tokenizer.model", copy / "tokenizer.model")
+    xorweights.decode(release["payload"], base=copy, out=tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(release["ft"])
+
+
+def test_decode_against_a_float32_copy_of_half_precision_weights(release, tmp_path: Path) -> None:
+    sd = {n: (t.float() if t.is_floating_point() else t) for n, t in base_tensors().items()}
+    copy = tmp_path / "base-fp32"
+    save_bin_shards(sd, copy, [list(sd)])
+    shutil.copy(release["base"] / "tokenizer.model", copy / "tokenizer.model")
+    xorweights.decode(release["payload"], base=copy, out=tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(release["ft"])
+
+
+def test_a_mismatching_base_tensor_is_named_before_any_output(release, tmp_path: Path) -> None:
+    sd = base_tensors()
+    sd["model.layers.0.mlp.up_proj.weight"][3, 3] += 1
+    bad = tmp_path / "base-bad"
+    save_bin_shards(sd, bad, [list(sd)])
+    shutil.copy(release["base"] / "tokenizer.model", bad / "tokenizer.model")
+    with pytest.raises(xorweights.BaseMismatchError) as info:
+        xorweights.decode(release["payload"], base=bad, out=tmp_path / "out")
+    e = info.value
+    want = load_manifest(release["payload"]).base_tensors["model.layers.0.mlp.up_proj.weight"].sha256
+    assert str(e).startswith(
+        f"base tensor model.layers.0.mlp.up_proj.weight in {bad / 'pytorch_model-00001-of-00001.bin'}"
+    )
+    assert e.expected == want and e.actual == sha256(
+        sd["model.layers.0.mlp.up_proj.weight"].numpy().tobytes()
+    )
+    assert tree(tmp_path / "out") == {}
