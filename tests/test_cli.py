@@ -28,6 +28,8 @@ def release(tmp_path: Path, model_pair, capsys) -> tuple[Path, Path, Path, Path]
         [
             "encode",
             str(tuned),
+            "--format",
+            "oasst",
             "--base",
             str(base),
             "--out",

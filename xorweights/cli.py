@@ -77,7 +77,14 @@ def cli(verbose: int) -> None:
 @click.option(
     "--checksums", help="Release name or repo id (see `xorweights releases`), or a manifest/md5sum file."
 )
-@click.option("--format", "fmt", type=click.Choice(["auto", "oasst"]), default="auto", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "xorweights", "oasst"]),
+    default="auto",
+    show_default=True,
+    help="auto: native when the payload has xorweights.json, else legacy (plain or gzip, told per file).",
+)
 @click.option("--force", is_flag=True, help="Overwrite files already in --out.")
 @click.option(
     "--drop-cache",
@@ -159,7 +166,13 @@ def _print_decode(report: DecodeReport) -> None:
         f"({_rate(report.bytes_written, report.seconds)}) into {report.out_dir}"
         + (f"; gzip payloads read with {report.gzip_backend}" if report.gzip_backend else "")
     )
-    if report.release:
+    if report.format == "xorweights":
+        n_ok = sum(f.verified for f in report.files)
+        click.echo(
+            f"verified against {Path(report.payload_dir) / 'xorweights.json'}: {n_ok} outputs (sha256), "
+            "every base tensor and base file they use checked before writing"
+        )
+    elif report.release:
         n_ok = sum(f.verified for f in report.files)
         n_base = sum(f.base_verified for f in report.files)
         click.echo(f"verified against {report.release}: {n_ok} outputs, {n_base} base files")
@@ -173,8 +186,21 @@ def _print_decode(report: DecodeReport) -> None:
 @click.argument("finetuned", type=click.Path(path_type=Path))
 @click.option("--base", required=True, type=click.Path(path_type=Path), help="Folder of the base files.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the payload.")
-@click.option("--format", "fmt", type=click.Choice(["oasst"]), default="oasst", show_default=True)
-@click.option("--compress", type=click.Choice(["gzip"]), default=None, help="Store each XOR-ed file gzipped.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["xorweights", "oasst"]),
+    default="xorweights",
+    show_default=True,
+    help="xorweights: tensor-level XOR, decodable against any copy of the base, with xorweights.json; "
+    "oasst: the legacy file-level XOR.",
+)
+@click.option(
+    "--compress",
+    type=click.Choice(["gzip"]),
+    default=None,
+    help="Store each XOR-ed file gzipped (oasst only).",
+)
 @click.option(
     "--manifest",
     type=click.Path(path_type=Path),
@@ -227,6 +253,15 @@ def encode_cmd(
             f"encoded {len(report.files)} files, {_human(report.bytes_written)} in {report.seconds:.1f} s "
             f"({_rate(report.bytes_written, report.seconds)}) into {report.out_dir}"
         )
+        if report.native_manifest is not None:
+            n_raw = sum(t.base is None for f in report.native_manifest.files for t in f.tensors)
+            click.echo(
+                f"xorweights.json written: {len(report.native_manifest.base_tensors)} base tensors used, "
+                f"{n_raw} tensors stored raw (no base counterpart)"
+            )
+            for f in report.native_manifest.files:
+                if f.note:
+                    click.echo(f"note: {f.name}: {f.note}", err=True)
         if manifest:
             click.echo(f"checksums written to {manifest}")
     return EXIT_OK

@@ -772,12 +772,24 @@ def encode(
             src_dir, base_dir, out_dir, jobs=jobs or default_jobs(), force=force, progress=progress,
             run_jobs=_run_jobs, make_job=make_job, triage=_triage, encoder=f"xorweights {_version()}",
         )  # fmt: skip
+        published = None
+        if with_checksums:
+            published = ChecksumManifest(
+                release=release or out_dir.resolve().name,
+                description="checksums written by xorweights encode (native payload)",
+                stages={
+                    "decoded": {
+                        f.name: FileDigest(sha256=f.sha256, size=f.size) for f in native_manifest.files
+                    }
+                },
+            )
         return EncodeReport(
             files=tuple(sorted(files, key=lambda f: f.name)),
             seconds=time.perf_counter() - started,
             finetuned_dir=str(src_dir),
             base_dir=str(base_dir),
             out_dir=str(out_dir),
+            manifest=published,
             format="xorweights",
             native_manifest=native_manifest,
         )
