@@ -192,3 +192,187 @@ def test_a_mismatching_base_tensor_is_named_before_any_output(release, tmp_path:
         sd["model.layers.0.mlp.up_proj.weight"].numpy().tobytes()
     )
     assert tree(tmp_path / "out") == {}
+
+
+def test_load_state_dict_returns_verified_tensors_without_files(release, tmp_path: Path) -> None:
+    want = finetune(base_tensors())
+    sd = xorweights.load_state_dict(release["payload"], release["base"], framework="pt")
+    assert set(sd) == set(want)
+    for name, t in want.items():
+        assert sd[name].dtype == t.dtype and torch.equal(sd[name], t), name
+    arrays = dict(
+        xorweights.iter_tensors(
+            release["payload"],
+            release["base"],
+            framework="numpy",
+            names=["model.layers.0.mask", "lm_head.weight"],
+        )
+    )
+    assert set(arrays) == {"model.layers.0.mask", "lm_head.weight"}
+    assert np.array_equal(arrays["lm_head.weight"], want["lm_head.weight"].numpy())
+    assert arrays["model.layers.0.mask"].dtype == np.bool_
+    with pytest.raises(xorweights.FormatError, match="numpy has no BF16"):
+        list(
+            xorweights.iter_tensors(
+                release["payload"], release["base"], names=["model.layers.0.self_attn.q_proj.weight"]
+            )
+        )
+
+
+def test_iter_tensors_names_a_wrong_base_tensor(release, tmp_path: Path) -> None:
+    sd = base_tensors()
+    sd["model.norm.weight"][0] = 2
+    bad = tmp_path / "bad"
+    save_bin_shards(sd, bad, [list(sd)])
+    with pytest.raises(
+        xorweights.BaseMismatchError, match=r"^base tensor model.norm.weight in .*pytorch_model-00001"
+    ):
+        xorweights.load_state_dict(release["payload"], bad)
+
+
+def test_a_corrupt_payload_tensor_is_named(release, tmp_path: Path) -> None:
+    payload = tmp_path / "payload"
+    shutil.copytree(release["payload"], payload)
+    target = payload / "model-00002-of-00002.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF  # the last tensor's last byte
+    target.write_bytes(bytes(data))
+    with pytest.raises(
+        xorweights.ChecksumMismatchError, match=r"^tensor .* of model-00002-of-00002.safetensors"
+    ):
+        xorweights.load_state_dict(payload, release["base"])
+    with pytest.raises(
+        xorweights.ChecksumMismatchError, match="decoded model-00002-of-00002.safetensors: sha256"
+    ):
+        xorweights.decode(payload, base=release["base"], out=tmp_path / "out")
+    assert "model-00002-of-00002.safetensors" not in tree(tmp_path / "out")
+
+
+def test_missing_base_tensor_and_short_payload_are_refused_up_front(release, tmp_path: Path) -> None:
+    sd = base_tensors()
+    del sd["model.layers.0.quant.weight"]
+    partial = tmp_path / "partial"
+    save_bin_shards(sd, partial, [list(sd)])
+    shutil.copy(release["base"] / "tokenizer.model", partial / "tokenizer.model")
+    with pytest.raises(
+        xorweights.MissingFileError, match="base tensor missing in .*: model.layers.0.quant.weight"
+    ):
+        xorweights.decode(release["payload"], base=partial, out=tmp_path / "out")
+    payload = tmp_path / "payload"
+    shutil.copytree(release["payload"], payload)
+    with open(payload / "model-00001-of-00002.safetensors", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(xorweights.FormatError, match="1000 bytes, but xorweights.json lists"):
+        xorweights.decode(payload, base=release["base"], out=tmp_path / "out2")
+
+
+def test_bin_only_finetune_is_encoded_per_file_with_a_note(tmp_path: Path) -> None:
+    base_sd = base_tensors()
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    save_bin_shards(base_sd, base, [list(base_sd)])
+    ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}
+    save_bin_shards(ft_sd, ft, [list(ft_sd)])
+    report = xorweights.encode(ft, base=base, out=tmp_path / "payload")
+    entry = report.native_manifest.file("pytorch_model-00001-of-00001.bin")
+    assert entry.method == "file-xor" and "publish safetensors" in (entry.note or "")
+    xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(ft)
+    with pytest.raises(xorweights.InputError, match="encoded per file"):
+        xorweights.load_state_dict(tmp_path / "payload", base)
+    (base / "pytorch_model-00001-of-00001.bin").rename(base / "other.bin")
+    with pytest.raises(xorweights.MissingFileError, match="convert the fine-tuned model to safetensors"):
+        xorweights.encode(ft, base=base, out=tmp_path / "payload2")
+
+
+def test_bin_copies_beside_safetensors_are_left_out(release, tmp_path: Path) -> None:
+    ft = tmp_path / "ft"
+    shutil.copytree(release["ft"], ft)
+    torch.save({"x": torch.zeros(2)}, ft / "pytorch_model.bin")
+    report = xorweights.encode(ft, base=release["base"], out=tmp_path / "payload")
+    assert report.native_manifest.omitted == ("pytorch_model.bin",)
+    assert not (tmp_path / "payload" / "pytorch_model.bin").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["files"][0].update(name="../evil"), "must stay inside its folder"),
+        (lambda d: d["files"][0].update(sha256="abc"), "must be a sha256"),
+        (lambda d: d["files"][0].update(method="exec"), "method must be one of"),
+        (lambda d: d.update(format_version=2), "format_version 2 is not supported"),
+        (lambda d: d["base_tensors"].clear(), "not in base_tensors"),
+    ],
+)
+def test_hostile_manifests_are_refused(release, tmp_path: Path, edit, message: str) -> None:
+    payload = tmp_path / "payload"
+    shutil.copytree(release["payload"], payload)
+    doc = json.loads((payload / "xorweights.json").read_text())
+    edit(doc)
+    (payload / "xorweights.json").write_text(json.dumps(doc))
+    with pytest.raises(xorweights.XorWeightsError, match=message):
+        xorweights.decode(payload, base=release["base"], out=tmp_path / "out")
+    assert tree(tmp_path / "out") == {}
+
+
+def test_cli_encode_decode_verify_native(release, tmp_path: Path, capsys) -> None:
+    from xorweights.cli import main
+
+    assert (
+        main(
+            [
+                "encode",
+                str(release["ft"]),
+                "--base",
+                str(release["base"]),
+                "--out",
+                str(tmp_path / "p"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "xorweights.json written: 7 base tensors used, 1 tensors stored raw" in out
+    code = main(
+        [
+            "decode",
+            str(tmp_path / "p"),
+            "--base",
+            str(release["base"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "5 outputs (sha256)" in out
+    assert tree(tmp_path / "o") == tree(release["ft"])
+    code = main(["verify", str(tmp_path / "o"), "--checksums", str(tmp_path / "p" / "xorweights.json")])
+    assert code == 0
+    (tmp_path / "o" / "config.json").write_text("{}")
+    assert main(["verify", str(tmp_path / "o"), "--checksums", str(tmp_path / "p" / "xorweights.json")]) == 1
+    capsys.readouterr()
+    sd = base_tensors()
+    sd["lm_head.weight"][0, 0] = 9
+    save_bin_shards(sd, tmp_path / "bad", [list(sd)])
+    code = main(
+        ["decode", str(tmp_path / "p"), "--base", str(tmp_path / "bad"), "--out", str(tmp_path / "o2")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "base file missing in" in err and "tokenizer.model" in err
+    shutil.copy(release["base"] / "tokenizer.model", tmp_path / "bad")
+    code = main(
+        [
+            "decode",
+            str(tmp_path / "p"),
+            "--base",
+            str(tmp_path / "bad"),
+            "--out",
+            str(tmp_path / "o2"),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert code == 1 and first.startswith("Error: base tensor lm_head.weight in "), err
+    assert "but the payload was made against" in first

@@ -31,11 +31,14 @@ from .errors import (
     UnknownReleaseError,
     XorWeightsError,
 )
+from .loading import iter_tensors, load_state_dict
 
 __all__ = [
     "__version__",
     "decode",
     "encode",
+    "load_state_dict",
+    "iter_tensors",
     "verify",
     "checksum",
     "load_checksums",

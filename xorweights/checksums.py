@@ -165,7 +165,21 @@ def _check_name(name: Any, where: str) -> str:
 
 
 def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
-    """Validate a decoded JSON manifest; raises `FormatError` naming `source` on any defect."""
+    """Validate a decoded JSON manifest; raises `FormatError` naming `source` on any defect.
+
+    A native payload's `xorweights.json` is read too: its sha256 per output file is the `decoded` stage.
+    """
+    if isinstance(doc, dict) and doc.get("format") == "xorweights":
+        from .native_manifest import parse_manifest as parse_native
+
+        native = parse_native(doc, source)
+        decoded = {f.name: FileDigest(sha256=f.sha256, size=f.size) for f in native.files}
+        return ChecksumManifest(
+            release=Path(source).parent.name or source,
+            stages={"decoded": decoded},
+            description=f"decoded sha256 from the native payload manifest {source}",
+            path=source,
+        )
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise FormatError(f'{source}: not a checksum manifest (expected "format": "{MANIFEST_FORMAT}")')
     release = doc.get("release")

@@ -476,6 +476,17 @@ def decode_plan(
 ) -> list[legacy.PlannedFile]:
     """One planned file per manifest entry; tensor-xor files take their base from a `BaseImage`."""
     dtypes = {n: b.dtype for n, b in manifest.base_tensors.items()}
+    missing = [
+        f.base_file.name
+        for f in manifest.files
+        if f.base_file and not (base_dir / f.base_file.name).is_file()
+    ]
+    if missing:
+        raise MissingFileError(
+            f"base file{'s' if len(missing) > 1 else ''} missing in {base_dir}: {', '.join(missing)} "
+            "(XOR-ed by file, so the same-named base file is needed)",
+            path=base_dir / missing[0],
+        )
     planned: list[legacy.PlannedFile] = []
     for f in manifest.files:
         source = payload_dir / f.name

@@ -1,0 +1,193 @@
+"""Load a native payload's tensors straight into memory, for training code: no files written.
+
+Each tensor is rebuilt from its payload bytes and its base tensor, and proven twice before it is
+handed over: the base tensor's bytes against the manifest's sha256 (so a wrong base is named,
+tensor and file), and the rebuilt tensor against its own sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from . import legacy
+from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
+from .native import OTHER_WEIGHTS, check_payload_files, payload_header
+from .native_manifest import MANIFEST_NAME, NativeManifest, load_manifest
+from .tensor_store import NUMPY_DTYPES, TensorStore
+
+logger = logging.getLogger(__name__)
+
+Framework = Literal["numpy", "pt"]
+_TORCH_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
+    "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+    "U16": "uint16", "U32": "uint32", "U64": "uint64",
+}  # fmt: skip
+
+
+def _as_framework(buf: bytearray, dtype: str, shape: tuple[int, ...], framework: Framework, name: str) -> Any:
+    if framework == "pt":
+        import torch
+
+        tdtype = getattr(torch, _TORCH_DTYPES.get(dtype, ""), None)
+        if tdtype is None:
+            raise FormatError(f"tensor {name}: dtype {dtype} has no torch equivalent")
+        if not buf:
+            return torch.empty(shape, dtype=tdtype)
+        return torch.frombuffer(buf, dtype=tdtype).reshape(shape)
+    if dtype == "BF16" or dtype.startswith("F8"):
+        raise FormatError(f"tensor {name}: numpy has no {dtype} dtype; load it with framework='pt'")
+    return np.frombuffer(buf, dtype=NUMPY_DTYPES[dtype]).reshape(shape)
+
+
+def iter_tensors(
+    payload: os.PathLike[str] | str,
+    base: os.PathLike[str] | str,
+    *,
+    framework: Framework = "numpy",
+    names: Iterable[str] | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """Yield `(name, tensor)` for every tensor of a native payload, one at a time.
+
+    Memory holds one tensor (plus a chunk of its base), so a model larger than RAM can be streamed
+    into a training process shard by shard.
+
+    Args:
+        payload: the payload folder (with `xorweights.json`).
+        base: the base model folder, in any container (safetensors, `.bin`, Meta's LLaMA).
+        framework: `numpy` (arrays; bfloat16 is refused) or `pt` (torch tensors).
+        names (*optional*): only these tensors.
+
+    Raises:
+        `BaseMismatchError`: a base tensor is not the one the payload was made against (named with
+            its file, the expected and the actual sha256).
+        `ChecksumMismatchError`: a rebuilt tensor differs from the manifest (a corrupt payload).
+        `InputError`: the payload holds weights encoded per file (`.bin` fine-tunes); decode those
+            with `xorweights decode` instead.
+    """
+    if framework not in ("numpy", "pt"):
+        raise InputError(f"unknown framework {framework!r}; expected numpy or pt")
+    payload_dir = legacy.find_payload_dir(payload)
+    manifest = load_manifest(payload_dir / MANIFEST_NAME)
+    check_payload_files(manifest, payload_dir)
+    wanted = set(names) if names is not None else None
+    per_file = [f for f in manifest.files if f.name.endswith(OTHER_WEIGHTS) and f.method == "file-xor"]
+    if per_file and wanted is None:
+        raise InputError(
+            f"{payload_dir}: {per_file[0].name} is encoded per file (the fine-tune was not safetensors); "
+            "decode it to disk with `xorweights decode`",
+            path=payload_dir / per_file[0].name,
+        )
+    if wanted is not None:
+        known = {t.name for f in manifest.files for t in f.tensors}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise InputError(
+                f"{payload_dir}: no tensor named {unknown[0]!r} in the payload", path=payload_dir
+            )
+    store = TensorStore.open(base) if manifest.base_tensors else None
+    yield from _tensors(manifest, payload_dir, store, framework, wanted)
+
+
+def _tensors(
+    manifest: NativeManifest,
+    payload_dir: Path,
+    store: TensorStore | None,
+    framework: Framework,
+    wanted: set[str] | None,
+) -> Iterator[tuple[str, Any]]:
+    for f in manifest.files:
+        if f.method != "tensor-xor":
+            continue
+        path = payload_dir / f.name
+        header = payload_header(path, f)
+        with open(path, "rb") as fh:
+            for entry in f.tensors:
+                if wanted is not None and entry.name not in wanted:
+                    continue
+                info = header.tensors[entry.name]
+                buf = bytearray(info.nbytes)
+                fh.seek(info.begin)
+                if fh.readinto(buf) != info.nbytes:
+                    raise FormatError(f"payload file {path}: ends inside tensor {entry.name}", path=path)
+                if entry.base is not None:
+                    _xor_base(buf, manifest, store, entry.base)
+                got = hashlib.sha256(buf).hexdigest()
+                if got != entry.sha256:
+                    raise ChecksumMismatchError(
+                        f"tensor {entry.name} of {f.name}: sha256 {got}, but {MANIFEST_NAME} expects "
+                        f"{entry.sha256}; payload file {path} is corrupt",
+                        path=path,
+                        expected=entry.sha256,
+                        actual=got,
+                        algorithm="sha256",
+                        stage="decoded",
+                    )
+                yield entry.name, _as_framework(buf, entry.dtype, entry.shape, framework, entry.name)
+
+
+def _xor_base(buf: bytearray, manifest: NativeManifest, store: TensorStore | None, name: str) -> None:
+    """XOR `buf` in place with base tensor `name` (zero-padded or truncated), proving its sha256."""
+    want = manifest.base_tensors[name]
+    have = store.get(name) if store is not None else None
+    if have is None:
+        where = store.folder if store is not None else "the base"
+        raise BaseMismatchError(
+            f"base tensor {name} missing in {where}", path=str(where), expected=want.sha256, actual=None
+        )
+    if have.shape != want.shape:
+        raise BaseMismatchError(
+            f"base tensor {name} in {have.source}: shape {list(have.shape)}, but the payload was made "
+            "against "
+            f"{list(want.shape)}",
+            path=have.source,
+            expected=str(list(want.shape)),
+            actual=str(list(have.shape)),
+            algorithm="shape",
+            stage="base",
+        )
+    h = hashlib.sha256()
+    out = np.frombuffer(buf, dtype=np.uint8)
+    pos = 0
+    chunk = bytearray(1 << 22)
+    with store.reader(name, want.dtype) as r:  # type: ignore[union-attr]
+        while n := r.readinto(chunk):
+            view = np.frombuffer(chunk, dtype=np.uint8, count=n)
+            h.update(memoryview(chunk)[:n])
+            k = min(n, len(out) - pos)
+            if k > 0:
+                np.bitwise_xor(out[pos : pos + k], view[:k], out=out[pos : pos + k])
+            pos += n
+    actual = h.hexdigest()
+    if actual != want.sha256:
+        raise BaseMismatchError(
+            f"base tensor {name} in {have.source}: sha256 {actual}, but the payload was made against "
+            f"{want.sha256}; these are not the base weights the release was made from",
+            path=have.source,
+            expected=want.sha256,
+            actual=actual,
+            algorithm="sha256",
+            stage="base",
+        )
+
+
+def load_state_dict(
+    payload: os.PathLike[str] | str,
+    base: os.PathLike[str] | str,
+    *,
+    framework: Framework = "pt",
+    names: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """Every tensor of a native payload, rebuilt against `base` and verified, as a dict.
+
+    The tensors' memory is the model's size; use `iter_tensors` to hold one at a time.
+    See `iter_tensors` for the arguments and errors.
+    """
+    return dict(iter_tensors(payload, base, framework=framework, names=names))
