@@ -1,0 +1,314 @@
+"""Native vs legacy payloads on a realistic pair: a small pretrained LLaMA-style model and a copy
+fine-tuned for a few optimizer steps, both made here.
+
+Usage: python benchmarks/bench_native.py [--dim 768] [--layers 12] [--pretrain-steps 20]
+                                         [--finetune-steps 5] [--repeat 3] [--workdir DIR]
+
+No model can be downloaded here, so the benchmark pretrains its own: a decoder-only transformer
+with LLaMA's tensor names (RMSNorm, SwiGLU MLP, untied lm_head, vocabulary 32000), trained with
+AdamW on byte-pair-free text (the Python standard library's sources, hashed into the vocabulary)
+for `--pretrain-steps`, then fine-tuned from that checkpoint for `--finetune-steps` with AdamW at
+lr 1e-5, as a short SFT run does. Weights are saved in bfloat16 (as LLaMA fine-tunes ship), the
+base as two safetensors shards and also as three `.bin` shards in another layout; the fine-tune
+as two safetensors shards with 16 extra vocabulary rows.
+
+Reported, from one run on the same pair:
+  - payload sizes and their compressibility with gzip (level 6) and zstd (level 3 and 19, when
+    `zstandard` is installed), next to the fine-tuned model's own;
+  - decode wall time (median of `--repeat`) and peak RSS: native against the safetensors base and
+    against the `.bin` base, legacy file-level XOR (xorweights' `oasst` decode, verified by
+    sha256), the legacy 4 KiB-block algorithm, and `cp` of the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.bench_decode import run, settle  # noqa: E402
+
+VOCAB, GROW = 32000, 16
+
+
+def build(dim: int, layers: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    inter = ((8 * dim // 3 + 255) // 256) * 256
+
+    def w(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g) * shape[-1] ** -0.5).requires_grad_()
+
+    p = {"model.embed_tokens.weight": w(VOCAB, dim), "model.norm.weight": torch.ones(dim, requires_grad=True)}
+    for i in range(layers):
+        q = f"model.layers.{i}."
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            p[f"{q}self_attn.{n}.weight"] = w(dim, dim)
+        p[f"{q}mlp.gate_proj.weight"] = w(inter, dim)
+        p[f"{q}mlp.up_proj.weight"] = w(inter, dim)
+        p[f"{q}mlp.down_proj.weight"] = w(dim, inter)
+        p[f"{q}input_layernorm.weight"] = torch.ones(dim, requires_grad=True)
+        p[f"{q}post_attention_layernorm.weight"] = torch.ones(dim, requires_grad=True)
+    p["lm_head.weight"] = w(VOCAB, dim)
+    return p
+
+
+def forward(p: dict[str, torch.Tensor], ids: torch.Tensor, layers: int, heads: int) -> torch.Tensor:
+    def norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+
+    x = p["model.embed_tokens.weight"][ids]
+    b, t, d = x.shape
+    for i in range(layers):
+        q = f"model.layers.{i}."
+        h = norm(x, p[f"{q}input_layernorm.weight"])
+        qs, ks, vs = (
+            (h @ p[f"{q}self_attn.{n}.weight"].T).view(b, t, heads, d // heads).transpose(1, 2)
+            for n in ("q_proj", "k_proj", "v_proj")
+        )
+        a = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+        x = x + a.transpose(1, 2).reshape(b, t, d) @ p[f"{q}self_attn.o_proj.weight"].T
+        h = norm(x, p[f"{q}post_attention_layernorm.weight"])
+        gate = torch.nn.functional.silu(h @ p[f"{q}mlp.gate_proj.weight"].T)
+        x = x + (gate * (h @ p[f"{q}mlp.up_proj.weight"].T)) @ p[f"{q}mlp.down_proj.weight"].T
+    return norm(x, p["model.norm.weight"]) @ p["lm_head.weight"].T
+
+
+def corpus_ids(n_tokens: int) -> torch.Tensor:
+    """Word-level tokens of the standard library's sources, hashed into the vocabulary."""
+    words: list[int] = []
+    for path in sorted(Path(sys.base_prefix, "lib").glob("python3*/*.py")):
+        for word in path.read_text(errors="replace").split():
+            words.append(
+                int.from_bytes(hashlib.blake2s(word.encode(), digest_size=4).digest(), "little") % VOCAB
+            )
+            if len(words) >= n_tokens:
+                return torch.tensor(words)
+    return torch.tensor(words)
+
+
+def train(
+    p: dict[str, torch.Tensor], ids: torch.Tensor, steps: int, lr: float, layers: int, heads: int
+) -> float:
+    opt = torch.optim.AdamW(list(p.values()), lr=lr, weight_decay=0.0)
+    seq, batch, loss = 128, 4, torch.tensor(0.0)
+    g = torch.Generator().manual_seed(steps)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=g)
+        x = torch.stack([ids[s : s + seq] for s in starts])
+        y = torch.stack([ids[s + 1 : s + seq + 1] for s in starts])
+        logits = forward(p, x, layers, heads)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+def save_shards(sd: dict[str, torch.Tensor], folder: Path, n: int, kind: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(sd)
+    per = -(-len(names) // n)
+    for i in range(n):
+        part = {k: sd[k].contiguous() for k in names[i * per : (i + 1) * per]}
+        if kind == "safetensors":
+            save_file(
+                part, str(folder / f"model-{i + 1:05d}-of-{n:05d}.safetensors"), metadata={"format": "pt"}
+            )
+        else:
+            torch.save(part, folder / f"pytorch_model-{i + 1:05d}-of-{n:05d}.bin")
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+
+
+def compressed(folder: Path) -> dict[str, int]:
+    """Compressed sizes of the weight files: gzip -6, zstd -3 and -19 when available."""
+    data = [p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".safetensors", ".bin")]
+    out = {"gzip -6": sum(len(gzip.compress(d, 6)) for d in data)}
+    try:
+        import zstandard
+    except ImportError:
+        return out
+    for level in (3, 19):
+        c = zstandard.ZstdCompressor(level=level, threads=-1)
+        out[f"zstd -{level}"] = sum(len(c.compress(d)) for d in data)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--pretrain-steps", type=int, default=20)
+    ap.add_argument("--finetune-steps", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    work = Path(tempfile.mkdtemp(prefix="bench-native-", dir=args.workdir))
+    try:
+        t = time.perf_counter()
+        ids = corpus_ids(2_000_000)
+        p = build(args.dim, args.layers)
+        pre_loss = train(p, ids, args.pretrain_steps, 3e-4, args.layers, args.heads)
+        base_sd = {k: v.detach().to(torch.bfloat16) for k, v in p.items()}
+        ft_loss = train(p, ids, args.finetune_steps, 1e-5, args.layers, args.heads)
+        g = torch.Generator().manual_seed(1)
+        ft_sd = {k: v.detach().to(torch.bfloat16) for k, v in p.items()}
+        for k in ("model.embed_tokens.weight", "lm_head.weight"):
+            ft_sd[k] = torch.cat(
+                [ft_sd[k], (torch.randn(GROW, args.dim, generator=g) * 0.02).to(torch.bfloat16)]
+            )
+        n_params = sum(v.numel() for v in base_sd.values())
+        changed = sum(int((ft_sd[k][: len(v)] != v).sum()) for k, v in base_sd.items())
+        print(
+            f"model: {n_params / 1e6:.1f} M parameters, bf16; pretrained {args.pretrain_steps} steps (loss "
+            f"{pre_loss:.2f}), fine-tuned {args.finetune_steps} steps at lr 1e-5 (loss {ft_loss:.2f}); "
+            f"{changed / n_params:.1%} of the base's bf16 values changed; "
+            f"made in {time.perf_counter() - t:.0f} s",
+            flush=True,
+        )
+        base_st, base_bin, ft = work / "base-st", work / "base-bin", work / "ft"
+        save_shards(base_sd, base_st, 2, "safetensors")
+        save_shards(dict(reversed(list(base_sd.items()))), base_bin, 3, "bin")
+        save_shards(ft_sd, ft, 2, "safetensors")
+        del p, base_sd, ft_sd
+        py = sys.executable
+        cli = [py, "-m", "xorweights.cli"]
+        for cmd in (
+            [*cli, "encode", str(ft), "--base", str(base_st), "--out", str(work / "native"), "--quiet"],
+            [*cli, "encode", str(ft), "--base", str(base_st), "--out", str(work / "legacy"),
+             "--format", "oasst", "--manifest", str(work / "legacy.json"), "--quiet"],
+        ):  # fmt: skip
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        size = folder_bytes(ft)
+        print(
+            f"\n{'weights':<26} {'bytes':>12} "
+            + " ".join(f"{k:>16}" for k in ("gzip -6", "zstd -3", "zstd -19"))
+        )
+        for label, folder in (("fine-tuned model", ft), ("native payload", work / "native"),
+                              ("legacy payload", work / "legacy")):  # fmt: skip
+            sizes = compressed(folder)
+            cells = " ".join(
+                f"{sizes[k] / 2**20:8.1f} MiB {folder_bytes(folder) / sizes[k]:4.1f}x"
+                if k in sizes
+                else f"{'-':>16}"
+                for k in ("gzip -6", "zstd -3", "zstd -19")
+            )
+            print(f"{label:<26} {folder_bytes(folder):>12} {cells}", flush=True)
+
+        def out(tag: str) -> Path:
+            d = work / f"out-{tag}"
+            shutil.rmtree(d, ignore_errors=True)
+            return d
+
+        legacy_code = (
+            "import sys, os; sys.path.insert(0, {root!r})\n"
+            "from tests.legacy_reference import xor_uncompressed\n"
+            "os.makedirs({dst!r}, exist_ok=True)\n"
+            "for n in sorted(os.listdir({payload!r})):\n"
+            "    if n.endswith('.safetensors'):\n"
+            "        j = os.path.join\n"
+            "        xor_uncompressed(j({dst!r}, n), j({payload!r}, n), j({base!r}, n))\n"
+        )
+        contenders = {
+            "cp": lambda: [["cp", "-r", str(ft), str(out("cp"))]],
+            "native vs safetensors base": lambda: [
+                [
+                    *cli,
+                    "decode",
+                    str(work / "native"),
+                    "--base",
+                    str(base_st),
+                    "--out",
+                    str(out("nst")),
+                    "--quiet",
+                ]
+            ],
+            "native vs .bin base": lambda: [
+                [
+                    *cli,
+                    "decode",
+                    str(work / "native"),
+                    "--base",
+                    str(base_bin),
+                    "--out",
+                    str(out("nbin")),
+                    "--quiet",
+                ]
+            ],
+            "legacy format (xorweights)": lambda: [
+                [
+                    *cli,
+                    "decode",
+                    str(work / "legacy"),
+                    "--base",
+                    str(base_st),
+                    "--out",
+                    str(out("leg")),
+                    "--checksums",
+                    str(work / "legacy.json"),
+                    "--quiet",
+                ]
+            ],  # fmt: skip
+            "legacy 4 KiB algorithm": lambda: [
+                [
+                    py,
+                    "-c",
+                    legacy_code.format(
+                        root=str(ROOT), dst=str(out("l4k")), payload=str(work / "legacy"), base=str(base_st)
+                    ),
+                ]
+            ],  # fmt: skip
+        }
+        results: dict[str, tuple[float, int]] = {}
+        for name, make in contenders.items():
+            times, peak = [], 0
+            for _ in range(args.repeat):
+                settle(False)
+                secs, rss = run(make(), work)
+                times.append(secs)
+                peak = max(peak, rss)
+            results[name] = (statistics.median(times), peak)
+        for tag in ("nst", "nbin", "leg"):
+            same = subprocess.run(
+                ["diff", "-r", "-q", "-x", ".xorweights-state.json", str(ft), str(work / f"out-{tag}")],
+                capture_output=True,
+            )
+            assert same.returncode == 0, f"{tag} decode differs from the fine-tuned model: {same.stdout!r}"
+        cp_s = results["cp"][0]
+        print(
+            f"\n{'decode (same pair, warm cache)':<32} {'wall s':>8} {'MB/s':>8} {'peak RSS':>10} {'x cp':>6}"
+        )
+        for name, (secs, rss) in results.items():
+            print(
+                f"{name:<32} {secs:8.2f} {size / secs / 1e6:8.0f} {rss / 2**20:7.0f} MiB {secs / cp_s:6.2f}"
+            )
+        print("all decodes byte-identical to the fine-tuned files (diff -r)")
+        manifest = json.loads((work / "native" / "xorweights.json").read_text())
+        print(
+            f"xorweights.json: {len(json.dumps(manifest))} bytes, "
+            f"{len(manifest['base_tensors'])} base tensors"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
