@@ -376,3 +376,47 @@ def test_cli_encode_decode_verify_native(release, tmp_path: Path, capsys) -> Non
     first = err.splitlines()[0]
     assert code == 1 and first.startswith("Error: base tensor lm_head.weight in "), err
     assert "but the payload was made against" in first
+
+
+def test_decode_against_meta_original_llama(tmp_path: Path) -> None:
+    from xorweights.llama_convert import open_base
+
+    meta = Path(__file__).resolve().parent / "golden" / "llama-tiny-2shard" / "meta"
+    _, compute = open_base(meta)
+    rng = np.random.default_rng(5)
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    sd = {}
+    for name, fn in compute.items():
+        a = np.array(fn())
+        if a.dtype == np.float16:
+            a = (a.astype(np.float32) + rng.normal(0, 1e-3, a.shape)).astype(np.float16)
+        sd[name] = torch.from_numpy(a)
+    save_file(sd, str(ft / "model.safetensors"))
+    xorweights.encode(ft, base=meta, out=tmp_path / "payload")
+    m = load_manifest(tmp_path / "payload")
+    assert len(m.base_tensors) == len(sd)
+    xorweights.decode(tmp_path / "payload", base=meta, out=tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(ft)
+
+
+def test_float_casts_match_torch() -> None:
+    from xorweights.tensor_store import cast
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            rng.standard_normal(10_000).astype(np.float32) * 10.0 ** rng.integers(-8, 8, 10_000),
+            np.array(
+                [np.inf, -np.inf, np.nan, 0.0, -0.0, 1.00390625, 1.01171875, 65504, 70000, 1e-8], np.float32
+            ),
+        ]
+    )
+    t = torch.from_numpy(x)
+    ours_bf16 = cast(x, "F32", "BF16")
+    assert np.array_equal(ours_bf16, t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))
+    back = cast(ours_bf16, "BF16", "F32")
+    assert np.array_equal(back, t.to(torch.bfloat16).float().numpy(), equal_nan=True)
+    half = cast(ours_bf16, "BF16", "F16")
+    assert np.array_equal(half, t.to(torch.bfloat16).half().numpy(), equal_nan=True)
+    assert np.array_equal(cast(x, "F32", "F16"), t.half().numpy(), equal_nan=True)

@@ -61,7 +61,8 @@ def cast(a: np.ndarray, src: str, dst: str) -> np.ndarray:
     else:
         wide = a
     if dst != "BF16":
-        return wide.astype(NUMPY_DTYPES[dst])
+        with np.errstate(over="ignore"):  # out of range becomes inf, as in torch
+            return wide.astype(NUMPY_DTYPES[dst])
     u = wide.astype(np.float32).view(np.uint32)
     rounded = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(
         np.uint16
