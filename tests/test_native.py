@@ -420,3 +420,12 @@ def test_float_casts_match_torch() -> None:
     half = cast(ours_bf16, "BF16", "F16")
     assert np.array_equal(half, t.to(torch.bfloat16).half().numpy(), equal_nan=True)
     assert np.array_equal(cast(x, "F32", "F16"), t.half().numpy(), equal_nan=True)
+
+
+def test_a_second_decode_keeps_what_the_first_made(release, tmp_path: Path) -> None:
+    xorweights.decode(release["payload"], base=release["base"], out=tmp_path / "out")
+    (tmp_path / "out" / "config.json").unlink()
+    again = xorweights.decode(release["payload"], base=release["base"], out=tmp_path / "out")
+    kept = {f.name for f in again.files if f.kept}
+    assert kept == set(tree(release["ft"])) - {"config.json"}
+    assert tree(tmp_path / "out") == tree(release["ft"])
