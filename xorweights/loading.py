@@ -18,7 +18,7 @@ import numpy as np
 
 from . import legacy
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
-from .native import OTHER_WEIGHTS, check_payload_files, payload_header
+from .native import OTHER_WEIGHTS, check_payload_files, digest_mismatch, layout_mismatch, payload_header
 from .native_manifest import MANIFEST_NAME, NativeManifest, load_manifest
 from .tensor_store import NUMPY_DTYPES, TensorStore
 
@@ -142,17 +142,9 @@ def _xor_base(buf: bytearray, manifest: NativeManifest, store: TensorStore | Non
         raise BaseMismatchError(
             f"base tensor {name} missing in {where}", path=str(where), expected=want.sha256, actual=None
         )
-    if have.shape != want.shape:
-        raise BaseMismatchError(
-            f"base tensor {name} in {have.source}: shape {list(have.shape)}, but the payload was made "
-            "against "
-            f"{list(want.shape)}",
-            path=have.source,
-            expected=str(list(want.shape)),
-            actual=str(list(have.shape)),
-            algorithm="shape",
-            stage="base",
-        )
+    bad = layout_mismatch(have, want)
+    if bad is not None:
+        raise bad
     h = hashlib.sha256()
     out = np.frombuffer(buf, dtype=np.uint8)
     pos = 0
@@ -167,15 +159,7 @@ def _xor_base(buf: bytearray, manifest: NativeManifest, store: TensorStore | Non
             pos += n
     actual = h.hexdigest()
     if actual != want.sha256:
-        raise BaseMismatchError(
-            f"base tensor {name} in {have.source}: sha256 {actual}, but the payload was made against "
-            f"{want.sha256}; these are not the base weights the release was made from",
-            path=have.source,
-            expected=want.sha256,
-            actual=actual,
-            algorithm="sha256",
-            stage="base",
-        )
+        raise digest_mismatch(have, want, actual)
 
 
 def load_state_dict(

@@ -36,7 +36,7 @@ from .native_manifest import (
     TensorEntry,
 )
 from .safetensors_header import SafetensorsHeader, read_header
-from .tensor_store import FLOAT_DTYPES, TensorStore, castable, nbytes_of
+from .tensor_store import FLOAT_DTYPES, StoredTensor, TensorStore, castable, nbytes_of
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,35 @@ def segments(
 # --- checks ------------------------------------------------------------------------------------
 
 
+def layout_mismatch(have: StoredTensor, want: BaseTensor) -> BaseMismatchError | None:
+    """The error for a base tensor whose shape differs, or whose dtype cannot be read as wanted."""
+    if have.shape == want.shape and castable(have.dtype, want.dtype):
+        return None
+    return BaseMismatchError(
+        f"base tensor {want.name} in {have.source}: {have.dtype}{list(have.shape)}, but the payload "
+        f"was made against {want.dtype}{list(want.shape)}",
+        path=have.source,
+        expected=f"{want.dtype}{list(want.shape)}",
+        actual=f"{have.dtype}{list(have.shape)}",
+        algorithm="shape",
+        stage="base",
+    )
+
+
+def digest_mismatch(have: StoredTensor, want: BaseTensor, actual: str) -> BaseMismatchError:
+    """The error for a base tensor whose bytes (read as the manifest's dtype) hash otherwise."""
+    cast_note = f" read as {want.dtype}" if have.dtype != want.dtype else ""
+    return BaseMismatchError(
+        f"base tensor {want.name} in {have.source}{cast_note}: sha256 {actual}, but the payload was made "
+        f"against {want.sha256}; these are not the base weights the release was made from",
+        path=have.source,
+        expected=want.sha256,
+        actual=actual,
+        algorithm="sha256",
+        stage="base",
+    )
+
+
 def _hash_all(
     work: Sequence[tuple[str, Callable[[Callable[[int], None]], str], int]],
     jobs: int,
@@ -171,16 +200,9 @@ def check_base(
     for name in sorted(wanted):
         assert store is not None
         want, have = manifest.base_tensors[name], store.tensors[name]
-        if have.shape != want.shape or not castable(have.dtype, want.dtype):
-            raise BaseMismatchError(
-                f"base tensor {name} in {have.source}: {have.dtype}{list(have.shape)}, but the payload "
-                f"was made against {want.dtype}{list(want.shape)}",
-                path=have.source,
-                expected=f"{want.dtype}{list(want.shape)}",
-                actual=f"{have.dtype}{list(have.shape)}",
-                algorithm="shape",
-                stage="base",
-            )
+        bad = layout_mismatch(have, want)
+        if bad is not None:
+            raise bad
         work.append(
             (
                 f"t:{name}",
@@ -211,17 +233,7 @@ def check_base(
         actual = got[f"t:{name}"]
         if actual != want.sha256:
             assert store is not None
-            src = store.tensors[name]
-            cast_note = f" read as {want.dtype}" if src.dtype != want.dtype else ""
-            raise BaseMismatchError(
-                f"base tensor {name} in {src.source}{cast_note}: sha256 {actual}, but the payload was made "
-                f"against {want.sha256}; these are not the base weights the release was made from",
-                path=src.source,
-                expected=want.sha256,
-                actual=actual,
-                algorithm="sha256",
-                stage="base",
-            )
+            raise digest_mismatch(store.tensors[name], want, actual)
     for f in files_:
         assert f.base_file is not None
         actual = got[f"f:{f.name}"]
