@@ -135,7 +135,7 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
 
 
-def compressed(folder: Path) -> dict[str, int]:
+def compressed(folder: Path, levels: list[int]) -> dict[str, int]:
     """Compressed sizes of the weight files: gzip -6, zstd -3 and -19 when available."""
     data = [p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".safetensors", ".bin")]
     out = {"gzip -6": sum(len(gzip.compress(d, 6)) for d in data)}
@@ -143,7 +143,7 @@ def compressed(folder: Path) -> dict[str, int]:
         import zstandard
     except ImportError:
         return out
-    for level in (3, 19):
+    for level in levels:
         c = zstandard.ZstdCompressor(level=level, threads=-1)
         out[f"zstd -{level}"] = sum(len(c.compress(d)) for d in data)
     return out
@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=20)
     ap.add_argument("--finetune-steps", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--zstd-levels", default="3,19", help="comma-separated zstd levels to report")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -198,18 +199,16 @@ def main() -> None:
         ):  # fmt: skip
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         size = folder_bytes(ft)
-        print(
-            f"\n{'weights':<26} {'bytes':>12} "
-            + " ".join(f"{k:>16}" for k in ("gzip -6", "zstd -3", "zstd -19"))
-        )
+        columns = ["gzip -6", *(f"zstd -{v}" for v in args.zstd_levels.split(",") if v)]
+        print(f"\n{'weights':<26} {'bytes':>12} " + " ".join(f"{k:>16}" for k in columns))
         for label, folder in (("fine-tuned model", ft), ("native payload", work / "native"),
                               ("legacy payload", work / "legacy")):  # fmt: skip
-            sizes = compressed(folder)
+            sizes = compressed(folder, [int(v) for v in args.zstd_levels.split(",") if v])
             cells = " ".join(
                 f"{sizes[k] / 2**20:8.1f} MiB {folder_bytes(folder) / sizes[k]:4.1f}x"
                 if k in sizes
                 else f"{'-':>16}"
-                for k in ("gzip -6", "zstd -3", "zstd -19")
+                for k in columns
             )
             print(f"{label:<26} {folder_bytes(folder):>12} {cells}", flush=True)
 
