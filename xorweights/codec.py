@@ -722,14 +722,16 @@ def encode(
     gzip_mtime: int = 0,
     progress: bool = False,
 ) -> EncodeReport:
-    """Make an XOR payload from fine-tuned files and their base, as the legacy script does.
+    """Make an XOR payload from fine-tuned files and their base.
 
     Args:
         finetuned: folder of the fine-tuned files (flat).
-        base: folder of the base files, named as the fine-tuned ones.
+        base: folder of the base: for `xorweights`, its tensors in any container; for `oasst`,
+            files named as the fine-tuned ones.
         out: folder for the payload.
-        format: `oasst` (legacy file-level XOR).
-        compress (*optional*): `gzip` to store each XOR-ed file as a gzip stream (level 9).
+        format: `xorweights` (tensor-level XOR with `xorweights.json`) or `oasst` (legacy
+            file-level XOR, as the published script does).
+        compress (*optional*): `gzip` to store each XOR-ed file as a gzip stream (level 9; `oasst` only).
         release (*optional*): name for the checksum manifest (default: the out folder's name).
         with_checksums: compute the `hf_base` and `decoded` digests (md5 and sha256) in the
             same pass and return them as `report.manifest`, ready for `decode --checksums`.
@@ -757,21 +759,35 @@ def encode(
             raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
         _check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
 
-        def make_job(p: legacy.PlannedFile, identity: tuple[int, int] | None) -> _Job:
-            return _Job(
-                planned=p,
-                out=out_dir / p.name,
-                hashes={"data": ("sha256",), "base": ("sha256",) if p.base is not None else ()},
-                inputs=_inputs(p, identity),
-                encoding=True,
-                hash_written=("sha256",),
-                native=True,
+        prep = native.prepare_encode(src_dir, base_dir, jobs=jobs or default_jobs(), progress=progress)
+        with OutputFolder(out_dir, keep_state=False) as folder:
+            stale = out_dir / MANIFEST_NAME
+            if stale.exists() and not folder.is_ours(MANIFEST_NAME) and not force:
+                raise OutputExistsError(
+                    f"{out_dir} already holds {MANIFEST_NAME}; refusing to overwrite (use --force)",
+                    path=stale,
+                )
+            todo, _ = _triage(prep.planned, folder, {}, force, keep=False, generated_id=prep.identity)
+            job_list = [
+                _Job(
+                    planned=p,
+                    out=out_dir / p.name,
+                    hashes={"data": ("sha256",), "base": ("sha256",) if p.base is not None else ()},
+                    inputs=_inputs(p, prep.identity),
+                    encoding=True,
+                    hash_written=("sha256",),
+                    native=True,
+                )
+                for p in todo
+            ]
+            files = _run_jobs(job_list, jobs, folder, progress=progress, desc="encode")
+            native_manifest = native.build_manifest(
+                prep, files, src_dir, base_dir, out_dir, encoder=f"xorweights {_version()}"
             )
-
-        files, native_manifest = native.encode_native(
-            src_dir, base_dir, out_dir, jobs=jobs or default_jobs(), force=force, progress=progress,
-            run_jobs=_run_jobs, make_job=make_job, triage=_triage, encoder=f"xorweights {_version()}",
-        )  # fmt: skip
+            with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
+                atomic.file.write(native_manifest.dumps())
+                atomic.commit()
+            folder.record(MANIFEST_NAME, {}, {})
         published = None
         if with_checksums:
             published = ChecksumManifest(

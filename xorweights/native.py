@@ -17,12 +17,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from . import legacy
-from ._atomic import AtomicFile
-from ._outdir import OutputFolder
 from ._progress import byte_bar
 from .checksums import ChecksumManifest, FileDigest, hash_file
 from .constants import CHUNK_SIZE
@@ -32,6 +31,7 @@ from .native_manifest import (
     BaseFile,
     BaseTensor,
     FileEntry,
+    Method,
     NativeManifest,
     TensorEntry,
 )
@@ -286,13 +286,8 @@ def payload_header(path: Path, entry: FileEntry) -> SafetensorsHeader:
 # --- encode ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Plan:
-    entries: list[tuple[str, str]]  # (name, method) of the files to make
-    omitted: list[str]
-
-
-def _plan_encode(src_dir: Path, base_dir: Path) -> _Plan:
+def _plan_files(src_dir: Path, base_dir: Path) -> tuple[dict[str, Method], list[str]]:
+    """How each fine-tuned file is stored (name to method, in name order), and the files left out."""
     names = sorted(e.name for e in os.scandir(src_dir) if e.is_file() and not e.name.startswith("."))
     if not names:
         raise InputError(f"no files to encode in {src_dir}", path=src_dir)
@@ -301,24 +296,24 @@ def _plan_encode(src_dir: Path, base_dir: Path) -> _Plan:
             f"{src_dir} holds a {MANIFEST_NAME}: it is a payload, not a fine-tuned model", path=src_dir
         )
     has_safetensors = any(n.endswith(".safetensors") for n in names)
-    entries: list[tuple[str, str]] = []
+    methods: dict[str, Method] = {}
     omitted: list[str] = []
     missing: list[str] = []
     for n in names:
         legacy.check_not_escaping_link(src_dir / n, src_dir)
         if n.endswith(".safetensors"):
-            entries.append((n, "tensor-xor"))
+            methods[n] = "tensor-xor"
         elif n.endswith(OTHER_WEIGHTS):
             if has_safetensors:
                 omitted.append(n)
             elif (base_dir / n).is_file():
-                entries.append((n, "file-xor"))
+                methods[n] = "file-xor"
             else:
                 missing.append(n)
         elif n.endswith(RAW_SUFFIXES):
-            entries.append((n, "copy"))
+            methods[n] = "copy"
         else:
-            entries.append((n, "file-xor" if (base_dir / n).is_file() else "copy"))
+            methods[n] = "file-xor" if (base_dir / n).is_file() else "copy"
     if missing:
         raise MissingFileError(
             f"{', '.join(missing)}: the fine-tuned weights are not safetensors, so they are XOR-ed by file, "
@@ -331,7 +326,7 @@ def _plan_encode(src_dir: Path, base_dir: Path) -> _Plan:
             src_dir,
             ", ".join(omitted),
         )
-    return _Plan(entries, omitted)
+    return methods, omitted
 
 
 def _tensor_hashes(
@@ -357,22 +352,27 @@ def _tensor_hashes(
     return run
 
 
-def encode_native(
-    src_dir: Path,
-    base_dir: Path,
-    out_dir: Path,
-    *,
-    jobs: int,
-    force: bool,
-    progress: bool,
-    run_jobs: Callable[..., Any],
-    make_job: Callable[..., Any],
-    triage: Callable[..., Any],
-    encoder: str,
-) -> tuple[list[Any], NativeManifest]:
-    """Write a native payload of `src_dir` against `base_dir` into `out_dir` (see `codec.encode`)."""
-    plan = _plan_encode(src_dir, base_dir)
-    headers = {n: read_header(src_dir / n) for n, m in plan.entries if m == "tensor-xor"}
+@dataclass(frozen=True)
+class EncodePlan:
+    """Everything a native encode knows before its pass: files, base tensors and their digests."""
+
+    methods: dict[str, Method]
+    planned: list[legacy.PlannedFile]
+    headers: dict[str, SafetensorsHeader]
+    bases: dict[str, dict[str, str | None]]
+    """Per tensor-xor file: each tensor's base tensor, or None (stored raw)."""
+    base_tensors: dict[str, BaseTensor]
+    tensor_sha: dict[str, dict[str, str]]
+    omitted: list[str]
+    identity: tuple[int, int] | None
+    """Size and mtime of the base's tensor files, for the output folder's records."""
+
+
+def prepare_encode(src_dir: Path, base_dir: Path, *, jobs: int, progress: bool) -> EncodePlan:
+    """Plan a native encode of `src_dir` against `base_dir`, hashing the base tensors it uses and
+    every fine-tuned tensor (the pass itself then hashes whole files)."""
+    methods, omitted = _plan_files(src_dir, base_dir)
+    headers = {n: read_header(src_dir / n) for n, m in methods.items() if m == "tensor-xor"}
     store = TensorStore.open(base_dir) if headers else None
     bases: dict[str, dict[str, str | None]] = {}
     dtypes: dict[str, str] = {}
@@ -386,9 +386,8 @@ def encode_native(
                 logger.info("%s: tensor %s has no base counterpart; stored raw", fname, t.name)
                 continue
             # Floats are XOR-ed in the fine-tuned dtype (a cast base compresses as well as a same-dtype one).
-            dtype = t.dtype if (t.dtype in FLOAT_DTYPES and have.dtype in FLOAT_DTYPES) else have.dtype
-            if dtypes.setdefault(t.name, dtype) != dtype:
-                dtype = dtypes[t.name]
+            floats = t.dtype in FLOAT_DTYPES and have.dtype in FLOAT_DTYPES
+            dtypes.setdefault(t.name, t.dtype if floats else have.dtype)
             bases[fname][t.name] = t.name
             shapes[t.name] = have.shape
     work: list[tuple[str, Any, int]] = [
@@ -405,79 +404,66 @@ def encode_native(
         ):
             futures = {n: pool.submit(_tensor_hashes(src_dir / n, h), bar.update) for n, h in headers.items()}
             tensor_sha = {n: f.result() for n, f in futures.items()}
-
     planned: list[legacy.PlannedFile] = []
-    for name, method in plan.entries:
+    for name, method in methods.items():
         source = src_dir / name
         if method == "tensor-xor":
             segs = segments(headers[name], bases[name], dtypes)
+            opener = partial(BaseImage, store, segs)
             planned.append(
-                legacy.PlannedFile(
-                    name,
-                    source,
-                    None,
-                    "xor",
-                    lambda segs=segs: BaseImage(store, segs),
-                    f"base tensors in {base_dir}",
-                )
+                legacy.PlannedFile(name, source, None, "xor", opener, f"base tensors in {base_dir}")
             )
         elif method == "file-xor":
             planned.append(legacy.PlannedFile(name, source, base_dir / name, "xor"))
         else:
             planned.append(legacy.PlannedFile(name, source, None, "copy"))
-    identity = store.identity() if store is not None else None
-    with OutputFolder(out_dir, keep_state=False) as folder:
-        stale = out_dir / MANIFEST_NAME
-        if stale.exists() and not folder.is_ours(MANIFEST_NAME) and not force:
-            from .errors import OutputExistsError
+    return EncodePlan(
+        methods=methods,
+        planned=planned,
+        headers=headers,
+        bases=bases,
+        base_tensors={n: BaseTensor(n, dtypes[n], shapes[n], base_sha[n]) for n in dtypes},
+        tensor_sha=tensor_sha,
+        omitted=omitted,
+        identity=store.identity() if store is not None else None,
+    )
 
-            raise OutputExistsError(
-                f"{out_dir} already holds {MANIFEST_NAME}; refusing to overwrite (use --force)", path=stale
+
+def build_manifest(
+    plan: EncodePlan, reports: Sequence[Any], src_dir: Path, base_dir: Path, out_dir: Path, encoder: str
+) -> NativeManifest:
+    """The manifest of a finished encode, from its plan and the pass's file reports."""
+    by_name = {r.name: r for r in reports}
+    entries: list[FileEntry] = []
+    for name, method in plan.methods.items():
+        rep = by_name[name]
+        base_file = None
+        if method == "file-xor":
+            base_file = BaseFile(name, (base_dir / name).stat().st_size, rep.base_digests["sha256"])
+        tensors: tuple[TensorEntry, ...] = ()
+        if method == "tensor-xor":
+            tensors = tuple(
+                TensorEntry(t.name, t.dtype, t.shape, plan.tensor_sha[name][t.name], plan.bases[name][t.name])
+                for t in sorted(plan.headers[name].tensors.values(), key=lambda t: t.begin)
             )
-        todo, _ = triage(planned, folder, {}, force, keep=False, generated_id=identity)
-        job_list = [make_job(p, identity) for p in todo]
-        files = run_jobs(job_list, jobs, folder, progress=progress, desc="encode")
-        by_name = {f.name: f for f in files}
-        entries: list[FileEntry] = []
-        for name, method in plan.entries:
-            rep = by_name[name]
-            src_sha = rep.input_digests["sha256"]
-            base_file = None
-            if method == "file-xor":
-                base_file = BaseFile(name, (base_dir / name).stat().st_size, rep.base_digests["sha256"])
-            tensors: tuple[TensorEntry, ...] = ()
-            if method == "tensor-xor":
-                tensors = tuple(
-                    TensorEntry(t.name, t.dtype, t.shape, tensor_sha[name][t.name], bases[name][t.name])
-                    for t in sorted(headers[name].tensors.values(), key=lambda t: t.begin)
-                )
-            note = BIN_NOTE if method == "file-xor" and name.endswith(OTHER_WEIGHTS) else None
-            entries.append(
-                FileEntry(
-                    name=name,
-                    method=method,  # type: ignore[arg-type]
-                    size=(src_dir / name).stat().st_size,
-                    sha256=src_sha,
-                    payload_size=(out_dir / name).stat().st_size,
-                    payload_sha256=rep.digests["sha256"],
-                    tensors=tensors,
-                    base_file=base_file,
-                    note=note,
-                )
+        entries.append(
+            FileEntry(
+                name=name,
+                method=method,
+                size=(src_dir / name).stat().st_size,
+                sha256=rep.input_digests["sha256"],
+                payload_size=(out_dir / name).stat().st_size,
+                payload_sha256=rep.digests["sha256"],
+                tensors=tensors,
+                base_file=base_file,
+                note=BIN_NOTE if method == "file-xor" and name.endswith(OTHER_WEIGHTS) else None,
             )
-        manifest = NativeManifest(
-            encoder=encoder,
-            files=tuple(entries),
-            base_tensors={n: BaseTensor(n, dtypes[n], shapes[n], base_sha[n]) for n in dtypes},
-            omitted=tuple(plan.omitted),
         )
-        with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
-            atomic.file.write(manifest.dumps())
-            atomic.commit()
-        folder.record(MANIFEST_NAME, {}, {})
     if any(e.note for e in entries):
         logger.warning("%s", BIN_NOTE)
-    return files, manifest
+    return NativeManifest(
+        encoder=encoder, files=tuple(entries), base_tensors=plan.base_tensors, omitted=tuple(plan.omitted)
+    )
 
 
 # --- decode ------------------------------------------------------------------------------------
@@ -513,7 +499,7 @@ def decode_plan(
                     source,
                     None,
                     "xor",
-                    lambda segs=segs: BaseImage(store, segs),  # type: ignore[arg-type]
+                    partial(BaseImage, store, segs),
                     f"{f.name} base tensors in {base_dir}",
                     "its base tensors were verified before the pass",
                 )
