@@ -18,7 +18,14 @@ import numpy as np
 
 from . import legacy
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
-from .native import OTHER_WEIGHTS, check_payload_files, digest_mismatch, layout_mismatch, payload_header
+from .native import (
+    OTHER_WEIGHTS,
+    check_payload_files,
+    digest_mismatch,
+    layout_mismatch,
+    open_store,
+    payload_header,
+)
 from .native_manifest import MANIFEST_NAME, NativeManifest, load_manifest
 from .tensor_store import NUMPY_DTYPES, TensorStore
 
@@ -92,7 +99,7 @@ def iter_tensors(
             raise InputError(
                 f"{payload_dir}: no tensor named {unknown[0]!r} in the payload", path=payload_dir
             )
-    store = TensorStore.open(base) if manifest.base_tensors else None
+    store = open_store(manifest, Path(base))
     yield from _tensors(manifest, payload_dir, store, framework, wanted)
 
 

@@ -131,7 +131,7 @@ class TensorReader(io.RawIOBase):
 
     def _cast_chunks(self, chunk_size: int) -> Iterator[memoryview]:
         a = self._array()
-        flat = a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
+        flat = np.ascontiguousarray(a).reshape(-1)  # no copy when already contiguous
         step = max(1, chunk_size // max(1, flat.dtype.itemsize))
         for i in range(0, flat.size, step):
             part = np.ascontiguousarray(cast(np.asarray(flat[i : i + step]), self.tensor.dtype, self.dtype))
