@@ -9,6 +9,10 @@ import pytest
 
 from xorweights.constants import STATE_FILE
 
+# The test Hub server (tests/hubserver.py) speaks the Hub's HTTP and git-LFS protocols but not Xet:
+# set before anything imports huggingface_hub, which reads it once. Subprocesses inherit it.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")

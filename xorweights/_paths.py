@@ -49,12 +49,26 @@ def inside(folder: Path, name: str, where: str) -> Path:
     return folder / name
 
 
+def _link_roots(folder: Path) -> list[Path]:
+    """Where symlinks in `folder` may point: inside it; in a Hub cache snapshot, also its repo's blobs."""
+    root = folder.resolve()
+    roots = [root]
+    for parent in [root, *root.parents]:
+        if parent.parent.name == "snapshots" and parent.parent.parent.name.startswith("models--"):
+            roots.append(parent.parent.parent / "blobs")
+            break
+    return roots
+
+
 def check_not_escaping_link(path: Path, folder: Path) -> None:
-    """Refuse `path` if it is a symlink whose target lies outside `folder`."""
+    """Refuse `path` if it is a symlink whose target lies outside `folder`.
+
+    The Hub cache keeps a snapshot's files as links to its `blobs/` folder: those are allowed.
+    """
     if path.is_symlink():
         target = Path(os.path.realpath(path))
-        root = folder.resolve()
-        if root not in target.parents:
+        roots = _link_roots(folder)
+        if not any(r in target.parents for r in roots):
             raise UnsafePathError(
-                f"{path} is a symlink to {target}, outside {root}; refusing to follow it", path=path
+                f"{path} is a symlink to {target}, outside {roots[0]}; refusing to follow it", path=path
             )

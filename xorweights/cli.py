@@ -27,10 +27,11 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 
 EXAMPLES = {
-    "decode": "xorweights decode oasst-sft-6-llama-30b-xor --base llama30b_hf --out oasst-sft-6 "
-    "--checksums oasst-sft-6-llama-30b",
+    "decode": "xorweights decode OpenAssistant/oasst-sft-6-llama-30b-xor --base llama30b_hf "
+    "--out oasst-sft-6",
     "verify": "xorweights verify oasst-sft-6 --checksums oasst-sft-6-llama-30b",
     "checksum": "xorweights checksum oasst-sft-6 --output oasst-sft-6.md5",
+    "publish": "xorweights publish my-release-xor me/my-release-xor",
 }
 
 
@@ -71,7 +72,7 @@ def cli(verbose: int) -> None:
 
 
 @cli.command("decode", epilog=f"Example: {EXAMPLES['decode']}")
-@click.argument("payload", type=click.Path(path_type=Path))
+@click.argument("payload")
 @click.option("--base", required=True, type=click.Path(path_type=Path), help="Folder of the base files.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the decoded files.")
 @click.option(
@@ -111,11 +112,22 @@ def cli(verbose: int) -> None:
     default=None,
     help="gzip decompressor [default: isal when installed, else zlib].",
 )
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Hash outputs already in place again (by default they are kept when size and time are as recorded).",
+)
+@click.option(
+    "--download-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="For a repo id: download into this folder instead of the Hugging Face cache.",
+)
 @jobs_option
 @quiet_option
 @json_option
 def decode_cmd(
-    payload: Path,
+    payload: str,
     base: Path,
     out: Path,
     checksums: str | None,
@@ -125,11 +137,18 @@ def decode_cmd(
     no_fsync: bool,
     base_mode: str,
     gzip_backend: str | None,
+    verify: bool,
+    download_dir: Path | None,
     jobs: int | None,
     quiet: bool,
     as_json: bool,
 ) -> int:
-    """Decode an XOR PAYLOAD folder against --base into --out, verifying as it goes."""
+    """Decode PAYLOAD against --base into --out, verifying as it goes.
+
+    PAYLOAD is a payload folder or a Hugging Face repo id (OWNER/NAME[@REVISION]); a repo's
+    payload files are downloaded (HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE and the Hub cache apply)
+    and checked against the sha256 the Hub reports before they are read.
+    """
     report = decode(
         payload,
         base=base,
@@ -142,6 +161,8 @@ def decode_cmd(
         drop_cache=drop_cache,
         gzip_backend=gzip_backend,
         base_mode=base_mode,  # type: ignore[arg-type]
+        verify=verify,
+        download_dir=download_dir,
         progress=not quiet,
     )
     if as_json:
@@ -152,6 +173,8 @@ def decode_cmd(
 
 
 def _print_decode(report: DecodeReport) -> None:
+    if report.source:
+        click.echo(f"payload {report.source}: files checked against the sha256 the Hub reports")
     for f in report.files:
         how = "copied" if f.action == "copy" else ("xor gzip" if f.compressed else "xor")
         how = "kept" if f.kept else how
@@ -264,6 +287,64 @@ def encode_cmd(
                     click.echo(f"note: {f.name}: {f.note}", err=True)
         if manifest:
             click.echo(f"checksums written to {manifest}")
+    return EXIT_OK
+
+
+@cli.command("publish", epilog=f"Example: {EXAMPLES['publish']}")
+@click.argument("payload", type=click.Path(path_type=Path))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--revision", default=None, help="Branch to commit to (created if missing) [default: main].")
+@click.option(
+    "--checksums",
+    default=None,
+    help="For a file-level (oasst) payload: the manifest written by `encode --manifest`.",
+)
+@click.option("--message", default=None, help="Commit message.")
+@jobs_option
+@quiet_option
+@json_option
+def publish_cmd(
+    payload: Path,
+    repo_id: str,
+    private: bool,
+    revision: str | None,
+    checksums: str | None,
+    message: str | None,
+    jobs: int | None,
+    quiet: bool,
+    as_json: bool,
+) -> int:
+    """Upload an encoded PAYLOAD folder to REPO_ID with a generated model card.
+
+    The card holds the decode command, the base and decoded checksums, the payload format and the
+    xorweights version; `xorweights decode REPO_ID` reads its checksums back. Uses HF_TOKEN and
+    HF_ENDPOINT.
+    """
+    from .publish import publish
+
+    report = publish(
+        payload,
+        repo_id,
+        private=private,
+        revision=revision,
+        checksums=checksums,
+        commit_message=message,
+        jobs=jobs,
+        progress=not quiet,
+    )
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        click.echo(
+            f"published {len(report.files)} files ({_human(report.payload_bytes)}, {report.format} "
+            f"payload) to {report.url} at {report.revision} (commit {report.commit})"
+        )
+        click.echo(
+            f"decode with: xorweights decode {report.repo_id}"
+            + (f"@{report.revision}" if report.revision != "main" else "")
+            + " --base BASE_DIR --out OUT_DIR"
+        )
     return EXIT_OK
 
 

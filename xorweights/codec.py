@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from . import legacy, native
+from . import hub, legacy, native
 from ._atomic import AtomicFile, HashingWriter
 from ._outdir import OutputFolder, file_id
 from ._paths import check_not_escaping_link
@@ -110,12 +110,15 @@ class DecodeReport(_Report):
     """The decompressor used, when any payload file was gzip (`isal` or `zlib`)."""
     format: str = "oasst"
     """`xorweights` (native, tensor-level) or `oasst` (legacy, file-level)."""
+    source: str | None = None
+    """The Hub repo and commit the payload came from (`owner/name@commit`), if any."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "operation": "decode",
             "format": self.format,
             "payload_dir": self.payload_dir,
+            "source": self.source,
             "base_dir": self.base_dir,
             "out_dir": self.out_dir,
             "release": self.release,
@@ -420,12 +423,15 @@ def _triage(
     *,
     keep: bool,
     generated_id: tuple[int, int] | None = None,
+    rehash: bool = False,
 ) -> tuple[list[legacy.PlannedFile], list[FileReport]]:
     """Split the plan into files to make and outputs already in place that can be kept.
 
-    Kept: outputs a previous run recorded (inputs unchanged, digests matching), and existing
-    files that match their published digests. Files in the way that are neither ours nor
-    proven are refused unless `force`; a symlink out of the folder is always refused.
+    Kept: outputs a previous run recorded (inputs unchanged, size and time as recorded, digests
+    matching), and existing files that match their published digests. With `rehash`, recorded
+    outputs are hashed again and remade if they no longer match. Files in the way that are
+    neither ours nor proven are refused unless `force`; a symlink out of the folder is always
+    refused.
     """
     todo: list[legacy.PlannedFile] = []
     kept: list[FileReport] = []
@@ -440,6 +446,14 @@ def _triage(
         )
         inputs = _inputs(p, generated_id)
         done = folder.kept(p.name, inputs, want) if keep else None
+        if done is not None and rehash:
+            recorded = {a: d for a, d in {**done.digests, **want}.items() if d} or {"sha256": ""}
+            got = hash_file(final, recorded)
+            if any(d and got[a] != d for a, d in recorded.items()):
+                logger.warning("%s: no longer matches its recorded digests; making it again", p.name)
+                done = None
+            elif not done.digests:
+                logger.info("%s: hashed (nothing recorded to compare with)", p.name)
         if keep and done is None and final.is_file() and not folder.is_ours(p.name) and want and not force:
             got = hash_file(final, want)
             if got == want:
@@ -513,12 +527,22 @@ def decode(
     drop_cache: bool = False,
     gzip_backend: str | None = None,
     base_mode: Literal["auto", "files", "generate"] = "auto",
+    verify: bool = False,
+    download_dir: os.PathLike[str] | str | None = None,
+    cache_dir: os.PathLike[str] | str | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    offline: bool | None = None,
     progress: bool = False,
 ) -> DecodeReport:
     """Rebuild fine-tuned files from an XOR payload and the base they were made against.
 
     Args:
-        payload: the payload folder (or a repo download holding it a few levels down).
+        payload: the payload folder (or a repo download holding it a few levels down), or a Hub
+            repo `owner/name[@revision]`: then only the payload's files are downloaded (Hub
+            cache or `download_dir`), each one decoded is checked against the sha256 the Hub
+            reports before it is read, and the checksums come from `checksums/` (by repo id)
+            or from the repo's model card.
         base: the folder with the base files, named as in the payload.
         out: where the decoded files go; created if needed.
         checksums (*optional*): a release name, repo id, manifest or `md5sum` file. Every base
@@ -537,14 +561,21 @@ def decode(
             base folder as LLaMA weights in any form (Meta's original, any HF copy) and streams
             the pinned conversion's files from it into the XOR pass; `auto` generates when the
             folder lacks files the payload needs and holds LLaMA weights.
+        verify: outputs already in place (an earlier run's, recorded in the folder's state
+            file with unchanged size and time) are kept after checking their sizes; with
+            `verify` they are hashed again too, and remade if they no longer match.
+        download_dir, cache_dir, endpoint, token, offline: Hub access for a repo id (defaults:
+            the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
         progress: show a byte progress bar on stderr.
 
     Returns:
-        `DecodeReport` with every file's size and digests.
+        `DecodeReport` with every file's size and digests; `out_dir` holds the verified files.
 
     Raises:
         `MissingFileError`: the payload, the base folder or a base file is missing (named,
             before anything is written).
+        `HubError`: the repo cannot be fetched (unknown, no access, offline without a cache).
+        `PayloadMismatchError`: a downloaded payload file differs from the Hub's sha256.
         `BaseMismatchError`: a base file is not the one the release was made against.
         `ChecksumMismatchError`: an output differs from its published digest.
         `OutputExistsError`: `out` already holds an output file and `force` is false.
@@ -553,7 +584,18 @@ def decode(
     if format not in ("auto", "xorweights", "oasst"):
         raise InputError(f"unknown payload format {format!r}; expected auto, xorweights or oasst")
     started = time.perf_counter()
-    payload_dir = legacy.find_payload_dir(payload)
+    fetched = None
+    if hub.is_repo_spec(payload):
+        fetched = hub.fetch(
+            str(payload), download_dir=download_dir, cache_dir=cache_dir, endpoint=endpoint, token=token,
+            offline=offline, progress=progress,
+        )  # fmt: skip
+        payload_dir = fetched.payload_dir
+        hub.check_lfs_files(fetched, [MANIFEST_NAME], jobs=1, progress=False)  # read before anything
+        if checksums is None:
+            checksums = hub.release_checksums(fetched)
+    else:
+        payload_dir = legacy.find_payload_dir(payload)
     base_dir, out_dir = Path(base), Path(out)
     manifest = (
         checksums
@@ -561,10 +603,12 @@ def decode(
         else load_checksums(checksums)
     )
     if is_native(payload_dir) and format != "oasst":
-        return _decode_native(
+        report = _decode_native(
             payload_dir, base_dir, out_dir, manifest, started,
             jobs=jobs, force=force, fsync=fsync, drop_cache=drop_cache, progress=progress,
+            fetched=fetched, verify=verify,
         )  # fmt: skip
+        return replace(report, source=fetched.source if fetched else None)
     if format == "xorweights":
         raise InputError(
             f"{payload_dir} has no {MANIFEST_NAME}: not a native payload (try --format auto)",
@@ -572,7 +616,9 @@ def decode(
         )
     raw = manifest.raw_files if manifest else ()
     generated = _generated_base(payload_dir, base_dir, raw, base_mode)
-    planned = legacy.plan(payload_dir, base_dir, raw_patterns=raw, generated=generated)
+    planned = legacy.plan(
+        payload_dir, base_dir, raw_patterns=raw, generated=generated, only=fetched.files if fetched else None
+    )
     generated_id = generated.identity() if generated is not None else None
     _check_out_dir(out_dir, {"payload": payload_dir, "base": base_dir})
 
@@ -607,7 +653,13 @@ def decode(
                     )
     backend = legacy.gzip_backend(gzip_backend)
     with OutputFolder(out_dir) as folder:
-        todo, kept = _triage(planned, folder, decoded, force, keep=True, generated_id=generated_id)
+        todo, kept = _triage(
+            planned, folder, decoded, force, keep=True, generated_id=generated_id, rehash=verify
+        )
+        if fetched is not None:
+            hub.check_lfs_files(
+                fetched, [p.name for p in todo], jobs=jobs or default_jobs(), progress=progress
+            )
         job_list = []
         for p in todo:
             eb = hf_base.get(p.name) if p.action == "xor" else None
@@ -645,6 +697,7 @@ def decode(
         release=manifest.release if manifest else None,
         unverified=unverified,
         gzip_backend=backend if any(f.compressed for f in files) else None,
+        source=fetched.source if fetched else None,
     )
 
 
@@ -660,6 +713,8 @@ def _decode_native(
     fsync: bool,
     drop_cache: bool,
     progress: bool,
+    fetched: hub.HubPayload | None = None,
+    verify: bool = False,
 ) -> DecodeReport:
     """Decode a native payload: prove the base tensors, then rebuild every file in one pass each."""
     manifest = load_manifest(payload_dir / MANIFEST_NAME)
@@ -673,8 +728,12 @@ def _decode_native(
     identity = store.identity() if store is not None else None
     where = str(payload_dir / MANIFEST_NAME)
     with OutputFolder(out_dir) as folder:
-        todo, kept = _triage(planned, folder, expected, force, keep=True, generated_id=identity)
+        todo, kept = _triage(
+            planned, folder, expected, force, keep=True, generated_id=identity, rehash=verify
+        )
         names = {p.name for p in todo}
+        if fetched is not None:
+            hub.check_lfs_files(fetched, sorted(names), jobs=jobs or default_jobs(), progress=progress)
         needed = {t.base for f in manifest.files if f.name in names for t in f.tensors if t.base}
         native.check_base(
             manifest, store, base_dir, jobs=jobs or default_jobs(), progress=progress, names=needed,

@@ -92,6 +92,10 @@ class InputChangedError(IOFailure):
         self.strerror = "changed while being read"
 
 
+class HubError(XorWeightsError, OSError):
+    """The Hub (or its cache, offline) cannot provide a repo: not found, no access, unreachable."""
+
+
 # Verification failures: exit code 1 in the CLI.
 
 
@@ -118,3 +122,7 @@ class ChecksumMismatchError(XorWeightsError, ValueError):
 
 class BaseMismatchError(ChecksumMismatchError):
     """A base file is not the byte-exact file the release was made against."""
+
+
+class PayloadMismatchError(ChecksumMismatchError):
+    """A downloaded payload file differs from the digest the Hub reports for it."""

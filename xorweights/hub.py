@@ -7,9 +7,26 @@ letters, digits, `.`, `_` and `-`, starting and ending with a letter or digit, w
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import logging
+import os
 import re
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from .errors import InputError
+from . import model_card
+from ._paths import check_name, check_not_escaping_link
+from ._progress import byte_bar
+from .checksums import ChecksumManifest, FileDigest, hash_file, known_releases
+from .constants import ENV_DISABLE_PROGRESS_BARS, env_flag
+from .errors import HubError, InputError, PayloadMismatchError
+from .legacy import find_payload_dir, find_payload_in_listing
+
+logger = logging.getLogger(__name__)
 
 _PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 _REVISION = re.compile(r"[A-Za-z0-9._/-]{1,255}")
@@ -59,3 +76,378 @@ def parse_repo_spec(spec: str) -> tuple[str, str | None]:
         validate_revision(revision)
         return repo_id, revision
     return repo_id, None
+
+
+# --- fetching a payload ----------------------------------------------------------------------
+
+#: The model card at the top of a repo; fetched with the payload (it may hold the checksums).
+CARD_NAME = "README.md"
+
+
+def is_repo_spec(payload: object) -> bool:
+    """Whether `payload` names a Hub repo (`owner/name[@revision]`) rather than a local folder.
+
+    A `Path`, or a string naming an existing path, is local; so is anything not shaped like
+    `owner/name`.
+    """
+    if not isinstance(payload, str) or Path(payload).exists():
+        return False
+    parts = payload.partition("@")[0].split("/")
+    return len(parts) == 2 and all(_PART.fullmatch(p) for p in parts)
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file of a repo as the Hub lists it: git blob id, size and, for LFS files, sha256."""
+
+    path: str
+    size: int
+    blob_id: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class HubPayload:
+    """A payload fetched from the Hub (or found complete in its cache)."""
+
+    repo_id: str
+    revision: str
+    """The revision asked for (`main` by default)."""
+    commit: str | None
+    """The commit the files come from (None: a download folder without records)."""
+    root: Path
+    """The snapshot folder (Hub cache) or the download folder."""
+    payload_dir: Path
+    files: Mapping[str, HubFile]
+    """The payload's files by name relative to `payload_dir`."""
+    card: Path | None
+    """The repo's README.md, when it has one."""
+    from_cache: bool
+    """True when the Hub was not asked (offline, or unreachable)."""
+
+    @property
+    def source(self) -> str:
+        return f"{self.repo_id}@{self.commit or self.revision}"
+
+    def lfs_digests(self) -> dict[str, FileDigest]:
+        """sha256 and size the Hub reports for each LFS payload file, for checking before use."""
+        return {n: FileDigest(sha256=f.sha256, size=f.size) for n, f in self.files.items() if f.sha256}
+
+
+def _hf() -> Any:
+    import huggingface_hub
+
+    return huggingface_hub
+
+
+def _offline_default() -> bool:
+    from huggingface_hub import constants
+
+    check = getattr(_hf(), "is_offline_mode", None)
+    return bool(check()) if callable(check) else bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_error(e: Exception, repo_id: str, revision: str, endpoint: str) -> HubError | None:
+    """Our error for a Hub answer that no cache can make up for (None: try the cache)."""
+    from huggingface_hub import utils as hf
+
+    if isinstance(e, hf.RevisionNotFoundError):
+        return HubError(f"{repo_id} on {endpoint} has no revision {revision!r}", path=repo_id)
+    if isinstance(e, hf.GatedRepoError):
+        return HubError(
+            f"{repo_id} on {endpoint} is gated: accept its terms on the Hub, then set HF_TOKEN", path=repo_id
+        )
+    if isinstance(e, hf.RepositoryNotFoundError):
+        return HubError(
+            f"no local folder {repo_id!r} and no Hub repo {repo_id} on {endpoint} "
+            "(a private repo needs HF_TOKEN or `hf auth login`)",
+            path=repo_id,
+        )
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, hf.HfHubHTTPError) and status in (401, 403):
+        return HubError(f"{endpoint} refused {repo_id} (HTTP {status}); check HF_TOKEN", path=repo_id)
+    return None
+
+
+def _list(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile]]:
+    """The commit a revision points to and every file at it, with the Hub's digests."""
+    from huggingface_hub.hf_api import RepoFile
+
+    commit = api.repo_info(repo_id, revision=revision).sha
+    files = {}
+    for f in api.list_repo_tree(repo_id, revision=commit, recursive=True):
+        if isinstance(f, RepoFile):
+            check_name(f.path, f"{repo_id} listing")
+            files[f.path] = HubFile(f.path, f.size, f.blob_id, f.lfs.sha256 if f.lfs else None)
+    return commit, files
+
+
+def _payload_paths(listing: Iterable[str], where: str) -> tuple[str, list[str]]:
+    """The payload folder in a listing and the repo paths to download: its files, and the card.
+
+    At the top of a repo, the card and scripts (`*.py`, such as the legacy `xor_codec.py`) are
+    not payload files.
+    """
+    listing = list(listing)
+    sub = find_payload_in_listing(listing, where)
+    prefix = f"{sub}/" if sub else ""
+    names = [
+        p for p in listing
+        if p.startswith(prefix) and "/" not in p[len(prefix):] and not p[len(prefix):].startswith(".")
+        and (sub or not (p == CARD_NAME or p.endswith(".py")))
+    ]  # fmt: skip
+    if not names:
+        raise InputError(f"{where}: no payload files in {sub or 'the top folder'}", path=where)
+    return sub, sorted(names) + ([CARD_NAME] if CARD_NAME in listing else [])
+
+
+def _snapshot(hf: Any, repo_id: str, revision: str, patterns: list[str] | None, **kw: Any) -> Path:
+    return Path(hf.snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **kw))
+
+
+def _recorded_commit(root: Path, local: bool, some_file: str) -> str | None:
+    """The commit a snapshot holds: the folder's name in the cache; the download record in a folder."""
+    if not local:
+        return root.name
+    meta = root / ".cache" / "huggingface" / "download" / f"{some_file}.metadata"
+    try:
+        return meta.read_text().splitlines()[0].strip() or None
+    except (OSError, IndexError):
+        return None
+
+
+def _recorded_etag(root: Path, local: bool, path: str) -> str | None:
+    """The ETag huggingface_hub recorded when it downloaded `path` (sha256 for LFS, else git oid)."""
+    if local:
+        meta = root / ".cache" / "huggingface" / "download" / f"{path}.metadata"
+        try:
+            return meta.read_text().splitlines()[1].strip() or None
+        except (OSError, IndexError):
+            return None
+    target = root / path
+    return Path(os.readlink(target)).name if target.is_symlink() else None
+
+
+def fetch(
+    spec: str,
+    *,
+    download_dir: os.PathLike[str] | str | None = None,
+    cache_dir: os.PathLike[str] | str | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    offline: bool | None = None,
+    progress: bool = False,
+) -> HubPayload:
+    """Download the payload files of a Hub repo (only those), and check the small ones.
+
+    The payload folder is found in the repo listing as on disk (up to three levels down), and
+    only its files and the model card are fetched with `snapshot_download`, into the Hub cache
+    or `download_dir`. Sizes of all files and git blob ids of the non-LFS ones are checked here;
+    LFS files keep their sha256 in `lfs_digests()` for the caller to check before use (a decode
+    checks only the files it is about to read).
+
+    Args:
+        spec: `owner/name` or `owner/name@revision`.
+        download_dir: a plain folder for the files instead of the Hub cache.
+        cache_dir: the Hub cache (default: huggingface_hub's, from `HF_HOME`/`HF_HUB_CACHE`).
+        endpoint: the Hub (default: `HF_ENDPOINT`, else huggingface.co).
+        token: the access token (default: `HF_TOKEN` or the saved login); False sends none.
+        offline: use only what is cached (default: `HF_HUB_OFFLINE`).
+        progress: show huggingface_hub's download bars.
+
+    Raises:
+        `HubError`: unknown repo or revision, no access, or the Hub unreachable (or offline)
+            with no complete copy cached.
+        `PayloadMismatchError`: a small file differs from its git blob id, or a size differs.
+    """
+    repo_id, revision = parse_repo_spec(spec)
+    revision = revision or "main"
+    hf = _hf()
+    api = hf.HfApi(endpoint=endpoint, token=token)
+    where = f"{repo_id}@{revision}"
+    offline = _offline_default() if offline is None else offline
+    kw: dict[str, Any] = {"endpoint": endpoint, "token": token}
+    if download_dir is not None:
+        kw["local_dir"] = str(download_dir)
+    if cache_dir is not None:
+        kw["cache_dir"] = str(cache_dir)
+    if not progress or env_flag(ENV_DISABLE_PROGRESS_BARS):
+        kw["tqdm_class"] = _SilentTqdm
+    local = download_dir is not None
+
+    unreachable: Exception | None = None
+    if not offline:
+        try:
+            commit, listing = _list(api, repo_id, revision)
+        except Exception as e:  # huggingface_hub's errors, or its HTTP client's connection errors
+            err = _hub_error(e, repo_id, revision, api.endpoint)
+            if err is not None:
+                raise err from e
+            logger.warning("cannot reach %s (%s); looking in the local cache", api.endpoint, _short(e))
+            unreachable = e
+        else:
+            sub, paths = _payload_paths(listing, where)
+            logger.info("%s: downloading %d files of %s (commit %s)", repo_id, len(paths), sub or "/", commit)
+            root = _snapshot(hf, repo_id, revision, [glob.escape(p) for p in paths], **kw)
+            got = _recorded_commit(root, local, paths[0])
+            if got is not None and got != commit:  # the branch moved between listing and download
+                commit, listing = _list(api, repo_id, got)
+                sub, paths = _payload_paths(listing, where)
+            files = {p: listing[p] for p in paths}
+            return _checked(repo_id, revision, commit, root, sub, files, from_cache=False)
+    return _from_cache(hf, repo_id, revision, kw, local, unreachable)
+
+
+def _from_cache(
+    hf: Any, repo_id: str, revision: str, kw: dict[str, Any], local: bool, unreachable: Exception | None
+) -> HubPayload:
+    """The payload as cached by an earlier download; offline, or with the Hub unreachable."""
+    where = f"{repo_id}@{revision}"
+    why = f"the Hub is unreachable ({_short(unreachable)})" if unreachable else "offline (HF_HUB_OFFLINE)"
+    kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")}
+    try:
+        root = _snapshot(hf, repo_id, revision, [], local_files_only=True, **kw)
+        if local and not (root / ".cache" / "huggingface" / "download").is_dir():
+            raise FileNotFoundError(root)
+        sub = find_payload_dir(root).relative_to(root).as_posix()
+        sub = "" if sub == "." else sub
+        cached = [p.relative_to(root).as_posix() for p in (root / sub).iterdir() if p.is_file()]
+        _, paths = _payload_paths([*cached, *([CARD_NAME] if (root / CARD_NAME).is_file() else [])], where)
+        # Lets huggingface_hub say whether the snapshot is complete (it knows when it kept the listing).
+        root = _snapshot(hf, repo_id, revision, [glob.escape(p) for p in paths], local_files_only=True, **kw)
+    except Exception as e:  # LocalEntryNotFoundError, IncompleteSnapshotError, missing folders
+        raise HubError(
+            f"{why}, and {where} is not fully in the "
+            + (f"download folder {kw['local_dir']}" if local else "Hub cache")
+            + f" ({_short(e)}); run once online to download it",
+            path=repo_id,
+        ) from e
+    files: dict[str, HubFile] = {}
+    for p in paths:
+        etag = _recorded_etag(root, local, p)
+        size = (root / p).stat().st_size
+        lfs = etag is not None and len(etag) == 64
+        files[p] = HubFile(p, size, None if lfs else etag, etag if lfs else None)
+    commit = _recorded_commit(root, local, paths[0]) if paths else None
+    logger.info("%s: using the cached copy at %s (%s)", repo_id, root, why)
+    return _checked(repo_id, revision, commit, root, sub, files, from_cache=True)
+
+
+def _checked(
+    repo_id: str, revision: str, commit: str | None, root: Path, sub: str, files: dict[str, HubFile], *,
+    from_cache: bool,
+) -> HubPayload:  # fmt: skip
+    """Check every file's size and each non-LFS file's git blob id; key files by payload name."""
+    prefix = f"{sub}/" if sub else ""
+    for path, f in files.items():
+        check_name(path, f"{repo_id} listing")
+        local = root / path
+        check_not_escaping_link(local, root)
+        size = local.stat().st_size
+        if not from_cache and size != f.size:
+            raise PayloadMismatchError(
+                f"{local}: {size} bytes, but {repo_id}@{commit} lists {f.size} for {path}",
+                path=local, expected=str(f.size), actual=str(size), algorithm="size", stage="payload",
+            )  # fmt: skip
+        if f.sha256 is None and f.blob_id is not None:
+            actual = git_blob_id(local)
+            if actual != f.blob_id:
+                raise PayloadMismatchError(
+                    f"{local}: git blob id {actual}, but {repo_id}@{commit} lists {f.blob_id} for {path}",
+                    path=local, expected=f.blob_id, actual=actual, algorithm="git-sha1", stage="payload",
+                )  # fmt: skip
+    named = {p[len(prefix) :]: f for p, f in files.items() if p != CARD_NAME or sub}
+    card = root / CARD_NAME if CARD_NAME in files else None
+    return HubPayload(
+        repo_id=repo_id,
+        revision=revision,
+        commit=commit,
+        root=root,
+        payload_dir=root / sub if sub else root,
+        files=named,
+        card=card,
+        from_cache=from_cache,
+    )
+
+
+def git_blob_id(path: Path) -> str:
+    """The git blob id of a file: sha1 of `blob <size>\\0` and its bytes."""
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_lfs_files(payload: HubPayload, names: Iterable[str], *, jobs: int, progress: bool) -> None:
+    """Hash the named LFS payload files and compare with the sha256 the Hub reports, in parallel.
+
+    Raises:
+        `PayloadMismatchError`: naming the file, the repo commit, and both digests.
+    """
+    todo = [n for n in names if n in payload.files and payload.files[n].sha256]
+    total = sum(payload.files[n].size for n in todo)
+    with byte_bar(total, "check payload", enabled=progress) as bar:
+
+        def work(name: str) -> tuple[str, str]:
+            return name, hash_file(payload.payload_dir / name, ("sha256",), on_progress=bar.update)["sha256"]
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for name, actual in pool.map(work, todo):
+                want = payload.files[name].sha256
+                if actual != want:
+                    path = payload.payload_dir / name
+                    raise PayloadMismatchError(
+                        f"{path}: sha256 {actual}, but {payload.source} reports {want} for it; nothing was "
+                        f"decoded. Delete {os.path.realpath(path)} and run again to download it afresh",
+                        path=path, expected=want, actual=actual, algorithm="sha256", stage="payload",
+                    )  # fmt: skip
+    logger.info("%d payload files match the sha256 the Hub reports", len(todo))
+
+
+def _short(e: BaseException | None) -> str:
+    return " ".join(str(e).split())[:200] if e is not None else ""
+
+
+class _SilentTqdm:
+    """A tqdm stand-in for huggingface_hub's bars when progress is off."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.n = 0
+        self.total = kwargs.get("total")
+
+    def update(self, n: float | None = 1) -> None:
+        self.n += n or 0
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
+
+    def __enter__(self) -> _SilentTqdm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+
+def release_checksums(payload: HubPayload) -> ChecksumManifest | None:
+    """The checksums of a fetched release: the bundled manifest for its repo id, else its card's.
+
+    None when neither exists (a native payload still carries its own in `xorweights.json`).
+
+    Raises:
+        `FormatError`: the card has a malformed checksum block.
+    """
+    for m in known_releases():
+        if m.repo_id and m.repo_id.lower() == payload.repo_id.lower():
+            logger.info("%s: checksums from the bundled manifest %s", payload.repo_id, m.release)
+            return m
+    if payload.card is not None:
+        text = payload.card.read_text(encoding="utf-8", errors="replace")
+        found = model_card.parse(text, str(payload.card))
+        if found is not None:
+            logger.info("%s: checksums from its model card", payload.repo_id)
+            return found
+    return None

@@ -13,7 +13,7 @@ import gzip
 import logging
 import os
 import zlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -80,6 +80,20 @@ def _has_markers(folder: Path) -> bool:
     return any(fnmatch.fnmatch(n, pat) for n in _files(folder) for pat in _MARKERS)
 
 
+def _within(root: Path, depth: int) -> list[Path]:
+    """Files up to `depth` folders below `root`, hidden folders skipped."""
+    found, level = [], [root]
+    for _ in range(depth + 1):
+        nxt = []
+        for d in level:
+            for e in sorted(os.scandir(d), key=lambda e: e.name):
+                if e.name.startswith("."):
+                    continue
+                (nxt if e.is_dir() else found).append(Path(e.path))
+        level = nxt
+    return found
+
+
 def find_payload_dir(path: os.PathLike[str] | str) -> Path:
     """The folder holding the payload files: `path` itself, or the one folder below it that does.
 
@@ -96,6 +110,9 @@ def find_payload_dir(path: os.PathLike[str] | str) -> Path:
         raise MissingFileError(f"payload folder not found: {root}", path=root)
     if not root.is_dir():
         raise InputError(f"payload must be a folder, got a file: {root}", path=root)
+    native = [p.parent for p in _within(root, _MAX_DEPTH) if p.name == "xorweights.json"]
+    if len(native) == 1:  # a native payload is unambiguous, wherever it sits
+        return native[0]
     if _has_markers(root):
         return root
     level = [root]
@@ -124,15 +141,59 @@ def find_payload_dir(path: os.PathLike[str] | str) -> Path:
     )
 
 
+def find_payload_in_listing(paths: Iterable[str], where: str) -> str:
+    """The folder holding the payload among a repo's file paths (`""`: the top), as `find_payload_dir`.
+
+    Raises:
+        `InputError`: no folder, or more than one at the same depth, holds payload files.
+    """
+    by_dir: dict[str, list[str]] = {}
+    for path in paths:
+        folder, _, name = path.rpartition("/")
+        if not any(part.startswith(".") for part in path.split("/")) and not name.startswith(TEMP_PREFIX):
+            by_dir.setdefault(folder, []).append(name)
+
+    def marked(folder: str) -> bool:
+        return any(fnmatch.fnmatch(n, pat) for n in by_dir.get(folder, ()) for pat in _MARKERS)
+
+    native = sorted(
+        d for d, names in by_dir.items() if "xorweights.json" in names and d.count("/") < _MAX_DEPTH
+    )
+    if len(native) == 1:  # a native payload is unambiguous, wherever it sits
+        return native[0]
+    if marked(""):
+        return ""
+    for depth in range(_MAX_DEPTH):
+        found = sorted(d for d in by_dir if d and d.count("/") == depth and marked(d))
+        if len(found) > 1:
+            raise InputError(f"{where} holds several payload folders ({', '.join(found)})", path=where)
+        if found:
+            logger.info("payload files found in %s/%s", where, found[0])
+            return found[0]
+    if by_dir.get(""):
+        return ""
+    raise InputError(
+        f"no payload files in {where} or {_MAX_DEPTH} levels below it (looked for {', '.join(_MARKERS)})",
+        path=where,
+    )
+
+
 def is_raw(name: str, raw_patterns: Iterable[str] = ()) -> bool:
     """Whether `name` is stored raw (copied, not XOR-ed)."""
     return name in LEGACY_RAW_FILES or any(fnmatch.fnmatch(name, p) for p in raw_patterns)
 
 
 def plan(
-    source_dir: Path, base_dir: Path, *, raw_patterns: Iterable[str] = (), generated: Any = None
+    source_dir: Path,
+    base_dir: Path,
+    *,
+    raw_patterns: Iterable[str] = (),
+    generated: Any = None,
+    only: Collection[str] | None = None,
 ) -> list[PlannedFile]:
     """Plan every output of a decode (or encode): XOR with the same-named base file, or copy.
+
+    `only` limits the plan to those names (a Hub download lists its payload files).
 
     Raises:
         `MissingFileError`: base files are missing; the message names all of them.
@@ -143,7 +204,7 @@ def plan(
     if not base_dir.is_dir():
         raise InputError(f"base must be a folder, got a file: {base_dir}", path=base_dir)
     raw_patterns = tuple(raw_patterns)
-    names = _files(source_dir)
+    names = [n for n in _files(source_dir) if only is None or n in only]
     if not names:
         raise InputError(f"no files to process in {source_dir}", path=source_dir)
     skipped = [e.name for e in os.scandir(source_dir) if e.is_dir() and not e.name.startswith(".")]

@@ -1,0 +1,381 @@
+"""Decode from a Hub repo id and publish releases, with the real huggingface_hub client over real HTTP.
+
+Every test talks to `tests/hubserver.py` on 127.0.0.1: repo info, listings, resolve with ETag and
+ranges, and the upload endpoints. Nothing of huggingface_hub or of xorweights is mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+import xorweights
+from tests.conftest import random_bytes, tree, write_files
+from tests.hubserver import HubServer
+from tests.test_native import base_tensors, finetune, save_bin_shards
+from xorweights import model_card
+from xorweights.errors import HubError, PayloadMismatchError, UnsafePathError
+from xorweights.publish import publish
+
+TOKEN = "hf_test_token_0123456789"
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    from huggingface_hub import constants
+
+    # The test server speaks the Hub's HTTP and git-LFS protocols, not Xet (see conftest).
+    assert constants.HF_HUB_DISABLE_XET
+    with HubServer(tmp_path / "hub-server", token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def native_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small LLaMA-shaped fine-tune in safetensors, its base as .bin shards, and the native payload."""
+    root = tmp_path_factory.mktemp("hub-native")
+    base_sd = base_tensors()
+    ft_sd = finetune(base_sd)
+    names = list(base_sd)
+    save_bin_shards(base_sd, root / "base", [names[:3], names[3:]])
+    (root / "base" / "tokenizer.model").write_bytes(random_bytes(3000, 7))
+    ft = root / "finetuned"
+    ft.mkdir()
+    save_file({n: t.contiguous() for n, t in ft_sd.items()}, str(ft / "model.safetensors"))
+    (ft / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 104}))
+    tok = bytearray((root / "base" / "tokenizer.model").read_bytes())
+    tok[:4] = b"tune"
+    (ft / "tokenizer.model").write_bytes(bytes(tok))
+    xorweights.encode(ft, base=root / "base", out=root / "payload")
+    return {"base": root / "base", "ft": ft, "payload": root / "payload"}
+
+
+@pytest.fixture(scope="module")
+def legacy_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A file-level (oasst) release whose first shard is 24 MB: big enough to cut a download midway."""
+    root = tmp_path_factory.mktemp("hub-legacy")
+    base = write_files(
+        root / "base",
+        {
+            "pytorch_model-00001-of-00002.bin": random_bytes(24_000_000, 11),
+            "pytorch_model-00002-of-00002.bin": random_bytes(300_000, 12),
+            "config.json": b'{"vocab_size": 32000}\n',
+        },
+    )
+    ft = write_files(
+        root / "finetuned",
+        {
+            "pytorch_model-00001-of-00002.bin": random_bytes(24_000_208, 13),
+            "pytorch_model-00002-of-00002.bin": random_bytes(299_990, 14),
+            "config.json": b'{"vocab_size": 32016}\n',
+            "added_tokens.json": b'{"<|prompter|>": 32000}\n',
+        },
+    )
+    report = xorweights.encode(ft, base=base, out=root / "payload", format="oasst", with_checksums=True)
+    assert report.manifest is not None
+    manifest = root / "release.json"
+    manifest.write_text(json.dumps(report.manifest.to_json()))
+    return {"base": base, "ft": ft, "payload": root / "payload", "manifest": manifest}
+
+
+def nested_repo(folder: Path, payload: Path, name: str, *, decoy: bool = False) -> Path:
+    """A repo laid out like oasst-sft-6: the payload two levels down, a card and a script on top.
+
+    `decoy` adds a model file in another folder, nearer the top (a native payload still wins).
+    """
+    shutil.copytree(payload, folder / name / name)
+    (folder / "README.md").write_text("# a release\n\nNo checksums here.\n")
+    (folder / "xor_codec.py").write_text("print('legacy script')\n")
+    if decoy:
+        (folder / "other").mkdir()
+        (folder / "other" / "unrelated.bin").write_bytes(random_bytes(50_000, 99))
+    return folder
+
+
+def hub_kw(hub: HubServer, tmp_path: Path, **kw: object) -> dict[str, object]:
+    return {"endpoint": hub.url, "cache_dir": tmp_path / "hf-cache", "token": TOKEN, **kw}
+
+
+def downloads(hub: HubServer) -> list[str]:
+    """Repo paths fetched with GET (not HEAD) since the server started."""
+    return [
+        p.split("/resolve/", 1)[1].split("/", 1)[1]
+        for m, p, _ in hub.state.requests
+        if m == "GET" and "/resolve/" in p
+    ]
+
+
+# --- decode from a repo id ------------------------------------------------------------------
+
+
+def test_decode_repo_id_downloads_only_the_payload_and_is_byte_exact(native_release, hub, tmp_path) -> None:
+    repo = nested_repo(tmp_path / "repo", native_release["payload"], "ft-xor", decoy=True)
+    hub.state.add_folder("org/ft-xor", repo)
+    out = tmp_path / "out"
+    report = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, **hub_kw(hub, tmp_path))
+    assert tree(out) == tree(native_release["ft"])
+    assert report.format == "xorweights" and report.source and report.source.startswith("org/ft-xor@")
+    assert all(f.verified for f in report.files)
+    fetched = sorted(downloads(hub))
+    assert fetched == sorted(["README.md", *(f"ft-xor/ft-xor/{n}" for n in tree(native_release["payload"]))])
+    assert "xor_codec.py" not in fetched and "other/unrelated.bin" not in fetched
+
+
+def test_second_call_returns_at_once_and_verify_rehashes(native_release, hub, tmp_path) -> None:
+    hub.state.add_folder("org/ft-xor", nested_repo(tmp_path / "repo", native_release["payload"], "ft-xor"))
+    out, kw = tmp_path / "out", hub_kw(hub, tmp_path)
+    xorweights.decode("org/ft-xor", base=native_release["base"], out=out, **kw)
+    gets = len(downloads(hub))
+
+    again = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, **kw)
+    assert all(f.kept for f in again.files) and len(downloads(hub)) == gets  # nothing fetched again
+
+    # Same size and time, other bytes: kept on sizes alone, remade when asked to verify.
+    target = out / "model.safetensors"
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    quick = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, **kw)
+    assert all(f.kept for f in quick.files) and target.read_bytes() == bytes(data)
+    checked = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, verify=True, **kw)
+    remade = {f.name for f in checked.files if not f.kept}
+    assert remade == {"model.safetensors"}
+    assert tree(out) == tree(native_release["ft"])
+
+
+def test_download_cut_midway_resumes_with_a_range_request(legacy_release, hub, tmp_path) -> None:
+    publish(legacy_release["payload"], "org/legacy-xor", checksums=legacy_release["manifest"], **_pub(hub))
+    shard = "payload/pytorch_model-00001-of-00002.bin"
+    hub.state.cut_after[shard] = 15_000_000  # the connection drops after 15 MB of 24 MB
+    out = tmp_path / "out"
+    report = xorweights.decode(
+        "org/legacy-xor", base=legacy_release["base"], out=out, **hub_kw(hub, tmp_path)
+    )
+    assert tree(out) == tree(legacy_release["ft"])
+    ranges = [h.get("Range") for h in hub.requests_for("GET", shard)]
+    assert len(ranges) == 2 and ranges[0] is None
+    resumed_at = int(ranges[1].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= 15_000_000  # resumed where the kept bytes end, not from the start
+    assert report.release == "legacy-xor" and all(f.verified for f in report.files)  # checksums from the card
+
+
+def test_payload_not_matching_the_hubs_sha256_is_refused_before_decoding(
+    legacy_release, hub, tmp_path
+) -> None:
+    publish(legacy_release["payload"], "org/legacy-xor", checksums=legacy_release["manifest"], **_pub(hub))
+    hub.state.tamper("org/legacy-xor", "payload/pytorch_model-00002-of-00002.bin")
+    out = tmp_path / "out"
+    with pytest.raises(PayloadMismatchError) as e:
+        xorweights.decode("org/legacy-xor", base=legacy_release["base"], out=out, **hub_kw(hub, tmp_path))
+    good = hashlib.sha256((legacy_release["payload"] / "pytorch_model-00002-of-00002.bin").read_bytes())
+    assert "pytorch_model-00002-of-00002.bin" in str(e.value) and e.value.expected == good.hexdigest()
+    assert "org/legacy-xor@" in str(e.value) and "Delete" in str(e.value)
+    assert tree(out) == {}  # no output at all, not even the files that were fine
+
+
+def test_release_checksums_are_chosen_by_repo_id(hub, tmp_path) -> None:
+    """A repo named like a bundled release is checked against that release's manifest, unasked."""
+    payload = write_files(
+        tmp_path / "p",
+        {"pytorch_model-00001-of-00007.bin": random_bytes(1000, 1), "config.json": random_bytes(50, 2)},
+    )
+    repo = nested_repo(tmp_path / "repo", payload, "oasst-sft-6-llama-30b-xor")
+    hub.state.add_folder("OpenAssistant/oasst-sft-6-llama-30b-xor", repo)
+    base = write_files(
+        tmp_path / "base", {"pytorch_model-00001-of-00007.bin": random_bytes(1000, 3), "config.json": b"{}"}
+    )
+    with pytest.raises(xorweights.BaseMismatchError) as e:
+        xorweights.decode(
+            "OpenAssistant/oasst-sft-6-llama-30b-xor",
+            base=base,
+            out=tmp_path / "out",
+            **hub_kw(hub, tmp_path),
+        )
+    published = xorweights.load_checksums("oasst-sft-6-llama-30b").stage("hf_base")
+    assert e.value.stage == "hf_base" and e.value.expected in {d.md5 for d in published.values()}
+    assert "oasst-sft-6-llama-30b" in str(e.value) and tree(tmp_path / "out") == {}
+
+
+def test_unknown_repo_and_revision_are_named(hub, tmp_path) -> None:
+    with pytest.raises(HubError, match="no local folder 'org/missing' and no Hub repo org/missing"):
+        xorweights.decode("org/missing", base=tmp_path, out=tmp_path / "o", **hub_kw(hub, tmp_path))
+    hub.state.add_folder("org/r", write_files(tmp_path / "r", {"a.bin": b"x" * 10}))
+    with pytest.raises(HubError, match="has no revision 'v9'"):
+        xorweights.decode("org/r@v9", base=tmp_path, out=tmp_path / "o", **hub_kw(hub, tmp_path))
+
+
+def test_offline_uses_a_complete_cache_or_says_what_is_missing(native_release, hub, tmp_path) -> None:
+    hub.state.add_folder("org/ft-xor", nested_repo(tmp_path / "repo", native_release["payload"], "ft-xor"))
+    kw = hub_kw(hub, tmp_path)
+    xorweights.decode("org/ft-xor", base=native_release["base"], out=tmp_path / "a", **kw)
+    n = len(hub.state.requests)
+    report = xorweights.decode(
+        "org/ft-xor", base=native_release["base"], out=tmp_path / "b", offline=True, **kw
+    )
+    assert len(hub.state.requests) == n  # not one request
+    assert tree(tmp_path / "b") == tree(native_release["ft"]) and all(f.verified for f in report.files)
+    with pytest.raises(HubError, match=r"offline \(HF_HUB_OFFLINE\), and org/ft-xor@main is not fully in"):
+        xorweights.decode(
+            "org/ft-xor", base=native_release["base"], out=tmp_path / "c", offline=True,
+            **{**kw, "cache_dir": tmp_path / "empty-cache"},
+        )  # fmt: skip
+
+
+def test_download_dir_instead_of_the_cache(native_release, hub, tmp_path) -> None:
+    hub.state.add_folder("org/ft-xor", nested_repo(tmp_path / "repo", native_release["payload"], "ft-xor"))
+    kw = hub_kw(hub, tmp_path, download_dir=tmp_path / "dl")
+    xorweights.decode("org/ft-xor", base=native_release["base"], out=tmp_path / "a", **kw)
+    assert tree(tmp_path / "dl" / "ft-xor" / "ft-xor") == tree(native_release["payload"])
+    assert not list((tmp_path / "hf-cache").rglob("blobs/*"))  # huggingface_hub only notes the ref there
+    offline = xorweights.decode(
+        "org/ft-xor", base=native_release["base"], out=tmp_path / "b", offline=True, **kw
+    )
+    assert tree(tmp_path / "b") == tree(native_release["ft"]) and offline.source
+
+
+# --- publish ---------------------------------------------------------------------------------
+
+
+def _pub(hub: HubServer, **kw: object) -> dict[str, object]:
+    return {"endpoint": hub.url, "token": TOKEN, **kw}
+
+
+def test_publish_then_decode_from_the_repo_id(native_release, hub, tmp_path) -> None:
+    report = publish(native_release["payload"], "me/ft-xor", **_pub(hub))
+    assert report.format == "xorweights" and "README.md" in report.files
+    out = tmp_path / "out"
+    decoded = xorweights.decode("me/ft-xor", base=native_release["base"], out=out, **hub_kw(hub, tmp_path))
+    assert tree(out) == tree(native_release["ft"]) and all(f.verified for f in decoded.files)
+    assert decoded.release == "ft-xor"  # from the card: no checksums/ entry exists for this repo
+
+    card = (Path(decoded.payload_dir).parent / "README.md").read_text()
+    assert "xorweights decode me/ft-xor --base" in card
+    assert f"xorweights {xorweights.__version__}" in card and "format: `xorweights`" in card
+    for name, data in tree(native_release["ft"]).items():
+        assert f"{hashlib.sha256(data).hexdigest()}  {name}" in card  # decoded checksums
+    manifest = json.loads((native_release["payload"] / "xorweights.json").read_text())
+    assert len(manifest["base_tensors"]) == 7
+    for name, t in manifest["base_tensors"].items():
+        assert f"{t['sha256']}  {name}" in card  # base checksums
+    tokenizer = hashlib.sha256((native_release["base"] / "tokenizer.model").read_bytes()).hexdigest()
+    assert f"{tokenizer}  tokenizer.model" in card  # the base file XOR-ed whole
+    parsed = model_card.parse(card, "README.md")
+    assert parsed is not None and {n: d.sha256 for n, d in parsed.stage("decoded").items()} == {
+        n: hashlib.sha256(d).hexdigest() for n, d in tree(native_release["ft"]).items()
+    }
+
+
+def test_publish_private_to_a_branch_needs_the_token(native_release, hub, tmp_path) -> None:
+    publish(native_release["payload"], "me/secret-xor", private=True, revision="v2", **_pub(hub))
+    kw = hub_kw(hub, tmp_path)
+    out = tmp_path / "out"
+    xorweights.decode("me/secret-xor@v2", base=native_release["base"], out=out, **kw)
+    assert tree(out) == tree(native_release["ft"])
+    with pytest.raises(HubError, match="HF_TOKEN"):
+        xorweights.decode(
+            "me/secret-xor@v2", base=native_release["base"], out=tmp_path / "o2",
+            **{**kw, "token": False, "cache_dir": tmp_path / "c2"},
+        )  # fmt: skip
+    with pytest.raises(HubError, match="HF_TOKEN"):
+        publish(native_release["payload"], "me/other-xor", endpoint=hub.url, token="hf_wrong")
+
+
+def test_publish_refuses_a_payload_that_changed_since_encoding(native_release, hub, tmp_path) -> None:
+    payload = tmp_path / "payload"
+    shutil.copytree(native_release["payload"], payload)
+    target = payload / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    with pytest.raises(xorweights.ChecksumMismatchError, match="nothing was uploaded"):
+        publish(payload, "me/ft-xor", **_pub(hub))
+    assert "me/ft-xor" not in hub.state.repos
+
+
+def test_publish_legacy_payload_needs_its_manifest(legacy_release, hub) -> None:
+    with pytest.raises(xorweights.InputError, match="pass --checksums"):
+        publish(legacy_release["payload"], "me/legacy-xor", **_pub(hub))
+
+
+# --- model cards -----------------------------------------------------------------------------
+
+
+def test_card_checksum_block_is_strict(tmp_path) -> None:
+    assert model_card.parse("# just a card\n", "README.md") is None
+    hostile = {
+        "format": "xorweights-checksums/1",
+        "release": "x",
+        "stages": {"decoded": {"../../evil": {"size": 1}}},
+    }
+    with pytest.raises((UnsafePathError, xorweights.FormatError)):
+        model_card.parse(f"{model_card.MARKER}\n```json\n{json.dumps(hostile)}\n```\n", "README.md")
+    with pytest.raises(xorweights.FormatError, match="not valid JSON"):
+        model_card.parse(f"{model_card.MARKER}\n```json\n{{oops\n```\n", "README.md")
+    good = {"format": "xorweights-checksums/1", "release": "x", "stages": {"decoded": {"a": {"size": 1}}}}
+    block = f"{model_card.MARKER}\n```json\n{json.dumps(good)}\n```\n"
+    with pytest.raises(xorweights.FormatError, match="2 checksum blocks"):
+        model_card.parse(block + block, "README.md")
+
+
+# --- the command line, with the ecosystem's environment variables -----------------------------
+
+
+def _cli(args: list[object], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xorweights.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+
+
+def test_cli_publish_and_decode_with_hf_environment(native_release, hub, tmp_path) -> None:
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
+    pub = _cli(["publish", native_release["payload"], "me/cli-xor", "--private", "-q"], env)
+    assert pub.returncode == 0, pub.stderr
+    assert "decode with: xorweights decode me/cli-xor --base" in pub.stdout
+
+    base = native_release["base"]
+    dec = _cli(["decode", "me/cli-xor", "--base", base, "--out", tmp_path / "a", "-q"], env)
+    assert dec.returncode == 0, dec.stderr
+    assert "checked against the sha256 the Hub reports" in dec.stdout
+    assert tree(tmp_path / "a") == tree(native_release["ft"])
+    assert (tmp_path / "hf-home" / "hub" / "models--me--cli-xor").is_dir()  # the ecosystem's cache
+
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    again = _cli(["decode", "me/cli-xor", "--base", base, "--out", tmp_path / "b", "-q"], offline)
+    assert again.returncode == 0, again.stderr
+    assert tree(tmp_path / "b") == tree(native_release["ft"])
+
+    cold = _cli(
+        ["decode", "me/cli-xor", "--base", base, "--out", tmp_path / "c"],
+        {**offline, "HF_HOME": str(tmp_path / "cold")},
+    )
+    assert cold.returncode == 2 and "Traceback" not in cold.stderr
+    assert "Error: offline (HF_HUB_OFFLINE), and me/cli-xor@main is not fully in the Hub cache" in cold.stderr
+    assert not (tmp_path / "c").exists()
+
+    no_token = _cli(
+        ["decode", "me/cli-xor", "--base", base, "--out", tmp_path / "d"], {**env, "HF_TOKEN": ""}
+    )
+    assert no_token.returncode == 2 and "HF_TOKEN" in no_token.stderr
+
+
+def test_unreachable_hub_falls_back_to_a_complete_cache(native_release, hub, tmp_path) -> None:
+    hub.state.add_folder("org/ft-xor", nested_repo(tmp_path / "repo", native_release["payload"], "ft-xor"))
+    kw = hub_kw(hub, tmp_path)
+    xorweights.decode("org/ft-xor", base=native_release["base"], out=tmp_path / "a", **kw)
+    down = {**kw, "endpoint": "http://127.0.0.1:9"}  # refused connections
+    report = xorweights.decode("org/ft-xor", base=native_release["base"], out=tmp_path / "b", **down)
+    assert tree(tmp_path / "b") == tree(native_release["ft"]) and report.source

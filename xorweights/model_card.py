@@ -1,0 +1,159 @@
+"""The model card (`README.md`) of a published release: written by `publish`, read back by `decode`.
+
+Card spec (also in the README): a card MUST hold exactly one block opened by the line
+`<!-- xorweights-checksums -->` followed by a fenced `json` code block; the JSON is a checksum
+manifest (`xorweights-checksums/1`, as in `checksums/`) with the `decoded` stage and, for file-level
+payloads, the `hf_base` stage. Everything else in the card is for people and MAY change.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+from .checksums import ChecksumManifest, FileDigest, parse_manifest
+from .constants import MAX_MANIFEST_BYTES
+from .errors import FormatError
+from .native_manifest import MANIFEST_NAME, NativeManifest
+
+MARKER = "<!-- xorweights-checksums -->"
+_BLOCK = re.compile(re.escape(MARKER) + r"\s*```json\n(.*?)\n```", re.DOTALL)
+
+#: The folder of a published repo that holds the payload (the card sits beside it).
+PAYLOAD_FOLDER = "payload"
+
+
+def _sum_lines(entries: Mapping[str, FileDigest], algorithm: str) -> str:
+    rows = sorted((n, getattr(d, algorithm)) for n, d in entries.items())
+    return "\n".join(f"{digest}  {n}" for n, digest in rows if digest)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def render(
+    repo_id: str,
+    checksums: ChecksumManifest,
+    *,
+    payload_format: str,
+    version: str,
+    payload_bytes: int,
+    native: NativeManifest | None = None,
+    revision: str = "main",
+) -> str:
+    """The card of a release: decode command, payload facts, base and decoded checksums."""
+    name = repo_id.split("/")[-1]
+    out_dir = name.removesuffix("-xor")
+    decoded = checksums.stage("decoded")
+    lines = [
+        "---",
+        "library_name: xorweights",
+        "tags:",
+        "- xorweights",
+        "- xor-payload",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        "An XOR payload of fine-tuned weights: each file is the fine-tuned bytes XOR-ed with the base",
+        "they were made from. It is of no use without that base. With it, xorweights rebuilds the",
+        "fine-tuned files byte for byte and checks every one against the checksums on this card.",
+        "",
+        "## Decode",
+        "",
+        "```bash",
+        "pip install xorweights",
+        f"xorweights decode {repo_id}{'' if revision == 'main' else '@' + revision} --base /path/to/base "
+        f"--out {out_dir}",
+        "```",
+        "",
+    ]
+    if payload_format == "xorweights":
+        lines += [
+            "`--base` is a folder holding the base model in any layout: safetensors or `.bin`, any sharding,",
+            "fp16, bf16 or fp32. Each base tensor is checked against its sha256 before anything is written.",
+        ]
+    else:
+        lines += [
+            "`--base` is a folder holding the base files named as in the payload, byte for byte as listed",
+            "under *Base checksums*; each is checked in the same pass.",
+        ]
+    lines += [
+        "",
+        "## Payload",
+        "",
+        f"- format: `{payload_format}`"
+        + (
+            f" (tensor-level XOR; `{PAYLOAD_FOLDER}/{MANIFEST_NAME}` lists every tensor)"
+            if payload_format == "xorweights"
+            else " (file-level XOR, as the OpenAssistant releases)"
+        ),
+        f"- files: {len(decoded)} in `{PAYLOAD_FOLDER}/`, {_size(payload_bytes)}",
+        f"- written by: xorweights {version}",
+        "",
+        "## Base checksums",
+        "",
+    ]
+    if native is not None:
+        lines.append(f"sha256 of each of the {len(native.base_tensors)} base tensors the payload uses")
+        lines += ["", "<details>", "", "```text"]
+        lines += [f"{t.sha256}  {t.name}" for t in sorted(native.base_tensors.values(), key=lambda t: t.name)]
+        lines += ["```", "", "</details>", ""]
+        files = {f.base_file.name: f.base_file for f in native.files if f.base_file is not None}
+        if files:
+            lines += ["Base files XOR-ed whole:", "", "```text"]
+            lines += [f"{b.sha256}  {n}" for n, b in sorted(files.items())]
+            lines += ["```", ""]
+    else:
+        base = checksums.stage("hf_base")
+        for algorithm in ("sha256", "md5"):
+            if any(getattr(d, algorithm) for d in base.values()):
+                lines += [f"{algorithm}:", "", "```text", _sum_lines(base, algorithm), "```", ""]
+    lines += ["## Decoded checksums", ""]
+    for algorithm in ("sha256", "md5"):
+        if any(getattr(d, algorithm) for d in decoded.values()):
+            lines += [f"{algorithm}:", "", "```text", _sum_lines(decoded, algorithm), "```", ""]
+    doc = checksums.to_json()
+    lines += [
+        "## Checksums for xorweights",
+        "",
+        "Read by `xorweights decode` to verify the decoded files; do not edit.",
+        "",
+        MARKER,
+        "```json",
+        json.dumps(doc, indent=1, sort_keys=False),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse(text: str, source: str) -> ChecksumManifest | None:
+    """The checksums a card holds (None: it holds no xorweights block).
+
+    Raises:
+        `FormatError`: the block is there but malformed, or appears twice.
+    """
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{source}: {len(text)} characters is too large for a model card", path=source)
+    blocks = _BLOCK.findall(text)
+    if not blocks:
+        if MARKER in text:
+            raise FormatError(f"{source}: {MARKER} is not followed by a ```json block", path=source)
+        return None
+    if len(blocks) > 1:
+        raise FormatError(f"{source}: {len(blocks)} checksum blocks; expected one", path=source)
+    try:
+        doc = json.loads(blocks[0])
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{source}: checksum block is not valid JSON ({e.msg})", path=source) from None
+    manifest = parse_manifest(doc, source)
+    if not manifest.stage("decoded"):
+        raise FormatError(f"{source}: checksum block has no decoded checksums", path=source)
+    return manifest
