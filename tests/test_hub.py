@@ -21,9 +21,8 @@ import xorweights
 from tests.conftest import random_bytes, tree, write_files
 from tests.hubserver import HubServer
 from tests.test_native import base_tensors, finetune, save_bin_shards
-from xorweights import model_card
+from xorweights import model_card, publish
 from xorweights.errors import HubError, PayloadMismatchError, UnsafePathError
-from xorweights.publish import publish
 
 TOKEN = "hf_test_token_0123456789"
 

@@ -25,18 +25,22 @@ from .errors import (
     BaseMismatchError,
     ChecksumMismatchError,
     FormatError,
+    HubError,
     InputError,
     MissingFileError,
     OutputExistsError,
+    PayloadMismatchError,
     UnknownReleaseError,
     XorWeightsError,
 )
 from .loading import iter_tensors, load_state_dict
+from .publishing import PublishReport, publish
 
 __all__ = [
     "__version__",
     "decode",
     "encode",
+    "publish",
     "load_state_dict",
     "iter_tensors",
     "verify",
@@ -51,6 +55,7 @@ __all__ = [
     "VerifyReport",
     "ChecksumReport",
     "Mismatch",
+    "PublishReport",
     "XorWeightsError",
     "InputError",
     "MissingFileError",
@@ -59,4 +64,6 @@ __all__ = [
     "OutputExistsError",
     "ChecksumMismatchError",
     "BaseMismatchError",
+    "PayloadMismatchError",
+    "HubError",
 ]

@@ -321,7 +321,7 @@ def publish_cmd(
     xorweights version; `xorweights decode REPO_ID` reads its checksums back. Uses HF_TOKEN and
     HF_ENDPOINT.
     """
-    from .publish import publish
+    from .publishing import publish
 
     report = publish(
         payload,
