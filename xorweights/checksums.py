@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -369,6 +369,20 @@ def hash_file(
     return {a: h.hexdigest() for a, h in hs.items()}
 
 
+def hash_files(
+    paths: Mapping[str, Path], algorithms: Sequence[str], *, jobs: int, progress: bool, desc: str
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """Digests of several files, `jobs` at once, under one byte progress bar; yields in order."""
+    total = sum(p.stat().st_size for p in paths.values())
+    with byte_bar(total, desc, enabled=progress) as bar:
+
+        def work(name: str) -> tuple[str, dict[str, str]]:
+            return name, hash_file(paths[name], algorithms, on_progress=bar.update)
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            yield from pool.map(work, paths)
+
+
 def list_files(root: os.PathLike[str] | str) -> list[str]:
     """Relative POSIX names of the regular files below `root`, skipping hidden ones and our temps."""
     root = Path(root)
@@ -478,16 +492,13 @@ def verify(
         else:
             sized.append(name)
 
-    total = sum((folder / n).stat().st_size for n in sized)
-    digests: dict[str, dict[str, str]] = {}
-    with byte_bar(total, f"verify {stage}", enabled=progress) as bar:
-
-        def work(name: str) -> tuple[str, dict[str, str]]:
-            return name, hash_file(folder / name, entries[name].algorithms(), on_progress=bar.update)
-
-        with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-            for name, got in pool.map(work, sized):
-                digests[name] = got
+    algorithms = sorted({a for n in sized for a in entries[n].algorithms()})
+    digests = dict(
+        hash_files(
+            {n: folder / n for n in sized}, algorithms, jobs=jobs or os.cpu_count() or 1, progress=progress,
+            desc=f"verify {stage}",
+        )
+    )  # fmt: skip
     for name in sized:
         for algo, actual in digests[name].items():
             expected = entries[name].get(algo)

@@ -13,15 +13,13 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import model_card
 from ._paths import check_name, check_not_escaping_link
-from ._progress import byte_bar
-from .checksums import ChecksumManifest, FileDigest, hash_file, known_releases
+from .checksums import ChecksumManifest, FileDigest, hash_files, known_releases
 from .constants import ENV_DISABLE_PROGRESS_BARS, env_flag
 from .errors import HubError, InputError, PayloadMismatchError
 from .legacy import find_payload_dir, find_payload_in_listing
@@ -385,23 +383,16 @@ def check_lfs_files(payload: HubPayload, names: Iterable[str], *, jobs: int, pro
     Raises:
         `PayloadMismatchError`: naming the file, the repo commit, and both digests.
     """
-    todo = [n for n in names if n in payload.files and payload.files[n].sha256]
-    total = sum(payload.files[n].size for n in todo)
-    with byte_bar(total, "check payload", enabled=progress) as bar:
-
-        def work(name: str) -> tuple[str, str]:
-            return name, hash_file(payload.payload_dir / name, ("sha256",), on_progress=bar.update)["sha256"]
-
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for name, actual in pool.map(work, todo):
-                want = payload.files[name].sha256
-                if actual != want:
-                    path = payload.payload_dir / name
-                    raise PayloadMismatchError(
-                        f"{path}: sha256 {actual}, but {payload.source} reports {want} for it; nothing was "
-                        f"decoded. Delete {os.path.realpath(path)} and run again to download it afresh",
-                        path=path, expected=want, actual=actual, algorithm="sha256", stage="payload",
-                    )  # fmt: skip
+    todo = {n: payload.payload_dir / n for n in names if n in payload.files and payload.files[n].sha256}
+    for name, got in hash_files(todo, ("sha256",), jobs=jobs, progress=progress, desc="check payload"):
+        want, actual = payload.files[name].sha256, got["sha256"]
+        if actual != want:
+            path = todo[name]
+            raise PayloadMismatchError(
+                f"{path}: sha256 {actual}, but {payload.source} reports {want} for it; nothing was "
+                f"decoded. Delete {os.path.realpath(path)} and run again to download it afresh",
+                path=path, expected=want, actual=actual, algorithm="sha256", stage="payload",
+            )  # fmt: skip
     logger.info("%d payload files match the sha256 the Hub reports", len(todo))
 
 

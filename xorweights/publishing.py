@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import hub, model_card, native
 from ._paths import check_not_escaping_link
-from .checksums import ChecksumManifest, FileDigest, hash_file, list_files, load_checksums
+from .checksums import ChecksumManifest, FileDigest, hash_files, list_files, load_checksums
 from .errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
 from .native_manifest import MANIFEST_NAME, is_native, load_manifest
 
@@ -210,29 +210,15 @@ def _hash_all(
     folder: Path, names: list[str], want: dict[str, str | None], *, jobs: int, progress: bool
 ) -> dict[str, str]:
     """sha256 of every payload file; a native payload's must match its manifest."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ._progress import byte_bar
-
-    total = sum((folder / n).stat().st_size for n in names)
     out: dict[str, str] = {}
-    with byte_bar(total, "hash payload", enabled=progress) as bar:
-
-        def work(n: str) -> tuple[str, str]:
-            return n, hash_file(folder / n, ("sha256",), on_progress=bar.update)["sha256"]
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            for n, digest in pool.map(work, names):
-                expected = want.get(n)
-                if expected is not None and digest != expected:
-                    raise ChecksumMismatchError(
-                        f"{folder / n}: sha256 {digest}, but {MANIFEST_NAME} gives {expected}; "
-                        "the payload changed since it was encoded, nothing was uploaded",
-                        path=folder / n,
-                        expected=expected,
-                        actual=digest,
-                        algorithm="sha256",
-                        stage="payload",
-                    )
-                out[n] = digest
+    paths = {n: folder / n for n in names}
+    for n, got in hash_files(paths, ("sha256",), jobs=jobs, progress=progress, desc="hash payload"):
+        expected = want.get(n)
+        if expected is not None and got["sha256"] != expected:
+            raise ChecksumMismatchError(
+                f"{folder / n}: sha256 {got['sha256']}, but {MANIFEST_NAME} gives {expected}; "
+                "the payload changed since it was encoded, nothing was uploaded",
+                path=folder / n, expected=expected, actual=got["sha256"], algorithm="sha256", stage="payload",
+            )  # fmt: skip
+        out[n] = got["sha256"]
     return out
