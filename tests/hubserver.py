@@ -320,7 +320,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(409, None, "You already created this model repo", {"X-Url": url})
             return
         private = bool(doc.get("private")) or doc.get("visibility") == "private"
-        self.state.repos[repo_id] = Repo(repo_id, private=private)
+        repo = self.state.repos[repo_id] = Repo(repo_id, private=private)
+        attributes = (
+            b"*.bin filter=lfs diff=lfs merge=lfs -text\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+        )
+        entry = Entry(len(attributes), self.state.put_blob(attributes), git_oid(attributes), False)
+        self.state.commit(repo, "main", {".gitattributes": entry})  # as the Hub: a first commit on main
         self._json(200, {"url": url, "name": repo_id})
 
     def create_branch(self, repo_id: str, branch: str, *, query: dict[str, list[str]]) -> None:
@@ -332,9 +337,6 @@ class _Handler(BaseHTTPRequestHandler):
         start = (json.loads(body) if body else {}).get("startingPoint") or repo.branches.get("main")
         if branch in repo.branches:
             self._error(409, None, f"Reference already exists: refs/heads/{branch}")
-            return
-        if start is None:  # empty repo: the first commit on the branch starts it
-            self._json(200, {})
             return
         repo.branches[branch] = repo.branches.get(start, start)
         self._json(200, {})
@@ -394,7 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
         if repo is None:
             return
         branch = unquote(revision)
-        if repo.branches and branch not in repo.branches:
+        if branch not in repo.branches:
             self._error(404, "RevisionNotFound", f"Invalid rev id: {branch}")
             return
         files: dict[str, Entry | None] = {}

@@ -348,7 +348,7 @@ def test_cli_publish_and_decode_with_hf_environment(native_release, hub, tmp_pat
     base = native_release["base"]
     dec = _cli(["decode", "me/cli-xor", "--base", base, "--out", tmp_path / "a", "-q"], env)
     assert dec.returncode == 0, dec.stderr
-    assert "checked against the sha256 the Hub reports" in dec.stdout
+    assert "me/cli-xor@" in dec.stdout and "checked against the sha256 the Hub reports" in dec.stdout
     assert tree(tmp_path / "a") == tree(native_release["ft"])
     assert (tmp_path / "hf-home" / "hub" / "models--me--cli-xor").is_dir()  # the ecosystem's cache
 

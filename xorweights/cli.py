@@ -174,7 +174,11 @@ def decode_cmd(
 
 def _print_decode(report: DecodeReport) -> None:
     if report.source:
-        click.echo(f"payload {report.source}: files checked against the sha256 the Hub reports")
+        fresh = any(not f.kept for f in report.files)
+        click.echo(
+            f"payload {report.source}"
+            + (": files read were first checked against the sha256 the Hub reports" if fresh else "")
+        )
     for f in report.files:
         how = "copied" if f.action == "copy" else ("xor gzip" if f.compressed else "xor")
         how = "kept" if f.kept else how

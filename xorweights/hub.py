@@ -19,7 +19,7 @@ from typing import Any
 
 from . import model_card
 from ._paths import check_name, check_not_escaping_link
-from .checksums import ChecksumManifest, FileDigest, hash_files, known_releases
+from .checksums import ChecksumManifest, hash_files, known_releases
 from .constants import ENV_DISABLE_PROGRESS_BARS, env_flag
 from .errors import HubError, InputError, PayloadMismatchError
 from .legacy import find_payload_dir, find_payload_in_listing
@@ -126,10 +126,6 @@ class HubPayload:
     @property
     def source(self) -> str:
         return f"{self.repo_id}@{self.commit or self.revision}"
-
-    def lfs_digests(self) -> dict[str, FileDigest]:
-        """sha256 and size the Hub reports for each LFS payload file, for checking before use."""
-        return {n: FileDigest(sha256=f.sha256, size=f.size) for n, f in self.files.items() if f.sha256}
 
 
 def _hf() -> Any:
@@ -241,8 +237,8 @@ def fetch(
     The payload folder is found in the repo listing as on disk (up to three levels down), and
     only its files and the model card are fetched with `snapshot_download`, into the Hub cache
     or `download_dir`. Sizes of all files and git blob ids of the non-LFS ones are checked here;
-    LFS files keep their sha256 in `lfs_digests()` for the caller to check before use (a decode
-    checks only the files it is about to read).
+    LFS files are checked by `check_lfs_files` before use (a decode checks only the files it is
+    about to read).
 
     Args:
         spec: `owner/name` or `owner/name@revision`.
