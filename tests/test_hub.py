@@ -32,7 +32,7 @@ def hub(tmp_path: Path):
     from huggingface_hub import constants
 
     # The test server speaks the Hub's HTTP and git-LFS protocols, not Xet (see conftest).
-    assert constants.HF_HUB_DISABLE_XET
+    assert getattr(constants, "HF_HUB_DISABLE_XET", True)  # older clients have no Xet at all
     with HubServer(tmp_path / "hub-server", token=TOKEN) as server:
         yield server
 

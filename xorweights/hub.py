@@ -163,6 +163,19 @@ def _hub_error(e: Exception, repo_id: str, revision: str, endpoint: str) -> HubE
     return None
 
 
+def _unreachable(e: BaseException) -> bool:
+    """Whether an error means the Hub could not be asked (then the cache may answer instead)."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status >= 500
+    module = type(e).__module__.split(".")[0]
+    return (
+        isinstance(e, OSError)
+        or module in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+        or (type(e).__name__ == "OfflineModeIsEnabled")
+    )
+
+
 def _list(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile]]:
     """The commit a revision points to and every file at it, with the Hub's digests."""
     from huggingface_hub.hf_api import RepoFile
@@ -172,7 +185,9 @@ def _list(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile
     for f in api.list_repo_tree(repo_id, revision=commit, recursive=True):
         if isinstance(f, RepoFile):
             check_name(f.path, f"{repo_id} listing")
-            files[f.path] = HubFile(f.path, f.size, f.blob_id, f.lfs.sha256 if f.lfs else None)
+            lfs = f.lfs  # a dict in huggingface_hub < 0.21, an object since
+            sha256 = (lfs.get("sha256") if isinstance(lfs, dict) else lfs.sha256) if lfs else None
+            files[f.path] = HubFile(f.path, f.size, f.blob_id, sha256)
     return commit, files
 
 
@@ -266,7 +281,7 @@ def fetch(
     if cache_dir is not None:
         kw["cache_dir"] = str(cache_dir)
     if not progress or env_flag(ENV_DISABLE_PROGRESS_BARS):
-        kw["tqdm_class"] = _SilentTqdm
+        kw["tqdm_class"] = _silent_tqdm()
     local = download_dir is not None
 
     unreachable: Exception | None = None
@@ -277,6 +292,8 @@ def fetch(
             err = _hub_error(e, repo_id, revision, api.endpoint)
             if err is not None:
                 raise err from e
+            if not _unreachable(e):
+                raise
             logger.warning("cannot reach %s (%s); looking in the local cache", api.endpoint, _short(e))
             unreachable = e
         else:
@@ -396,27 +413,16 @@ def _short(e: BaseException | None) -> str:
     return " ".join(str(e).split())[:200] if e is not None else ""
 
 
-class _SilentTqdm:
-    """A tqdm stand-in for huggingface_hub's bars when progress is off."""
+def _silent_tqdm() -> type:
+    """A tqdm class whose bars never show, for huggingface_hub when progress is off."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.n = 0
-        self.total = kwargs.get("total")
+    class SilentTqdm(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
 
-    def update(self, n: float | None = 1) -> None:
-        self.n += n or 0
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: None
-
-    def __enter__(self) -> _SilentTqdm:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def __iter__(self) -> Any:
-        return iter(())
+    return SilentTqdm
 
 
 def release_checksums(payload: HubPayload) -> ChecksumManifest | None:
