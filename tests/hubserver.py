@@ -185,6 +185,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return None
 
+    def _at(self, repo_id: str, revision: str) -> tuple[Repo, str] | None:
+        """The repo and the commit a revision names, or None after answering with the error."""
+        repo = self._repo(repo_id)
+        sha = self._commit(repo, revision) if repo is not None else None
+        return (repo, sha) if repo is not None and sha is not None else None
+
     def _route(self) -> None:
         url = urlsplit(self.path)
         path, query = url.path, parse_qs(url.query)
@@ -201,12 +207,10 @@ class _Handler(BaseHTTPRequestHandler):
     # --- read API ----------------------------------------------------------------------------
 
     def repo_info(self, repo_id: str, revision: str | None, *, query: dict[str, list[str]]) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._at(repo_id, revision or "main")
+        if found is None:
             return
-        sha = self._commit(repo, revision or "main")
-        if sha is None:
-            return
+        repo, sha = found
         blobs = query.get("blobs", ["false"])[0].lower() == "true"
         siblings = []
         for p, e in sorted(repo.commits[sha].items()):
@@ -226,12 +230,10 @@ class _Handler(BaseHTTPRequestHandler):
         )  # fmt: skip
 
     def tree(self, repo_id: str, revision: str, sub: str | None, *, query: dict[str, list[str]]) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._at(repo_id, revision)
+        if found is None:
             return
-        sha = self._commit(repo, revision)
-        if sha is None:
-            return
+        repo, sha = found
         prefix = unquote(sub) + "/" if sub else ""
         recursive = query.get("recursive", ["false"])[0].lower() == "true"
         items: dict[str, dict[str, Any]] = {}
@@ -256,12 +258,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, list(items.values()))
 
     def resolve(self, repo_id: str, revision: str, file: str, *, query: dict[str, list[str]]) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._at(repo_id, revision)
+        if found is None:
             return
-        sha = self._commit(repo, revision)
-        if sha is None:
-            return
+        repo, sha = found
         name = unquote(file)
         entry = repo.commits[sha].get(name)
         if entry is None:

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from . import __version__
+from ._units import human_bytes as _human
 from .checksums import ChecksumManifest, checksum, known_releases, verify
 from .codec import DecodeReport, decode, encode
 from .constants import ALGORITHMS, ENV_DEBUG, STAGES, env_flag
@@ -33,14 +34,6 @@ EXAMPLES = {
     "checksum": "xorweights checksum oasst-sft-6 --output oasst-sft-6.md5",
     "publish": "xorweights publish my-release-xor me/my-release-xor",
 }
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _rate(n_bytes: int, seconds: float) -> str:

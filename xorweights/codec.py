@@ -603,12 +603,11 @@ def decode(
         else load_checksums(checksums)
     )
     if is_native(payload_dir) and format != "oasst":
-        report = _decode_native(
+        return _decode_native(
             payload_dir, base_dir, out_dir, manifest, started,
             jobs=jobs, force=force, fsync=fsync, drop_cache=drop_cache, progress=progress,
             fetched=fetched, verify=verify,
         )  # fmt: skip
-        return replace(report, source=fetched.source if fetched else None)
     if format == "xorweights":
         raise InputError(
             f"{payload_dir} has no {MANIFEST_NAME}: not a native payload (try --format auto)",
@@ -764,6 +763,7 @@ def _decode_native(
         out_dir=str(out_dir),
         release=published.release if published else None,
         format="xorweights",
+        source=fetched.source if fetched else None,
     )
 
 

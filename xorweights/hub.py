@@ -22,7 +22,7 @@ from ._paths import check_name, check_not_escaping_link
 from .checksums import ChecksumManifest, hash_files, known_releases
 from .constants import ENV_DISABLE_PROGRESS_BARS, env_flag
 from .errors import HubError, InputError, PayloadMismatchError
-from .legacy import find_payload_dir, find_payload_in_listing
+from .legacy import files_below, find_payload_in_listing
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +96,8 @@ def is_repo_spec(payload: object) -> bool:
 
 @dataclass(frozen=True)
 class HubFile:
-    """A file of a repo as the Hub lists it: git blob id, size and, for LFS files, sha256."""
+    """A file of a repo as the Hub lists it (keyed by its path): size, git blob id, LFS sha256."""
 
-    path: str
     size: int
     blob_id: str | None = None
     sha256: str | None = None
@@ -120,8 +119,6 @@ class HubPayload:
     """The payload's files by name relative to `payload_dir`."""
     card: Path | None
     """The repo's README.md, when it has one."""
-    from_cache: bool
-    """True when the Hub was not asked (offline, or unreachable)."""
 
     @property
     def source(self) -> str:
@@ -176,7 +173,7 @@ def _unreachable(e: BaseException) -> bool:
     )
 
 
-def _list(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile]]:
+def list_repo(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile]]:
     """The commit a revision points to and every file at it, with the Hub's digests."""
     from huggingface_hub.hf_api import RepoFile
 
@@ -187,7 +184,7 @@ def _list(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile
             check_name(f.path, f"{repo_id} listing")
             lfs = f.lfs  # a dict in huggingface_hub < 0.21, an object since
             sha256 = (lfs.get("sha256") if isinstance(lfs, dict) else lfs.sha256) if lfs else None
-            files[f.path] = HubFile(f.path, f.size, f.blob_id, sha256)
+            files[f.path] = HubFile(f.size, f.blob_id, sha256)
     return commit, files
 
 
@@ -287,14 +284,14 @@ def fetch(
     unreachable: Exception | None = None
     if not offline:
         try:
-            commit, listing = _list(api, repo_id, revision)
+            commit, listing = list_repo(api, repo_id, revision)
         except Exception as e:  # huggingface_hub's errors, or its HTTP client's connection errors
             err = _hub_error(e, repo_id, revision, api.endpoint)
             if err is not None:
                 raise err from e
             if not _unreachable(e):
                 raise
-            logger.warning("cannot reach %s (%s); looking in the local cache", api.endpoint, _short(e))
+            logger.warning("cannot reach %s (%s); looking in the local cache", api.endpoint, short_error(e))
             unreachable = e
         else:
             sub, paths = _payload_paths(listing, where)
@@ -302,10 +299,10 @@ def fetch(
             root = _snapshot(hf, repo_id, revision, [glob.escape(p) for p in paths], **kw)
             got = _recorded_commit(root, local, paths[0])
             if got is not None and got != commit:  # the branch moved between listing and download
-                commit, listing = _list(api, repo_id, got)
+                commit, listing = list_repo(api, repo_id, got)
                 sub, paths = _payload_paths(listing, where)
             files = {p: listing[p] for p in paths}
-            return _checked(repo_id, revision, commit, root, sub, files, from_cache=False)
+            return _checked(repo_id, revision, commit, root, sub, files)
     return _from_cache(hf, repo_id, revision, kw, local, unreachable)
 
 
@@ -314,23 +311,22 @@ def _from_cache(
 ) -> HubPayload:
     """The payload as cached by an earlier download; offline, or with the Hub unreachable."""
     where = f"{repo_id}@{revision}"
-    why = f"the Hub is unreachable ({_short(unreachable)})" if unreachable else "offline (HF_HUB_OFFLINE)"
+    why = "offline (HF_HUB_OFFLINE)"
+    if unreachable is not None:
+        why = f"the Hub is unreachable ({short_error(unreachable)})"
     kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")}
     try:
         root = _snapshot(hf, repo_id, revision, [], local_files_only=True, **kw)
         if local and not (root / ".cache" / "huggingface" / "download").is_dir():
             raise FileNotFoundError(root)
-        sub = find_payload_dir(root).relative_to(root).as_posix()
-        sub = "" if sub == "." else sub
-        cached = [p.relative_to(root).as_posix() for p in (root / sub).iterdir() if p.is_file()]
-        _, paths = _payload_paths([*cached, *([CARD_NAME] if (root / CARD_NAME).is_file() else [])], where)
+        sub, paths = _payload_paths(files_below(root), where)
         # Lets huggingface_hub say whether the snapshot is complete (it knows when it kept the listing).
         root = _snapshot(hf, repo_id, revision, [glob.escape(p) for p in paths], local_files_only=True, **kw)
     except Exception as e:  # LocalEntryNotFoundError, IncompleteSnapshotError, missing folders
         raise HubError(
             f"{why}, and {where} is not fully in the "
             + (f"download folder {kw['local_dir']}" if local else "Hub cache")
-            + f" ({_short(e)}); run once online to download it",
+            + f" ({short_error(e)}); run once online to download it",
             path=repo_id,
         ) from e
     files: dict[str, HubFile] = {}
@@ -338,16 +334,15 @@ def _from_cache(
         etag = _recorded_etag(root, local, p)
         size = (root / p).stat().st_size
         lfs = etag is not None and len(etag) == 64
-        files[p] = HubFile(p, size, None if lfs else etag, etag if lfs else None)
+        files[p] = HubFile(size, None if lfs else etag, etag if lfs else None)
     commit = _recorded_commit(root, local, paths[0]) if paths else None
     logger.info("%s: using the cached copy at %s (%s)", repo_id, root, why)
-    return _checked(repo_id, revision, commit, root, sub, files, from_cache=True)
+    return _checked(repo_id, revision, commit, root, sub, files)
 
 
 def _checked(
-    repo_id: str, revision: str, commit: str | None, root: Path, sub: str, files: dict[str, HubFile], *,
-    from_cache: bool,
-) -> HubPayload:  # fmt: skip
+    repo_id: str, revision: str, commit: str | None, root: Path, sub: str, files: dict[str, HubFile]
+) -> HubPayload:
     """Check every file's size and each non-LFS file's git blob id; key files by payload name."""
     prefix = f"{sub}/" if sub else ""
     for path, f in files.items():
@@ -355,7 +350,7 @@ def _checked(
         local = root / path
         check_not_escaping_link(local, root)
         size = local.stat().st_size
-        if not from_cache and size != f.size:
+        if size != f.size:
             raise PayloadMismatchError(
                 f"{local}: {size} bytes, but {repo_id}@{commit} lists {f.size} for {path}",
                 path=local, expected=str(f.size), actual=str(size), algorithm="size", stage="payload",
@@ -377,7 +372,6 @@ def _checked(
         payload_dir=root / sub if sub else root,
         files=named,
         card=card,
-        from_cache=from_cache,
     )
 
 
@@ -409,7 +403,7 @@ def check_lfs_files(payload: HubPayload, names: Iterable[str], *, jobs: int, pro
     logger.info("%d payload files match the sha256 the Hub reports", len(todo))
 
 
-def _short(e: BaseException | None) -> str:
+def short_error(e: BaseException | None) -> str:
     return " ".join(str(e).split())[:200] if e is not None else ""
 
 

@@ -76,21 +76,21 @@ def _files(folder: Path) -> list[str]:
     return [e.name for e in entries if not e.name.startswith((".", TEMP_PREFIX)) and e.is_file()]
 
 
-def _has_markers(folder: Path) -> bool:
-    return any(fnmatch.fnmatch(n, pat) for n in _files(folder) for pat in _MARKERS)
-
-
-def _within(root: Path, depth: int) -> list[Path]:
-    """Files up to `depth` folders below `root`, hidden folders skipped."""
-    found, level = [], [root]
+def files_below(root: Path, depth: int = _MAX_DEPTH) -> list[str]:
+    """Relative POSIX paths of the files up to `depth` folders below `root`; hidden entries skipped."""
+    found: list[str] = []
+    level = [root]
     for _ in range(depth + 1):
-        nxt = []
+        deeper = []
         for d in level:
             for e in sorted(os.scandir(d), key=lambda e: e.name):
                 if e.name.startswith("."):
                     continue
-                (nxt if e.is_dir() else found).append(Path(e.path))
-        level = nxt
+                if e.is_dir():
+                    deeper.append(Path(e.path))
+                elif e.is_file():
+                    found.append(Path(e.path).relative_to(root).as_posix())
+        level = deeper
     return found
 
 
@@ -98,8 +98,9 @@ def find_payload_dir(path: os.PathLike[str] | str) -> Path:
     """The folder holding the payload files: `path` itself, or the one folder below it that does.
 
     A repo download keeps its payload up to three levels down (`repo/name/name/` for sft-6);
-    the nearest folder holding model files (`*.bin`, `*.safetensors`, `*.index.json`,
-    `config.json`, ...) is taken, and more than one at that depth is an error.
+    a folder with `xorweights.json` is taken, else the nearest folder holding model files
+    (`*.bin`, `*.safetensors`, `*.index.json`, `config.json`, ...); more than one at that depth
+    is an error. The rules are `find_payload_in_listing`'s, applied to the files on disk.
 
     Raises:
         `MissingFileError`: `path` does not exist.
@@ -110,35 +111,8 @@ def find_payload_dir(path: os.PathLike[str] | str) -> Path:
         raise MissingFileError(f"payload folder not found: {root}", path=root)
     if not root.is_dir():
         raise InputError(f"payload must be a folder, got a file: {root}", path=root)
-    native = [p.parent for p in _within(root, _MAX_DEPTH) if p.name == "xorweights.json"]
-    if len(native) == 1:  # a native payload is unambiguous, wherever it sits
-        return native[0]
-    if _has_markers(root):
-        return root
-    level = [root]
-    for _depth in range(_MAX_DEPTH):
-        level = [
-            Path(e.path)
-            for d in level
-            for e in sorted(os.scandir(d), key=lambda e: e.name)
-            if e.is_dir() and not e.name.startswith(".")
-        ]
-        found = [d for d in level if _has_markers(d)]
-        if len(found) == 1:
-            logger.info("payload files found in %s", found[0])
-            return found[0]
-        if len(found) > 1:
-            raise InputError(
-                f"{root} holds several payload folders ({', '.join(str(f) for f in found)}); "
-                "pass the one to decode",
-                path=root,
-            )
-    if _files(root):
-        return root  # plain files with no model markers: take the folder as given
-    raise InputError(
-        f"no payload files in {root} or {_MAX_DEPTH} levels below it (looked for {', '.join(_MARKERS)})",
-        path=root,
-    )
+    sub = find_payload_in_listing(files_below(root), str(root))
+    return root / sub if sub else root
 
 
 def find_payload_in_listing(paths: Iterable[str], where: str) -> str:
@@ -166,7 +140,10 @@ def find_payload_in_listing(paths: Iterable[str], where: str) -> str:
     for depth in range(_MAX_DEPTH):
         found = sorted(d for d in by_dir if d and d.count("/") == depth and marked(d))
         if len(found) > 1:
-            raise InputError(f"{where} holds several payload folders ({', '.join(found)})", path=where)
+            raise InputError(
+                f"{where} holds several payload folders ({', '.join(found)}); pass the one to decode",
+                path=where,
+            )
         if found:
             logger.info("payload files found in %s/%s", where, found[0])
             return found[0]

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 
+from ._units import human_bytes
 from .checksums import ChecksumManifest, FileDigest, parse_manifest
 from .constants import MAX_MANIFEST_BYTES
 from .errors import FormatError
@@ -27,14 +28,6 @@ PAYLOAD_FOLDER = "payload"
 def _sum_lines(entries: Mapping[str, FileDigest], algorithm: str) -> str:
     rows = sorted((n, getattr(d, algorithm)) for n, d in entries.items())
     return "\n".join(f"{digest}  {n}" for n, digest in rows if digest)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def render(
@@ -94,7 +87,7 @@ def render(
             if payload_format == "xorweights"
             else " (file-level XOR, as the OpenAssistant releases)"
         ),
-        f"- files: {len(decoded)} in `{PAYLOAD_FOLDER}/`, {_size(payload_bytes)}",
+        f"- files: {len(decoded)} in `{PAYLOAD_FOLDER}/`, {human_bytes(payload_bytes)}",
         f"- written by: xorweights {version}",
         "",
         "## Base checksums",

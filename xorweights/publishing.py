@@ -17,7 +17,7 @@ from . import hub, model_card, native
 from ._paths import check_not_escaping_link
 from .checksums import ChecksumManifest, FileDigest, hash_files, list_files, load_checksums
 from .errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
-from .native_manifest import MANIFEST_NAME, is_native, load_manifest
+from .native_manifest import MANIFEST_NAME, NativeManifest, is_native, load_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,25 @@ def _version() -> str:
     return __version__
 
 
+@dataclass(frozen=True)
+class _Release:
+    """What a payload folder publishes."""
+
+    format: str
+    checksums: ChecksumManifest
+    want: dict[str, str | None]
+    """Each payload file and the sha256 it must have (None: not known beforehand)."""
+    native: NativeManifest | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.want)
+
+
 def _release(
     payload_dir: Path, repo_id: str, checksums: os.PathLike[str] | str | ChecksumManifest | None
-) -> tuple[str, list[str], ChecksumManifest, dict[str, str | None], object]:
-    """Format, payload file names, release checksums, and the sha256 each payload file must have."""
+) -> _Release:
+    """Format, release checksums, and the payload files with the sha256 each must have."""
     if is_native(payload_dir):
         manifest = load_manifest(payload_dir / MANIFEST_NAME)
         native.check_payload_files(manifest, payload_dir)
@@ -74,7 +89,7 @@ def _release(
         )
         want: dict[str, str | None] = {f.name: f.payload_sha256 for f in manifest.files}
         want[MANIFEST_NAME] = None
-        return "xorweights", sorted(want), release, want, manifest
+        return _Release("xorweights", release, want, manifest)
     if checksums is None:
         raise InputError(
             f"{payload_dir} is a file-level (oasst) payload: pass --checksums with the manifest "
@@ -98,7 +113,7 @@ def _release(
         stages={k: v for k, v in given.stages.items() if k in ("hf_base", "decoded")},
         raw_files=given.raw_files,
     )
-    return "oasst", names, release, dict.fromkeys(names), None
+    return _Release("oasst", release, dict.fromkeys(names))
 
 
 def publish(
@@ -146,19 +161,22 @@ def publish(
     payload_dir = Path(payload)
     if not payload_dir.is_dir():
         raise MissingFileError(f"payload folder not found: {payload_dir}", path=payload_dir)
-    fmt, names, release, want, native_manifest = _release(payload_dir, repo_id, checksums)
+    rel = _release(payload_dir, repo_id, checksums)
+    names = rel.names
     for n in names:
         check_not_escaping_link(payload_dir / n, payload_dir)
-    sha256 = _hash_all(payload_dir, names, want, jobs=jobs or os.cpu_count() or 1, progress=progress)
+    sha256 = _hash_all(payload_dir, names, rel.want, jobs=jobs or os.cpu_count() or 1, progress=progress)
     size = sum((payload_dir / n).stat().st_size for n in names)
     branch = revision or "main"
     card = model_card.render(
-        repo_id, release, payload_format=fmt, version=_version(), payload_bytes=size,
-        native=native_manifest, revision=branch,  # type: ignore[arg-type]
+        repo_id, rel.checksums, payload_format=rel.format, version=_version(), payload_bytes=size,
+        native=rel.native, revision=branch,
     )  # fmt: skip
     message = commit_message or f"Publish {repo_id.split('/')[-1]} with xorweights {_version()}"
 
-    api = hub._hf().HfApi(endpoint=endpoint, token=token)
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         if branch != "main":
@@ -173,14 +191,14 @@ def publish(
                 repo_id=repo_id, folder_path=staging, revision=branch, commit_message=message
             )
         commit = info.oid
-        listed = hub._list(api, repo_id, commit)[1]
+        listed = hub.list_repo(api, repo_id, commit)[1]
     except XorWeightsError:
         raise
     except Exception as e:  # huggingface_hub's errors, its HTTP client's, or reading a file
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = "; check HF_TOKEN (a write token is needed)" if status in (401, 403) else ""
         raise HubError(
-            f"publishing to {repo_id} on {api.endpoint} failed: {hub._short(e)}{hint}", path=repo_id
+            f"publishing to {repo_id} on {api.endpoint} failed: {hub.short_error(e)}{hint}", path=repo_id
         ) from e
     for n in names:
         got = listed.get(f"{model_card.PAYLOAD_FOLDER}/{n}")
@@ -198,7 +216,7 @@ def publish(
         revision=branch,
         commit=commit,
         url=f"{api.endpoint}/{repo_id}",
-        format=fmt,
+        format=rel.format,
         files=tuple([*(f"{model_card.PAYLOAD_FOLDER}/{n}" for n in names), hub.CARD_NAME]),
         payload_bytes=size,
         card=card,
