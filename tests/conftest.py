@@ -90,3 +90,16 @@ def chdir_tmp(tmp_path: Path):
     os.chdir(tmp_path)
     yield tmp_path
     os.chdir(old)
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    """The test Hub server on 127.0.0.1 (tests/hubserver.py), for the real huggingface_hub client."""
+    from huggingface_hub import constants
+
+    from tests.hubserver import TOKEN, HubServer
+
+    # The test server speaks the Hub's HTTP and git-LFS protocols, not Xet (see above).
+    assert getattr(constants, "HF_HUB_DISABLE_XET", True)  # older clients have no Xet at all
+    with HubServer(tmp_path / "hub-server", token=TOKEN) as server:
+        yield server

@@ -37,6 +37,10 @@ def git_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+#: The write token the test server accepts (tests pass it as HF_TOKEN or token=).
+TOKEN = "hf_test_token_0123456789"
+
+
 @dataclass(frozen=True)
 class Entry:
     size: int

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import xorweights
 from tests.conftest import tree
-from xorweights.native_manifest import load_manifest
+from xorweights.native_manifest import RawNote, load_manifest
 
 
 def sha256(b: bytes) -> str:
@@ -90,7 +90,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tok[10:20] = b"fine-tuned"
     (ft / "tokenizer.model").write_bytes(bytes(tok))
 
-    report = xorweights.encode(ft, base=base, out=root / "payload")
+    report = xorweights.encode(ft, base=base, out=root / "payload", allow_raw=["*.adapter.weight"])
     assert report.format == "xorweights" and report.native_manifest is not None
     return {"root": root, "base": base, "ft": ft, "payload": root / "payload"}
 
@@ -120,7 +120,12 @@ def test_manifest_records_files_tensors_and_base_tensors(release) -> None:
         assert f.sha256 == sha256((release["ft"] / f.name).read_bytes())
         assert f.payload_sha256 == sha256((release["payload"] / f.name).read_bytes())
     tensors = {t.name: t for f in m.files for t in f.tensors}
-    assert tensors["model.layers.0.adapter.weight"].base is None  # stored raw
+    assert tensors["model.layers.0.adapter.weight"].base is None  # stored raw, as allowed
+    assert tensors["model.layers.0.adapter.weight"].raw == RawNote(
+        "no base tensor of this name", "*.adapter.weight"
+    )
+    assert m.allow_raw == ("*.adapter.weight",)
+    assert all(t.raw is None for t in tensors.values() if t.base is not None)
     assert tensors["model.embed_tokens.weight"].base == "model.embed_tokens.weight"
     assert m.base_tensors["model.embed_tokens.weight"].shape == (100, 16)
     want = base_tensors()["model.layers.0.mask"].numpy().tobytes()
@@ -280,15 +285,16 @@ def test_bin_only_finetune_is_encoded_per_file_with_a_note(tmp_path: Path) -> No
     with pytest.raises(xorweights.InputError, match="encoded per file"):
         xorweights.load_state_dict(tmp_path / "payload", base)
     (base / "pytorch_model-00001-of-00001.bin").rename(base / "other.bin")
-    with pytest.raises(xorweights.MissingFileError, match="convert the fine-tuned model to safetensors"):
+    with pytest.raises(xorweights.RawStorageError, match="convert the fine-tuned model to safetensors"):
         xorweights.encode(ft, base=base, out=tmp_path / "payload2")
+    assert not (tmp_path / "payload2").exists()
 
 
 def test_bin_copies_beside_safetensors_are_left_out(release, tmp_path: Path) -> None:
     ft = tmp_path / "ft"
     shutil.copytree(release["ft"], ft)
     torch.save({"x": torch.zeros(2)}, ft / "pytorch_model.bin")
-    report = xorweights.encode(ft, base=release["base"], out=tmp_path / "payload")
+    report = xorweights.encode(ft, base=release["base"], out=tmp_path / "payload", allow_raw=["*.adapter.*"])
     assert report.native_manifest.omitted == ("pytorch_model.bin",)
     assert not (tmp_path / "payload" / "pytorch_model.bin").exists()
 
@@ -326,13 +332,15 @@ def test_cli_encode_decode_verify_native(release, tmp_path: Path, capsys) -> Non
                 str(release["base"]),
                 "--out",
                 str(tmp_path / "p"),
+                "--allow-raw",
+                "*.adapter.weight",
                 "--quiet",
             ]
         )
         == 0
     )
     out = capsys.readouterr().out
-    assert "xorweights.json written: 7 base tensors used, 1 tensors stored raw" in out
+    assert "xorweights.json written: 7 base tensors used, 1 items (128 B) stored raw as allowed" in out
     code = main(
         [
             "decode",

@@ -26,10 +26,12 @@ from .errors import (
     ChecksumMismatchError,
     FormatError,
     HubError,
+    ImplausibleOutputError,
     InputError,
     MissingFileError,
     OutputExistsError,
     PayloadMismatchError,
+    RawStorageError,
     UnknownReleaseError,
     XorWeightsError,
 )
@@ -65,5 +67,7 @@ __all__ = [
     "ChecksumMismatchError",
     "BaseMismatchError",
     "PayloadMismatchError",
+    "ImplausibleOutputError",
+    "RawStorageError",
     "HubError",
 ]

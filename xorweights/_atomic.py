@@ -20,7 +20,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make renames in `folder` durable (best effort: not every platform can)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # not possible on every platform; the rename itself is still atomic
@@ -72,7 +73,7 @@ class AtomicFile:
         os.chmod(self.temp, 0o666 & ~_umask())
         os.replace(self.temp, self.final)
         if durable:
-            _fsync_dir(self.final.parent)
+            fsync_dir(self.final.parent)
         self.committed = True
         logger.debug("committed %s", self.final)
         return self.final

@@ -54,6 +54,15 @@ jobs_option = click.option(
     help="Files processed at once [default: cores, at most 4].",
 )
 
+allow_raw_option = click.option(
+    "--allow-raw",
+    "allow_raw",
+    multiple=True,
+    metavar="PATTERN",
+    help="Allow fine-tuned tensors (or weight files) with no base counterpart, named by this fnmatch "
+    "pattern, to be stored unmasked (repeatable). Anything else stored raw is refused.",
+)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xorweights")
@@ -229,6 +238,7 @@ def _print_decode(report: DecodeReport) -> None:
 )
 @click.option("--release", default=None, help="Release name recorded in --manifest.")
 @click.option("--force", is_flag=True, help="Overwrite files already in --out.")
+@allow_raw_option
 @jobs_option
 @quiet_option
 @json_option
@@ -241,11 +251,16 @@ def encode_cmd(
     manifest: Path | None,
     release: str | None,
     force: bool,
+    allow_raw: tuple[str, ...],
     jobs: int | None,
     quiet: bool,
     as_json: bool,
 ) -> int:
-    """Make an XOR payload from a FINETUNED folder and its --base."""
+    """Make an XOR payload from a FINETUNED folder and its --base.
+
+    Every fine-tuned tensor must have a base counterpart: one without would be stored in the clear,
+    so the encode refuses it unless an --allow-raw pattern names it.
+    """
     report = encode(
         finetuned,
         base=base,
@@ -256,6 +271,7 @@ def encode_cmd(
         with_checksums=manifest is not None,
         jobs=jobs,
         force=force,
+        allow_raw=allow_raw,
         progress=not quiet,
     )
     if manifest is not None and report.manifest is not None:
@@ -274,10 +290,11 @@ def encode_cmd(
             f"({_rate(report.bytes_written, report.seconds)}) into {report.out_dir}"
         )
         if report.native_manifest is not None:
-            n_raw = sum(t.base is None for f in report.native_manifest.files for t in f.tensors)
+            raw = report.native_manifest.raw_items()
             click.echo(
                 f"xorweights.json written: {len(report.native_manifest.base_tensors)} base tensors used, "
-                f"{n_raw} tensors stored raw (no base counterpart)"
+                f"{len(raw)} items ({_human(sum(r[2] for r in raw))}) stored raw"
+                + (" as allowed by --allow-raw" if raw else "")
             )
             for f in report.native_manifest.files:
                 if f.note:
@@ -298,6 +315,7 @@ def encode_cmd(
     help="For a file-level (oasst) payload: the manifest written by `encode --manifest`.",
 )
 @click.option("--message", default=None, help="Commit message.")
+@allow_raw_option
 @jobs_option
 @quiet_option
 @json_option
@@ -308,6 +326,7 @@ def publish_cmd(
     revision: str | None,
     checksums: str | None,
     message: str | None,
+    allow_raw: tuple[str, ...],
     jobs: int | None,
     quiet: bool,
     as_json: bool,
@@ -327,6 +346,7 @@ def publish_cmd(
         revision=revision,
         checksums=checksums,
         commit_message=message,
+        allow_raw=allow_raw,
         jobs=jobs,
         progress=not quiet,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -14,13 +15,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import hub, legacy, native
-from ._atomic import AtomicFile, HashingWriter
+from ._atomic import AtomicFile, HashingWriter, fsync_dir
 from ._outdir import OutputFolder, file_id
 from ._paths import check_not_escaping_link
 from ._progress import byte_bar
 from .base import GeneratedBase
 from .checksums import ChecksumManifest, FileDigest, hash_file, load_checksums
-from .constants import DEFAULT_MAX_JOBS, GZIP_MAGIC, INFLATE_SLACK, PIPELINE_DEPTH, PIPELINE_SLOTS
+from .constants import (
+    DEFAULT_MAX_JOBS,
+    GZIP_MAGIC,
+    INFLATE_SLACK,
+    PIPELINE_DEPTH,
+    PIPELINE_SLOTS,
+    STAGING_DIR,
+)
 from .engine import Cancelled, Role, StreamError, xor_stream
 from .errors import (
     BaseMismatchError,
@@ -503,6 +511,39 @@ def _generated_base(payload_dir: Path, base_dir: Path, raw: Sequence[str], mode:
     return GeneratedBase(base_dir)
 
 
+def _fresh_staging(out_dir: Path) -> Path:
+    """An empty staging folder inside `out_dir` (what a killed encode left there is removed)."""
+    staging = out_dir / STAGING_DIR
+    try:
+        if staging.is_symlink() or staging.is_file():
+            staging.unlink()
+        elif staging.is_dir():
+            shutil.rmtree(staging)
+        staging.mkdir()
+    except OSError as e:
+        raise IOFailure("preparing", staging, e) from e
+    return staging
+
+
+def _publish_staged(staging: Path, out_dir: Path, names: Sequence[str], manifest: bytes) -> None:
+    """Move finished payload files into place, then write `xorweights.json` last.
+
+    A run killed before the manifest is written leaves no manifest (an older one is removed first),
+    so a half-made payload can never pass for a finished one.
+    """
+    try:
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        for name in names:
+            os.replace(staging / name, out_dir / name)
+        fsync_dir(out_dir)
+        with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
+            atomic.file.write(manifest)
+            atomic.commit()
+        staging.rmdir()
+    except OSError as e:
+        raise IOFailure("saving the payload in", out_dir, e) from e
+
+
 def _check_out_dir(out: Path, inputs: Mapping[str, Path]) -> None:
     for role, folder in inputs.items():
         if out.resolve() == folder.resolve():
@@ -779,6 +820,7 @@ def encode(
     jobs: int | None = None,
     force: bool = False,
     gzip_mtime: int = 0,
+    allow_raw: Sequence[str] = (),
     progress: bool = False,
 ) -> EncodeReport:
     """Make an XOR payload from fine-tuned files and their base.
@@ -797,9 +839,14 @@ def encode(
         jobs: files encoded at once (default: the cores, at most 4).
         force: overwrite files already in `out`.
         gzip_mtime: timestamp stored in gzip headers (the legacy script stores the current time).
+        allow_raw: fnmatch patterns naming fine-tuned tensors (or weight files) that may be stored
+            unmasked because the base has no counterpart (`xorweights` only); any other such item
+            makes the encode refuse. The manifest records each raw item and its pattern.
         progress: show a byte progress bar on stderr.
 
     Raises:
+        `RawStorageError`: fine-tuned tensors or weight files would be stored unmasked and no
+            `allow_raw` pattern names them (before anything is written).
         `MissingFileError`: a base counterpart is missing (named, before anything is written).
         `FormatError`: a plain payload would begin with the gzip magic bytes.
     """
@@ -811,6 +858,8 @@ def encode(
     src_dir, base_dir, out_dir = Path(finetuned), Path(base), Path(out)
     if not src_dir.is_dir():
         raise MissingFileError(f"fine-tuned folder not found: {src_dir}", path=src_dir)
+    if allow_raw and format != "xorweights":
+        raise InputError("allow_raw applies to native payloads; a legacy payload needs every base file")
     if format == "xorweights":
         if compress is not None:
             raise InputError("native payloads are not compressed (compress them for transfer if you wish)")
@@ -818,7 +867,9 @@ def encode(
             raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
         _check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
 
-        prep = native.prepare_encode(src_dir, base_dir, jobs=jobs or default_jobs(), progress=progress)
+        prep = native.prepare_encode(
+            src_dir, base_dir, jobs=jobs or default_jobs(), progress=progress, allow_raw=allow_raw
+        )
         with OutputFolder(out_dir, keep_state=False) as folder:
             stale = out_dir / MANIFEST_NAME
             if stale.exists() and not folder.is_ours(MANIFEST_NAME) and not force:
@@ -827,10 +878,11 @@ def encode(
                     path=stale,
                 )
             todo, _ = _triage(prep.planned, folder, {}, force, keep=False, generated_id=prep.identity)
+            staging = _fresh_staging(out_dir)
             job_list = [
                 _Job(
                     planned=p,
-                    out=out_dir / p.name,
+                    out=staging / p.name,
                     hashes={"data": ("sha256",), "base": ("sha256",) if p.base is not None else ()},
                     inputs=_inputs(p, prep.identity),
                     encoding=True,
@@ -841,11 +893,10 @@ def encode(
             ]
             files = _run_jobs(job_list, jobs, folder, progress=progress, desc="encode")
             native_manifest = native.build_manifest(
-                prep, files, src_dir, base_dir, out_dir, encoder=f"xorweights {_version()}"
+                prep, files, src_dir, base_dir, staging, encoder=f"xorweights {_version()}"
             )
-            with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
-                atomic.file.write(native_manifest.dumps())
-                atomic.commit()
+            names = [f.name for f in native_manifest.files]
+            _publish_staged(staging, out_dir, names, native_manifest.dumps())
             folder.record(MANIFEST_NAME, {}, {})
         published = None
         if with_checksums:

@@ -37,6 +37,9 @@ STATE_FORMAT = "xorweights-state/1"
 #: Prefix of every temporary file written in a destination folder.
 TEMP_PREFIX = ".xorweights-"
 TEMP_SUFFIX = ".part"
+#: Hidden folder inside a native encode's `--out` where finished payload files wait until every file
+#: is done; they are then renamed into place and `xorweights.json` is written last.
+STAGING_DIR = TEMP_PREFIX + "staging"
 
 #: Checksum algorithms understood everywhere, with the hex length that identifies them.
 ALGORITHMS = ("md5", "sha256")

@@ -92,6 +92,18 @@ class InputChangedError(IOFailure):
         self.strerror = "changed while being read"
 
 
+class RawStorageError(InputError):
+    """Encoding or publishing would put fine-tuned tensors or files in the payload unmasked.
+
+    Attributes: `items` (the tensors or files, `file:tensor` or `file`) and `nbytes` (their bytes).
+    """
+
+    def __init__(self, message: str, *, path: os.PathLike[str] | str, items: list[str], nbytes: int) -> None:
+        super().__init__(message, path=path)
+        self.items = items
+        self.nbytes = nbytes
+
+
 class HubError(XorWeightsError, OSError):
     """The Hub (or its cache, offline) cannot provide a repo: not found, no access, unreachable."""
 
@@ -122,6 +134,12 @@ class ChecksumMismatchError(XorWeightsError, ValueError):
 
 class BaseMismatchError(ChecksumMismatchError):
     """A base file is not the byte-exact file the release was made against."""
+
+
+class ImplausibleOutputError(ChecksumMismatchError):
+    """A decoded file with no published digest is not what its name says (a `.json` that does not
+    parse, a safetensors file whose header does not tile its data, a zip with no central directory),
+    or the payload itself is a plain model file: the payload and the base do not belong together."""
 
 
 class PayloadMismatchError(ChecksumMismatchError):

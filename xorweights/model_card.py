@@ -44,6 +44,8 @@ def render(
     name = repo_id.split("/")[-1]
     out_dir = name.removesuffix("-xor")
     decoded = checksums.stage("decoded")
+    raw = native.raw_items() if native is not None else []
+    raw_bytes = human_bytes(sum(r[2] for r in raw))
     lines = [
         "---",
         "library_name: xorweights",
@@ -55,7 +57,13 @@ def render(
         f"# {name}",
         "",
         "An XOR payload of fine-tuned weights: each file is the fine-tuned bytes XOR-ed with the base",
-        "they were made from. It is of no use without that base. With it, xorweights rebuilds the",
+        "they were made from. It is of no use without that base"
+        + (
+            f", except for the {len(raw)} fine-tuned items ({raw_bytes}) stored raw (see *Payload*)."
+            if raw
+            else "."
+        )
+        + " With it, xorweights rebuilds the",
         "fine-tuned files byte for byte and checks every one against the checksums on this card.",
         "",
         "## Decode",
@@ -88,6 +96,18 @@ def render(
             else " (file-level XOR, as the OpenAssistant releases)"
         ),
         f"- files: {len(decoded)} in `{PAYLOAD_FOLDER}/`, {human_bytes(payload_bytes)}",
+        *(
+            [
+                f"- stored raw: {sum(r[1] is not None for r in raw)} tensors and "
+                f"{sum(r[1] is None for r in raw)} files, {raw_bytes}, with no base counterpart "
+                f"(allowed by name: {', '.join(f'`{p}`' for p in native.allow_raw) or 'none recorded'}); "
+                "these are readable without the base"
+            ]
+            if native is not None and raw
+            else ["- stored raw: nothing; every fine-tuned weight is XOR-ed with the base"]
+            if native is not None
+            else []
+        ),
         f"- written by: xorweights {version}",
         "",
         "## Base checksums",

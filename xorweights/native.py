@@ -33,8 +33,10 @@ from .native_manifest import (
     FileEntry,
     Method,
     NativeManifest,
+    RawNote,
     TensorEntry,
 )
+from .raw_storage import NameHints, RawItem, refuse_unallowed
 from .safetensors_header import SafetensorsHeader, read_header
 from .tensor_store import FLOAT_DTYPES, StoredTensor, TensorStore, castable, nbytes_of
 
@@ -286,8 +288,9 @@ def payload_header(path: Path, entry: FileEntry) -> SafetensorsHeader:
 # --- encode ------------------------------------------------------------------------------------
 
 
-def _plan_files(src_dir: Path, base_dir: Path) -> tuple[dict[str, Method], list[str]]:
-    """How each fine-tuned file is stored (name to method, in name order), and the files left out."""
+def _plan_files(src_dir: Path, base_dir: Path) -> tuple[dict[str, Method], list[str], list[str]]:
+    """How each fine-tuned file is stored (name to method, in name order), the files left out, and
+    the weight files with no base file (they can only be copied whole, i.e. unmasked)."""
     names = sorted(e.name for e in os.scandir(src_dir) if e.is_file() and not e.name.startswith("."))
     if not names:
         raise InputError(f"no files to encode in {src_dir}", path=src_dir)
@@ -314,19 +317,15 @@ def _plan_files(src_dir: Path, base_dir: Path) -> tuple[dict[str, Method], list[
             methods[n] = "copy"
         else:
             methods[n] = "file-xor" if (base_dir / n).is_file() else "copy"
-    if missing:
-        raise MissingFileError(
-            f"{', '.join(missing)}: the fine-tuned weights are not safetensors, so they are XOR-ed by file, "
-            f"and {base_dir} has no same-named base file; convert the fine-tuned model to safetensors",
-            path=base_dir / missing[0],
-        )
+    for n in missing:
+        methods[n] = "copy"
     if omitted:
         logger.warning(
             "%s: left out of the payload (the safetensors files hold the weights): %s",
             src_dir,
             ", ".join(omitted),
         )
-    return methods, omitted
+    return methods, omitted, missing
 
 
 def _tensor_hashes(
@@ -366,14 +365,26 @@ class EncodePlan:
     omitted: list[str]
     identity: tuple[int, int] | None
     """Size and mtime of the base's tensor files, for the output folder's records."""
+    raw: dict[str, RawNote]
+    """Each fine-tuned item stored unmasked (`file:tensor` or `file`) and why it may be."""
+    allow_raw: tuple[str, ...] = ()
 
 
-def prepare_encode(src_dir: Path, base_dir: Path, *, jobs: int, progress: bool) -> EncodePlan:
+def prepare_encode(
+    src_dir: Path, base_dir: Path, *, jobs: int, progress: bool, allow_raw: Sequence[str] = ()
+) -> EncodePlan:
     """Plan a native encode of `src_dir` against `base_dir`, hashing the base tensors it uses and
-    every fine-tuned tensor (the pass itself then hashes whole files)."""
-    methods, omitted = _plan_files(src_dir, base_dir)
+    every fine-tuned tensor (the pass itself then hashes whole files).
+
+    Raises:
+        `RawStorageError`: a fine-tuned tensor has no base tensor, or a weight file no base file,
+            and no `allow_raw` pattern names it (checked before anything is hashed or written).
+    """
+    methods, omitted, unbased = _plan_files(src_dir, base_dir)
     headers = {n: read_header(src_dir / n) for n, m in methods.items() if m == "tensor-xor"}
     store = TensorStore.open(base_dir) if headers else None
+    hints = NameHints(store.tensors if store is not None else ())
+    raw_items = [RawItem(n, None, (src_dir / n).stat().st_size) for n in unbased]
     bases: dict[str, dict[str, str | None]] = {}
     dtypes: dict[str, str] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -383,13 +394,20 @@ def prepare_encode(src_dir: Path, base_dir: Path, *, jobs: int, progress: bool) 
             have = store.get(t.name) if store is not None else None
             if have is None:
                 bases[fname][t.name] = None
-                logger.info("%s: tensor %s has no base counterpart; stored raw", fname, t.name)
+                raw_items.append(RawItem(fname, t.name, t.nbytes, hints.closest(t.name)))
                 continue
             # Floats are XOR-ed in the fine-tuned dtype (a cast base compresses as well as a same-dtype one).
             floats = t.dtype in FLOAT_DTYPES and have.dtype in FLOAT_DTYPES
             dtypes.setdefault(t.name, t.dtype if floats else have.dtype)
             bases[fname][t.name] = t.name
             shapes[t.name] = have.shape
+    allowed = refuse_unallowed(raw_items, allow_raw, where=base_dir)
+    raw = {
+        i.label: RawNote(
+            "no same-named base file" if i.tensor is None else "no base tensor of this name", allowed[i.label]
+        )
+        for i in raw_items
+    }
     work: list[tuple[str, Any, int]] = [
         (n, lambda update, n=n: store.sha256(n, dtypes[n], update), nbytes_of(dtypes[n], shapes[n]))  # type: ignore[union-attr]
         for n in sorted(dtypes)
@@ -426,6 +444,8 @@ def prepare_encode(src_dir: Path, base_dir: Path, *, jobs: int, progress: bool) 
         tensor_sha=tensor_sha,
         omitted=omitted,
         identity=store.identity() if store is not None else None,
+        raw=raw,
+        allow_raw=tuple(allow_raw),
     )
 
 
@@ -443,7 +463,14 @@ def build_manifest(
         tensors: tuple[TensorEntry, ...] = ()
         if method == "tensor-xor":
             tensors = tuple(
-                TensorEntry(t.name, t.dtype, t.shape, plan.tensor_sha[name][t.name], plan.bases[name][t.name])
+                TensorEntry(
+                    t.name,
+                    t.dtype,
+                    t.shape,
+                    plan.tensor_sha[name][t.name],
+                    plan.bases[name][t.name],
+                    plan.raw.get(f"{name}:{t.name}"),
+                )
                 for t in sorted(plan.headers[name].tensors.values(), key=lambda t: t.begin)
             )
         entries.append(
@@ -457,12 +484,17 @@ def build_manifest(
                 tensors=tensors,
                 base_file=base_file,
                 note=BIN_NOTE if method == "file-xor" and name.endswith(OTHER_WEIGHTS) else None,
+                raw=plan.raw.get(name),
             )
         )
     if any(e.note for e in entries):
         logger.warning("%s", BIN_NOTE)
     return NativeManifest(
-        encoder=encoder, files=tuple(entries), base_tensors=plan.base_tensors, omitted=tuple(plan.omitted)
+        encoder=encoder,
+        files=tuple(entries),
+        base_tensors=plan.base_tensors,
+        omitted=tuple(plan.omitted),
+        allow_raw=plan.allow_raw,
     )
 
 

@@ -20,6 +20,7 @@ from ._paths import check_name
 from .constants import MAX_MANIFEST_BYTES
 from .errors import FormatError, MissingFileError
 from .safetensors_header import DTYPE_SIZES
+from .tensor_store import nbytes_of
 
 MANIFEST_NAME = "xorweights.json"
 FORMAT = "xorweights"
@@ -29,6 +30,14 @@ MAX_NATIVE_MANIFEST_BYTES = 4 * MAX_MANIFEST_BYTES
 Method = Literal["tensor-xor", "file-xor", "copy"]
 _METHODS = ("tensor-xor", "file-xor", "copy")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class RawNote:
+    """Why a fine-tuned tensor or file is in the payload unmasked, and the pattern that allowed it."""
+
+    reason: str
+    allowed_by: str
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,8 @@ class TensorEntry:
     """Of the decoded tensor's bytes."""
     base: str | None
     """The base tensor its payload bytes are XOR-ed with; None: stored raw."""
+    raw: RawNote | None = None
+    """Why a raw tensor is stored raw (None for an XOR-ed one, or in a manifest from before notes)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ class FileEntry:
     tensors: tuple[TensorEntry, ...] = ()
     base_file: BaseFile | None = None
     note: str | None = None
+    raw: RawNote | None = None
+    """Set on a weight file copied whole (no base file), as allowed by an `allow_raw` pattern."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,21 @@ class NativeManifest:
     format_version: int = FORMAT_VERSION
     omitted: tuple[str, ...] = field(default=())
     """Files of the fine-tuned folder left out of the payload (duplicate weights in another container)."""
+    allow_raw: tuple[str, ...] = field(default=())
+    """The `allow_raw` patterns the payload was encoded with."""
+
+    def raw_items(self) -> list[tuple[str, str | None, int, RawNote | None]]:
+        """Every fine-tuned item stored unmasked: `(file, tensor or None, bytes, note)`.
+
+        A tensor with no base is raw whether or not the manifest notes why; so is a weight file
+        copied whole.
+        """
+        out: list[tuple[str, str | None, int, RawNote | None]] = []
+        for f in self.files:
+            if f.raw is not None:
+                out.append((f.name, None, f.size, f.raw))
+            out += [(f.name, t.name, nbytes_of(t.dtype, t.shape), t.raw) for t in f.tensors if t.base is None]
+        return out
 
     def file(self, name: str) -> FileEntry:
         return next(f for f in self.files if f.name == name)
@@ -98,6 +126,7 @@ class NativeManifest:
                 "shape": list(t.shape),
                 "sha256": t.sha256,
                 "base": t.base,
+                **({"raw": _note_json(t.raw)} if t.raw is not None else {}),
             }
 
         def entry(f: FileEntry) -> dict[str, Any]:
@@ -119,6 +148,8 @@ class NativeManifest:
                 d["tensors"] = [tensor(t) for t in f.tensors]
             if f.note:
                 d["note"] = f.note
+            if f.raw is not None:
+                d["raw"] = _note_json(f.raw)
             return d
 
         doc: dict[str, Any] = {
@@ -133,10 +164,16 @@ class NativeManifest:
         }
         if self.omitted:
             doc["omitted"] = list(self.omitted)
+        if self.allow_raw:
+            doc["allow_raw"] = list(self.allow_raw)
         return doc
 
     def dumps(self) -> bytes:
         return (json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _note_json(note: RawNote) -> dict[str, str]:
+    return {"reason": note.reason, "allowed_by": note.allowed_by}
 
 
 def is_native(folder: os.PathLike[str] | str) -> bool:
@@ -200,6 +237,14 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
             raise fail(f"{what} must be a non-empty string")
         return v
 
+    def raw_note(v: Any, what: str) -> RawNote | None:
+        if v is None:
+            return None
+        note = obj(v, what)
+        return RawNote(
+            text(note.get("reason"), f"{what} reason"), text(note.get("allowed_by"), f"{what} allowed_by")
+        )
+
     d = obj(doc, "the manifest")
     if d.get("format") != FORMAT:
         raise fail(f"not a {FORMAT} manifest (format {d.get('format')!r})")
@@ -251,6 +296,7 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
                         shape(t.get("shape"), f"{name}: tensor {tname} shape"),
                         digest(t.get("sha256"), f"{name}: tensor {tname} sha256"),
                         base,
+                        raw_note(t.get("raw"), f"{name}: tensor {tname} raw"),
                     )
                 )
         base_file = None
@@ -273,15 +319,20 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
                 tensors=tuple(tensors),
                 base_file=base_file,
                 note=note if isinstance(note, str) else None,
+                raw=raw_note(f.get("raw"), f"{name}: raw"),
             )
         )
     omitted = d.get("omitted", [])
     if not isinstance(omitted, list):
         raise fail("omitted must be a list")
+    allow_raw = d.get("allow_raw", [])
+    if not isinstance(allow_raw, list):
+        raise fail("allow_raw must be a list")
     return NativeManifest(
         encoder=str(d.get("encoder", "")),
         files=tuple(sorted(files, key=lambda f: f.name)),
         base_tensors=base_tensors,
         format_version=version,
         omitted=tuple(check_name(o, where) for o in omitted),
+        allow_raw=tuple(text(p, "an allow_raw pattern") for p in allow_raw),
     )

@@ -10,6 +10,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ._paths import check_not_escaping_link
 from .checksums import ChecksumManifest, FileDigest, hash_files, list_files, load_checksums
 from .errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
 from .native_manifest import MANIFEST_NAME, NativeManifest, is_native, load_manifest
+from .raw_storage import RawItem, refuse_unallowed
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +76,17 @@ class _Release:
 
 
 def _release(
-    payload_dir: Path, repo_id: str, checksums: os.PathLike[str] | str | ChecksumManifest | None
+    payload_dir: Path,
+    repo_id: str,
+    checksums: os.PathLike[str] | str | ChecksumManifest | None,
+    allow_raw: Sequence[str] = (),
 ) -> _Release:
     """Format, release checksums, and the payload files with the sha256 each must have."""
     if is_native(payload_dir):
         manifest = load_manifest(payload_dir / MANIFEST_NAME)
         native.check_payload_files(manifest, payload_dir)
+        raw = [RawItem(f, t, n) for f, t, n, _ in manifest.raw_items()]
+        refuse_unallowed(raw, allow_raw, where=payload_dir / MANIFEST_NAME, publishing=True)
         decoded = {f.name: FileDigest(sha256=f.sha256, size=f.size) for f in manifest.files}
         release = ChecksumManifest(
             release=repo_id.split("/")[-1],
@@ -126,6 +133,7 @@ def publish(
     commit_message: str | None = None,
     endpoint: str | None = None,
     token: str | bool | None = None,
+    allow_raw: Sequence[str] = (),
     jobs: int | None = None,
     progress: bool = False,
 ) -> PublishReport:
@@ -141,12 +149,16 @@ def publish(
         private: create the repo private.
         revision: a branch to commit to (created from `main` if missing); default `main`.
         checksums: for a file-level (`oasst`) payload, the manifest `encode --manifest` wrote.
+        allow_raw: the patterns the payload was encoded with, when its manifest stores fine-tuned
+            tensors unmasked: each raw tensor must be named by one of them again.
         commit_message: default "Publish <name> with xorweights <version>".
         endpoint, token: as for `huggingface_hub` (default: `HF_ENDPOINT`, `HF_TOKEN`).
         jobs: files hashed at once.
         progress: show progress bars.
 
     Raises:
+        `RawStorageError`: the payload stores fine-tuned tensors unmasked that `allow_raw` does
+            not name (nothing is uploaded).
         `MissingFileError`: the folder or a payload file is missing.
         `ChecksumMismatchError`: a payload file differs from xorweights.json, or the Hub lists
             another sha256 after the upload.
@@ -161,7 +173,7 @@ def publish(
     payload_dir = Path(payload)
     if not payload_dir.is_dir():
         raise MissingFileError(f"payload folder not found: {payload_dir}", path=payload_dir)
-    rel = _release(payload_dir, repo_id, checksums)
+    rel = _release(payload_dir, repo_id, checksums, allow_raw)
     names = rel.names
     for n in names:
         check_not_escaping_link(payload_dir / n, payload_dir)

@@ -1,0 +1,199 @@
+"""No fine-tuned weights leave in the clear unless named: encode and publish refuse raw tensors and
+weight files that no `--allow-raw` pattern names, and record the ones that are."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import xorweights
+from tests.conftest import tree
+from tests.hubserver import TOKEN
+from tests.test_native import base_tensors, finetune, save_bin_shards
+from xorweights import model_card, publish
+from xorweights._units import human_bytes
+from xorweights.cli import main
+from xorweights.errors import RawStorageError
+from xorweights.native_manifest import RawNote, load_manifest
+
+
+def make_pair(
+    root: Path, *, drop: tuple[str, ...] = (), rename: dict[str, str] | None = None
+) -> tuple[Path, Path]:
+    """A safetensors fine-tune with exactly the base's tensors, and a base (.bin) lacking `drop`."""
+    base_sd = base_tensors()
+    ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}
+    ft = root / "ft"
+    ft.mkdir(parents=True)
+    save_file({n: t.contiguous() for n, t in ft_sd.items()}, str(ft / "model.safetensors"))
+    (ft / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    kept = {(rename or {}).get(n, n): t for n, t in base_sd.items() if n not in drop}
+    save_bin_shards(kept, root / "base", [list(kept)])
+    return ft, root / "base"
+
+
+def test_partial_base_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    dropped = ("lm_head.weight", "model.norm.weight", "model.layers.0.mask")
+    ft, base = make_pair(tmp_path, drop=dropped)
+    out = tmp_path / "payload"
+    with pytest.raises(RawStorageError) as err:
+        xorweights.encode(ft, base=base, out=out)
+    e = err.value
+    assert sorted(e.items) == sorted(f"model.safetensors:{n}" for n in dropped)
+    ft_sd = load_file(str(ft / "model.safetensors"))
+    assert e.nbytes == sum(ft_sd[n].numel() * ft_sd[n].element_size() for n in dropped)
+    assert "3 fine-tuned tensors" in str(e) and "--allow-raw" in str(e) and "partial base" in str(e)
+    assert "\n" not in str(e)
+    assert not out.exists()  # nothing written, not even the folder
+
+
+def test_refusal_lists_the_first_few_and_a_count(tmp_path: Path) -> None:
+    names = list(base_tensors())
+    ft, base = make_pair(tmp_path, drop=tuple(names[:7]))
+    with pytest.raises(RawStorageError, match=r"and 2 more; likely cause") as err:
+        xorweights.encode(ft, base=base, out=tmp_path / "payload")
+    assert len(err.value.items) == 7
+
+
+def test_names_differing_by_a_prefix_get_a_hint(tmp_path: Path) -> None:
+    ft, base = make_pair(tmp_path, rename={"lm_head.weight": "model.lm_head.weight"})
+    with pytest.raises(
+        RawStorageError, match=r"closest base tensor model\.lm_head\.weight \(the names differ by a prefix\)"
+    ):
+        xorweights.encode(ft, base=base, out=tmp_path / "payload")
+
+
+def test_cli_refuses_with_exit_2_and_one_line(tmp_path: Path, capsys) -> None:
+    ft, base = make_pair(tmp_path, drop=("lm_head.weight",))
+    code = main(["encode", str(ft), "--base", str(base), "--out", str(tmp_path / "p"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    first = err.splitlines()[0]
+    assert first.startswith("Error: refusing to store 1 fine-tuned tensor") and "lm_head.weight" in first
+    assert not (tmp_path / "p").exists()
+
+
+def test_allow_raw_stores_named_tensors_records_them_and_decodes(tmp_path: Path, capsys) -> None:
+    ft, base = make_pair(tmp_path, drop=("lm_head.weight", "model.norm.weight"))
+    out = tmp_path / "payload"
+    with pytest.raises(RawStorageError) as err:  # one pattern is not enough
+        xorweights.encode(ft, base=base, out=out, allow_raw=["lm_head.*"])
+    assert err.value.items == ["model.safetensors:model.norm.weight"]
+    code = main(
+        ["encode", str(ft), "--base", str(base), "--out", str(out), "--quiet"]
+        + ["--allow-raw", "lm_head.*", "--allow-raw", "*.norm.weight"]
+    )
+    assert code == 0, capsys.readouterr().err
+    m = load_manifest(out)
+    assert m.allow_raw == ("lm_head.*", "*.norm.weight")
+    tensors = {t.name: t for f in m.files for t in f.tensors}
+    assert tensors["lm_head.weight"].base is None
+    assert tensors["lm_head.weight"].raw == RawNote("no base tensor of this name", "lm_head.*")
+    assert tensors["model.norm.weight"].raw == RawNote("no base tensor of this name", "*.norm.weight")
+    assert sum(t.raw is not None for t in tensors.values()) == 2
+    doc = json.loads((out / "xorweights.json").read_text())
+    assert doc["allow_raw"] == ["lm_head.*", "*.norm.weight"]
+    xorweights.decode(out, base=base, out=tmp_path / "decoded")
+    assert tree(tmp_path / "decoded") == tree(ft)
+
+
+def test_bin_finetune_without_base_file_is_refused_or_allowed_by_name(tmp_path: Path) -> None:
+    base_sd = base_tensors()
+    ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}
+    ft, base = tmp_path / "ft", tmp_path / "base"
+    save_bin_shards(ft_sd, ft, [list(ft_sd)])
+    save_bin_shards(base_sd, base, [list(base_sd)])
+    (base / "pytorch_model-00001-of-00001.bin").rename(base / "renamed.bin")
+    with pytest.raises(RawStorageError, match=r"1 weight file .* pytorch_model-00001-of-00001\.bin"):
+        xorweights.encode(ft, base=base, out=tmp_path / "p1")
+    assert not (tmp_path / "p1").exists()
+    report = xorweights.encode(ft, base=base, out=tmp_path / "p2", allow_raw=["pytorch_model-*.bin"])
+    entry = report.native_manifest.file("pytorch_model-00001-of-00001.bin")
+    assert entry.method == "copy"
+    assert entry.raw == RawNote("no same-named base file", "pytorch_model-*.bin")
+    assert load_manifest(tmp_path / "p2").file(entry.name).raw == entry.raw
+
+
+def test_publish_refuses_raw_tensors_unless_named_and_the_card_counts_them(hub, tmp_path: Path) -> None:
+    ft, base = make_pair(tmp_path, drop=("lm_head.weight",))
+    payload = tmp_path / "payload"
+    xorweights.encode(ft, base=base, out=payload, allow_raw=["lm_head.*"])
+    kw = {"endpoint": hub.url, "token": TOKEN}
+    with pytest.raises(
+        RawStorageError, match=r"refusing to publish: .* 1 fine-tuned tensor .*:lm_head\.weight"
+    ):
+        publish(payload, "me/leaky-xor", **kw)
+    with pytest.raises(RawStorageError):
+        publish(payload, "me/leaky-xor", allow_raw=["model.*"], **kw)
+    assert "me/leaky-xor" not in hub.state.repos  # nothing uploaded
+    report = publish(payload, "me/leaky-xor", allow_raw=["lm_head.*"], **kw)
+    nbytes = load_file(str(ft / "model.safetensors"))["lm_head.weight"].numel() * 2
+    assert (
+        f"- stored raw: 1 tensors and 0 files, {human_bytes(nbytes)}, with no base counterpart" in report.card
+    )
+    assert "(allowed by name: `lm_head.*`)" in report.card
+    assert "except for the 1 fine-tuned items" in report.card
+    assert model_card.parse(report.card, "README.md") is not None
+
+
+def test_publish_treats_a_tensor_without_base_as_raw_even_unnoted(hub, tmp_path: Path) -> None:
+    """A hand-edited (or older) manifest that drops the note still cannot publish raw tensors silently."""
+    ft, base = make_pair(tmp_path, drop=("lm_head.weight",))
+    payload = tmp_path / "payload"
+    xorweights.encode(ft, base=base, out=payload, allow_raw=["lm_head.*"])
+    doc = json.loads((payload / "xorweights.json").read_text())
+    for f in doc["files"]:
+        for t in f.get("tensors", []):
+            t.pop("raw", None)
+    doc.pop("allow_raw")
+    (payload / "xorweights.json").write_text(json.dumps(doc))
+    with pytest.raises(RawStorageError, match="lm_head.weight"):
+        publish(payload, "me/old-xor", endpoint=hub.url, token=TOKEN)
+    assert "me/old-xor" not in hub.state.repos
+
+
+def test_cli_publish_needs_the_patterns(hub, tmp_path: Path) -> None:
+    ft, base = make_pair(tmp_path, drop=("lm_head.weight",))
+    payload = tmp_path / "payload"
+    xorweights.encode(ft, base=base, out=payload, allow_raw=["lm_head.*"])
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf")}
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "xorweights.cli", "publish", str(payload), "me/cli-xor", "-q", *extra]
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+
+    refused = run()
+    assert refused.returncode == 2 and refused.stderr.startswith("Error: refusing to publish")
+    assert "Traceback" not in refused.stderr and "me/cli-xor" not in hub.state.repos
+    allowed = run("--allow-raw", "lm_head.*")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_nothing_raw_says_so_on_the_card(hub, tmp_path: Path) -> None:
+    ft, base = make_pair(tmp_path)
+    payload = tmp_path / "payload"
+    report = xorweights.encode(ft, base=base, out=payload)
+    assert report.native_manifest.raw_items() == []
+    card = publish(payload, "me/clean-xor", endpoint=hub.url, token=TOKEN).card
+    assert "- stored raw: nothing" in card and "except for" not in card
+
+
+def test_grown_rows_are_not_raw(tmp_path: Path) -> None:
+    """A grown vocabulary XORs the shared rows; only a tensor with no base at all counts as raw."""
+    base_sd = base_tensors()
+    ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}
+    assert ft_sd["lm_head.weight"].shape[0] > base_sd["lm_head.weight"].shape[0]
+    ft, base = tmp_path / "ft", tmp_path / "base"
+    ft.mkdir()
+    save_file({n: t.contiguous() for n, t in ft_sd.items()}, str(ft / "model.safetensors"))
+    save_bin_shards(base_sd, base, [list(base_sd)])
+    report = xorweights.encode(ft, base=base, out=tmp_path / "p")
+    assert report.native_manifest.raw_items() == []
+    assert torch.equal(load_file(str(ft / "model.safetensors"))["lm_head.weight"], ft_sd["lm_head.weight"])
