@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import io
+import json
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +42,25 @@ def random_bytes(n: int, seed: int) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
 
 
+def zip_checkpoint(n: int, seed: int) -> bytes:
+    """A zip shaped like a torch checkpoint holding `n` random bytes (decoded outputs with no published
+    digest must be plausible, and a torch `.bin` is a zip)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data/0", random_bytes(n, seed))
+    return buf.getvalue()
+
+
+def model_file(name: str, n: int, seed: int) -> bytes:
+    """About `n` bytes that are a valid file of the kind `name` says (a zip for `.bin`, JSON for
+    `.json`), random elsewhere."""
+    if name.endswith(".bin"):
+        return zip_checkpoint(n, seed)
+    if name.endswith(".json"):
+        return json.dumps({"pad": random_bytes(n, seed).hex()[: max(0, n - 11)]}).encode()
+    return random_bytes(n, seed)
+
+
 def write_files(folder: Path, files: dict[str, bytes]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
@@ -52,17 +74,17 @@ def model_pair(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
 
     def make(**overrides: bytes) -> tuple[Path, Path]:
         base = {
-            "pytorch_model-00001-of-00002.bin": random_bytes(300_001, 1),
-            "pytorch_model-00002-of-00002.bin": random_bytes(200_003, 2),
+            "pytorch_model-00001-of-00002.bin": zip_checkpoint(300_001, 1),
+            "pytorch_model-00002-of-00002.bin": zip_checkpoint(200_003, 2),
             "pytorch_model.bin.index.json": b'{"metadata": {"total_size": 500004}}\n',
             "config.json": b'{"vocab_size": 32000}\n',
             "tokenizer.model": random_bytes(4_097, 3),
         }
         tuned = {
             # grown vocabulary: longer than the base
-            "pytorch_model-00001-of-00002.bin": random_bytes(300_001 + 16 * 13, 4),
+            "pytorch_model-00001-of-00002.bin": zip_checkpoint(300_001 + 16 * 13, 4),
             # shorter than the base
-            "pytorch_model-00002-of-00002.bin": random_bytes(199_990, 5),
+            "pytorch_model-00002-of-00002.bin": zip_checkpoint(199_990, 5),
             "pytorch_model.bin.index.json": b'{"metadata": {"total_size": 500212}}\n',
             "config.json": b'{"vocab_size": 32016}\n',
             "tokenizer.model": base["tokenizer.model"],

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import xorweights
-from tests.conftest import random_bytes, tree, write_files
+from tests.conftest import model_file, tree, write_files
 from xorweights.constants import STATE_FILE, TEMP_PREFIX, TEMP_SUFFIX
 
 IS_ROOT = os.geteuid() == 0
@@ -50,9 +50,9 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path,
         "config.json": 600,
         "tokenizer.model": 4096,
     }
-    base = write_files(root / "base", {n: random_bytes(s - 64, i) for i, (n, s) in enumerate(sizes.items())})
+    base = write_files(root / "base", {n: model_file(n, s - 64, i) for i, (n, s) in enumerate(sizes.items())})
     tuned = write_files(
-        root / "tuned", {n: random_bytes(s, 100 + i) for i, (n, s) in enumerate(sizes.items())}
+        root / "tuned", {n: model_file(n, s, 100 + i) for i, (n, s) in enumerate(sizes.items())}
     )
     rep = xorweights.encode(
         tuned, format="oasst", base=base, out=root / "payload", with_checksums=True, release="faults"

@@ -75,22 +75,22 @@ def test_gzip_is_recognised_by_magic_not_by_name_or_flag(tmp_path: Path, model_p
     ids=lambda v: str(v),
 )
 def test_round_trip_at_every_size(tmp_path: Path, n_tuned: int, n_base: int) -> None:
-    base = write_files(tmp_path / "base", {"w.bin": random_bytes(n_base, 1)})
-    tuned = write_files(tmp_path / "tuned", {"w.bin": random_bytes(n_tuned, 2)})
+    base = write_files(tmp_path / "base", {"w.dat": random_bytes(n_base, 1)})
+    tuned = write_files(tmp_path / "tuned", {"w.dat": random_bytes(n_tuned, 2)})
     xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
-    assert (tmp_path / "payload" / "w.bin").stat().st_size == n_tuned  # output length = input length
+    assert (tmp_path / "payload" / "w.dat").stat().st_size == n_tuned  # output length = input length
     ref_payload = tmp_path / "ref.bin"
-    ref.xor_uncompressed(str(ref_payload), str(tuned / "w.bin"), str(base / "w.bin"))
-    assert (tmp_path / "payload" / "w.bin").read_bytes() == ref_payload.read_bytes()
+    ref.xor_uncompressed(str(ref_payload), str(tuned / "w.dat"), str(base / "w.dat"))
+    assert (tmp_path / "payload" / "w.dat").read_bytes() == ref_payload.read_bytes()
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
-    assert (tmp_path / "out" / "w.bin").read_bytes() == (tuned / "w.bin").read_bytes()
+    assert (tmp_path / "out" / "w.dat").read_bytes() == (tuned / "w.dat").read_bytes()
 
 
 def test_empty_files_round_trip_with_gzip(tmp_path: Path) -> None:
-    base = write_files(tmp_path / "base", {"a.bin": b"", "b.bin": b"xyz"})
-    tuned = write_files(tmp_path / "tuned", {"a.bin": b"", "b.bin": b""})
+    base = write_files(tmp_path / "base", {"a.dat": b"", "b.dat": b"xyz"})
+    tuned = write_files(tmp_path / "tuned", {"a.dat": b"", "b.dat": b""})
     xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload", compress="gzip")
-    assert gzip.decompress((tmp_path / "payload" / "a.bin").read_bytes()) == b""
+    assert gzip.decompress((tmp_path / "payload" / "a.dat").read_bytes()) == b""
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
     assert tree(tmp_path / "out") == tree(tuned)
 
@@ -168,8 +168,8 @@ def test_out_may_not_be_an_input_folder(tmp_path: Path, model_pair) -> None:
 
 
 def test_plain_payload_that_would_look_like_gzip_is_refused(tmp_path: Path) -> None:
-    base = write_files(tmp_path / "base", {"w.bin": b"\x00\x00\x00rest"})
-    tuned = write_files(tmp_path / "tuned", {"w.bin": b"\x1f\x8b\x08data"})
+    base = write_files(tmp_path / "base", {"w.dat": b"\x00\x00\x00rest"})
+    tuned = write_files(tmp_path / "tuned", {"w.dat": b"\x1f\x8b\x08data"})
     with pytest.raises(xorweights.FormatError, match="--compress gzip"):
         xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     assert tree(tmp_path / "payload") == {}
@@ -190,12 +190,12 @@ def test_gzip_encode_matches_the_legacy_script_across_a_chunk_boundary(tmp_path:
     n = CHUNK_SIZE + 3
     # Half-compressible data, so deflate makes real matches across the boundary.
     data = bytes(random_bytes(n // 2, 1)) + bytes(n - n // 2)
-    base = write_files(tmp_path / "base", {"w.bin": random_bytes(n - 11, 2)})
-    tuned = write_files(tmp_path / "tuned", {"w.bin": data})
+    base = write_files(tmp_path / "base", {"w.dat": random_bytes(n - 11, 2)})
+    tuned = write_files(tmp_path / "tuned", {"w.dat": data})
     xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload", compress="gzip")
     (tmp_path / "ref").mkdir()  # the gzip header holds the file's name, so same name here
-    ref.xor_encode(str(tmp_path / "ref" / "w.bin"), str(tuned / "w.bin"), str(base / "w.bin"))
-    assert (tmp_path / "payload" / "w.bin").read_bytes() == (tmp_path / "ref" / "w.bin").read_bytes()
+    ref.xor_encode(str(tmp_path / "ref" / "w.dat"), str(tuned / "w.dat"), str(base / "w.dat"))
+    assert (tmp_path / "payload" / "w.dat").read_bytes() == (tmp_path / "ref" / "w.dat").read_bytes()
 
 
 @pytest.mark.parametrize("backend", ["zlib", "isal"])
@@ -230,8 +230,8 @@ def test_plain_payload_reports_no_gzip_backend(tmp_path: Path, model_pair) -> No
 
 def test_drop_cache_and_no_fsync_give_the_same_bytes(tmp_path: Path) -> None:
     n = 3 * CHUNK_SIZE + 5
-    base = write_files(tmp_path / "base", {"w.bin": random_bytes(n - 100, 1)})
-    tuned = write_files(tmp_path / "tuned", {"w.bin": random_bytes(n, 2)})
+    base = write_files(tmp_path / "base", {"w.dat": random_bytes(n - 100, 1)})
+    tuned = write_files(tmp_path / "tuned", {"w.dat": random_bytes(n, 2)})
     xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "a", drop_cache=True)
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "b", fsync=False)
@@ -253,16 +253,16 @@ def _resident_bytes(path: Path) -> int:
 
 def test_drop_cache_keeps_the_inputs_and_output_out_of_the_page_cache(tmp_path: Path) -> None:
     n = 8 * CHUNK_SIZE
-    base = write_files(tmp_path / "base", {"w.bin": random_bytes(n, 1)})
-    payload = write_files(tmp_path / "payload", {"w.bin": random_bytes(n, 2)})
+    base = write_files(tmp_path / "base", {"w.dat": random_bytes(n, 1)})
+    payload = write_files(tmp_path / "payload", {"w.dat": random_bytes(n, 2)})
     os.sync()  # real inputs are clean; dirty pages cannot be dropped until written back
-    for p in (base / "w.bin", payload / "w.bin"):
+    for p in (base / "w.dat", payload / "w.dat"):
         assert _resident_bytes(p) > n // 2  # just written: cached
     xorweights.decode(payload, base=base, out=tmp_path / "kept")
-    assert _resident_bytes(tmp_path / "kept" / "w.bin") > n // 2  # without the option, cached
+    assert _resident_bytes(tmp_path / "kept" / "w.dat") > n // 2  # without the option, cached
     xorweights.decode(payload, base=base, out=tmp_path / "out", drop_cache=True)
     # Only the last window behind the cursor may remain (the writeback window and one chunk each).
-    for p in (base / "w.bin", payload / "w.bin", tmp_path / "out" / "w.bin"):
+    for p in (base / "w.dat", payload / "w.dat", tmp_path / "out" / "w.dat"):
         assert _resident_bytes(p) <= 5 * CHUNK_SIZE, p
 
 
