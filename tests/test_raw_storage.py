@@ -121,6 +121,21 @@ def test_bin_finetune_without_base_file_is_refused_or_allowed_by_name(tmp_path: 
     assert load_manifest(tmp_path / "p2").file(entry.name).raw == entry.raw
 
 
+@pytest.mark.parametrize("name", ["model.gguf", "flax_model.msgpack", "tf_model.h5", "big.dat"])
+def test_other_weight_containers_without_base_file_are_raw(tmp_path: Path, name: str) -> None:
+    ft, base = make_pair(tmp_path)
+    size = 64 * 1024 * 1024 + 1 if name == "big.dat" else 1000
+    with open(ft / name, "wb") as f:
+        f.truncate(size)
+    with pytest.raises(RawStorageError, match=f"1 weight file .*{name}"):
+        xorweights.encode(ft, base=base, out=tmp_path / "p1")
+    report = xorweights.encode(ft, base=base, out=tmp_path / "p2", allow_raw=[name])
+    assert report.native_manifest.file(name).raw == RawNote("no same-named base file", name)
+    (base / name).write_bytes(b"x" * 10)  # with a base file of that name it is XOR-ed, not raw
+    report = xorweights.encode(ft, base=base, out=tmp_path / "p3")
+    assert report.native_manifest.file(name).method == "file-xor"
+
+
 def test_publish_refuses_raw_tensors_unless_named_and_the_card_counts_them(hub, tmp_path: Path) -> None:
     ft, base = make_pair(tmp_path, drop=("lm_head.weight",))
     payload = tmp_path / "payload"
