@@ -2,8 +2,10 @@
 
 It follows the published algorithm step by step and shares no code with xorweights: 4 KiB
 blocks, `numpy.pad` of a short base block, truncation of a long one, `gzip` level 9 with the file
-name in the header, `added_tokens.json` copied first, and errors per file swallowed. The only
-departure is a fixed gzip `mtime` (the script stamps the current time), so outputs compare.
+name in the header, `added_tokens.json` copied raw first and then XOR-ed over that copy like
+every other file when the base holds one (a base without it raises, and the raw copy stays), and
+errors per file swallowed. The only departure is a fixed gzip `mtime` (the script stamps the
+current time), so outputs compare.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from tests.conftest import random_bytes, tree, write_files
 from tests.hubserver import TOKEN, HubServer
 from tests.test_native import base_tensors, finetune, save_bin_shards
 from xorweights import model_card, publish
+from xorweights.constants import STATE_FILE
 from xorweights.errors import HubError, PayloadMismatchError, UnsafePathError
 
 
@@ -125,15 +126,28 @@ def test_second_call_returns_at_once_and_verify_rehashes(native_release, hub, tm
     again = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, **kw)
     assert all(f.kept for f in again.files) and len(downloads(hub)) == gets  # nothing fetched again
 
-    # Same size and time, other bytes: kept on sizes alone, remade when asked to verify.
+    # Same size and time, other bytes: the inode change time gives it away; hashed and remade.
     target = out / "model.safetensors"
-    st = target.stat()
-    data = bytearray(target.read_bytes())
-    data[-1] ^= 1
-    target.write_bytes(bytes(data))
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def corrupt() -> bytes:
+        st = target.stat()
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 1
+        target.write_bytes(bytes(data))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return bytes(data)
+
+    corrupt()
     quick = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, **kw)
-    assert all(f.kept for f in quick.files) and target.read_bytes() == bytes(data)
+    assert {f.name for f in quick.files if not f.kept} == {"model.safetensors"}
+    assert tree(out) == tree(native_release["ft"])
+    # A change no stamp shows (the record forged to match): kept unread, remade when asked to verify.
+    data = corrupt()
+    state = json.loads((out / STATE_FILE).read_text())
+    state["files"]["model.safetensors"]["ctime_ns"] = target.stat().st_ctime_ns
+    (out / STATE_FILE).write_text(json.dumps(state))
+    quick = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, **kw)
+    assert all(f.kept for f in quick.files) and target.read_bytes() == data
     checked = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, verify=True, **kw)
     remade = {f.name for f in checked.files if not f.kept}
     assert remade == {"model.safetensors"}

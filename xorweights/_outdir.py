@@ -1,9 +1,15 @@
 """The output folder: one writer at a time, no stale temporaries, and a record of finished files.
 
 `.xorweights-state.json` lists each output that was completed (and verified, when checksums were
-given): its size, modification time, digests and the identity of the inputs it was made from.
-A later run into the same folder keeps such outputs instead of recomputing them, and treats every
-file it lists as its own (it may overwrite those without `--force`).
+given): its size, modification time, inode change time, digests and the identity of the inputs
+it was made from. The record is evidence, not authority: a later run keeps an output unread only
+while all three stamps are as recorded (the change time cannot be set back, as `os.utime` sets the
+modification time back); otherwise it hashes the file again (see `codec._triage`). Every file the
+record lists counts as ours (a later run may overwrite it without `--force`).
+
+The file is read with the strict JSON reader; anything malformed, in the whole or in one entry, is
+ignored with a warning. Names that are not valid UTF-8 are kept under `files_hex` (the name's
+bytes in hex), so the rest stays strict JSON.
 """
 
 from __future__ import annotations
@@ -12,18 +18,32 @@ import fcntl
 import json
 import logging
 import os
+import re
+import stat
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._atomic import AtomicFile
+from ._json import loads
 from ._paths import check_name
-from .constants import MAX_MANIFEST_BYTES, STATE_FILE, STATE_FORMAT, TEMP_PREFIX, TEMP_SUFFIX
+from .constants import (
+    ALGORITHMS,
+    HEX_LENGTH,
+    MAX_MANIFEST_BYTES,
+    STATE_FILE,
+    STATE_FORMAT,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+)
 from .errors import FolderLockedError, InputError
 
 logger = logging.getLogger(__name__)
+
+_INT64 = 1 << 63
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
@@ -35,12 +55,103 @@ class Done:
     digests: Mapping[str, str] = field(default_factory=dict)
     inputs: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """`(size, mtime_ns)` of each input (`payload`, `base`) when the output was made."""
+    ctime_ns: int | None = None
+    """Inode change time when recorded; None in older records, which are never trusted unread."""
 
 
 def file_id(path: Path) -> tuple[int, int]:
-    """What identifies a file's content cheaply: `(size, mtime_ns)`."""
+    """What identifies an input's content cheaply: `(size, mtime_ns)`."""
     st = path.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def _regular_stat(path: Path) -> os.stat_result | None:
+    """`lstat` of `path` when it is a regular file (not a link), else None."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def _int(value: object, what: str, low: int = -_INT64) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value < _INT64:
+        raise ValueError(f"{what} must be an integer in range")
+    return value
+
+
+def _digests(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("digests must be an object")
+    for algo, hexd in value.items():
+        if algo not in ALGORITHMS or not isinstance(hexd, str) or len(hexd) != HEX_LENGTH[algo]:
+            raise ValueError(f"bad digest {algo!r}")
+        if not _HEX.fullmatch(hexd):
+            raise ValueError(f"{algo} must be lowercase hex digits")
+    return dict(value)
+
+
+def _inputs(value: object) -> dict[str, tuple[int, int]]:
+    if not isinstance(value, dict):
+        raise ValueError("inputs must be an object")
+    out = {}
+    for role, v in value.items():
+        if not isinstance(v, list) or len(v) != 2:
+            raise ValueError(f"input {role!r} must be [size, mtime_ns]")
+        out[role] = (_int(v[0], "input size", 0), _int(v[1], "input mtime_ns"))
+    return out
+
+
+def parse_done(entry: object) -> Done:
+    """One state entry, validated.
+
+    Raises:
+        `ValueError`: a missing field, or one of the wrong type or out of range.
+    """
+    if not isinstance(entry, dict):
+        raise ValueError("entry must be an object")
+    ctime = entry.get("ctime_ns")
+    return Done(
+        size=_int(entry.get("size"), "size", 0),
+        mtime_ns=_int(entry.get("mtime_ns"), "mtime_ns"),
+        digests=_digests(entry.get("digests", {})),
+        inputs=_inputs(entry.get("inputs", {})),
+        ctime_ns=None if ctime is None else _int(ctime, "ctime_ns"),
+    )
+
+
+def _entry_json(d: Done) -> dict[str, Any]:
+    return {
+        "size": d.size,
+        "mtime_ns": d.mtime_ns,
+        "ctime_ns": d.ctime_ns,
+        "digests": dict(d.digests),
+        "inputs": {k: list(v) for k, v in d.inputs.items()},
+    }
+
+
+def _is_unicode(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate escapes: bytes that were not UTF-8
+        return False
+    return True
+
+
+def _read_state(path: Path) -> bytes:
+    """The state file's bytes: a regular file (never a link, FIFO or device) of bounded size."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MAX_MANIFEST_BYTES:
+            raise ValueError("too large")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(MAX_MANIFEST_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 class OutputFolder:
@@ -92,50 +203,57 @@ class OutputFolder:
                 os.unlink(entry.path)
 
     def _load(self) -> dict[str, Done]:
+        """The state file's entries; the file, or an entry, that is malformed is ignored with a warning."""
         path = self.path / STATE_FILE
         try:
-            if path.stat().st_size > MAX_MANIFEST_BYTES:
-                raise ValueError("too large")
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = loads(_read_state(path), str(path))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError) as e:  # FormatError is a ValueError
             logger.warning("ignoring unreadable state file %s (%s)", path, e)
             return {}
-        if (
-            not isinstance(doc, dict)
-            or doc.get("format") != STATE_FORMAT
-            or not isinstance(doc.get("files"), dict)
-        ):
+        if not isinstance(doc, dict):
+            doc = {}
+        files, by_hex = doc.get("files"), doc.get("files_hex", {})
+        if doc.get("format") != STATE_FORMAT or not isinstance(files, dict) or not isinstance(by_hex, dict):
             logger.warning("ignoring state file %s of an unknown format", path)
             return {}
-        done = {}
-        for name, entry in doc["files"].items():
+        entries = list(files.items())
+        for key, entry in by_hex.items():
             try:
-                check_name(name, str(path))
-                done[name] = Done(
-                    size=int(entry["size"]),
-                    mtime_ns=int(entry["mtime_ns"]),
-                    digests={str(k): str(v) for k, v in entry.get("digests", {}).items()},
-                    inputs={str(k): (int(v[0]), int(v[1])) for k, v in entry.get("inputs", {}).items()},
-                )
-            except (KeyError, TypeError, ValueError, IndexError, InputError) as e:
+                entries.append((os.fsdecode(bytes.fromhex(key)), entry))
+            except ValueError:
+                logger.warning("ignoring entry %r of state file %s (not a hex name)", key, path)
+        done = {}
+        for name, entry in entries:
+            try:
+                done[check_name(name, str(path))] = parse_done(entry)
+            except (ValueError, InputError) as e:
                 logger.warning("ignoring entry %r of state file %s (%s)", name, path, e)
         return done
 
-    def kept(self, name: str, inputs: Mapping[str, tuple[int, int]], want: Mapping[str, str]) -> Done | None:
-        """The record of `name` if its output can be kept as it is, else None.
+    def kept(
+        self,
+        name: str,
+        inputs: Mapping[str, tuple[int, int]],
+        want: Mapping[str, str],
+        size: int | None = None,
+    ) -> Done | None:
+        """The record of `name` if its output can be kept without reading it, else None.
 
-        It can when the file is still the one recorded, its inputs are unchanged, and the
-        recorded digests include and match every digest wanted now.
+        It can when the file is a regular file whose size, modification time and inode change
+        time are all as recorded, its inputs are unchanged, the recorded size agrees with the
+        published `size` (if any), and the recorded digests include and match every one wanted.
         """
         d = self.done.get(name)
-        final = self.path / name
-        if d is None or not final.is_file() or final.is_symlink():
+        if d is None or d.ctime_ns is None or dict(d.inputs) != dict(inputs):
             return None
-        if file_id(final) != (d.size, d.mtime_ns) or dict(d.inputs) != dict(inputs):
+        if size is not None and d.size != size:
             return None
         if any(d.digests.get(algo) != hexd for algo, hexd in want.items()):
+            return None
+        st = _regular_stat(self.path / name)
+        if st is None or (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (d.size, d.mtime_ns, d.ctime_ns):
             return None
         return d
 
@@ -143,20 +261,30 @@ class OutputFolder:
         """Whether an earlier run recorded `name` (so it may be replaced without `--force`)."""
         return name in self.done
 
-    def record(self, name: str, digests: Mapping[str, str], inputs: Mapping[str, tuple[int, int]]) -> None:
-        """Note a finished output and save the state file atomically (thread-safe)."""
+    def record(
+        self, name: str, digests: Mapping[str, str], inputs: Mapping[str, tuple[int, int]]
+    ) -> Done | None:
+        """Note a finished output and save the state file atomically (thread-safe); returns the record."""
         if not self.keep_state:
-            return
-        size, mtime = file_id(self.path / name)
+            return None
+        st = os.stat(self.path / name)
+        done = Done(st.st_size, st.st_mtime_ns, dict(digests), dict(inputs), st.st_ctime_ns)
         with self._lock:
-            self.done[name] = Done(size=size, mtime_ns=mtime, digests=dict(digests), inputs=dict(inputs))
-            doc: dict[str, Any] = {
-                "format": STATE_FORMAT,
-                "files": {
-                    n: {**asdict(d), "inputs": {k: list(v) for k, v in d.inputs.items()}}
-                    for n, d in sorted(self.done.items())
-                },
-            }
+            self.done[name] = done
             with AtomicFile(self.path / STATE_FILE) as f:
-                f.file.write((json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+                f.file.write((json.dumps(self._doc(), indent=1, sort_keys=True) + "\n").encode())
                 f.commit()
+        return done
+
+    def _doc(self) -> dict[str, Any]:
+        files: dict[str, Any] = {}
+        by_hex: dict[str, Any] = {}
+        for n, d in sorted(self.done.items()):
+            if _is_unicode(n):
+                files[n] = _entry_json(d)
+            else:
+                by_hex[os.fsencode(n).hex()] = _entry_json(d)
+        doc: dict[str, Any] = {"format": STATE_FORMAT, "files": files}
+        if by_hex:
+            doc["files_hex"] = by_hex
+        return doc

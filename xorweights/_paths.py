@@ -1,15 +1,20 @@
 """Names that come from outside (payload listings, manifests, indexes, model cards) are checked here.
 
 A name is a relative path inside a folder: no absolute paths, no drive letters, no `..`, no
-empty or `.` parts, no NUL or control characters, and at most 255 bytes per part.
+empty or `.` parts, no NUL or control characters, no part named like xorweights' own files
+(`.xorweights-...`), and at most 255 bytes per part. A file read from a folder must be a regular
+file that resolves inside it (`check_regular_file`): a link out of it, a FIFO, a device or a
+socket is refused before anything opens it, so no read can block or leak.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
+from .constants import TEMP_PREFIX
 from .errors import UnsafePathError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -32,6 +37,11 @@ def check_name(name: object, where: str) -> str:
     parts = re.split(r"[\\/]", name)
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafePathError(f"{where}: file name {name!r} must stay inside its folder", path=where)
+    if any(p.casefold().startswith(TEMP_PREFIX) for p in parts):
+        raise UnsafePathError(
+            f"{where}: file name {name!r} is reserved for xorweights' own files ({TEMP_PREFIX}...)",
+            path=where,
+        )
     if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
         raise UnsafePathError(f"{where}: file name {name[:40]!r}... is too long", path=where)
     return name
@@ -72,3 +82,56 @@ def check_not_escaping_link(path: Path, folder: Path) -> None:
             raise UnsafePathError(
                 f"{path} is a symlink to {target}, outside {roots[0]}; refusing to follow it", path=path
             )
+
+
+def _resolves_inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, every link on the way followed, lies inside `folder` (or its Hub blobs)."""
+    target = Path(os.path.realpath(path))
+    return any(target == r or r in target.parents for r in _link_roots(folder))
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def check_regular_file(path: Path, folder: Path) -> bool:
+    """Whether a regular file sits at `path` inside `folder` (False: nothing there).
+
+    Only metadata is read (no open), so a FIFO cannot block. A link to a regular file inside
+    `folder` (or, in a Hub cache snapshot, its blobs) is followed.
+
+    Raises:
+        `UnsafePathError`: `path` resolves outside `folder` (a link, or a linked folder on the
+            way), or is a FIFO, device, socket or folder.
+    """
+    check_not_escaping_link(path, folder)
+    if (path.is_symlink() or path.exists()) and not _resolves_inside(path, folder):
+        raise UnsafePathError(
+            f"{path} resolves to {os.path.realpath(path)}, outside {folder.resolve()}; refusing to follow it",
+            path=path,
+        )
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if not stat.S_ISREG(mode):
+        raise UnsafePathError(f"{path} is {_kind(mode)}, not a regular file; refusing to read it", path=path)
+    return True
+
+
+def check_folder_inside(path: Path, root: Path) -> None:
+    """Refuse a subfolder of `root` that resolves (through a link) outside it."""
+    if path.is_symlink() and not _resolves_inside(path, root):
+        raise UnsafePathError(
+            f"{path} is a symlink to {os.path.realpath(path)}, outside {root.resolve()}; "
+            "refusing to follow it",
+            path=path,
+        )

@@ -8,7 +8,6 @@ result). A line file holds one stage without saying which, so it applies to whic
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import _json
 from ._atomic import AtomicFile
 from ._progress import byte_bar
 from .constants import (
@@ -30,7 +30,7 @@ from .constants import (
     STAGES,
     TEMP_PREFIX,
 )
-from .errors import FormatError, InputError, MissingFileError, UnknownReleaseError
+from .errors import ChecksumMismatchError, FormatError, InputError, MissingFileError, UnknownReleaseError
 
 logger = logging.getLogger(__name__)
 
@@ -128,39 +128,52 @@ def known_releases() -> list[ChecksumManifest]:
     return sorted((load_manifest_file(p) for p in manifests_dir().glob("*.json")), key=lambda m: m.release)
 
 
-def _check_hex(value: Any, algorithm: str, where: str) -> str:
-    if not isinstance(value, str) or not re.fullmatch(f"[0-9a-f]{{{HEX_LENGTH[algorithm]}}}", value.lower()):
-        raise FormatError(f"{where}: {algorithm} must be {HEX_LENGTH[algorithm]} hex digits, got {value!r}")
+#: Largest size a manifest may state (sizes are int64 on every platform we read files on).
+_MAX_SIZE = 2**63 - 1
+
+
+def _shown(value: Any) -> str:
+    """A short, one-line form of an untrusted JSON value for an error message."""
+    return _json.escape_for_message(value) if isinstance(value, str) else f"a {type(value).__name__}"
+
+
+def _check_hex(value: Any, algorithm: str, where: str, source: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(f"[0-9a-fA-F]{{{HEX_LENGTH[algorithm]}}}", value):
+        raise FormatError(
+            f"{where}: {algorithm} must be {HEX_LENGTH[algorithm]} hex digits, got {_shown(value)}",
+            path=source,
+        )
     return value.lower()
 
 
-def _parse_entry(value: Any, where: str) -> FileDigest:
+def _parse_entry(value: Any, where: str, source: str) -> FileDigest:
     if not isinstance(value, dict):
-        raise FormatError(f"{where}: expected an object with md5/sha256/size")
+        raise FormatError(f"{where}: expected an object with md5/sha256/size", path=source)
     unknown = set(value) - {"md5", "sha256", "size"}
     if unknown:
-        raise FormatError(f"{where}: unknown keys {sorted(unknown)}")
+        shown = ", ".join(_json.escape_for_message(k, 40) for k in sorted(unknown)[:5])
+        raise FormatError(f"{where}: unknown keys {shown}", path=source)
     size = value.get("size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-        raise FormatError(f"{where}: size must be a non-negative integer")
+    if size is not None and (type(size) is not int or not 0 <= size <= _MAX_SIZE):
+        raise FormatError(f"{where}: size must be a non-negative integer (int64)", path=source)
     md5 = value.get("md5")
     sha = value.get("sha256")
     if md5 is None and sha is None:
-        raise FormatError(f"{where}: needs md5 or sha256")
+        raise FormatError(f"{where}: needs md5 or sha256", path=source)
     return FileDigest(
-        md5=None if md5 is None else _check_hex(md5, "md5", where),
-        sha256=None if sha is None else _check_hex(sha, "sha256", where),
+        md5=None if md5 is None else _check_hex(md5, "md5", where, source),
+        sha256=None if sha is None else _check_hex(sha, "sha256", where, source),
         size=size,
     )
 
 
-def _check_name(name: Any, where: str) -> str:
+def _check_name(name: Any, where: str, source: str) -> str:
     """Names in manifests are relative paths inside a folder; nothing may point outside it."""
     if not isinstance(name, str) or not name or name.startswith(("/", "\\")) or "\x00" in name:
-        raise FormatError(f"{where}: bad file name {name!r}")
+        raise FormatError(f"{where}: bad file name {_shown(name)}", path=source)
     parts = re.split(r"[\\/]", name)
     if any(p in ("", ".", "..") for p in parts) or re.match(r"^[A-Za-z]:", name):
-        raise FormatError(f"{where}: file name {name!r} must stay inside its folder")
+        raise FormatError(f"{where}: file name {_shown(name)} must stay inside its folder", path=source)
     return name
 
 
@@ -181,43 +194,53 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
             path=source,
         )
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
-        raise FormatError(f'{source}: not a checksum manifest (expected "format": "{MANIFEST_FORMAT}")')
+        raise FormatError(
+            f'{source}: not a checksum manifest (expected "format": "{MANIFEST_FORMAT}")', path=source
+        )
     release = doc.get("release")
     if not isinstance(release, str) or not release:
-        raise FormatError(f'{source}: missing "release"')
+        raise FormatError(f'{source}: missing "release"', path=source)
     stages_doc = doc.get("stages", {})
     if not isinstance(stages_doc, dict):
-        raise FormatError(f'{source}: "stages" must be an object')
+        raise FormatError(f'{source}: "stages" must be an object', path=source)
     stages: dict[str, dict[str, FileDigest]] = {}
     for stage, files in stages_doc.items():
         if stage not in STAGES:
-            raise FormatError(f"{source}: unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+            raise FormatError(
+                f"{source}: unknown stage {_shown(stage)}; expected one of {', '.join(STAGES)}", path=source
+            )
         if not isinstance(files, dict):
-            raise FormatError(f"{source}: stage {stage!r} must map file names to digests")
+            raise FormatError(f"{source}: stage {stage!r} must map file names to digests", path=source)
         stages[stage] = {
-            _check_name(n, f"{source} [{stage}]"): _parse_entry(v, f"{source} [{stage}] {n}")
+            _check_name(n, f"{source} [{stage}]", source): _parse_entry(
+                v, f"{source} [{stage}] {_json.escape_for_message(n)}", source
+            )
             for n, v in files.items()
         }
 
     def _strs(key: str) -> tuple[str, ...]:
         v = doc.get(key, [])
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise FormatError(f'{source}: "{key}" must be a list of strings')
+            raise FormatError(f'{source}: "{key}" must be a list of strings', path=source)
         return tuple(v)
 
     def _strmap(key: str) -> dict[str, str]:
         v = doc.get(key, {})
         if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
-            raise FormatError(f'{source}: "{key}" must map names to strings')
+            raise FormatError(f'{source}: "{key}" must map names to strings', path=source)
         return dict(v)
 
-    repo_id = doc.get("repo_id")
-    if repo_id is not None and not isinstance(repo_id, str):
-        raise FormatError(f'{source}: "repo_id" must be a string')
+    def _str(key: str) -> str | None:
+        v = doc.get(key)
+        if v is not None and not isinstance(v, str):
+            raise FormatError(f'{source}: "{key}" must be a string', path=source)
+        return v
+
+    repo_id = _str("repo_id")
     return ChecksumManifest(
         release=release,
         repo_id=repo_id,
-        description=str(doc.get("description", "")),
+        description=_str("description") or "",
         stages=stages,
         sources=_strmap("sources"),
         caveats=_strs("caveats"),
@@ -228,7 +251,14 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
 
 
 def load_manifest_file(path: os.PathLike[str] | str) -> ChecksumManifest:
-    """Read a JSON manifest or a coreutils line file (told apart by content)."""
+    """Read a JSON manifest or a coreutils line file (told apart by content).
+
+    Raises:
+        `MissingFileError`: no such file.
+        `InputError`: the file cannot be read.
+        `FormatError`: anything malformed (strict JSON, see `_json`; lines, see `parse_sum_lines`).
+        `ChecksumMismatchError`: a line file lists one name with two different digests.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -242,14 +272,10 @@ def load_manifest_file(path: os.PathLike[str] | str) -> ChecksumManifest:
         raise MissingFileError(f"checksum file not found: {path}", path=path) from None
     except OSError as e:
         raise InputError(f"cannot read checksum file {path}: {e.strerror}", path=path) from e
-    text = raw.decode("utf-8", errors="replace")
-    if text.lstrip().startswith("{"):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise FormatError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})", path=path) from None
-        return parse_manifest(doc, str(path))
-    algorithm, entries = parse_sum_lines(text, source=str(path))
+    if raw.lstrip().startswith(b"{"):
+        return parse_manifest(_json.loads(raw, str(path)), str(path))
+    # Names are bytes to coreutils: one that is not UTF-8 is kept as os.fsdecode gives it on disk.
+    algorithm, entries = parse_sum_lines(raw.decode("utf-8", "surrogateescape"), source=str(path))
     digests = {n: FileDigest(**{algorithm: h}) for n, h in entries.items()}
     return ChecksumManifest(release=path.name, stages={}, unstaged=digests, path=str(path))
 
@@ -281,6 +307,9 @@ def load_checksums(spec: os.PathLike[str] | str) -> ChecksumManifest:
 # --- coreutils line files -----------------------------------------------------------------------
 
 _LINE = re.compile(r"^(\\?)([0-9a-fA-F]+) [ *](.*)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Lone surrogates other than the escapes of bytes 0x80-0xff (`surrogateescape`).
+_SURROGATE = re.compile(r"[\ud800-\udc7f\udd00-\udfff]")
 
 
 def _unescape(name: str) -> str:
@@ -300,42 +329,75 @@ def _unescape(name: str) -> str:
 def parse_sum_lines(text: str, *, source: str = "<text>") -> tuple[str, dict[str, str]]:
     """Parse `md5sum`/`sha256sum` output (text or `*binary` mode, escaped names).
 
+    A name listed twice with the same digest counts once; with different digests no file can
+    pass (`md5sum -c` checks every line), so that is reported as a mismatch straight away. A name
+    that is not UTF-8 comes as surrogate escapes (`surrogateescape`), as names on disk do.
+
     Returns:
         `(algorithm, {name: hexdigest})`; the algorithm is told by the digest length.
 
     Raises:
-        `FormatError`: a malformed line, mixed algorithms, or no entries.
+        `FormatError`: a malformed line (control characters and lone surrogates included), mixed
+            algorithms, or no entries.
+        `ChecksumMismatchError`: one name listed with two different digests.
     """
     entries: dict[str, str] = {}
+    first_line: dict[str, int] = {}
     algorithm: str | None = None
     # Lines end at "\n" only, as coreutils reads them (a CRLF file's "\r" is dropped).
     for lineno, line in enumerate(text.split("\n"), 1):
         line = line.removesuffix("\r")
+        where = f"{source}:{lineno}"
+        if _SURROGATE.search(line):
+            raise FormatError(f"{where}: a lone surrogate that stands for no byte", path=source)
         if not line.strip() or line.lstrip().startswith("#"):
             continue
+        if _CONTROL.search(line):
+            raise FormatError(
+                f"{where}: control character in the line (names must be escaped as coreutils does): "
+                f"{line[:80]!r}",
+                path=source,
+            )
         m = _LINE.match(line)
         if not m:
-            raise FormatError(f"{source}:{lineno}: not a '<digest>  <name>' line: {line[:80]!r}")
+            raise FormatError(f"{where}: not a '<digest>  <name>' line: {line[:80]!r}", path=source)
         escaped, digest, name = m.groups()
         algo = {32: "md5", 64: "sha256"}.get(len(digest))
         if algo is None:
             raise FormatError(
-                f"{source}:{lineno}: digest of {len(digest)} hex digits is neither md5 nor sha256"
+                f"{where}: digest of {len(digest)} hex digits is neither md5 nor sha256", path=source
             )
         if algorithm not in (None, algo):
-            raise FormatError(f"{source}:{lineno}: mixes {algorithm} and {algo} digests")
+            raise FormatError(f"{where}: mixes {algorithm} and {algo} digests", path=source)
         algorithm = algo
         name = _unescape(name) if escaped else name
         if name.startswith("./"):
             name = name[2:]
-        entries[_check_name(name, f"{source}:{lineno}")] = digest.lower()
+        name = _check_name(name, where, source)
+        digest = digest.lower()
+        earlier = entries.setdefault(name, digest)
+        if earlier != digest:
+            raise ChecksumMismatchError(
+                f"{where}: {_json.escape_for_message(name)} is listed again with another {algo} "
+                f"({digest}; line {first_line[name]} has {earlier}), so no file can match both",
+                path=source,
+                expected=earlier,
+                actual=digest,
+                algorithm=algo,
+            )
+        first_line.setdefault(name, lineno)
     if algorithm is None:
-        raise FormatError(f"{source}: no checksum lines")
+        raise FormatError(f"{source}: no checksum lines", path=source)
     return algorithm, entries
 
 
 def format_sum_lines(entries: Mapping[str, str]) -> str:
-    """Render `{name: digest}` exactly as coreutils would, sorted by name."""
+    """Render `{name: digest}` exactly as coreutils would, sorted by name.
+
+    A name with a backslash, newline or carriage return gets coreutils' escaped form (a leading
+    backslash); any other byte is kept as it is, so names that are not UTF-8 (surrogate escapes)
+    come out as their own bytes once encoded with `surrogateescape` (see `ChecksumReport.data`).
+    """
     lines = []
     for name, digest in sorted(entries.items()):
         if "\\" in name or "\n" in name or "\r" in name:
@@ -532,6 +594,10 @@ class ChecksumReport:
         """The report as `md5sum`/`sha256sum` lines."""
         return format_sum_lines(self.entries)
 
+    def data(self) -> bytes:
+        """The lines as the bytes `md5sum` writes: each name as its bytes on disk, UTF-8 or not."""
+        return self.lines().encode("utf-8", "surrogateescape")
+
 
 def checksum(
     folder: os.PathLike[str] | str,
@@ -576,6 +642,6 @@ def checksum(
     )
     if output is not None:
         with AtomicFile(output) as f:
-            f.file.write(report.lines().encode("utf-8"))
+            f.file.write(report.data())
             f.commit()
     return report

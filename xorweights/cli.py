@@ -17,8 +17,9 @@ from typing import Any
 import click
 
 from . import __version__
+from ._display import escaped, json_safe, needs_escape, shown
 from ._units import human_bytes as _human
-from .checksums import ChecksumManifest, checksum, known_releases, verify
+from .checksums import ChecksumManifest, ChecksumReport, VerifyReport, checksum, known_releases, verify
 from .codec import DecodeReport, decode, encode
 from .constants import ALGORITHMS, ENV_DEBUG, STAGES, env_flag
 from .errors import ChecksumMismatchError, XorWeightsError
@@ -41,7 +42,15 @@ def _rate(n_bytes: int, seconds: float) -> str:
 
 
 def _emit_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+    click.echo(json.dumps(json_safe(doc), indent=2, sort_keys=True))
+
+
+class _ShownFormatter(logging.Formatter):
+    """Escapes control characters and undecodable bytes in each log message (names come from inputs)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = shown(record.message)
+        return super().formatMessage(record)
 
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -70,7 +79,9 @@ allow_raw_option = click.option(
 def cli(verbose: int) -> None:
     """Rebuild fine-tuned weights from XOR payloads and a license-held base, and prove them."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 @cli.command("decode", epilog=f"Example: {EXAMPLES['decode']}")
@@ -115,9 +126,18 @@ def cli(verbose: int) -> None:
     help="gzip decompressor [default: isal when installed, else zlib].",
 )
 @click.option(
+    "--payload-compression",
+    type=click.Choice(["auto", "none", "gzip"]),
+    default="auto",
+    show_default=True,
+    help="Legacy payloads: auto reads a file starting with 1f 8b 08 as gzip; none never decompresses (a "
+    "plain XOR that happens to start that way); gzip requires every XOR-ed payload file to be gzip.",
+)
+@click.option(
     "--verify",
     is_flag=True,
-    help="Hash outputs already in place again (by default they are kept when size and time are as recorded).",
+    help="Hash outputs already in place again (by default they are kept when size, mtime and ctime are "
+    "as recorded).",
 )
 @click.option(
     "--download-dir",
@@ -139,6 +159,7 @@ def decode_cmd(
     no_fsync: bool,
     base_mode: str,
     gzip_backend: str | None,
+    payload_compression: str,
     verify: bool,
     download_dir: Path | None,
     jobs: int | None,
@@ -162,6 +183,7 @@ def decode_cmd(
         fsync=not no_fsync,
         drop_cache=drop_cache,
         gzip_backend=gzip_backend,
+        payload_compression=payload_compression,  # type: ignore[arg-type]
         base_mode=base_mode,  # type: ignore[arg-type]
         verify=verify,
         download_dir=download_dir,
@@ -178,7 +200,7 @@ def _print_decode(report: DecodeReport) -> None:
     if report.source:
         fresh = any(not f.kept for f in report.files)
         click.echo(
-            f"payload {report.source}"
+            f"payload {shown(report.source)}"
             + (": files read were first checked against the sha256 the Hub reports" if fresh else "")
         )
     for f in report.files:
@@ -189,24 +211,25 @@ def _print_decode(report: DecodeReport) -> None:
             proof.append("base ok")
         if f.verified:
             proof.append("output ok (" + ", ".join(f"{a} {d}" for a, d in sorted(f.digests.items())) + ")")
-        click.echo(f"  {f.name:<40} {_human(f.size):>10}  {how:<8} {'; '.join(proof)}")
+        click.echo(f"  {shown(f.name):<40} {_human(f.size):>10}  {how:<8} {'; '.join(proof)}")
     click.echo(
         f"decoded {len(report.files)} files, {_human(report.bytes_written)} in {report.seconds:.1f} s "
-        f"({_rate(report.bytes_written, report.seconds)}) into {report.out_dir}"
+        f"({_rate(report.bytes_written, report.seconds)}) into {shown(report.out_dir)}"
         + (f"; gzip payloads read with {report.gzip_backend}" if report.gzip_backend else "")
     )
     if report.format == "xorweights":
         n_ok = sum(f.verified for f in report.files)
+        manifest = shown(Path(report.payload_dir) / "xorweights.json")
         click.echo(
-            f"verified against {Path(report.payload_dir) / 'xorweights.json'}: {n_ok} outputs (sha256), "
+            f"verified against {manifest}: {n_ok} outputs (sha256), "
             "every base tensor and base file they use checked before writing"
         )
     elif report.release:
         n_ok = sum(f.verified for f in report.files)
         n_base = sum(f.base_verified for f in report.files)
-        click.echo(f"verified against {report.release}: {n_ok} outputs, {n_base} base files")
+        click.echo(f"verified against {shown(report.release)}: {n_ok} outputs, {n_base} base files")
         for name in report.unverified:
-            click.echo(f"warning: {name}: no published digest; not verified", err=True)
+            click.echo(f"warning: {shown(name)}: no published digest; not verified", err=True)
     else:
         click.echo("no --checksums given: outputs were not verified", err=True)
 
@@ -287,7 +310,7 @@ def encode_cmd(
     else:
         click.echo(
             f"encoded {len(report.files)} files, {_human(report.bytes_written)} in {report.seconds:.1f} s "
-            f"({_rate(report.bytes_written, report.seconds)}) into {report.out_dir}"
+            f"({_rate(report.bytes_written, report.seconds)}) into {shown(report.out_dir)}"
         )
         if report.native_manifest is not None:
             raw = report.native_manifest.raw_items()
@@ -298,7 +321,7 @@ def encode_cmd(
             )
             for f in report.native_manifest.files:
                 if f.note:
-                    click.echo(f"note: {f.name}: {f.note}", err=True)
+                    click.echo(f"note: {shown(f.name)}: {shown(f.note)}", err=True)
         if manifest:
             click.echo(f"checksums written to {manifest}")
     return EXIT_OK
@@ -435,23 +458,27 @@ def verify_cmd(folder: Path, checksums: str, stage: str, jobs: int | None, quiet
     if as_json:
         _emit_json(report.to_dict())
     else:
-        bad = {m.name: m for m in report.mismatches}
-        for name in report.checked:
-            if name in bad:
-                m = bad[name]
-                click.echo(f"MISMATCH {name}: {m.algorithm} {m.actual}, expected {m.expected}")
-            else:
-                click.echo(f"ok       {name}")
-        for name in report.missing:
-            click.echo(f"MISSING  {name}")
-        for name in report.extra:
-            click.echo(f"extra    {name} (not listed)")
-        verdict = "OK" if report.ok else "FAILED"
-        click.echo(
-            f"{verdict}: {len(report.matched)}/{len(report.checked) + len(report.missing)} files of "
-            f"{report.release} [{stage}] match"
-        )
+        _print_verify(report)
     return EXIT_OK if report.ok else EXIT_MISMATCH
+
+
+def _print_verify(report: VerifyReport) -> None:
+    bad = {m.name: m for m in report.mismatches}
+    for name in report.checked:
+        if name in bad:
+            m = bad[name]
+            click.echo(f"MISMATCH {shown(name)}: {m.algorithm} {m.actual}, expected {m.expected}")
+        else:
+            click.echo(f"ok       {shown(name)}")
+    for name in report.missing:
+        click.echo(f"MISSING  {shown(name)}")
+    for name in report.extra:
+        click.echo(f"extra    {shown(name)} (not listed)")
+    verdict = "OK" if report.ok else "FAILED"
+    click.echo(
+        f"{verdict}: {len(report.matched)}/{len(report.checked) + len(report.missing)} files of "
+        f"{shown(report.release)} [{report.stage}] match"
+    )
 
 
 @cli.command("checksum", epilog=f"Example: {EXAMPLES['checksum']}")
@@ -470,10 +497,22 @@ def checksum_cmd(folder: Path, algorithm: str, output: Path | None, jobs: int | 
     """Print md5sum/sha256sum-compatible lines for every file in FOLDER."""
     report = checksum(folder, algorithm=algorithm, output=output, jobs=jobs, progress=not quiet)
     if output is None:
-        click.echo(report.lines(), nl=False)
+        _print_sum_lines(report)
     else:
-        click.echo(f"{len(report.entries)} {algorithm} lines written to {output}", err=True)
+        click.echo(f"{len(report.entries)} {algorithm} lines written to {shown(output)}", err=True)
     return EXIT_OK
+
+
+def _print_sum_lines(report: ChecksumReport) -> None:
+    """Into a pipe or file, the exact bytes `md5sum` writes; on a terminal, names escaped (as `ls` does)."""
+    if not sys.stdout.isatty():
+        click.echo(report.data(), nl=False)
+        return
+    for name, digest in sorted(report.entries.items()):
+        if needs_escape(name) or "\\" in name:
+            click.echo(f"\\{digest}  {escaped(name)}")
+        else:
+            click.echo(f"{digest}  {name}")
 
 
 def _release_doc(m: ChecksumManifest) -> dict[str, Any]:
@@ -580,10 +619,11 @@ def demo_cmd(size_mb: int, workdir: Path | None, jobs: int | None, quiet: bool, 
 
 
 def _one_line(e: BaseException) -> str:
+    """The error as one printable line: names in it escaped, never raw."""
     if isinstance(e, OSError) and not isinstance(e, XorWeightsError):
-        where = f": {e.filename}" if e.filename else ""
-        return f"{e.strerror or e}{where}"
-    return " ".join(str(e).split())
+        where = f": {e.filename!s}" if e.filename else ""
+        return shown(f"{e.strerror or e}{where}")
+    return shown(str(e))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,17 +7,17 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from . import hub, legacy, native
+from . import hub, legacy, native, plausible
 from ._atomic import AtomicFile, HashingWriter, fsync_dir
-from ._outdir import OutputFolder, file_id
-from ._paths import check_not_escaping_link
+from ._outdir import Done, OutputFolder, file_id
+from ._paths import check_not_escaping_link, check_regular_file
 from ._progress import byte_bar
 from .base import GeneratedBase
 from .checksums import ChecksumManifest, FileDigest, hash_file, load_checksums
@@ -34,6 +34,7 @@ from .errors import (
     BaseMismatchError,
     ChecksumMismatchError,
     FormatError,
+    ImplausibleOutputError,
     InputChangedError,
     InputError,
     IOFailure,
@@ -53,6 +54,8 @@ def _version() -> str:
 
 
 Format = Literal["auto", "xorweights", "oasst"]
+#: How legacy payload files are read: gzip by their magic bytes, never gzip, or always gzip.
+PayloadCompression = Literal["auto", "none", "gzip"]
 
 _WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pth", ".pt")
 
@@ -190,6 +193,7 @@ class _Job:
     inflate_limit: int | None = None
     native: bool = False
     """A native payload file: never gzip, so no magic-byte detection or check."""
+    payload_compression: PayloadCompression = "auto"
 
 
 def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want: FileDigest | None) -> bool:
@@ -280,8 +284,14 @@ def _stream_failure(e: StreamError, job: _Job, compressed: bool) -> BaseExceptio
     if isinstance(cause, XorWeightsError):
         return cause
     if e.role == "data" and compressed and isinstance(cause, legacy.GZIP_ERRORS):
+        hint = (
+            "; if the file is a plain XOR that merely begins with 1f 8b 08, decode with "
+            '--payload-compression none (payload_compression="none")'
+            if job.payload_compression == "auto"
+            else ""
+        )
         return FormatError(
-            f"payload {p.source}: gzip stream is corrupt or truncated ({cause})", path=p.source
+            f"payload {p.source}: gzip stream is corrupt or truncated ({cause}){hint}", path=p.source
         )
     path = {"data": p.source, "base": p.base or p.base_label, "out": job.out}[e.role]
     if isinstance(cause, OSError) and path is not None:
@@ -296,18 +306,26 @@ def _check_unchanged(path: Path, stream: Any, at_open: tuple[int, int], read: in
         raise InputChangedError(path, at_open[0], read if read is not None and read != at_open[0] else now)
 
 
+def _open_data(job: _Job) -> tuple[Any, bool]:
+    """Open the job's data stream, gzip or not as `payload_compression` says (see `decode`)."""
+    p = job.planned
+    may_be_gzip = not job.encoding and not job.native and p.action == "xor"
+    return _open(
+        "opening",
+        p.source,
+        lambda: legacy.open_source(
+            p.source,
+            detect_gzip=may_be_gzip and job.payload_compression != "none",
+            require_gzip=may_be_gzip and job.payload_compression == "gzip",
+            backend=job.gzip_backend,
+        ),
+    )
+
+
 def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: OutputFolder) -> FileReport:
     p = job.planned
     with ExitStack() as stack:
-        data, compressed = _open(
-            "opening",
-            p.source,
-            lambda: legacy.open_source(
-                p.source,
-                detect_gzip=not job.encoding and not job.native and p.action == "xor",
-                backend=job.gzip_backend,
-            ),
-        )
+        data, compressed = _open_data(job)
         stack.enter_context(data)
         if p.base_open is not None:
             base = stack.enter_context(_open("generating", p.base_name, p.base_open))
@@ -355,6 +373,8 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
                         "when decoded; encode with --compress gzip",
                         path=p.source,
                     )
+        if not job.encoding and not out_ok:
+            _check_plausible(job, atomic.temp, atomic.file, stats.size)
         try:
             atomic.commit(durable=job.fsync)
         except OSError as e:
@@ -374,6 +394,57 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
         verified=out_ok,
         base_verified=base_ok,
     )
+
+
+def _check_plausible(job: _Job, temp: Path, file: Any, size: int) -> None:
+    """Refuse a decoded file that is not what its name says (only outputs no digest vouches for)."""
+    p = job.planned
+    try:
+        file.flush()
+        why = plausible.problem(temp, p.name)
+    except OSError as e:
+        raise IOFailure("checking", job.out, e) from e
+    if why is None:
+        return
+    base_size = job.inputs.get("base", (None, 0))[0] if p.base is not None else None
+    if base_size is not None and size < base_size and not p.name.endswith(".json"):
+        cause = (
+            f"payload file {p.source} is shorter than its base ({size} < {base_size} bytes): truncated?, "
+            "or payload and base are not the pair this release was made from"
+        )
+    else:
+        cause = "payload and base are not the pair this release was made from"
+    raise ImplausibleOutputError(
+        f"decoded {p.name} is not a valid {plausible.kind(p.name)} ({why}); likely cause: {cause} "
+        "(output discarded)",
+        path=job.out,
+        algorithm="plausibility",
+        stage="decoded",
+    )
+
+
+def _refuse_plain_payload(payload_dir: Path, raw: Sequence[str], only: Collection[str] | None) -> None:
+    """Refuse a legacy payload whose weight files are valid model files as they are (never XOR-ed)."""
+    weights = (".safetensors", *plausible.TORCH_SUFFIXES)
+    for entry in sorted(os.scandir(payload_dir), key=lambda e: e.name):
+        name = entry.name
+        if not name.endswith(weights) or legacy.is_raw(name, raw) or (only is not None and name not in only):
+            continue
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            plain = plausible.problem(Path(entry.path), name) is None
+        except OSError as e:
+            raise IOFailure("reading", entry.path, e) from e
+        if plain:
+            raise ImplausibleOutputError(
+                f"payload file {entry.path} is a valid {plausible.kind(name)} as it is, so it was not "
+                f"XOR-ed: {payload_dir} looks like a model (or a native payload missing its "
+                f"{MANIFEST_NAME}), not a payload",
+                path=entry.path,
+                algorithm="plausibility",
+                stage="payload",
+            )
 
 
 def default_jobs() -> int:
@@ -423,6 +494,44 @@ def _inputs(p: legacy.PlannedFile, generated_id: tuple[int, int] | None = None) 
     return ids
 
 
+def _keep(
+    folder: OutputFolder,
+    name: str,
+    inputs: Mapping[str, tuple[int, int]],
+    want: Mapping[str, str],
+    size: int | None,
+    *,
+    force: bool,
+    rehash: bool,
+) -> Done | None:
+    """The record of an output in place that can be kept, else None (it is made again).
+
+    Kept unread: what an earlier run recorded and nothing has touched since (`OutputFolder.kept`;
+    never with `rehash`). Otherwise the file is hashed and kept if it matches its published
+    digests or, with none, the digests recorded from the same inputs. A file no run recorded is
+    hashed only against published digests, and not with `force`.
+    """
+    if not rehash:
+        done = folder.kept(name, inputs, want, size)
+        if done is not None:
+            return done
+    record = folder.done.get(name)
+    if record is None and (force or not want):
+        return None
+    compare = dict(want) or (dict(record.digests) if record and dict(record.inputs) == dict(inputs) else {})
+    final = folder.path / name
+    st = os.lstat(final) if final.is_file() and not final.is_symlink() else None
+    if not compare or st is None or (size is not None and st.st_size != size):
+        return None
+    got = hash_file(final, compare)
+    if got != compare:
+        if record is not None:
+            source = "published" if want else "recorded"
+            logger.warning("%s: no longer matches its %s digests; making it again", name, source)
+        return None
+    return folder.record(name, got, inputs)
+
+
 def _triage(
     planned: Sequence[legacy.PlannedFile],
     folder: OutputFolder,
@@ -435,11 +544,10 @@ def _triage(
 ) -> tuple[list[legacy.PlannedFile], list[FileReport]]:
     """Split the plan into files to make and outputs already in place that can be kept.
 
-    Kept: outputs a previous run recorded (inputs unchanged, size and time as recorded, digests
-    matching), and existing files that match their published digests. With `rehash`, recorded
-    outputs are hashed again and remade if they no longer match. Files in the way that are
-    neither ours nor proven are refused unless `force`; a symlink out of the folder is always
-    refused.
+    Kept (see `_keep`): outputs a previous run recorded and nothing touched since, and outputs
+    that hash to their published (or, for ours, recorded) digests. With `rehash`, every output is
+    hashed. Files in the way that are neither ours nor proven are refused unless `force`; a
+    symlink out of the folder is always refused.
     """
     todo: list[legacy.PlannedFile] = []
     kept: list[FileReport] = []
@@ -453,20 +561,8 @@ def _triage(
             else {}
         )
         inputs = _inputs(p, generated_id)
-        done = folder.kept(p.name, inputs, want) if keep else None
-        if done is not None and rehash:
-            recorded = {a: d for a, d in {**done.digests, **want}.items() if d} or {"sha256": ""}
-            got = hash_file(final, recorded)
-            if any(d and got[a] != d for a, d in recorded.items()):
-                logger.warning("%s: no longer matches its recorded digests; making it again", p.name)
-                done = None
-            elif not done.digests:
-                logger.info("%s: hashed (nothing recorded to compare with)", p.name)
-        if keep and done is None and final.is_file() and not folder.is_ours(p.name) and want and not force:
-            got = hash_file(final, want)
-            if got == want:
-                folder.record(p.name, got, inputs)
-                done = folder.done[p.name]
+        size = expected[p.name].size if p.name in expected else None
+        done = _keep(folder, p.name, inputs, want, size, force=force, rehash=rehash) if keep else None
         if done is not None:
             logger.info("%s: already in place and %s; kept", p.name, "verified" if want else "complete")
             kept.append(
@@ -491,6 +587,119 @@ def _triage(
             path=folder.path / taken[0],
         )
     return todo, kept
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """What trying one reading of a payload file needs (see `_settle_by_digest`)."""
+
+    base_dir: Path
+    out_dir: Path
+    release: str
+    backend: str
+    compression: PayloadCompression
+
+
+class _Discard:
+    """A sink that keeps nothing: only the digests of what passes through are wanted."""
+
+    def write(self, b: Any) -> int:
+        return len(b)
+
+
+def _trial_digests(p: legacy.PlannedFile, want: FileDigest, trial: _Trial) -> dict[str, str]:
+    """The digests of the output `p` would make, computed without writing it."""
+    job = _Job(
+        planned=p, out=trial.out_dir / p.name, hashes={}, inputs={}, gzip_backend=trial.backend,
+        payload_compression=trial.compression,
+    )  # fmt: skip
+    with ExitStack() as stack:
+        data, compressed = _open_data(job)
+        stack.enter_context(data)
+        base, limit, base_path = None, INFLATE_SLACK, p.base
+        if base_path is not None:
+            base = stack.enter_context(_open("opening", base_path, lambda: open(base_path, "rb")))
+            limit += 2 * base_path.stat().st_size
+        reader = _Limited(data, limit, p.source) if compressed else data
+        try:
+            stats = xor_stream(
+                reader,  # type: ignore[arg-type]
+                base,
+                _Discard(),  # type: ignore[arg-type]
+                hashes={"out": want.algorithms()},
+                chunk_size=1 << 20,
+                depth=2,
+            )
+        except StreamError as e:
+            raise _stream_failure(e, job, compressed) from e.cause
+    return dict(stats.digests.get("out", {}))
+
+
+def _settle_by_digest(
+    p: legacy.PlannedFile, want: FileDigest | None, raw: Sequence[str], trial: _Trial
+) -> legacy.PlannedFile:
+    """Make a file under the legacy raw rule (`added_tokens.json`) the way its published digest says.
+
+    Without a digest, `legacy.raw_rule_action` has decided. With one, each reading is tried (the
+    rule's first): as stored, and XOR-ed with the base's file of that name when there is one; the
+    one whose output matches wins.
+
+    Raises:
+        `ChecksumMismatchError`: no reading matches (before anything is written); the message
+            names the rule.
+    """
+    if want is None or not legacy.follows_raw_rule(p.name, raw):
+        return p
+    base_file = trial.base_dir / p.name
+    readings = [p]
+    if p.action == "xor":
+        readings.append(replace(p, base=None, action="copy"))
+    elif base_file.is_file():
+        readings.append(replace(p, base=base_file, action="xor"))
+    tried: list[tuple[legacy.PlannedFile, dict[str, str]]] = []
+    for reading in readings:
+        got = _trial_digests(reading, want, trial)
+        if want.matched_by(got):
+            if reading is not p:
+                logger.info("%s: %s matches the published digest", p.name, _reading(reading))
+            return reading
+        tried.append((reading, got))
+    algo = want.algorithms()[0]
+    expected = want.get(algo)
+    gives = "; ".join(f"{_reading(r)} gives {got.get(algo)}" for r, got in tried)
+    if len(tried) == 1:
+        gives += f"; the base has no {p.name} to XOR with"
+    raise ChecksumMismatchError(
+        f"decoded {p.name}: {trial.release} decoded expects {algo} {expected}, but no reading of payload "
+        f"file {p.source} gives it ({gives}). Rule: {legacy.raw_rule(p.name)}. The payload file or the "
+        f"base's {p.name} is wrong (nothing written)",
+        path=p.source,
+        expected=expected,
+        actual=tried[0][1].get(algo),
+        algorithm=algo,
+        stage="decoded",
+    )
+
+
+def _reading(p: legacy.PlannedFile) -> str:
+    return f"XOR-ed with {p.base}" if p.action == "xor" else "as stored"
+
+
+def _require_gzip(planned: Sequence[legacy.PlannedFile]) -> None:
+    """Refuse, before anything is written, an XOR-ed payload file that is not gzip.
+
+    Raises:
+        `FormatError`: naming the first such file.
+    """
+    for p in planned:
+        if p.action != "xor":
+            continue
+        try:
+            with open(p.source, "rb") as f:
+                head = f.read(len(GZIP_MAGIC))
+        except OSError as e:
+            raise IOFailure("reading", p.source, e) from e
+        legacy.check_gzip_head(p.source, head)
 
 
 def _generated_base(payload_dir: Path, base_dir: Path, raw: Sequence[str], mode: str) -> Any:
@@ -567,6 +776,7 @@ def decode(
     fsync: bool = True,
     drop_cache: bool = False,
     gzip_backend: str | None = None,
+    payload_compression: PayloadCompression = "auto",
     base_mode: Literal["auto", "files", "generate"] = "auto",
     verify: bool = False,
     download_dir: os.PathLike[str] | str | None = None,
@@ -598,12 +808,15 @@ def decode(
         drop_cache: drop inputs' and outputs' cached pages behind the cursor, so a 65 GB decode
             does not evict the machine's page cache.
         gzip_backend: `auto` (python-isal when installed), `isal` or `zlib`.
+        payload_compression: legacy payloads only: `auto` reads a file starting with `1f 8b 08`
+            as gzip; `none` never decompresses (a plain XOR that happens to start that way);
+            `gzip` requires every XOR-ed payload file to be gzip.
         base_mode: `files` XORs with the base folder's files as they are; `generate` treats the
             base folder as LLaMA weights in any form (Meta's original, any HF copy) and streams
             the pinned conversion's files from it into the XOR pass; `auto` generates when the
             folder lacks files the payload needs and holds LLaMA weights.
         verify: outputs already in place (an earlier run's, recorded in the folder's state
-            file with unchanged size and time) are kept after checking their sizes; with
+            file with unchanged size, modification and change time) are kept unread; with
             `verify` they are hashed again too, and remade if they no longer match.
         download_dir, cache_dir, endpoint, token, offline: Hub access for a repo id (defaults:
             the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
@@ -624,6 +837,8 @@ def decode(
     """
     if format not in ("auto", "xorweights", "oasst"):
         raise InputError(f"unknown payload format {format!r}; expected auto, xorweights or oasst")
+    if payload_compression not in ("auto", "none", "gzip"):
+        raise InputError(f"unknown payload compression {payload_compression!r}; expected auto, none or gzip")
     started = time.perf_counter()
     fetched = None
     if hub.is_repo_spec(payload):
@@ -637,6 +852,7 @@ def decode(
             checksums = hub.release_checksums(fetched)
     else:
         payload_dir = legacy.find_payload_dir(payload)
+    check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)  # a link out, or a FIFO: refused unread
     base_dir, out_dir = Path(base), Path(out)
     manifest = (
         checksums
@@ -644,6 +860,12 @@ def decode(
         else load_checksums(checksums)
     )
     if is_native(payload_dir) and format != "oasst":
+        if payload_compression == "gzip":
+            raise InputError(
+                f"{payload_dir} is a native payload, never gzip; --payload-compression gzip applies to "
+                "legacy payloads",
+                path=payload_dir,
+            )
         return _decode_native(
             payload_dir, base_dir, out_dir, manifest, started,
             jobs=jobs, force=force, fsync=fsync, drop_cache=drop_cache, progress=progress,
@@ -655,6 +877,7 @@ def decode(
             path=payload_dir,
         )
     raw = manifest.raw_files if manifest else ()
+    _refuse_plain_payload(payload_dir, raw, fetched.files if fetched else None)
     generated = _generated_base(payload_dir, base_dir, raw, base_mode)
     planned = legacy.plan(
         payload_dir, base_dir, raw_patterns=raw, generated=generated, only=fetched.files if fetched else None
@@ -692,6 +915,10 @@ def decode(
                         stage="hf_base",
                     )
     backend = legacy.gzip_backend(gzip_backend)
+    trial = _Trial(base_dir, out_dir, manifest.release if manifest else "", backend, payload_compression)
+    planned = [_settle_by_digest(p, decoded.get(p.name), raw, trial) for p in planned]
+    if payload_compression == "gzip":
+        _require_gzip(planned)
     with OutputFolder(out_dir) as folder:
         todo, kept = _triage(
             planned, folder, decoded, force, keep=True, generated_id=generated_id, rehash=verify
@@ -721,6 +948,7 @@ def decode(
                     fsync=fsync,
                     drop_cache=drop_cache,
                     inflate_limit=limit,
+                    payload_compression=payload_compression,
                 )
             )
         made = _run_jobs(job_list, jobs, folder, progress=progress, desc="decode")
@@ -919,7 +1147,7 @@ def encode(
             format="xorweights",
             native_manifest=native_manifest,
         )
-    planned = legacy.plan(src_dir, base_dir)
+    planned = legacy.plan(src_dir, base_dir, encoding=True)
     _check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
     algos = ("md5", "sha256") if with_checksums else ()
     with OutputFolder(out_dir, keep_state=False) as folder:
@@ -942,6 +1170,13 @@ def encode(
         files = sorted(
             _run_jobs(job_list, jobs, folder, progress=progress, desc="encode"), key=lambda f: f.name
         )
+    for p in todo:
+        if legacy.follows_raw_rule(p.name) and p.action == "xor" and legacy.parses_as_json(out_dir / p.name):
+            logger.warning(
+                "payload %s parses as JSON although it is XOR-ed: a decoder without its published digest "
+                "would take it as stored; publish the decoded checksums (--manifest)",
+                p.name,
+            )
     manifest = None
     if with_checksums:
 

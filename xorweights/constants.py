@@ -27,7 +27,8 @@ GZIP_MAGIC = b"\x1f\x8b\x08"
 #: Without a published size, a gzip payload may inflate to at most twice its base plus this.
 INFLATE_SLACK = 64 * 1024 * 1024
 
-#: Files the legacy script copies raw instead of XOR-ing (stock LLaMA has no such file).
+#: Files the legacy script first copies raw, then XORs over that copy when the base holds one
+#: (stock LLaMA has no such file, so the OA releases carry it raw); see `legacy.raw_rule`.
 LEGACY_RAW_FILES = ("added_tokens.json",)
 
 #: Record of finished outputs in an output folder (hidden; see `_outdir.py`).

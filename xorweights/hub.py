@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import model_card
-from ._paths import check_name, check_not_escaping_link
+from ._paths import check_name, check_regular_file
 from .checksums import ChecksumManifest, hash_files, known_releases
 from .constants import ENV_DISABLE_PROGRESS_BARS, env_flag
 from .errors import HubError, InputError, PayloadMismatchError
@@ -211,13 +211,20 @@ def _snapshot(hf: Any, repo_id: str, revision: str, patterns: list[str] | None, 
     return Path(hf.snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **kw))
 
 
+def _read_record(meta: Path, root: Path) -> str:
+    """A download record of huggingface_hub, once it is known to be a regular file in `root`."""
+    if not check_regular_file(meta, root):
+        raise FileNotFoundError(meta)
+    return meta.read_text()
+
+
 def _recorded_commit(root: Path, local: bool, some_file: str) -> str | None:
     """The commit a snapshot holds: the folder's name in the cache; the download record in a folder."""
     if not local:
         return root.name
     meta = root / ".cache" / "huggingface" / "download" / f"{some_file}.metadata"
     try:
-        return meta.read_text().splitlines()[0].strip() or None
+        return _read_record(meta, root).splitlines()[0].strip() or None
     except (OSError, IndexError):
         return None
 
@@ -227,7 +234,7 @@ def _recorded_etag(root: Path, local: bool, path: str) -> str | None:
     if local:
         meta = root / ".cache" / "huggingface" / "download" / f"{path}.metadata"
         try:
-            return meta.read_text().splitlines()[1].strip() or None
+            return _read_record(meta, root).splitlines()[1].strip() or None
         except (OSError, IndexError):
             return None
     target = root / path
@@ -348,7 +355,7 @@ def _checked(
     for path, f in files.items():
         check_name(path, f"{repo_id} listing")
         local = root / path
-        check_not_escaping_link(local, root)
+        check_regular_file(local, root)  # a link out of the download, or a FIFO, is refused
         size = local.stat().st_size
         if size != f.size:
             raise PayloadMismatchError(
@@ -431,7 +438,7 @@ def release_checksums(payload: HubPayload) -> ChecksumManifest | None:
         if m.repo_id and m.repo_id.lower() == payload.repo_id.lower():
             logger.info("%s: checksums from the bundled manifest %s", payload.repo_id, m.release)
             return m
-    if payload.card is not None:
+    if payload.card is not None and check_regular_file(payload.card, payload.root):
         text = payload.card.read_text(encoding="utf-8", errors="replace")
         found = model_card.parse(text, str(payload.card))
         if found is not None:

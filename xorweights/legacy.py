@@ -2,8 +2,9 @@
 
 Spec (also in the README): every payload file is the byte-wise XOR of the fine-tuned file and
 the same-named base file, exactly as long as the fine-tuned file (base zero-padded or truncated);
-`added_tokens.json` is stored raw; a payload file MAY be a gzip stream of that XOR, recognised
-by its first bytes. This module finds the payload folder and plans which file is made how.
+`added_tokens.json` is stored raw, or XOR-ed when the encoder's base held one (`raw_rule`); a
+payload file MAY be a gzip stream of that XOR, recognised by its first bytes. This module finds
+the payload folder and plans which file is made how.
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from ._paths import check_not_escaping_link
-from .constants import ENV_GZIP_BACKEND, GZIP_BACKENDS, GZIP_MAGIC, LEGACY_RAW_FILES, TEMP_PREFIX
-from .errors import InputError, MissingFileError
+from ._gzip import GzipReader
+from ._json import loads as json_loads
+from ._paths import check_folder_inside, check_name, check_not_escaping_link, check_regular_file
+from .constants import (
+    ENV_GZIP_BACKEND,
+    GZIP_BACKENDS,
+    GZIP_MAGIC,
+    LEGACY_RAW_FILES,
+    STATE_FILE,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+)
+from .errors import FormatError, InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +47,8 @@ _MARKERS = (
 )
 #: How deep below the given folder a payload may sit (the sft-6 repo nests it two levels down).
 _MAX_DEPTH = 3
+#: A raw-rule payload file larger than this is not parsed as JSON (no token list comes near).
+_MAX_JSON_SNIFF = 64 * 1024 * 1024
 
 Action = Literal["xor", "copy"]
 
@@ -64,7 +77,17 @@ class PlannedFile:
         return self.source.stat().st_size
 
 
+def _left_by_us(name: str) -> bool:
+    """A state file or temporary that xorweights itself leaves in a folder it wrote."""
+    return name == STATE_FILE or (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX))
+
+
 def _files(folder: Path) -> list[str]:
+    """Names of the regular files in `folder`; hidden ones, ours and subfolders skipped.
+
+    Raises:
+        `UnsafePathError`: an unsafe or reserved name, a link out of `folder`, or a special file.
+    """
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except NotADirectoryError:
@@ -73,11 +96,25 @@ def _files(folder: Path) -> list[str]:
         raise MissingFileError(f"folder not found: {folder}", path=folder) from None
     except PermissionError:
         raise InputError(f"cannot list folder {folder}: permission denied", path=folder) from None
-    return [e.name for e in entries if not e.name.startswith((".", TEMP_PREFIX)) and e.is_file()]
+    names = []
+    for e in entries:
+        hidden = e.name.startswith(".") and not e.name.casefold().startswith(TEMP_PREFIX)
+        if hidden or _left_by_us(e.name) or e.is_dir():
+            continue
+        check_name(e.name, str(folder))
+        if check_regular_file(folder / e.name, folder):
+            names.append(e.name)
+    return names
 
 
 def files_below(root: Path, depth: int = _MAX_DEPTH) -> list[str]:
-    """Relative POSIX paths of the files up to `depth` folders below `root`; hidden entries skipped."""
+    """Relative POSIX paths of the files up to `depth` folders below `root`; hidden entries skipped.
+
+    Links are followed only where they stay inside `root` (or, in a Hub cache snapshot, its blobs).
+
+    Raises:
+        `UnsafePathError`: a linked file or folder leads out of `root`, or an entry is a special file.
+    """
     found: list[str] = []
     level = [root]
     for _ in range(depth + 1):
@@ -86,10 +123,12 @@ def files_below(root: Path, depth: int = _MAX_DEPTH) -> list[str]:
             for e in sorted(os.scandir(d), key=lambda e: e.name):
                 if e.name.startswith("."):
                     continue
+                path = Path(e.path)
                 if e.is_dir():
-                    deeper.append(Path(e.path))
-                elif e.is_file():
-                    found.append(Path(e.path).relative_to(root).as_posix())
+                    check_folder_inside(path, root)
+                    deeper.append(path)
+                elif check_regular_file(path, root):
+                    found.append(path.relative_to(root).as_posix())
         level = deeper
     return found
 
@@ -120,11 +159,13 @@ def find_payload_in_listing(paths: Iterable[str], where: str) -> str:
 
     Raises:
         `InputError`: no folder, or more than one at the same depth, holds payload files.
+        `UnsafePathError`: a path is unsafe or reserved for our own files (`_paths.check_name`).
     """
     by_dir: dict[str, list[str]] = {}
     for path in paths:
+        check_name(path, where)  # also refuses names reserved for our own files
         folder, _, name = path.rpartition("/")
-        if not any(part.startswith(".") for part in path.split("/")) and not name.startswith(TEMP_PREFIX):
+        if not any(part.startswith(".") for part in path.split("/")):
             by_dir.setdefault(folder, []).append(name)
 
     def marked(folder: str) -> bool:
@@ -156,8 +197,50 @@ def find_payload_in_listing(paths: Iterable[str], where: str) -> str:
 
 
 def is_raw(name: str, raw_patterns: Iterable[str] = ()) -> bool:
-    """Whether `name` is stored raw (copied, not XOR-ed)."""
+    """Whether `name` needs no base counterpart: stored raw, or XOR-ed only when the base has one."""
     return name in LEGACY_RAW_FILES or any(fnmatch.fnmatch(name, p) for p in raw_patterns)
+
+
+def follows_raw_rule(name: str, raw_patterns: Iterable[str] = ()) -> bool:
+    """Whether `name` is made by `raw_rule` (not listed as raw outright by `raw_patterns`)."""
+    return name in LEGACY_RAW_FILES and not any(fnmatch.fnmatch(name, p) for p in raw_patterns)
+
+
+def raw_rule(name: str) -> str:
+    """The rule for a file of `LEGACY_RAW_FILES`, in words (for messages)."""
+    return (
+        f"a payload {name} that parses as JSON is taken as stored, any other is XOR-ed with the "
+        f"base's {name} when the base has one (the published script copies {name} raw, then XORs it "
+        "over that copy when its base holds the file)"
+    )
+
+
+def parses_as_json(path: Path) -> bool:
+    """Whether the file is strict JSON (files over 64 MiB are not read and count as not JSON)."""
+    try:
+        if path.stat().st_size > _MAX_JSON_SNIFF:
+            return False
+        json_loads(path.read_bytes(), str(path))
+    except FormatError:
+        return False
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}", path=path) from e
+    return True
+
+
+def raw_rule_action(source: Path, base: Path, *, encoding: bool) -> Action:
+    """How a file of `LEGACY_RAW_FILES` is made, as `raw_rule` says.
+
+    Encoding does what the published script does: XOR when the base has the file, else copy.
+    Decoding cannot know which base the payload was made against: a payload file that parses as
+    JSON is copied, any other is XOR-ed when the base has the file (`decode` lets a published
+    digest overrule this).
+    """
+    if not base.is_file():
+        return "copy"
+    if encoding:
+        return "xor"
+    return "copy" if parses_as_json(source) else "xor"
 
 
 def plan(
@@ -167,10 +250,13 @@ def plan(
     raw_patterns: Iterable[str] = (),
     generated: Any = None,
     only: Collection[str] | None = None,
+    encoding: bool = False,
 ) -> list[PlannedFile]:
     """Plan every output of a decode (or encode): XOR with the same-named base file, or copy.
 
-    `only` limits the plan to those names (a Hub download lists its payload files).
+    `only` limits the plan to those names (a Hub download lists its payload files). Files of
+    `LEGACY_RAW_FILES` follow `raw_rule_action`, with the base folder's own file (never a
+    generated one).
 
     Raises:
         `MissingFileError`: base files are missing; the message names all of them.
@@ -192,6 +278,12 @@ def plan(
     missing: list[str] = []
     for name in names:
         check_not_escaping_link(source_dir / name, source_dir)
+        if follows_raw_rule(name, raw_patterns):
+            action = raw_rule_action(source_dir / name, base_dir / name, encoding=encoding)
+            logger.info("%s: %s", name, "XOR-ed with the base's" if action == "xor" else "stored raw")
+            rule_base = base_dir / name if action == "xor" else None
+            planned.append(PlannedFile(name, source_dir / name, rule_base, action))
+            continue
         if is_raw(name, raw_patterns):
             planned.append(PlannedFile(name, source_dir / name, None, "copy"))
             continue
@@ -218,7 +310,7 @@ def plan(
 
 
 def gzip_backend(preferred: str | None = None) -> str:
-    """The gzip decompressor to use: python-isal (about 3x faster) when installed, else zlib.
+    """The gzip decompressor to use: python-isal (about twice as fast) when installed, else zlib.
 
     `preferred` (or the `XORWEIGHTS_GZIP_BACKEND` environment variable) may force `isal` or `zlib`.
 
@@ -231,7 +323,7 @@ def gzip_backend(preferred: str | None = None) -> str:
     if choice == "zlib":
         return "zlib"
     try:
-        import isal.igzip_threaded  # noqa: F401
+        import isal.isal_zlib  # noqa: F401
     except ImportError:
         if choice == "isal":
             raise InputError("gzip backend isal asked for, but python-isal is not installed") from None
@@ -249,53 +341,51 @@ except ImportError:  # pragma: no cover (python-isal is optional)
     pass
 
 
-def open_source(path: Path, *, detect_gzip: bool, backend: str = "zlib") -> tuple[BinaryIO, bool]:
+def open_source(
+    path: Path, *, detect_gzip: bool, backend: str = "zlib", require_gzip: bool = False
+) -> tuple[BinaryIO, bool]:
     """Open a payload (or fine-tuned) file; gzip streams are recognised by their magic bytes.
 
-    With the `isal` backend, decompression runs in its own thread, overlapping the XOR pass.
+    Both backends read gzip through `_gzip.GzipReader`: one strict RFC 1952 parser, inflating in a
+    thread of its own (overlapping the XOR pass) with zlib or python-isal.
+
+    Args:
+        detect_gzip: read a file starting with `1f 8b 08` as gzip (else every file is plain).
+        require_gzip: the file must be gzip.
 
     Returns:
         `(stream, compressed)`: the stream yields the uncompressed bytes; closing it closes the file.
+
+    Raises:
+        `FormatError`: `require_gzip` and the file does not start with the gzip magic bytes.
     """
     f = open(path, "rb")  # noqa: SIM115 (the caller owns the stream)
     try:
-        head = f.read(len(GZIP_MAGIC)) if detect_gzip else b""
+        head = f.read(len(GZIP_MAGIC)) if detect_gzip or require_gzip else b""
         f.seek(0)
+        if require_gzip:
+            check_gzip_head(path, head)
     except BaseException:
         f.close()
         raise
     if head != GZIP_MAGIC:
         return f, False
-    if backend == "isal":
-        import isal.igzip_threaded
-
-        return _Closing(isal.igzip_threaded.open(f, "rb", threads=1, block_size=4 << 20), f), True
-    return _Closing(gzip.GzipFile(fileobj=f, mode="rb"), f), True
+    return GzipReader(f, backend), True  # type: ignore[return-value]  # a reader: readinto, fileno, close
 
 
-class _Closing:
-    """A decompressing reader that also closes the file under it."""
+def check_gzip_head(path: Path, head: bytes) -> None:
+    """Refuse a payload file that must be gzip and does not start with `1f 8b 08` (`head`).
 
-    def __init__(self, reader: Any, raw: BinaryIO) -> None:
-        self.reader, self.raw = reader, raw
-
-    def readinto(self, b: Any) -> int:
-        return int(self.reader.readinto(b))
-
-    def fileno(self) -> int:
-        return self.raw.fileno()
-
-    def close(self) -> None:
-        try:
-            self.reader.close()
-        finally:
-            self.raw.close()
-
-    def __enter__(self) -> _Closing:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    Raises:
+        `FormatError`: naming the file and what it starts with.
+    """
+    if head[: len(GZIP_MAGIC)] != GZIP_MAGIC:
+        raise FormatError(
+            f"payload {path} is not gzip (it starts with {head[: len(GZIP_MAGIC)].hex() or 'nothing'}, "
+            f"not {GZIP_MAGIC.hex()}), but --payload-compression gzip requires every XOR-ed payload file "
+            "to be gzip",
+            path=path,
+        )
 
 
 def gzip_writer(sink: BinaryIO, name: str, *, mtime: int) -> gzip.GzipFile:

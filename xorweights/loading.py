@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import legacy
+from ._paths import check_regular_file
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
 from .native import (
     OTHER_WEIGHTS,
@@ -82,6 +83,7 @@ def iter_tensors(
     if framework not in ("numpy", "pt"):
         raise InputError(f"unknown framework {framework!r}; expected numpy or pt")
     payload_dir = legacy.find_payload_dir(payload)
+    check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)
     manifest = load_manifest(payload_dir / MANIFEST_NAME)
     check_payload_files(manifest, payload_dir)
     wanted = set(names) if names is not None else None

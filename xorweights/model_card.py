@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 
+from . import _json
 from ._units import human_bytes
 from .checksums import ChecksumManifest, FileDigest, parse_manifest
 from .constants import MAX_MANIFEST_BYTES
@@ -19,7 +20,8 @@ from .errors import FormatError
 from .native_manifest import MANIFEST_NAME, NativeManifest
 
 MARKER = "<!-- xorweights-checksums -->"
-_BLOCK = re.compile(re.escape(MARKER) + r"\s*```json\n(.*?)\n```", re.DOTALL)
+_OPENING = re.compile(r"\s*```json\n")
+_CLOSING = "\n```"
 
 #: The folder of a published repo that holds the payload (the card sits beside it).
 PAYLOAD_FOLDER = "payload"
@@ -155,7 +157,7 @@ def parse(text: str, source: str) -> ChecksumManifest | None:
     """
     if len(text) > MAX_MANIFEST_BYTES:
         raise FormatError(f"{source}: {len(text)} characters is too large for a model card", path=source)
-    blocks = _BLOCK.findall(text)
+    blocks = _blocks(text)
     if not blocks:
         if MARKER in text:
             raise FormatError(f"{source}: {MARKER} is not followed by a ```json block", path=source)
@@ -163,10 +165,28 @@ def parse(text: str, source: str) -> ChecksumManifest | None:
     if len(blocks) > 1:
         raise FormatError(f"{source}: {len(blocks)} checksum blocks; expected one", path=source)
     try:
-        doc = json.loads(blocks[0])
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{source}: checksum block is not valid JSON ({e.msg})", path=source) from None
+        doc = _json.loads(blocks[0], source)
+    except FormatError as e:
+        reason = e.message.removeprefix(f"{source}: ")
+        raise FormatError(f"{source}: checksum block is not valid JSON ({reason})", path=source) from None
     manifest = parse_manifest(doc, source)
     if not manifest.stage("decoded"):
         raise FormatError(f"{source}: checksum block has no decoded checksums", path=source)
     return manifest
+
+
+def _blocks(text: str) -> list[str]:
+    """The JSON of every `MARKER` + fenced json block, first closing fence wins; linear time."""
+    blocks: list[str] = []
+    pos = 0
+    while (at := text.find(MARKER, pos)) != -1:
+        pos = at + len(MARKER)
+        opening = _OPENING.match(text, pos)
+        if opening is None:
+            continue
+        end = text.find(_CLOSING, opening.end())
+        if end == -1:
+            break  # no later block can close either
+        blocks.append(text[opening.end() : end])
+        pos = end + len(_CLOSING)
+    return blocks

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import legacy
+from ._paths import check_regular_file
 from ._progress import byte_bar
 from .checksums import ChecksumManifest, FileDigest, hash_file
 from .constants import CHUNK_SIZE
@@ -44,6 +45,14 @@ logger = logging.getLogger(__name__)
 
 #: Weight files of a fine-tuned folder in a container other than safetensors.
 OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
+#: Other containers that hold weights (GGUF, Flax, TF/Keras, ONNX, numpy, pickles): XOR-ed with the
+#: same-named base file, never copied unmasked unless allowed by name.
+OPAQUE_WEIGHTS = (
+    ".gguf", ".ggml", ".msgpack", ".h5", ".keras", ".onnx", ".npz", ".npy", ".pkl", ".pickle", ".joblib",
+    ".tflite",
+)  # fmt: skip
+#: A file of any other kind this large, with no base file, counts as weights too.
+RAW_FILE_LIMIT = 64 * 1024 * 1024
 #: Small files that hold no weights: always copied raw (base copies differ in them freely).
 RAW_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".py", ".jinja")
 BIN_NOTE = (
@@ -253,14 +262,13 @@ def check_base(
 
 def check_payload_files(manifest: NativeManifest, payload_dir: Path) -> None:
     """Every payload file is present with the size the manifest gives (cheap, before anything else)."""
-    missing = [f.name for f in manifest.files if not (payload_dir / f.name).is_file()]
+    missing = [f.name for f in manifest.files if not check_regular_file(payload_dir / f.name, payload_dir)]
     if missing:
         raise MissingFileError(
             f"payload file{'s' if len(missing) > 1 else ''} missing in {payload_dir}: {', '.join(missing)}",
             path=payload_dir / missing[0],
         )
     for f in manifest.files:
-        legacy.check_not_escaping_link(payload_dir / f.name, payload_dir)
         size = (payload_dir / f.name).stat().st_size
         if size != f.payload_size:
             raise FormatError(
@@ -315,8 +323,12 @@ def _plan_files(src_dir: Path, base_dir: Path) -> tuple[dict[str, Method], list[
                 missing.append(n)
         elif n.endswith(RAW_SUFFIXES):
             methods[n] = "copy"
+        elif (base_dir / n).is_file():
+            methods[n] = "file-xor"
+        elif n.endswith(OPAQUE_WEIGHTS) or (src_dir / n).stat().st_size > RAW_FILE_LIMIT:
+            missing.append(n)
         else:
-            methods[n] = "file-xor" if (base_dir / n).is_file() else "copy"
+            methods[n] = "copy"
     for n in missing:
         methods[n] = "copy"
     if omitted:

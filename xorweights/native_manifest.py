@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import _json
 from ._paths import check_name
 from .constants import MAX_MANIFEST_BYTES
-from .errors import FormatError, MissingFileError
+from .errors import FormatError, IOFailure, MissingFileError
 from .safetensors_header import DTYPE_SIZES
 from .tensor_store import nbytes_of
 
@@ -29,7 +30,10 @@ FORMAT_VERSION = 1
 MAX_NATIVE_MANIFEST_BYTES = 4 * MAX_MANIFEST_BYTES
 Method = Literal["tensor-xor", "file-xor", "copy"]
 _METHODS = ("tensor-xor", "file-xor", "copy")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Sizes and dimensions are int64 wherever they are used.
+_MAX_INT = 2**63 - 1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -185,26 +189,29 @@ def load_manifest(path: os.PathLike[str] | str) -> NativeManifest:
 
     Raises:
         `MissingFileError`: no manifest there.
-        `FormatError`: anything malformed, named with the file and the field.
+        `IOFailure`: it cannot be read.
+        `FormatError`: anything malformed (strict JSON, see `_json`), named with the file and the field.
     """
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
     try:
         size = path.stat().st_size
+        if size > MAX_NATIVE_MANIFEST_BYTES:
+            raise FormatError(f"{path}: {size} bytes, more than a manifest may be", path=path)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise MissingFileError(f"no {MANIFEST_NAME} at {path}", path=path) from None
-    if size > MAX_NATIVE_MANIFEST_BYTES:
-        raise FormatError(f"{path}: {size} bytes, more than a manifest may be", path=path)
-    try:
-        doc = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path}: invalid JSON ({e})", path=path) from None
-    return parse_manifest(doc, str(path))
+    except OSError as e:
+        raise IOFailure("reading", path, e) from None
+    return parse_manifest(_json.loads(raw, str(path)), str(path))
 
 
 def parse_manifest(doc: Any, where: str) -> NativeManifest:
     def fail(msg: str) -> FormatError:
+        msg = _CONTROL.sub(lambda m: repr(m.group())[1:-1], msg)  # one line, whatever names hold
+        if len(msg) > 500:
+            msg = f"{msg[:240]}...{msg[-240:]}"
         return FormatError(f"{where}: {msg}", path=where)
 
     def obj(v: Any, what: str) -> dict[str, Any]:
@@ -212,20 +219,25 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
             raise fail(f"{what} must be an object")
         return v
 
+    def shown(v: Any) -> str:
+        if isinstance(v, str):
+            return _json.escape_for_message(v, 40)
+        return f"a JSON {type(v).__name__}" if isinstance(v, (dict, list)) else repr(v)
+
     def integer(v: Any, what: str) -> int:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise fail(f"{what} must be a non-negative integer, got {v!r}")
+        if type(v) is not int or not 0 <= v <= _MAX_INT:
+            raise fail(f"{what} must be a non-negative integer (int64), got {shown(v)}")
         return v
 
     def digest(v: Any, what: str) -> str:
-        if not isinstance(v, str) or not _SHA256.match(v):
+        if not isinstance(v, str) or not _SHA256.fullmatch(v):
             raise fail(f"{what} must be a sha256 (64 lowercase hex digits)")
         return v
 
     def dtype(v: Any, what: str) -> str:
-        if v not in DTYPE_SIZES:
-            raise fail(f"{what}: unknown dtype {v!r}")
-        return str(v)
+        if not isinstance(v, str) or v not in DTYPE_SIZES:
+            raise fail(f"{what}: unknown dtype {shown(v)}")
+        return v
 
     def shape(v: Any, what: str) -> tuple[int, ...]:
         if not isinstance(v, list):
@@ -287,7 +299,7 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
                 t = obj(rt, f"{name}: a tensor")
                 tname = text(t.get("name"), f"{name}: tensor name")
                 base = t.get("base")
-                if base is not None and base not in base_tensors:
+                if base is not None and (not isinstance(base, str) or base not in base_tensors):
                     raise fail(f"{name}: tensor {tname} refers to base tensor {base!r}, not in base_tensors")
                 tensors.append(
                     TensorEntry(

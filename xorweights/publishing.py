@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import hub, model_card, native
-from ._paths import check_not_escaping_link
+from ._paths import check_regular_file
 from .checksums import ChecksumManifest, FileDigest, hash_files, list_files, load_checksums
 from .errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
 from .native_manifest import MANIFEST_NAME, NativeManifest, is_native, load_manifest
@@ -82,7 +82,7 @@ def _release(
     allow_raw: Sequence[str] = (),
 ) -> _Release:
     """Format, release checksums, and the payload files with the sha256 each must have."""
-    if is_native(payload_dir):
+    if check_regular_file(payload_dir / MANIFEST_NAME, payload_dir) and is_native(payload_dir):
         manifest = load_manifest(payload_dir / MANIFEST_NAME)
         native.check_payload_files(manifest, payload_dir)
         raw = [RawItem(f, t, n) for f, t, n, _ in manifest.raw_items()]
@@ -176,7 +176,7 @@ def publish(
     rel = _release(payload_dir, repo_id, checksums, allow_raw)
     names = rel.names
     for n in names:
-        check_not_escaping_link(payload_dir / n, payload_dir)
+        check_regular_file(payload_dir / n, payload_dir)
     sha256 = _hash_all(payload_dir, names, rel.want, jobs=jobs or os.cpu_count() or 1, progress=progress)
     size = sum((payload_dir / n).stat().st_size for n in names)
     branch = revision or "main"

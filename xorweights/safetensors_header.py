@@ -9,7 +9,6 @@ the end of the file, and each spans `prod(shape) * itemsize` bytes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import struct
@@ -18,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import FormatError, MissingFileError
+from . import _json
+from .errors import FormatError, IOFailure, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +59,6 @@ class SafetensorsHeader:
     metadata: Mapping[str, str] | None = field(default=None)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -80,9 +71,10 @@ def parse_header(header: bytes, file_size: int, source: str) -> SafetensorsHeade
     """
     data_start = 8 + len(header)
     try:
-        doc = json.loads(header.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise FormatError(f"{source}: safetensors header is not valid JSON ({e})", path=source) from None
+        doc = _json.loads(header, source)
+    except FormatError as e:
+        reason = e.message.removeprefix(f"{source}: ")
+        raise FormatError(f"{source}: safetensors header is not valid JSON ({reason})", path=source) from None
     if not isinstance(doc, dict):
         raise FormatError(f"{source}: safetensors header must be a JSON object", path=source)
     metadata = doc.pop("__metadata__", None)
@@ -97,8 +89,10 @@ def parse_header(header: bytes, file_size: int, source: str) -> SafetensorsHeade
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise FormatError(f"{where}: needs exactly dtype, shape and data_offsets", path=source)
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str):
+            raise FormatError(f"{where}: dtype must be a string, got {type(dtype).__name__}", path=source)
         if dtype not in DTYPE_SIZES:
-            raise FormatError(f"{where}: unknown dtype {str(dtype)[:20]!r}", path=source)
+            raise FormatError(f"{where}: unknown dtype {dtype[:20]!r}", path=source)
         if (
             not isinstance(shape, list)
             or len(shape) > _MAX_DIMS
@@ -139,6 +133,7 @@ def read_header(path: os.PathLike[str] | str) -> SafetensorsHeader:
 
     Raises:
         `MissingFileError`: no such file.
+        `IOFailure`: the file cannot be read.
         `FormatError`: a truncated file, a header length beyond the limit or the file, or any
             defect `parse_header` finds.
     """
@@ -159,4 +154,8 @@ def read_header(path: os.PathLike[str] | str) -> SafetensorsHeader:
             header = f.read(n)
     except FileNotFoundError:
         raise MissingFileError(f"safetensors file not found: {path}", path=path) from None
+    except OSError as e:
+        raise IOFailure("reading", path, e) from None
+    if len(header) != n:
+        raise FormatError(f"{path}: safetensors header is truncated", path=path)
     return parse_header(header, size, str(path))
