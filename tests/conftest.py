@@ -68,30 +68,39 @@ def write_files(folder: Path, files: dict[str, bytes]) -> Path:
     return folder
 
 
+def legacy_folders(
+    root: Path, *, base_extra: dict[str, bytes] | None = None, **overrides: bytes
+) -> tuple[Path, Path]:
+    """`root/base/` and `root/finetuned/` shaped like a legacy release (small); `overrides` replace or
+    add fine-tuned files, `base_extra` adds base files."""
+    base = {
+        "pytorch_model-00001-of-00002.bin": zip_checkpoint(300_001, 1),
+        "pytorch_model-00002-of-00002.bin": zip_checkpoint(200_003, 2),
+        "pytorch_model.bin.index.json": b'{"metadata": {"total_size": 500004}}\n',
+        "config.json": b'{"vocab_size": 32000}\n',
+        "tokenizer.model": random_bytes(4_097, 3),
+        **(base_extra or {}),
+    }
+    tuned = {
+        # grown vocabulary: longer than the base
+        "pytorch_model-00001-of-00002.bin": zip_checkpoint(300_001 + 16 * 13, 4),
+        # shorter than the base
+        "pytorch_model-00002-of-00002.bin": zip_checkpoint(199_990, 5),
+        "pytorch_model.bin.index.json": b'{"metadata": {"total_size": 500212}}\n',
+        "config.json": b'{"vocab_size": 32016}\n',
+        "tokenizer.model": base["tokenizer.model"],
+        "added_tokens.json": b'{"<|prompter|>": 32000}\n',
+        **overrides,
+    }
+    return write_files(root / "base", base), write_files(root / "finetuned", tuned)
+
+
 @pytest.fixture
 def model_pair(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
-    """Make `base/` and `finetuned/` folders shaped like a legacy release (small)."""
+    """Make `base/` and `finetuned/` folders shaped like a legacy release (see `legacy_folders`)."""
 
     def make(**overrides: bytes) -> tuple[Path, Path]:
-        base = {
-            "pytorch_model-00001-of-00002.bin": zip_checkpoint(300_001, 1),
-            "pytorch_model-00002-of-00002.bin": zip_checkpoint(200_003, 2),
-            "pytorch_model.bin.index.json": b'{"metadata": {"total_size": 500004}}\n',
-            "config.json": b'{"vocab_size": 32000}\n',
-            "tokenizer.model": random_bytes(4_097, 3),
-        }
-        tuned = {
-            # grown vocabulary: longer than the base
-            "pytorch_model-00001-of-00002.bin": zip_checkpoint(300_001 + 16 * 13, 4),
-            # shorter than the base
-            "pytorch_model-00002-of-00002.bin": zip_checkpoint(199_990, 5),
-            "pytorch_model.bin.index.json": b'{"metadata": {"total_size": 500212}}\n',
-            "config.json": b'{"vocab_size": 32016}\n',
-            "tokenizer.model": base["tokenizer.model"],
-            "added_tokens.json": b'{"<|prompter|>": 32000}\n',
-        }
-        tuned.update(overrides)
-        return write_files(tmp_path / "base", base), write_files(tmp_path / "finetuned", tuned)
+        return legacy_folders(tmp_path, **overrides)
 
     return make
 

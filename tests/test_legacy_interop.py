@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import struct
-import zipfile
 import zlib
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 import xorweights
 from tests import legacy_reference as ref
-from tests.conftest import random_bytes, tree, write_files
+from tests.conftest import legacy_folders, random_bytes, tree, write_files
 from xorweights import _gzip, legacy
 from xorweights.cli import main
 from xorweights.constants import MANIFEST_FORMAT
@@ -177,35 +176,14 @@ def xor(a: bytes, b: bytes) -> bytes:
     return np.bitwise_xor(x, y).tobytes()
 
 
-def checkpoint(n: int, seed: int) -> bytes:
-    """A small zip shaped like a torch checkpoint."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("archive/data/0", random_bytes(n, seed))
-    return buf.getvalue()
-
-
 def model_folders(tmp_path: Path, *, base_tokens: bytes | None = None, tuned_tokens: bytes | None = None):
     """`base/` and `finetuned/` shaped like a legacy release; `base_tokens` gives the base an
     `added_tokens.json`."""
-    base = {
-        "pytorch_model-00001-of-00002.bin": checkpoint(300_001, 1),
-        "pytorch_model-00002-of-00002.bin": checkpoint(200_003, 2),
-        "pytorch_model.bin.index.json": b'{"metadata": {"total_size": 500004}}\n',
-        "config.json": b'{"vocab_size": 32001}\n',
-        "tokenizer.model": random_bytes(4_097, 3),
-    }
-    tuned = {
-        "pytorch_model-00001-of-00002.bin": checkpoint(300_001 + 16 * 13, 4),
-        "pytorch_model-00002-of-00002.bin": checkpoint(199_990, 5),
-        "pytorch_model.bin.index.json": b'{"metadata": {"total_size": 500212}}\n',
-        "config.json": b'{"vocab_size": 32016}\n',
-        "tokenizer.model": base["tokenizer.model"],
-        "added_tokens.json": tuned_tokens or b'{"<pad>": 32000, "<|prompter|>": 32001}\n',
-    }
-    if base_tokens is not None:
-        base["added_tokens.json"] = base_tokens
-    return write_files(tmp_path / "base", base), write_files(tmp_path / "finetuned", tuned)
+    return legacy_folders(
+        tmp_path,
+        base_extra={"added_tokens.json": base_tokens} if base_tokens is not None else None,
+        **{"added_tokens.json": tuned_tokens or b'{"<pad>": 32000, "<|prompter|>": 32001}\n'},
+    )
 
 
 #: How each payload file of the end-to-end test is framed.

@@ -9,7 +9,6 @@ it is renamed into place.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import shutil
@@ -18,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import _json
 from ._atomic import AtomicFile, HashingWriter
 from ._outdir import OutputFolder
 from ._progress import byte_bar
 from .checksums import ChecksumManifest, FileDigest, load_checksums
-from .errors import BaseMismatchError, InputError
+from .errors import BaseMismatchError, FormatError, InputError
 from .llama_convert import GeneratedFile, open_base, write_shard, write_shards
 from .llama_layout import LlamaLayout
 from .llama_tokenizer import derive_tokenizer_json
@@ -249,8 +249,8 @@ class GeneratedBase:
         if not (any(f.glob("*.safetensors")) or any(f.glob("pytorch_model*.bin"))):
             return False
         try:
-            config = json.loads((f / "config.json").read_text())
-        except (OSError, ValueError):
+            config = _json.loads((f / "config.json").read_bytes(), str(f / "config.json"))
+        except (OSError, FormatError):
             return False
         keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         return (

@@ -10,7 +10,6 @@ the rotary `inv_freq` in float32. Shard files are then written byte for byte as 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import queue
@@ -23,6 +22,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from . import _json
 from .errors import FormatError, MissingFileError
 from .llama_layout import LlamaLayout
 from .torch_save import TensorSpec, record_order, save_state_dict
@@ -56,10 +56,7 @@ class MetaCheckpoint:
         params_path = folder / "params.json"
         if not params_path.is_file():
             raise MissingFileError(f"{folder}: no params.json (not a Meta LLaMA folder)", path=params_path)
-        try:
-            params = json.loads(params_path.read_text())
-        except ValueError as e:
-            raise FormatError(f"{params_path}: invalid JSON ({e})", path=params_path) from None
+        params = _json.loads(params_path.read_bytes(), str(params_path))
         names = sorted(p.name for p in folder.iterdir() if re.fullmatch(r"consolidated\.\d\d\.pth", p.name))
         if not names or names != [f"consolidated.{i:02d}.pth" for i in range(len(names))]:
             raise FormatError(
@@ -68,7 +65,11 @@ class MetaCheckpoint:
         return cls(folder, params, [read_checkpoint(folder / n) for n in names])
 
     def layout(self) -> LlamaLayout:
-        return LlamaLayout.from_params(self.params, num_shards=len(self.shards))
+        try:
+            return LlamaLayout.from_params(self.params, num_shards=len(self.shards))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            where = self.folder / "params.json"
+            raise FormatError(f"{where}: not LLaMA params ({type(e).__name__}: {e})", path=where) from None
 
     def tensor(self, shard: int, name: str) -> np.ndarray:
         """A Meta tensor as a read-only memory map (no copy)."""
@@ -134,7 +135,7 @@ class HFCheckpoint:
                 f"{self.folder}: no config.json (not an HF model folder)", path=config_path
             )
         try:
-            self.config = json.loads(config_path.read_text())
+            self.config = _json.loads(config_path.read_bytes(), str(config_path))
             self.layout = LlamaLayout(
                 dim=int(self.config["hidden_size"]),
                 n_layers=int(self.config["num_hidden_layers"]),
