@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-NAME = "pytorch_model-00001-of-00001.bin"
+#: A safetensors output (one U8 tensor), so that a decode without checksums passes its plausibility check.
+NAME = "model-00001-of-00001.safetensors"
 GROWTH = 16 * 6656 * 2  # 16 extra vocabulary rows of hidden 6656 in fp16
 TIME = "/usr/bin/time"  # GNU time: reports the peak RSS of exactly the process it starts
 RELEASE_BYTES = 65_057_902_592 + 16 * 6656 * 2 * 2  # LLaMA-30B hf_base total_size plus the grown rows
@@ -52,6 +53,18 @@ def _gzip_writer(path: Path):  # type: ignore[no-untyped-def]
         return gzip.open(path, "wb", compresslevel=1)
 
 
+def _safetensors_header(size: int) -> bytes:
+    """The first bytes of a `size`-byte safetensors file holding one U8 tensor (header padded with
+    spaces to a multiple of 8 bytes, as the writer does)."""
+
+    def text(n: int) -> str:
+        return json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}})
+
+    length = len(text(size)) + 7 & ~7
+    t = text(size - 8 - length).ljust(length)
+    return length.to_bytes(8, "little") + t.encode()
+
+
 def make_pair(folder: Path, size: int, kind: str) -> tuple[Path, Path, Path]:
     """payload/NAME (size bytes decoded), base/NAME (size - GROWTH bytes), and a manifest."""
     payload, base = folder / "payload", folder / "base"
@@ -60,6 +73,7 @@ def make_pair(folder: Path, size: int, kind: str) -> tuple[Path, Path, Path]:
         d.mkdir(parents=True)
     rng = np.random.default_rng(0)
     step = 64 * 1024 * 1024
+    header = _safetensors_header(size)
     hb = {a: hashlib.new(a) for a in ("md5", "sha256")}
     ho = {a: hashlib.new(a) for a in ("md5", "sha256")}
     fp = _gzip_writer(payload / NAME) if kind == "gzip" else open(payload / NAME, "wb")
@@ -70,6 +84,8 @@ def make_pair(folder: Path, size: int, kind: str) -> tuple[Path, Path, Path]:
             p = rng.integers(0, 256, n, dtype=np.uint8)
             p[1::2] &= 0x03  # like an fp16 XOR: high bytes nearly zero
             b = rng.integers(0, 256, n, dtype=np.uint8)
+            if done == 0:  # the output starts with its header
+                p[: len(header)] = np.frombuffer(header, np.uint8) ^ b[: len(header)]
             nb = max(0, min(n, size - GROWTH - done))
             fp.write(p.data)
             fb.write(b[:nb].data)

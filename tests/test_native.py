@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 import xorweights
 from tests.conftest import tree
 from xorweights.native_manifest import RawNote, load_manifest
+from xorweights.raw_storage import GROWN_ROWS
 
 
 def sha256(b: bytes) -> str:
@@ -125,7 +126,8 @@ def test_manifest_records_files_tensors_and_base_tensors(release) -> None:
         "no base tensor of this name", "*.adapter.weight"
     )
     assert m.allow_raw == ("*.adapter.weight",)
-    assert all(t.raw is None for t in tensors.values() if t.base is not None)
+    xored = [t for t in tensors.values() if t.base is not None]
+    assert all(t.raw is None or t.raw.allowed_by == GROWN_ROWS for t in xored)
     assert tensors["model.embed_tokens.weight"].base == "model.embed_tokens.weight"
     assert m.base_tensors["model.embed_tokens.weight"].shape == (100, 16)
     want = base_tensors()["model.layers.0.mask"].numpy().tobytes()
@@ -277,8 +279,11 @@ def test_bin_only_finetune_is_encoded_per_file_with_a_note(tmp_path: Path) -> No
     save_bin_shards(base_sd, base, [list(base_sd)])
     ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}
     save_bin_shards(ft_sd, ft, [list(ft_sd)])
-    report = xorweights.encode(ft, base=base, out=tmp_path / "payload")
-    entry = report.native_manifest.file("pytorch_model-00001-of-00001.bin")
+    with pytest.raises(xorweights.RawStorageError, match="its base file is .* bytes shorter"):
+        xorweights.encode(ft, base=base, out=tmp_path / "payload")  # the grown rows make it longer
+    bin_name = "pytorch_model-00001-of-00001.bin"
+    report = xorweights.encode(ft, base=base, out=tmp_path / "payload", allow_raw=[bin_name])
+    entry = report.native_manifest.file(bin_name)
     assert entry.method == "file-xor" and "publish safetensors" in (entry.note or "")
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
     assert tree(tmp_path / "out") == tree(ft)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from xorweights._units import human_bytes
 from xorweights.cli import main
 from xorweights.errors import RawStorageError
 from xorweights.native_manifest import RawNote, load_manifest
+from xorweights.raw_storage import GROWN_ROWS, manifest_items
 
 
 def make_pair(
@@ -97,7 +99,8 @@ def test_allow_raw_stores_named_tensors_records_them_and_decodes(tmp_path: Path,
     assert tensors["lm_head.weight"].base is None
     assert tensors["lm_head.weight"].raw == RawNote("no base tensor of this name", "lm_head.*")
     assert tensors["model.norm.weight"].raw == RawNote("no base tensor of this name", "*.norm.weight")
-    assert sum(t.raw is not None for t in tensors.values()) == 2
+    assert sum(t.raw is not None and t.raw.allowed_by != GROWN_ROWS for t in tensors.values()) == 2
+    assert tensors["model.embed_tokens.weight"].raw == RawNote("4 rows past the base's 100", GROWN_ROWS)
     doc = json.loads((out / "xorweights.json").read_text())
     assert doc["allow_raw"] == ["lm_head.*", "*.norm.weight"]
     xorweights.decode(out, base=base, out=tmp_path / "decoded")
@@ -117,23 +120,35 @@ def test_bin_finetune_without_base_file_is_refused_or_allowed_by_name(tmp_path: 
     report = xorweights.encode(ft, base=base, out=tmp_path / "p2", allow_raw=["pytorch_model-*.bin"])
     entry = report.native_manifest.file("pytorch_model-00001-of-00001.bin")
     assert entry.method == "copy"
-    assert entry.raw == RawNote("no same-named base file", "pytorch_model-*.bin")
+    assert entry.raw.allowed_by == "pytorch_model-*.bin"
+    assert entry.raw.reason.startswith("no same-named base file")
     assert load_manifest(tmp_path / "p2").file(entry.name).raw == entry.raw
 
 
 @pytest.mark.parametrize("name", ["model.gguf", "flax_model.msgpack", "tf_model.h5", "big.dat"])
 def test_other_weight_containers_without_base_file_are_raw(tmp_path: Path, name: str) -> None:
     ft, base = make_pair(tmp_path)
+    (ft / "model.safetensors").unlink()  # the container is the only copy of the weights
     size = 64 * 1024 * 1024 + 1 if name == "big.dat" else 1000
     with open(ft / name, "wb") as f:
         f.truncate(size)
     with pytest.raises(RawStorageError, match=f"1 weight file .*{name}"):
         xorweights.encode(ft, base=base, out=tmp_path / "p1")
     report = xorweights.encode(ft, base=base, out=tmp_path / "p2", allow_raw=[name])
-    assert report.native_manifest.file(name).raw == RawNote("no same-named base file", name)
-    (base / name).write_bytes(b"x" * 10)  # with a base file of that name it is XOR-ed, not raw
+    raw = report.native_manifest.file(name).raw
+    assert raw.allowed_by == name and raw.reason.startswith("no same-named base file")
+    with open(base / name, "wb") as f:  # with a base file of that name and size it is XOR-ed, not raw
+        f.truncate(size)
     report = xorweights.encode(ft, base=base, out=tmp_path / "p3")
     assert report.native_manifest.file(name).method == "file-xor"
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.BIN", "model.gguf", "tf_model.h5", "flax_model.msgpack"])
+def test_other_containers_beside_safetensors_are_left_out(tmp_path: Path, name: str) -> None:
+    ft, base = make_pair(tmp_path)
+    (ft / name).write_bytes(b"\0" * 100)
+    report = xorweights.encode(ft, base=base, out=tmp_path / "p")
+    assert report.native_manifest.omitted == (name,) and not (tmp_path / "p" / name).exists()
 
 
 def test_publish_refuses_raw_tensors_unless_named_and_the_card_counts_them(hub, tmp_path: Path) -> None:
@@ -195,13 +210,13 @@ def test_nothing_raw_says_so_on_the_card(hub, tmp_path: Path) -> None:
     ft, base = make_pair(tmp_path)
     payload = tmp_path / "payload"
     report = xorweights.encode(ft, base=base, out=payload)
-    assert report.native_manifest.raw_items() == []
+    assert all(i.grown for i in manifest_items(report.native_manifest, payload))
     card = publish(payload, "me/clean-xor", endpoint=hub.url, token=TOKEN).card
     assert "- stored raw: nothing" in card and "except for" not in card
 
 
-def test_grown_rows_are_not_raw(tmp_path: Path) -> None:
-    """A grown vocabulary XORs the shared rows; only a tensor with no base at all counts as raw."""
+def test_grown_rows_are_recorded_but_need_no_pattern(tmp_path: Path) -> None:
+    """A grown vocabulary XORs the shared rows; its new rows are unmasked, counted and recorded."""
     base_sd = base_tensors()
     ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}
     assert ft_sd["lm_head.weight"].shape[0] > base_sd["lm_head.weight"].shape[0]
@@ -210,5 +225,126 @@ def test_grown_rows_are_not_raw(tmp_path: Path) -> None:
     save_file({n: t.contiguous() for n, t in ft_sd.items()}, str(ft / "model.safetensors"))
     save_bin_shards(base_sd, base, [list(base_sd)])
     report = xorweights.encode(ft, base=base, out=tmp_path / "p")
-    assert report.native_manifest.raw_items() == []
-    assert torch.equal(load_file(str(ft / "model.safetensors"))["lm_head.weight"], ft_sd["lm_head.weight"])
+    items = {i.tensor: i for i in manifest_items(report.native_manifest, tmp_path / "p")}
+    assert set(items) == {"lm_head.weight", "model.embed_tokens.weight"} and all(
+        i.grown for i in items.values()
+    )
+    assert items["lm_head.weight"].nbytes == 4 * 16 * 2  # four fp16 rows of 16
+    entry = {t.name: t for f in report.native_manifest.files for t in f.tensors}["lm_head.weight"]
+    assert entry.raw == RawNote("4 rows past the base's 100", GROWN_ROWS)
+
+
+def _shapes_pair(tmp_path: Path, base_t: torch.Tensor, ft_t: torch.Tensor) -> tuple[Path, Path]:
+    ft, base = tmp_path / "ft", tmp_path / "base"
+    ft.mkdir()
+    base.mkdir()
+    save_file({"model.w": ft_t}, str(ft / "model.safetensors"))
+    save_file({"model.w": base_t}, str(base / "model.safetensors"))
+    return ft, base
+
+
+@pytest.mark.parametrize(
+    ("base_t", "why"),
+    [
+        (torch.ones(1, dtype=torch.float16), "short"),  # zero padding masks nothing
+        (torch.ones(4096, dtype=torch.int8), "short"),  # an int8 base masks half of fp16 bytes
+        (torch.ones(2000, 2, dtype=torch.float16), "short"),  # more than a quarter more rows
+    ],
+)
+def test_a_shorter_base_tensor_is_raw_unless_allowed(tmp_path: Path, base_t: torch.Tensor, why: str) -> None:
+    ft_t = torch.randn(4096, 2).half() if base_t.dim() == 2 else torch.randn(4096).half()
+    ft, base = _shapes_pair(tmp_path, base_t, ft_t)
+    with pytest.raises(RawStorageError, match=f"model.safetensors:model.w .*its base tensor .* bytes {why}"):
+        xorweights.encode(ft, base=base, out=tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+    report = xorweights.encode(ft, base=base, out=tmp_path / "p", allow_raw=["model.w"])
+    entry = report.native_manifest.files[-1].tensors[0]
+    assert entry.raw is not None and entry.raw.allowed_by == "model.w"
+    xorweights.decode(tmp_path / "p", base=base, out=tmp_path / "out")
+    assert tree(tmp_path / "out")["model.safetensors"] == (ft / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("Model.SafeTensors.bak", b"\0" * 100),
+        ("weights.npy.gz", b"\0" * 100),
+        ("variables.data-00000-of-00001", b"\0" * 100),
+        ("blob", b"GGUF" + b"\0" * 100),  # no suffix, but the content says what it is
+        ("blob2", b"PK\x03\x04" + b"\0" * 100),
+        ("blob3", b"\x80\x02" + b"\0" * 100),
+        ("blob4", b"\x89HDF\r\n\x1a\n" + b"\0" * 100),
+    ],
+)
+def test_weight_files_are_found_by_any_suffix_or_by_content(tmp_path: Path, name: str, data: bytes) -> None:
+    ft, base = make_pair(tmp_path)
+    (ft / name).write_bytes(data)
+    with pytest.raises(RawStorageError, match="1 weight file"):
+        xorweights.encode(ft, base=base, out=tmp_path / "p")
+
+
+def test_large_text_files_count_as_weights(tmp_path: Path) -> None:
+    ft, base = make_pair(tmp_path)
+    with open(ft / "weights.json", "wb") as f:
+        f.truncate(64 * 1024 * 1024 + 1)
+    with pytest.raises(RawStorageError, match=r"weights\.json .*over 64"):
+        xorweights.encode(ft, base=base, out=tmp_path / "p")
+
+
+def test_a_shorter_base_file_leaves_the_tail_raw(tmp_path: Path) -> None:
+    base_sd = base_tensors()
+    ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}
+    ft, base = tmp_path / "ft", tmp_path / "base"
+    save_bin_shards(ft_sd, ft, [list(ft_sd)])
+    base.mkdir()
+    (base / "pytorch_model-00001-of-00001.bin").write_text("version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(RawStorageError, match="its base file is .* bytes shorter"):
+        xorweights.encode(ft, base=base, out=tmp_path / "p")
+
+
+def test_names_that_are_not_utf8_are_refused_cleanly(tmp_path: Path) -> None:
+    ft, base = make_pair(tmp_path)
+    (ft / os.fsdecode(b"notes-caf\xe9.json")).write_text("{}")
+    with pytest.raises(xorweights.InputError, match=r"caf\\xe9.json is not valid UTF-8"):
+        xorweights.encode(ft, base=base, out=tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+
+
+def _edited(payload: Path, edit) -> None:
+    doc = json.loads((payload / "xorweights.json").read_text())
+    edit(doc)
+    (payload / "xorweights.json").write_text(json.dumps(doc))
+
+
+def test_publish_recomputes_raw_items_from_an_edited_manifest(hub, tmp_path: Path) -> None:
+    ft, base = make_pair(tmp_path, drop=("lm_head.weight",))
+    clean = tmp_path / "clean"
+    xorweights.encode(ft, base=base, out=clean, allow_raw=["lm_head.*"])
+    kw = {"endpoint": hub.url, "token": TOKEN, "allow_raw": ["lm_head.*"]}
+
+    def tensor(doc, name):
+        return next(t for f in doc["files"] for t in f.get("tensors", []) if t["name"] == name)
+
+    def fake_base(doc):  # claim a one-element base tensor masks it
+        doc["base_tensors"]["fake"] = {"dtype": "F16", "shape": [1], "sha256": "0" * 64}
+        t = tensor(doc, "model.norm.weight")
+        t["base"] = "fake"
+
+    def as_copy(doc):  # the safetensors payload declared a plain copy
+        f = next(f for f in doc["files"] if f["name"] == "model.safetensors")
+        f.update(method="copy")
+        f.pop("tensors")
+
+    def no_tensors(doc):
+        next(f for f in doc["files"] if f["name"] == "model.safetensors")["tensors"] = []
+
+    for i, edit in enumerate((fake_base, as_copy, no_tensors)):
+        payload = tmp_path / f"edited{i}"
+        shutil.copytree(clean, payload)
+        _edited(payload, edit)
+        with pytest.raises(xorweights.XorWeightsError):
+            publish(payload, f"me/edited{i}-xor", **kw)
+        assert f"me/edited{i}-xor" not in hub.state.repos
+    with pytest.raises(RawStorageError, match="refusing to publish"):  # a broader pattern is not the same
+        publish(clean, "me/broad-xor", endpoint=hub.url, token=TOKEN, allow_raw=["*"])
+    assert "me/broad-xor" not in hub.state.repos

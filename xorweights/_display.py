@@ -47,6 +47,13 @@ def shown(name: object) -> str:
     return escaped(text) if needs_escape(text) else text
 
 
+def quoted(value: object, limit: int = 80) -> str:
+    """A short, quoted, one-line form of an untrusted value for an error message."""
+    if not isinstance(value, str):
+        return f"a JSON {type(value).__name__}" if isinstance(value, (dict, list)) else repr(value)
+    return f"'{shown(value[:limit])}'" + ("..." if len(value) > limit else "")
+
+
 def json_safe(doc: Any) -> Any:
     """`doc` with every string that is not valid Unicode (surrogate escapes) replaced by `shown`."""
     if isinstance(doc, str):

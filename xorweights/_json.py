@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+from ._display import quoted
 from .errors import FormatError
 
 #: Deepest nesting of arrays and objects accepted (no format of ours goes past 6).
@@ -30,7 +31,7 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise _Refused(f"duplicate key {escape_for_message(k)}")
+            raise _Refused(f"duplicate key {quoted(k)}")
         out[k] = v
     return out
 
@@ -117,8 +118,3 @@ def loads(data: bytes | str, source: str) -> Any:
     except (ValueError, RecursionError) as e:  # _Refused, int() limits, surrogates
         raise FormatError(f"{source}: invalid JSON ({e})", path=source) from None
     return value
-
-
-def escape_for_message(text: str, limit: int = 80) -> str:
-    """A short quoted form of an untrusted string for an error message."""
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")

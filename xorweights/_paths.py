@@ -18,7 +18,7 @@ from .constants import TEMP_PREFIX
 from .errors import UnsafePathError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_name(name: object, where: str) -> str:
@@ -30,7 +30,7 @@ def check_name(name: object, where: str) -> str:
     """
     if not isinstance(name, str) or not name:
         raise UnsafePathError(f"{where}: file name must be a non-empty string, got {name!r}", path=where)
-    if _CONTROL.search(name):
+    if CONTROL.search(name):
         raise UnsafePathError(f"{where}: file name {name!r} has control characters", path=where)
     if name.startswith(("/", "\\")) or _DRIVE.match(name):
         raise UnsafePathError(f"{where}: file name {name!r} must be relative to its folder", path=where)

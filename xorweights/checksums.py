@@ -20,6 +20,8 @@ from typing import Any
 
 from . import _json
 from ._atomic import AtomicFile
+from ._display import quoted
+from ._paths import CONTROL, check_name
 from ._progress import byte_bar
 from .constants import (
     ALGORITHMS,
@@ -30,7 +32,14 @@ from .constants import (
     STAGES,
     TEMP_PREFIX,
 )
-from .errors import ChecksumMismatchError, FormatError, InputError, MissingFileError, UnknownReleaseError
+from .errors import (
+    ChecksumMismatchError,
+    FormatError,
+    InputError,
+    MissingFileError,
+    UnknownReleaseError,
+    UnsafePathError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,15 +141,10 @@ def known_releases() -> list[ChecksumManifest]:
 _MAX_SIZE = 2**63 - 1
 
 
-def _shown(value: Any) -> str:
-    """A short, one-line form of an untrusted JSON value for an error message."""
-    return _json.escape_for_message(value) if isinstance(value, str) else f"a {type(value).__name__}"
-
-
 def _check_hex(value: Any, algorithm: str, where: str, source: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(f"[0-9a-fA-F]{{{HEX_LENGTH[algorithm]}}}", value):
         raise FormatError(
-            f"{where}: {algorithm} must be {HEX_LENGTH[algorithm]} hex digits, got {_shown(value)}",
+            f"{where}: {algorithm} must be {HEX_LENGTH[algorithm]} hex digits, got {quoted(value)}",
             path=source,
         )
     return value.lower()
@@ -151,7 +155,7 @@ def _parse_entry(value: Any, where: str, source: str) -> FileDigest:
         raise FormatError(f"{where}: expected an object with md5/sha256/size", path=source)
     unknown = set(value) - {"md5", "sha256", "size"}
     if unknown:
-        shown = ", ".join(_json.escape_for_message(k, 40) for k in sorted(unknown)[:5])
+        shown = ", ".join(quoted(k, 40) for k in sorted(unknown)[:5])
         raise FormatError(f"{where}: unknown keys {shown}", path=source)
     size = value.get("size")
     if size is not None and (type(size) is not int or not 0 <= size <= _MAX_SIZE):
@@ -168,12 +172,15 @@ def _parse_entry(value: Any, where: str, source: str) -> FileDigest:
 
 
 def _check_name(name: Any, where: str, source: str) -> str:
-    """Names in manifests are relative paths inside a folder; nothing may point outside it."""
-    if not isinstance(name, str) or not name or name.startswith(("/", "\\")) or "\x00" in name:
-        raise FormatError(f"{where}: bad file name {_shown(name)}", path=source)
-    parts = re.split(r"[\\/]", name)
-    if any(p in ("", ".", "..") for p in parts) or re.match(r"^[A-Za-z]:", name):
-        raise FormatError(f"{where}: file name {_shown(name)} must stay inside its folder", path=source)
+    """Names in manifests are relative paths inside a folder, as `_paths.check_name` has them, but
+    control characters are allowed (shown as `_` in errors): coreutils escapes them in its lines,
+    and such a name simply matches no payload file, since payload names may not hold them."""
+    if not isinstance(name, str):
+        raise FormatError(f"{where}: bad file name {quoted(name)}", path=source)
+    try:
+        check_name(CONTROL.sub("_", name), where)
+    except UnsafePathError as e:
+        raise FormatError(e.message, path=source) from None
     return name
 
 
@@ -207,13 +214,13 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
     for stage, files in stages_doc.items():
         if stage not in STAGES:
             raise FormatError(
-                f"{source}: unknown stage {_shown(stage)}; expected one of {', '.join(STAGES)}", path=source
+                f"{source}: unknown stage {quoted(stage)}; expected one of {', '.join(STAGES)}", path=source
             )
         if not isinstance(files, dict):
             raise FormatError(f"{source}: stage {stage!r} must map file names to digests", path=source)
         stages[stage] = {
             _check_name(n, f"{source} [{stage}]", source): _parse_entry(
-                v, f"{source} [{stage}] {_json.escape_for_message(n)}", source
+                v, f"{source} [{stage}] {quoted(n)}", source
             )
             for n, v in files.items()
         }
@@ -307,7 +314,6 @@ def load_checksums(spec: os.PathLike[str] | str) -> ChecksumManifest:
 # --- coreutils line files -----------------------------------------------------------------------
 
 _LINE = re.compile(r"^(\\?)([0-9a-fA-F]+) [ *](.*)$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Lone surrogates other than the escapes of bytes 0x80-0xff (`surrogateescape`).
 _SURROGATE = re.compile(r"[\ud800-\udc7f\udd00-\udfff]")
 
@@ -352,7 +358,7 @@ def parse_sum_lines(text: str, *, source: str = "<text>") -> tuple[str, dict[str
             raise FormatError(f"{where}: a lone surrogate that stands for no byte", path=source)
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        if _CONTROL.search(line):
+        if CONTROL.search(line):
             raise FormatError(
                 f"{where}: control character in the line (names must be escaped as coreutils does): "
                 f"{line[:80]!r}",
@@ -378,7 +384,7 @@ def parse_sum_lines(text: str, *, source: str = "<text>") -> tuple[str, dict[str
         earlier = entries.setdefault(name, digest)
         if earlier != digest:
             raise ChecksumMismatchError(
-                f"{where}: {_json.escape_for_message(name)} is listed again with another {algo} "
+                f"{where}: {quoted(name)} is listed again with another {algo} "
                 f"({digest}; line {first_line[name]} has {earlier}), so no file can match both",
                 path=source,
                 expected=earlier,

@@ -23,6 +23,7 @@ from .checksums import ChecksumManifest, ChecksumReport, VerifyReport, checksum,
 from .codec import DecodeReport, decode, encode
 from .constants import ALGORITHMS, ENV_DEBUG, STAGES, env_flag
 from .errors import ChecksumMismatchError, XorWeightsError
+from .raw_storage import manifest_items
 
 logger = logging.getLogger(__name__)
 
@@ -313,11 +314,14 @@ def encode_cmd(
             f"({_rate(report.bytes_written, report.seconds)}) into {shown(report.out_dir)}"
         )
         if report.native_manifest is not None:
-            raw = report.native_manifest.raw_items()
+            items = manifest_items(report.native_manifest, Path(report.out_dir))
+            raw = [r for r in items if not r.grown]
+            grown = sum(r.nbytes for r in items if r.grown)
             click.echo(
                 f"xorweights.json written: {len(report.native_manifest.base_tensors)} base tensors used, "
-                f"{len(raw)} items ({_human(sum(r[2] for r in raw))}) stored raw"
+                f"{len(raw)} items ({_human(sum(r.nbytes for r in raw))}) stored raw"
                 + (" as allowed by --allow-raw" if raw else "")
+                + (f", {_human(grown)} of new vocabulary rows unmasked" if grown else "")
             )
             for f in report.native_manifest.files:
                 if f.note:

@@ -28,6 +28,8 @@ from .constants import (
     PIPELINE_DEPTH,
     PIPELINE_SLOTS,
     STAGING_DIR,
+    TORCH_SUFFIXES,
+    WEIGHT_SUFFIXES,
 )
 from .engine import Cancelled, Role, StreamError, xor_stream
 from .errors import (
@@ -56,8 +58,6 @@ def _version() -> str:
 Format = Literal["auto", "xorweights", "oasst"]
 #: How legacy payload files are read: gzip by their magic bytes, never gzip, or always gzip.
 PayloadCompression = Literal["auto", "none", "gzip"]
-
-_WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pth", ".pt")
 
 
 @dataclass(frozen=True)
@@ -425,7 +425,7 @@ def _check_plausible(job: _Job, temp: Path, file: Any, size: int) -> None:
 
 def _refuse_plain_payload(payload_dir: Path, raw: Sequence[str], only: Collection[str] | None) -> None:
     """Refuse a legacy payload whose weight files are valid model files as they are (never XOR-ed)."""
-    weights = (".safetensors", *plausible.TORCH_SUFFIXES)
+    weights = (".safetensors", *TORCH_SUFFIXES)
     for entry in sorted(os.scandir(payload_dir), key=lambda e: e.name):
         name = entry.name
         if not name.endswith(weights) or legacy.is_raw(name, raw) or (only is not None and name not in only):
@@ -892,7 +892,7 @@ def decode(
     if manifest is not None:
         listed = set(hf_base) | set(decoded)
         names = {p.name for p in planned}
-        weights = {n for n in names if n.endswith(_WEIGHT_SUFFIXES)}
+        weights = {n for n in names if n.endswith(WEIGHT_SUFFIXES)}
         if not listed & (weights or names):
             raise InputError(
                 f"none of the payload's {'weight ' if weights else ''}files "

@@ -27,6 +27,21 @@ GZIP_MAGIC = b"\x1f\x8b\x08"
 #: Without a published size, a gzip payload may inflate to at most twice its base plus this.
 INFLATE_SLACK = 64 * 1024 * 1024
 
+#: Torch checkpoints (`torch.save`): a zip since torch 1.6, a bare pickle before.
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+#: Other containers that hold weights (GGUF, Flax, TF/Keras, ONNX, numpy, pickles).
+OPAQUE_WEIGHT_SUFFIXES = (
+    ".gguf", ".ggml", ".msgpack", ".h5", ".keras", ".onnx", ".npz", ".npy", ".pkl", ".pickle", ".joblib",
+    ".tflite",
+)  # fmt: skip
+#: Every suffix of a file that holds model weights.
+WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES, *OPAQUE_WEIGHT_SUFFIXES)
+#: Small text files of a model folder that hold no weights (configs, cards, code, templates).
+TEXT_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".py", ".jinja")
+#: A file of any kind this large counts as weights where it would be stored unmasked.
+RAW_FILE_LIMIT = 64 * 1024 * 1024
+
+
 #: Files the legacy script first copies raw, then XORs over that copy when the base holds one
 #: (stock LLaMA has no such file, so the OA releases carry it raw); see `legacy.raw_rule`.
 LEGACY_RAW_FILES = ("added_tokens.json",)

@@ -18,9 +18,9 @@ import numpy as np
 
 from . import legacy
 from ._paths import check_regular_file
+from .constants import TORCH_SUFFIXES
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
 from .native import (
-    OTHER_WEIGHTS,
     check_payload_files,
     digest_mismatch,
     layout_mismatch,
@@ -87,7 +87,7 @@ def iter_tensors(
     manifest = load_manifest(payload_dir / MANIFEST_NAME)
     check_payload_files(manifest, payload_dir)
     wanted = set(names) if names is not None else None
-    per_file = [f for f in manifest.files if f.name.endswith(OTHER_WEIGHTS) and f.method == "file-xor"]
+    per_file = [f for f in manifest.files if f.name.endswith(TORCH_SUFFIXES) and f.method == "file-xor"]
     if per_file and wanted is None:
         raise InputError(
             f"{payload_dir}: {per_file[0].name} is encoded per file (the fine-tune was not safetensors); "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from . import _json
 from ._units import human_bytes
@@ -18,6 +18,7 @@ from .checksums import ChecksumManifest, FileDigest, parse_manifest
 from .constants import MAX_MANIFEST_BYTES
 from .errors import FormatError
 from .native_manifest import MANIFEST_NAME, NativeManifest
+from .raw_storage import RawItem
 
 MARKER = "<!-- xorweights-checksums -->"
 _OPENING = re.compile(r"\s*```json\n")
@@ -40,14 +41,16 @@ def render(
     version: str,
     payload_bytes: int,
     native: NativeManifest | None = None,
+    raw: Sequence[RawItem] = (),
     revision: str = "main",
 ) -> str:
     """The card of a release: decode command, payload facts, base and decoded checksums."""
     name = repo_id.split("/")[-1]
     out_dir = name.removesuffix("-xor")
     decoded = checksums.stage("decoded")
-    raw = native.raw_items() if native is not None else []
-    raw_bytes = human_bytes(sum(r[2] for r in raw))
+    grown = [r for r in raw if r.grown]
+    raw = [r for r in raw if not r.grown]
+    raw_bytes = human_bytes(sum(r.nbytes for r in raw))
     lines = [
         "---",
         "library_name: xorweights",
@@ -100,14 +103,22 @@ def render(
         f"- files: {len(decoded)} in `{PAYLOAD_FOLDER}/`, {human_bytes(payload_bytes)}",
         *(
             [
-                f"- stored raw: {sum(r[1] is not None for r in raw)} tensors and "
-                f"{sum(r[1] is None for r in raw)} files, {raw_bytes}, with no base counterpart "
+                f"- stored raw: {sum(r.tensor is not None for r in raw)} tensors and "
+                f"{sum(r.tensor is None for r in raw)} files, {raw_bytes}, with no base counterpart "
                 f"(allowed by name: {', '.join(f'`{p}`' for p in native.allow_raw) or 'none recorded'}); "
                 "these are readable without the base"
             ]
             if native is not None and raw
             else ["- stored raw: nothing; every fine-tuned weight is XOR-ed with the base"]
             if native is not None
+            else []
+        ),
+        *(
+            [
+                f"- new vocabulary rows, unmasked: {len(grown)} tensors, "
+                f"{human_bytes(sum(r.nbytes for r in grown))} (rows past the base's)"
+            ]
+            if grown
             else []
         ),
         f"- written by: xorweights {version}",

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from . import legacy
+from ._display import shown
 from ._paths import check_regular_file
 from ._progress import byte_bar
 from .checksums import ChecksumManifest, FileDigest, hash_file
-from .constants import CHUNK_SIZE
+from .constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TEXT_SUFFIXES, TORCH_SUFFIXES
 from .errors import BaseMismatchError, FormatError, InputError, MissingFileError
 from .native_manifest import (
     MANIFEST_NAME,
@@ -37,24 +38,22 @@ from .native_manifest import (
     RawNote,
     TensorEntry,
 )
-from .raw_storage import NameHints, RawItem, refuse_unallowed
+from .raw_storage import (
+    GROWN_ROWS,
+    NameHints,
+    RawItem,
+    file_weights_reason,
+    notes,
+    refuse_unallowed,
+    unmasked_bytes,
+)
 from .safetensors_header import SafetensorsHeader, read_header
 from .tensor_store import FLOAT_DTYPES, StoredTensor, TensorStore, castable, nbytes_of
 
 logger = logging.getLogger(__name__)
 
 #: Weight files of a fine-tuned folder in a container other than safetensors.
-OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
-#: Other containers that hold weights (GGUF, Flax, TF/Keras, ONNX, numpy, pickles): XOR-ed with the
-#: same-named base file, never copied unmasked unless allowed by name.
-OPAQUE_WEIGHTS = (
-    ".gguf", ".ggml", ".msgpack", ".h5", ".keras", ".onnx", ".npz", ".npy", ".pkl", ".pickle", ".joblib",
-    ".tflite",
-)  # fmt: skip
-#: A file of any other kind this large, with no base file, counts as weights too.
-RAW_FILE_LIMIT = 64 * 1024 * 1024
-#: Small files that hold no weights: always copied raw (base copies differ in them freely).
-RAW_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".py", ".jinja")
+OTHER_WEIGHTS = TORCH_SUFFIXES + OPAQUE_WEIGHT_SUFFIXES
 BIN_NOTE = (
     "encoded per file (legacy semantics): decoding needs the same-named base file byte for byte; "
     "publish safetensors for a payload that works against any copy of the base"
@@ -296,48 +295,64 @@ def payload_header(path: Path, entry: FileEntry) -> SafetensorsHeader:
 # --- encode ------------------------------------------------------------------------------------
 
 
-def _plan_files(src_dir: Path, base_dir: Path) -> tuple[dict[str, Method], list[str], list[str]]:
+def _plan_files(src_dir: Path, base_dir: Path) -> tuple[dict[str, Method], list[str], list[RawItem]]:
     """How each fine-tuned file is stored (name to method, in name order), the files left out, and
-    the weight files with no base file (they can only be copied whole, i.e. unmasked)."""
-    names = sorted(e.name for e in os.scandir(src_dir) if e.is_file() and not e.name.startswith("."))
+    the weight files (or their tails) that no base file masks."""
+    names, skipped = [], []
+    for e in sorted(os.scandir(src_dir), key=lambda e: e.name):
+        if e.name.startswith("."):
+            continue
+        (names if e.is_file() else skipped).append(e.name)
+    for n in skipped:
+        logger.warning("%s: %s is not a regular file (a folder?), left out of the payload", src_dir, shown(n))
     if not names:
         raise InputError(f"no files to encode in {src_dir}", path=src_dir)
     if MANIFEST_NAME in names:
         raise InputError(
             f"{src_dir} holds a {MANIFEST_NAME}: it is a payload, not a fine-tuned model", path=src_dir
         )
-    has_safetensors = any(n.endswith(".safetensors") for n in names)
+    has_safetensors = any(n.lower().endswith(".safetensors") for n in names)
     methods: dict[str, Method] = {}
     omitted: list[str] = []
-    missing: list[str] = []
+    raw: list[RawItem] = []
     for n in names:
-        legacy.check_not_escaping_link(src_dir / n, src_dir)
-        if n.endswith(".safetensors"):
+        check_regular_file(src_dir / n, src_dir)
+        try:
+            n.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"{src_dir}: file name {shown(n)} is not valid UTF-8 (payload manifests list names as "
+                "UTF-8); rename it",
+                path=src_dir / n,
+            ) from None
+        low, size = n.lower(), (src_dir / n).stat().st_size
+        base = base_dir / n
+        if low.endswith(".safetensors"):
             methods[n] = "tensor-xor"
-        elif n.endswith(OTHER_WEIGHTS):
-            if has_safetensors:
-                omitted.append(n)
-            elif (base_dir / n).is_file():
-                methods[n] = "file-xor"
-            else:
-                missing.append(n)
-        elif n.endswith(RAW_SUFFIXES):
-            methods[n] = "copy"
-        elif (base_dir / n).is_file():
+            continue
+        reason = "its name marks a weights file" if low.endswith(OTHER_WEIGHTS) else None
+        reason = reason or file_weights_reason(src_dir / n, n)
+        if reason is not None and has_safetensors and low.endswith(OTHER_WEIGHTS):
+            omitted.append(n)
+        elif reason is None and low.endswith(TEXT_SUFFIXES):
+            methods[n] = "copy"  # configs and the like: base copies differ in them freely
+        elif base.is_file():
             methods[n] = "file-xor"
-        elif n.endswith(OPAQUE_WEIGHTS) or (src_dir / n).stat().st_size > RAW_FILE_LIMIT:
-            missing.append(n)
+            short = size - base.stat().st_size
+            if reason is not None and short > 0:
+                raw.append(RawItem(n, None, short, f"its base file is {short} bytes shorter"))
+        elif reason is not None:
+            methods[n] = "copy"
+            raw.append(RawItem(n, None, size, f"no same-named base file, and {reason}"))
         else:
             methods[n] = "copy"
-    for n in missing:
-        methods[n] = "copy"
     if omitted:
         logger.warning(
             "%s: left out of the payload (the safetensors files hold the weights): %s",
             src_dir,
-            ", ".join(omitted),
+            ", ".join(shown(n) for n in omitted),
         )
-    return methods, omitted, missing
+    return methods, omitted, raw
 
 
 def _tensor_hashes(
@@ -392,11 +407,10 @@ def prepare_encode(
         `RawStorageError`: a fine-tuned tensor has no base tensor, or a weight file no base file,
             and no `allow_raw` pattern names it (checked before anything is hashed or written).
     """
-    methods, omitted, unbased = _plan_files(src_dir, base_dir)
+    methods, omitted, raw_items = _plan_files(src_dir, base_dir)
     headers = {n: read_header(src_dir / n) for n, m in methods.items() if m == "tensor-xor"}
     store = TensorStore.open(base_dir) if headers else None
     hints = NameHints(store.tensors if store is not None else ())
-    raw_items = [RawItem(n, None, (src_dir / n).stat().st_size) for n in unbased]
     bases: dict[str, dict[str, str | None]] = {}
     dtypes: dict[str, str] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -406,20 +420,21 @@ def prepare_encode(
             have = store.get(t.name) if store is not None else None
             if have is None:
                 bases[fname][t.name] = None
-                raw_items.append(RawItem(fname, t.name, t.nbytes, hints.closest(t.name)))
+                item = RawItem(fname, t.name, t.nbytes, "no base tensor of this name", hints.closest(t.name))
+                raw_items.append(item)
                 continue
             # Floats are XOR-ed in the fine-tuned dtype (a cast base compresses as well as a same-dtype one).
             floats = t.dtype in FLOAT_DTYPES and have.dtype in FLOAT_DTYPES
             dtypes.setdefault(t.name, t.dtype if floats else have.dtype)
             bases[fname][t.name] = t.name
             shapes[t.name] = have.shape
-    allowed = refuse_unallowed(raw_items, allow_raw, where=base_dir)
-    raw = {
-        i.label: RawNote(
-            "no same-named base file" if i.tensor is None else "no base tensor of this name", allowed[i.label]
-        )
-        for i in raw_items
-    }
+            left, grown = unmasked_bytes(t.dtype, t.shape, dtypes[t.name], have.shape)
+            if left:
+                where = f"its base tensor is {dtypes[t.name]}{list(have.shape)}, {left} bytes short"
+                rows = t.shape[0] - have.shape[0] if grown else 0
+                note = RawNote(f"{rows} rows past the base's {have.shape[0]}", GROWN_ROWS) if grown else None
+                raw_items.append(RawItem(fname, t.name, left, where, note=note))
+    raw = notes(raw_items, refuse_unallowed(raw_items, allow_raw, where=base_dir))
     work: list[tuple[str, Any, int]] = [
         (n, lambda update, n=n: store.sha256(n, dtypes[n], update), nbytes_of(dtypes[n], shapes[n]))  # type: ignore[union-attr]
         for n in sorted(dtypes)
@@ -495,7 +510,7 @@ def build_manifest(
                 payload_sha256=rep.digests["sha256"],
                 tensors=tensors,
                 base_file=base_file,
-                note=BIN_NOTE if method == "file-xor" and name.endswith(OTHER_WEIGHTS) else None,
+                note=BIN_NOTE if method == "file-xor" and name.endswith(TORCH_SUFFIXES) else None,
                 raw=plan.raw.get(name),
             )
         )

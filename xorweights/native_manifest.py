@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import _json
+from ._display import quoted, shown
 from ._paths import check_name
 from .constants import MAX_MANIFEST_BYTES
 from .errors import FormatError, IOFailure, MissingFileError
 from .safetensors_header import DTYPE_SIZES
-from .tensor_store import nbytes_of
 
 MANIFEST_NAME = "xorweights.json"
 FORMAT = "xorweights"
@@ -33,7 +33,6 @@ _METHODS = ("tensor-xor", "file-xor", "copy")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Sizes and dimensions are int64 wherever they are used.
 _MAX_INT = 2**63 - 1
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -105,19 +104,6 @@ class NativeManifest:
     """Files of the fine-tuned folder left out of the payload (duplicate weights in another container)."""
     allow_raw: tuple[str, ...] = field(default=())
     """The `allow_raw` patterns the payload was encoded with."""
-
-    def raw_items(self) -> list[tuple[str, str | None, int, RawNote | None]]:
-        """Every fine-tuned item stored unmasked: `(file, tensor or None, bytes, note)`.
-
-        A tensor with no base is raw whether or not the manifest notes why; so is a weight file
-        copied whole.
-        """
-        out: list[tuple[str, str | None, int, RawNote | None]] = []
-        for f in self.files:
-            if f.raw is not None:
-                out.append((f.name, None, f.size, f.raw))
-            out += [(f.name, t.name, nbytes_of(t.dtype, t.shape), t.raw) for t in f.tensors if t.base is None]
-        return out
 
     def file(self, name: str) -> FileEntry:
         return next(f for f in self.files if f.name == name)
@@ -209,7 +195,7 @@ def load_manifest(path: os.PathLike[str] | str) -> NativeManifest:
 
 def parse_manifest(doc: Any, where: str) -> NativeManifest:
     def fail(msg: str) -> FormatError:
-        msg = _CONTROL.sub(lambda m: repr(m.group())[1:-1], msg)  # one line, whatever names hold
+        msg = shown(msg)  # one line, whatever names hold
         if len(msg) > 500:
             msg = f"{msg[:240]}...{msg[-240:]}"
         return FormatError(f"{where}: {msg}", path=where)
@@ -219,14 +205,9 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
             raise fail(f"{what} must be an object")
         return v
 
-    def shown(v: Any) -> str:
-        if isinstance(v, str):
-            return _json.escape_for_message(v, 40)
-        return f"a JSON {type(v).__name__}" if isinstance(v, (dict, list)) else repr(v)
-
     def integer(v: Any, what: str) -> int:
         if type(v) is not int or not 0 <= v <= _MAX_INT:
-            raise fail(f"{what} must be a non-negative integer (int64), got {shown(v)}")
+            raise fail(f"{what} must be a non-negative integer (int64), got {quoted(v, 40)}")
         return v
 
     def digest(v: Any, what: str) -> str:
@@ -236,7 +217,7 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
 
     def dtype(v: Any, what: str) -> str:
         if not isinstance(v, str) or v not in DTYPE_SIZES:
-            raise fail(f"{what}: unknown dtype {shown(v)}")
+            raise fail(f"{what}: unknown dtype {quoted(v, 40)}")
         return v
 
     def shape(v: Any, what: str) -> tuple[int, ...]:

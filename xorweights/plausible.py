@@ -14,13 +14,12 @@ import zipfile
 from pathlib import Path
 
 from . import _json
+from .constants import TORCH_SUFFIXES
 from .errors import XorWeightsError
 from .safetensors_header import read_header
 
 logger = logging.getLogger(__name__)
 
-#: Suffixes of torch checkpoints.
-TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 #: JSON files larger than this are not parsed (no JSON of a model folder comes near).
 MAX_JSON_BYTES = 256 * 1024 * 1024
 _ZIP_MAGIC = b"PK\x03\x04"

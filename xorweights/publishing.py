@@ -19,7 +19,7 @@ from ._paths import check_regular_file
 from .checksums import ChecksumManifest, FileDigest, hash_files, list_files, load_checksums
 from .errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
 from .native_manifest import MANIFEST_NAME, NativeManifest, is_native, load_manifest
-from .raw_storage import RawItem, refuse_unallowed
+from .raw_storage import RawItem, manifest_items, refuse_unallowed
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class _Release:
     want: dict[str, str | None]
     """Each payload file and the sha256 it must have (None: not known beforehand)."""
     native: NativeManifest | None = None
+    raw: Sequence[RawItem] = ()
+    """What the payload stores unmasked (native payloads)."""
 
     @property
     def names(self) -> list[str]:
@@ -85,7 +87,10 @@ def _release(
     if check_regular_file(payload_dir / MANIFEST_NAME, payload_dir) and is_native(payload_dir):
         manifest = load_manifest(payload_dir / MANIFEST_NAME)
         native.check_payload_files(manifest, payload_dir)
-        raw = [RawItem(f, t, n) for f, t, n, _ in manifest.raw_items()]
+        for f in manifest.files:  # the tensors the manifest lists are the ones the payload holds
+            if f.method == "tensor-xor":
+                native.payload_header(payload_dir / f.name, f)
+        raw = manifest_items(manifest, payload_dir)
         refuse_unallowed(raw, allow_raw, where=payload_dir / MANIFEST_NAME, publishing=True)
         decoded = {f.name: FileDigest(sha256=f.sha256, size=f.size) for f in manifest.files}
         release = ChecksumManifest(
@@ -96,7 +101,12 @@ def _release(
         )
         want: dict[str, str | None] = {f.name: f.payload_sha256 for f in manifest.files}
         want[MANIFEST_NAME] = None
-        return _Release("xorweights", release, want, manifest)
+        return _Release("xorweights", release, want, manifest, raw)
+    if allow_raw:
+        raise InputError(
+            f"{payload_dir} is a file-level (oasst) payload: --allow-raw applies to native payloads",
+            path=payload_dir,
+        )
     if checksums is None:
         raise InputError(
             f"{payload_dir} is a file-level (oasst) payload: pass --checksums with the manifest "
@@ -182,7 +192,7 @@ def publish(
     branch = revision or "main"
     card = model_card.render(
         repo_id, rel.checksums, payload_format=rel.format, version=_version(), payload_bytes=size,
-        native=rel.native, revision=branch,
+        native=rel.native, raw=rel.raw, revision=branch,
     )  # fmt: skip
     message = commit_message or f"Publish {repo_id.split('/')[-1]} with xorweights {_version()}"
 

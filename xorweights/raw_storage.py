@@ -1,38 +1,128 @@
 """Fine-tuned weights stored unmasked ("raw") in a payload: found, refused, or allowed by name.
 
-A fine-tuned tensor with no base counterpart, or a weight file with no base file, would sit in the
-payload in the clear, readable by anyone without the base. Encoding refuses that unless every such
-item is named by an `allow_raw` pattern (fnmatch, case-sensitive, matched against the tensor name
-or, for a whole file, the file name); the manifest records each raw item and the pattern that
-allowed it, and publishing asks for the same patterns again.
+A fine-tuned byte is masked only where a base byte is XOR-ed onto it. It stays in the clear when
+the tensor has no base tensor, when the base tensor is shorter (zero padding masks nothing), when a
+weight file is copied because the base has no file of its name, or when its base file is shorter.
+Encoding refuses every such item unless an `allow_raw` pattern (fnmatch, case-sensitive, on the
+tensor name or, for a file, the file name) names it; the manifest records each raw item and the
+pattern that allowed it, and publishing recomputes the items from the manifest and the payload
+files and asks for the same patterns again.
+
+One exception is made, and recorded: a tensor that grew by whole rows (a vocabulary grown for new
+tokens, by at most a quarter) has its new rows unmasked, as every release of this kind has; they
+are counted and shown on the card, but need no pattern.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._units import human_bytes
-from .errors import RawStorageError
+from .constants import RAW_FILE_LIMIT, TEXT_SUFFIXES
+from .errors import IOFailure, RawStorageError
+from .native_manifest import FileEntry, NativeManifest, RawNote
+from .tensor_store import nbytes_of
 
 logger = logging.getLogger(__name__)
 
 #: How many raw items an error message names before "and N more".
 SHOWN = 5
+#: The `allowed_by` of grown vocabulary rows: allowed by this rule, not by a pattern.
+GROWN_ROWS = "(grown rows)"
+#: A tensor may grow by at most this fraction of its base rows to count as grown rows.
+MAX_GROWTH = 0.25
+
+#: Dotted name parts that mark a container of weights (matched without regard to case, anywhere
+#: in the name, so `model.GGUF`, `pytorch_model.bin.gz` and `w.safetensors.bak` all count).
+WEIGHT_PARTS = frozenset(
+    "safetensors bin pt pth ckpt pt2 gguf ggml msgpack h5 hdf5 keras onnx npz npy pkl pickle joblib "
+    "tflite pb tar zip ot params mlmodel caffemodel nemo".split()
+)
+#: First bytes of containers that hold weights (or hide them: compressed streams).
+_MAGIC = (
+    (b"GGUF", "a GGUF file"),
+    (b"lmgg", "a GGML file"),
+    (b"tjgg", "a GGML file"),
+    (b"PK\x03\x04", "a zip (torch, numpy, keras)"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
+    (b"\x93NUMPY", "a numpy array"),
+    (b"\x1f\x8b", "a gzip stream"),
+    (b"\x28\xb5\x2f\xfd", "a zstd stream"),
+    (b"\xfd7zXZ\x00", "an xz stream"),
+    (b"BZh", "a bzip2 stream"),
+)
+
+
+def weights_reason(name: str, size: int, head: bytes) -> str | None:
+    """Why a file would put weights in the clear if stored as it is, or None.
+
+    `head` is the file's first 512 bytes (or fewer).
+    """
+    parts = {p.lower() for p in name.split(".")[1:]}
+    hit = sorted(parts & WEIGHT_PARTS) or [p for p in parts if p.startswith("data-")]
+    if hit and not name.lower().endswith(TEXT_SUFFIXES):  # an index.json names weights, holds none
+        return f"its name marks a weights file (.{hit[0]})"
+    if size > RAW_FILE_LIMIT:
+        return f"it is over {human_bytes(RAW_FILE_LIMIT)}"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return f"it is {what}"
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "it is a pickle"
+    if len(head) > 8 and int.from_bytes(head[:8], "little") < size and head[8:9] == b"{":
+        return "it is a safetensors file"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "it is a tar archive"
+    return None
+
+
+def file_weights_reason(path: Path, name: str) -> str | None:
+    """`weights_reason` of a file on disk."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise IOFailure("reading", path, e) from e
+    return weights_reason(name, size, head)
+
+
+def unmasked_bytes(
+    dtype: str, shape: tuple[int, ...], base_dtype: str, base_shape: tuple[int, ...]
+) -> tuple[int, bool]:
+    """Bytes of a tensor left unmasked by a base tensor read as `base_dtype`, and whether they are
+    whole new rows within `MAX_GROWTH` (a grown vocabulary)."""
+    have, want = nbytes_of(base_dtype, base_shape), nbytes_of(dtype, shape)
+    if have >= want:
+        return 0, False
+    grown = (
+        len(shape) == len(base_shape) >= 1
+        and shape[1:] == base_shape[1:]
+        and nbytes_of(dtype, (1,)) == nbytes_of(base_dtype, (1,))
+        and base_shape[0] > 0
+        and shape[0] - base_shape[0] <= max(1, int(base_shape[0] * MAX_GROWTH))
+    )
+    return want - have, grown
 
 
 @dataclass(frozen=True)
 class RawItem:
-    """A tensor (or a whole file, `tensor` None) that a payload would store unmasked."""
+    """A tensor (or a whole file, `tensor` None) that a payload stores, in whole or in part, unmasked."""
 
     file: str
     tensor: str | None
     nbytes: int
+    """Bytes left unmasked."""
+    reason: str
     hint: str | None = None
     """The closest base tensor, when the names differ only by a prefix or a suffix."""
+    note: RawNote | None = None
+    """What the manifest records for it (publishing)."""
 
     @property
     def name(self) -> str:
@@ -42,6 +132,10 @@ class RawItem:
     @property
     def label(self) -> str:
         return f"{self.file}:{self.tensor}" if self.tensor is not None else self.file
+
+    @property
+    def grown(self) -> bool:
+        return self.note is not None and self.note.allowed_by == GROWN_ROWS
 
 
 def allowing(name: str, patterns: Sequence[str]) -> str | None:
@@ -79,12 +173,46 @@ class NameHints:
         return None
 
 
+def _file_items(f: FileEntry, payload_dir: Path) -> list[RawItem]:
+    if f.method == "copy":
+        reason = file_weights_reason(payload_dir / f.name, f.name)  # a copy: the payload is the file
+        if reason is not None or f.raw is not None:
+            return [RawItem(f.name, None, f.size, reason or "noted raw", note=f.raw)]
+    elif f.method == "file-xor" and f.base_file is not None and f.base_file.size < f.size:
+        reason = file_weights_reason(payload_dir / f.name, f.name)
+        if reason is not None or f.raw is not None:
+            left = f.size - f.base_file.size
+            return [RawItem(f.name, None, left, f"its base file is {left} bytes shorter", note=f.raw)]
+    return []
+
+
+def manifest_items(manifest: NativeManifest, payload_dir: Path) -> list[RawItem]:
+    """Every fine-tuned item a native payload stores unmasked, from its manifest and payload files,
+    whatever the manifest's notes say (an edited manifest cannot hide one)."""
+    out: list[RawItem] = []
+    for f in manifest.files:
+        out += _file_items(f, payload_dir)
+        for t in f.tensors:
+            if t.base is None:
+                out.append(RawItem(f.name, t.name, nbytes_of(t.dtype, t.shape), "no base tensor", note=t.raw))
+                continue
+            b = manifest.base_tensors[t.base]
+            left, grown = unmasked_bytes(t.dtype, t.shape, b.dtype, b.shape)
+            if left:
+                note = t.raw if t.raw is not None and (grown or t.raw.allowed_by != GROWN_ROWS) else None
+                if grown and note is None:
+                    note = RawNote(f"{t.shape[0] - b.shape[0]} rows past the base's {b.shape[0]}", GROWN_ROWS)
+                out.append(RawItem(f.name, t.name, left, "its base tensor is shorter", note=note))
+    return out
+
+
 def refuse_unallowed(
     items: Sequence[RawItem], patterns: Sequence[str], *, where: Path | str, publishing: bool = False
 ) -> dict[str, str]:
     """The pattern allowing each raw item (by label); raise if any item is not allowed.
 
-    `where` is the base folder (encoding) or the payload's manifest (`publishing`).
+    Grown rows are allowed by their rule. Publishing, an item the manifest notes as allowed by a
+    pattern needs that very pattern again (a broader one does not do).
 
     Raises:
         `RawStorageError`: one line naming the first few items, their count and bytes, the likely
@@ -93,18 +221,17 @@ def refuse_unallowed(
     allowed: dict[str, str] = {}
     refused: list[RawItem] = []
     for item in items:
+        if item.grown:
+            allowed[item.label] = GROWN_ROWS
+            continue
         pattern = allowing(item.name, patterns)
+        if publishing and item.note is not None and item.note.allowed_by not in patterns:
+            pattern = None
         if pattern is None:
             refused.append(item)
         else:
             allowed[item.label] = pattern
     if not refused:
-        if allowed and not publishing:
-            logger.warning(
-                "%d fine-tuned item(s), %s, stored raw as allowed by --allow-raw",
-                len(allowed),
-                human_bytes(sum(i.nbytes for i in items)),
-            )
         return allowed
     nbytes = sum(i.nbytes for i in refused)
     tensors = sum(i.tensor is not None for i in refused)
@@ -119,8 +246,8 @@ def refuse_unallowed(
     )
     shown = []
     for i in refused[:SHOWN]:
-        detail = human_bytes(i.nbytes) + (f", closest base tensor {i.hint}" if i.hint else "")
-        shown.append(f"{i.label} ({detail})")
+        hint = f"; closest base tensor {i.hint}" if i.hint else ""
+        shown.append(f"{i.label} ({human_bytes(i.nbytes)}: {i.reason}{hint})")
     listed = ", ".join(shown) + (f" and {len(refused) - SHOWN} more" if len(refused) > SHOWN else "")
     if publishing:
         message = (
@@ -136,10 +263,15 @@ def refuse_unallowed(
         elif any(i.hint for i in refused):
             cause = "the tensor names differ from the base's (see the closest base tensors)"
         else:
-            cause = "a partial base, or one whose tensor names differ"
+            cause = "a partial base, or one whose tensor names, shapes or dtypes differ"
         message = (
-            f"refusing to store {what} ({human_bytes(nbytes)}) in the clear: {where} has no counterpart for "
+            f"refusing to store {what} ({human_bytes(nbytes)}) in the clear: {where} does not mask "
             f"{listed}; likely cause: {cause}; to store them raw on purpose, name them with "
             "--allow-raw PATTERN"
         )
     raise RawStorageError(message, path=where, items=[i.label for i in refused], nbytes=nbytes)
+
+
+def notes(items: Sequence[RawItem], allowed: dict[str, str]) -> dict[str, RawNote]:
+    """What the manifest records for each raw item (by label)."""
+    return {i.label: i.note or RawNote(i.reason, allowed[i.label]) for i in items}
