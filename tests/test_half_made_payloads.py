@@ -216,3 +216,48 @@ def test_zip_without_records_is_implausible(tmp_path: Path) -> None:
         pass
     (tmp_path / "e.bin").write_bytes(buf.getvalue())
     assert plausible.problem(tmp_path / "e.bin", "e.bin") is not None
+
+
+def test_model_folder_with_linked_files_is_refused_too(tmp_path: Path, capsys) -> None:
+    """A Hub cache keeps files as links into `blobs/`: the check follows links that stay inside."""
+    payload = tmp_path / "payload"
+    (payload / "blobs").mkdir(parents=True)
+    (payload / "blobs" / "0a1b").write_bytes(safetensors_bytes(1))
+    (payload / "model.safetensors").symlink_to(payload / "blobs" / "0a1b")
+    base = write_files(tmp_path / "base", {"model.safetensors": safetensors_bytes(2)})
+    code, err = run_cli(["decode", payload, "--base", base, "--out", tmp_path / "out", "-q"], capsys)
+    assert code == 1 and "looks like a model" in err.splitlines()[0]
+
+
+def test_published_size_is_checked_even_when_the_digest_matches(model_pair, tmp_path: Path, capsys) -> None:
+    base, tuned = model_pair()
+    payload = tmp_path / "payload"
+    rep = xorweights.encode(tuned, base=base, out=payload, format="oasst", with_checksums=True)
+    doc = rep.manifest.to_json()
+    doc["stages"]["decoded"]["config.json"]["size"] = 1
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    code, err = run_cli(
+        [
+            "decode",
+            payload,
+            "--base",
+            base,
+            "--out",
+            tmp_path / "out",
+            "--checksums",
+            tmp_path / "m.json",
+            "-q",
+        ],
+        capsys,
+    )
+    assert code == 1 and "decoded config.json: 22 bytes, but" in err and "expects 1" in err
+    assert "config.json" not in tree(tmp_path / "out")
+
+
+def test_a_failed_native_encode_leaves_no_staging_folder(tmp_path: Path) -> None:
+    ft, base = native_pair(tmp_path)
+    out = tmp_path / "payload"
+    (out / "model-2.safetensors").mkdir(parents=True)  # a folder where a payload file must go
+    with pytest.raises(xorweights.XorWeightsError):
+        xorweights.encode(ft, base=base, out=out, force=True)
+    assert not (out / STAGING_DIR).exists() and not (out / "xorweights.json").exists()

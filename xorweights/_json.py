@@ -1,8 +1,8 @@
 """One strict reader for every JSON text that comes from outside.
 
 `loads` refuses, with a `FormatError` naming the source: invalid UTF-8, lone surrogates (escaped
-or not), duplicate keys, nesting deeper than `MAX_DEPTH`, `NaN`/`Infinity` and numbers that
-overflow a float, integers longer than `MAX_INT_DIGITS` digits, and anything `json` itself
+or not), duplicate keys, nesting deeper than the interpreter's recursion limit, `NaN`/`Infinity`
+and numbers that overflow a float, integers longer than `MAX_INT_DIGITS` digits, and anything `json` itself
 refuses. The stdlib reader accepts all of those silently (or raises untyped errors).
 """
 
@@ -15,8 +15,6 @@ from typing import Any
 from ._display import quoted
 from .errors import FormatError
 
-#: Deepest nesting of arrays and objects accepted (no format of ours goes past 6).
-MAX_DEPTH = 64
 #: Longest integer accepted, in digits (sizes and offsets need 20 at most).
 MAX_INT_DIGITS = 40
 
@@ -53,31 +51,6 @@ def _int(text: str) -> int:
     return int(text)
 
 
-def _depth(text: str) -> int:
-    """Deepest nesting of brackets outside strings (cheap scan before parsing)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_DEPTH:
-                    return deepest
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
 def _check_strings(value: Any) -> None:
     stack = [value]
     while stack:
@@ -102,8 +75,6 @@ def loads(data: bytes | str, source: str) -> Any:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
     except UnicodeDecodeError as e:
         raise FormatError(f"{source}: not valid UTF-8 (byte {e.start})", path=source) from None
-    if _depth(text) > MAX_DEPTH:
-        raise FormatError(f"{source}: JSON nested deeper than {MAX_DEPTH} levels", path=source)
     try:
         value = json.loads(
             text,
@@ -115,6 +86,8 @@ def loads(data: bytes | str, source: str) -> Any:
         _check_strings(value)
     except json.JSONDecodeError as e:
         raise FormatError(f"{source}: invalid JSON ({e.msg} at line {e.lineno})", path=source) from None
-    except (ValueError, RecursionError) as e:  # _Refused, int() limits, surrogates
+    except RecursionError:
+        raise FormatError(f"{source}: JSON nested too deeply", path=source) from None
+    except ValueError as e:  # _Refused, int() limits, surrogates
         raise FormatError(f"{source}: invalid JSON ({e})", path=source) from None
     return value

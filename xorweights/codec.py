@@ -361,6 +361,17 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
             _check_unchanged(p.base, base, job.inputs["base"], None)  # type: ignore[arg-type]
             if stats.base_read != expect_read:
                 raise InputChangedError(p.base, expect_read, stats.base_read)  # type: ignore[arg-type]
+        want_size = job.expect_out.size if job.expect_out is not None and not job.encoding else None
+        if want_size is not None and stats.size != want_size:
+            raise ChecksumMismatchError(
+                f"decoded {p.name}: {stats.size} bytes, but {job.release} decoded expects {want_size}; "
+                f"payload file {p.source} or its base is wrong (output discarded)",
+                path=job.out,
+                expected=str(want_size),
+                actual=str(stats.size),
+                algorithm="size",
+                stage="decoded",
+            )
         base_ok = _check("base", job, stats.digests.get("base", {}), job.expect_base)
         out_ok = _check("out", job, stats.digests.get("out", {}), job.expect_out)
         if job.encoding and not job.native and job.compress is None and p.action == "xor":
@@ -430,7 +441,7 @@ def _refuse_plain_payload(payload_dir: Path, raw: Sequence[str], only: Collectio
         name = entry.name
         if not name.endswith(weights) or legacy.is_raw(name, raw) or (only is not None and name not in only):
             continue
-        if not entry.is_file(follow_symlinks=False):
+        if not check_regular_file(Path(entry.path), payload_dir):  # Hub cache files are links: followed
             continue
         try:
             plain = plausible.problem(Path(entry.path), name) is None
@@ -931,7 +942,7 @@ def decode(
         for p in todo:
             eb = hf_base.get(p.name) if p.action == "xor" else None
             eo = decoded.get(p.name)
-            inputs = _inputs(p)
+            inputs = _inputs(p, generated_id)
             limit = (
                 eo.size if eo and eo.size is not None else 2 * inputs.get("base", (0, 0))[0] + INFLATE_SLACK
             )
@@ -1107,24 +1118,28 @@ def encode(
                 )
             todo, _ = _triage(prep.planned, folder, {}, force, keep=False, generated_id=prep.identity)
             staging = _fresh_staging(out_dir)
-            job_list = [
-                _Job(
-                    planned=p,
-                    out=staging / p.name,
-                    hashes={"data": ("sha256",), "base": ("sha256",) if p.base is not None else ()},
-                    inputs=_inputs(p, prep.identity),
-                    encoding=True,
-                    hash_written=("sha256",),
-                    native=True,
+            try:
+                job_list = [
+                    _Job(
+                        planned=p,
+                        out=staging / p.name,
+                        hashes={"data": ("sha256",), "base": ("sha256",) if p.base is not None else ()},
+                        inputs=_inputs(p, prep.identity),
+                        encoding=True,
+                        hash_written=("sha256",),
+                        native=True,
+                    )
+                    for p in todo
+                ]
+                files = _run_jobs(job_list, jobs, folder, progress=progress, desc="encode")
+                native_manifest = native.build_manifest(
+                    prep, files, src_dir, base_dir, staging, encoder=f"xorweights {_version()}"
                 )
-                for p in todo
-            ]
-            files = _run_jobs(job_list, jobs, folder, progress=progress, desc="encode")
-            native_manifest = native.build_manifest(
-                prep, files, src_dir, base_dir, staging, encoder=f"xorweights {_version()}"
-            )
-            names = [f.name for f in native_manifest.files]
-            _publish_staged(staging, out_dir, names, native_manifest.dumps())
+                names = [f.name for f in native_manifest.files]
+                _publish_staged(staging, out_dir, names, native_manifest.dumps())
+            except BaseException:  # nothing half-made stays behind (a kill leaves it to the next run)
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             folder.record(MANIFEST_NAME, {}, {})
         published = None
         if with_checksums:

@@ -15,13 +15,14 @@ from pathlib import Path
 
 from . import _json
 from .constants import TORCH_SUFFIXES
-from .errors import XorWeightsError
+from .errors import FormatError
 from .safetensors_header import read_header
 
 logger = logging.getLogger(__name__)
 
-#: JSON files larger than this are not parsed (no JSON of a model folder comes near).
-MAX_JSON_BYTES = 256 * 1024 * 1024
+#: JSON files larger than this are not parsed (the largest of a model folder, a tokenizer.json, is
+#: a few tens of MiB); such a file is logged as unchecked.
+MAX_JSON_BYTES = 64 * 1024 * 1024
 _ZIP_MAGIC = b"PK\x03\x04"
 #: Start of a torch file from before the zip format (pickle protocol 2, then torch's magic number).
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
@@ -45,6 +46,7 @@ def problem(path: Path, name: str) -> str | None:
     try:
         if what == "JSON file":
             if path.stat().st_size > MAX_JSON_BYTES:
+                logger.info("%s: over %d MiB, not parsed", name, MAX_JSON_BYTES >> 20)
                 return None
             _json.loads(path.read_bytes(), name)
         elif what == "safetensors file":
@@ -59,7 +61,7 @@ def problem(path: Path, name: str) -> str | None:
             with zipfile.ZipFile(path) as z:
                 if not z.infolist():
                     return "its zip holds no records"
-    except XorWeightsError as e:
+    except FormatError as e:  # a failed read is not a verdict: IOFailure and the like propagate
         return str(e).removeprefix(f"{path}: ").removeprefix(f"{name}: ")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
         return f"no readable zip central directory ({e})"
