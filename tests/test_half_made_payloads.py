@@ -21,7 +21,7 @@ import xorweights
 from tests.conftest import random_bytes, tree, write_files, zip_checkpoint
 from xorweights import plausible
 from xorweights.cli import main
-from xorweights.constants import STAGING_DIR
+from xorweights.constants import STAGING_DIR, STATE_FILE
 from xorweights.errors import ImplausibleOutputError
 
 
@@ -261,3 +261,15 @@ def test_a_failed_native_encode_leaves_no_staging_folder(tmp_path: Path) -> None
     with pytest.raises(xorweights.XorWeightsError):
         xorweights.encode(ft, base=base, out=out, force=True)
     assert not (out / STAGING_DIR).exists() and not (out / "xorweights.json").exists()
+
+
+def test_outputs_without_digest_from_a_wrong_pair_are_removed(model_pair, tmp_path: Path, capsys) -> None:
+    base, tuned = model_pair()
+    payload = tmp_path / "payload"
+    xorweights.encode(tuned, base=base, out=payload, format="oasst")
+    (base / "config.json").write_bytes(b'["a", "list", "not", "a", "config"]\n')  # the wrong base
+    out = tmp_path / "out"
+    code, err = run_cli(["decode", payload, "--base", base, "--out", out, "-q", "-j", "1"], capsys)
+    assert code == 1 and "decoded config.json is not a valid JSON file" in err
+    assert tree(out) == {}  # the outputs made before the check failed are gone, with their records
+    assert json.loads((out / STATE_FILE).read_text())["files"] == {}

@@ -21,7 +21,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,21 @@ class OutputFolder:
                 f.file.write((json.dumps(self._doc(), indent=1, sort_keys=True) + "\n").encode())
                 f.commit()
         return done
+
+    def discard(self, names: Sequence[str]) -> list[str]:
+        """Remove recorded outputs and their records (they came from inputs now known to be wrong);
+        returns the names removed."""
+        gone = [n for n in names if n in self.done]
+        if not gone or not self.keep_state:
+            return []
+        with self._lock:
+            for n in gone:
+                (self.path / n).unlink(missing_ok=True)
+                del self.done[n]
+            with AtomicFile(self.path / STATE_FILE) as f:
+                f.file.write((json.dumps(self._doc(), indent=1, sort_keys=True) + "\n").encode())
+                f.commit()
+        return gone
 
     def _doc(self) -> dict[str, Any]:
         files: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from . import hub, legacy, native, plausible
 from ._atomic import AtomicFile, HashingWriter, fsync_dir
+from ._display import shown
 from ._outdir import Done, OutputFolder, file_id
 from ._paths import check_not_escaping_link, check_regular_file
 from ._progress import byte_bar
@@ -962,7 +963,15 @@ def decode(
                     payload_compression=payload_compression,
                 )
             )
-        made = _run_jobs(job_list, jobs, folder, progress=progress, desc="decode")
+        try:
+            made = _run_jobs(job_list, jobs, folder, progress=progress, desc="decode")
+        except ImplausibleOutputError:  # the pair is wrong: what it made without a digest is garbage too
+            suspects = [p.name for p in todo if not (decoded.get(p.name) and decoded[p.name].algorithms())]
+            for name in folder.discard(suspects):
+                logger.warning(
+                    "%s: removed (made from the same payload and base, with no digest)", shown(name)
+                )
+            raise
     files = sorted([*made, *kept], key=lambda f: f.name)
     unverified = tuple(f.name for f in files if manifest is not None and not f.verified)
     for name in unverified:
