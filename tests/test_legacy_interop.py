@@ -443,3 +443,88 @@ def test_wrong_published_digest_names_the_rule(tmp_path: Path, capsys, base_toke
     )
     assert code == 1
     assert "added_tokens.json" in err and "Rule:" in err and "as stored gives" in err
+
+
+# --- the gzip reader's thread: stopped and its file closed, however the reader ends -------------
+
+
+def _gzip_threads() -> int:
+    import threading
+
+    return sum(t.name == "xorweights-gunzip" for t in threading.enumerate())
+
+
+def _open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def big_gzip(tmp_path: Path) -> Path:
+    """A gzip file inflating to far more than the reader keeps ready, so its thread fills the hand-off
+    and waits there."""
+    path = tmp_path / "big.gz"
+    path.write_bytes(gzip.compress(random_bytes(1 << 20, 7) + bytes(48 << 20), compresslevel=1, mtime=0))
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc/self/fd")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gzip_readers_dropped_unclosed_leave_no_thread_and_no_open_file(big_gzip: Path, backend: str) -> None:
+    import gc
+    import threading
+    import time
+
+    gc.collect()
+    threads, fds = threading.active_count(), _open_fds()
+    for read in (0, 1, 100_003, 5 << 20):
+        for _ in range(3):
+            stream, compressed = legacy.open_source(big_gzip, detect_gzip=True, backend=backend)
+            assert compressed
+            buf = bytearray(read)
+            got = 0
+            while got < read:
+                got += stream.readinto(memoryview(buf)[got:])
+            if read:
+                assert _gzip_threads() >= 1  # the thread runs (and soon waits on a full hand-off)
+        del stream, buf
+        gc.collect()
+    deadline = time.monotonic() + 5
+    while (threading.active_count() > threads or _gzip_threads()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() == threads and _gzip_threads() == 0
+    assert _open_fds() == fds
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gzip_reader_close_stops_a_thread_waiting_on_a_full_hand_off(big_gzip: Path, backend: str) -> None:
+    import threading
+    import time
+
+    threads = threading.active_count()
+    stream, _ = legacy.open_source(big_gzip, detect_gzip=True, backend=backend)
+    assert threading.active_count() == threads  # the thread starts with the first read
+    assert stream.readinto(bytearray(10)) == 10
+    time.sleep(0.3)  # the thread fills the hand-off and waits for the reader
+    start = time.monotonic()
+    stream.close()
+    assert time.monotonic() - start < 1.0
+    assert threading.active_count() == threads  # stopped and joined by close
+    assert stream.closed
+    with pytest.raises(ValueError):
+        stream.fileno()
+    with pytest.raises(ValueError):
+        stream.readinto(bytearray(10))
+    stream.close()  # closing again does nothing
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gzip_reader_never_read_starts_no_thread_and_closes_its_file(big_gzip: Path, backend: str) -> None:
+    import threading
+
+    threads = threading.active_count()
+    stream, _ = legacy.open_source(big_gzip, detect_gzip=True, backend=backend)
+    with stream:
+        assert threading.active_count() == threads
+    assert stream.closed and stream.raw.closed

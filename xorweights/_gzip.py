@@ -2,34 +2,45 @@
 
 The member framing (header, trailer, members one after another) is parsed here, in one place;
 a backend only inflates the raw deflate data and computes CRC-32 (`zlib`, or python-isal's
-`isal_zlib`, about twice as fast). So both backends accept exactly the same streams and refuse
-exactly the same ones, which their own gzip readers do not: the standard library skips a header
-CRC (FHCRC) without checking it and accepts reserved flag bits, and python-isal's threaded reader
-fails on a header (a long FNAME or FCOMMENT) longer than its buffer.
+`igzip_lib`, about twice as fast, which computes the CRC-32 while it inflates). So both backends
+accept exactly the same streams and refuse exactly the same ones, which their own gzip readers do
+not: the standard library skips a header CRC (FHCRC) without checking it and accepts reserved flag
+bits, and python-isal's threaded reader fails on a header (a long FNAME or FCOMMENT) longer than
+its buffer.
 
 Accepted: one or more members, each with any of FTEXT, FHCRC, FEXTRA, FNAME and FCOMMENT, of any
 length; zero bytes after a member (padding). Refused, with `gzip.BadGzipFile`: a member not
 starting with `1f 8b 08`, reserved flag bits set, a wrong header CRC, a wrong CRC-32 or length in
 a trailer, other bytes after a member. Refused with `EOFError`: a stream that ends inside a member.
+
+`GzipReader` inflates ahead in a thread of its own, started by the first `readinto`, into a few
+blocks of at most `BLOCK` bytes (memory stays bounded whatever the file); `readinto` copies them
+into the caller's buffer, the one copy of the inflated bytes (python-isal inflates straight into
+each block; zlib's `decompress` joins the pieces it inflated into, one copy more). The thread holds
+no reference to the reader: closing the reader, or dropping it (garbage collection), stops the
+thread at once (it is woken even when blocked on a full hand-off) and closes the file.
 """
 
 from __future__ import annotations
 
+import collections
 import gzip
 import logging
-import queue
 import struct
 import threading
+import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, BinaryIO
 
 logger = logging.getLogger(__name__)
 
 #: Bytes read from the file, and at most inflated, per step.
-BLOCK = 1 << 20
+BLOCK = 4 << 20
 #: Inflated blocks kept ready ahead of the reader.
-DEPTH = 8
+DEPTH = 3
+#: The smallest input handed to zlib after a step that stopped at its output limit (see `_inflate_zlib`).
+_MIN_FEED = 64 << 10
 
 _FHCRC, _FEXTRA, _FNAME, _FCOMMENT, _RESERVED = 0x02, 0x04, 0x08, 0x10, 0xE0
 _MAGIC = b"\x1f\x8b"
@@ -45,17 +56,31 @@ def library(backend: str) -> Any:
     return zlib
 
 
+class _Stopped(Exception):
+    """The reader was closed: the inflating thread stops where it is."""
+
+
 class _Source:
     """Buffered reads of the compressed file."""
 
-    def __init__(self, raw: BinaryIO, block: int) -> None:
-        self.raw, self.block = raw, block
+    def __init__(self, raw: BinaryIO, block: int, stop: threading.Event | None = None) -> None:
+        self.raw, self.block, self.stop = raw, block, stop
+        self.view: memoryview | None = None
+        """Where the file is read into: one buffer, reused (no fresh pages to fault in per block)."""
         self.buf, self.pos = b"", 0
         self.consumed = 0
         """Bytes of the file handed out so far (for messages)."""
 
+    def _read(self) -> memoryview:
+        """The next block of the file, valid until the next read (empty at the end)."""
+        if self.stop is not None and self.stop.is_set():
+            raise _Stopped
+        if self.view is None:
+            self.view = memoryview(bytearray(self.block))
+        return self.view[: self.raw.readinto(self.view)]  # type: ignore[attr-defined]
+
     def _fill(self) -> bool:
-        data = self.raw.read(self.block)
+        data = self._read()
         if not data:
             return False
         self.buf, self.pos = self.buf[self.pos :] + data, 0
@@ -87,12 +112,12 @@ class _Source:
             if not self._fill():
                 raise EOFError(f"gzip stream ends inside the {what} field at byte {self.consumed}")
 
-    def chunk(self) -> bytes:
-        """The buffered bytes, or the next block of the file (empty at its end)."""
+    def chunk(self) -> bytes | memoryview:
+        """The buffered bytes, or the next block of the file (empty at its end; valid until the next read)."""
         if self.pos < len(self.buf):
             out = self.buf[self.pos :]
         else:
-            out = self.raw.read(self.block)
+            out = self._read()
         self.buf, self.pos = b"", 0
         self.consumed += len(out)
         return out
@@ -143,25 +168,78 @@ def _read_header(src: _Source, crc32: Any) -> None:
             )
 
 
-def _inflate_member(src: _Source, lib: Any, block: int) -> Iterator[bytes]:
-    """Inflate one member's deflate data in pieces of at most `block` bytes, then check its trailer."""
-    d = lib.decompressobj(-15)
-    crc = size = 0
-    data = b""
+def _truncated(src: _Source) -> EOFError:
+    return EOFError(f"gzip stream ends inside compressed data at byte {src.consumed}")
+
+
+def _inflate_isal(src: _Source, piece: int) -> Generator[bytes, None, tuple[int, int]]:
+    """One member's deflate data with python-isal; returns its CRC-32 and length.
+
+    `IgzipDecompressor` allocates each output block once, at its full size, and inflates into it in
+    one step; it keeps unconsumed input itself (no tail copied back on every step) and computes the
+    CRC-32 while it inflates (`DECOMP_GZIP_NO_HDR`: raw deflate, the trailer left to us).
+    """
+    from isal import igzip_lib
+
+    d = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP_NO_HDR, hist_bits=15)
+    size = 0
     while not d.eof:
-        ended = False
-        if not data:
+        data = b""
+        if d.needs_input:
             data = src.chunk()
-            ended = not data
-        out = d.decompress(data, block)
-        data = d.unconsumed_tail
+            if not data:
+                out = d.decompress(b"", piece)
+                if not out:
+                    raise _truncated(src)
+                size += len(out)
+                yield out
+                continue
+        out = d.decompress(data, piece)
         if out:
-            crc = lib.crc32(out, crc)
             size += len(out)
             yield out
-        elif ended:
-            raise EOFError(f"gzip stream ends inside compressed data at byte {src.consumed}")
-    src.give_back(d.unused_data)  # all input after the deflate end (zlib repeats it in unconsumed_tail)
+    src.give_back(d.unused_data)  # all input after the deflate end
+    return int(d.crc), size
+
+
+def _inflate_zlib(src: _Source, piece: int) -> Generator[bytes, None, tuple[int, int]]:
+    """One member's deflate data with zlib; returns its CRC-32 and length.
+
+    zlib copies the input it did not consume (`unconsumed_tail`) on every step that stops at its
+    output limit. So it is handed slices of the block read: all of it at first, and after a step
+    that stopped at the limit, about twice what that step consumed (so the copied tail stays about
+    as long as the input consumed, and inflating highly compressible data is not quadratic).
+    """
+    d = zlib.decompressobj(-15)
+    crc = size = 0
+    data, fed = memoryview(b""), 0  # the block read, and how much of it zlib has taken
+    limit = src.block
+    while not d.eof:
+        if fed == len(data):
+            data, fed = memoryview(src.chunk()), 0
+        if not data:  # the file ended: only output zlib still holds may come
+            out = d.decompress(b"", piece)
+            if not out:
+                raise _truncated(src)
+        else:
+            step = data[fed : fed + limit]
+            out = d.decompress(step, piece)
+            left = len(d.unconsumed_tail)
+            used = len(step) - left
+            fed += len(step) if d.eof else used
+            limit = max(_MIN_FEED, 2 * used) if left else src.block
+        if out:
+            crc = zlib.crc32(out, crc)
+            size += len(out)
+            yield out
+    src.give_back(d.unused_data + data[fed:])  # what followed the deflate end, taken or not
+    return crc, size
+
+
+def _inflate_member(src: _Source, backend: str, piece: int) -> Iterator[bytes]:
+    """Inflate one member's deflate data in pieces of at most `piece` bytes, then check its trailer."""
+    inflater = _inflate_isal if backend == "isal" else _inflate_zlib
+    crc, size = yield from inflater(src, piece)
     stored_crc, stored_size = struct.unpack("<II", src.take(8, "a member trailer"))
     if stored_crc != crc:
         raise gzip.BadGzipFile(f"CRC-32 mismatch (stored {stored_crc:08x}, computed {crc:08x})")
@@ -169,82 +247,160 @@ def _inflate_member(src: _Source, lib: Any, block: int) -> Iterator[bytes]:
         raise gzip.BadGzipFile(f"length mismatch (stored {stored_size}, inflated {size} bytes)")
 
 
-def inflate(raw: BinaryIO, backend: str, block: int = BLOCK) -> Iterator[bytes]:
-    """The uncompressed bytes of a gzip file, member after member, in pieces of at most `block`."""
-    lib = library(backend)
-    src = _Source(raw, block)
+def inflate(
+    raw: BinaryIO, backend: str, block: int = BLOCK, *, stop: threading.Event | None = None
+) -> Iterator[bytes]:
+    """The uncompressed bytes of a gzip file, member after member, in pieces of at most `block`.
+
+    The file is read `block` bytes at a time. Once `stop` is set, the next read raises `_Stopped`.
+    """
+    crc32 = library(backend).crc32
+    src = _Source(raw, block, stop)
     first = True
     while first or not src.only_padding_left():
-        _read_header(src, lib.crc32)
-        yield from _inflate_member(src, lib, block)
+        _read_header(src, crc32)
+        yield from _inflate_member(src, backend, block)
         first = False
+
+
+_END = object()
+"""Handed over after the last piece."""
+
+
+class _Channel:
+    """The bounded hand-off from the inflating thread to the reader, and how to stop that thread.
+
+    One lock and condition serve both sides: the thread waits only when `depth` pieces are ready,
+    the reader only when none is, so never both at once. `close` wakes whichever waits.
+    """
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.items: collections.deque[Any] = collections.deque()
+        self.cond = threading.Condition(threading.Lock())
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.orphaned = False
+        """Closed from within the inflating thread (garbage collection ran there): it closes the file."""
+        self.done = False
+        """The inflating thread has finished with the file."""
+
+    def put(self, item: Any, *, last: bool = False) -> bool:
+        """Hand over `item`, waiting for room (not for the `last` one); False once closed."""
+        with self.cond:
+            while not last and len(self.items) >= self.depth and not self.stop.is_set():
+                self.cond.wait()
+            if self.stop.is_set():
+                return False
+            self.items.append(item)
+            self.cond.notify()
+            return True
+
+    def get(self) -> Any:
+        with self.cond:
+            while not self.items:
+                self.cond.wait()
+            item = self.items.popleft()
+            self.cond.notify()
+            return item
+
+    def start(self, raw: BinaryIO, backend: str, block: int) -> None:
+        with self.cond:
+            if self.thread is None and not self.stop.is_set():
+                thread = threading.Thread(
+                    target=_produce, args=(raw, backend, block, self), name="xorweights-gunzip", daemon=True
+                )
+                thread.start()
+                self.thread = thread
+
+    def close(self) -> threading.Thread | None:
+        """Stop the thread (it drops what it was making) and wake it; returns it, if it was started."""
+        with self.cond:
+            self.stop.set()
+            self.items.clear()
+            self.cond.notify_all()
+            return self.thread
+
+
+def _produce(raw: BinaryIO, backend: str, block: int, channel: _Channel) -> None:
+    """The inflating thread. It must not refer to the reader, so that the reader can be collected."""
+    try:
+        for piece in inflate(raw, backend, block, stop=channel.stop):
+            if not channel.put(piece):
+                return
+        channel.put(_END, last=True)
+    except _Stopped:
+        pass
+    except BaseException as e:  # noqa: BLE001 (handed to the reading thread)
+        channel.put(e, last=True)
+    finally:
+        channel.done = True
+        if channel.orphaned:
+            raw.close()
+
+
+def _shutdown(channel: _Channel, raw: BinaryIO) -> None:
+    """Stop the inflating thread and close the file (`close`, or the reader's finalizer)."""
+    thread = channel.close()
+    if thread is threading.current_thread():  # collected in the inflating thread, maybe inside a read
+        if not channel.done:
+            channel.orphaned = True  # the thread closes the file as it ends
+            return
+    elif thread is not None:
+        thread.join()
+    raw.close()
 
 
 class GzipReader:
     """A gzip file's uncompressed bytes (`readinto`), inflated ahead in a thread of its own.
 
-    Closing it stops the thread and closes `raw`.
+    The thread starts with the first `readinto`. Closing the reader, or dropping it unclosed
+    (garbage collection, or the interpreter's exit), stops the thread and closes `raw`.
     """
 
     def __init__(self, raw: BinaryIO, backend: str, *, block: int = BLOCK, depth: int = DEPTH) -> None:
         self.raw = raw
-        self._ready: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
-        self._stop = threading.Event()
+        self._backend, self._block = backend, block
+        self._channel = _Channel(depth)
         self._piece = memoryview(b"")
         self._end: BaseException | None = None
         self._ended = False
-        self._thread = threading.Thread(
-            target=self._produce, args=(backend, block), name="xorweights-gunzip", daemon=True
-        )
-        self._thread.start()
+        self._close = weakref.finalize(self, _shutdown, self._channel, raw)
 
-    def _put(self, item: bytes | BaseException | None) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self, backend: str, block: int) -> None:
-        try:
-            for piece in inflate(self.raw, backend, block):
-                if not self._put(piece):
-                    return
-            self._put(None)
-        except BaseException as e:  # noqa: BLE001 (handed to the reading thread)
-            self._put(e)
+    @property
+    def closed(self) -> bool:
+        return not self._close.alive
 
     def readinto(self, b: Any) -> int:
         while not self._piece:
+            if not self._close.alive:
+                raise ValueError("I/O operation on closed gzip reader")
             if self._end is not None:
                 raise self._end
             if self._ended:
                 return 0
-            item = self._ready.get()
-            if item is None:
+            if self._channel.thread is None:
+                self._channel.start(self.raw, self._backend, self._block)
+            item = self._channel.get()
+            if item is _END:
                 self._ended = True
             elif isinstance(item, BaseException):
                 self._end = item
             else:
                 self._piece = memoryview(item)
-        n = min(len(b), len(self._piece))
-        b[:n] = self._piece[:n]
-        self._piece = self._piece[n:]
+        view = b if isinstance(b, memoryview) and b.format == "B" else memoryview(b).cast("B")
+        n = min(len(view), len(self._piece))
+        view[:n] = self._piece[:n]
+        self._piece = self._piece[n:] if n < len(self._piece) else memoryview(b"")
         return n
 
     def fileno(self) -> int:
         return self.raw.fileno()
 
     def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._ready.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        self.raw.close()
+        """Stop the thread (at once, even when it waits for the reader to take a block) and close `raw`."""
+        self._piece = memoryview(b"")
+        self._close()
 
     def __enter__(self) -> GzipReader:
         return self
