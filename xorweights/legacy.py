@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from ._display import shown
 from ._gzip import GzipReader
 from ._json import loads as json_loads
 from ._paths import check_folder_inside, check_name, check_not_escaping_link, check_regular_file
@@ -30,6 +31,7 @@ from .constants import (
     STATE_FILE,
     TEMP_PREFIX,
     TEMP_SUFFIX,
+    WEIGHT_SUFFIXES,
 )
 from .errors import FormatError, InputError, MissingFileError
 
@@ -298,6 +300,14 @@ def plan(
         if not base.is_file():
             missing.append(name)
             continue
+        tail = (source_dir / name).stat().st_size - base.stat().st_size
+        if encoding and tail > 0 and name.lower().endswith(WEIGHT_SUFFIXES):
+            logger.warning(
+                "%s: its last %d bytes lie past the end of its base file and are stored unmasked, as the "
+                "legacy format does; the native format (--format xorweights) masks tensor by tensor",
+                shown(name),
+                tail,
+            )
         planned.append(PlannedFile(name, source_dir / name, base, "xor"))
     if missing:
         raise MissingFileError(
