@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .constants import TEMP_PREFIX, TEMP_SUFFIX
+from .errors import IOFailure, XorWeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -39,25 +40,40 @@ class AtomicFile:
 
     Nothing appears under the final name until `commit()`, which flushes, fsyncs and renames.
     Leaving the `with` block without `commit()` (an error, a failed verification) removes the
-    temporary file, so a partial output never sits under a final name.
+    temporary file, so a partial output never sits under a final name; a close that fails then
+    (its flush hits a full disk) neither leaves the temporary behind nor hides the first error.
+
+    Failures of its own steps are `IOFailure`s naming the final path: `creating a file in DIR`,
+    `writing PATH` (`write()`, and the flush, fsync and close of `commit()`), `saving PATH` (the
+    rename). Writes straight to `file` raise what the OS raised; wrap them (or use `write()`).
 
     Example:
         >>> with AtomicFile(out / "model.bin") as f:
-        ...     f.file.write(data)
+        ...     f.write(data)
         ...     f.commit()
     """
 
     def __init__(self, final: os.PathLike[str] | str) -> None:
         self.final = Path(final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         import tempfile
 
-        fd, tmp = tempfile.mkstemp(
-            prefix=f"{TEMP_PREFIX}{self.final.name}.", suffix=TEMP_SUFFIX, dir=self.final.parent
-        )
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                prefix=f"{TEMP_PREFIX}{self.final.name}.", suffix=TEMP_SUFFIX, dir=self.final.parent
+            )
+        except OSError as e:
+            raise _failure("creating a file in", self.final.parent, e) from e
         self.temp = Path(tmp)
         self.file: BinaryIO = os.fdopen(fd, "wb")
         self.committed = False
+
+    def write(self, data: Any) -> int:
+        """Write `data`; a failure is an `IOFailure` naming the final path."""
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            raise _failure("writing", self.final, e) from e
 
     def commit(self, *, durable: bool = True) -> Path:
         """Make the written bytes visible under the final name.
@@ -65,34 +81,62 @@ class AtomicFile:
         Args:
             durable: fsync the file before the rename and its folder after, so that a power
                 failure cannot leave a final name over missing data.
+
+        Raises:
+            `IOFailure`: the flush, fsync, close or rename failed (a full disk: `writing PATH: No
+                space left on device`); the temporary is removed and nothing is under the name.
         """
-        self.file.flush()
-        if durable:
-            os.fsync(self.file.fileno())
-        self.file.close()
-        os.chmod(self.temp, 0o666 & ~_umask())
-        os.replace(self.temp, self.final)
+        try:
+            self.file.flush()
+            if durable:
+                os.fsync(self.file.fileno())
+            self.file.close()
+        except OSError as e:
+            self.discard()
+            raise _failure("writing", self.final, e) from e
+        try:
+            os.chmod(self.temp, 0o666 & ~_umask())
+            os.replace(self.temp, self.final)
+        except OSError as e:
+            self.discard()
+            raise _failure("saving", self.final, e) from e
+        self.committed = True
         if durable:
             fsync_dir(self.final.parent)
-        self.committed = True
         logger.debug("committed %s", self.final)
         return self.final
 
     def discard(self) -> None:
-        """Drop the temporary file (idempotent)."""
+        """Drop the temporary file (idempotent; never raises: it runs while an error is raised)."""
         if not self.file.closed:
-            self.file.close()
+            try:
+                self.file.close()  # flushes what is buffered: may fail on a full disk
+            except Exception as e:  # noqa: BLE001 (the data is dropped anyway; the first error counts)
+                logger.debug("closing %s failed (%s); removing it anyway", self.temp, e)
+                raw = getattr(self.file, "raw", None)
+                try:
+                    if raw is not None and not raw.closed:
+                        raw.close()  # the descriptor, without the flush that failed
+                except OSError:
+                    pass
         if not self.committed:
             try:
                 self.temp.unlink()
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                logger.warning("could not remove the temporary %s: %s", self.temp, e)
 
     def __enter__(self) -> AtomicFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+def _failure(op: str, path: Path, e: OSError) -> OSError:
+    """`e` as an `IOFailure` naming `op` and `path` (one already typed is kept as it is)."""
+    return e if isinstance(e, XorWeightsError) else IOFailure(op, path, e)
 
 
 class HashingWriter:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +21,9 @@ from . import _json
 from ._atomic import AtomicFile, HashingWriter
 from ._outdir import OutputFolder
 from ._progress import byte_bar
+from ._space import check_outputs
 from .checksums import ChecksumManifest, FileDigest, load_checksums
-from .errors import BaseMismatchError, FormatError, InputError
+from .errors import BaseMismatchError, FormatError, InputError, IOFailure
 from .llama_convert import GeneratedFile, open_base, write_shard, write_shards
 from .llama_layout import LlamaLayout
 from .llama_tokenizer import derive_tokenizer_json
@@ -154,6 +155,7 @@ def convert_base(
                 f"{out_dir} already holds {', '.join(taken)}; refusing to overwrite (use --force)",
                 path=out_dir / taken[0],
             )
+        check_outputs(out_dir, _output_sizes(shape, groups, want, src))
 
         def finish(fname: str, atomic: AtomicFile, writer: HashingWriter, detail: str) -> None:
             digests = writer.hexdigests()
@@ -172,7 +174,10 @@ def convert_base(
 
             def write(self, data: Any) -> int:
                 bar.update(len(data))
-                return self.writer.write(data)
+                try:
+                    return self.writer.write(data)
+                except OSError as e:
+                    raise IOFailure("writing", self.atomic.final, e) from e
 
             def flush(self) -> None:
                 self.writer.flush()
@@ -194,17 +199,18 @@ def convert_base(
         for fname, data in shape.small_files().items():
             with AtomicFile(out_dir / fname) as atomic:
                 writer = HashingWriter(atomic.file, algos)
-                writer.write(data)
+                _write(writer, data, atomic)
                 finish(fname, atomic, writer, "it is derived from the architecture alone")
         for candidate in (src / "tokenizer.model", src.parent / "tokenizer.model"):
             if candidate.is_file():
                 with AtomicFile(out_dir / "tokenizer.model") as atomic, open(candidate, "rb") as f:
                     writer = HashingWriter(atomic.file, algos)
-                    shutil.copyfileobj(f, writer)  # type: ignore[arg-type]
+                    while chunk := _read(f, candidate):
+                        _write(writer, chunk, atomic)
                     finish("tokenizer.model", atomic, writer, f"copied from {candidate}")
                 with AtomicFile(out_dir / TOKENIZER_JSON) as atomic:
                     writer = HashingWriter(atomic.file, algos)
-                    writer.write(derive_tokenizer_json(candidate))
+                    _write(writer, derive_tokenizer_json(candidate), atomic)
                     finish(TOKENIZER_JSON, atomic, writer, f"it is derived from {candidate}")
                 break
     unverified = tuple(f.name for f in files if not f.verified)
@@ -220,6 +226,42 @@ def convert_base(
         time.perf_counter() - started,
         unverified,
     )
+
+
+def _output_sizes(
+    shape: LlamaLayout, groups: dict[str, list[str]], want: dict[str, FileDigest], src: Path
+) -> dict[str, int]:
+    """What each file `convert_base` writes takes: the published size, else its tensors' bytes (a
+    shard) or its length (the small files, the tokenizer)."""
+    nbytes = {n: math.prod(s) * (4 if dt == "F32" else 2) for n, dt, s in shape.tensors()}
+    sizes = {f: sum(nbytes[t] for t in names) for f, names in groups.items()}
+    sizes.update({f: len(data) for f, data in shape.small_files().items()})
+    for candidate in (src / "tokenizer.model", src.parent / "tokenizer.model"):
+        if candidate.is_file():
+            sizes["tokenizer.model"] = candidate.stat().st_size
+            sizes[TOKENIZER_JSON] = 4 * sizes["tokenizer.model"]  # a rough bound: the JSON is larger
+            break
+    for f, d in want.items():
+        if f in sizes and d.size is not None:
+            sizes[f] = d.size
+    return sizes
+
+
+COPY_CHUNK = 1 << 20
+
+
+def _read(f: Any, path: Path) -> bytes:
+    try:
+        return bytes(f.read(COPY_CHUNK))
+    except OSError as e:
+        raise IOFailure("reading", path, e) from e
+
+
+def _write(writer: HashingWriter, data: bytes, atomic: AtomicFile) -> None:
+    try:
+        writer.write(data)
+    except OSError as e:
+        raise IOFailure("writing", atomic.final, e) from e
 
 
 class GeneratedBase:

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import _json
+from . import _cancel, _json
 from ._atomic import AtomicFile
 from ._display import quoted
 from ._paths import CONTROL, check_name
@@ -430,6 +430,7 @@ def hash_file(
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
+            _cancel.check()
             for h in hs.values():
                 h.update(view[:n])
             if on_progress is not None:
@@ -447,7 +448,7 @@ def hash_files(
         def work(name: str) -> tuple[str, dict[str, str]]:
             return name, hash_file(paths[name], algorithms, on_progress=bar.update)
 
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, _cancel.guard(pool):
             yield from pool.map(work, paths)
 
 
@@ -633,7 +634,7 @@ def checksum(
         names = [n for n in names if (folder / n).resolve() != out_path]
     total = sum((folder / n).stat().st_size for n in names)
     with byte_bar(total, f"{algorithm}sum", enabled=progress) as bar:
-        with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool, _cancel.guard(pool):
             digests = dict(
                 pool.map(
                     lambda n: (n, hash_file(folder / n, [algorithm], on_progress=bar.update)[algorithm]),
@@ -648,6 +649,6 @@ def checksum(
     )
     if output is not None:
         with AtomicFile(output) as f:
-            f.file.write(report.data())
+            f.write(report.data())
             f.commit()
     return report

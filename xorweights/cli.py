@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -302,7 +304,7 @@ def encode_cmd(
         from ._atomic import AtomicFile
 
         with AtomicFile(manifest) as f:
-            f.file.write((json.dumps(report.manifest.to_json(), indent=2) + "\n").encode())
+            f.write((json.dumps(report.manifest.to_json(), indent=2) + "\n").encode())
             f.commit()
     if as_json:
         doc = report.to_dict()
@@ -630,19 +632,72 @@ def _one_line(e: BaseException) -> str:
     return shown(str(e))
 
 
+INTERRUPTED = "interrupted; run the same command again to resume"
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread; `code` is the exit code (128 + the signal).
+
+    Not a `KeyboardInterrupt`, which click would turn into `Abort` after printing a blank line;
+    not an `Exception`, which library code would treat as a failure.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """SIGINT and SIGTERM raise `Interrupted` in the main thread; returns the handlers replaced.
+
+    A second signal while the first is being handled (running jobs stopping, temporaries being
+    removed, well under a second) is ignored, so that the clean-up runs to its end.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    seen: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if seen:
+            return
+        seen.append(signum)
+        raise Interrupted(signum)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `xorweights` command; returns (and exits with) the exit code."""
+    previous = _install_signal_handlers()
+    try:
+        code = _main(argv)
+    finally:
+        if argv is not None:  # called in-process (tests, scripts): give the caller its handlers back
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         code = cli.main(args=args or ["--help"], prog_name="xorweights", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+    except Interrupted as e:
+        click.echo(INTERRUPTED, err=True)
+        code = e.code
+    except click.exceptions.Abort as e:
+        if isinstance(e.__context__, KeyboardInterrupt):  # a KeyboardInterrupt not sent by a signal
+            click.echo(INTERRUPTED, err=True)
+        else:
+            click.echo("Aborted.", err=True)
         code = 130
     except click.exceptions.ClickException as e:
         e.show()
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
+        click.echo(INTERRUPTED, err=True)
         code = 130
     except (XorWeightsError, OSError) as e:
         code = EXIT_MISMATCH if isinstance(e, ChecksumMismatchError) else EXIT_BAD_INPUT
@@ -651,10 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         else:
             click.echo(f"(set {ENV_DEBUG}=1 for the full traceback)", err=True)
-    code = int(code or 0)
-    if argv is None:
-        sys.exit(code)
-    return code
+    return int(code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

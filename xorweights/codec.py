@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -14,16 +15,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from . import hub, legacy, native, plausible
+from . import _cancel, hub, legacy, native, plausible
 from ._atomic import AtomicFile, HashingWriter, fsync_dir
 from ._display import shown
-from ._outdir import Done, OutputFolder, file_id
+from ._outdir import STATE_DIGEST, Crc32, Done, OutputFolder, file_id
+from ._outdir import hash_path as hash_file  # md5, sha256 and the state's crc32
 from ._paths import check_not_escaping_link, check_regular_file
 from ._progress import byte_bar
+from ._space import check_outputs
 from .base import GeneratedBase
-from .checksums import ChecksumManifest, FileDigest, hash_file, load_checksums
+from .checksums import ChecksumManifest, FileDigest, load_checksums
 from .constants import (
     DEFAULT_MAX_JOBS,
+    ENV_TEST_DIE_AFTER_RENAME,
     GZIP_MAGIC,
     INFLATE_SLACK,
     PIPELINE_DEPTH,
@@ -323,8 +327,43 @@ def _open_data(job: _Job) -> tuple[Any, bool]:
     )
 
 
+_renamed = [0]
+_renamed_lock = threading.Lock()
+
+
+def _die_after_rename_for_tests() -> None:
+    """`ENV_TEST_DIE_AFTER_RENAME=N`: exit at once after the Nth rename, before it is recorded."""
+    n = os.environ.get(ENV_TEST_DIE_AFTER_RENAME)
+    if not n:
+        return
+    with _renamed_lock:
+        _renamed[0] += 1
+        if _renamed[0] >= int(n):
+            os._exit(9)
+
+
+class _CrcFile(io.BufferedWriter):
+    """The output file, taking the CRC-32 every output's record holds (`STATE_DIGEST`) as bytes
+    are written. A `BufferedWriter` itself, so the engine still starts writeback behind it."""
+
+    def __init__(self, atomic: AtomicFile) -> None:
+        super().__init__(atomic.file.raw)  # type: ignore[attr-defined]
+        self.crc = Crc32()
+
+    def write(self, data: Any) -> int:
+        self.crc.update(data)
+        return super().write(data)
+
+    def close(self) -> None:  # the AtomicFile closes the file
+        try:
+            self.flush()
+        except (OSError, ValueError):  # already closed (a failed job's temporary is gone)
+            pass
+
+
 def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: OutputFolder) -> FileReport:
     p = job.planned
+    hashes, hash_written = job.hashes, job.hash_written
     with ExitStack() as stack:
         data, compressed = _open_data(job)
         stack.enter_context(data)
@@ -335,7 +374,8 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
         else:
             base = None
         atomic = stack.enter_context(_open("creating a file in", job.out.parent, lambda: AtomicFile(job.out)))
-        sink: Any = HashingWriter(atomic.file, job.hash_written) if job.hash_written else atomic.file
+        out_file = _CrcFile(atomic)
+        sink: Any = HashingWriter(out_file, hash_written) if hash_written else out_file
         gz = legacy.gzip_writer(sink, p.name, mtime=job.gzip_mtime) if job.compress else None
         reader = _Limited(data, job.inflate_limit, p.source) if compressed and job.inflate_limit else data
         try:
@@ -343,14 +383,15 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
                 reader,  # type: ignore[arg-type]
                 base,
                 gz if gz is not None else sink,
-                hashes=job.hashes,
+                hashes=hashes,
                 on_progress=_stored_progress(data, bar) if compressed else bar.update,
-                should_stop=stop.is_set,
+                should_stop=lambda: stop.is_set() or _cancel.requested(),
                 depth=depth,
                 drop_cache=job.drop_cache,
             )
             if gz is not None:
                 gz.close()
+            out_file.flush()
         except StreamError as e:
             raise _stream_failure(e, job, compressed) from e.cause
         except OSError as e:  # closing the gzip writer flushes its last block
@@ -387,17 +428,24 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
                     )
         if not job.encoding and not out_ok:
             _check_plausible(job, atomic.temp, atomic.file, stats.size)
+        written = sink.hexdigests() if isinstance(sink, HashingWriter) else {}
+        digests = {**stats.digests.get("out", {}), **written, STATE_DIGEST: out_file.crc.hexdigest()}
+        try:
+            atomic.file.flush()
+            size = os.fstat(atomic.file.fileno()).st_size
+        except OSError as e:
+            raise IOFailure("writing", job.out, e) from e
+        folder.intend(p.name, size, digests, job.inputs, durable=job.fsync)  # before the rename
         try:
             atomic.commit(durable=job.fsync)
         except OSError as e:
             raise IOFailure("saving", job.out, e) from e
-    written = sink.hexdigests() if isinstance(sink, HashingWriter) else {}
-    digests = {**stats.digests.get("out", {}), **written}
+    _die_after_rename_for_tests()
     folder.record(p.name, digests, job.inputs)
     return FileReport(
         name=p.name,
         action=p.action,
-        size=atomic.final.stat().st_size if job.compress else stats.size,
+        size=size,
         compressed=compressed or job.compress is not None,
         base_size=stats.base_read if p.action == "xor" else None,
         digests=digests,
@@ -477,19 +525,33 @@ def _run_jobs(
     errors: list[BaseException] = []
     workers = max(1, min(n_jobs or default_jobs(), len(jobs)))
     depth = max(2, min(PIPELINE_DEPTH, PIPELINE_SLOTS // workers))
-    with byte_bar(total, desc, enabled=progress) as bar, ThreadPoolExecutor(workers) as pool:
+    # An interrupt (or any exception here) sets the run's cancellation event: queued jobs are
+    # dropped and the running ones stop at their next chunk, removing their temporaries.
+    with (
+        byte_bar(total, desc, enabled=progress) as bar,
+        ThreadPoolExecutor(workers) as pool,
+        _cancel.guard(pool),
+    ):
         futures = {pool.submit(_run_job, j, bar, stop, depth, folder): j for j in jobs}
-        for fut in as_completed(futures):
-            try:
-                rep = fut.result()
-            except Cancelled:
-                continue
-            except BaseException as e:  # noqa: BLE001 (re-raised below, after the others stop)
-                if not errors:
-                    stop.set()
-                errors.append(e)
-                continue
-            results[rep.name] = rep
+        try:
+            for fut in as_completed(futures):
+                if fut.cancelled():
+                    continue
+                try:
+                    rep = fut.result()
+                except Cancelled:
+                    continue
+                except BaseException as e:  # noqa: BLE001 (re-raised below, after the others stop)
+                    if not errors:
+                        stop.set()
+                        for other in futures:  # queued jobs are not started
+                            other.cancel()
+                    errors.append(e)
+                    continue
+                results[rep.name] = rep
+        except BaseException:
+            stop.set()
+            raise
     if errors:
         for extra in errors[1:]:
             logger.debug("also failed: %s", extra)
@@ -535,8 +597,8 @@ def _keep(
     st = os.lstat(final) if final.is_file() and not final.is_symlink() else None
     if not compare or st is None or (size is not None and st.st_size != size):
         return None
-    got = hash_file(final, compare)
-    if got != compare:
+    got = hash_file(final, sorted({*compare, STATE_DIGEST}))
+    if any(got[a] != d for a, d in compare.items()):
         if record is not None:
             source = "published" if want else "recorded"
             logger.warning("%s: no longer matches its %s digests; making it again", name, source)
@@ -697,6 +759,42 @@ def _reading(p: legacy.PlannedFile) -> str:
     return f"XOR-ed with {p.base}" if p.action == "xor" else "as stored"
 
 
+def _check_space(
+    out_dir: Path,
+    todo: Sequence[legacy.PlannedFile],
+    published: Mapping[str, FileDigest],
+    *,
+    gzip: bool = False,
+) -> None:
+    """Refuse, before anything is written, outputs that `out_dir`'s file system cannot hold.
+
+    Each output's size is its published size; else its source's (an XOR output is as long as its
+    payload file, an encoded payload as its fine-tuned file, a gzip one at most about as long);
+    for a legacy gzip payload file (with `gzip`), the larger of it and its base, since what it
+    inflates to is known only once read.
+
+    Raises:
+        `NoSpaceError`: both figures, e.g. `not enough free space in out: 12.3 GiB needed for 5
+            outputs, 4.1 GiB free`.
+    """
+    sizes: dict[str, int] = {}
+    for p in todo:
+        want = published.get(p.name)
+        if want is not None and want.size is not None:
+            sizes[p.name] = want.size
+            continue
+        try:
+            size = p.source.stat().st_size
+            if gzip and p.action == "xor":
+                with open(p.source, "rb") as f:
+                    if f.read(len(GZIP_MAGIC)) == GZIP_MAGIC:
+                        size = max(size, p.base.stat().st_size if p.base is not None else 0)
+        except OSError as e:
+            raise IOFailure("reading", p.source, e) from e
+        sizes[p.name] = size
+    check_outputs(out_dir, sizes)
+
+
 def _require_gzip(planned: Sequence[legacy.PlannedFile]) -> None:
     """Refuse, before anything is written, an XOR-ed payload file that is not gzip.
 
@@ -758,9 +856,11 @@ def _publish_staged(staging: Path, out_dir: Path, names: Sequence[str], manifest
             os.replace(staging / name, out_dir / name)
         fsync_dir(out_dir)
         with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
-            atomic.file.write(manifest)
+            atomic.write(manifest)
             atomic.commit()
         staging.rmdir()
+    except IOFailure:  # writing the manifest: it names the file
+        raise
     except OSError as e:
         raise IOFailure("saving the payload in", out_dir, e) from e
 
@@ -935,6 +1035,7 @@ def decode(
         todo, kept = _triage(
             planned, folder, decoded, force, keep=True, generated_id=generated_id, rehash=verify
         )
+        _check_space(out_dir, todo, decoded, gzip=payload_compression != "none")
         if fetched is not None:
             hub.check_lfs_files(
                 fetched, [p.name for p in todo], jobs=jobs or default_jobs(), progress=progress
@@ -1019,6 +1120,7 @@ def _decode_native(
         todo, kept = _triage(
             planned, folder, expected, force, keep=True, generated_id=identity, rehash=verify
         )
+        _check_space(out_dir, todo, expected)
         names = {p.name for p in todo}
         if fetched is not None:
             hub.check_lfs_files(fetched, sorted(names), jobs=jobs or default_jobs(), progress=progress)
@@ -1126,6 +1228,7 @@ def encode(
                     path=stale,
                 )
             todo, _ = _triage(prep.planned, folder, {}, force, keep=False, generated_id=prep.identity)
+            _check_space(out_dir, todo, {})
             staging = _fresh_staging(out_dir)
             try:
                 job_list = [
@@ -1178,6 +1281,7 @@ def encode(
         # A payload folder gets published: no state file in it, and every file is made afresh
         # (the manifest needs every digest). The lock and the overwrite rules are as for decode.
         todo, _ = _triage(planned, folder, {}, force, keep=False)
+        _check_space(out_dir, todo, {})
         job_list = [
             _Job(
                 planned=p,

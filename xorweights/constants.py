@@ -49,6 +49,13 @@ LEGACY_RAW_FILES = ("added_tokens.json",)
 #: Record of finished outputs in an output folder (hidden; see `_outdir.py`).
 STATE_FILE = ".xorweights-state.json"
 STATE_FORMAT = "xorweights-state/1"
+#: Append-only journal of the current (or a killed) run, one JSON object a line: an `intent`
+#: before each output's rename, `done` after it, `drop` for a removed output. Folded into
+#: `STATE_FILE` when the folder is opened and when the run ends, then removed.
+STATE_JOURNAL = ".xorweights-state.journal"
+#: Test only: a decode or encode exits (`os._exit(9)`) right after renaming its Nth output, before
+#: recording it, so that tests can kill a run at that instant. Never set it otherwise.
+ENV_TEST_DIE_AFTER_RENAME = "XORWEIGHTS_TEST_DIE_AFTER_RENAME"
 
 #: Prefix of every temporary file written in a destination folder.
 TEMP_PREFIX = ".xorweights-"

@@ -104,6 +104,11 @@ class RawStorageError(InputError):
         self.nbytes = nbytes
 
 
+class NoSpaceError(InputError):
+    """The output folder's file system has less free space than the outputs still to write need
+    (checked before anything is written). `expected` is the bytes needed, `actual` the bytes free."""
+
+
 class HubError(XorWeightsError, OSError):
     """The Hub (or its cache, offline) cannot provide a repo: not found, no access, unreachable."""
 

@@ -29,6 +29,7 @@ from .constants import (
     GZIP_MAGIC,
     LEGACY_RAW_FILES,
     STATE_FILE,
+    STATE_JOURNAL,
     TEMP_PREFIX,
     TEMP_SUFFIX,
     WEIGHT_SUFFIXES,
@@ -81,7 +82,8 @@ class PlannedFile:
 
 def _left_by_us(name: str) -> bool:
     """A state file or temporary that xorweights itself leaves in a folder it wrote."""
-    return name == STATE_FILE or (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX))
+    ours = name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+    return ours or name in (STATE_FILE, STATE_JOURNAL)
 
 
 def _files(folder: Path) -> list[str]:

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import legacy
+from . import _cancel, legacy
 from ._display import shown
 from ._paths import check_regular_file
 from ._progress import byte_bar
@@ -166,7 +166,11 @@ def _hash_all(
     if not work:
         return {}
     total = sum(w[2] for w in work)
-    with byte_bar(total, desc, enabled=progress) as bar, ThreadPoolExecutor(max(1, jobs)) as pool:
+    with (
+        byte_bar(total, desc, enabled=progress) as bar,
+        ThreadPoolExecutor(max(1, jobs)) as pool,
+        _cancel.guard(pool),
+    ):
         futures = {key: pool.submit(fn, bar.update) for key, fn, _ in sorted(work, key=lambda w: -w[2])}
         return {key: fut.result() for key, fut in futures.items()}
 
@@ -366,6 +370,7 @@ def _tensor_hashes(
                 f.seek(t.begin)
                 h, left = hashlib.sha256(), t.nbytes
                 while left:
+                    _cancel.check()
                     n = f.readinto(memoryview(buf)[: min(left, len(buf))])
                     if not n:
                         raise FormatError(f"{path}: file ends inside tensor {t.name}", path=path)
@@ -446,6 +451,7 @@ def prepare_encode(
         with (
             byte_bar(total, "hash tensors", enabled=progress) as bar,
             ThreadPoolExecutor(max(1, jobs)) as pool,
+            _cancel.guard(pool),
         ):
             futures = {n: pool.submit(_tensor_hashes(src_dir / n, h), bar.update) for n, h in headers.items()}
             tensor_sha = {n: f.result() for n, f in futures.items()}

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _cancel
 from .constants import CHUNK_SIZE
 from .errors import FormatError, MissingFileError
 from .safetensors_header import DTYPE_SIZES, read_header
@@ -250,6 +251,7 @@ class TensorStore:
         buf = bytearray(CHUNK_SIZE)
         with self.reader(name, dtype) as r:
             while n := r.readinto(buf):
+                _cancel.check()
                 h.update(memoryview(buf)[:n])
                 if on_progress is not None:
                     on_progress(n)

@@ -1,0 +1,90 @@
+"""Free space: refuse, before anything is written, a run whose outputs cannot fit.
+
+Called once per command after triage, so only the outputs still to make count. The figure is
+the file system's free space for unprivileged users (`statvfs` `f_bavail`); where it cannot be
+read, nothing is refused (a full disk during the run still fails cleanly, naming the file).
+`XORWEIGHTS_SKIP_SPACE_CHECK=1` skips the check (a file system whose free figure is wrong).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from ._units import human_bytes
+from .constants import env_flag
+from .errors import NoSpaceError
+
+ENV_SKIP_SPACE_CHECK = "XORWEIGHTS_SKIP_SPACE_CHECK"
+STATE_SLACK = 64 * 1024
+"""Room kept for what is written beside the outputs: the state file, a manifest."""
+
+
+def free_bytes(folder: os.PathLike[str] | str) -> int | None:
+    """Bytes an unprivileged writer may still use on `folder`'s file system, or None if unknown."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs on this platform, or the folder is gone
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def needed_bytes(folder: os.PathLike[str] | str, sizes: Mapping[str, int]) -> int:
+    """Bytes that writing `sizes` (output name -> size) into `folder` takes.
+
+    Each size is rounded up to the file system's block; files now under those names are freed when
+    their replacement is renamed over them, so what they occupy is subtracted, except the largest
+    (it and its replacement coexist while that one is written). A margin for the state file is added.
+    """
+    folder = Path(folder)
+    try:
+        block = max(os.statvfs(folder).f_frsize, 1)
+    except (OSError, AttributeError):
+        block = 4096
+    total = STATE_SLACK
+    replaced: list[int] = []
+    for name, size in sizes.items():
+        total += -(-max(size, 0) // block) * block
+        try:
+            st = os.lstat(folder / name)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            replaced.append(getattr(st, "st_blocks", 0) * 512 or st.st_size)
+    if replaced:
+        total -= sum(replaced) - max(replaced)
+    return max(total, 0)
+
+
+def check_free(folder: os.PathLike[str] | str, needed: int, what: str) -> None:
+    """Refuse when `folder`'s file system has fewer than `needed` bytes free.
+
+    Args:
+        what: what the bytes are for, as it reads after "needed for" (`5 outputs`).
+
+    Raises:
+        `NoSpaceError`: one line with both figures, e.g. `not enough free space in out: 12.3 GiB
+            needed for 5 outputs, 4.1 GiB free` (exit code 2 in the CLI).
+    """
+    if needed <= 0 or env_flag(ENV_SKIP_SPACE_CHECK):
+        return
+    free = free_bytes(folder)
+    if free is None or free >= needed:
+        return
+    raise NoSpaceError(
+        f"not enough free space in {os.fspath(folder)}: {human_bytes(needed)} needed for {what}, "
+        f"{human_bytes(free)} free",
+        path=folder,
+        expected=needed,
+        actual=free,
+    )
+
+
+def check_outputs(folder: os.PathLike[str] | str, sizes: Mapping[str, int]) -> None:
+    """`check_free` for the outputs `sizes` (name -> size) still to write into `folder`."""
+    if not sizes:
+        return
+    n = len(sizes)
+    check_free(folder, needed_bytes(folder, sizes), f"{n} output{'s' if n != 1 else ''}")
