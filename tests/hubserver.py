@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -72,6 +73,8 @@ class HubState:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.cut_after: dict[str, int] = {}
+        self.rate: float | None = None
+        """Bytes per second at most for each file download (None: unthrottled)."""
         self._n = 0
 
     def put_blob(self, data: bytes) -> str:
@@ -305,6 +308,8 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = f.read(min(left, 1 << 20))
                 self.wfile.write(chunk)
                 left -= len(chunk)
+                if self.state.rate:
+                    time.sleep(len(chunk) / self.state.rate)
         if cut is not None:
             self.wfile.flush()
             self.close_connection = True

@@ -1,42 +1,86 @@
-"""xorweights: distribute fine-tuned weights as XOR payloads, rebuild and verify them."""
+"""xorweights: distribute fine-tuned weights as XOR payloads, rebuild and verify them.
+
+The public names are imported on first use (PEP 562), so that `import xorweights.cli` costs
+almost nothing before the CLI installs its signal handlers; `from xorweights import decode`
+works as before.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
 
-try:
-    __version__ = version("xorweights")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+TYPE_CHECKING = False  # not `typing`'s: importing typing would cost more than this whole module
+if TYPE_CHECKING:
+    from typing import Any
 
-from .checksums import (
-    ChecksumManifest,
-    ChecksumReport,
-    FileDigest,
-    Mismatch,
-    VerifyReport,
-    checksum,
-    known_releases,
-    load_checksums,
-    verify,
-)
-from .codec import DecodeReport, EncodeReport, FileReport, decode, encode
-from .errors import (
-    BaseMismatchError,
-    ChecksumMismatchError,
-    FormatError,
-    HubError,
-    ImplausibleOutputError,
-    InputError,
-    MissingFileError,
-    OutputExistsError,
-    PayloadMismatchError,
-    RawStorageError,
-    UnknownReleaseError,
-    XorWeightsError,
-)
-from .loading import iter_tensors, load_state_dict
-from .publishing import PublishReport, publish
+    from .checksums import (
+        ChecksumManifest,
+        ChecksumReport,
+        FileDigest,
+        Mismatch,
+        VerifyReport,
+        checksum,
+        known_releases,
+        load_checksums,
+        verify,
+    )
+    from .codec import DecodeReport, EncodeReport, FileReport, decode, encode
+    from .errors import (
+        BaseMismatchError,
+        ChecksumMismatchError,
+        FormatError,
+        HubError,
+        ImplausibleOutputError,
+        InputError,
+        MissingFileError,
+        OutputExistsError,
+        PayloadMismatchError,
+        RawStorageError,
+        UnknownReleaseError,
+        XorWeightsError,
+    )
+    from .loading import iter_tensors, load_state_dict
+    from .publishing import PublishReport, publish
+
+    __version__: str
+
+#: Each public name and the module that defines it.
+_MODULES = {
+    **dict.fromkeys(
+        (
+            "ChecksumManifest",
+            "ChecksumReport",
+            "FileDigest",
+            "Mismatch",
+            "VerifyReport",
+            "checksum",
+            "known_releases",
+            "load_checksums",
+            "verify",
+        ),
+        "checksums",
+    ),
+    **dict.fromkeys(("DecodeReport", "EncodeReport", "FileReport", "decode", "encode"), "codec"),
+    **dict.fromkeys(
+        (
+            "BaseMismatchError",
+            "ChecksumMismatchError",
+            "FormatError",
+            "HubError",
+            "ImplausibleOutputError",
+            "InputError",
+            "MissingFileError",
+            "OutputExistsError",
+            "PayloadMismatchError",
+            "RawStorageError",
+            "UnknownReleaseError",
+            "XorWeightsError",
+        ),
+        "errors",
+    ),
+    **dict.fromkeys(("iter_tensors", "load_state_dict"), "loading"),
+    **dict.fromkeys(("PublishReport", "publish"), "publishing"),
+}
 
 __all__ = [
     "__version__",
@@ -71,3 +115,28 @@ __all__ = [
     "RawStorageError",
     "HubError",
 ]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xorweights")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use, and keep the name here."""
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _MODULES:
+        value = getattr(importlib.import_module(f".{_MODULES[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

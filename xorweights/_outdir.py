@@ -102,6 +102,9 @@ class Done:
     """`(size, mtime_ns)` of each input (`payload`, `base`) when the output was made."""
     ctime_ns: int | None = None
     """Inode change time when recorded; None in older records, which are never trusted unread."""
+    sources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Digests of the inputs read to make the output, by role (`data`, `base`): what an encode
+    needs of a payload file it keeps (its manifest lists them). Empty for decoded outputs."""
 
 
 def file_id(path: Path) -> tuple[int, int]:
@@ -147,6 +150,17 @@ def _inputs(value: object) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _sources(value: object) -> dict[str, dict[str, str]]:
+    if not isinstance(value, dict):
+        raise ValueError("sources must be an object")
+    out = {}
+    for role, d in value.items():
+        if role not in ("data", "base"):
+            raise ValueError(f"unknown source {role!r}")
+        out[role] = _digests(d)
+    return out
+
+
 def parse_done(entry: object) -> Done:
     """One state entry, validated.
 
@@ -162,17 +176,21 @@ def parse_done(entry: object) -> Done:
         digests=_digests(entry.get("digests", {})),
         inputs=_inputs(entry.get("inputs", {})),
         ctime_ns=None if ctime is None else _int(ctime, "ctime_ns"),
+        sources=_sources(entry.get("sources", {})),
     )
 
 
 def _entry_json(d: Done) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "size": d.size,
         "mtime_ns": d.mtime_ns,
         "ctime_ns": d.ctime_ns,
         "digests": dict(d.digests),
         "inputs": {k: list(v) for k, v in d.inputs.items()},
     }
+    if d.sources:
+        doc["sources"] = {k: dict(v) for k, v in d.sources.items()}
+    return doc
 
 
 def _is_unicode(name: str) -> bool:
@@ -238,9 +256,18 @@ class OutputFolder:
         ...     folder.record(name, digests, inputs)
     """
 
-    def __init__(self, path: os.PathLike[str] | str, *, keep_state: bool = True) -> None:
+    def __init__(
+        self,
+        path: os.PathLike[str] | str,
+        *,
+        keep_state: bool = True,
+        state_dir: os.PathLike[str] | str | None = None,
+    ) -> None:
         self.path = Path(path)
         self.keep_state = keep_state
+        self.state_dir = self.path if state_dir is None else Path(state_dir)
+        """Where the state file and journal live: the folder itself unless told (an encode keeps
+        them in a hidden folder inside the payload folder, which gets published as it is)."""
         self._fd: int | None = None
         self._journal: int | None = None
         self._lock = threading.Lock()
@@ -261,10 +288,13 @@ class OutputFolder:
             ) from None
         self._fd = fd
         try:
-            self._clean_stale()
+            self._clean_stale(self.path)
             if self.keep_state:
+                if self.state_dir != self.path:
+                    self._make_state_dir()
+                    self._clean_stale(self.state_dir)
                 self.done = self._load()
-                if os.path.lexists(self.path / STATE_JOURNAL):
+                if os.path.lexists(self.state_dir / STATE_JOURNAL):
                     self._compact()
         except BaseException:
             self.__exit__()
@@ -285,25 +315,46 @@ class OutputFolder:
                 os.close(self._fd)  # releases the lock
                 self._fd = None
 
+    def _make_state_dir(self) -> None:
+        """Create `state_dir` below `path`; a link or file in its way (never ours) is removed."""
+        rel = self.state_dir.relative_to(self.path)
+        d = self.path
+        try:
+            for part in rel.parts:
+                d = d / part
+                if d.is_symlink() or (d.exists() and not d.is_dir()):
+                    d.unlink()
+                d.mkdir(exist_ok=True)
+        except OSError as e:
+            raise IOFailure("preparing", d, e) from e
+
+    def close_state(self) -> None:
+        """Stop recording: close the journal without saving it (the caller then removes the state,
+        whose outputs need no record any more). The folder stays locked."""
+        if self._journal is not None:
+            os.close(self._journal)
+            self._journal = None
+        self.keep_state = False
+
     def _compact(self) -> None:
         """Write the snapshot of `done`, then remove the journal (replaying it again is harmless)."""
-        with AtomicFile(self.path / STATE_FILE) as f:
+        with AtomicFile(self.state_dir / STATE_FILE) as f:
             f.file.write((json.dumps(self._doc(), indent=1, sort_keys=True) + "\n").encode())
             f.commit()
         try:
-            os.unlink(self.path / STATE_JOURNAL)
+            os.unlink(self.state_dir / STATE_JOURNAL)
         except FileNotFoundError:
             pass
 
     def _append(self, line: bytes, *, sync: bool) -> None:
         """Append one journal line (the caller holds the lock); `sync` makes it durable first."""
-        path = self.path / STATE_JOURNAL
+        path = self.state_dir / STATE_JOURNAL
         try:
             if self._journal is None:
                 flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
                 self._journal = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
                 if sync:
-                    fsync_dir(self.path)
+                    fsync_dir(self.state_dir)
             view = memoryview(line)
             while view:
                 view = view[os.write(self._journal, view) :]
@@ -312,9 +363,9 @@ class OutputFolder:
         except OSError as e:
             raise IOFailure("writing", path, e) from e
 
-    def _clean_stale(self) -> None:
+    def _clean_stale(self, folder: Path) -> None:
         """Remove temporaries left by a killed run (we hold the lock: no one else writes them)."""
-        for entry in os.scandir(self.path):
+        for entry in os.scandir(folder):
             if (
                 entry.name.startswith(TEMP_PREFIX)
                 and entry.name.endswith(TEMP_SUFFIX)
@@ -325,7 +376,7 @@ class OutputFolder:
 
     def _load_snapshot(self) -> dict[str, Done]:
         """The state file's entries; the file, or an entry, that is malformed is ignored with a warning."""
-        path = self.path / STATE_FILE
+        path = self.state_dir / STATE_FILE
         try:
             doc = loads(_read_state(path), str(path))
         except FileNotFoundError:
@@ -356,7 +407,7 @@ class OutputFolder:
     def _load(self) -> dict[str, Done]:
         """The snapshot with the journal of a killed (or unsaved) run replayed over it."""
         done = self._load_snapshot()
-        path = self.path / STATE_JOURNAL
+        path = self.state_dir / STATE_JOURNAL
         try:
             data = _read_state(path, _MAX_JOURNAL_BYTES)
         except FileNotFoundError:
@@ -405,7 +456,7 @@ class OutputFolder:
         if got != dict(intent.digests):
             return None
         logger.info("%s: renamed into place by a run killed before it recorded it; recognised", name)
-        return Done(st.st_size, st.st_mtime_ns, got, dict(intent.inputs), st.st_ctime_ns)
+        return Done(st.st_size, st.st_mtime_ns, got, dict(intent.inputs), st.st_ctime_ns, intent.sources)
 
     def kept(
         self,
@@ -444,24 +495,36 @@ class OutputFolder:
         inputs: Mapping[str, tuple[int, int]],
         *,
         durable: bool = True,
+        sources: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """Journal an output about to be renamed into place (thread-safe): a run killed after the
         rename and before `record` leaves a file the next run recognises by these digests."""
         if not self.keep_state:
             return
-        fields = {"size": size, "digests": dict(digests), "inputs": {k: list(v) for k, v in inputs.items()}}
+        fields: dict[str, Any] = {
+            "size": size,
+            "digests": dict(digests),
+            "inputs": {k: list(v) for k, v in inputs.items()},
+        }
+        if sources and any(sources.values()):
+            fields["sources"] = {k: dict(v) for k, v in sources.items() if v}
         with self._lock:
             self._append(_journal_line("intent", name, fields), sync=durable)
 
     def record(
-        self, name: str, digests: Mapping[str, str], inputs: Mapping[str, tuple[int, int]]
+        self,
+        name: str,
+        digests: Mapping[str, str],
+        inputs: Mapping[str, tuple[int, int]],
+        sources: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Done | None:
         """Note a finished output in the journal (thread-safe, no fsync: losing the line only means
         the output is hashed again); returns the record."""
         if not self.keep_state:
             return None
         st = os.stat(self.path / name)
-        done = Done(st.st_size, st.st_mtime_ns, dict(digests), dict(inputs), st.st_ctime_ns)
+        src = {k: dict(v) for k, v in (sources or {}).items() if v}
+        done = Done(st.st_size, st.st_mtime_ns, dict(digests), dict(inputs), st.st_ctime_ns, src)
         with self._lock:
             self.done[name] = done
             self._append(_journal_line("done", name, _entry_json(done)), sync=False)

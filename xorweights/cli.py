@@ -5,27 +5,62 @@ Exit codes: 0 success; 1 a checksum or verification mismatch; 2 bad usage or bad
 
 from __future__ import annotations
 
-import json
-import logging
+import os
 import signal
 import sys
-import tempfile
 import threading
-import traceback
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-import click
 
-from . import __version__
-from ._display import escaped, json_safe, needs_escape, shown
-from ._units import human_bytes as _human
-from .checksums import ChecksumManifest, ChecksumReport, VerifyReport, checksum, known_releases, verify
-from .codec import DecodeReport, decode, encode
-from .constants import ALGORITHMS, ENV_DEBUG, STAGES, env_flag
-from .errors import ChecksumMismatchError, XorWeightsError
-from .raw_storage import manifest_items
+def _exit_at_once(signum: int, _frame: object) -> None:
+    """While the CLI's modules load, before `main` runs: nothing is written yet, nothing to undo."""
+    os.write(2, b"interrupted; run the same command again to resume\n")
+    os._exit(128 + signum)
+
+
+def _started_as_program() -> bool:
+    """Whether this module is the program (`python -m xorweights.cli`) or is being imported by the
+    top level of the program (the `xorweights` console script), rather than by a library or tests."""
+    if __name__ == "__main__":
+        return True
+    f = sys._getframe(2)  # 0: here, 1: this module's body
+    while f is not None and f.f_code.co_filename.startswith("<frozen importlib"):
+        f = f.f_back
+    return f is not None and f.f_code.co_name == "<module>" and f.f_globals.get("__name__") == "__main__"
+
+
+# A signal while the rest loads (numpy, click, the library: a few hundred ms) exits 130/143 with the
+# one line, before `main` installs the handlers that stop a running command cleanly.
+_EARLY = (
+    {sig: signal.signal(sig, _exit_at_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if threading.current_thread() is threading.main_thread()
+    and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    else {}
+)
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import tempfile  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import click  # noqa: E402
+
+from . import __version__  # noqa: E402
+from ._display import escaped, json_safe, needs_escape, shown  # noqa: E402
+from ._units import human_bytes as _human  # noqa: E402
+from .checksums import ChecksumManifest, ChecksumReport, VerifyReport, checksum, known_releases, verify  # noqa: E402
+from .codec import DecodeReport, decode, encode  # noqa: E402
+from .constants import ALGORITHMS, ENV_DEBUG, STAGES, env_flag  # noqa: E402
+from .errors import ChecksumMismatchError, XorWeightsError  # noqa: E402
+from .raw_storage import manifest_items  # noqa: E402
+
+if _EARLY and not _started_as_program():  # imported by a library or tests: give back their handlers
+    for _sig, _h in _EARLY.items():
+        signal.signal(_sig, _h)
+    _EARLY = {}
 
 logger = logging.getLogger(__name__)
 
@@ -669,6 +704,8 @@ def _install_signal_handlers() -> dict[int, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `xorweights` command; returns (and exits with) the exit code."""
     previous = _install_signal_handlers()
+    if previous:
+        previous.update(_EARLY)  # the handlers from before this module was loaded
     try:
         code = _main(argv)
     finally:

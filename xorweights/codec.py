@@ -8,9 +8,9 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -435,13 +435,17 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
             size = os.fstat(atomic.file.fileno()).st_size
         except OSError as e:
             raise IOFailure("writing", job.out, e) from e
-        folder.intend(p.name, size, digests, job.inputs, durable=job.fsync)  # before the rename
+        # An encode keeps the digests of what it read: a later run that keeps this payload file
+        # needs them for the manifest.
+        sources = {r: dict(stats.digests.get(r, {})) for r in ("data", "base")} if job.encoding else None
+        # Before the rename:
+        folder.intend(p.name, size, digests, job.inputs, durable=job.fsync, sources=sources)
         try:
             atomic.commit(durable=job.fsync)
         except OSError as e:
             raise IOFailure("saving", job.out, e) from e
     _die_after_rename_for_tests()
-    folder.record(p.name, digests, job.inputs)
+    folder.record(p.name, digests, job.inputs, sources)
     return FileReport(
         name=p.name,
         action=p.action,
@@ -603,7 +607,7 @@ def _keep(
             source = "published" if want else "recorded"
             logger.warning("%s: no longer matches its %s digests; making it again", name, source)
         return None
-    return folder.record(name, got, inputs)
+    return folder.record(name, got, inputs, record.sources if record is not None else None)
 
 
 def _triage(
@@ -615,13 +619,15 @@ def _triage(
     keep: bool,
     generated_id: tuple[int, int] | None = None,
     rehash: bool = False,
+    inputs: Mapping[str, Mapping[str, tuple[int, int]]] | None = None,
 ) -> tuple[list[legacy.PlannedFile], list[FileReport]]:
     """Split the plan into files to make and outputs already in place that can be kept.
 
     Kept (see `_keep`): outputs a previous run recorded and nothing touched since, and outputs
     that hash to their published (or, for ours, recorded) digests. With `rehash`, every output is
     hashed. Files in the way that are neither ours nor proven are refused unless `force`; a
-    symlink out of the folder is always refused.
+    symlink out of the folder is always refused. `inputs` overrides what identifies each file's
+    inputs (an encode adds the options the bytes depend on).
     """
     todo: list[legacy.PlannedFile] = []
     kept: list[FileReport] = []
@@ -634,9 +640,9 @@ def _triage(
             if p.name in expected
             else {}
         )
-        inputs = _inputs(p, generated_id)
+        ids = inputs[p.name] if inputs is not None else _inputs(p, generated_id)
         size = expected[p.name].size if p.name in expected else None
-        done = _keep(folder, p.name, inputs, want, size, force=force, rehash=rehash) if keep else None
+        done = _keep(folder, p.name, ids, want, size, force=force, rehash=rehash) if keep else None
         if done is not None:
             logger.info("%s: already in place and %s; kept", p.name, "verified" if want else "complete")
             kept.append(
@@ -645,6 +651,8 @@ def _triage(
                     action=p.action,
                     size=done.size,
                     digests=dict(done.digests),
+                    input_digests=dict(done.sources.get("data", {})),
+                    base_digests=dict(done.sources.get("base", {})),
                     verified=bool(want),
                     kept=True,
                 )
@@ -830,39 +838,130 @@ def _generated_base(payload_dir: Path, base_dir: Path, raw: Sequence[str], mode:
     return GeneratedBase(base_dir)
 
 
+#: Inside a payload folder's staging folder: the record of the payload files in `--out` itself
+#: (the payload folder gets published as it is, so it holds no state file of its own).
+_PAYLOAD_STATE = ".payload-state"
+
+
+def _payload_state(out_dir: Path) -> Path:
+    return out_dir / STAGING_DIR / _PAYLOAD_STATE
+
+
 def _fresh_staging(out_dir: Path) -> Path:
-    """An empty staging folder inside `out_dir` (what a killed encode left there is removed)."""
+    """The staging folder inside `out_dir`. What a killed encode staged there is kept: its records
+    (the folder's own state file) say which staged files are complete and from which inputs."""
     staging = out_dir / STAGING_DIR
     try:
-        if staging.is_symlink() or staging.is_file():
+        if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
             staging.unlink()
-        elif staging.is_dir():
-            shutil.rmtree(staging)
-        staging.mkdir()
+        staging.mkdir(exist_ok=True)
     except OSError as e:
         raise IOFailure("preparing", staging, e) from e
     return staging
 
 
-def _publish_staged(staging: Path, out_dir: Path, names: Sequence[str], manifest: bytes) -> None:
-    """Move finished payload files into place, then write `xorweights.json` last.
+@contextmanager
+def _drop_empty_staging(staging: Path) -> Iterator[None]:
+    """On a failure, remove a staging folder that holds no file (only the folders a refused run made)."""
+    try:
+        yield
+    except Exception:
+        if staging.is_dir() and not staging.is_symlink() and not any(p.is_file() for p in staging.rglob("*")):
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
 
-    A run killed before the manifest is written leaves no manifest (an older one is removed first),
-    so a half-made payload can never pass for a finished one.
-    """
+
+def _has_sources(f: FileReport, p: legacy.PlannedFile, algos: Sequence[str], written: Sequence[str]) -> bool:
+    """Whether a kept payload file's record holds every digest the encode reports for it."""
+    have = [(f.digests, written), (f.input_digests, algos)]
+    if p.base is not None:
+        have.append((f.base_digests, algos))
+    return all(a in d for d, want in have for a in want)
+
+
+def _split_kept(
+    kept: Sequence[FileReport],
+    planned: Sequence[legacy.PlannedFile],
+    algos: Sequence[str],
+    written: Sequence[str] = ("sha256",),
+) -> tuple[list[FileReport], list[legacy.PlannedFile]]:
+    """Kept payload files whose records hold the digests needed, and the plan of the others
+    (recorded without them: made again)."""
+    by_name = {p.name: p for p in planned}
+    ok = [f for f in kept if _has_sources(f, by_name[f.name], algos, written)]
+    names = {f.name for f in ok}
+    return ok, [by_name[f.name] for f in kept if f.name not in names]
+
+
+def _publish_staged(
+    stage: OutputFolder,
+    folder: OutputFolder,
+    staged: Sequence[FileReport],
+    inputs: Mapping[str, Mapping[str, tuple[int, int]]],
+) -> None:
+    """Move finished payload files from the staging folder into `--out`, each recorded in the
+    payload folder's journal before its rename (a kill after it leaves a file the next run
+    recognises) and dropped from the staging records after it. `xorweights.json` is removed
+    first: the caller writes it last, so a half-made payload never passes for a finished one."""
+    out_dir = folder.path
     try:
         (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-        for name in names:
-            os.replace(staging / name, out_dir / name)
+        for f in staged:
+            sources = {"data": f.input_digests, "base": f.base_digests}
+            folder.intend(f.name, f.size, f.digests, inputs[f.name], sources=sources)
+            os.replace(stage.path / f.name, out_dir / f.name)
+            _die_after_rename_for_tests()
+            folder.record(f.name, f.digests, inputs[f.name], sources)
+            stage.discard([f.name])
         fsync_dir(out_dir)
-        with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
-            atomic.write(manifest)
-            atomic.commit()
-        staging.rmdir()
-    except IOFailure:  # writing the manifest: it names the file
-        raise
     except OSError as e:
         raise IOFailure("saving the payload in", out_dir, e) from e
+
+
+def _recognise_payload(
+    prep: native.EncodePlan, src_dir: Path, base_dir: Path, out_dir: Path
+) -> tuple[list[FileReport], NativeManifest] | None:
+    """The files and manifest of a finished payload in `out_dir` made from these very inputs, or None.
+
+    Its `xorweights.json` is the record: every payload file, fine-tuned file and whole base file
+    is hashed (once) against it, and the manifest these would give must be the one in place.
+    """
+    try:
+        old = load_manifest(out_dir / MANIFEST_NAME)
+    except XorWeightsError:
+        return None
+    by_name = {p.name: p for p in prep.planned}
+    if sorted(f.name for f in old.files) != sorted(by_name):
+        return None
+    reports = []
+    try:
+        for entry in old.files:
+            out_file, src = out_dir / entry.name, src_dir / entry.name
+            if not out_file.is_file() or out_file.is_symlink():
+                return None
+            if out_file.stat().st_size != entry.payload_size or src.stat().st_size != entry.size:
+                return None
+            got = hash_file(out_file, ["sha256", STATE_DIGEST])
+            if got["sha256"] != entry.payload_sha256 or hash_file(src, ["sha256"])["sha256"] != entry.sha256:
+                return None
+            base = hash_file(base_dir / entry.name, ["sha256"]) if entry.base_file is not None else {}
+            if entry.base_file is not None and base["sha256"] != entry.base_file.sha256:
+                return None
+            reports.append(
+                FileReport(
+                    name=entry.name,
+                    action=by_name[entry.name].action,
+                    size=entry.payload_size,
+                    digests=got,
+                    input_digests={"sha256": entry.sha256},
+                    base_digests=base,
+                    kept=True,
+                )
+            )
+        new = native.build_manifest(prep, reports, src_dir, base_dir, out_dir, encoder=old.encoder)
+    except OSError:
+        return None
+    return (reports, old) if new == old else None
 
 
 def _check_out_dir(out: Path, inputs: Mapping[str, Path]) -> None:
@@ -1158,6 +1257,59 @@ def _decode_native(
     )
 
 
+def _encode_native_files(
+    prep: native.EncodePlan,
+    folder: OutputFolder,
+    staging: Path,
+    src_dir: Path,
+    base_dir: Path,
+    *,
+    force: bool,
+    jobs: int | None,
+    progress: bool,
+) -> tuple[list[FileReport], NativeManifest]:
+    """Stage the payload files not already in place, move them into `--out`, write the manifest."""
+    out_dir = folder.path
+    inputs = {p.name: _inputs(p, prep.identity) for p in prep.planned}
+    todo, kept = _triage(prep.planned, folder, {}, force, keep=True, generated_id=prep.identity)
+    kept, again = _split_kept(kept, prep.planned, ("sha256",))
+    todo += again
+    _fresh_staging(out_dir)
+    try:
+        with OutputFolder(staging) as stage:
+            # Staged files are ours whatever their records say (force): only complete ones are kept.
+            todo, staged = _triage(todo, stage, {}, True, keep=True, generated_id=prep.identity)
+            staged, again = _split_kept(staged, prep.planned, ("sha256",))
+            todo += again
+            _check_space(out_dir, todo, {})
+            job_list = [
+                _Job(
+                    planned=p,
+                    out=staging / p.name,
+                    hashes={"data": ("sha256",), "base": ("sha256",) if p.base is not None else ()},
+                    inputs=inputs[p.name],
+                    encoding=True,
+                    hash_written=("sha256",),
+                    native=True,
+                )
+                for p in todo
+            ]
+            made = _run_jobs(job_list, jobs, stage, progress=progress, desc="encode")
+            _publish_staged(stage, folder, [*staged, *made], inputs)
+            files = [*kept, *staged, *made]
+            native_manifest = native.build_manifest(
+                prep, files, src_dir, base_dir, out_dir, encoder=f"xorweights {_version()}"
+            )
+            with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
+                atomic.write(native_manifest.dumps())
+                atomic.commit()
+    except Exception:  # a failure (not a kill or an interrupt): nothing half-made stays behind
+        folder.close_state()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return files, native_manifest
+
+
 def encode(
     finetuned: os.PathLike[str] | str,
     *,
@@ -1220,39 +1372,34 @@ def encode(
         prep = native.prepare_encode(
             src_dir, base_dir, jobs=jobs or default_jobs(), progress=progress, allow_raw=allow_raw
         )
-        with OutputFolder(out_dir, keep_state=False) as folder:
-            stale = out_dir / MANIFEST_NAME
-            if stale.exists() and not folder.is_ours(MANIFEST_NAME) and not force:
-                raise OutputExistsError(
-                    f"{out_dir} already holds {MANIFEST_NAME}; refusing to overwrite (use --force)",
-                    path=stale,
-                )
-            todo, _ = _triage(prep.planned, folder, {}, force, keep=False, generated_id=prep.identity)
-            _check_space(out_dir, todo, {})
-            staging = _fresh_staging(out_dir)
-            try:
-                job_list = [
-                    _Job(
-                        planned=p,
-                        out=staging / p.name,
-                        hashes={"data": ("sha256",), "base": ("sha256",) if p.base is not None else ()},
-                        inputs=_inputs(p, prep.identity),
-                        encoding=True,
-                        hash_written=("sha256",),
-                        native=True,
+        # The payload folder's records live in its hidden staging folder, removed once the payload
+        # is finished: `xorweights.json` is then the record. A rerun after a kill keeps the payload
+        # files already in place and the complete staged ones, and makes only the rest.
+        staging = out_dir / STAGING_DIR
+        with _drop_empty_staging(staging), OutputFolder(out_dir, state_dir=_payload_state(out_dir)) as folder:
+            found = None
+            if os.path.lexists(out_dir / MANIFEST_NAME):
+                found = _recognise_payload(prep, src_dir, base_dir, out_dir)
+                if found is None and not force:
+                    raise OutputExistsError(
+                        f"{out_dir} already holds {MANIFEST_NAME}, not of a payload made from these "
+                        "inputs; refusing to overwrite (use --force)",
+                        path=out_dir / MANIFEST_NAME,
                     )
-                    for p in todo
-                ]
-                files = _run_jobs(job_list, jobs, folder, progress=progress, desc="encode")
-                native_manifest = native.build_manifest(
-                    prep, files, src_dir, base_dir, staging, encoder=f"xorweights {_version()}"
+            if found is not None:
+                logger.info("%s already holds this payload, made from the same inputs; kept", out_dir)
+                files, native_manifest = found
+            else:
+                files, native_manifest = _encode_native_files(
+                    prep, folder, staging, src_dir, base_dir, force=force, jobs=jobs, progress=progress
                 )
-                names = [f.name for f in native_manifest.files]
-                _publish_staged(staging, out_dir, names, native_manifest.dumps())
-            except BaseException:  # nothing half-made stays behind (a kill leaves it to the next run)
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            folder.record(MANIFEST_NAME, {}, {})
+            folder.close_state()
+            try:
+                shutil.rmtree(staging)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise IOFailure("removing", staging, e) from e
         published = None
         if with_checksums:
             published = ChecksumManifest(
@@ -1277,17 +1424,26 @@ def encode(
     planned = legacy.plan(src_dir, base_dir, encoding=True)
     _check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
     algos = ("md5", "sha256") if with_checksums else ()
-    with OutputFolder(out_dir, keep_state=False) as folder:
-        # A payload folder gets published: no state file in it, and every file is made afresh
-        # (the manifest needs every digest). The lock and the overwrite rules are as for decode.
-        todo, _ = _triage(planned, folder, {}, force, keep=False)
+    # A payload folder gets published: its records live in a hidden folder inside it (skipped by
+    # every listing). A rerun keeps the payload files an earlier run made from the same inputs
+    # with the same options (and, with checksums, recorded the digests of); the lock and the
+    # overwrite rules are as for decode.
+    options = {"gzip": (1, gzip_mtime)} if compress else {}
+    inputs = {p.name: {**_inputs(p), **(options if p.action == "xor" else {})} for p in planned}
+    with (
+        _drop_empty_staging(out_dir / STAGING_DIR),
+        OutputFolder(out_dir, state_dir=_payload_state(out_dir)) as folder,
+    ):
+        todo, kept = _triage(planned, folder, {}, force, keep=True, inputs=inputs)
+        kept, again = _split_kept(kept, planned, algos, written=())
+        todo += again
         _check_space(out_dir, todo, {})
         job_list = [
             _Job(
                 planned=p,
                 out=out_dir / p.name,
                 hashes={"data": algos, "base": algos if p.base is not None else ()},
-                inputs=_inputs(p),
+                inputs=inputs[p.name],
                 encoding=True,
                 compress=compress if p.action == "xor" else None,
                 gzip_mtime=gzip_mtime,
@@ -1295,9 +1451,9 @@ def encode(
             )
             for p in todo
         ]
-        files = sorted(
-            _run_jobs(job_list, jobs, folder, progress=progress, desc="encode"), key=lambda f: f.name
-        )
+        made = _run_jobs(job_list, jobs, folder, progress=progress, desc="encode")
+        kept = [replace(f, compressed=compress is not None and f.action == "xor") for f in kept]
+        files = sorted([*made, *kept], key=lambda f: f.name)
     for p in todo:
         if legacy.follows_raw_rule(p.name) and p.action == "xor" and legacy.parses_as_json(out_dir / p.name):
             logger.warning(

@@ -60,8 +60,9 @@ ENV_TEST_DIE_AFTER_RENAME = "XORWEIGHTS_TEST_DIE_AFTER_RENAME"
 #: Prefix of every temporary file written in a destination folder.
 TEMP_PREFIX = ".xorweights-"
 TEMP_SUFFIX = ".part"
-#: Hidden folder inside a native encode's `--out` where finished payload files wait until every file
-#: is done; they are then renamed into place and `xorweights.json` is written last.
+#: Hidden folder inside an encode's `--out`: a native encode's finished payload files wait there until
+#: every file is done (then they are renamed into place and `xorweights.json` is written last), and
+#: the encode's records live there (`.payload-state/`), so that a killed encode resumes.
 STAGING_DIR = TEMP_PREFIX + "staging"
 
 #: Checksum algorithms understood everywhere, with the hex length that identifies them.

@@ -12,15 +12,17 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import model_card
+from . import _cancel, model_card
 from ._paths import check_name, check_regular_file
 from .checksums import ChecksumManifest, hash_files, known_releases
 from .constants import ENV_DISABLE_PROGRESS_BARS, env_flag
+from .engine import Cancelled
 from .errors import HubError, InputError, PayloadMismatchError
 from .legacy import files_below, find_payload_in_listing
 
@@ -211,6 +213,84 @@ def _snapshot(hf: Any, repo_id: str, revision: str, patterns: list[str] | None, 
     return Path(hf.snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **kw))
 
 
+#: How long an interrupted download may take to stop by itself (at its next chunk of 10 MiB).
+_STOP_GRACE = 0.5
+
+
+def _download(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any) -> Path:
+    """Download `paths` one by one with `hf_hub_download` (into the same cache or folder as
+    `snapshot_download`); returns the snapshot folder (or the download folder).
+
+    `snapshot_download` runs its own thread pool and, when interrupted, waits for the files being
+    fetched. Here the downloads run in a daemon thread that the calling thread waits for in short
+    steps. On an interrupt (`KeyboardInterrupt`, the CLI's `Interrupted`) the thread starts no
+    further file and stops the current one at its next chunk, its partial file removed by
+    huggingface_hub; after `_STOP_GRACE` seconds (a slow link) the wait ends anyway, and the
+    partial file is removed here. The next run downloads that file again.
+    """
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    stop = threading.Event()
+    base = kw.pop("tqdm_class", None) or hf_tqdm
+
+    class StoppableTqdm(base):  # type: ignore[misc, valid-type]
+        """Raises `Cancelled` in the download loop (from each chunk's progress update) once stopped."""
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if stop.is_set() or _cancel.requested():
+                raise Cancelled()
+            return super().update(n)  # type: ignore[no-any-return]
+
+    done: list[str] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for p in paths:
+                if stop.is_set() or _cancel.requested():
+                    raise Cancelled()
+                done.append(hf.hf_hub_download(repo_id, p, revision=revision, tqdm_class=StoppableTqdm, **kw))
+        except BaseException as e:  # handed to the waiting thread
+            failed.append(e)
+        finally:
+            finished.set()
+
+    # Waits on an event: `Thread.join` interrupted by a signal may take the thread for finished.
+    finished = threading.Event()
+    threading.Thread(target=run, name=f"xorweights-download-{repo_id}", daemon=True).start()
+    try:
+        while not finished.wait(0.05):
+            pass
+    except BaseException:
+        stop.set()
+        if not finished.wait(_STOP_GRACE):
+            _remove_own_partials()
+        raise
+    if failed:
+        raise failed[0]
+    if "local_dir" in kw:
+        return Path(kw["local_dir"])
+    return Path(done[0]).parents[len(Path(paths[0]).parts) - 1]
+
+
+def _remove_own_partials() -> None:
+    """Remove the `.incomplete` files this process holds open (Linux; elsewhere they stay behind).
+
+    huggingface_hub names them uniquely per download and never resumes them."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.endswith(".incomplete") and os.path.isfile(target):
+                os.unlink(target)
+                logger.debug("removed the partial download %s", target)
+        except OSError:
+            pass
+
+
 def _read_record(meta: Path, root: Path) -> str:
     """A download record of huggingface_hub, once it is known to be a regular file in `root`."""
     if not check_regular_file(meta, root):
@@ -254,7 +334,7 @@ def fetch(
     """Download the payload files of a Hub repo (only those), and check the small ones.
 
     The payload folder is found in the repo listing as on disk (up to three levels down), and
-    only its files and the model card are fetched with `snapshot_download`, into the Hub cache
+    only its files and the model card are fetched, one by one with `hf_hub_download`, into the Hub cache
     or `download_dir`. Sizes of all files and git blob ids of the non-LFS ones are checked here;
     LFS files are checked by `check_lfs_files` before use (a decode checks only the files it is
     about to read).
@@ -303,7 +383,7 @@ def fetch(
         else:
             sub, paths = _payload_paths(listing, where)
             logger.info("%s: downloading %d files of %s (commit %s)", repo_id, len(paths), sub or "/", commit)
-            root = _snapshot(hf, repo_id, revision, [glob.escape(p) for p in paths], **kw)
+            root = _download(hf, repo_id, revision, paths, **kw)
             got = _recorded_commit(root, local, paths[0])
             if got is not None and got != commit:  # the branch moved between listing and download
                 commit, listing = list_repo(api, repo_id, got)

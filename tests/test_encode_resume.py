@@ -1,0 +1,219 @@
+"""`encode` resumes like `decode`: a rerun after a kill keeps what the killed run finished, makes
+only the rest, and leaves the payload byte-identical to an uninterrupted encode; a rerun of a
+finished encode exits 0 without `--force`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xorweights
+from xorweights import publishing
+from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME, STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
+
+from .conftest import random_bytes, tree, write_files
+
+MIB = 1 << 20
+SHARDS = 4
+
+
+def safetensors(tensors: dict[str, bytes]) -> bytes:
+    """A safetensors file of float16 tensors of 1024 columns (each `bytes` a whole number of rows)."""
+    header, offset = {}, 0
+    for name, data in tensors.items():
+        header[name] = {
+            "dtype": "F16",
+            "shape": [len(data) // 2048, 1024],
+            "data_offsets": [offset, offset + len(data)],
+        }
+        offset += len(data)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + b"".join(tensors.values())
+
+
+def native_folders(root: Path, mib: int = 12) -> tuple[Path, Path]:
+    """`root/base/` (one safetensors file) and `root/ft/` (one file per tensor, `mib` MiB each, and a
+    config.json): tens of MiB in all."""
+    base = {f"layer{i}.weight": random_bytes(mib * MIB, 10 + i) for i in range(SHARDS)}
+    ft = {}
+    for i, (name, data) in enumerate(base.items()):
+        arr = np.frombuffer(data, dtype=np.uint8).copy()
+        arr[:: 4096 + i] ^= 1  # a few bytes differ from the base
+        ft[f"model-{i}.safetensors"] = safetensors({name: arr.tobytes()})
+    ft["config.json"] = b'{"model_type": "test"}\n'
+    return (
+        write_files(root / "base", {"model.safetensors": safetensors(base)}),
+        write_files(root / "ft", ft),
+    )
+
+
+def legacy_big_folders(root: Path, mib: int = 12) -> tuple[Path, Path]:
+    names = [f"pytorch_model-0000{i}-of-0000{SHARDS}.bin" for i in range(1, SHARDS + 1)]
+    base = {n: random_bytes(mib * MIB + i, 20 + i) for i, n in enumerate(names)}
+    ft = {n: random_bytes(mib * MIB + 7 * i, 30 + i) for i, n in enumerate(names)}
+    base["config.json"] = b'{"vocab_size": 32000}\n'
+    ft["config.json"] = b'{"vocab_size": 32016}\n'
+    return write_files(root / "base", base), write_files(root / "ft", ft)
+
+
+def encode_cmd(ft: Path, base: Path, out: Path, fmt: str) -> list[str]:
+    cmd = [sys.executable, "-m", "xorweights.cli", "encode", str(ft), "--base", str(base), "--out", str(out)]
+    return [*cmd, "--format", fmt, "-j", "1", "-q", "--json"]
+
+
+def run(cmd: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+
+
+def complete_files(out: Path) -> set[str]:
+    """Payload files under a final name, in the folder or staged (no temporary, no state)."""
+    found = set()
+    for folder in (out, out / STAGING_DIR):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.is_file() and not p.name.startswith(TEMP_PREFIX) and p.name != "xorweights.json":
+                    found.add(p.name)
+    return found
+
+
+def payload(out: Path) -> dict[str, bytes]:
+    """The payload as published: what `tree` sees, the hidden records left out."""
+    return {k: v for k, v in tree(out).items() if not k.startswith(STAGING_DIR + "/")}
+
+
+def rerun_after(cmd: list[str], out: Path, reference: dict[str, bytes]) -> tuple[int, int]:
+    """Rerun `cmd` (no --force): it must succeed and leave `reference`; returns (kept, made)."""
+    before = complete_files(out)
+    res = run(cmd)
+    assert res.returncode == 0, res.stderr
+    assert payload(out) == reference
+    assert not any(n.endswith(TEMP_SUFFIX) for n in tree(out))
+    files = json.loads(res.stdout)["files"]
+    kept = {f["name"] for f in files if f["kept"]}
+    assert kept == before, (kept, before)  # every complete file is kept, nothing else
+    return len(kept), len(files) - len(kept)
+
+
+@pytest.fixture(params=["xorweights", "oasst"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path):
+    fmt = request.param
+    base, ft = (native_folders if fmt == "xorweights" else legacy_big_folders)(tmp_path)
+    ref_out = tmp_path / "reference"
+    t0 = time.monotonic()
+    res = run(encode_cmd(ft, base, ref_out, fmt))
+    assert res.returncode == 0, res.stderr
+    return fmt, ft, base, payload(ref_out), time.monotonic() - t0, tmp_path
+
+
+def test_rerun_after_a_kill_at_each_rename_keeps_what_was_finished(setup) -> None:
+    fmt, ft, base, reference, _, tmp_path = setup
+    renames = SHARDS + 1 + (SHARDS + 1 if fmt == "xorweights" else 0)  # native: staged, then moved
+    kept_some = False
+    for n in range(1, renames + 1):
+        out = tmp_path / f"out-{n}"
+        cmd = encode_cmd(ft, base, out, fmt)
+        died = run(cmd, **{ENV_TEST_DIE_AFTER_RENAME: str(n)})
+        assert died.returncode == 9, died.stderr
+        kept, _ = rerun_after(cmd, out, reference)
+        assert kept >= min(n, SHARDS + 1)  # at least the files renamed before the kill
+        kept_some |= kept > 0
+        if fmt == "xorweights":
+            assert not (out / STAGING_DIR).exists()
+    assert kept_some
+
+
+def test_rerun_after_sigkill_at_several_instants(setup) -> None:
+    fmt, ft, base, reference, seconds, tmp_path = setup
+    outcomes = []
+    # Fixed instants, then more late ones until a kill has come after some files were finished
+    # (the run is timed by the reference encode; a loaded machine shifts it).
+    fracs = [0.2, 0.4, 0.55, 0.7, 0.85, 1.0, 0.75, 0.8, 0.9, 0.95, 1.1, 1.3]
+    for i, frac in enumerate(fracs):
+        if i >= 6 and any(code == -signal.SIGKILL and kept for code, kept, _ in outcomes):
+            break
+        out = tmp_path / f"out-k{i}"
+        cmd = encode_cmd(ft, base, out, fmt)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(seconds * frac)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        outcomes.append((proc.returncode, *rerun_after(cmd, out, reference)))
+    # Killed runs whose finished files were kept (fewer files made again), and ones killed earlier.
+    assert any(code == -signal.SIGKILL and kept for code, kept, _ in outcomes), outcomes
+    assert any(code == -signal.SIGKILL and made for code, _, made in outcomes), outcomes
+
+
+def test_rerun_of_a_finished_encode_keeps_everything(setup) -> None:
+    fmt, ft, base, reference, _, tmp_path = setup
+    out = tmp_path / "reference"
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+    res = run(encode_cmd(ft, base, out, fmt))
+    assert res.returncode == 0, res.stderr
+    assert all(f["kept"] for f in json.loads(res.stdout)["files"])
+    assert payload(out) == reference
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == stamps
+    # Changed inputs are not kept: the changed file is made again (ours, so no --force needed,
+    # except for a native payload, whose manifest then no longer matches).
+    src = ft / ("model-1.safetensors" if fmt == "xorweights" else "pytorch_model-00002-of-00004.bin")
+    data = bytearray(src.read_bytes())
+    data[-1] ^= 0xFF
+    src.write_bytes(bytes(data))
+    res = run(encode_cmd(ft, base, out, fmt))
+    if fmt == "xorweights":
+        assert res.returncode != 0 and "--force" in res.stderr
+        res = run([*encode_cmd(ft, base, out, fmt), "--force"])
+    assert res.returncode == 0, res.stderr
+    made = {f["name"] for f in json.loads(res.stdout)["files"] if not f["kept"]}
+    assert src.name in made
+
+
+def test_publish_of_a_resumed_payload_sends_no_state(setup) -> None:
+    fmt, ft, base, reference, _, tmp_path = setup
+    out = tmp_path / "out"
+    cmd = encode_cmd(ft, base, out, fmt)
+    if fmt == "oasst":  # the killed run computed the checksums too (else its files are made again)
+        cmd += ["--manifest", str(tmp_path / "m.json")]
+    assert run(cmd, **{ENV_TEST_DIE_AFTER_RENAME: "2"}).returncode == 9
+    report = xorweights.encode(ft, base=base, out=out, format=fmt, with_checksums=True)  # type: ignore[arg-type]
+    assert any(f.kept for f in report.files)
+    rel = publishing._release(out, "me/x", report.manifest if fmt == "oasst" else None)
+    assert rel.names and not any(n.startswith(".") or "xorweights-" in n for n in rel.names)
+    assert sorted(rel.names) == sorted(reference)
+
+
+def test_legacy_rerun_with_other_options_remakes_the_files(model_pair, tmp_path: Path) -> None:
+    base, ft = model_pair()
+    out = tmp_path / "out"
+    first = xorweights.encode(ft, base=base, out=out, format="oasst")
+    assert not any(f.kept for f in first.files)
+    again = xorweights.encode(ft, base=base, out=out, format="oasst")
+    assert all(f.kept for f in again.files)
+    gz = xorweights.encode(ft, base=base, out=out, format="oasst", compress="gzip")
+    made = {f.name for f in gz.files if not f.kept}
+    assert made == {f.name for f in gz.files if f.action == "xor"} and made
+    fresh = tmp_path / "fresh"
+    xorweights.encode(ft, base=base, out=fresh, format="oasst", compress="gzip")
+    assert payload(out) == payload(fresh)
+    # With checksums asked for, files recorded without them are made again, then kept.
+    ck = xorweights.encode(ft, base=base, out=out, format="oasst", compress="gzip", with_checksums=True)
+    assert not any(f.kept for f in ck.files) and ck.manifest is not None
+    ck2 = xorweights.encode(ft, base=base, out=out, format="oasst", compress="gzip", with_checksums=True)
+    assert all(f.kept for f in ck2.files) and ck2.manifest == ck.manifest
+
+
+def test_a_refused_encode_leaves_no_hidden_folder(model_pair, tmp_path: Path) -> None:
+    base, ft = model_pair()
+    out = write_files(tmp_path / "out", {"config.json": b"{}\n"})  # not ours
+    with pytest.raises(xorweights.OutputExistsError):
+        xorweights.encode(ft, base=base, out=out, format="oasst")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
