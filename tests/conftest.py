@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import xorweights
 from xorweights.constants import STATE_FILE
 
 # The test Hub server (tests/hubserver.py) speaks the Hub's HTTP and git-LFS protocols but not Xet:
@@ -93,6 +94,22 @@ def legacy_folders(
         **overrides,
     }
     return write_files(root / "base", base), write_files(root / "finetuned", tuned)
+
+
+def encoded_release(
+    root: Path, sizes: dict[str, int], *, release: str, seed: int
+) -> tuple[Path, Path, Path, dict[str, bytes]]:
+    """A legacy release of files of these sizes (base 64 bytes shorter): payload, base, checksum
+    manifest (md5 and sha256) and the fine-tuned files by name."""
+    base = write_files(root / "base", {n: model_file(n, s - 64, i) for i, (n, s) in enumerate(sizes.items())})
+    tuned = write_files(
+        root / "tuned", {n: model_file(n, s, seed + i) for i, (n, s) in enumerate(sizes.items())}
+    )
+    rep = xorweights.encode(
+        tuned, format="oasst", base=base, out=root / "payload", with_checksums=True, release=release
+    )
+    (root / "m.json").write_text(json.dumps(rep.manifest.to_json()))
+    return root / "payload", base, root / "m.json", tree(tuned)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import os
 import subprocess
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import xorweights
-from tests.conftest import model_file, tree, write_files
+from tests.conftest import encoded_release, write_files
 from xorweights import _space
 from xorweights._atomic import AtomicFile
 from xorweights.cli import main
@@ -84,15 +83,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path,
     """Three 6 MiB weight files and a config: two fit in 16 MiB, the third does not."""
     root = tmp_path_factory.mktemp("space")
     sizes = {f"pytorch_model-0000{i}-of-00003.bin": 6 * MiB for i in (1, 2, 3)} | {"config.json": 600}
-    base = write_files(root / "base", {n: model_file(n, s - 64, i) for i, (n, s) in enumerate(sizes.items())})
-    tuned = write_files(
-        root / "tuned", {n: model_file(n, s, 50 + i) for i, (n, s) in enumerate(sizes.items())}
-    )
-    rep = xorweights.encode(
-        tuned, format="oasst", base=base, out=root / "payload", with_checksums=True, release="space"
-    )
-    (root / "m.json").write_text(json.dumps(rep.manifest.to_json()))
-    return root / "payload", base, root / "m.json", tree(tuned)
+    return encoded_release(root, sizes, release="space", seed=50)
 
 
 def test_refused_before_writing_with_both_figures(release, tmpfs, capsys) -> None:

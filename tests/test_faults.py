@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import xorweights
-from tests.conftest import model_file, tree, write_files
+from tests.conftest import encoded_release, write_files
 from xorweights.constants import STATE_FILE, TEMP_PREFIX, TEMP_SUFFIX
 
 IS_ROOT = os.geteuid() == 0
@@ -50,15 +50,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path,
         "config.json": 600,
         "tokenizer.model": 4096,
     }
-    base = write_files(root / "base", {n: model_file(n, s - 64, i) for i, (n, s) in enumerate(sizes.items())})
-    tuned = write_files(
-        root / "tuned", {n: model_file(n, s, 100 + i) for i, (n, s) in enumerate(sizes.items())}
-    )
-    rep = xorweights.encode(
-        tuned, format="oasst", base=base, out=root / "payload", with_checksums=True, release="faults"
-    )
-    (root / "m.json").write_text(json.dumps(rep.manifest.to_json()))
-    return root / "payload", base, root / "m.json", tree(tuned)
+    return encoded_release(root, sizes, release="faults", seed=100)
 
 
 def finals(out: Path) -> dict[str, bytes]:

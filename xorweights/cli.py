@@ -10,10 +10,13 @@ import signal
 import sys
 import threading
 
+#: The one line an interrupted command prints.
+INTERRUPTED = "interrupted; run the same command again to resume"
+
 
 def _exit_at_once(signum: int, _frame: object) -> None:
     """While the CLI's modules load, before `main` runs: nothing is written yet, nothing to undo."""
-    os.write(2, b"interrupted; run the same command again to resume\n")
+    os.write(2, INTERRUPTED.encode() + b"\n")
     os._exit(128 + signum)
 
 
@@ -665,9 +668,6 @@ def _one_line(e: BaseException) -> str:
         where = f": {e.filename!s}" if e.filename else ""
         return shown(f"{e.strerror or e}{where}")
     return shown(str(e))
-
-
-INTERRUPTED = "interrupted; run the same command again to resume"
 
 
 class Interrupted(BaseException):

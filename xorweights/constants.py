@@ -38,6 +38,9 @@ OPAQUE_WEIGHT_SUFFIXES = (
 WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES, *OPAQUE_WEIGHT_SUFFIXES)
 #: Small text files of a model folder that hold no weights (configs, cards, code, templates).
 TEXT_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".py", ".jinja")
+#: JSON files of a model folder larger than this are not parsed (the largest, a tokenizer.json, is a
+#: few tens of MiB): a plausibility check leaves them unchecked, the legacy raw rule takes them as not JSON.
+MAX_JSON_FILE_BYTES = 64 * 1024 * 1024
 #: A file of any kind this large counts as weights where it would be stored unmasked.
 RAW_FILE_LIMIT = 64 * 1024 * 1024
 

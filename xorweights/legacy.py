@@ -28,6 +28,7 @@ from .constants import (
     GZIP_BACKENDS,
     GZIP_MAGIC,
     LEGACY_RAW_FILES,
+    MAX_JSON_FILE_BYTES,
     STATE_FILE,
     STATE_JOURNAL,
     TEMP_PREFIX,
@@ -50,8 +51,6 @@ _MARKERS = (
 )
 #: How deep below the given folder a payload may sit (the sft-6 repo nests it two levels down).
 _MAX_DEPTH = 3
-#: A raw-rule payload file larger than this is not parsed as JSON (no token list comes near).
-_MAX_JSON_SNIFF = 64 * 1024 * 1024
 
 Action = Literal["xor", "copy"]
 
@@ -222,7 +221,7 @@ def raw_rule(name: str) -> str:
 def parses_as_json(path: Path) -> bool:
     """Whether the file is strict JSON (files over 64 MiB are not read and count as not JSON)."""
     try:
-        if path.stat().st_size > _MAX_JSON_SNIFF:
+        if path.stat().st_size > MAX_JSON_FILE_BYTES:
             return False
         json_loads(path.read_bytes(), str(path))
     except FormatError:

@@ -14,15 +14,12 @@ import zipfile
 from pathlib import Path
 
 from . import _json
-from .constants import TORCH_SUFFIXES
+from .constants import MAX_JSON_FILE_BYTES, TORCH_SUFFIXES
 from .errors import FormatError
 from .safetensors_header import read_header
 
 logger = logging.getLogger(__name__)
 
-#: JSON files larger than this are not parsed (the largest of a model folder, a tokenizer.json, is
-#: a few tens of MiB); such a file is logged as unchecked.
-MAX_JSON_BYTES = 64 * 1024 * 1024
 _ZIP_MAGIC = b"PK\x03\x04"
 #: Start of a torch file from before the zip format (pickle protocol 2, then torch's magic number).
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
@@ -45,8 +42,8 @@ def problem(path: Path, name: str) -> str | None:
     what = kind(name)
     try:
         if what == "JSON file":
-            if path.stat().st_size > MAX_JSON_BYTES:
-                logger.info("%s: over %d MiB, not parsed", name, MAX_JSON_BYTES >> 20)
+            if path.stat().st_size > MAX_JSON_FILE_BYTES:
+                logger.info("%s: over %d MiB, not parsed", name, MAX_JSON_FILE_BYTES >> 20)
                 return None
             _json.loads(path.read_bytes(), name)
         elif what == "safetensors file":
