@@ -22,6 +22,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Tests that use the `hub` fixture are marked `hub` (`.ci/run` runs them on an old hub client too)."""
+    if "hub" in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.hub)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--runslow"):
         return

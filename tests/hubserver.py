@@ -13,6 +13,8 @@ Xet storage is not served (clients are run with `HF_HUB_DISABLE_XET=1`, and down
 plain HTTP because no `X-Xet-Hash` header is sent). Private repos need `Authorization: Bearer <token>`.
 Faults for tests: `cut_after[path] = n` closes the connection after `n` body bytes of the next GET of
 `path`; `tamper(repo, path)` changes the served bytes while the listing keeps the original sha256.
+Namespaces in `HubState.foreign` belong to someone else: the token may read their public repos but
+not create or write there (403, as the Hub answers).
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class HubState:
         self.cut_after: dict[str, int] = {}
         self.rate: float | None = None
         """Bytes per second at most for each file download (None: unthrottled)."""
+        self.foreign: set[str] = set()
+        """Namespaces the token's user may not create or write repos in."""
         self._n = 0
 
     def put_blob(self, data: bytes) -> str:
@@ -175,6 +179,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _repo(self, repo_id: str, *, write: bool = False) -> Repo | None:
         repo = self.state.repos.get(repo_id)
+        if write and (repo is None or not self._authorized() or repo_id.split("/")[0] in self.state.foreign):
+            self._body()  # refused unread, the body would be taken for the next request on the connection
+        if repo is not None and write and repo_id.split("/")[0] in self.state.foreign and self._authorized():
+            self._error(403, None, f"You don't have the rights to write to {repo_id}")
+            return None
         if repo is None or ((repo.private or write) and not self._authorized()):
             if write and repo is not None and not self._authorized():
                 self._error(401, None, "Invalid credentials in Authorization header")
@@ -328,6 +337,12 @@ class _Handler(BaseHTTPRequestHandler):
         doc = json.loads(self._body())
         repo_id = f"{doc['organization']}/{doc['name']}" if doc.get("organization") else doc["name"]
         url = f"{self.server.url}/{repo_id}"
+        if doc.get("organization") in self.state.foreign:
+            namespace = doc["organization"]
+            self._error(
+                403, None, f'You don\'t have the rights to create a model under the namespace "{namespace}"'
+            )
+            return
         if repo_id in self.state.repos:
             self._error(409, None, "You already created this model repo", {"X-Url": url})
             return
@@ -358,14 +373,17 @@ class _Handler(BaseHTTPRequestHandler):
         if repo is None:
             return
         files = json.loads(self._body())["files"]
+        head = repo.branches.get(unquote(revision))
+        tree = repo.commits.get(head, {}) if head else {}
         modes = []
-        for f in files:
+        for f in files:  # as the Hub: each file's current oid (LFS: sha256), so unchanged ones are left out
             lfs = is_lfs(f["path"], base64.b64decode(f["sample"]), f["size"])
+            old = tree.get(f["path"])
             modes.append(
                 {
                     "path": f["path"],
                     "shouldIgnore": False,
-                    "oid": None,
+                    "oid": None if old is None else old.sha256 if old.lfs else old.oid,
                     "uploadMode": "lfs" if lfs else "regular",
                 }
             )

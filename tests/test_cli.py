@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,30 +142,43 @@ def test_no_arguments_prints_help(capsys) -> None:
 def test_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
     code, out, err = run(capsys, "demo", "--size-mb", "32", "--workdir", tmp_path / "demo", "--quiet")
     assert code == 0, err
-    assert "demo OK" in out and "4. verify" in out
-    assert tree(tmp_path / "demo" / "decoded") == tree(tmp_path / "demo" / "finetuned")
+    assert "demo OK" in out
+    for step in ("2. encode", "3. re-save", "4. decode", "5. verify", "6. load", "7. encode", "9. verify"):
+        assert step in out
+    assert "payload/ + base-copy/ -> decoded/" in out and "equal to the fine-tuned tensor" in out
+    tuned = tree(tmp_path / "demo" / "finetuned")
+    assert out.count(f"{len(tuned)}/{len(tuned)} files match") == 2
+    assert tree(tmp_path / "demo" / "decoded") == tuned == tree(tmp_path / "demo" / "oasst-decoded")
 
 
-def test_progress_bars_go_to_stderr_unless_quiet(tmp_path: Path, release, monkeypatch) -> None:
+def test_progress_goes_to_stderr_unless_quiet(tmp_path: Path, release, monkeypatch) -> None:
+    """Into a pipe: no bar and no carriage return, and no line for work under the 30 s interval;
+    with the interval at 0, plain lines in binary units; none with --quiet or the switch."""
     base, _, payload, _ = release
     monkeypatch.delenv("XORWEIGHTS_DISABLE_PROGRESS_BARS")
     env = {k: v for k, v in os.environ.items() if k != "XORWEIGHTS_DISABLE_PROGRESS_BARS"}
-    cmd = [sys.executable, "-m", "xorweights.cli", "decode", str(payload), "--base", str(base)]
-    loud = subprocess.run([*cmd, "--out", str(tmp_path / "a")], capture_output=True, text=True, env=env)
-    quiet = subprocess.run(
-        [*cmd, "--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True, env=env
+    every_update = (
+        "import sys, xorweights._progress as p; p.PLAIN_INTERVAL = 0.0; "
+        "sys.argv = ['xorweights', *sys.argv[1:]]; from xorweights.cli import main; main()"
     )
-    silenced = subprocess.run(
-        [*cmd, "--out", str(tmp_path / "c")],
-        capture_output=True,
-        text=True,
-        env={**env, "XORWEIGHTS_DISABLE_PROGRESS_BARS": "1"},
-    )
-    assert loud.returncode == quiet.returncode == silenced.returncode == 0
-    bar = "%|"  # tqdm's percentage and bar edge
-    assert "decode:" in loud.stderr and bar in loud.stderr and "B/s" in loud.stderr
-    assert bar not in quiet.stderr and bar not in silenced.stderr
-    assert bar not in loud.stdout  # bars never pollute stdout
+    cmd = ["decode", str(payload), "--base", str(base)]
+
+    def run_(out: str, *extra: str, head: tuple[str, ...] = ("-m", "xorweights.cli"), **more: str):
+        args = [sys.executable, *head, *cmd, "--out", str(tmp_path / out), *extra]
+        return subprocess.run(args, capture_output=True, text=True, env={**env, **more})
+
+    short = run_("a")
+    loud = run_("b", head=("-c", every_update))
+    quiet = run_("c", "--quiet", head=("-c", every_update))
+    silenced = run_("d", head=("-c", every_update), XORWEIGHTS_DISABLE_PROGRESS_BARS="1")
+    assert short.returncode == loud.returncode == quiet.returncode == silenced.returncode == 0
+    line = re.compile(r"^decode: [\d.]+ (B|KiB|MiB) / [\d.]+ (KiB|MiB) \(\d+%\), [\d.]+ (B|KiB|MiB|GiB)/s")
+    progress = [s for s in loud.stderr.splitlines() if s.startswith("decode:")]
+    assert progress and all(line.match(s) for s in progress), loud.stderr
+    for r in (short, loud, quiet, silenced):
+        assert "\r" not in r.stderr and "%|" not in r.stderr and "decode:" not in r.stdout
+    for r in (short, quiet, silenced):
+        assert "decode:" not in r.stderr
 
 
 def test_console_script_exit_codes(tmp_path: Path, release) -> None:

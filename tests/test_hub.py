@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 
 import xorweights
-from tests.conftest import random_bytes, tree, write_files
+from tests.conftest import legacy_folders, random_bytes, tree, write_files
 from tests.hubserver import TOKEN, HubServer
 from tests.test_native import base_tensors, finetune, save_bin_shards
 from xorweights import model_card, publish
@@ -208,7 +209,7 @@ def test_release_checksums_are_chosen_by_repo_id(hub, tmp_path) -> None:
 
 
 def test_unknown_repo_and_revision_are_named(hub, tmp_path) -> None:
-    with pytest.raises(HubError, match="no local folder 'org/missing' and no Hub repo org/missing"):
+    with pytest.raises(HubError, match="no local folder 'org/missing', and no Hub repo org/missing"):
         xorweights.decode("org/missing", base=tmp_path, out=tmp_path / "o", **hub_kw(hub, tmp_path))
     hub.state.add_folder("org/r", write_files(tmp_path / "r", {"a.bin": b"x" * 10}))
     with pytest.raises(HubError, match="has no revision 'v9'"):
@@ -225,7 +226,8 @@ def test_offline_uses_a_complete_cache_or_says_what_is_missing(native_release, h
     )
     assert len(hub.state.requests) == n  # not one request
     assert tree(tmp_path / "b") == tree(native_release["ft"]) and all(f.verified for f in report.files)
-    with pytest.raises(HubError, match=r"offline \(HF_HUB_OFFLINE\), and org/ft-xor@main is not fully in"):
+    cold = r"no local folder 'org/ft-xor', and org/ft-xor@main is not fully in the Hub cache: offline mode"
+    with pytest.raises(HubError, match=cold):
         xorweights.decode(
             "org/ft-xor", base=native_release["base"], out=tmp_path / "c", offline=True,
             **{**kw, "cache_dir": tmp_path / "empty-cache"},
@@ -308,7 +310,169 @@ def test_publish_legacy_payload_needs_its_manifest(legacy_release, hub) -> None:
         publish(legacy_release["payload"], "me/legacy-xor", **_pub(hub))
 
 
+def repo_files(hub: HubServer, repo_id: str, branch: str = "main") -> dict[str, bytes]:
+    """Every file of a branch's head on the test server, by repo path."""
+    repo = hub.state.repos[repo_id]
+    return {
+        p: (hub.state.blobs / e.sha256).read_bytes() for p, e in repo.commits[repo.branches[branch]].items()
+    }
+
+
+def card_of(hub: HubServer, repo_id: str, tmp_path: Path, branch: str = "main") -> ModelCard:
+    """The repo's README.md, loaded by huggingface_hub's `ModelCard`."""
+    path = tmp_path / f"{repo_id.replace('/', '--')}-{branch}-README.md"
+    path.write_bytes(repo_files(hub, repo_id, branch)["README.md"])
+    return ModelCard.load(path)
+
+
+def files_of(payload: Path) -> dict[str, bytes]:
+    """The payload files of a folder (its hidden records left out)."""
+    return {n: d for n, d in tree(payload).items() if not n.startswith(".")}
+
+
+def commits(hub: HubServer) -> int:
+    return len(hub.requests_for("POST", "/commit/main"))
+
+
+def test_encode_base_name_reaches_the_card_front_matter(native_release, hub, tmp_path) -> None:
+    payload = tmp_path / "payload"
+    xorweights.encode(
+        native_release["ft"], base=native_release["base"], out=payload, base_name="meta/llama-7b"
+    )
+    assert json.loads((payload / "xorweights.json").read_text())["base_model"] == "meta/llama-7b"
+
+    report = publish(payload, "me/card-xor", **_pub(hub))
+    assert report.payload_bytes == sum(len(d) for d in files_of(payload).values())  # all files, not the last
+    assert report.base_model == "meta/llama-7b" and report.license == "other" and not report.unchanged
+    card = card_of(hub, "me/card-xor", tmp_path)
+    assert card.data.base_model == "meta/llama-7b" and card.data.license == "other"
+    assert card.data.library_name == "xorweights" and card.data.tags == ["xorweights", "xor-payload"]
+    assert "the base model `meta/llama-7b`" in card.text and "its terms apply" in card.text
+    parsed = model_card.parse(str(card), "README.md")
+    assert parsed is not None and parsed.base_model == "meta/llama-7b"
+    assert set(parsed.stage("decoded")) == set(tree(native_release["ft"]))
+
+    # Overridden on publish; a plain name (not a repo id) is named in the prose only.
+    publish(payload, "me/card-xor", base_name="LLaMA 7B (Meta, original)", license="llama2", **_pub(hub))
+    card = card_of(hub, "me/card-xor", tmp_path)
+    assert card.data.base_model is None and card.data.license == "llama2"
+    assert "the base model `LLaMA 7B (Meta, original)`" in card.text
+    assert "this release's `llama2`" in card.text
+    for bad in ({"base_name": "a\nb"}, {"base_name": "x<!-- y"}, {"license": "Apache 2.0"}):
+        with pytest.raises(xorweights.InputError):
+            publish(payload, "me/card-xor", **bad, **_pub(hub))  # type: ignore[arg-type]
+
+
+def test_legacy_base_name_goes_through_the_checksum_manifest(hub, tmp_path) -> None:
+    base, ft = legacy_folders(tmp_path)
+    with pytest.raises(xorweights.InputError, match="pass --manifest too"):
+        xorweights.encode(ft, base=base, out=tmp_path / "p0", format="oasst", base_name="meta/llama-7b")
+    report = xorweights.encode(
+        ft,
+        base=base,
+        out=tmp_path / "payload",
+        format="oasst",
+        with_checksums=True,
+        base_name="meta/llama-7b",
+    )
+    assert report.manifest is not None and report.manifest.to_json()["base_model"] == "meta/llama-7b"
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(report.manifest.to_json()))
+    assert xorweights.load_checksums(manifest).base_model == "meta/llama-7b"
+
+    first = publish(tmp_path / "payload", "me/legacy-card-xor", checksums=manifest, **_pub(hub))
+    card = card_of(hub, "me/legacy-card-xor", tmp_path)
+    assert card.data.base_model == "meta/llama-7b"
+    assert card.data.tags == ["xorweights", "xor-payload", "oasst"]
+    assert first.payload_bytes == sum(len(d) for d in files_of(tmp_path / "payload").values())
+
+    # Only the card changes: one commit, and no payload bytes sent again.
+    puts = len([r for r in hub.state.requests if r[0] == "PUT"])
+    second = publish(
+        tmp_path / "payload", "me/legacy-card-xor", checksums=manifest, base_name="huggyllama/llama-7b",
+        **_pub(hub),
+    )  # fmt: skip
+    assert not second.unchanged and second.commit != first.commit and second.removed == ()
+    assert len([r for r in hub.state.requests if r[0] == "PUT"]) == puts
+    assert card_of(hub, "me/legacy-card-xor", tmp_path).data.base_model == "huggyllama/llama-7b"
+
+
+def test_publishing_again_is_a_no_op_or_replaces_the_whole_payload(native_release, hub, tmp_path) -> None:
+    first = publish(native_release["payload"], "me/again-xor", **_pub(hub))
+    n = commits(hub)
+    same = publish(native_release["payload"], "me/again-xor", **_pub(hub))
+    assert same.unchanged and same.commit == first.commit and commits(hub) == n  # no empty commit
+    assert same.files == first.files and same.payload_bytes == first.payload_bytes
+
+    # A changed fine-tune: no tokenizer.model, another config. Its payload replaces the first.
+    ft2 = tmp_path / "ft2"
+    shutil.copytree(native_release["ft"], ft2)
+    (ft2 / "tokenizer.model").unlink()
+    (ft2 / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 104, "v": 2}))
+    payload2 = tmp_path / "payload2"
+    xorweights.encode(ft2, base=native_release["base"], out=payload2)
+    changed = publish(payload2, "me/again-xor", **_pub(hub))
+    assert changed.removed == ("payload/tokenizer.model",) and not changed.unchanged
+    files = repo_files(hub, "me/again-xor")
+    assert {p: d for p, d in files.items() if p.startswith("payload/")} == {
+        f"payload/{n}": d for n, d in files_of(payload2).items()
+    }
+    out = tmp_path / "out"
+    decoded = xorweights.decode("me/again-xor", base=native_release["base"], out=out, **hub_kw(hub, tmp_path))
+    assert tree(out) == tree(ft2) and all(f.verified for f in decoded.files)
+
+    # And back to the first payload: exactly its files again.
+    back = publish(native_release["payload"], "me/again-xor", **_pub(hub))
+    files = repo_files(hub, "me/again-xor")
+    assert back.removed == () and not back.unchanged
+    assert {p: d for p, d in files.items() if p.startswith("payload/")} == {
+        f"payload/{n}": d for n, d in files_of(native_release["payload"]).items()
+    }
+
+
+def test_publish_to_an_existing_repo_and_to_someone_elses(native_release, hub, tmp_path) -> None:
+    from huggingface_hub import HfApi
+
+    HfApi(endpoint=hub.url, token=TOKEN).create_repo("me/made-xor")  # made beforehand, on the Hub
+    hub.state.add_folder(
+        "me/made-xor", write_files(tmp_path / "mine", {"LICENSE": b"mine\n", "README.md": b"# x\n"})
+    )
+    report = publish(native_release["payload"], "me/made-xor", **_pub(hub))
+    files = repo_files(hub, "me/made-xor")
+    assert files["LICENSE"] == b"mine\n" and files["README.md"].decode() == report.card  # the card replaced
+    assert len(hub.requests_for("POST", "/api/repos/create")) == 1  # only the one made beforehand
+
+    with pytest.raises(xorweights.InputError, match="me/made-xor exists and is public"):
+        publish(native_release["payload"], "me/made-xor", private=True, **_pub(hub))
+
+    hub.state.foreign.add("someone")
+    hub.state.add_folder("someone/their-xor", write_files(tmp_path / "theirs", {"README.md": b"# theirs\n"}))
+    with pytest.raises(HubError) as e:
+        publish(native_release["payload"], "someone/their-xor", **_pub(hub))
+    assert "someone/their-xor exists, but this token may not write to it (someone else's?)" in str(e.value)
+    assert "\n" not in str(e.value) and "HF_TOKEN" in str(e.value)
+    with pytest.raises(HubError) as e:
+        publish(native_release["payload"], "someone/new-xor", **_pub(hub))
+    message = str(e.value)
+    assert "cannot create someone/new-xor" in message and "may not create repos under 'someone'" in message
+    assert "\n" not in message and "someone/new-xor" not in hub.state.repos
+    assert repo_files(hub, "someone/their-xor") == {"README.md": b"# theirs\n"}
+
+
 # --- model cards -----------------------------------------------------------------------------
+
+
+def test_cards_without_front_matter_still_parse(native_release) -> None:
+    """Cards written before the front matter (or edited by hand without it) keep their checksums."""
+    checksums = xorweights.load_checksums(native_release["payload"] / "xorweights.json")
+    card = model_card.render(
+        "me/x-xor", checksums, payload_format="xorweights", version="0", payload_bytes=1, base_model="a/b"
+    )
+    assert card.startswith("---\nbase_model: a/b\n")
+    body = card.split("\n---\n", 1)[1]
+    for text in (card, body):
+        parsed = model_card.parse(text, "README.md")
+        assert parsed is not None and parsed.stage("decoded") == checksums.stage("decoded")
 
 
 def test_card_checksum_block_is_strict(tmp_path) -> None:
@@ -364,13 +528,34 @@ def test_cli_publish_and_decode_with_hf_environment(native_release, hub, tmp_pat
         {**offline, "HF_HOME": str(tmp_path / "cold")},
     )
     assert cold.returncode == 2 and "Traceback" not in cold.stderr
-    assert "Error: offline (HF_HUB_OFFLINE), and me/cli-xor@main is not fully in the Hub cache" in cold.stderr
+    assert (
+        "Error: no local folder 'me/cli-xor', and me/cli-xor@main is not fully in the Hub cache: offline "
+        "mode (HF_HUB_OFFLINE)" in cold.stderr
+    )
     assert not (tmp_path / "c").exists()
 
     no_token = _cli(
         ["decode", "me/cli-xor", "--base", base, "--out", tmp_path / "d"], {**env, "HF_TOKEN": ""}
     )
     assert no_token.returncode == 2 and "HF_TOKEN" in no_token.stderr
+
+
+def test_cli_publish_reports_the_total_size_and_a_repeat(native_release, hub, tmp_path) -> None:
+    from xorweights.cli import _human
+
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
+    args = ["publish", native_release["payload"], "me/cli2-xor", "--base-name", "meta/llama-7b", "-q"]
+    total = _human(sum(len(d) for d in files_of(native_release["payload"]).values()))
+    first = _cli([*args, "--license", "apache-2.0"], env)
+    assert first.returncode == 0, first.stderr
+    assert f"published 5 files ({total} of xorweights payload) to {hub.url}/me/cli2-xor" in first.stdout
+    again = _cli([*args, "--license", "apache-2.0"], env)
+    assert again.returncode == 0, again.stderr
+    assert f"already holds these 5 files ({total} of xorweights payload): nothing to upload" in again.stdout
+    card = card_of(hub, "me/cli2-xor", tmp_path)
+    assert card.data.license == "apache-2.0" and card.data.base_model == "meta/llama-7b"
+    bad = _cli([*args, "--license", "Apache 2"], env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "license 'Apache 2'" in bad.stderr
 
 
 def test_unreachable_hub_falls_back_to_a_complete_cache(native_release, hub, tmp_path) -> None:

@@ -111,7 +111,7 @@ def test_two_payload_folders_are_ambiguous(tmp_path: Path, model_pair) -> None:
     base, tuned = model_pair()
     xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "repo" / "a")
     xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "repo" / "b")
-    with pytest.raises(xorweights.InputError, match="several payload folders"):
+    with pytest.raises(xorweights.InputError, match="several folders with model files"):
         xorweights.decode(tmp_path / "repo", base=base, out=tmp_path / "out")
 
 

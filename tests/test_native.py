@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -312,6 +313,8 @@ def test_bin_copies_beside_safetensors_are_left_out(release, tmp_path: Path) -> 
         (lambda d: d["files"][0].update(method="exec"), "method must be one of"),
         (lambda d: d.update(format_version=2), "format_version 2 is not supported"),
         (lambda d: d["base_tensors"].clear(), "not in base_tensors"),
+        (lambda d: d.update(base_model="two\nlines"), r"base_model 'two\\nlines': expected a Hub repo id"),
+        (lambda d: d.update(base_model=7), "base_model 7: expected"),
     ],
 )
 def test_hostile_manifests_are_refused(release, tmp_path: Path, edit, message: str) -> None:
@@ -323,6 +326,28 @@ def test_hostile_manifests_are_refused(release, tmp_path: Path, edit, message: s
     with pytest.raises(xorweights.XorWeightsError, match=message):
         xorweights.decode(payload, base=release["base"], out=tmp_path / "out")
     assert tree(tmp_path / "out") == {}
+
+
+def test_base_name_is_recorded_and_a_rerun_rewrites_only_the_manifest(release, tmp_path: Path) -> None:
+    out = tmp_path / "payload"
+    shutil.copytree(release["payload"], out)  # finished, from these very inputs
+    old = load_manifest(out)
+    assert old.base_model is None and "base_model" not in json.loads((out / "xorweights.json").read_text())
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "xorweights.json"}
+    kw = {"base": release["base"], "out": out, "allow_raw": ["*.adapter.weight"]}
+
+    report = xorweights.encode(release["ft"], base_name="huggyllama/llama-7b", **kw)
+    assert all(f.kept for f in report.files) and report.native_manifest is not None
+    named = load_manifest(out)
+    assert named.base_model == "huggyllama/llama-7b" == report.native_manifest.base_model
+    assert replace(named, base_model=None) == old  # nothing else changed
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "xorweights.json"}
+    checked = xorweights.encode(release["ft"], with_checksums=True, **kw)  # not given: kept as recorded
+    assert checked.manifest is not None and checked.manifest.base_model == "huggyllama/llama-7b"
+    assert load_manifest(out).base_model == "huggyllama/llama-7b"
+
+    with pytest.raises(xorweights.InputError, match="base model name 'a<b>'"):
+        xorweights.encode(release["ft"], base_name="a<b>", **kw)
 
 
 def test_cli_encode_decode_verify_native(release, tmp_path: Path, capsys) -> None:

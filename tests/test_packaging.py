@@ -1,7 +1,8 @@
-"""The wheel carries the release manifests and the console script."""
+"""The wheel carries the release manifests and the console script; the default install needs no torch."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -41,3 +42,17 @@ def test_wheel_ships_the_manifests(tmp_path: Path) -> None:
 def test_torch_is_not_imported_by_the_library() -> None:
     code = "import sys, xorweights, xorweights.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_demo_runs_without_torch(tmp_path: Path) -> None:
+    """The demo, `load_state_dict` step included, with torch made unimportable."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
+        "from xorweights.cli import main\n"
+        f"sys.exit(main(['demo', '--size-mb', '32', '--quiet', '--json', '--workdir', {str(tmp_path)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["native"]["load"]["equal"]
+    assert (tmp_path / "payload" / "xorweights.json").is_file()

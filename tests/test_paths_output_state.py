@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 
 import xorweights
 from tests.conftest import random_bytes, tree, write_files
-from xorweights import codec, hub, legacy
+from xorweights import codec, hub, legacy, payload_folder
 from xorweights._display import needs_escape, shown
 from xorweights._outdir import OutputFolder
 from xorweights._paths import check_name, check_regular_file
@@ -140,7 +140,7 @@ def test_payload_subfolder_linked_out_of_the_root_is_refused(native, tmp_path: P
     repo.mkdir()
     (repo / "ft-xor").symlink_to(native["payload"], target_is_directory=True)
     with pytest.raises(UnsafePathError, match="outside") as info:
-        legacy.find_payload_dir(repo)
+        payload_folder.find_payload_dir(repo)
     assert info.value.path == str(repo / "ft-xor")
     with pytest.raises(UnsafePathError):
         xorweights.decode(repo, base=native["base"], out=tmp_path / "out")
@@ -152,7 +152,7 @@ def test_links_that_stay_inside_are_followed(native, tmp_path: Path) -> None:
     (repo / "ft-xor").symlink_to(".real", target_is_directory=True)
     (real / "config.json").rename(real / "config.orig")
     (real / "config.json").symlink_to("config.orig")
-    assert legacy.find_payload_dir(repo) == repo / "ft-xor"
+    assert payload_folder.find_payload_dir(repo) == repo / "ft-xor"
     report = xorweights.decode(repo, base=native["base"], out=tmp_path / "out")
     assert all(f.verified for f in report.files) and tree(tmp_path / "out") == tree(native["ft"])
 
@@ -234,9 +234,9 @@ def test_reserved_names_in_a_native_manifest_are_refused(native, tmp_path: Path,
 def test_reserved_names_in_a_legacy_listing_are_refused(legacy_release, tmp_path: Path) -> None:
     payload = legacy_release["payload"]
     with pytest.raises(UnsafePathError, match="reserved"):
-        legacy.find_payload_in_listing(["ft/.xorweights-foo", "ft/pytorch_model.bin"], "org/repo")
+        payload_folder.find_payload_in_listing(["ft/.xorweights-foo", "ft/pytorch_model.bin"], "org/repo")
     with pytest.raises(UnsafePathError, match="reserved"):
-        legacy.find_payload_in_listing([".XORWEIGHTS-x", "config.json"], "org/repo")
+        payload_folder.find_payload_in_listing([".XORWEIGHTS-x", "config.json"], "org/repo")
     # What a run of ours leaves behind is skipped; any other name of ours is refused.
     write_files(payload, {STATE_FILE: b"{}", f"{TEMP_PREFIX}w.bin.1234{TEMP_SUFFIX}": b"half"})
     assert STATE_FILE not in legacy._files(payload) and len(legacy._files(payload)) == 6
@@ -322,7 +322,9 @@ def test_cli_decode_of_control_character_names_fails_cleanly(tmp_path: Path) -> 
         (payload / name).write_bytes(b"x")
         (base / name).write_bytes(b"y")
         proc = run_cli("-v", "decode", payload, "--base", base, "--out", tmp_path / "o2", "-q", "--json")
-        assert proc.returncode == 2 and proc.stdout == b""
+        error = json.loads(proc.stdout)["error"]  # with --json, the error is the one JSON object
+        assert proc.returncode == error["exit_code"] == 2 and "control characters" in error["message"]
+        assert not RAW_CONTROL.search(proc.stdout)
         lines = proc.stderr.decode().splitlines()
         assert lines[0].startswith("Error: ") and "control characters" in lines[0] and len(lines) == 2
         assert not RAW_CONTROL.search(proc.stderr)

@@ -13,14 +13,15 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _cancel, _json
 from ._atomic import AtomicFile
 from ._display import quoted
+from ._line_endings import line_ending_hint
 from ._paths import CONTROL, check_name
 from ._progress import byte_bar
 from .constants import (
@@ -41,6 +42,9 @@ from .errors import (
     UnsafePathError,
 )
 
+if TYPE_CHECKING:
+    from .hub import HubAccess
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,6 +62,10 @@ class FileDigest:
 
     def get(self, algorithm: str) -> str | None:
         return getattr(self, algorithm) if algorithm in ALGORITHMS else None
+
+    def hexdigests(self) -> dict[str, str]:
+        """The digests this entry has, by algorithm."""
+        return {a: str(self.get(a)) for a in self.algorithms()}
 
     def mismatch(self, got: Mapping[str, str]) -> tuple[str, str, str] | None:
         """The first `(algorithm, expected, actual)` where `got` has a digest that differs."""
@@ -90,6 +98,8 @@ class ChecksumManifest:
     unstaged: Mapping[str, FileDigest] | None = None
     """Entries of a line file, which applies to any stage."""
     path: str | None = None
+    base_model: str | None = None
+    """The base the release was made against, as its publisher named it (informational)."""
 
     def stage(self, name: str) -> Mapping[str, FileDigest]:
         """Entries of stage `name` (empty when the release publishes none)."""
@@ -105,6 +115,8 @@ class ChecksumManifest:
             doc["repo_id"] = self.repo_id
         if self.description:
             doc["description"] = self.description
+        if self.base_model:
+            doc["base_model"] = self.base_model
         if self.raw_files:
             doc["raw_files"] = list(self.raw_files)
         if self.needs:
@@ -199,6 +211,7 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
             stages={"decoded": decoded},
             description=f"decoded sha256 from the native payload manifest {source}",
             path=source,
+            base_model=native.base_model,
         )
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise FormatError(
@@ -244,9 +257,18 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
         return v
 
     repo_id = _str("repo_id")
+    base_model = _str("base_model")
+    if base_model is not None:
+        from .native_manifest import BASE_MODEL_RULE, is_base_model
+
+        if not is_base_model(base_model):
+            raise FormatError(
+                f'{source}: "base_model" {quoted(base_model, 60)}: expected {BASE_MODEL_RULE}', path=source
+            )
     return ChecksumManifest(
         release=release,
         repo_id=repo_id,
+        base_model=base_model,
         description=_str("description") or "",
         stages=stages,
         sources=_strmap("sources"),
@@ -287,27 +309,41 @@ def load_manifest_file(path: os.PathLike[str] | str) -> ChecksumManifest:
     return ChecksumManifest(release=path.name, stages={}, unstaged=digests, path=str(path))
 
 
-def load_checksums(spec: os.PathLike[str] | str) -> ChecksumManifest:
-    """Resolve `--checksums`: a known release (name or repo id, `-xor` optional) or a file.
+def load_checksums(
+    spec: os.PathLike[str] | str, *, access: HubAccess | None = None, revision: str | None = None
+) -> ChecksumManifest:
+    """Resolve `--checksums`: a file, a known release (name or repo id, `-xor` optional), or any
+    Hub repo `owner/name[@revision]` whose model card holds a checksum block (`access`: how to
+    reach it; `revision`: the repo's branch, tag or commit, as `owner/name@revision` does).
 
     Raises:
-        `UnknownReleaseError`: `spec` is neither a file nor a known release.
+        `UnknownReleaseError`: `spec` is neither a file, a known release nor shaped like a repo id.
+        `HubError`: a repo id that is not a known release, and its card cannot be read or has no
+            checksum block.
     """
     if isinstance(spec, os.PathLike) or Path(spec).is_file():
+        if revision is not None:
+            raise InputError(f"--revision applies to a Hub repo id, not to the file {spec}", path=spec)
         return load_manifest_file(spec)
-    key = str(spec).strip().rstrip("/")
-    wanted = {key.lower(), key.lower().removesuffix("-xor"), key.split("/")[-1].lower().removesuffix("-xor")}
+    key = str(spec).strip().rstrip("/").partition("@")[0].lower()
     releases = known_releases()
     for m in releases:
-        names = {m.release.lower()}
-        if m.repo_id:
-            names |= {m.repo_id.lower(), m.repo_id.split("/")[-1].lower().removesuffix("-xor")}
-        if names & wanted:
+        if "/" in key:  # a repo id: only the release published under that id
+            names = {m.repo_id.lower().removesuffix("-xor")} if m.repo_id else set()
+        else:
+            names = {m.release.lower()}
+            if m.repo_id:
+                names.add(m.repo_id.split("/")[-1].lower().removesuffix("-xor"))
+        if key in names or key.removesuffix("-xor") in names:
             return m
+    from . import hub  # the Hub client loads only for a repo id
+
+    if hub.is_repo_spec(str(spec)):
+        return hub.remote_checksums(str(spec), access, revision=revision)
     raise UnknownReleaseError(
-        f"no checksum file or known release named {key!r}; known releases: "
+        f"no checksum file or known release named {quoted(str(spec))}; known releases: "
         + ", ".join(m.release for m in releases),
-        path=key,
+        path=str(spec),
     )
 
 
@@ -475,6 +511,8 @@ class Mismatch:
     algorithm: str
     expected: str
     actual: str
+    hint: str | None = None
+    """A likely cause, when one is proven (line endings converted, see `_line_endings`)."""
 
 
 @dataclass(frozen=True)
@@ -574,6 +612,10 @@ def verify(
             if expected and expected != actual:
                 mismatches.append(Mismatch(name, algo, expected, actual))
     bad = {m.name for m in mismatches}
+    hints = {
+        n: line_ending_hint(folder / n, entries[n].hexdigests(), expected_size=entries[n].size) for n in bad
+    }
+    mismatches = [replace(m, hint=hints[m.name]) for m in mismatches]
     logger.info("verified %d file(s) in %s against %s %s", len(todo), folder, manifest.release, stage)
     return VerifyReport(
         folder=str(folder),

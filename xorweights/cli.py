@@ -54,7 +54,16 @@ import click  # noqa: E402
 from . import __version__  # noqa: E402
 from ._display import escaped, json_safe, needs_escape, shown  # noqa: E402
 from ._units import human_bytes as _human  # noqa: E402
-from .checksums import ChecksumManifest, ChecksumReport, VerifyReport, checksum, known_releases, verify  # noqa: E402
+from ._units import human_rate  # noqa: E402
+from .checksums import (  # noqa: E402
+    ChecksumManifest,
+    ChecksumReport,
+    VerifyReport,
+    checksum,
+    known_releases,
+    load_checksums,
+    verify,
+)
 from .codec import DecodeReport, decode, encode  # noqa: E402
 from .constants import ALGORITHMS, ENV_DEBUG, STAGES, env_flag  # noqa: E402
 from .errors import ChecksumMismatchError, XorWeightsError  # noqa: E402
@@ -78,10 +87,6 @@ EXAMPLES = {
 }
 
 
-def _rate(n_bytes: int, seconds: float) -> str:
-    return f"{n_bytes / seconds / 1e6:.0f} MB/s" if seconds > 0 else "-"
-
-
 def _emit_json(doc: Any) -> None:
     click.echo(json.dumps(json_safe(doc), indent=2, sort_keys=True))
 
@@ -94,7 +99,33 @@ class _ShownFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def _set_verbosity(ctx: click.Context, _param: click.Parameter, count: int) -> int:
+    """`-v` before or after the subcommand: each one lowers the log level by a step (at most -vv)."""
+    if count:
+        state = ctx.ensure_object(dict)
+        state["verbose"] = state.get("verbose", 0) + count
+        logging.getLogger().setLevel(logging.WARNING - 10 * min(state["verbose"], 2))
+    return count
+
+
+def _merge_quiet(ctx: click.Context, _param: click.Parameter, quiet: bool) -> bool:
+    """`-q` before or after the subcommand."""
+    state = ctx.ensure_object(dict)
+    state["quiet"] = bool(quiet or state.get("quiet"))
+    return state["quiet"]
+
+
+_verbose = click.option(
+    "-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity, help="More log output."
+)
+_quiet = click.option("--quiet", "-q", is_flag=True, callback=_merge_quiet, help="No progress output.")
+
+
+def quiet_option(f: Any) -> Any:
+    """`-q/--quiet` (passed as `quiet`) and `-v/--verbose`, accepted after the subcommand too."""
+    return _quiet(_verbose(f))
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 jobs_option = click.option(
     "--jobs",
@@ -103,6 +134,42 @@ jobs_option = click.option(
     default=None,
     help="Files processed at once [default: cores, at most 4].",
 )
+
+_revision = click.option(
+    "--revision", default=None, help="For a repo id: its branch, tag or commit [default: main]."
+)
+_token = click.option(
+    "--token", default=None, help="Hugging Face access token [default: HF_TOKEN or the saved login]."
+)
+_cache_dir = click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Hugging Face cache folder [default: HF_HUB_CACHE, HF_HOME/hub].",
+)
+
+
+def hub_options(f: Any) -> Any:
+    """`--revision`, `--token`, `--cache-dir`, named as `hf download` names them."""
+    return _revision(_token(_cache_dir(f)))
+
+
+def download_options(f: Any) -> Any:
+    """`hub_options`, plus `--local-dir` (hidden alias `--download-dir`) and `--subfolder`."""
+    f = click.option(
+        "--subfolder",
+        default=None,
+        help="The payload folder, when several folders hold model files (also OWNER/NAME:SUBFOLDER).",
+    )(f)
+    f = click.option("--download-dir", type=click.Path(path_type=Path), default=None, hidden=True)(f)
+    f = click.option(
+        "--local-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="For a repo id: download into this folder instead of the Hugging Face cache.",
+    )(f)
+    return hub_options(f)
+
 
 allow_raw_option = click.option(
     "--allow-raw",
@@ -116,9 +183,12 @@ allow_raw_option = click.option(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xorweights")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug); also after the command.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output; also after the command.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Rebuild fine-tuned weights from XOR payloads and a license-held base, and prove them."""
+    ctx.ensure_object(dict).update(verbose=verbose, quiet=quiet)
     level = logging.WARNING - 10 * min(verbose, 2)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
@@ -180,12 +250,7 @@ def cli(verbose: int) -> None:
     help="Hash outputs already in place again (by default they are kept when size, mtime and ctime are "
     "as recorded).",
 )
-@click.option(
-    "--download-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="For a repo id: download into this folder instead of the Hugging Face cache.",
-)
+@download_options
 @jobs_option
 @quiet_option
 @json_option
@@ -202,17 +267,24 @@ def decode_cmd(
     gzip_backend: str | None,
     payload_compression: str,
     verify: bool,
+    revision: str | None,
+    token: str | None,
+    cache_dir: Path | None,
+    local_dir: Path | None,
     download_dir: Path | None,
+    subfolder: str | None,
     jobs: int | None,
     quiet: bool,
     as_json: bool,
 ) -> int:
     """Decode PAYLOAD against --base into --out, verifying as it goes.
 
-    PAYLOAD is a payload folder or a Hugging Face repo id (OWNER/NAME[@REVISION]); a repo's
-    payload files are downloaded (HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE and the Hub cache apply)
-    and checked against the sha256 the Hub reports before they are read.
+    PAYLOAD is a payload folder or a Hugging Face repo id (OWNER/NAME[@REVISION][:SUBFOLDER]); a
+    repo's payload files are downloaded (HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE and the Hub cache
+    apply) and checked against the sha256 the Hub reports before they are read.
     """
+    if local_dir is not None and download_dir is not None and local_dir != download_dir:
+        raise click.UsageError("--local-dir and --download-dir name different folders; use --local-dir")
     report = decode(
         payload,
         base=base,
@@ -227,7 +299,11 @@ def decode_cmd(
         payload_compression=payload_compression,  # type: ignore[arg-type]
         base_mode=base_mode,  # type: ignore[arg-type]
         verify=verify,
-        download_dir=download_dir,
+        local_dir=local_dir or download_dir,
+        cache_dir=cache_dir,
+        token=token,
+        revision=revision,
+        subfolder=subfolder,
         progress=not quiet,
     )
     if as_json:
@@ -255,7 +331,7 @@ def _print_decode(report: DecodeReport) -> None:
         click.echo(f"  {shown(f.name):<40} {_human(f.size):>10}  {how:<8} {'; '.join(proof)}")
     click.echo(
         f"decoded {len(report.files)} files, {_human(report.bytes_written)} in {report.seconds:.1f} s "
-        f"({_rate(report.bytes_written, report.seconds)}) into {shown(report.out_dir)}"
+        f"({human_rate(report.bytes_written, report.seconds)}) into {shown(report.out_dir)}"
         + (f"; gzip payloads read with {report.gzip_backend}" if report.gzip_backend else "")
     )
     if report.format == "xorweights":
@@ -301,6 +377,13 @@ def _print_decode(report: DecodeReport) -> None:
     help="Also write the release's checksum manifest (hf_base and decoded, md5 and sha256) here.",
 )
 @click.option("--release", default=None, help="Release name recorded in --manifest.")
+@click.option(
+    "--base-name",
+    default=None,
+    metavar="NAME",
+    help="What the base is, for people: a Hub repo id (owner/name) or a plain name. Recorded in "
+    "xorweights.json (oasst: in --manifest); `publish` puts it on the model card (base_model).",
+)
 @click.option("--force", is_flag=True, help="Overwrite files already in --out.")
 @allow_raw_option
 @jobs_option
@@ -314,6 +397,7 @@ def encode_cmd(
     compress: str | None,
     manifest: Path | None,
     release: str | None,
+    base_name: str | None,
     force: bool,
     allow_raw: tuple[str, ...],
     jobs: int | None,
@@ -332,6 +416,7 @@ def encode_cmd(
         format=fmt,
         compress=compress,  # type: ignore[arg-type]
         release=release,
+        base_name=base_name,
         with_checksums=manifest is not None,
         jobs=jobs,
         force=force,
@@ -349,9 +434,15 @@ def encode_cmd(
         doc["manifest"] = str(manifest) if manifest else None
         _emit_json(doc)
     else:
+        stored = (
+            f" (stored as {_human(report.bytes_written)})"
+            if report.bytes_written != report.bytes_processed
+            else ""
+        )
         click.echo(
-            f"encoded {len(report.files)} files, {_human(report.bytes_written)} in {report.seconds:.1f} s "
-            f"({_rate(report.bytes_written, report.seconds)}) into {shown(report.out_dir)}"
+            f"encoded {len(report.files)} files, {_human(report.bytes_processed)}{stored} in "
+            f"{report.seconds:.1f} s ({human_rate(report.bytes_processed, report.seconds)}) into "
+            f"{shown(report.out_dir)}"
         )
         if report.native_manifest is not None:
             items = manifest_items(report.native_manifest, Path(report.out_dir))
@@ -382,6 +473,20 @@ def encode_cmd(
     help="For a file-level (oasst) payload: the manifest written by `encode --manifest`.",
 )
 @click.option("--message", default=None, help="Commit message.")
+@click.option(
+    "--base-name",
+    default=None,
+    metavar="NAME",
+    help="The base model named on the card (a Hub repo id becomes its base_model) "
+    "[default: what `encode --base-name` recorded].",
+)
+@click.option(
+    "--license",
+    "license_id",
+    default=None,
+    metavar="ID",
+    help="The card's Hub license identifier, e.g. apache-2.0 [default: other, the base's terms apply].",
+)
 @allow_raw_option
 @jobs_option
 @quiet_option
@@ -393,6 +498,8 @@ def publish_cmd(
     revision: str | None,
     checksums: str | None,
     message: str | None,
+    base_name: str | None,
+    license_id: str | None,
     allow_raw: tuple[str, ...],
     jobs: int | None,
     quiet: bool,
@@ -401,8 +508,9 @@ def publish_cmd(
     """Upload an encoded PAYLOAD folder to REPO_ID with a generated model card.
 
     The card holds the decode command, the base and decoded checksums, the payload format and the
-    xorweights version; `xorweights decode REPO_ID` reads its checksums back. Uses HF_TOKEN and
-    HF_ENDPOINT.
+    xorweights version; `xorweights decode REPO_ID` reads its checksums back. Publishing again is
+    safe: an unchanged release makes no commit, and a changed one deletes the earlier payload's
+    files it no longer has. Uses HF_TOKEN and HF_ENDPOINT.
     """
     from .publishing import publish
 
@@ -416,14 +524,23 @@ def publish_cmd(
         allow_raw=allow_raw,
         jobs=jobs,
         progress=not quiet,
+        base_name=base_name,
+        license=license_id,
     )
     if as_json:
         _emit_json(report.to_dict())
     else:
-        click.echo(
-            f"published {len(report.files)} files ({_human(report.payload_bytes)}, {report.format} "
-            f"payload) to {report.url} at {report.revision} (commit {report.commit})"
-        )
+        what = f"{len(report.files)} files ({_human(report.payload_bytes)} of {report.format} payload)"
+        if report.unchanged:
+            click.echo(
+                f"{report.url} at {report.revision} already holds these {what}: nothing to upload "
+                f"(commit {report.commit})"
+            )
+        else:
+            click.echo(
+                f"published {what} to {report.url} at {report.revision} (commit {report.commit})"
+                + (f"; removed {len(report.removed)} files of the earlier payload" if report.removed else "")
+            )
         click.echo(
             f"decode with: xorweights decode {report.repo_id}"
             + (f"@{report.revision}" if report.revision != "main" else "")
@@ -491,14 +608,34 @@ def base_convert_cmd(
 
 @cli.command("verify", epilog=f"Example: {EXAMPLES['verify']}")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--checksums", required=True, help="Release name or repo id, or a manifest/md5sum file.")
+@click.option(
+    "--checksums",
+    required=True,
+    help="A manifest or md5sum/sha256sum file, a known release, or any repo id OWNER/NAME[@REVISION] "
+    "(the bundled manifest, else the checksum block of the repo's model card).",
+)
 @click.option("--stage", type=click.Choice(STAGES), default="decoded", show_default=True)
+@hub_options
 @jobs_option
 @quiet_option
 @json_option
-def verify_cmd(folder: Path, checksums: str, stage: str, jobs: int | None, quiet: bool, as_json: bool) -> int:
+def verify_cmd(
+    folder: Path,
+    checksums: str,
+    stage: str,
+    revision: str | None,
+    token: str | None,
+    cache_dir: Path | None,
+    jobs: int | None,
+    quiet: bool,
+    as_json: bool,
+) -> int:
     """Check the files in FOLDER against published checksums."""
-    report = verify(folder, checksums, stage=stage, jobs=jobs, progress=not quiet)
+    from .hub import HubAccess
+
+    access = HubAccess(cache_dir=cache_dir, token=token)
+    manifest = load_checksums(checksums, access=access, revision=revision)
+    report = verify(folder, manifest, stage=stage, jobs=jobs, progress=not quiet)
     if as_json:
         _emit_json(report.to_dict())
     else:
@@ -511,7 +648,8 @@ def _print_verify(report: VerifyReport) -> None:
     for name in report.checked:
         if name in bad:
             m = bad[name]
-            click.echo(f"MISMATCH {shown(name)}: {m.algorithm} {m.actual}, expected {m.expected}")
+            hint = f"; {m.hint}" if m.hint else ""
+            click.echo(f"MISMATCH {shown(name)}: {m.algorithm} {m.actual}, expected {m.expected}{hint}")
         else:
             click.echo(f"ok       {shown(name)}")
     for name in report.missing:
@@ -574,8 +712,9 @@ def _release_doc(m: ChecksumManifest) -> dict[str, Any]:
 
 
 @cli.command("releases")
+@quiet_option
 @json_option
-def releases_cmd(as_json: bool) -> int:
+def releases_cmd(quiet: bool, as_json: bool) -> int:
     """List the known releases, their checksum stages and what decoding each needs."""
     docs = [_release_doc(m) for m in known_releases()]
     if as_json:
@@ -615,7 +754,9 @@ def releases_cmd(as_json: bool) -> int:
 @quiet_option
 @json_option
 def demo_cmd(size_mb: int, workdir: Path | None, jobs: int | None, quiet: bool, as_json: bool) -> int:
-    """Generate a small model pair, encode it, decode it with checksums, and verify the result."""
+    """Generate a small model pair; encode, decode against a re-saved base, verify and load it
+    (native format); then encode, decode and verify it in the legacy format. No torch needed."""
+    from .codec import EncodeReport
     from .demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix="xorweights-demo-") as tmp:
@@ -624,42 +765,67 @@ def demo_cmd(size_mb: int, workdir: Path | None, jobs: int | None, quiet: bool, 
             click.echo(f"generating a {size_mb} MiB LLaMA-shaped model and a fine-tuned copy in {where} ...")
         rep = run_demo(where, size_mb=size_mb, jobs=jobs, progress=not quiet)
         if as_json:
-            _emit_json(
-                {
-                    "workdir": rep.workdir,
-                    "model_bytes": rep.model_bytes,
-                    "layers": rep.layers,
-                    "encode": rep.encode.to_dict(),
-                    "decode": rep.decode.to_dict(),
-                    "verify": rep.verify.to_dict(),
-                }
-            )
-            return EXIT_OK if rep.verify.ok else EXIT_MISMATCH
-        e, d, v = rep.encode, rep.decode, rep.verify
-        n_tuned = len(e.files)
-        click.echo(
-            f"1. generated base/ and finetuned/ ({rep.layers} layers, {_human(rep.model_bytes)}, "
-            f"vocabulary grown by 16 rows, added_tokens.json) in {rep.generate_seconds:.1f} s"
+            _emit_json(rep.to_dict())
+            return EXIT_OK if rep.ok else EXIT_MISMATCH
+
+        def done(r: EncodeReport | DecodeReport) -> str:
+            rate = human_rate(r.bytes_written, r.seconds)
+            return f"{len(r.files)} files, {_human(r.bytes_written)} in {r.seconds:.2f} s ({rate})"
+
+        def matched(r: VerifyReport) -> str:
+            return f"{len(r.matched)}/{len(r.checked)} files match"
+
+        e, c, d, ld = rep.encode, rep.base_copy, rep.decode, rep.load
+        assert e.native_manifest is not None
+        grown = sum(i.nbytes for i in manifest_items(e.native_manifest, Path(e.out_dir)) if i.grown)
+        kept = sum(f.kept for f in d.files)
+        proven = (
+            f"{kept} outputs kept from an earlier run, " if kept else f"{rep.base_tensors} base tensors and "
         )
         click.echo(
-            f"2. encode  finetuned XOR base -> payload/: {n_tuned} files, {_human(e.bytes_written)} "
-            f"in {e.seconds:.2f} s ({_rate(e.bytes_written, e.seconds)}), checksums.json written"
+            f"1. generate  base/ and finetuned/: {rep.layers} layers, {_human(rep.model_bytes)}, vocabulary "
+            f"grown by 16 rows, added_tokens.json ({rep.generate_seconds:.1f} s)"
+        )
+        click.echo("native format (xorweights.json): decodes against any copy of the base's tensors")
+        click.echo(
+            f"2. encode    finetuned/ vs base/ -> payload/: {done(e)}; {rep.base_tensors} base tensors "
+            f"used, {_human(grown)} of new vocabulary rows unmasked"
         )
         click.echo(
-            f"3. decode  payload XOR base -> decoded/: {len(d.files)} files, {_human(d.bytes_written)} "
-            f"in {d.seconds:.2f} s ({_rate(d.bytes_written, d.seconds)}), "
-            f"{sum(f.base_verified for f in d.files)} base files and "
-            f"{sum(f.verified for f in d.files)} outputs verified in the same pass"
+            f"3. re-save   base/ ({len(c.source_files)} safetensors files) -> base-copy/ ({len(c.files)} "
+            f"PyTorch .bin shards, tensors in reverse order, written without torch): "
+            f"{_human(c.bytes_written)} in {c.seconds:.2f} s"
         )
         click.echo(
-            f"4. verify  decoded/ against checksums.json: {len(v.matched)}/{len(v.checked)} files match"
+            f"4. decode    payload/ + base-copy/ -> decoded/: {done(d)}; {proven}"
+            f"{sum(f.verified for f in d.files)} outputs proven by sha256"
         )
+        click.echo(f"5. verify    decoded/ against payload/xorweights.json: {matched(rep.verify)}")
         click.echo(
-            "demo OK: decoded files are byte-identical to the fine-tuned ones" if v.ok else "demo FAILED"
+            f"6. load      load_state_dict(payload/, base-copy/, framework='numpy'): {ld.name} "
+            f"{tuple(ld.shape)} {ld.dtype} in {ld.seconds:.2f} s, "
+            + ("equal to the fine-tuned tensor" if ld.equal else "DIFFERENT from the fine-tuned tensor")
+        )
+        click.echo("legacy format (oasst): file by file, the base must be byte-identical")
+        click.echo(
+            f"7. encode    finetuned/ XOR base/ -> oasst-payload/: {done(rep.legacy_encode)}; "
+            "oasst-checksums.json written"
+        )
+        ldec = rep.legacy_decode
+        click.echo(
+            f"8. decode    oasst-payload/ XOR base/ -> oasst-decoded/: {done(ldec)}; "
+            f"{sum(f.base_verified for f in ldec.files)} base files and "
+            f"{sum(f.verified for f in ldec.files)} outputs verified in the same pass"
+        )
+        click.echo(f"9. verify    oasst-decoded/ against oasst-checksums.json: {matched(rep.legacy_verify)}")
+        click.echo(
+            "demo OK: both decodes are byte-identical to the fine-tuned files, and so is the loaded tensor"
+            if rep.ok
+            else "demo FAILED"
         )
         if workdir is not None:
             click.echo(f"files kept in {workdir}")
-        return EXIT_OK if v.ok else EXIT_MISMATCH
+        return EXIT_OK if rep.ok else EXIT_MISMATCH
 
 
 def _one_line(e: BaseException) -> str:
@@ -717,33 +883,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _wants_json(args: Sequence[str]) -> bool:
+    """Whether `--json` was given (before a `--` that ends the options)."""
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def _error_doc(e: BaseException, message: str, code: int) -> dict[str, Any]:
+    """The `--json` form of a failed command: `{"error": {type, message, path, exit_code}}`."""
+    path = getattr(e, "path", None) if isinstance(e, XorWeightsError) else getattr(e, "filename", None)
+    return {
+        "error": {
+            "type": type(e).__name__,
+            "message": message,
+            "path": None if path is None else os.fspath(path),
+            "exit_code": code,
+        }
+    }
+
+
+#: What a command may fail with: reported in one line (and with `--json`, as one JSON object).
+_REPORTED = (
+    Interrupted,
+    KeyboardInterrupt,
+    click.exceptions.ClickException,
+    click.exceptions.Abort,
+    XorWeightsError,
+    OSError,
+)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = cli.main(args=args or ["--help"], prog_name="xorweights", standalone_mode=False)
-    except Interrupted as e:
+        return int(cli.main(args=args or ["--help"], prog_name="xorweights", standalone_mode=False) or 0)
+    except _REPORTED as e:
+        code, message = _failure(e)
+        if _wants_json(args):
+            _emit_json(_error_doc(e, message, code))
+        return code
+
+
+def _failure(e: BaseException) -> tuple[int, str]:
+    """Report a failed command on stderr in one line; returns its exit code and that line."""
+    if isinstance(e, Interrupted):
         click.echo(INTERRUPTED, err=True)
-        code = e.code
-    except click.exceptions.Abort as e:
-        if isinstance(e.__context__, KeyboardInterrupt):  # a KeyboardInterrupt not sent by a signal
-            click.echo(INTERRUPTED, err=True)
-        else:
-            click.echo("Aborted.", err=True)
-        code = 130
-    except click.exceptions.ClickException as e:
+        return e.code, INTERRUPTED
+    if isinstance(e, click.exceptions.Abort):
+        # A KeyboardInterrupt not sent by a signal (or click's own abort).
+        message = INTERRUPTED if isinstance(e.__context__, KeyboardInterrupt) else "Aborted."
+        click.echo(message, err=True)
+        return 130, message
+    if isinstance(e, click.exceptions.ClickException):
         e.show()
-        code = EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+        return EXIT_BAD_INPUT, e.format_message()
+    if isinstance(e, KeyboardInterrupt):
         click.echo(INTERRUPTED, err=True)
-        code = 130
-    except (XorWeightsError, OSError) as e:
-        code = EXIT_MISMATCH if isinstance(e, ChecksumMismatchError) else EXIT_BAD_INPUT
-        click.echo(f"Error: {_one_line(e)}", err=True)
-        if env_flag(ENV_DEBUG):
-            traceback.print_exc()
-        else:
-            click.echo(f"(set {ENV_DEBUG}=1 for the full traceback)", err=True)
-    return int(code or 0)
+        return 130, INTERRUPTED
+    code = EXIT_MISMATCH if isinstance(e, ChecksumMismatchError) else EXIT_BAD_INPUT
+    message = _one_line(e)
+    click.echo(f"Error: {message}", err=True)
+    if env_flag(ENV_DEBUG):
+        traceback.print_exc()
+    else:
+        click.echo(f"(set {ENV_DEBUG}=1 for the full traceback)", err=True)
+    return code, message
 
 
 if __name__ == "__main__":  # pragma: no cover

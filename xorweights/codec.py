@@ -18,6 +18,7 @@ from typing import Any, Literal
 from . import _cancel, hub, legacy, native, plausible
 from ._atomic import AtomicFile, HashingWriter, fsync_dir
 from ._display import shown
+from ._line_endings import line_ending_hint
 from ._outdir import STATE_DIGEST, Crc32, Done, OutputFolder, file_id
 from ._outdir import hash_path as hash_file  # md5, sha256 and the state's crc32
 from ._paths import check_not_escaping_link, check_regular_file
@@ -26,7 +27,6 @@ from ._space import check_outputs
 from .base import GeneratedBase
 from .checksums import ChecksumManifest, FileDigest, load_checksums
 from .constants import (
-    DEFAULT_MAX_JOBS,
     ENV_TEST_DIE_AFTER_RENAME,
     GZIP_MAGIC,
     INFLATE_SLACK,
@@ -35,6 +35,7 @@ from .constants import (
     STAGING_DIR,
     TORCH_SUFFIXES,
     WEIGHT_SUFFIXES,
+    default_jobs,
 )
 from .engine import Cancelled, Role, StreamError, xor_stream
 from .errors import (
@@ -49,7 +50,8 @@ from .errors import (
     OutputExistsError,
     XorWeightsError,
 )
-from .native_manifest import MANIFEST_NAME, NativeManifest, is_native, load_manifest
+from .native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, is_native, load_manifest
+from .payload_folder import PayloadHints, find_payload_dir
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class FileReport:
     """Bytes written."""
     compressed: bool = False
     """The payload was (decode) or is (encode) a gzip stream."""
+    data_size: int | None = None
+    """An encode's gzip payload: the bytes before compression (the fine-tuned file's size)."""
     base_size: int | None = None
     digests: Mapping[str, str] = field(default_factory=dict)
     """Digests of the output file's bytes."""
@@ -99,14 +103,20 @@ class _Report:
         return sum(f.size for f in self.files)
 
     @property
+    def bytes_processed(self) -> int:
+        """Bytes of model data passed through (for a gzip encode, before compression)."""
+        return sum(f.size if f.data_size is None else f.data_size for f in self.files)
+
+    @property
     def throughput(self) -> float:
-        """Output bytes per second."""
-        return self.bytes_written / self.seconds if self.seconds > 0 else 0.0
+        """Model bytes per second (`bytes_processed`)."""
+        return self.bytes_processed / self.seconds if self.seconds > 0 else 0.0
 
     def _summary(self) -> dict[str, Any]:
         return {
             "seconds": round(self.seconds, 3),
             "bytes_written": self.bytes_written,
+            "bytes_processed": self.bytes_processed,
             "throughput_bytes_per_s": round(self.throughput),
             "files": [_file_dict(f) for f in self.files],
         }
@@ -201,6 +211,20 @@ class _Job:
     payload_compression: PayloadCompression = "auto"
 
 
+def _converted(path: Path | None, want: FileDigest | None) -> str | None:
+    """Converted line endings as the cause of a wrong file, when they are (see `_line_endings`)."""
+    if path is None or want is None:
+        return None
+    return line_ending_hint(path, want.hexdigests(), expected_size=want.size)
+
+
+def _out_cause(job: _Job) -> str:
+    """Why an output is wrong: a copied payload file's line endings converted, when they were."""
+    p = job.planned
+    hint = _converted(p.source, job.expect_out) if p.action == "copy" else None
+    return f"payload file {p.source}: {hint}" if hint else f"payload file {p.source} or its base is wrong"
+
+
 def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want: FileDigest | None) -> bool:
     """Compare digests; raise on a mismatch; True when at least one published digest matched."""
     if want is None:
@@ -215,7 +239,8 @@ def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want
             f"{p.base_label.split(' generated from ')[-1]} is not the LLaMA copy the release "
             f"was made from ({p.base_detail})"
             if p.base_open is not None
-            else "the base must be the byte-exact output of the release's pinned conversion, or the "
+            else _converted(p.base, want)
+            or "the base must be the byte-exact output of the release's pinned conversion, or the "
             "original LLaMA weights (see `xorweights releases`)"
         )
         raise BaseMismatchError(
@@ -229,7 +254,7 @@ def _check(kind: Literal["base", "out"], job: _Job, got: Mapping[str, str], want
         )
     raise ChecksumMismatchError(
         f"decoded {p.name}: {algo} {actual}, but {job.release} decoded expects {expected}; "
-        f"payload file {p.source} or its base is wrong (output discarded)",
+        f"{_out_cause(job)} (output discarded)",
         path=job.out,
         expected=expected,
         actual=actual,
@@ -407,7 +432,7 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
         if want_size is not None and stats.size != want_size:
             raise ChecksumMismatchError(
                 f"decoded {p.name}: {stats.size} bytes, but {job.release} decoded expects {want_size}; "
-                f"payload file {p.source} or its base is wrong (output discarded)",
+                f"{_out_cause(job)} (output discarded)",
                 path=job.out,
                 expected=str(want_size),
                 actual=str(stats.size),
@@ -451,6 +476,7 @@ def _run_job(job: _Job, bar: Any, stop: threading.Event, depth: int, folder: Out
         action=p.action,
         size=size,
         compressed=compressed or job.compress is not None,
+        data_size=stats.size if job.encoding and job.compress is not None else None,
         base_size=stats.base_read if p.action == "xor" else None,
         digests=digests,
         input_digests=dict(stats.digests.get("data", {})),
@@ -509,11 +535,6 @@ def _refuse_plain_payload(payload_dir: Path, raw: Sequence[str], only: Collectio
                 algorithm="plausibility",
                 stage="payload",
             )
-
-
-def default_jobs() -> int:
-    """Files processed at once unless told: the cores, at most `DEFAULT_MAX_JOBS`."""
-    return max(1, min(os.cpu_count() or 1, DEFAULT_MAX_JOBS))
 
 
 def _run_jobs(
@@ -751,10 +772,13 @@ def _settle_by_digest(
     gives = "; ".join(f"{_reading(r)} gives {got.get(algo)}" for r, got in tried)
     if len(tried) == 1:
         gives += f"; the base has no {p.name} to XOR with"
+    hint = _converted(p.source, want)  # the file as stored is one of the readings
+    cause = (
+        f"Payload file {p.source}: {hint}" if hint else f"The payload file or the base's {p.name} is wrong"
+    )
     raise ChecksumMismatchError(
         f"decoded {p.name}: {trial.release} decoded expects {algo} {expected}, but no reading of payload "
-        f"file {p.source} gives it ({gives}). Rule: {legacy.raw_rule(p.name)}. The payload file or the "
-        f"base's {p.name} is wrong (nothing written)",
+        f"file {p.source} gives it ({gives}). Rule: {legacy.raw_rule(p.name)}. {cause} (nothing written)",
         path=p.source,
         expected=expected,
         actual=tried[0][1].get(algo),
@@ -961,7 +985,7 @@ def _recognise_payload(
         new = native.build_manifest(prep, reports, src_dir, base_dir, out_dir, encoder=old.encoder)
     except OSError:
         return None
-    return (reports, old) if new == old else None
+    return (reports, old) if replace(new, base_model=old.base_model) == old else None
 
 
 def _check_out_dir(out: Path, inputs: Mapping[str, Path]) -> None:
@@ -996,6 +1020,9 @@ def decode(
     token: str | bool | None = None,
     offline: bool | None = None,
     progress: bool = False,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    local_dir: os.PathLike[str] | str | None = None,
 ) -> DecodeReport:
     """Rebuild fine-tuned files from an XOR payload and the base they were made against.
 
@@ -1029,8 +1056,13 @@ def decode(
         verify: outputs already in place (an earlier run's, recorded in the folder's state
             file with unchanged size, modification and change time) are kept unread; with
             `verify` they are hashed again too, and remade if they no longer match.
-        download_dir, cache_dir, endpoint, token, offline: Hub access for a repo id (defaults:
-            the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
+        local_dir (alias `download_dir`), cache_dir, endpoint, token, offline: Hub access for a
+            repo id (defaults: the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
+        revision: the repo's branch, tag or commit (or `owner/name@revision`).
+        subfolder: the payload folder, when several folders of the repo (or local folder) hold
+            model files (or `owner/name:subfolder`). Otherwise the payload is the one native
+            payload, else the folder holding the files the checksums name, else the one named
+            like the repo.
         progress: show a byte progress bar on stderr.
 
     Returns:
@@ -1051,25 +1083,37 @@ def decode(
     if payload_compression not in ("auto", "none", "gzip"):
         raise InputError(f"unknown payload compression {payload_compression!r}; expected auto, none or gzip")
     started = time.perf_counter()
-    fetched = None
-    if hub.is_repo_spec(payload):
-        fetched = hub.fetch(
-            str(payload), download_dir=download_dir, cache_dir=cache_dir, endpoint=endpoint, token=token,
-            offline=offline, progress=progress,
-        )  # fmt: skip
-        payload_dir = fetched.payload_dir
-        hub.check_lfs_files(fetched, [MANIFEST_NAME], jobs=1, progress=False)  # read before anything
-        if checksums is None:
-            checksums = hub.release_checksums(fetched)
-    else:
-        payload_dir = legacy.find_payload_dir(payload)
-    check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)  # a link out, or a FIFO: refused unread
-    base_dir, out_dir = Path(base), Path(out)
+    access = hub.HubAccess(
+        local_dir=local_dir if local_dir is not None else download_dir,
+        cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline,
+    )  # fmt: skip
     manifest = (
         checksums
         if isinstance(checksums, ChecksumManifest) or checksums is None
-        else load_checksums(checksums)
+        else load_checksums(checksums, access=access)
     )
+    fetched = None
+    if hub.is_repo_spec(payload):
+        fetched = hub.fetch(
+            str(payload),
+            access,
+            revision=revision,
+            subfolder=subfolder,
+            checksums=manifest,
+            progress=progress,
+        )
+        payload_dir = fetched.payload_dir
+        hub.check_lfs_files(fetched, [MANIFEST_NAME], jobs=1, progress=False)  # read before anything
+        manifest = manifest or hub.release_checksums(fetched)
+    else:
+        if revision is not None:
+            raise InputError(
+                f"--revision applies to a Hub repo id, not to the local folder {payload}", path=payload
+            )
+        hints = PayloadHints(subfolder, hub.checksum_names(manifest))
+        payload_dir = find_payload_dir(payload, hints)
+    check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)  # a link out, or a FIFO: refused unread
+    base_dir, out_dir = Path(base), Path(out)
     if is_native(payload_dir) and format != "oasst":
         if payload_compression == "gzip":
             raise InputError(
@@ -1116,9 +1160,12 @@ def decode(
             if p.base is not None and want is not None and want.size is not None:
                 size = p.base.stat().st_size
                 if size != want.size:
+                    cause = _converted(p.base, want) or (
+                        "the base must be the byte-exact output of the pinned conversion"
+                    )
                     raise BaseMismatchError(
                         f"base file {p.base}: {size} bytes, but {manifest.release} hf_base expects "
-                        f"{want.size}; the base must be the byte-exact output of the pinned conversion",
+                        f"{want.size}; {cause}",
                         path=p.base,
                         expected=str(want.size),
                         actual=str(size),
@@ -1267,6 +1314,7 @@ def _encode_native_files(
     force: bool,
     jobs: int | None,
     progress: bool,
+    base_name: str | None = None,
 ) -> tuple[list[FileReport], NativeManifest]:
     """Stage the payload files not already in place, move them into `--out`, write the manifest."""
     out_dir = folder.path
@@ -1300,6 +1348,7 @@ def _encode_native_files(
             native_manifest = native.build_manifest(
                 prep, files, src_dir, base_dir, out_dir, encoder=f"xorweights {_version()}"
             )
+            native_manifest = replace(native_manifest, base_model=base_name)
             with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
                 atomic.write(native_manifest.dumps())
                 atomic.commit()
@@ -1324,6 +1373,7 @@ def encode(
     gzip_mtime: int = 0,
     allow_raw: Sequence[str] = (),
     progress: bool = False,
+    base_name: str | None = None,
 ) -> EncodeReport:
     """Make an XOR payload from fine-tuned files and their base.
 
@@ -1345,6 +1395,10 @@ def encode(
             unmasked because the base has no counterpart (`xorweights` only); any other such item
             makes the encode refuse. The manifest records each raw item and its pattern.
         progress: show a byte progress bar on stderr.
+        base_name (*optional*): what the base is, for people: a Hub repo id (`owner/name`) or a
+            plain name, recorded as `base_model` in `xorweights.json` (kept from an earlier run
+            when not given) or, for `oasst`, in the checksum manifest (needs `with_checksums`);
+            `publish` puts it on the model card.
 
     Raises:
         `RawStorageError`: fine-tuned tensors or weight files would be stored unmasked and no
@@ -1362,6 +1416,13 @@ def encode(
         raise MissingFileError(f"fine-tuned folder not found: {src_dir}", path=src_dir)
     if allow_raw and format != "xorweights":
         raise InputError("allow_raw applies to native payloads; a legacy payload needs every base file")
+    if base_name is not None:
+        check_base_model(base_name)
+        if format == "oasst" and not with_checksums:
+            raise InputError(
+                "a legacy (oasst) payload records its base name in the checksum manifest: "
+                "pass --manifest too, or give the name to `publish --base-name`"
+            )
     if format == "xorweights":
         if compress is not None:
             raise InputError("native payloads are not compressed (compress them for transfer if you wish)")
@@ -1389,10 +1450,16 @@ def encode(
             if found is not None:
                 logger.info("%s already holds this payload, made from the same inputs; kept", out_dir)
                 files, native_manifest = found
+                if base_name is not None and base_name != native_manifest.base_model:
+                    native_manifest = replace(native_manifest, base_model=base_name)
+                    with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
+                        atomic.write(native_manifest.dumps())
+                        atomic.commit()
             else:
                 files, native_manifest = _encode_native_files(
-                    prep, folder, staging, src_dir, base_dir, force=force, jobs=jobs, progress=progress
-                )
+                    prep, folder, staging, src_dir, base_dir, force=force, jobs=jobs, progress=progress,
+                    base_name=base_name,
+                )  # fmt: skip
             folder.close_state()
             try:
                 shutil.rmtree(staging)
@@ -1405,6 +1472,7 @@ def encode(
             published = ChecksumManifest(
                 release=release or out_dir.resolve().name,
                 description="checksums written by xorweights encode (native payload)",
+                base_model=native_manifest.base_model,
                 stages={
                     "decoded": {
                         f.name: FileDigest(sha256=f.sha256, size=f.size) for f in native_manifest.files
@@ -1471,6 +1539,7 @@ def encode(
         manifest = ChecksumManifest(
             release=release or out_dir.resolve().name,
             description="checksums written by xorweights encode",
+            base_model=base_name,
             stages={
                 "hf_base": {
                     f.name: entry(f.base_digests, by_name[f.name].base.stat().st_size)  # type: ignore[union-attr]

@@ -15,6 +15,12 @@ PIPELINE_SLOTS = 8
 #: several cores busy; more files would only add memory).
 DEFAULT_MAX_JOBS = 4
 
+
+def default_jobs() -> int:
+    """Files processed at once unless told: the cores, at most `DEFAULT_MAX_JOBS`."""
+    return max(1, min(os.cpu_count() or 1, DEFAULT_MAX_JOBS))
+
+
 #: With `drop_cache`, written bytes further back than this are waited for and dropped from the cache.
 WRITEBACK_WINDOW = 4 * CHUNK_SIZE
 
@@ -43,6 +49,9 @@ TEXT_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".py", ".jinja")
 MAX_JSON_FILE_BYTES = 64 * 1024 * 1024
 #: A file of any kind this large counts as weights where it would be stored unmasked.
 RAW_FILE_LIMIT = 64 * 1024 * 1024
+#: A file with a wrong digest or size is checked for converted line endings (CRLF/LF, as git's
+#: autocrlf does) only up to this size: the text files of a model folder are smaller.
+LINE_ENDING_CHECK_LIMIT = 64 * 1024 * 1024
 
 
 #: Files the legacy script first copies raw, then XORs over that copy when the base holds one
@@ -85,6 +94,10 @@ ENV_VARS_TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 
 #: Silences every progress bar (same effect as `--quiet`).
 ENV_DISABLE_PROGRESS_BARS = "XORWEIGHTS_DISABLE_PROGRESS_BARS"
+#: huggingface_hub's switch for its bars; a true value (as `is_true`) silences ours too.
+ENV_HF_DISABLE_PROGRESS_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"
+#: tqdm's own switch; as tqdm reads it, any non-empty value silences every bar.
+ENV_TQDM_DISABLE = "TQDM_DISABLE"
 #: gzip decompressor: `auto` (python-isal when installed, else zlib), `isal` or `zlib`.
 ENV_GZIP_BACKEND = "XORWEIGHTS_GZIP_BACKEND"
 GZIP_BACKENDS = ("auto", "isal", "zlib")

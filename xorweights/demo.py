@@ -1,19 +1,32 @@
-"""A self-contained end-to-end run: make a small LLaMA-shaped model pair, encode, decode, verify."""
+"""A self-contained end-to-end run on a generated LLaMA-shaped model pair, torch not needed.
+
+The native format first: encode, re-save the base in another container and shard layout, decode
+against that copy, verify, load one tensor into memory. Then the legacy `oasst` format: encode,
+decode with checksums, verify.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 from .checksums import VerifyReport, verify
 from .codec import DecodeReport, EncodeReport, decode, encode
+from .constants import CHUNK_SIZE
+from .loading import load_state_dict
+from .native_manifest import MANIFEST_NAME
+from .tensor_store import TensorStore
+from .torch_save import TensorSpec, record_order, save_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -24,17 +37,92 @@ _ADDED = 16  # the fine-tune grows the vocabulary, as the OpenAssistant releases
 _SHARD_BYTES = 48 * 1024 * 1024
 
 
+#: The tensor step 6 loads: the embeddings, grown by the new vocabulary rows.
+LOADED_TENSOR = "model.embed_tokens.weight"
+
+
+@dataclass(frozen=True)
+class BaseCopyReport:
+    """The base's tensors re-saved in another container, shard count and tensor order."""
+
+    folder: str
+    source_files: tuple[str, ...]
+    """The base's weight files (safetensors)."""
+    files: tuple[str, ...]
+    """The copy's weight files (PyTorch zip checkpoints), in shard order."""
+    tensors: int
+    bytes_written: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """One tensor rebuilt in memory by `load_state_dict` (numpy) and compared with the fine-tuned one."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    seconds: float
+    equal: bool
+    """Equal byte for byte to the tensor in `finetuned/`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+
 @dataclass(frozen=True)
 class DemoReport:
-    """The three steps of the demo and the folder they ran in."""
+    """Every step of the demo and the folder it ran in: native format first, then legacy."""
 
     workdir: str
     model_bytes: int
     layers: int
     generate_seconds: float
     encode: EncodeReport
+    base_copy: BaseCopyReport
     decode: DecodeReport
     verify: VerifyReport
+    load: LoadReport
+    legacy_encode: EncodeReport
+    legacy_decode: DecodeReport
+    legacy_verify: VerifyReport
+
+    @property
+    def base_tensors(self) -> int:
+        """Base tensors the native payload uses; decode proves each against its sha256."""
+        m = self.encode.native_manifest
+        return len(m.base_tensors) if m is not None else 0
+
+    @property
+    def ok(self) -> bool:
+        """Both decodes verified and the loaded tensor equal to the fine-tuned one."""
+        return self.verify.ok and self.load.equal and self.legacy_verify.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workdir": self.workdir,
+            "model_bytes": self.model_bytes,
+            "layers": self.layers,
+            "generate_seconds": round(self.generate_seconds, 3),
+            "ok": self.ok,
+            "native": {
+                "encode": self.encode.to_dict(),
+                "base_tensors": self.base_tensors,
+                "base_copy": self.base_copy.to_dict(),
+                "decode": self.decode.to_dict(),
+                "verify": self.verify.to_dict(),
+                "load": self.load.to_dict(),
+            },
+            "legacy": {
+                "encode": self.legacy_encode.to_dict(),
+                "decode": self.legacy_decode.to_dict(),
+                "verify": self.legacy_verify.to_dict(),
+            },
+        }
 
 
 def _tensors(layers: int, vocab: int, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray]]:
@@ -137,10 +225,95 @@ def make_model_pair(
     return base_dir, tuned_dir, int(layers)
 
 
+def _groups(items: list[tuple[str, int]], n: int) -> list[list[str]]:
+    """Split named sizes, in order, into at most `n` consecutive groups of about equal bytes."""
+    total = sum(size for _, size in items) or 1
+    groups: list[list[str]] = [[] for _ in range(n)]
+    done = 0
+    for name, size in items:
+        groups[min(n - 1, done * n // total)].append(name)
+        done += size
+    return [g for g in groups if g]
+
+
+def save_base_copy(base_dir: os.PathLike[str] | str, out_dir: os.PathLike[str] | str) -> BaseCopyReport:
+    """Re-save the base's tensors as PyTorch zip checkpoints with an index, one shard more than the
+    base has and the tensors in reverse order; copy its other files.
+
+    The checkpoints are written by the package's own torch 1.13 format writer: no torch needed.
+    """
+    t0 = time.perf_counter()
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    store = TensorStore.open(base_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.bin"):  # shards of an earlier run would hold the same tensors
+        stale.unlink()
+    names = list(reversed(store.tensors))
+    groups = _groups([(n, store.tensors[n].nbytes) for n in names], len(store.files) + 1)
+    weight_map: dict[str, str] = {}
+    files, written = [], 0
+    for i, group in enumerate(groups, 1):
+        fname = f"pytorch_model-{i:05d}-of-{len(groups):05d}.bin"
+        specs = [TensorSpec(n, store.tensors[n].dtype, store.tensors[n].shape) for n in group]
+
+        def data(specs: list[TensorSpec] = specs) -> Iterator[tuple[str, Iterator[bytes]]]:
+            for spec in record_order(specs):
+                yield spec.name, _chunks(store, spec.name)
+
+        with open(out_dir / fname, "wb") as f:
+            save_state_dict(f, Path(fname).stem, specs, data())
+        weight_map.update(dict.fromkeys(group, fname))
+        files.append(fname)
+        written += (out_dir / fname).stat().st_size
+    total = sum(store.tensors[n].nbytes for n in names)
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out_dir / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    for p in sorted(base_dir.iterdir()):
+        if p.is_file() and not p.name.endswith((".safetensors", ".safetensors.index.json")):
+            shutil.copyfile(p, out_dir / p.name)
+    return BaseCopyReport(
+        folder=str(out_dir),
+        source_files=tuple(p.name for p in store.files),
+        files=tuple(files),
+        tensors=len(names),
+        bytes_written=written,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _chunks(store: TensorStore, name: str) -> Iterator[bytes]:
+    with store.reader(name) as r:
+        while chunk := r.read(CHUNK_SIZE):
+            yield chunk
+
+
+def _load_one(payload: Path, base: Path, tuned_dir: Path, name: str) -> LoadReport:
+    """Load tensor `name` with `load_state_dict` (numpy, no torch) and compare it with `tuned_dir`'s."""
+    t0 = time.perf_counter()
+    loaded = load_state_dict(payload, base, framework="numpy", names=[name])[name]
+    seconds = time.perf_counter() - t0
+    expected = None
+    for path in sorted(tuned_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="numpy") as f:
+            if name in f.keys():
+                expected = f.get_tensor(name)
+                break
+    equal = (
+        expected is not None
+        and loaded.dtype == expected.dtype
+        and loaded.shape == expected.shape
+        and loaded.tobytes() == expected.tobytes()
+    )
+    return LoadReport(name, str(loaded.dtype), tuple(loaded.shape), loaded.nbytes, seconds, equal)
+
+
 def run_demo(
     workdir: os.PathLike[str] | str, *, size_mb: int = 128, jobs: int | None = None, progress: bool = False
 ) -> DemoReport:
-    """Generate a model pair in `workdir`, encode it, decode it with checksums, verify the result.
+    """Run the demo's steps in `workdir` (see the module docstring); nothing needs torch.
+
+    Folders: `base/`, `finetuned/`; native `payload/` (with `xorweights.json`), `base-copy/`,
+    `decoded/`; legacy `oasst-payload/`, `oasst-checksums.json`, `oasst-decoded/`.
 
     Raises:
         `XorWeightsError`: any step failed (it would be a bug: the demo's data is consistent).
@@ -149,27 +322,54 @@ def run_demo(
     t0 = time.perf_counter()
     base_dir, tuned_dir, layers = make_model_pair(workdir, size_mb=size_mb)
     generated = time.perf_counter() - t0
-    enc = encode(
+    model_bytes = sum(f.stat().st_size for f in tuned_dir.iterdir())
+
+    payload, base_copy = workdir / "payload", workdir / "base-copy"
+    enc = encode(tuned_dir, base=base_dir, out=payload, format="xorweights", jobs=jobs, progress=progress)
+    copy = save_base_copy(base_dir, base_copy)
+    dec = decode(
+        payload, base=base_copy, out=workdir / "decoded", format="xorweights", jobs=jobs, progress=progress
+    )
+    ver = verify(workdir / "decoded", payload / MANIFEST_NAME, stage="decoded", jobs=jobs, progress=progress)
+    load = _load_one(payload, base_copy, tuned_dir, LOADED_TENSOR)
+
+    legacy_payload = workdir / "oasst-payload"
+    legacy_enc = encode(
         tuned_dir,
         format="oasst",
         base=base_dir,
-        out=workdir / "payload",
+        out=legacy_payload,
         with_checksums=True,
         release="xorweights-demo",
         jobs=jobs,
         progress=progress,
     )
-    assert enc.manifest is not None
-    manifest_path = workdir / "checksums.json"
-    manifest_path.write_text(json.dumps(enc.manifest.to_json(), indent=2) + "\n")
-    dec = decode(
-        workdir / "payload",
+    assert legacy_enc.manifest is not None
+    manifest_path = workdir / "oasst-checksums.json"
+    manifest_path.write_text(json.dumps(legacy_enc.manifest.to_json(), indent=2) + "\n")
+    legacy_dec = decode(
+        legacy_payload,
         base=base_dir,
-        out=workdir / "decoded",
+        out=workdir / "oasst-decoded",
         checksums=manifest_path,
+        format="oasst",
         jobs=jobs,
         progress=progress,
     )
-    ver = verify(workdir / "decoded", manifest_path, stage="decoded", jobs=jobs, progress=progress)
-    model_bytes = sum(f.stat().st_size for f in tuned_dir.iterdir())
-    return DemoReport(str(workdir), model_bytes, layers, generated, enc, dec, ver)
+    legacy_ver = verify(
+        workdir / "oasst-decoded", manifest_path, stage="decoded", jobs=jobs, progress=progress
+    )
+    return DemoReport(
+        workdir=str(workdir),
+        model_bytes=model_bytes,
+        layers=layers,
+        generate_seconds=generated,
+        encode=enc,
+        base_copy=copy,
+        decode=dec,
+        verify=ver,
+        load=load,
+        legacy_encode=legacy_enc,
+        legacy_decode=legacy_dec,
+        legacy_verify=legacy_ver,
+    )

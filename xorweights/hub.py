@@ -1,30 +1,36 @@
 """Hugging Face Hub names: repo ids and revisions are validated before they are used anywhere.
 
-A repo spec is `owner/name` or `name`, optionally `@revision`. Each part is 1-96 characters of
-letters, digits, `.`, `_` and `-`, starting and ending with a letter or digit, with no `--` or
-`..`. A revision is a branch, tag, `refs/...` path or commit id following git's ref rules.
+A repo spec is `owner/name` or `name`, optionally `@revision`, and for a payload optionally
+`:subfolder`. Each part of the id is 1-96 characters of letters, digits, `.`, `_` and `-`,
+starting and ending with a letter or digit, with no `--` or `..`. A revision is a branch, tag,
+`refs/...` path or commit id following git's ref rules (which exclude `:`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+import importlib
+import inspect
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import _cancel, model_card
+from ._display import quoted
+from ._line_endings import line_ending_hint
 from ._paths import check_name, check_regular_file
+from ._progress import show_progress, stderr_is_terminal, tqdm_class
 from .checksums import ChecksumManifest, hash_files, known_releases
-from .constants import ENV_DISABLE_PROGRESS_BARS, env_flag
 from .engine import Cancelled
-from .errors import HubError, InputError, PayloadMismatchError
-from .legacy import files_below, find_payload_in_listing
+from .errors import HubError, InputError, PayloadMismatchError, XorWeightsError
+from .payload_folder import PayloadHints, files_below, find_payload_in_listing
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +84,58 @@ def parse_repo_spec(spec: str) -> tuple[str, str | None]:
     return repo_id, None
 
 
+@dataclass(frozen=True)
+class RepoSpec:
+    """`owner/name[@revision][:subfolder]`, validated."""
+
+    repo_id: str
+    revision: str | None = None
+    """None: the default branch."""
+    subfolder: str | None = None
+    """The payload folder within the repo, when the user chose it."""
+
+    def __str__(self) -> str:
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{self.repo_id}{rev}" + (f":{self.subfolder}" if self.subfolder is not None else "")
+
+
+def parse_payload_spec(spec: str, *, revision: str | None = None, subfolder: str | None = None) -> RepoSpec:
+    """Parse `owner/name[@revision][:subfolder]`; `revision`/`subfolder` (the CLI options) fill the
+    parts the spec leaves out.
+
+    Raises:
+        `InputError`: a malformed part, or an option that contradicts the spec.
+    """
+    head, colon, sub = spec.partition(":")
+    repo_id, rev = parse_repo_spec(head)
+    given = (("revision", rev, revision), ("subfolder", sub if colon else None, subfolder))
+    for what, in_spec, option in given:
+        if in_spec is not None and option is not None and in_spec.strip("/") != option.strip("/"):
+            raise InputError(f"{spec!r} names {what} {in_spec!r}, but --{what} says {option!r}", path=spec)
+    if revision is not None:
+        validate_revision(revision)
+    chosen = (sub if colon else subfolder) or None
+    if chosen is not None:
+        chosen = chosen.strip("/")
+        if chosen:
+            check_name(chosen, spec)
+    return RepoSpec(repo_id, rev or revision, chosen)
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """How to reach the Hub and where files go; every field defaults to huggingface_hub's own."""
+
+    local_dir: os.PathLike[str] | str | None = None
+    """A plain folder for the files instead of the Hub cache (`hf download --local-dir`)."""
+    cache_dir: os.PathLike[str] | str | None = None
+    endpoint: str | None = None
+    token: str | bool | None = None
+    """None: `HF_TOKEN` or the saved login; False: send none."""
+    offline: bool | None = None
+    """None: `HF_HUB_OFFLINE`."""
+
+
 # --- fetching a payload ----------------------------------------------------------------------
 
 #: The model card at the top of a repo; fetched with the payload (it may hold the checksums).
@@ -92,7 +150,7 @@ def is_repo_spec(payload: object) -> bool:
     """
     if not isinstance(payload, str) or Path(payload).exists():
         return False
-    parts = payload.partition("@")[0].split("/")
+    parts = payload.partition(":")[0].partition("@")[0].split("/")
     return len(parts) == 2 and all(_PART.fullmatch(p) for p in parts)
 
 
@@ -121,6 +179,8 @@ class HubPayload:
     """The payload's files by name relative to `payload_dir`."""
     card: Path | None
     """The repo's README.md, when it has one."""
+    checksums: ChecksumManifest | None = None
+    """The release's checksums (given, bundled for the repo id, or from the card), if any."""
 
     @property
     def source(self) -> str:
@@ -140,8 +200,14 @@ def _offline_default() -> bool:
     return bool(check()) if callable(check) else bool(constants.HF_HUB_OFFLINE)
 
 
-def _hub_error(e: Exception, repo_id: str, revision: str, endpoint: str) -> HubError | None:
-    """Our error for a Hub answer that no cache can make up for (None: try the cache)."""
+def _hub_error(
+    e: Exception, repo_id: str, revision: str, endpoint: str, *, spec: str | None = None, kind: str = "folder"
+) -> HubError | None:
+    """Our error for a Hub answer that no cache can make up for (None: try the cache).
+
+    `spec` is the argument as typed and `kind` what a local path would have been (`folder`,
+    `file`): an unknown repo may be a mistyped local path.
+    """
     from huggingface_hub import utils as hf
 
     if isinstance(e, hf.RevisionNotFoundError):
@@ -152,7 +218,7 @@ def _hub_error(e: Exception, repo_id: str, revision: str, endpoint: str) -> HubE
         )
     if isinstance(e, hf.RepositoryNotFoundError):
         return HubError(
-            f"no local folder {repo_id!r} and no Hub repo {repo_id} on {endpoint} "
+            f"no local {kind} {quoted(spec or repo_id)}, and no Hub repo {repo_id} on {endpoint} "
             "(a private repo needs HF_TOKEN or `hf auth login`)",
             path=repo_id,
         )
@@ -182,22 +248,21 @@ def list_repo(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, Hub
     commit = api.repo_info(repo_id, revision=revision).sha
     files = {}
     for f in api.list_repo_tree(repo_id, revision=commit, recursive=True):
-        if isinstance(f, RepoFile):
-            check_name(f.path, f"{repo_id} listing")
+        if isinstance(f, RepoFile):  # names are checked where used (`find_payload_in_listing`, `_checked`)
             lfs = f.lfs  # a dict in huggingface_hub < 0.21, an object since
             sha256 = (lfs.get("sha256") if isinstance(lfs, dict) else lfs.sha256) if lfs else None
             files[f.path] = HubFile(f.size, f.blob_id, sha256)
     return commit, files
 
 
-def _payload_paths(listing: Iterable[str], where: str) -> tuple[str, list[str]]:
+def _payload_paths(listing: Iterable[str], where: str, hints: PayloadHints) -> tuple[str, list[str]]:
     """The payload folder in a listing and the repo paths to download: its files, and the card.
 
     At the top of a repo, the card and scripts (`*.py`, such as the legacy `xor_codec.py`) are
     not payload files.
     """
     listing = list(listing)
-    sub = find_payload_in_listing(listing, where)
+    sub = find_payload_in_listing(listing, where, hints)
     prefix = f"{sub}/" if sub else ""
     names = [
         p for p in listing
@@ -227,11 +292,22 @@ def _download(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any)
     further file and stops the current one at its next chunk, its partial file removed by
     huggingface_hub; after `_STOP_GRACE` seconds (a slow link) the wait ends anyway, and the
     partial file is removed here. The next run downloads that file again.
-    """
-    from huggingface_hub.utils import tqdm as hf_tqdm
 
+    An older huggingface_hub whose `hf_hub_download` takes no `tqdm_class` (0.x, 1.0) gets no stop
+    hook: the running file is left to its thread and its partial file removed after `_STOP_GRACE`;
+    a silent `tqdm_class` becomes huggingface_hub's own switch for its download bars. Versions
+    before 1.20 give up on a connection closed midway; their next call resumes the partial file
+    with a range request (0.x, early 1.x) or starts afresh. A file whose download failed that way
+    (a connection error or a 5xx answer) is asked for again, up to `_RESUME_TRIES` times.
+    """
     stop = threading.Event()
-    base = kw.pop("tqdm_class", None) or hf_tqdm
+    base = kw.pop("tqdm_class", None) or tqdm_class()
+    hook = _takes(hf.hf_hub_download, "tqdm_class")
+    if not hook:
+        _note_once(
+            f"huggingface_hub {hf.__version__}: hf_hub_download takes no tqdm_class; an interrupted "
+            f"download is abandoned after {_STOP_GRACE} s instead of stopping at its next chunk"
+        )
 
     class StoppableTqdm(base):  # type: ignore[misc, valid-type]
         """Raises `Cancelled` in the download loop (from each chunk's progress update) once stopped."""
@@ -244,12 +320,24 @@ def _download(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any)
     done: list[str] = []
     failed: list[BaseException] = []
 
+    def get(path: str) -> str:
+        bars = {"tqdm_class": StoppableTqdm} if hook else {}
+        attempt = 0
+        while True:
+            try:
+                return str(hf.hf_hub_download(repo_id, path, revision=revision, **bars, **kw))
+            except Exception as e:
+                attempt += 1
+                if attempt > _RESUME_TRIES or not _unreachable(e) or stop.wait(1):
+                    raise
+                logger.warning("%s: %s broke off (%s); asking for it again", repo_id, path, short_error(e))
+
     def run() -> None:
         try:
             for p in paths:
                 if stop.is_set() or _cancel.requested():
                     raise Cancelled()
-                done.append(hf.hf_hub_download(repo_id, p, revision=revision, tqdm_class=StoppableTqdm, **kw))
+                done.append(get(p))
         except BaseException as e:  # handed to the waiting thread
             failed.append(e)
         finally:
@@ -257,15 +345,18 @@ def _download(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any)
 
     # Waits on an event: `Thread.join` interrupted by a signal may take the thread for finished.
     finished = threading.Event()
-    threading.Thread(target=run, name=f"xorweights-download-{repo_id}", daemon=True).start()
-    try:
-        while not finished.wait(0.05):
-            pass
-    except BaseException:
-        stop.set()
-        if not finished.wait(_STOP_GRACE):
-            _remove_own_partials()
-        raise
+    # Without the hook, huggingface_hub draws its own bars: only on a terminal (they redraw with \r).
+    own_bars = show_progress(base.enabled) and stderr_is_terminal()
+    with hub_bars_off() if not hook and not own_bars else contextlib.nullcontext():
+        threading.Thread(target=run, name=f"xorweights-download-{repo_id}", daemon=True).start()
+        try:
+            while not finished.wait(0.05):
+                pass
+        except BaseException:
+            stop.set()
+            if not finished.wait(_STOP_GRACE):
+                _remove_own_partials()
+            raise
     if failed:
         raise failed[0]
     if "local_dir" in kw:
@@ -273,10 +364,60 @@ def _download(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any)
     return Path(done[0]).parents[len(Path(paths[0]).parts) - 1]
 
 
+#: How often a file whose download broke off (the connection lost) is asked for again.
+_RESUME_TRIES = 3
+
+
+def _takes(fn: Any, name: str) -> bool:
+    """Whether a huggingface_hub function accepts the keyword argument `name` (older ones may not)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_noted: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    """Log at debug level, once per process, what an older huggingface_hub lacks."""
+    if message not in _noted:
+        _noted.add(message)
+        logger.debug("%s", message)
+
+
+#: huggingface_hub's progress bar group of a file download (in versions without `tqdm_class`).
+_HTTP_GET_BARS = "huggingface_hub.http_get"
+
+
+@contextlib.contextmanager
+def hub_bars_off(group: str | None = _HTTP_GET_BARS) -> Iterator[None]:
+    """Turn off huggingface_hub's own bars (of `group`; None: all) while it lasts, then restore them.
+
+    For downloads with a client whose `hf_hub_download` takes no `tqdm_class`, and for uploads:
+    their bars redraw with `\r`, so they show only on a terminal. Process-wide while it lasts; a
+    no-op where `HF_HUB_DISABLE_PROGRESS_BARS` decides.
+    """
+    from huggingface_hub import constants, utils
+
+    states = getattr(importlib.import_module("huggingface_hub.utils.tqdm"), "progress_bar_states", None)
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is not None or not isinstance(states, dict):
+        yield
+        return
+    before = dict(states)
+    utils.disable_progress_bars(group)
+    try:
+        yield
+    finally:
+        states.clear()
+        states.update(before)
+
+
 def _remove_own_partials() -> None:
     """Remove the `.incomplete` files this process holds open (Linux; elsewhere they stay behind).
 
-    huggingface_hub names them uniquely per download and never resumes them."""
+    huggingface_hub names them uniquely per download and never resumes them (older versions
+    would, but the thread left running may still be writing to it)."""
     try:
         fds = os.listdir("/proc/self/fd")
     except OSError:
@@ -321,59 +462,70 @@ def _recorded_etag(root: Path, local: bool, path: str) -> str | None:
     return Path(os.readlink(target)).name if target.is_symlink() else None
 
 
+def _download_kwargs(access: HubAccess, progress: bool) -> dict[str, Any]:
+    """`hf_hub_download`'s keyword arguments for `access`."""
+    kw: dict[str, Any] = {"endpoint": access.endpoint, "token": access.token}
+    if access.local_dir is not None:
+        kw["local_dir"] = str(access.local_dir)
+    if access.cache_dir is not None:
+        kw["cache_dir"] = str(access.cache_dir)
+    kw["tqdm_class"] = tqdm_class(enabled=progress)
+    return kw
+
+
 def fetch(
     spec: str,
+    access: HubAccess | None = None,
     *,
-    download_dir: os.PathLike[str] | str | None = None,
-    cache_dir: os.PathLike[str] | str | None = None,
-    endpoint: str | None = None,
-    token: str | bool | None = None,
-    offline: bool | None = None,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    checksums: ChecksumManifest | None = None,
     progress: bool = False,
 ) -> HubPayload:
     """Download the payload files of a Hub repo (only those), and check the small ones.
 
-    The payload folder is found in the repo listing as on disk (up to three levels down), and
-    only its files and the model card are fetched, one by one with `hf_hub_download`, into the Hub cache
-    or `download_dir`. Sizes of all files and git blob ids of the non-LFS ones are checked here;
+    The payload folder is found in the repo listing as on disk (`payload_folder`: up to three
+    levels down; among several, the chosen subfolder, the native one, the one holding the files
+    the checksums name, the one named like the repo). The checksums for that choice are
+    `checksums`, else the bundled manifest for the repo id, else the model card's block. Only the
+    payload's files and the card are fetched, one by one with `hf_hub_download`, into the Hub cache
+    or `access.local_dir`. Sizes of all files and git blob ids of the non-LFS ones are checked here;
     LFS files are checked by `check_lfs_files` before use (a decode checks only the files it is
     about to read).
 
     Args:
-        spec: `owner/name` or `owner/name@revision`.
-        download_dir: a plain folder for the files instead of the Hub cache.
-        cache_dir: the Hub cache (default: huggingface_hub's, from `HF_HOME`/`HF_HUB_CACHE`).
-        endpoint: the Hub (default: `HF_ENDPOINT`, else huggingface.co).
-        token: the access token (default: `HF_TOKEN` or the saved login); False sends none.
-        offline: use only what is cached (default: `HF_HUB_OFFLINE`).
-        progress: show huggingface_hub's download bars.
+        spec: `owner/name[@revision][:subfolder]`.
+        access: where files go and how the Hub is reached (defaults: huggingface_hub's).
+        revision, subfolder: as the CLI's `--revision`/`--subfolder` (must agree with `spec`).
+        checksums: the release's checksums, when the caller has them.
+        progress: show download progress.
 
     Raises:
         `HubError`: unknown repo or revision, no access, or the Hub unreachable (or offline)
-            with no complete copy cached.
+            with no complete copy cached; the message also says no local folder has that name.
         `PayloadMismatchError`: a small file differs from its git blob id, or a size differs.
+        `InputError`: several folders hold model files and nothing tells the payload apart.
     """
-    repo_id, revision = parse_repo_spec(spec)
-    revision = revision or "main"
+    rs = parse_payload_spec(spec, revision=revision, subfolder=subfolder)
+    access = access or HubAccess()
+    repo_id, revision = rs.repo_id, rs.revision or "main"
     hf = _hf()
-    api = hf.HfApi(endpoint=endpoint, token=token)
+    api = hf.HfApi(endpoint=access.endpoint, token=access.token)
     where = f"{repo_id}@{revision}"
-    offline = _offline_default() if offline is None else offline
-    kw: dict[str, Any] = {"endpoint": endpoint, "token": token}
-    if download_dir is not None:
-        kw["local_dir"] = str(download_dir)
-    if cache_dir is not None:
-        kw["cache_dir"] = str(cache_dir)
-    if not progress or env_flag(ENV_DISABLE_PROGRESS_BARS):
-        kw["tqdm_class"] = _silent_tqdm()
-    local = download_dir is not None
+    offline = _offline_default() if access.offline is None else access.offline
+    kw = _download_kwargs(access, progress)
+    local = access.local_dir is not None
+    choose = f"{repo_id}{'@' + rs.revision if rs.revision else ''}:SUBFOLDER (or --subfolder SUBFOLDER)"
+
+    def hints(found: ChecksumManifest | None) -> PayloadHints:
+        return PayloadHints(rs.subfolder, checksum_names(found), repo_id.split("/")[-1], choose)
 
     unreachable: Exception | None = None
     if not offline:
         try:
             commit, listing = list_repo(api, repo_id, revision)
         except Exception as e:  # huggingface_hub's errors, or its HTTP client's connection errors
-            err = _hub_error(e, repo_id, revision, api.endpoint)
+            err = _hub_error(e, repo_id, revision, api.endpoint, spec=spec)
             if err is not None:
                 raise err from e
             if not _unreachable(e):
@@ -381,24 +533,35 @@ def fetch(
             logger.warning("cannot reach %s (%s); looking in the local cache", api.endpoint, short_error(e))
             unreachable = e
         else:
-            sub, paths = _payload_paths(listing, where)
+            found = checksums or bundled_checksums(repo_id)
+            if found is None and CARD_NAME in listing:  # the card first: its checksums may pick the folder
+                root = _download(hf, repo_id, revision, [CARD_NAME], **kw)
+                found = card_checksums(root / CARD_NAME, root, repo_id)
+            sub, paths = _payload_paths(listing, where, hints(found))
             logger.info("%s: downloading %d files of %s (commit %s)", repo_id, len(paths), sub or "/", commit)
             root = _download(hf, repo_id, revision, paths, **kw)
             got = _recorded_commit(root, local, paths[0])
             if got is not None and got != commit:  # the branch moved between listing and download
                 commit, listing = list_repo(api, repo_id, got)
-                sub, paths = _payload_paths(listing, where)
+                sub, paths = _payload_paths(listing, where, hints(found))
             files = {p: listing[p] for p in paths}
-            return _checked(repo_id, revision, commit, root, sub, files)
-    return _from_cache(hf, repo_id, revision, kw, local, unreachable)
+            return _checked(repo_id, revision, commit, root, sub, files, found)
+    return _from_cache(hf, rs, kw, local, unreachable, checksums, hints)
 
 
 def _from_cache(
-    hf: Any, repo_id: str, revision: str, kw: dict[str, Any], local: bool, unreachable: Exception | None
+    hf: Any,
+    rs: RepoSpec,
+    kw: dict[str, Any],
+    local: bool,
+    unreachable: Exception | None,
+    checksums: ChecksumManifest | None,
+    hints: Callable[[ChecksumManifest | None], PayloadHints],
 ) -> HubPayload:
     """The payload as cached by an earlier download; offline, or with the Hub unreachable."""
+    repo_id, revision = rs.repo_id, rs.revision or "main"
     where = f"{repo_id}@{revision}"
-    why = "offline (HF_HUB_OFFLINE)"
+    why = "offline mode (HF_HUB_OFFLINE)"
     if unreachable is not None:
         why = f"the Hub is unreachable ({short_error(unreachable)})"
     kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")}
@@ -406,15 +569,21 @@ def _from_cache(
         root = _snapshot(hf, repo_id, revision, [], local_files_only=True, **kw)
         if local and not (root / ".cache" / "huggingface" / "download").is_dir():
             raise FileNotFoundError(root)
-        sub, paths = _payload_paths(files_below(root), where)
+        listing = files_below(root)
+        found = checksums or bundled_checksums(repo_id)
+        if found is None and CARD_NAME in listing:
+            found = card_checksums(root / CARD_NAME, root, repo_id)
+        sub, paths = _payload_paths(listing, where, hints(found))
         # Lets huggingface_hub say whether the snapshot is complete (it knows when it kept the listing).
         root = _snapshot(hf, repo_id, revision, [glob.escape(p) for p in paths], local_files_only=True, **kw)
+    except XorWeightsError:
+        raise
     except Exception as e:  # LocalEntryNotFoundError, IncompleteSnapshotError, missing folders
         raise HubError(
-            f"{why}, and {where} is not fully in the "
+            f"no local folder {quoted(str(rs))}, and {where} is not fully in the "
             + (f"download folder {kw['local_dir']}" if local else "Hub cache")
-            + f" ({short_error(e)}); run once online to download it",
-            path=repo_id,
+            + f": {why}; run once online to download it",
+            path=str(rs),
         ) from e
     files: dict[str, HubFile] = {}
     for p in paths:
@@ -424,11 +593,17 @@ def _from_cache(
         files[p] = HubFile(size, None if lfs else etag, etag if lfs else None)
     commit = _recorded_commit(root, local, paths[0]) if paths else None
     logger.info("%s: using the cached copy at %s (%s)", repo_id, root, why)
-    return _checked(repo_id, revision, commit, root, sub, files)
+    return _checked(repo_id, revision, commit, root, sub, files, found)
 
 
 def _checked(
-    repo_id: str, revision: str, commit: str | None, root: Path, sub: str, files: dict[str, HubFile]
+    repo_id: str,
+    revision: str,
+    commit: str | None,
+    root: Path,
+    sub: str,
+    files: dict[str, HubFile],
+    checksums: ChecksumManifest | None = None,
 ) -> HubPayload:
     """Check every file's size and each non-LFS file's git blob id; key files by payload name."""
     prefix = f"{sub}/" if sub else ""
@@ -438,15 +613,19 @@ def _checked(
         check_regular_file(local, root)  # a link out of the download, or a FIFO, is refused
         size = local.stat().st_size
         if size != f.size:
+            hint = line_ending_hint(local, {"git-sha1": f.blob_id, "sha256": f.sha256}, expected_size=f.size)
             raise PayloadMismatchError(
-                f"{local}: {size} bytes, but {repo_id}@{commit} lists {f.size} for {path}",
+                f"{local}: {size} bytes, but {repo_id}@{commit} lists {f.size} for {path}"
+                + (f"; {hint}" if hint else ""),
                 path=local, expected=str(f.size), actual=str(size), algorithm="size", stage="payload",
             )  # fmt: skip
         if f.sha256 is None and f.blob_id is not None:
             actual = git_blob_id(local)
             if actual != f.blob_id:
+                hint = line_ending_hint(local, {"git-sha1": f.blob_id})
                 raise PayloadMismatchError(
-                    f"{local}: git blob id {actual}, but {repo_id}@{commit} lists {f.blob_id} for {path}",
+                    f"{local}: git blob id {actual}, but {repo_id}@{commit} lists {f.blob_id} for {path}"
+                    + (f"; {hint}" if hint else ""),
                     path=local, expected=f.blob_id, actual=actual, algorithm="git-sha1", stage="payload",
                 )  # fmt: skip
     named = {p[len(prefix) :]: f for p, f in files.items() if p != CARD_NAME or sub}
@@ -459,6 +638,7 @@ def _checked(
         payload_dir=root / sub if sub else root,
         files=named,
         card=card,
+        checksums=checksums,
     )
 
 
@@ -482,46 +662,120 @@ def check_lfs_files(payload: HubPayload, names: Iterable[str], *, jobs: int, pro
         want, actual = payload.files[name].sha256, got["sha256"]
         if actual != want:
             path = todo[name]
+            hint = line_ending_hint(path, {"sha256": want})
             raise PayloadMismatchError(
-                f"{path}: sha256 {actual}, but {payload.source} reports {want} for it; nothing was "
-                f"decoded. Delete {os.path.realpath(path)} and run again to download it afresh",
+                f"{path}: sha256 {actual}, but {payload.source} reports {want} for it"
+                + (f" ({hint})" if hint else "")
+                + f"; nothing was decoded. Delete {os.path.realpath(path)} and run again to fetch it afresh",
                 path=path, expected=want, actual=actual, algorithm="sha256", stage="payload",
             )  # fmt: skip
     logger.info("%d payload files match the sha256 the Hub reports", len(todo))
 
 
-def short_error(e: BaseException | None) -> str:
-    return " ".join(str(e).split())[:200] if e is not None else ""
+def short_error(e: BaseException | None, limit: int = 300) -> str:
+    """An error's text on one line; a long one is cut at a word boundary, marked with `...`."""
+    text = " ".join(str(e).split()) if e is not None else ""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
 
 
-def _silent_tqdm() -> type:
-    """A tqdm class whose bars never show, for huggingface_hub when progress is off."""
-    from tqdm.auto import tqdm
+def bundled_checksums(repo_id: str) -> ChecksumManifest | None:
+    """The manifest in `checksums/` for a repo id (any case), if the release is a known one."""
+    for m in known_releases():
+        if m.repo_id and m.repo_id.lower() == repo_id.lower():
+            logger.info("%s: checksums from the bundled manifest %s", repo_id, m.release)
+            return m
+    return None
 
-    class SilentTqdm(tqdm):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
 
-    return SilentTqdm
+def card_checksums(card: Path, root: Path, repo_id: str) -> ChecksumManifest | None:
+    """The checksum block of a downloaded model card (None: the card has none).
+
+    Raises:
+        `UnsafePathError`: the card links out of `root`, or is not a regular file.
+        `FormatError`: the card has a malformed checksum block.
+    """
+    if not check_regular_file(card, root):
+        return None
+    found = model_card.parse(card.read_text(encoding="utf-8", errors="replace"), str(card))
+    if found is not None:
+        logger.info("%s: checksums from its model card", repo_id)
+    return found
+
+
+def checksum_names(manifest: ChecksumManifest | None) -> frozenset[str]:
+    """Every file name a checksum manifest lists, in any stage."""
+    if manifest is None:
+        return frozenset()
+    stages = [*manifest.stages.values(), *([manifest.unstaged] if manifest.unstaged is not None else [])]
+    return frozenset(n for files in stages for n in files)
 
 
 def release_checksums(payload: HubPayload) -> ChecksumManifest | None:
-    """The checksums of a fetched release: the bundled manifest for its repo id, else its card's.
+    """The checksums of a fetched release: those it was fetched with, the bundled manifest for
+    its repo id, else its card's.
 
-    None when neither exists (a native payload still carries its own in `xorweights.json`).
+    None when none exists (a native payload still carries its own in `xorweights.json`).
 
     Raises:
         `FormatError`: the card has a malformed checksum block.
     """
-    for m in known_releases():
-        if m.repo_id and m.repo_id.lower() == payload.repo_id.lower():
-            logger.info("%s: checksums from the bundled manifest %s", payload.repo_id, m.release)
-            return m
-    if payload.card is not None and check_regular_file(payload.card, payload.root):
-        text = payload.card.read_text(encoding="utf-8", errors="replace")
-        found = model_card.parse(text, str(payload.card))
-        if found is not None:
-            logger.info("%s: checksums from its model card", payload.repo_id)
-            return found
-    return None
+    if payload.checksums is not None:
+        return payload.checksums
+    found = bundled_checksums(payload.repo_id)
+    if found is None and payload.card is not None:
+        found = card_checksums(payload.card, payload.root, payload.repo_id)
+    return found
+
+
+def remote_checksums(
+    spec: str, access: HubAccess | None = None, *, revision: str | None = None
+) -> ChecksumManifest:
+    """The checksums of a repo `owner/name[@revision]`: the bundled manifest for its id, else the
+    checksum block of its model card (only the card is downloaded).
+
+    Raises:
+        `HubError`: unknown repo or revision, no access, offline with no cached card, or a card
+            without a checksum block; the message also says no local file has that name.
+    """
+    rs = parse_payload_spec(spec, revision=revision)
+    found = bundled_checksums(rs.repo_id)
+    if found is not None:
+        return found
+    access = access or HubAccess()
+    revision = rs.revision or "main"
+    hf = _hf()
+    kw = _download_kwargs(access, progress=False)
+    offline = _offline_default() if access.offline is None else access.offline
+    if offline:
+        kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")} | {"local_files_only": True}
+    endpoint = access.endpoint or hf.constants.ENDPOINT
+    try:
+        root = _download(hf, rs.repo_id, revision, [CARD_NAME], **kw)
+    except XorWeightsError:
+        raise
+    except Exception as e:
+        err = _hub_error(e, rs.repo_id, revision, endpoint, spec=spec, kind="file")
+        if err is not None:
+            raise err from e
+        why = "offline mode (HF_HUB_OFFLINE)" if offline else f"the Hub is unreachable ({short_error(e)})"
+        if offline or _unreachable(e):
+            raise HubError(
+                f"no local file {quoted(spec)}, and the model card of {rs.repo_id}@{revision} is not in the "
+                f"Hub cache: {why}",
+                path=spec,
+            ) from e
+        raise HubError(
+            f"{rs.repo_id}@{revision} on {endpoint} has no model card (README.md) to read checksums from "
+            f"({short_error(e)})",
+            path=spec,
+        ) from e
+    found = card_checksums(root / CARD_NAME, root, rs.repo_id)
+    if found is None:
+        raise HubError(
+            f"the model card of {rs.repo_id}@{revision} has no xorweights checksum block "
+            f"({model_card.MARKER} and a json block); pass a manifest or md5sum file instead",
+            path=spec,
+        )
+    return found

@@ -22,35 +22,21 @@ from typing import Any, BinaryIO, Literal
 from ._display import shown
 from ._gzip import GzipReader
 from ._json import loads as json_loads
-from ._paths import check_folder_inside, check_name, check_not_escaping_link, check_regular_file
+from ._paths import check_name, check_not_escaping_link, check_regular_file
 from .constants import (
     ENV_GZIP_BACKEND,
     GZIP_BACKENDS,
     GZIP_MAGIC,
     LEGACY_RAW_FILES,
     MAX_JSON_FILE_BYTES,
-    STATE_FILE,
-    STATE_JOURNAL,
     TEMP_PREFIX,
-    TEMP_SUFFIX,
     WEIGHT_SUFFIXES,
 )
 from .errors import FormatError, InputError, MissingFileError
+from .payload_folder import left_by_us
 
 logger = logging.getLogger(__name__)
 
-#: Files whose presence marks a folder as holding a model or a payload.
-_MARKERS = (
-    "xorweights.json",
-    "*.bin",
-    "*.safetensors",
-    "*.pth",
-    "*.index.json",
-    "config.json",
-    "tokenizer.model",
-)
-#: How deep below the given folder a payload may sit (the sft-6 repo nests it two levels down).
-_MAX_DEPTH = 3
 
 Action = Literal["xor", "copy"]
 
@@ -79,12 +65,6 @@ class PlannedFile:
         return self.source.stat().st_size
 
 
-def _left_by_us(name: str) -> bool:
-    """A state file or temporary that xorweights itself leaves in a folder it wrote."""
-    ours = name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
-    return ours or name in (STATE_FILE, STATE_JOURNAL)
-
-
 def _files(folder: Path) -> list[str]:
     """Names of the regular files in `folder`; hidden ones, ours and subfolders skipped.
 
@@ -102,101 +82,12 @@ def _files(folder: Path) -> list[str]:
     names = []
     for e in entries:
         hidden = e.name.startswith(".") and not e.name.casefold().startswith(TEMP_PREFIX)
-        if hidden or _left_by_us(e.name) or e.is_dir():
+        if hidden or left_by_us(e.name) or e.is_dir():
             continue
         check_name(e.name, str(folder))
         if check_regular_file(folder / e.name, folder):
             names.append(e.name)
     return names
-
-
-def files_below(root: Path, depth: int = _MAX_DEPTH) -> list[str]:
-    """Relative POSIX paths of the files up to `depth` folders below `root`; hidden entries skipped.
-
-    Links are followed only where they stay inside `root` (or, in a Hub cache snapshot, its blobs).
-
-    Raises:
-        `UnsafePathError`: a linked file or folder leads out of `root`, or an entry is a special file.
-    """
-    found: list[str] = []
-    level = [root]
-    for _ in range(depth + 1):
-        deeper = []
-        for d in level:
-            for e in sorted(os.scandir(d), key=lambda e: e.name):
-                if e.name.startswith("."):
-                    continue
-                path = Path(e.path)
-                if e.is_dir():
-                    check_folder_inside(path, root)
-                    deeper.append(path)
-                elif check_regular_file(path, root):
-                    found.append(path.relative_to(root).as_posix())
-        level = deeper
-    return found
-
-
-def find_payload_dir(path: os.PathLike[str] | str) -> Path:
-    """The folder holding the payload files: `path` itself, or the one folder below it that does.
-
-    A repo download keeps its payload up to three levels down (`repo/name/name/` for sft-6);
-    a folder with `xorweights.json` is taken, else the nearest folder holding model files
-    (`*.bin`, `*.safetensors`, `*.index.json`, `config.json`, ...); more than one at that depth
-    is an error. The rules are `find_payload_in_listing`'s, applied to the files on disk.
-
-    Raises:
-        `MissingFileError`: `path` does not exist.
-        `InputError`: no folder, or more than one, holds payload files.
-    """
-    root = Path(path)
-    if not root.exists():
-        raise MissingFileError(f"payload folder not found: {root}", path=root)
-    if not root.is_dir():
-        raise InputError(f"payload must be a folder, got a file: {root}", path=root)
-    sub = find_payload_in_listing(files_below(root), str(root))
-    return root / sub if sub else root
-
-
-def find_payload_in_listing(paths: Iterable[str], where: str) -> str:
-    """The folder holding the payload among a repo's file paths (`""`: the top), as `find_payload_dir`.
-
-    Raises:
-        `InputError`: no folder, or more than one at the same depth, holds payload files.
-        `UnsafePathError`: a path is unsafe or reserved for our own files (`_paths.check_name`).
-    """
-    by_dir: dict[str, list[str]] = {}
-    for path in paths:
-        check_name(path, where)  # also refuses names reserved for our own files
-        folder, _, name = path.rpartition("/")
-        if not any(part.startswith(".") for part in path.split("/")):
-            by_dir.setdefault(folder, []).append(name)
-
-    def marked(folder: str) -> bool:
-        return any(fnmatch.fnmatch(n, pat) for n in by_dir.get(folder, ()) for pat in _MARKERS)
-
-    native = sorted(
-        d for d, names in by_dir.items() if "xorweights.json" in names and d.count("/") < _MAX_DEPTH
-    )
-    if len(native) == 1:  # a native payload is unambiguous, wherever it sits
-        return native[0]
-    if marked(""):
-        return ""
-    for depth in range(_MAX_DEPTH):
-        found = sorted(d for d in by_dir if d and d.count("/") == depth and marked(d))
-        if len(found) > 1:
-            raise InputError(
-                f"{where} holds several payload folders ({', '.join(found)}); pass the one to decode",
-                path=where,
-            )
-        if found:
-            logger.info("payload files found in %s/%s", where, found[0])
-            return found[0]
-    if by_dir.get(""):
-        return ""
-    raise InputError(
-        f"no payload files in {where} or {_MAX_DEPTH} levels below it (looked for {', '.join(_MARKERS)})",
-        path=where,
-    )
 
 
 def is_raw(name: str, raw_patterns: Iterable[str] = ()) -> bool:

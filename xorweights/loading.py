@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import legacy
+from . import hub
 from ._paths import check_regular_file
-from .constants import TORCH_SUFFIXES
+from .constants import TORCH_SUFFIXES, default_jobs
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
 from .native import (
     check_payload_files,
@@ -28,6 +28,7 @@ from .native import (
     payload_header,
 )
 from .native_manifest import MANIFEST_NAME, NativeManifest, load_manifest
+from .payload_folder import PayloadHints, find_payload_dir
 from .tensor_store import NUMPY_DTYPES, TensorStore
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,12 @@ def iter_tensors(
     *,
     framework: Framework = "numpy",
     names: Iterable[str] | None = None,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: os.PathLike[str] | str | None = None,
+    local_dir: os.PathLike[str] | str | None = None,
+    endpoint: str | None = None,
 ) -> Iterator[tuple[str, Any]]:
     """Yield `(name, tensor)` for every tensor of a native payload, one at a time.
 
@@ -68,10 +75,13 @@ def iter_tensors(
     into a training process shard by shard.
 
     Args:
-        payload: the payload folder (with `xorweights.json`).
+        payload: the payload folder (with `xorweights.json`), or a Hub repo
+            `owner/name[@revision][:subfolder]`: its payload files are downloaded (Hub cache or
+            `local_dir`) and checked against the sha256 the Hub reports before they are read.
         base: the base model folder, in any container (safetensors, `.bin`, Meta's LLaMA).
         framework: `numpy` (arrays; bfloat16 is refused) or `pt` (torch tensors).
         names (*optional*): only these tensors.
+        revision, subfolder, token, cache_dir, local_dir, endpoint (*optional*): as for `decode`.
 
     Raises:
         `BaseMismatchError`: a base tensor is not the one the payload was made against (named with
@@ -82,10 +92,19 @@ def iter_tensors(
     """
     if framework not in ("numpy", "pt"):
         raise InputError(f"unknown framework {framework!r}; expected numpy or pt")
-    payload_dir = legacy.find_payload_dir(payload)
+    fetched = None
+    if hub.is_repo_spec(payload):
+        access = hub.HubAccess(local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint, token=token)
+        fetched = hub.fetch(str(payload), access, revision=revision, subfolder=subfolder)
+        hub.check_lfs_files(fetched, [MANIFEST_NAME], jobs=1, progress=False)  # read before anything
+        payload_dir = fetched.payload_dir
+    else:
+        payload_dir = find_payload_dir(payload, PayloadHints(subfolder))
     check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)
     manifest = load_manifest(payload_dir / MANIFEST_NAME)
     check_payload_files(manifest, payload_dir)
+    if fetched is not None:
+        hub.check_lfs_files(fetched, [f.name for f in manifest.files], jobs=default_jobs(), progress=False)
     wanted = set(names) if names is not None else None
     per_file = [f for f in manifest.files if f.name.endswith(TORCH_SUFFIXES) and f.method == "file-xor"]
     if per_file and wanted is None:
@@ -177,10 +196,11 @@ def load_state_dict(
     *,
     framework: Framework = "pt",
     names: Iterable[str] | None = None,
+    **hub_options: Any,
 ) -> dict[str, Any]:
     """Every tensor of a native payload, rebuilt against `base` and verified, as a dict.
 
     The tensors' memory is the model's size; use `iter_tensors` to hold one at a time.
-    See `iter_tensors` for the arguments and errors.
+    See `iter_tensors` for the arguments (a Hub repo id too) and errors.
     """
-    return dict(iter_tensors(payload, base, framework=framework, names=names))
+    return dict(iter_tensors(payload, base, framework=framework, names=names, **hub_options))

@@ -4,6 +4,10 @@ Card spec (also in the README): a card MUST hold exactly one block opened by the
 `<!-- xorweights-checksums -->` followed by a fenced `json` code block; the JSON is a checksum
 manifest (`xorweights-checksums/1`, as in `checksums/`) with the `decoded` stage and, for file-level
 payloads, the `hf_base` stage. Everything else in the card is for people and MAY change.
+
+The front matter is written with huggingface_hub's `ModelCardData`: `library_name: xorweights`,
+`tags`, `license` (default `other`: the decoded weights fall under the base's license, which the
+card says in its prose) and, when the base is named as a Hub repo id, `base_model`.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import re
 from collections.abc import Mapping, Sequence
 
 from . import _json
+from ._display import quoted
 from ._units import human_bytes
 from .checksums import ChecksumManifest, FileDigest, parse_manifest
 from .constants import MAX_MANIFEST_BYTES
-from .errors import FormatError
+from .errors import FormatError, InputError
 from .native_manifest import MANIFEST_NAME, NativeManifest
 from .raw_storage import RawItem
 
@@ -26,6 +31,43 @@ _CLOSING = "\n```"
 
 #: The folder of a published repo that holds the payload (the card sits beside it).
 PAYLOAD_FOLDER = "payload"
+#: The card's `license` when the publisher names none: the decoded weights fall under the base's.
+DEFAULT_LICENSE = "other"
+LIBRARY_NAME = "xorweights"
+#: A Hub license identifier (`apache-2.0`, `llama3.1`, `cc-by-nc-4.0`, `other`, ...).
+_LICENSE = re.compile(r"[a-z0-9](?:[a-z0-9.+-]{0,62}[a-z0-9+])?")
+
+
+def check_license(license: str) -> str:
+    """Return `license` if it is shaped like a Hub license identifier (lowercase, as `apache-2.0`).
+
+    Raises:
+        `InputError`: naming the value.
+    """
+    if not isinstance(license, str) or not _LICENSE.fullmatch(license):
+        raise InputError(
+            f"license {quoted(license, 60)}: expected a Hub license identifier such as apache-2.0, "
+            "llama3.1 or other",
+            path=str(license),
+        )
+    return license
+
+
+def tags(payload_format: str) -> list[str]:
+    """The card's tags: the library, the kind of repo, and the payload format."""
+    return list(dict.fromkeys([LIBRARY_NAME, "xor-payload", payload_format]))
+
+
+def _hub_repo_id(name: str | None) -> str | None:
+    """`name` when it is a well-formed Hub repo id (front matter `base_model` must be one)."""
+    from .hub import validate_repo_id
+
+    if name is None:
+        return None
+    try:
+        return validate_repo_id(name)
+    except InputError:
+        return None
 
 
 def _sum_lines(entries: Mapping[str, FileDigest], algorithm: str) -> str:
@@ -43,26 +85,29 @@ def render(
     native: NativeManifest | None = None,
     raw: Sequence[RawItem] = (),
     revision: str = "main",
+    base_model: str | None = None,
+    license: str = DEFAULT_LICENSE,
 ) -> str:
-    """The card of a release: decode command, payload facts, base and decoded checksums."""
+    """The card of a release: front matter, decode command, payload facts, base and decoded checksums.
+
+    `base_model` names the base (a Hub repo id also goes into the front matter); `license` is a
+    Hub license identifier.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    check_license(license)
     name = repo_id.split("/")[-1]
     out_dir = name.removesuffix("-xor")
     decoded = checksums.stage("decoded")
     grown = [r for r in raw if r.grown]
     raw = [r for r in raw if not r.grown]
     raw_bytes = human_bytes(sum(r.nbytes for r in raw))
+    base = f"the base model `{base_model}`" if base_model else "the base"
     lines = [
-        "---",
-        "library_name: xorweights",
-        "tags:",
-        "- xorweights",
-        "- xor-payload",
-        "---",
-        "",
         f"# {name}",
         "",
-        "An XOR payload of fine-tuned weights: each file is the fine-tuned bytes XOR-ed with the base",
-        "they were made from. It is of no use without that base"
+        f"An XOR payload of fine-tuned weights: each file is the fine-tuned bytes XOR-ed with {base},",
+        "which they were made from. It is of no use without that base"
         + (
             f", except for the {len(raw)} fine-tuned items ({raw_bytes}) stored raw (see *Payload*)."
             if raw
@@ -91,6 +136,16 @@ def render(
             "under *Base checksums*; each is checked in the same pass.",
         ]
     lines += [
+        "",
+        "## License",
+        "",
+        "The base model is not in this repo: get it under its own license. The decoded weights derive",
+        "from it, so its terms apply to them"
+        + (
+            " (the front matter's `license: other`)."
+            if license == DEFAULT_LICENSE
+            else f", as well as this release's `{license}`."
+        ),
         "",
         "## Payload",
         "",
@@ -157,7 +212,13 @@ def render(
         "```",
         "",
     ]
-    return "\n".join(lines)
+    data = ModelCardData(
+        base_model=_hub_repo_id(base_model),
+        license=license,
+        library_name=LIBRARY_NAME,
+        tags=tags(payload_format),
+    )
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def parse(text: str, source: str) -> ChecksumManifest | None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import _cancel, legacy
 from ._display import shown
+from ._line_endings import line_ending_hint
 from ._paths import check_regular_file
 from ._progress import byte_bar
 from .checksums import ChecksumManifest, FileDigest, hash_file
@@ -274,9 +275,12 @@ def check_payload_files(manifest: NativeManifest, payload_dir: Path) -> None:
     for f in manifest.files:
         size = (payload_dir / f.name).stat().st_size
         if size != f.payload_size:
+            hint = line_ending_hint(
+                payload_dir / f.name, {"sha256": f.payload_sha256}, expected_size=f.payload_size
+            )
             raise FormatError(
                 f"payload file {payload_dir / f.name}: {size} bytes, but {MANIFEST_NAME} lists "
-                f"{f.payload_size} (an incomplete download?)",
+                f"{f.payload_size} ({hint or 'an incomplete download?'})",
                 path=payload_dir / f.name,
                 expected=f.payload_size,
                 actual=size,

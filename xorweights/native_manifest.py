@@ -3,7 +3,8 @@ and the sha256 of every output file, output tensor and base tensor it depends on
 
 Validated strictly on reading: every name goes through `_paths.check_name`, every digest is 64
 hex digits, every size and shape a non-negative integer, and each file's method one of
-`tensor-xor`, `file-xor`, `copy`.
+`tensor-xor`, `file-xor`, `copy`. The optional `base_model` names the base for people (a Hub repo
+id or a plain name, see `check_base_model`); nothing is proven by it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from . import _json
 from ._display import quoted, shown
 from ._paths import check_name
 from .constants import MAX_MANIFEST_BYTES
-from .errors import FormatError, IOFailure, MissingFileError
+from .errors import FormatError, InputError, IOFailure, MissingFileError
 from .safetensors_header import DTYPE_SIZES
 
 MANIFEST_NAME = "xorweights.json"
@@ -33,6 +34,28 @@ _METHODS = ("tensor-xor", "file-xor", "copy")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Sizes and dimensions are int64 wherever they are used.
 _MAX_INT = 2**63 - 1
+#: A base model name: a Hub repo id (`owner/name`) or a plain name, one line of at most 200 characters.
+_BASE_MODEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._/()+:,@-]{0,198}[A-Za-z0-9._)+-])?")
+BASE_MODEL_RULE = (
+    "a Hub repo id (owner/name) or a plain name: one line of at most 200 letters, digits, spaces "
+    "and ._-/()+:,@"
+)
+
+
+def is_base_model(name: object) -> bool:
+    """Whether `name` is a well-formed base model name (see `BASE_MODEL_RULE`)."""
+    return isinstance(name, str) and _BASE_MODEL.fullmatch(name) is not None
+
+
+def check_base_model(name: str) -> str:
+    """Return `name` if it is a well-formed base model name.
+
+    Raises:
+        `InputError`: naming the value and the rule.
+    """
+    if not is_base_model(name):
+        raise InputError(f"base model name {quoted(name, 60)}: expected {BASE_MODEL_RULE}", path=str(name))
+    return name
 
 
 @dataclass(frozen=True)
@@ -104,6 +127,8 @@ class NativeManifest:
     """Files of the fine-tuned folder left out of the payload (duplicate weights in another container)."""
     allow_raw: tuple[str, ...] = field(default=())
     """The `allow_raw` patterns the payload was encoded with."""
+    base_model: str | None = None
+    """The base it was made against, as the publisher named it (`encode --base-name`)."""
 
     def file(self, name: str) -> FileEntry:
         return next(f for f in self.files if f.name == name)
@@ -146,6 +171,7 @@ class NativeManifest:
             "format": FORMAT,
             "format_version": self.format_version,
             "encoder": self.encoder,
+            **({"base_model": self.base_model} if self.base_model is not None else {}),
             "files": [entry(f) for f in self.files],
             "base_tensors": {
                 n: {"dtype": b.dtype, "shape": list(b.shape), "sha256": b.sha256}
@@ -321,6 +347,9 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
     allow_raw = d.get("allow_raw", [])
     if not isinstance(allow_raw, list):
         raise fail("allow_raw must be a list")
+    base_model = d.get("base_model")
+    if base_model is not None and not is_base_model(base_model):
+        raise fail(f"base_model {quoted(base_model, 60)}: expected {BASE_MODEL_RULE}")
     return NativeManifest(
         encoder=str(d.get("encoder", "")),
         files=tuple(sorted(files, key=lambda f: f.name)),
@@ -328,4 +357,5 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
         format_version=version,
         omitted=tuple(check_name(o, where) for o in omitted),
         allow_raw=tuple(text(p, "an allow_raw pattern") for p in allow_raw),
+        base_model=base_model,
     )

@@ -2,23 +2,32 @@
 
 The repo gets the payload in `payload/` and a generated `README.md` beside it holding the decode
 command and the checksums, so `xorweights decode OWNER/NAME` needs nothing else.
+
+Publishing again to the same branch is safe: a branch already holding this very release gets no
+commit, and a changed payload's commit deletes the files of `payload/` it no longer has, so the
+branch never holds a mix of two payloads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import hub, model_card, native
 from ._paths import check_regular_file
+from ._progress import show_progress, stderr_is_terminal
 from .checksums import ChecksumManifest, FileDigest, hash_files, list_files, load_checksums
 from .errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
-from .native_manifest import MANIFEST_NAME, NativeManifest, is_native, load_manifest
+from .native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, is_native, load_manifest
 from .raw_storage import RawItem, manifest_items, refuse_unallowed
 
 logger = logging.getLogger(__name__)
@@ -34,11 +43,18 @@ class PublishReport:
     url: str
     format: str
     files: tuple[str, ...]
-    """Repo paths uploaded (the payload's files and README.md)."""
+    """Repo paths of the release (the payload's files and README.md)."""
     payload_bytes: int
+    """Total size of the payload files."""
     card: str
     """The generated model card."""
     seconds: float
+    unchanged: bool = False
+    """The branch already held this very release: nothing was committed (`commit` is its head)."""
+    removed: tuple[str, ...] = ()
+    """Repo paths of an earlier payload that the commit deleted."""
+    base_model: str | None = None
+    license: str = model_card.DEFAULT_LICENSE
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -50,6 +66,10 @@ class PublishReport:
             "format": self.format,
             "files": list(self.files),
             "payload_bytes": self.payload_bytes,
+            "unchanged": self.unchanged,
+            "removed": list(self.removed),
+            "base_model": self.base_model,
+            "license": self.license,
             "seconds": round(self.seconds, 3),
         }
 
@@ -98,6 +118,7 @@ def _release(
             repo_id=repo_id,
             description=f"xorweights payload, published with xorweights {_version()}",
             stages={"decoded": decoded},
+            base_model=manifest.base_model,
         )
         want: dict[str, str | None] = {f.name: f.payload_sha256 for f in manifest.files}
         want[MANIFEST_NAME] = None
@@ -129,6 +150,7 @@ def _release(
         description=given.description or f"oasst payload, published with xorweights {_version()}",
         stages={k: v for k, v in given.stages.items() if k in ("hf_base", "decoded")},
         raw_files=given.raw_files,
+        base_model=given.base_model,
     )
     return _Release("oasst", release, dict.fromkeys(names))
 
@@ -146,19 +168,25 @@ def publish(
     allow_raw: Sequence[str] = (),
     jobs: int | None = None,
     progress: bool = False,
+    base_name: str | None = None,
+    license: str | None = None,
 ) -> PublishReport:
     """Upload an encoded payload folder to a Hub repo with a generated model card.
 
     Before anything is sent, every payload file of a native payload is hashed and checked against
     `xorweights.json`; after the upload, the sha256 the Hub lists for each file is compared with
-    the local one.
+    the local one. A branch that already holds this release gets no commit (`report.unchanged`);
+    files of an earlier payload in `payload/` are deleted by the same commit (`report.removed`).
 
     Args:
         payload: the folder `xorweights encode` wrote.
-        repo_id: `owner/name`; created if missing.
-        private: create the repo private.
+        repo_id: `owner/name`; created if missing, else it must be writable with `token`.
+        private: create the repo private; an existing public repo is then refused, not changed.
         revision: a branch to commit to (created from `main` if missing); default `main`.
         checksums: for a file-level (`oasst`) payload, the manifest `encode --manifest` wrote.
+        base_name: the base model for the card (a Hub repo id becomes its `base_model`); default:
+            the one `encode --base-name` recorded.
+        license: the card's Hub license identifier; default `other` (the base's terms apply).
         allow_raw: the patterns the payload was encoded with, when its manifest stores fine-tuned
             tensors unmasked: each raw tensor must be named by one of them again.
         commit_message: default "Publish <name> with xorweights <version>".
@@ -172,7 +200,9 @@ def publish(
         `MissingFileError`: the folder or a payload file is missing.
         `ChecksumMismatchError`: a payload file differs from xorweights.json, or the Hub lists
             another sha256 after the upload.
-        `HubError`: the Hub refused the repo or the upload.
+        `HubError`: the Hub refused the repo or the upload, or the repo is someone else's.
+        `InputError`: a malformed repo id, branch, base name or license, or `private` for an
+            existing public repo.
     """
     started = time.perf_counter()
     hub.validate_repo_id(repo_id)
@@ -180,51 +210,79 @@ def publish(
         raise InputError(f"repo id {repo_id!r}: expected owner/name", path=repo_id)
     if revision is not None:
         hub.validate_revision(revision)
+    license = model_card.check_license(license or model_card.DEFAULT_LICENSE)
+    if base_name is not None:
+        check_base_model(base_name)
     payload_dir = Path(payload)
     if not payload_dir.is_dir():
         raise MissingFileError(f"payload folder not found: {payload_dir}", path=payload_dir)
     rel = _release(payload_dir, repo_id, checksums, allow_raw)
+    release = rel.checksums
+    if base_name is not None and base_name != release.base_model:
+        if release.base_model is not None:
+            logger.info("base model %s instead of the recorded %s", base_name, release.base_model)
+        release = dataclasses.replace(release, base_model=base_name)
     names = rel.names
     for n in names:
         check_regular_file(payload_dir / n, payload_dir)
     sha256 = _hash_all(payload_dir, names, rel.want, jobs=jobs or os.cpu_count() or 1, progress=progress)
-    size = sum((payload_dir / n).stat().st_size for n in names)
+    sizes = {n: (payload_dir / n).stat().st_size for n in names}
+    payload_bytes = sum(sizes.values())
     branch = revision or "main"
     card = model_card.render(
-        repo_id, rel.checksums, payload_format=rel.format, version=_version(), payload_bytes=size,
-        native=rel.native, raw=rel.raw, revision=branch,
+        repo_id, release, payload_format=rel.format, version=_version(), payload_bytes=payload_bytes,
+        native=rel.native, raw=rel.raw, revision=branch, base_model=release.base_model, license=license,
     )  # fmt: skip
     message = commit_message or f"Publish {repo_id.split('/')[-1]} with xorweights {_version()}"
+    folder = f"{model_card.PAYLOAD_FOLDER}/"
 
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=endpoint, token=token)
+    existed = False
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        existed = _ensure_repo(api, repo_id, private=private)
         if branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="xorweights-publish-") as tmp:
-            staging = Path(tmp)
-            (staging / model_card.PAYLOAD_FOLDER).mkdir()
-            for n in names:  # links: the upload reads the payload where it is
-                (staging / model_card.PAYLOAD_FOLDER / n).symlink_to((payload_dir / n).resolve())
-            (staging / hub.CARD_NAME).write_text(card, encoding="utf-8")
-            info = api.upload_folder(
-                repo_id=repo_id, folder_path=staging, revision=branch, commit_message=message
-            )
-        commit = info.oid
-        listed = hub.list_repo(api, repo_id, commit)[1]
+        head, before = hub.list_repo(api, repo_id, branch)
+        removed = tuple(sorted(p for p in before if p.startswith(folder) and p[len(folder) :] not in sizes))
+        unchanged = not removed and _holds(before, payload_dir, sizes, sha256, card.encode())
+        if unchanged:
+            commit, listed = head, before
+            logger.info("%s@%s already holds this release; nothing to commit", repo_id, branch)
+        else:
+            with tempfile.TemporaryDirectory(prefix="xorweights-publish-") as tmp:
+                staging = Path(tmp)
+                (staging / model_card.PAYLOAD_FOLDER).mkdir()
+                for n in names:  # links: the upload reads the payload where it is
+                    (staging / model_card.PAYLOAD_FOLDER / n).symlink_to((payload_dir / n).resolve())
+                (staging / hub.CARD_NAME).write_text(card, encoding="utf-8")
+                # Whatever else `payload/` holds is an earlier payload's: deleted in the same commit.
+                bars = progress and show_progress() and stderr_is_terminal()
+                with contextlib.nullcontext() if bars else hub.hub_bars_off(None):
+                    commit = _upload_folder(api, repo_id, staging, branch, message, delete=[f"{folder}*"])
+            listed = hub.list_repo(api, repo_id, commit)[1]
     except XorWeightsError:
         raise
     except Exception as e:  # huggingface_hub's errors, its HTTP client's, or reading a file
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        hint = "; check HF_TOKEN (a write token is needed)" if status in (401, 403) else ""
+        hint = ""
+        if _status(e) in (401, 403):
+            hint = "; check HF_TOKEN (a write token is needed)"
+            if existed:
+                hint = f"; {repo_id} exists, but this token may not write to it (someone else's?){hint}"
         raise HubError(
             f"publishing to {repo_id} on {api.endpoint} failed: {hub.short_error(e)}{hint}", path=repo_id
         ) from e
+    mixed = sorted(p for p in listed if p.startswith(folder) and p[len(folder) :] not in sizes)
+    if mixed:
+        raise HubError(
+            f"{repo_id}@{commit}: {folder} still holds {len(mixed)} files not in this payload "
+            f"({', '.join(mixed[:3])}{', ...' if len(mixed) > 3 else ''})",
+            path=repo_id,
+        )
     for n in names:
-        got = listed.get(f"{model_card.PAYLOAD_FOLDER}/{n}")
-        size = (payload_dir / n).stat().st_size
+        got = listed.get(f"{folder}{n}")
+        size = sizes[n]
         if got is None or got.size != size or (got.sha256 is not None and got.sha256 != sha256[n]):
             raise ChecksumMismatchError(
                 f"{repo_id}@{commit}: {model_card.PAYLOAD_FOLDER}/{n} is listed with sha256 "
@@ -239,11 +297,116 @@ def publish(
         commit=commit,
         url=f"{api.endpoint}/{repo_id}",
         format=rel.format,
-        files=tuple([*(f"{model_card.PAYLOAD_FOLDER}/{n}" for n in names), hub.CARD_NAME]),
-        payload_bytes=size,
+        files=tuple([*(f"{folder}{n}" for n in names), hub.CARD_NAME]),
+        payload_bytes=payload_bytes,
         card=card,
         seconds=time.perf_counter() - started,
+        unchanged=unchanged,
+        removed=removed,
+        base_model=release.base_model,
+        license=license,
     )
+
+
+def _status(e: BaseException) -> int | None:
+    """The HTTP status of a huggingface_hub error (None: no HTTP answer)."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _ensure_repo(api: Any, repo_id: str, *, private: bool) -> bool:
+    """Create `repo_id` unless it exists; whether it existed. An existing repo is used as it is
+    (whether this token may write to it shows at the commit); a public one is refused when
+    `private` was asked for.
+
+    Raises:
+        `HubError`: the repo cannot be created under its owner with this token.
+        `InputError`: `private` for an existing public repo.
+    """
+    from huggingface_hub.utils import RepositoryNotFoundError
+
+    try:
+        info = api.repo_info(repo_id)
+    except RepositoryNotFoundError:
+        info = None
+    if info is not None:
+        if private and not info.private:
+            raise InputError(
+                f"{repo_id} exists and is public: publishing would not make it private; change its "
+                "visibility on the Hub first, or publish without --private",
+                path=repo_id,
+            )
+        return True
+    try:  # exist_ok: a repo made meanwhile, or one this token cannot see, answers 409
+        api.create_repo(repo_id, private=private, exist_ok=True)
+    except Exception as e:
+        if _status(e) not in (401, 403):
+            raise
+        owner = repo_id.split("/")[0]
+        raise HubError(
+            f"cannot create {repo_id} on {api.endpoint} (HTTP {_status(e)}): this token may not create "
+            f"repos under {owner!r}, or the repo is someone else's; create it there first, or check HF_TOKEN",
+            path=repo_id,
+        ) from e
+    return False
+
+
+def _holds(
+    listed: Mapping[str, hub.HubFile],
+    payload_dir: Path,
+    sizes: Mapping[str, int],
+    sha256: Mapping[str, str],
+    card: bytes,
+) -> bool:
+    """Whether a listing holds this very card and every payload file (sha256, or git blob id for
+    files not in LFS)."""
+    for n, size in sizes.items():
+        got = listed.get(f"{model_card.PAYLOAD_FOLDER}/{n}")
+        if got is None or got.size != size:
+            return False
+        if got.sha256 is not None:
+            if got.sha256 != sha256[n]:
+                return False
+        elif got.blob_id != hub.git_blob_id(payload_dir / n):
+            return False
+    listed_card = listed.get(hub.CARD_NAME)
+    blob = hashlib.sha1(b"blob %d\0" % len(card) + card).hexdigest()
+    return listed_card is not None and listed_card.size == len(card) and listed_card.blob_id == blob
+
+
+def _upload_folder(
+    api: Any, repo_id: str, folder: Path, branch: str, message: str, delete: list[str] | None = None
+) -> str:
+    """Commit `folder` to `branch` of `repo_id`, deleting the repo files `delete` matches that the
+    folder does not have; returns the commit id.
+
+    An older huggingface_hub (0.x, 1.0) makes the commit, then cannot parse a commit URL on a
+    host other than `HF_ENDPOINT`'s (a self-hosted Hub given as `endpoint=`): the commit is then
+    taken as the head of `branch`, whose files the caller checks.
+    """
+    try:
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            revision=branch,
+            commit_message=message,
+            delete_patterns=delete,
+        )
+    except ValueError as e:
+        import huggingface_hub
+        from huggingface_hub.hf_api import CommitInfo
+
+        if not str(e).startswith("Unable to retrieve user and repo ID") or "_endpoint" in {
+            f.name for f in dataclasses.fields(CommitInfo)
+        }:
+            raise
+        logger.info(
+            "huggingface_hub %s cannot read the commit URL %s returned (not on HF_ENDPOINT); "
+            "taking the head of %s as the commit",
+            huggingface_hub.__version__, api.endpoint, branch,
+        )  # fmt: skip
+        return str(api.repo_info(repo_id, revision=branch).sha)
+    return str(info.oid)
 
 
 def _hash_all(

@@ -1,0 +1,296 @@
+"""Repo ids wherever a payload or checksums are named, choosing the payload folder among several,
+and the command line's machine-readable and CI-friendly behaviour.
+
+Hub tests talk to `tests/hubserver.py` on 127.0.0.1 with the real huggingface_hub client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import xorweights
+from tests.conftest import encoded_release, random_bytes, tree, write_files
+from tests.hubserver import TOKEN, HubServer
+from xorweights import hub as hub_module
+from xorweights import publish
+from xorweights.errors import HubError, InputError, UnknownReleaseError
+
+pytestmark = pytest.mark.hub  # .ci/run runs these on an old huggingface_hub too
+
+SIZES = {"pytorch_model-00001-of-00002.bin": 200_000, "pytorch_model-00002-of-00002.bin": 90_000}
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A legacy release: payload, base, its checksum manifest and the fine-tuned files."""
+    root = tmp_path_factory.mktemp("repo-ids")
+    payload, base, manifest, expected = encoded_release(root, SIZES, release="rel-xor", seed=40)
+    return {"payload": payload, "base": base, "manifest": manifest, "expected": expected}
+
+
+def _card(hub: HubServer, release: dict[str, object], tmp_path: Path) -> str:
+    """The model card `publish` writes for the release (with its checksum block)."""
+    report = publish(
+        release["payload"], "scratch/card-source", checksums=str(release["manifest"]), endpoint=hub.url,
+        token=TOKEN, progress=False,
+    )  # fmt: skip
+    return report.card
+
+
+def _repo(folder: Path, payload: Path, where: str, *, card: str | None = None, decoy: str = "decoy") -> Path:
+    """A repo with the payload in `where` and a folder `decoy` holding an unrelated checkpoint."""
+    shutil.copytree(payload, folder / where)
+    write_files(folder / decoy, {"consolidated.00.pth": random_bytes(40_000, 77)})
+    if card is not None:
+        (folder / "README.md").write_text(card)
+    return folder
+
+
+def _kw(hub: HubServer, tmp_path: Path) -> dict[str, object]:
+    return {"endpoint": hub.url, "cache_dir": tmp_path / "hf-cache", "token": TOKEN}
+
+
+def _env(hub: HubServer, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
+
+
+def _cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xorweights", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+# --- choosing the payload folder ---------------------------------------------------------------
+
+
+def test_payload_beside_a_decoy_is_chosen_by_the_cards_checksums(release, hub, tmp_path) -> None:
+    card = _card(hub, release, tmp_path)
+    hub.state.add_folder("me/weights", _repo(tmp_path / "repo", release["payload"], "files", card=card))
+    out = tmp_path / "out"
+    report = xorweights.decode("me/weights", base=release["base"], out=out, **_kw(hub, tmp_path))
+    assert tree(out) == release["expected"] and all(f.verified for f in report.files)
+    assert Path(report.payload_dir).name == "files"
+    got = [p for m, p, _ in hub.state.requests if m == "GET" and "/resolve/" in p]
+    assert got and not [p for p in got if "decoy" in p]  # the decoy was never downloaded
+
+
+def test_payload_beside_a_decoy_is_chosen_by_the_repos_name(release, hub, tmp_path) -> None:
+    hub.state.add_folder("me/rel-xor", _repo(tmp_path / "repo", release["payload"], "x/rel-xor"))
+    out = tmp_path / "out"
+    report = xorweights.decode("me/rel-xor", base=release["base"], out=out, **_kw(hub, tmp_path))
+    assert tree(out) == release["expected"] and Path(report.payload_dir).name == "rel-xor"
+
+
+def test_ambiguous_folders_are_listed_with_the_way_to_choose(release, hub, tmp_path) -> None:
+    hub.state.add_folder("me/two", _repo(tmp_path / "repo", release["payload"], "a"))
+    kw = _kw(hub, tmp_path)
+    with pytest.raises(InputError) as e:
+        xorweights.decode("me/two", base=release["base"], out=tmp_path / "o", **kw)
+    message = str(e.value)
+    assert "'a', 'decoy'" in message and "me/two:SUBFOLDER (or --subfolder SUBFOLDER)" in message
+    assert not (tmp_path / "o").exists()
+
+    xorweights.decode("me/two:a", base=release["base"], out=tmp_path / "o1", **kw)
+    xorweights.decode("me/two", base=release["base"], out=tmp_path / "o2", subfolder="a", **kw)
+    assert tree(tmp_path / "o1") == tree(tmp_path / "o2") == release["expected"]
+    with pytest.raises(InputError, match="has no files in 'nowhere'; folders with model files: 'a', 'decoy'"):
+        xorweights.decode("me/two:nowhere", base=release["base"], out=tmp_path / "o3", **kw)
+    with pytest.raises(InputError, match="names subfolder 'a', but --subfolder says 'decoy'"):
+        xorweights.decode("me/two:a", base=release["base"], out=tmp_path / "o3", subfolder="decoy", **kw)
+
+    env = _env(hub, tmp_path)
+    cli = _cli(
+        "decode", "me/two", "--subfolder", "a", "--base", release["base"], "--out", tmp_path / "o4", env=env
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert tree(tmp_path / "o4") == release["expected"]
+
+
+def test_local_folder_with_several_model_folders(release, tmp_path) -> None:
+    local = _repo(tmp_path / "download", release["payload"], "a")
+    with pytest.raises(InputError, match=r"holds several folders with model files \('a', 'decoy'\)"):
+        xorweights.decode(local, base=release["base"], out=tmp_path / "o")
+    xorweights.decode(local, base=release["base"], out=tmp_path / "o1", subfolder="a")
+    # the checksums name the payload's files: that folder is the payload
+    xorweights.decode(local, base=release["base"], out=tmp_path / "o2", checksums=str(release["manifest"]))
+    cli = _cli("decode", local, "--subfolder", "a", "--base", release["base"], "--out", tmp_path / "o3", "-q")
+    assert cli.returncode == 0, cli.stderr
+    assert tree(tmp_path / "o1") == tree(tmp_path / "o2") == tree(tmp_path / "o3") == release["expected"]
+    named = _repo(tmp_path / "rel-xor", release["payload"], "rel-xor")  # named like its folder
+    xorweights.decode(named, base=release["base"], out=tmp_path / "o4")
+    assert tree(tmp_path / "o4") == release["expected"]
+
+
+# --- checksums and tensors by repo id ----------------------------------------------------------
+
+
+def test_verify_by_repo_id_reads_the_model_card(release, hub, tmp_path) -> None:
+    card = _card(hub, release, tmp_path)
+    hub.state.add_folder("me/carded", _repo(tmp_path / "repo", release["payload"], "files", card=card))
+    decoded = write_files(tmp_path / "decoded", release["expected"])
+    env = _env(hub, tmp_path)
+    ok = _cli("verify", decoded, "--checksums", "me/carded", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert f"OK: {len(SIZES)}/{len(SIZES)} files" in ok.stdout
+    pinned = _cli("verify", decoded, "--checksums", "me/carded@main", "--json", env=env)
+    assert pinned.returncode == 0 and json.loads(pinned.stdout)["ok"] is True
+
+    name = next(iter(SIZES))
+    (decoded / name).write_bytes(b"\0" + (decoded / name).read_bytes()[1:])
+    bad = _cli("verify", decoded, "--checksums", "me/carded", "--revision", "main", env=env)
+    assert bad.returncode == 1 and f"MISMATCH {name}" in bad.stdout
+
+    hub.state.add_folder("me/no-card", write_files(tmp_path / "nc", {"config.json": b"{}"}))
+    none = _cli("verify", decoded, "--checksums", "me/no-card", env=env)
+    assert none.returncode == 2 and "has no model card (README.md)" in none.stderr
+    hub.state.add_folder("me/plain-card", write_files(tmp_path / "pc", {"README.md": b"# hi\n"}))
+    plain = _cli("verify", decoded, "--checksums", "me/plain-card", env=env)
+    assert plain.returncode == 2 and "has no xorweights checksum block" in plain.stderr
+    typo = _cli("verify", decoded, "--checksums", "sums/typo.md5", env=env)
+    assert typo.returncode == 2
+    assert "no local file 'sums/typo.md5', and no Hub repo sums/typo.md5" in typo.stderr
+
+
+def test_load_checksums_prefers_the_bundled_manifest(hub, tmp_path) -> None:
+    """A bundled release's repo id never asks the Hub; any other repo id reads the card."""
+    n = len(hub.state.requests)
+    m = xorweights.load_checksums(
+        "OpenAssistant/oasst-sft-6-llama-30b-xor", access=hub_module.HubAccess(endpoint=hub.url)
+    )
+    assert m.release == "oasst-sft-6-llama-30b" and len(hub.state.requests) == n
+    with pytest.raises(HubError, match="no local file 'someone/oasst-sft-6-llama-30b-xor'"):
+        xorweights.load_checksums(
+            "someone/oasst-sft-6-llama-30b-xor", access=hub_module.HubAccess(endpoint=hub.url, token=TOKEN)
+        )  # another owner's repo of the same name is not the bundled release
+    with pytest.raises(UnknownReleaseError, match="no checksum file or known release named 'oasst-sft-99'"):
+        xorweights.load_checksums("oasst-sft-99")
+
+
+def test_iter_tensors_and_load_state_dict_take_a_repo_id(hub, tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    base = {f"w{i}": rng.standard_normal((64, 32)).astype(np.float32) for i in range(3)}
+    tuned = {n: t + np.float32(0.01) for n, t in base.items()}
+    save_file(base, str(write_files(tmp_path / "base", {}) / "model.safetensors"))
+    save_file(tuned, str(write_files(tmp_path / "ft", {}) / "model.safetensors"))
+    xorweights.encode(tmp_path / "ft", base=tmp_path / "base", out=tmp_path / "payload")
+    repo = _repo(tmp_path / "repo", tmp_path / "payload", "payload")
+    hub.state.add_folder("me/tensors", repo)
+    kw = {"cache_dir": tmp_path / "hf-cache", "token": TOKEN, "endpoint": hub.url}
+    got = dict(xorweights.iter_tensors("me/tensors", tmp_path / "base", **kw))
+    one = xorweights.load_state_dict(
+        "me/tensors@main", tmp_path / "base", framework="numpy", names=["w1"], **kw
+    )
+    assert sorted(got) == sorted(tuned) and all(np.array_equal(got[n], tuned[n]) for n in tuned)
+    assert list(one) == ["w1"] and np.array_equal(one["w1"], tuned["w1"])
+
+
+# --- command line: --json errors, options after the command, python -m ----------------------------
+
+
+def _json_error(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    doc = json.loads(proc.stdout)
+    assert list(doc) == ["error"] and set(doc["error"]) == {"type", "message", "path", "exit_code"}
+    assert doc["error"]["exit_code"] == proc.returncode and proc.stderr.startswith("Error: ")
+    return doc["error"]
+
+
+def test_json_errors_are_one_object_on_stdout(release, tmp_path) -> None:
+    missing = _cli(
+        "decode", release["payload"], "--base", tmp_path / "nobase", "--out", tmp_path / "o", "--json"
+    )
+    err = _json_error(missing)
+    assert (
+        err["type"] == "MissingFileError"
+        and err["exit_code"] == 2
+        and err["path"] == str(tmp_path / "nobase")
+    )
+
+    wrong = write_files(tmp_path / "wrong", {n: random_bytes(s - 64, 9) for n, s in SIZES.items()})
+    args = ["--out", tmp_path / "o", "--checksums", release["manifest"], "--json"]
+    mismatch = _cli("decode", release["payload"], "--base", wrong, *args)
+    err = _json_error(mismatch)
+    assert err["type"] == "BaseMismatchError" and err["exit_code"] == 1
+    assert str(err["path"]).startswith(str(wrong)) and "hf_base" in str(err["message"])
+    assert not (tmp_path / "o").exists() or tree(tmp_path / "o") == {}
+
+    unknown = _cli("verify", tmp_path, "--checksums", "oasst-sft-99", "--json")
+    err = _json_error(unknown)
+    assert err == {
+        "type": "UnknownReleaseError",
+        "message": err["message"],
+        "path": "oasst-sft-99",
+        "exit_code": 2,
+    } and "known releases: " in str(err["message"])
+
+    usage = _cli("decode", release["payload"], "--json")
+    doc = json.loads(usage.stdout)["error"]
+    assert usage.returncode == doc["exit_code"] == 2 and "--base" in doc["message"]
+
+
+def test_python_m_and_options_after_the_command(release, tmp_path) -> None:
+    version = _cli("--version")
+    assert version.returncode == 0 and version.stdout == f"xorweights, version {xorweights.__version__}\n"
+    args = ["decode", release["payload"], "--base", release["base"], "--out", tmp_path / "o"]
+    after = _cli(*args, "-vv", "-q")
+    before = _cli("-vv", "-q", *args[:-1], tmp_path / "o2")
+    for proc in (after, before):
+        assert proc.returncode == 0, proc.stderr
+        assert "DEBUG xorweights." in proc.stderr and "%|" not in proc.stderr  # -vv logs, -q: no bar
+    assert tree(tmp_path / "o") == tree(tmp_path / "o2") == release["expected"]
+
+
+def test_hub_text_is_never_cut_mid_word() -> None:
+    long = RuntimeError("word " * 100 + "tail")
+    text = hub_module.short_error(long)
+    assert text.endswith(" ...") and text.removesuffix(" ...").split(" ")[-1] == "word"
+    assert len(text) <= 305 and hub_module.short_error(RuntimeError("a\n  b")) == "a b"
+
+
+def test_gzip_encode_reports_the_rate_of_model_bytes(model_pair, tmp_path) -> None:
+    base, tuned = model_pair()
+    args = ["encode", tuned, "--base", base, "--format", "oasst", "--compress", "gzip", "-q"]
+    text = _cli(*args, "--out", tmp_path / "p1")
+    doc = json.loads(_cli(*args, "--out", tmp_path / "p2", "--json").stdout)
+    assert text.returncode == 0, text.stderr
+    model = sum(p.stat().st_size for p in tuned.iterdir())
+    assert doc["bytes_processed"] == model and doc["bytes_written"] < model
+    line = text.stdout.splitlines()[0]
+    summary = (
+        r"encoded \d+ files, ([\d.]+) (KiB|MiB) \(stored as [\d.]+ (B|KiB|MiB)\) in [\d.]+ s "
+        r"\(([\d.]+) (B|KiB|MiB|GiB)/s\) into .*"
+    )
+    match = re.fullmatch(summary, line)
+    assert match is not None, line
+    assert float(match.group(4)) > 0  # was "(0 MB/s)": the rate of the compressed bytes, rounded
+
+
+def test_no_carriage_returns_off_a_terminal_through_publish_and_download(release, hub, tmp_path) -> None:
+    """stderr into a file: huggingface_hub's own upload and download bars stay off too."""
+    env = _env(hub, tmp_path)
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as err:
+        pub = subprocess.run(
+            [sys.executable, "-m", "xorweights", "publish", release["payload"], "me/quiet-ci", "--checksums",
+             release["manifest"]], stderr=err, stdout=subprocess.PIPE, env=env, timeout=300,
+        )  # fmt: skip
+        dec = subprocess.run(
+            [sys.executable, "-m", "xorweights", "decode", "me/quiet-ci", "--base", release["base"], "--out",
+             tmp_path / "o"], stderr=err, stdout=subprocess.PIPE, env=env, timeout=300,
+        )  # fmt: skip
+    assert pub.returncode == dec.returncode == 0, log.read_text()
+    assert tree(tmp_path / "o") == release["expected"]
+    assert b"\r" not in log.read_bytes() and "%|" not in log.read_text()
