@@ -197,8 +197,15 @@ def test_console_script_exit_codes(tmp_path: Path, release) -> None:
         capture_output=True,
         text=True,
     )
-    assert missing.returncode == 2 and "Error: payload folder not found" in missing.stderr
-    assert "XORWEIGHTS_DEBUG=1" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and missing.stderr.startswith("Error: payload folder not found")
+    assert len(missing.stderr.splitlines()) == 1  # one line
+    debug = subprocess.run(
+        [exe, "decode", tmp_path / "nope", "--base", base, "--out", tmp_path / "o2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XORWEIGHTS_DEBUG": "1"},
+    )
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "MissingFileError" in debug.stderr
 
 
 def test_library_never_prints(tmp_path: Path, capsys, release) -> None:

@@ -40,7 +40,8 @@ def test_native_payload_then_legacy_payload(demo: tuple[Path, DemoReport]) -> No
     assert rep.base_tensors == len(manifest["base_tensors"]) > 0
     assert not (work / "oasst-payload" / "xorweights.json").exists()
     assert rep.legacy_encode.format == "oasst" and rep.legacy_decode.format == "oasst"
-    json.dumps(rep.to_dict())
+    doc = json.loads(json.dumps(rep.to_dict()))  # what `demo --json` prints
+    assert doc["ok"] is True and doc["native"]["encode"]["format"] == "xorweights"
 
 
 def test_base_copy_is_another_container_and_layout_of_the_same_tensors(demo: tuple[Path, DemoReport]) -> None:

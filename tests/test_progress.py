@@ -129,7 +129,6 @@ def test_long_work_off_a_terminal_prints_plain_lines_in_binary_units(folder: Pat
 def test_plain_lines_come_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(_progress, "_clock", lambda: now[0])
-    monkeypatch.setattr(_progress, "stderr_is_terminal", lambda: False)
     monkeypatch.delenv("XORWEIGHTS_DISABLE_PROGRESS_BARS")
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from tests.conftest import encoded_release, random_bytes, tree, write_files
 from tests.hubserver import TOKEN, HubServer
 from xorweights import hub as hub_module
 from xorweights import publish
-from xorweights.errors import HubError, InputError, UnknownReleaseError
+from xorweights.errors import HubError, InputError, UnknownReleaseError, UnsafePathError
+from xorweights.payload_folder import PayloadHints, find_payload_in_listing
 
 pytestmark = pytest.mark.hub  # .ci/run runs these on an old huggingface_hub too
 
@@ -62,6 +64,11 @@ def _kw(hub: HubServer, tmp_path: Path) -> dict[str, object]:
 
 def _env(hub: HubServer, tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
+
+
+def _loud() -> dict[str, str]:
+    """The environment with progress on (the test suite silences it by default)."""
+    return {k: v for k, v in os.environ.items() if k != "XORWEIGHTS_DISABLE_PROGRESS_BARS"}
 
 
 def _cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -160,6 +167,25 @@ def test_verify_by_repo_id_reads_the_model_card(release, hub, tmp_path) -> None:
     hub.state.add_folder("me/plain-card", write_files(tmp_path / "pc", {"README.md": b"# hi\n"}))
     plain = _cli("verify", decoded, "--checksums", "me/plain-card", env=env)
     assert plain.returncode == 2 and "has no xorweights checksum block" in plain.stderr
+    offline = {**env, "HF_HUB_OFFLINE": "1"}  # the card is cached by the runs above
+    again = _cli("verify", decoded, "--checksums", "me/carded", "-q", env=offline)
+    assert again.returncode == 1 and f"MISMATCH {name}" in again.stdout
+    for cold_env in (
+        {**offline, "HF_HOME": str(tmp_path / "cold")},
+        {**env, "HF_HOME": str(tmp_path / "cold"), "HF_ENDPOINT": "http://127.0.0.1:9"},  # nothing there
+    ):
+        started = time.monotonic()
+        cold = _cli("verify", decoded, "--checksums", "me/carded", env=cold_env)
+        assert cold.returncode == 2 and time.monotonic() - started < 30  # no retries, no backoff
+        lines = cold.stderr.splitlines()
+        assert lines[-1].startswith("Error: no local file 'me/carded', and the model card of me/carded@main")
+        assert "asking for it again" not in cold.stderr and "Retrying" not in cold.stderr
+    dl = tmp_path / "dl"  # the payload's download folder: the checksums' card does not go there
+    report = xorweights.decode(
+        release["payload"], base=release["base"], out=tmp_path / "o9", checksums="me/carded", local_dir=dl,
+        **_kw(hub, tmp_path),
+    )  # fmt: skip
+    assert all(f.verified for f in report.files) and not dl.exists()
     typo = _cli("verify", decoded, "--checksums", "sums/typo.md5", env=env)
     assert typo.returncode == 2
     assert "no local file 'sums/typo.md5', and no Hub repo sums/typo.md5" in typo.stderr
@@ -196,6 +222,8 @@ def test_iter_tensors_and_load_state_dict_take_a_repo_id(hub, tmp_path) -> None:
     )
     assert sorted(got) == sorted(tuned) and all(np.array_equal(got[n], tuned[n]) for n in tuned)
     assert list(one) == ["w1"] and np.array_equal(one["w1"], tuned["w1"])
+    with pytest.raises(InputError, match="--revision applies to a Hub repo id, not to the local folder"):
+        next(xorweights.iter_tensors(tmp_path / "payload", tmp_path / "base", revision="main"))
 
 
 # --- command line: --json errors, options after the command, python -m ----------------------------
@@ -225,7 +253,7 @@ def test_json_errors_are_one_object_on_stdout(release, tmp_path) -> None:
     err = _json_error(mismatch)
     assert err["type"] == "BaseMismatchError" and err["exit_code"] == 1
     assert str(err["path"]).startswith(str(wrong)) and "hf_base" in str(err["message"])
-    assert not (tmp_path / "o").exists() or tree(tmp_path / "o") == {}
+    assert not (tmp_path / "o").exists()  # refused before writing: not even the folder is left
 
     unknown = _cli("verify", tmp_path, "--checksums", "oasst-sft-99", "--json")
     err = _json_error(unknown)
@@ -245,12 +273,27 @@ def test_python_m_and_options_after_the_command(release, tmp_path) -> None:
     version = _cli("--version")
     assert version.returncode == 0 and version.stdout == f"xorweights, version {xorweights.__version__}\n"
     args = ["decode", release["payload"], "--base", release["base"], "--out", tmp_path / "o"]
-    after = _cli(*args, "-vv", "-q")
-    before = _cli("-vv", "-q", *args[:-1], tmp_path / "o2")
+    # progress on, a plain line at every update: what -q must silence
+    every_update = (
+        "import sys, xorweights._progress as p; p.PLAIN_INTERVAL = 0.0; "
+        "sys.argv = ['xorweights', *sys.argv[1:]]; from xorweights.cli import main; main()"
+    )
+
+    def run(*argv: object) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-c", every_update, *map(str, argv)]
+        return subprocess.run(cmd, capture_output=True, text=True, env=_loud(), timeout=300)
+
+    loud = run(*args[:-1], tmp_path / "o0")
+    assert loud.returncode == 0 and "decode: " in loud.stderr and "DEBUG" not in loud.stderr
+    after = run(*args, "-vv", "-q")
+    before = run("-vv", "-q", *args[:-1], tmp_path / "o2")
     for proc in (after, before):
         assert proc.returncode == 0, proc.stderr
-        assert "DEBUG xorweights." in proc.stderr and "%|" not in proc.stderr  # -vv logs, -q: no bar
+        assert "DEBUG xorweights." in proc.stderr and "decode: " not in proc.stderr  # -vv logs, -q silent
     assert tree(tmp_path / "o") == tree(tmp_path / "o2") == release["expected"]
+    rerun = _cli(*args)
+    assert rerun.returncode == 0
+    assert f"nothing to decode: {tmp_path / 'o'} already holds every output" in rerun.stdout
 
 
 def test_hub_text_is_never_cut_mid_word() -> None:
@@ -281,6 +324,7 @@ def test_gzip_encode_reports_the_rate_of_model_bytes(model_pair, tmp_path) -> No
 def test_no_carriage_returns_off_a_terminal_through_publish_and_download(release, hub, tmp_path) -> None:
     """stderr into a file: huggingface_hub's own upload and download bars stay off too."""
     env = _env(hub, tmp_path)
+    env.pop("XORWEIGHTS_DISABLE_PROGRESS_BARS", None)  # progress on, as a CI job has it
     log = tmp_path / "stderr.log"
     with open(log, "w") as err:
         pub = subprocess.run(
@@ -294,3 +338,18 @@ def test_no_carriage_returns_off_a_terminal_through_publish_and_download(release
     assert pub.returncode == dec.returncode == 0, log.read_text()
     assert tree(tmp_path / "o") == release["expected"]
     assert b"\r" not in log.read_bytes() and "%|" not in log.read_text()
+
+
+def test_the_top_folder_is_the_repo_itself() -> None:
+    """Model files at the top beside another model folder (Meta's `original/`): the top folder is
+    named like the repo; `OWNER/NAME:` chooses it too."""
+    listing = ["config.json", "model.safetensors", "original/consolidated.00.pth"]
+    assert find_payload_in_listing(listing, "o/n", PayloadHints(repo_name="n")) == ""
+    assert find_payload_in_listing(listing, "o/n", PayloadHints(subfolder="original")) == "original"
+    assert hub_module.parse_payload_spec("o/n:").subfolder == ""
+    assert hub_module.parse_payload_spec("o/n").subfolder is None
+    assert find_payload_in_listing(listing, "o/n", PayloadHints(subfolder="")) == ""
+    with pytest.raises(InputError, match=r"several folders with model files \(the top folder, 'n'\)"):
+        find_payload_in_listing([*listing[:2], "n/w.bin"], "o/n", PayloadHints(repo_name="n"))
+    with pytest.raises(UnsafePathError):
+        hub_module.parse_payload_spec("o/n:../x")

@@ -14,11 +14,11 @@ import stat
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-from .constants import LINE_ENDING_CHECK_LIMIT
+from .constants import ALGORITHMS, LINE_ENDING_CHECK_LIMIT
 
 #: Algorithms a published digest may be given in; `git-sha1` is a git blob id (sha1 over
 #: `blob <size>\0` and the bytes).
-ALGORITHMS = ("md5", "sha1", "sha256", "git-sha1")
+HINT_ALGORITHMS = (*ALGORITHMS, "sha1", "git-sha1")
 #: git's test for binary content: a NUL byte among the first this many bytes (never converted).
 _SNIFF_BYTES = 8000
 _CHUNK_SIZE = 1 << 20
@@ -46,9 +46,9 @@ def _restored(seg: bytes, form: str) -> bytes:
 
 
 def _hasher(algorithm: str, size: int) -> Any:
-    if algorithm == "git-sha1":
-        return hashlib.sha1(b"blob %d\0" % size)
-    return hashlib.new(algorithm)
+    from .checksums import git_blob_hasher  # checksums reports its mismatches with this module
+
+    return git_blob_hasher(size) if algorithm == "git-sha1" else hashlib.new(algorithm)
 
 
 def line_ending_hint(
@@ -72,7 +72,7 @@ def line_ending_hint(
     Returns:
         e.g. `line endings were converted (LF -> CRLF), e.g. by git autocrlf; fetch the file again`.
     """
-    digests = {a: h.lower() for a, h in (expected or {}).items() if a in ALGORITHMS and h}
+    digests = {a: h.lower() for a, h in (expected or {}).items() if a in HINT_ALGORITHMS and h}
     if not digests and expected_size is None:
         return None
     try:

@@ -269,6 +269,7 @@ class OutputFolder:
         """Where the state file and journal live: the folder itself unless told (an encode keeps
         them in a hidden folder inside the payload folder, which gets published as it is)."""
         self._fd: int | None = None
+        self._created = False
         self._journal: int | None = None
         self._lock = threading.Lock()
         self.done: dict[str, Done] = {}
@@ -276,6 +277,7 @@ class OutputFolder:
         """Outputs a killed run renamed into place without recording them, recognised by their digests."""
 
     def __enter__(self) -> OutputFolder:
+        self._created = not os.path.lexists(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
@@ -314,6 +316,11 @@ class OutputFolder:
             if self._fd is not None:
                 os.close(self._fd)  # releases the lock
                 self._fd = None
+            if exc and exc[0] is not None and self._created:
+                try:  # a failed run leaves no empty folder it made (one holding anything stays)
+                    os.rmdir(self.path)
+                except OSError:
+                    pass
 
     def _make_state_dir(self) -> None:
         """Create `state_dir` below `path`; a link or file in its way (never ours) is removed."""

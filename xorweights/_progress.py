@@ -55,6 +55,12 @@ def stderr_is_terminal() -> bool:
         return False
 
 
+def bars_shown(enabled: bool = True) -> bool:
+    """Whether a bar that redraws itself (huggingface_hub's own, on uploads and older clients'
+    downloads) may show: progress asked for and not silenced, and stderr a terminal."""
+    return show_progress(enabled) and stderr_is_terminal()
+
+
 def plain_line(
     desc: str, n: float, total: float | None, seconds: float, *, moved: float | None = None, unit: str = "B"
 ) -> str:

@@ -121,7 +121,7 @@ def convert_base(
         checksums (*optional*): the release (or manifest) whose `hf_base` digests every file must
             match; default `oasst-sft-6-llama-30b` for the 30B layout.
         force: overwrite files in `out` that xorweights did not make.
-        progress: show a byte progress bar on stderr.
+        progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
 
     Raises:
         `BaseMismatchError`: a generated file differs from its published digest (the file and the

@@ -309,6 +309,22 @@ def load_manifest_file(path: os.PathLike[str] | str) -> ChecksumManifest:
     return ChecksumManifest(release=path.name, stages={}, unstaged=digests, path=str(path))
 
 
+def bundled_release(name: str) -> ChecksumManifest | None:
+    """The bundled manifest a release name or repo id names (`-xor` optional, any case); a repo
+    id matches only the release published under that id."""
+    key = name.strip().rstrip("/").lower()
+    for m in known_releases():
+        if "/" in key:
+            names = {m.repo_id.lower().removesuffix("-xor")} if m.repo_id else set()
+        else:
+            names = {m.release.lower()}
+            if m.repo_id:
+                names.add(m.repo_id.split("/")[-1].lower().removesuffix("-xor"))
+        if key in names or key.removesuffix("-xor") in names:
+            return m
+    return None
+
+
 def load_checksums(
     spec: os.PathLike[str] | str, *, access: HubAccess | None = None, revision: str | None = None
 ) -> ChecksumManifest:
@@ -325,24 +341,19 @@ def load_checksums(
         if revision is not None:
             raise InputError(f"--revision applies to a Hub repo id, not to the file {spec}", path=spec)
         return load_manifest_file(spec)
-    key = str(spec).strip().rstrip("/").partition("@")[0].lower()
-    releases = known_releases()
-    for m in releases:
-        if "/" in key:  # a repo id: only the release published under that id
-            names = {m.repo_id.lower().removesuffix("-xor")} if m.repo_id else set()
-        else:
-            names = {m.release.lower()}
-            if m.repo_id:
-                names.add(m.repo_id.split("/")[-1].lower().removesuffix("-xor"))
-        if key in names or key.removesuffix("-xor") in names:
-            return m
+    name, _, rev = str(spec).partition("@")
+    found = bundled_release(name)
+    if found is not None:
+        if rev or revision:
+            logger.warning("%s: the bundled manifest %s applies to every revision", spec, found.release)
+        return found
     from . import hub  # the Hub client loads only for a repo id
 
     if hub.is_repo_spec(str(spec)):
         return hub.remote_checksums(str(spec), access, revision=revision)
     raise UnknownReleaseError(
         f"no checksum file or known release named {quoted(str(spec))}; known releases: "
-        + ", ".join(m.release for m in releases),
+        + ", ".join(m.release for m in known_releases()),
         path=str(spec),
     )
 
@@ -451,6 +462,12 @@ def format_sum_lines(entries: Mapping[str, str]) -> str:
 
 
 # --- hashing and verification ------------------------------------------------------------------
+
+
+def git_blob_hasher(size: int) -> Any:
+    """sha1 begun with git's blob header: fed the `size` bytes of a file, its hexdigest is the file's
+    git blob id (what the Hub lists for files not in LFS)."""
+    return hashlib.sha1(b"blob %d\0" % size)
 
 
 def hash_file(
@@ -564,7 +581,7 @@ def verify(
         checksums: a release name or repo id, a manifest or line file, or a loaded manifest.
         stage: `decoded`, `hf_base` or `meta_original`.
         jobs: files hashed at once (default: number of cores).
-        progress: show a byte progress bar on stderr.
+        progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
 
     Returns:
         `VerifyReport`; its `ok` is false on any mismatch or missing file.

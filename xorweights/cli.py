@@ -193,6 +193,8 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    # huggingface_hub prints its own messages with its own handler: not twice.
+    logging.getLogger("huggingface_hub").propagate = False
 
 
 @cli.command("decode", epilog=f"Example: {EXAMPLES['decode']}")
@@ -283,8 +285,6 @@ def decode_cmd(
     repo's payload files are downloaded (HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE and the Hub cache
     apply) and checked against the sha256 the Hub reports before they are read.
     """
-    if local_dir is not None and download_dir is not None and local_dir != download_dir:
-        raise click.UsageError("--local-dir and --download-dir name different folders; use --local-dir")
     report = decode(
         payload,
         base=base,
@@ -299,7 +299,8 @@ def decode_cmd(
         payload_compression=payload_compression,  # type: ignore[arg-type]
         base_mode=base_mode,  # type: ignore[arg-type]
         verify=verify,
-        local_dir=local_dir or download_dir,
+        local_dir=local_dir,
+        download_dir=download_dir,
         cache_dir=cache_dir,
         token=token,
         revision=revision,
@@ -329,9 +330,17 @@ def _print_decode(report: DecodeReport) -> None:
         if f.verified:
             proof.append("output ok (" + ", ".join(f"{a} {d}" for a, d in sorted(f.digests.items())) + ")")
         click.echo(f"  {shown(f.name):<40} {_human(f.size):>10}  {how:<8} {'; '.join(proof)}")
+    made = [f for f in report.files if not f.kept]
+    n_made = sum(f.size for f in made)
+    kept = len(report.files) - len(made)
     click.echo(
-        f"decoded {len(report.files)} files, {_human(report.bytes_written)} in {report.seconds:.1f} s "
-        f"({human_rate(report.bytes_written, report.seconds)}) into {shown(report.out_dir)}"
+        (
+            f"decoded {len(made)} files, {_human(n_made)} in {report.seconds:.1f} s "
+            f"({human_rate(n_made, report.seconds)}) into {shown(report.out_dir)}"
+            if made
+            else f"nothing to decode: {shown(report.out_dir)} already holds every output"
+        )
+        + (f"; {kept} already in place (kept)" if made and kept else "")
         + (f"; gzip payloads read with {report.gzip_backend}" if report.gzip_backend else "")
     )
     if report.format == "xorweights":
@@ -714,7 +723,7 @@ def _release_doc(m: ChecksumManifest) -> dict[str, Any]:
 @cli.command("releases")
 @quiet_option
 @json_option
-def releases_cmd(quiet: bool, as_json: bool) -> int:
+def releases_cmd(quiet: bool, as_json: bool) -> int:  # -q: accepted here as after any command
     """List the known releases, their checksum stages and what decoding each needs."""
     docs = [_release_doc(m) for m in known_releases()]
     if as_json:
@@ -941,11 +950,9 @@ def _failure(e: BaseException) -> tuple[int, str]:
         return 130, INTERRUPTED
     code = EXIT_MISMATCH if isinstance(e, ChecksumMismatchError) else EXIT_BAD_INPUT
     message = _one_line(e)
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {message}", err=True)  # one line; XORWEIGHTS_DEBUG=1 adds the traceback
     if env_flag(ENV_DEBUG):
         traceback.print_exc()
-    else:
-        click.echo(f"(set {ENV_DEBUG}=1 for the full traceback)", err=True)
     return code, message
 
 

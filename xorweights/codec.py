@@ -51,7 +51,6 @@ from .errors import (
     XorWeightsError,
 )
 from .native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, is_native, load_manifest
-from .payload_folder import PayloadHints, find_payload_dir
 
 logger = logging.getLogger(__name__)
 
@@ -1028,8 +1027,8 @@ def decode(
 
     Args:
         payload: the payload folder (or a repo download holding it a few levels down), or a Hub
-            repo `owner/name[@revision]`: then only the payload's files are downloaded (Hub
-            cache or `download_dir`), each one decoded is checked against the sha256 the Hub
+            repo `owner/name[@revision][:subfolder]`: then only the payload's files are downloaded
+            (Hub cache or `local_dir`), each one decoded is checked against the sha256 the Hub
             reports before it is read, and the checksums come from `checksums/` (by repo id)
             or from the repo's model card.
         base: the folder with the base files, named as in the payload.
@@ -1063,7 +1062,7 @@ def decode(
             model files (or `owner/name:subfolder`). Otherwise the payload is the one native
             payload, else the folder holding the files the checksums name, else the one named
             like the repo.
-        progress: show a byte progress bar on stderr.
+        progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
 
     Returns:
         `DecodeReport` with every file's size and digests; `out_dir` holds the verified files.
@@ -1083,6 +1082,8 @@ def decode(
     if payload_compression not in ("auto", "none", "gzip"):
         raise InputError(f"unknown payload compression {payload_compression!r}; expected auto, none or gzip")
     started = time.perf_counter()
+    if local_dir is not None and download_dir is not None and Path(local_dir) != Path(download_dir):
+        raise InputError("local_dir and download_dir (its old name) name different folders", path=local_dir)
     access = hub.HubAccess(
         local_dir=local_dir if local_dir is not None else download_dir,
         cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline,
@@ -1092,26 +1093,11 @@ def decode(
         if isinstance(checksums, ChecksumManifest) or checksums is None
         else load_checksums(checksums, access=access)
     )
-    fetched = None
-    if hub.is_repo_spec(payload):
-        fetched = hub.fetch(
-            str(payload),
-            access,
-            revision=revision,
-            subfolder=subfolder,
-            checksums=manifest,
-            progress=progress,
-        )
-        payload_dir = fetched.payload_dir
-        hub.check_lfs_files(fetched, [MANIFEST_NAME], jobs=1, progress=False)  # read before anything
+    payload_dir, fetched = hub.locate_payload(
+        payload, access, revision=revision, subfolder=subfolder, checksums=manifest, progress=progress
+    )
+    if fetched is not None:
         manifest = manifest or hub.release_checksums(fetched)
-    else:
-        if revision is not None:
-            raise InputError(
-                f"--revision applies to a Hub repo id, not to the local folder {payload}", path=payload
-            )
-        hints = PayloadHints(subfolder, hub.checksum_names(manifest))
-        payload_dir = find_payload_dir(payload, hints)
     check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)  # a link out, or a FIFO: refused unread
     base_dir, out_dir = Path(base), Path(out)
     if is_native(payload_dir) and format != "oasst":
@@ -1394,10 +1380,11 @@ def encode(
         allow_raw: fnmatch patterns naming fine-tuned tensors (or weight files) that may be stored
             unmasked because the base has no counterpart (`xorweights` only); any other such item
             makes the encode refuse. The manifest records each raw item and its pattern.
-        progress: show a byte progress bar on stderr.
+        progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
         base_name (*optional*): what the base is, for people: a Hub repo id (`owner/name`) or a
-            plain name, recorded as `base_model` in `xorweights.json` (kept from an earlier run
-            when not given) or, for `oasst`, in the checksum manifest (needs `with_checksums`);
+            plain name, recorded as `base_model` in `xorweights.json` (when not given, a payload
+            found complete from the same inputs keeps the name it has; one made anew records
+            none) or, for `oasst`, in the checksum manifest (needs `with_checksums`);
             `publish` puts it on the model card.
 
     Raises:

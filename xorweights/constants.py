@@ -92,7 +92,7 @@ MANIFEST_FORMAT = "xorweights-checksums/1"
 
 ENV_VARS_TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 
-#: Silences every progress bar (same effect as `--quiet`).
+#: Silences all progress output (same effect as `--quiet`).
 ENV_DISABLE_PROGRESS_BARS = "XORWEIGHTS_DISABLE_PROGRESS_BARS"
 #: huggingface_hub's switch for its bars; a true value (as `is_true`) silences ours too.
 ENV_HF_DISABLE_PROGRESS_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"

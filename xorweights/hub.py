@@ -9,8 +9,8 @@ starting and ending with a letter or digit, with no `--` or `..`. A revision is 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
-import hashlib
 import importlib
 import inspect
 import logging
@@ -26,11 +26,12 @@ from . import _cancel, model_card
 from ._display import quoted
 from ._line_endings import line_ending_hint
 from ._paths import check_name, check_regular_file
-from ._progress import show_progress, stderr_is_terminal, tqdm_class
-from .checksums import ChecksumManifest, hash_files, known_releases
+from ._progress import bars_shown, tqdm_class
+from .checksums import ChecksumManifest, bundled_release, git_blob_hasher, hash_files
 from .engine import Cancelled
 from .errors import HubError, InputError, PayloadMismatchError, XorWeightsError
-from .payload_folder import PayloadHints, files_below, find_payload_in_listing
+from .native_manifest import MANIFEST_NAME
+from .payload_folder import PayloadHints, files_below, find_payload_dir, find_payload_in_listing
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +112,11 @@ def parse_payload_spec(spec: str, *, revision: str | None = None, subfolder: str
     given = (("revision", rev, revision), ("subfolder", sub if colon else None, subfolder))
     for what, in_spec, option in given:
         if in_spec is not None and option is not None and in_spec.strip("/") != option.strip("/"):
-            raise InputError(f"{spec!r} names {what} {in_spec!r}, but --{what} says {option!r}", path=spec)
+            says = f"but --{what} says {quoted(option)}"
+            raise InputError(f"{quoted(spec)} names {what} {quoted(in_spec)}, {says}", path=spec)
     if revision is not None:
         validate_revision(revision)
-    chosen = (sub if colon else subfolder) or None
+    chosen = sub if colon else subfolder  # "" (`owner/name:`): the top folder
     if chosen is not None:
         chosen = chosen.strip("/")
         if chosen:
@@ -143,7 +145,7 @@ CARD_NAME = "README.md"
 
 
 def is_repo_spec(payload: object) -> bool:
-    """Whether `payload` names a Hub repo (`owner/name[@revision]`) rather than a local folder.
+    """Whether `payload` names a Hub repo (`owner/name[@revision][:subfolder]`), not a local folder.
 
     A `Path`, or a string naming an existing path, is local; so is anything not shaped like
     `owner/name`.
@@ -328,7 +330,7 @@ def _download(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any)
                 return str(hf.hf_hub_download(repo_id, path, revision=revision, **bars, **kw))
             except Exception as e:
                 attempt += 1
-                if attempt > _RESUME_TRIES or not _unreachable(e) or stop.wait(1):
+                if attempt > _RESUME_TRIES or not _broke_off(e) or stop.wait(1):
                     raise
                 logger.warning("%s: %s broke off (%s); asking for it again", repo_id, path, short_error(e))
 
@@ -346,8 +348,7 @@ def _download(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any)
     # Waits on an event: `Thread.join` interrupted by a signal may take the thread for finished.
     finished = threading.Event()
     # Without the hook, huggingface_hub draws its own bars: only on a terminal (they redraw with \r).
-    own_bars = show_progress(base.enabled) and stderr_is_terminal()
-    with hub_bars_off() if not hook and not own_bars else contextlib.nullcontext():
+    with hub_bars_off() if not hook and not bars_shown(base.enabled) else contextlib.nullcontext():
         threading.Thread(target=run, name=f"xorweights-download-{repo_id}", daemon=True).start()
         try:
             while not finished.wait(0.05):
@@ -366,6 +367,11 @@ def _download(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any)
 
 #: How often a file whose download broke off (the connection lost) is asked for again.
 _RESUME_TRIES = 3
+
+
+def _broke_off(e: BaseException) -> bool:
+    """Whether a download failed on the way (worth asking again), not for want of a cached copy."""
+    return _unreachable(e) and type(e).__name__ not in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
 
 
 def _takes(fn: Any, name: str) -> bool:
@@ -549,6 +555,39 @@ def fetch(
     return _from_cache(hf, rs, kw, local, unreachable, checksums, hints)
 
 
+def locate_payload(
+    payload: os.PathLike[str] | str,
+    access: HubAccess,
+    *,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    checksums: ChecksumManifest | None = None,
+    progress: bool = False,
+) -> tuple[Path, HubPayload | None]:
+    """The payload folder of a local folder, or of a repo id (then fetched, and its
+    `xorweights.json`, if any, checked against the Hub's sha256 before it is read).
+
+    Raises:
+        as `fetch` and `find_payload_dir`; `InputError`: a revision for a local folder.
+    """
+    if is_repo_spec(payload):
+        fetched = fetch(
+            str(payload),
+            access,
+            revision=revision,
+            subfolder=subfolder,
+            checksums=checksums,
+            progress=progress,
+        )
+        check_lfs_files(fetched, [MANIFEST_NAME], jobs=1, progress=False)
+        return fetched.payload_dir, fetched
+    if revision is not None:
+        raise InputError(
+            f"--revision applies to a Hub repo id, not to the local folder {payload}", path=payload
+        )
+    return find_payload_dir(payload, PayloadHints(subfolder, checksum_names(checksums))), None
+
+
 def _from_cache(
     hf: Any,
     rs: RepoSpec,
@@ -570,9 +609,9 @@ def _from_cache(
         if local and not (root / ".cache" / "huggingface" / "download").is_dir():
             raise FileNotFoundError(root)
         listing = files_below(root)
-        found = checksums or bundled_checksums(repo_id)
-        if found is None and CARD_NAME in listing:
-            found = card_checksums(root / CARD_NAME, root, repo_id)
+        found = _release_checksums(
+            repo_id, checksums, root / CARD_NAME if CARD_NAME in listing else None, root
+        )
         sub, paths = _payload_paths(listing, where, hints(found))
         # Lets huggingface_hub say whether the snapshot is complete (it knows when it kept the listing).
         root = _snapshot(hf, repo_id, revision, [glob.escape(p) for p in paths], local_files_only=True, **kw)
@@ -644,7 +683,7 @@ def _checked(
 
 def git_blob_id(path: Path) -> str:
     """The git blob id of a file: sha1 of `blob <size>\\0` and its bytes."""
-    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    h = git_blob_hasher(path.stat().st_size)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
@@ -681,12 +720,11 @@ def short_error(e: BaseException | None, limit: int = 300) -> str:
 
 
 def bundled_checksums(repo_id: str) -> ChecksumManifest | None:
-    """The manifest in `checksums/` for a repo id (any case), if the release is a known one."""
-    for m in known_releases():
-        if m.repo_id and m.repo_id.lower() == repo_id.lower():
-            logger.info("%s: checksums from the bundled manifest %s", repo_id, m.release)
-            return m
-    return None
+    """The manifest in `checksums/` for a repo id, if the release is a known one."""
+    found = bundled_release(repo_id)
+    if found is not None:
+        logger.info("%s: checksums from the bundled manifest %s", repo_id, found.release)
+    return found
 
 
 def card_checksums(card: Path, root: Path, repo_id: str) -> ChecksumManifest | None:
@@ -721,11 +759,16 @@ def release_checksums(payload: HubPayload) -> ChecksumManifest | None:
     Raises:
         `FormatError`: the card has a malformed checksum block.
     """
-    if payload.checksums is not None:
-        return payload.checksums
-    found = bundled_checksums(payload.repo_id)
-    if found is None and payload.card is not None:
-        found = card_checksums(payload.card, payload.root, payload.repo_id)
+    return _release_checksums(payload.repo_id, payload.checksums, payload.card, payload.root)
+
+
+def _release_checksums(
+    repo_id: str, given: ChecksumManifest | None, card: Path | None, root: Path
+) -> ChecksumManifest | None:
+    """`given`, else the bundled manifest for the repo id, else the checksums of the `card`."""
+    found = given or bundled_checksums(repo_id)
+    if found is None and card is not None:
+        found = card_checksums(card, root, repo_id)
     return found
 
 
@@ -740,18 +783,30 @@ def remote_checksums(
             without a checksum block; the message also says no local file has that name.
     """
     rs = parse_payload_spec(spec, revision=revision)
+    if rs.subfolder is not None:
+        raise InputError(f"checksums come from a model card: {quoted(spec)} names a subfolder", path=spec)
     found = bundled_checksums(rs.repo_id)
     if found is not None:
         return found
-    access = access or HubAccess()
+    access = dataclasses.replace(access or HubAccess(), local_dir=None)  # --local-dir is the payload's
     revision = rs.revision or "main"
     hf = _hf()
     kw = _download_kwargs(access, progress=False)
     offline = _offline_default() if access.offline is None else access.offline
-    if offline:
-        kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")} | {"local_files_only": True}
     endpoint = access.endpoint or hf.constants.ENDPOINT
+    unreachable: Exception | None = None
     try:
+        if not offline:  # one quick question first: an unknown repo, or no Hub, is told at once
+            try:
+                hf.HfApi(endpoint=access.endpoint, token=access.token).repo_info(
+                    rs.repo_id, revision=revision
+                )
+            except Exception as e:
+                if _hub_error(e, rs.repo_id, revision, endpoint) is not None or not _unreachable(e):
+                    raise
+                unreachable = e
+        if offline or unreachable is not None:  # the card cached by an earlier run, if any
+            kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")} | {"local_files_only": True}
         root = _download(hf, rs.repo_id, revision, [CARD_NAME], **kw)
     except XorWeightsError:
         raise
@@ -759,8 +814,12 @@ def remote_checksums(
         err = _hub_error(e, rs.repo_id, revision, endpoint, spec=spec, kind="file")
         if err is not None:
             raise err from e
-        why = "offline mode (HF_HUB_OFFLINE)" if offline else f"the Hub is unreachable ({short_error(e)})"
-        if offline or _unreachable(e):
+        why = (
+            "offline mode (HF_HUB_OFFLINE)"
+            if offline
+            else f"the Hub is unreachable ({short_error(unreachable or e)})"
+        )
+        if offline or unreachable is not None or _unreachable(e):
             raise HubError(
                 f"no local file {quoted(spec)}, and the model card of {rs.repo_id}@{revision} is not in the "
                 f"Hub cache: {why}",

@@ -28,7 +28,6 @@ from .native import (
     payload_header,
 )
 from .native_manifest import MANIFEST_NAME, NativeManifest, load_manifest
-from .payload_folder import PayloadHints, find_payload_dir
 from .tensor_store import NUMPY_DTYPES, TensorStore
 
 logger = logging.getLogger(__name__)
@@ -68,6 +67,7 @@ def iter_tensors(
     cache_dir: os.PathLike[str] | str | None = None,
     local_dir: os.PathLike[str] | str | None = None,
     endpoint: str | None = None,
+    offline: bool | None = None,
 ) -> Iterator[tuple[str, Any]]:
     """Yield `(name, tensor)` for every tensor of a native payload, one at a time.
 
@@ -81,7 +81,8 @@ def iter_tensors(
         base: the base model folder, in any container (safetensors, `.bin`, Meta's LLaMA).
         framework: `numpy` (arrays; bfloat16 is refused) or `pt` (torch tensors).
         names (*optional*): only these tensors.
-        revision, subfolder, token, cache_dir, local_dir, endpoint (*optional*): as for `decode`.
+        revision, subfolder, token, cache_dir, local_dir, endpoint, offline (*optional*): as for
+            `decode`.
 
     Raises:
         `BaseMismatchError`: a base tensor is not the one the payload was made against (named with
@@ -92,14 +93,10 @@ def iter_tensors(
     """
     if framework not in ("numpy", "pt"):
         raise InputError(f"unknown framework {framework!r}; expected numpy or pt")
-    fetched = None
-    if hub.is_repo_spec(payload):
-        access = hub.HubAccess(local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint, token=token)
-        fetched = hub.fetch(str(payload), access, revision=revision, subfolder=subfolder)
-        hub.check_lfs_files(fetched, [MANIFEST_NAME], jobs=1, progress=False)  # read before anything
-        payload_dir = fetched.payload_dir
-    else:
-        payload_dir = find_payload_dir(payload, PayloadHints(subfolder))
+    access = hub.HubAccess(
+        local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline
+    )
+    payload_dir, fetched = hub.locate_payload(payload, access, revision=revision, subfolder=subfolder)
     check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)
     manifest = load_manifest(payload_dir / MANIFEST_NAME)
     check_payload_files(manifest, payload_dir)
@@ -196,11 +193,21 @@ def load_state_dict(
     *,
     framework: Framework = "pt",
     names: Iterable[str] | None = None,
-    **hub_options: Any,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: os.PathLike[str] | str | None = None,
+    local_dir: os.PathLike[str] | str | None = None,
+    endpoint: str | None = None,
+    offline: bool | None = None,
 ) -> dict[str, Any]:
     """Every tensor of a native payload, rebuilt against `base` and verified, as a dict.
 
     The tensors' memory is the model's size; use `iter_tensors` to hold one at a time.
     See `iter_tensors` for the arguments (a Hub repo id too) and errors.
     """
+    hub_options = {
+        "revision": revision, "subfolder": subfolder, "token": token, "cache_dir": cache_dir,
+        "local_dir": local_dir, "endpoint": endpoint, "offline": offline,
+    }  # fmt: skip
     return dict(iter_tensors(payload, base, framework=framework, names=names, **hub_options))

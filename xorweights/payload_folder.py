@@ -5,7 +5,8 @@ folder holding model files (`xorweights.json`, `*.bin`, `*.safetensors`, `*.pth`
 `config.json`, `tokenizer.model`) is a candidate. One candidate is the payload. Among several:
 the one chosen by the user (`OWNER/NAME:SUBFOLDER`, `--subfolder`); else the one native payload
 (its `xorweights.json` names its files); else the one holding the most files the checksums
-name; else the one named like the repo (or the download folder); else an error listing them.
+name; else the one named like the repo (or the download folder; the top folder is the repo
+itself); else an error listing them.
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def _tell_apart(candidates: list[str], by_dir: dict[str, list[str]], hints: Payl
         pool = top if best else pool
     if hints.repo_name:
         like = _like(hints.repo_name)
-        named = [d for d in pool if d and like & _like(d.rpartition("/")[2])]
+        # The top folder is the repo (or the folder passed) itself: named like it.
+        named = [d for d in pool if not d or like & _like(d.rpartition("/")[2])]
         if len(named) == 1:
             return named[0]
     return None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import tempfile
@@ -24,8 +23,8 @@ from typing import Any
 
 from . import hub, model_card, native
 from ._paths import check_regular_file
-from ._progress import show_progress, stderr_is_terminal
-from .checksums import ChecksumManifest, FileDigest, hash_files, list_files, load_checksums
+from ._progress import bars_shown
+from .checksums import ChecksumManifest, FileDigest, git_blob_hasher, hash_files, list_files, load_checksums
 from .errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
 from .native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, is_native, load_manifest
 from .raw_storage import RawItem, manifest_items, refuse_unallowed
@@ -192,7 +191,7 @@ def publish(
         commit_message: default "Publish <name> with xorweights <version>".
         endpoint, token: as for `huggingface_hub` (default: `HF_ENDPOINT`, `HF_TOKEN`).
         jobs: files hashed at once.
-        progress: show progress bars.
+        progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
 
     Raises:
         `RawStorageError`: the payload stores fine-tuned tensors unmasked that `allow_raw` does
@@ -258,8 +257,7 @@ def publish(
                     (staging / model_card.PAYLOAD_FOLDER / n).symlink_to((payload_dir / n).resolve())
                 (staging / hub.CARD_NAME).write_text(card, encoding="utf-8")
                 # Whatever else `payload/` holds is an earlier payload's: deleted in the same commit.
-                bars = progress and show_progress() and stderr_is_terminal()
-                with contextlib.nullcontext() if bars else hub.hub_bars_off(None):
+                with contextlib.nullcontext() if bars_shown(progress) else hub.hub_bars_off(None):
                     commit = _upload_folder(api, repo_id, staging, branch, message, delete=[f"{folder}*"])
             listed = hub.list_repo(api, repo_id, commit)[1]
     except XorWeightsError:
@@ -370,7 +368,9 @@ def _holds(
         elif got.blob_id != hub.git_blob_id(payload_dir / n):
             return False
     listed_card = listed.get(hub.CARD_NAME)
-    blob = hashlib.sha1(b"blob %d\0" % len(card) + card).hexdigest()
+    h = git_blob_hasher(len(card))
+    h.update(card)
+    blob = h.hexdigest()
     return listed_card is not None and listed_card.size == len(card) and listed_card.blob_id == blob
 
 
