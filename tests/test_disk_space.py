@@ -27,13 +27,18 @@ MiB = 1024 * 1024
 
 
 def temporaries(folder: Path) -> list[str]:
+    """Temporaries left in `folder` (none when a failed run left no folder at all)."""
     return [
-        p.name for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX)
+        p.name for p in _entries(folder) if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX)
     ]
 
 
+def _entries(folder: Path) -> list[Path]:
+    return list(folder.iterdir()) if folder.exists() else []
+
+
 def finals(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    return {p.name: p.read_bytes() for p in _entries(folder) if p.is_file() and not p.name.startswith(".")}
 
 
 @pytest.fixture

@@ -187,25 +187,24 @@ def test_payload_not_matching_the_hubs_sha256_is_refused_before_decoding(
 
 def test_release_checksums_are_chosen_by_repo_id(hub, tmp_path) -> None:
     """A repo named like a bundled release is checked against that release's manifest, unasked."""
-    payload = write_files(
-        tmp_path / "p",
-        {"pytorch_model-00001-of-00007.bin": random_bytes(1000, 1), "config.json": random_bytes(50, 2)},
-    )
+    published = xorweights.load_checksums("oasst-sft-6-llama-30b")
+    names = sorted(published.stage("decoded"))  # a payload file for every published output
+    payload = write_files(tmp_path / "p", {n: random_bytes(1000 + i, i) for i, n in enumerate(names)})
     repo = nested_repo(tmp_path / "repo", payload, "oasst-sft-6-llama-30b-xor")
     hub.state.add_folder("OpenAssistant/oasst-sft-6-llama-30b-xor", repo)
-    base = write_files(
-        tmp_path / "base", {"pytorch_model-00001-of-00007.bin": random_bytes(1000, 3), "config.json": b"{}"}
-    )
-    with pytest.raises(xorweights.BaseMismatchError) as e:
+    base = write_files(tmp_path / "base", {n: random_bytes(1000, 3) for n in published.stage("hf_base")})
+    with pytest.raises(xorweights.ChecksumMismatchError) as e:
         xorweights.decode(
             "OpenAssistant/oasst-sft-6-llama-30b-xor",
             base=base,
             out=tmp_path / "out",
             **hub_kw(hub, tmp_path),
         )
-    published = xorweights.load_checksums("oasst-sft-6-llama-30b").stage("hf_base")
-    assert e.value.stage == "hf_base" and e.value.expected in {d.md5 for d in published.values()}
-    assert "oasst-sft-6-llama-30b" in str(e.value) and tree(tmp_path / "out") == {}
+    # added_tokens.json is settled against the published md5 first (legacy rule 3)
+    assert (
+        e.value.stage == "decoded" and e.value.expected == published.stage("decoded")["added_tokens.json"].md5
+    )
+    assert "oasst-sft-6-llama-30b decoded" in str(e.value) and not (tmp_path / "out").exists()
 
 
 def test_unknown_repo_and_revision_are_named(hub, tmp_path) -> None:

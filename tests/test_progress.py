@@ -263,6 +263,19 @@ def test_hub_download_bars_follow_the_same_rules(hub, tmp_path: Path, monkeypatc
     assert capsys.readouterr().err == ""  # ... but nothing shows
 
 
+def test_a_download_on_a_terminal_shows_its_bar_to_the_end(hub, tmp_path: Path) -> None:
+    """huggingface_hub's download bars stay in place when done (`leave`): drawn once more after close."""
+    from tests.conftest import encoded_release
+    from tests.hubserver import TOKEN
+
+    payload, base, _, expected = encoded_release(tmp_path / "r", {"w.bin": 3 * MiB}, release="pty", seed=5)
+    hub.state.add_folder("org/pty", payload)
+    env = loud_env(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, HF_HOME=str(tmp_path / "hf"), TQDM_MININTERVAL="0")
+    shown = cli_on_pty(["decode", "org/pty", "--base", base, "--out", tmp_path / "o"], env)  # exit 0
+    assert "Traceback" not in shown and "w.bin" in shown and "MiB" in shown
+    assert (tmp_path / "o" / "w.bin").read_bytes() == expected["w.bin"]
+
+
 # --- units ---------------------------------------------------------------------------------------
 
 

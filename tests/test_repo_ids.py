@@ -24,7 +24,7 @@ from tests.conftest import encoded_release, random_bytes, tree, write_files
 from tests.hubserver import TOKEN, HubServer
 from xorweights import hub as hub_module
 from xorweights import publish
-from xorweights.errors import HubError, InputError, UnknownReleaseError, UnsafePathError
+from xorweights.errors import HubError, InputError, MissingFileError, UnknownReleaseError, UnsafePathError
 from xorweights.payload_folder import PayloadHints, find_payload_in_listing
 
 pytestmark = pytest.mark.hub  # .ci/run runs these on an old huggingface_hub too
@@ -353,3 +353,110 @@ def test_the_top_folder_is_the_repo_itself() -> None:
         find_payload_in_listing([*listing[:2], "n/w.bin"], "o/n", PayloadHints(repo_name="n"))
     with pytest.raises(UnsafePathError):
         hub_module.parse_payload_spec("o/n:../x")
+
+
+# --- what a hostile or half-made repo must not get past ------------------------------------------
+
+
+def _native_decoy(folder: Path) -> Path:
+    """A native payload needing no base: its one tensor stored raw (as `--allow-raw '*'` allows)."""
+    tuned = write_files(folder / "ft", {})
+    save_file({"evil": np.ones(8, np.float32)}, str(tuned / "model.safetensors"))
+    other = write_files(folder / "otherbase", {})
+    save_file({"unrelated": np.zeros(8, np.float32)}, str(other / "model.safetensors"))
+    xorweights.encode(tuned, base=other, out=folder / "decoy", allow_raw=["*"])
+    return folder / "decoy"
+
+
+def test_the_checksums_outrank_a_decoy_native_payload(release, tmp_path) -> None:
+    repo = _repo(tmp_path / "repo", release["payload"], "rel-xor")
+    shutil.copytree(_native_decoy(tmp_path / "d"), repo / "extras")
+    out = tmp_path / "o"
+    report = xorweights.decode(repo, base=release["base"], out=out, checksums=str(release["manifest"]))
+    assert Path(report.payload_dir).name == "rel-xor" and tree(out) == release["expected"]
+    with pytest.raises(InputError, match="is listed in the checksums of rel-xor; wrong release"):
+        xorweights.decode(
+            repo / "extras", base=release["base"], out=tmp_path / "o2", checksums=str(release["manifest"])
+        )
+    assert not (tmp_path / "o2").exists()
+
+
+def test_a_payload_lacking_a_listed_output_is_refused(release, tmp_path) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(release["payload"], partial)
+    gone = sorted(SIZES)[-1]
+    (partial / gone).unlink()
+    with pytest.raises(
+        MissingFileError, match=f"list 1 outputs that {partial} has no payload file for \\({gone}\\)"
+    ):
+        xorweights.decode(
+            partial, base=release["base"], out=tmp_path / "o", checksums=str(release["manifest"])
+        )
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_download_folder_overlapping_base_or_out_is_refused(release, hub, tmp_path) -> None:
+    hub.state.add_folder("me/plain", _repo(tmp_path / "repo", release["payload"], "rel-xor"))
+    base = tmp_path / "base"
+    shutil.copytree(release["base"], base)
+    before = tree(base)
+    kw = _kw(hub, tmp_path)
+    for local_dir, out in (
+        (base, tmp_path / "o"),
+        (tmp_path / "o" / "dl", tmp_path / "o"),
+        (tmp_path, tmp_path / "o"),
+    ):
+        n = len(hub.state.requests)
+        with pytest.raises(InputError, match="overlaps the (base|out) folder"):
+            xorweights.decode("me/plain", base=base, out=out, local_dir=local_dir, **kw)
+        assert len(hub.state.requests) == n and tree(base) == before  # refused before any request
+
+
+def test_cards_are_read_only_when_needed_and_never_when_too_large(release, hub, tmp_path) -> None:
+    huge = "# card\n\n" + "x" * (17 * 1024 * 1024)
+    hub.state.add_folder("me/huge", _repo(tmp_path / "repo", release["payload"], "huge", card=huge))
+    kw = _kw(hub, tmp_path)
+    report = xorweights.decode("me/huge", base=release["base"], out=tmp_path / "o", **kw)  # no checksums
+    assert tree(tmp_path / "o") == release["expected"] and report.release is None
+    xorweights.decode(
+        "me/huge", base=release["base"], out=tmp_path / "o2", checksums=str(release["manifest"]), **kw
+    )
+    with pytest.raises(HubError, match="the model card of me/huge@main is too large to read"):
+        xorweights.load_checksums("me/huge", access=hub_module.HubAccess(**kw))
+    got = [p for m, p, _ in hub.state.requests if m == "GET" and "/resolve/" in p]
+    assert got and not [p for p in got if p.endswith("README.md")]  # never downloaded
+
+
+def test_offline_files_without_a_download_record_are_not_trusted(release, hub, tmp_path) -> None:
+    repo = _repo(tmp_path / "repo", release["payload"], "rel-xor")
+    (repo / "LICENSE").write_text("terms\n")  # a document at the top is no payload file
+    shutil.rmtree(repo / "decoy")
+    for n in SIZES:  # the payload at the top of the repo, beside the LICENSE
+        shutil.move(repo / "rel-xor" / n, repo / n)
+    shutil.rmtree(repo / "rel-xor")
+    hub.state.add_folder("me/top", repo)
+    dl, kw = tmp_path / "dl", _kw(hub, tmp_path)
+    xorweights.decode("me/top", base=release["base"], out=tmp_path / "o", local_dir=dl, **kw)
+    assert tree(tmp_path / "o") == release["expected"] and not (dl / "LICENSE").exists()
+    name = next(iter(SIZES))
+    (dl / ".cache" / "huggingface" / "download" / f"{name}.metadata").unlink()
+    with pytest.raises(HubError, match=f"{name} has no download record of huggingface_hub"):
+        xorweights.decode(
+            "me/top", base=release["base"], out=tmp_path / "o2", local_dir=dl, offline=True, **kw
+        )
+
+
+def test_a_cache_holding_only_the_card_is_not_a_payload(release, hub, tmp_path) -> None:
+    card = _card(hub, release, tmp_path)
+    hub.state.add_folder("me/carded", _repo(tmp_path / "repo", release["payload"], "files", card=card))
+    kw = _kw(hub, tmp_path)
+    xorweights.load_checksums("me/carded", access=hub_module.HubAccess(**kw))  # caches the card only
+    with pytest.raises(HubError, match="me/carded@main is not fully in the Hub cache: offline mode"):
+        xorweights.decode("me/carded", base=release["base"], out=tmp_path / "o", offline=True, **kw)
+
+
+def test_a_chosen_subfolder_is_all_that_is_looked_at(release, tmp_path) -> None:
+    local = _repo(tmp_path / "download", release["payload"], "payload")
+    (local / "base").symlink_to(tmp_path)  # a link out, elsewhere in the folder: not looked at
+    xorweights.decode(local, base=release["base"], out=tmp_path / "o", subfolder="payload")
+    assert tree(tmp_path / "o") == release["expected"]

@@ -128,7 +128,7 @@ def _classes() -> tuple[type[Any], type[Any]]:
         @property
         def format_dict(self) -> dict[str, Any]:
             d: dict[str, Any] = super().format_dict
-            if self.disable or self._unit != "B":
+            if self._unit != "B":  # also when closed: a bar left in place (`leave`) is drawn once more
                 return d
             n, total, elapsed, rate = d["n"], d["total"], d["elapsed"], d["rate"]
             if rate is None and elapsed:

@@ -987,6 +987,37 @@ def _recognise_payload(
     return (reports, old) if replace(new, base_model=old.base_model) == old else None
 
 
+def _check_listed(
+    published: ChecksumManifest,
+    listed: Collection[str],
+    decoded: Collection[str],
+    names: set[str],
+    where: Path,
+) -> None:
+    """The payload's outputs `names` are those the checksums describe: some of them listed (else a
+    wrong release), and every `decoded` output among them (else an incomplete payload).
+
+    Raises:
+        `InputError`: no output is listed. `MissingFileError`: a listed output has no payload file.
+    """
+    weights = {n for n in names if n.endswith(WEIGHT_SUFFIXES)}
+    if not set(listed) & (weights or names):
+        raise InputError(
+            f"none of the payload's {'weight ' if weights else ''}files "
+            f"({', '.join(sorted(weights or names)[:3])}, ...) is listed in the checksums of "
+            f"{published.release}; wrong release?",
+            path=published.path or published.release,
+        )
+    absent = sorted(set(decoded) - names)
+    if absent:
+        first = ", ".join(shown(n) for n in absent[:3]) + (", ..." if len(absent) > 3 else "")
+        raise MissingFileError(
+            f"the checksums of {published.release} list {len(absent)} outputs that {where} has no "
+            f"payload file for ({first}); an incomplete download or copy?",
+            path=where / absent[0],
+        )
+
+
 def _check_out_dir(out: Path, inputs: Mapping[str, Path]) -> None:
     for role, folder in inputs.items():
         if out.resolve() == folder.resolve():
@@ -1094,8 +1125,9 @@ def decode(
         else load_checksums(checksums, access=access)
     )
     payload_dir, fetched = hub.locate_payload(
-        payload, access, revision=revision, subfolder=subfolder, checksums=manifest, progress=progress
-    )
+        payload, access, revision=revision, subfolder=subfolder, checksums=manifest, progress=progress,
+        apart={"base": base, "out": out},
+    )  # fmt: skip
     if fetched is not None:
         manifest = manifest or hub.release_checksums(fetched)
     check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)  # a link out, or a FIFO: refused unread
@@ -1131,16 +1163,7 @@ def decode(
     hf_base = manifest.stage("hf_base") if manifest and not line_file else {}
     decoded = manifest.stage("decoded") if manifest else {}
     if manifest is not None:
-        listed = set(hf_base) | set(decoded)
-        names = {p.name for p in planned}
-        weights = {n for n in names if n.endswith(WEIGHT_SUFFIXES)}
-        if not listed & (weights or names):
-            raise InputError(
-                f"none of the payload's {'weight ' if weights else ''}files "
-                f"({', '.join(sorted(weights or names)[:3])}, ...) is listed in the checksums of "
-                f"{manifest.release}; wrong release?",
-                path=manifest.path or manifest.release,
-            )
+        _check_listed(manifest, set(hf_base) | set(decoded), decoded, {p.name for p in planned}, payload_dir)
         for p in planned:  # cheap checks first: sizes where published
             want = hf_base.get(p.name)
             if p.base is not None and want is not None and want.size is not None:
@@ -1240,6 +1263,9 @@ def _decode_native(
     """Decode a native payload: prove the base tensors, then rebuild every file in one pass each."""
     manifest = load_manifest(payload_dir / MANIFEST_NAME)
     native.check_payload_files(manifest, payload_dir)
+    if published is not None:
+        decoded = published.stage("decoded")
+        _check_listed(published, decoded, decoded, {f.name for f in manifest.files}, payload_dir)
     _check_out_dir(out_dir, {"payload": payload_dir, "base": base_dir})
     if not base_dir.is_dir() and (manifest.base_tensors or any(f.base_file for f in manifest.files)):
         raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)

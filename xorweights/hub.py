@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import glob
 import importlib
 import inspect
@@ -28,8 +29,9 @@ from ._line_endings import line_ending_hint
 from ._paths import check_name, check_regular_file
 from ._progress import bars_shown, tqdm_class
 from .checksums import ChecksumManifest, bundled_release, git_blob_hasher, hash_files
+from .constants import MAX_MANIFEST_BYTES
 from .engine import Cancelled
-from .errors import HubError, InputError, PayloadMismatchError, XorWeightsError
+from .errors import FormatError, HubError, InputError, PayloadMismatchError, XorWeightsError
 from .native_manifest import MANIFEST_NAME
 from .payload_folder import PayloadHints, files_below, find_payload_dir, find_payload_in_listing
 
@@ -236,11 +238,11 @@ def _unreachable(e: BaseException) -> bool:
     if isinstance(status, int):
         return status >= 500
     module = type(e).__module__.split(".")[0]
-    return (
-        isinstance(e, OSError)
-        or module in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
-        or (type(e).__name__ == "OfflineModeIsEnabled")
-    )
+    return isinstance(e, OSError) or module in _HTTP_MODULES or (type(e).__name__ == "OfflineModeIsEnabled")
+
+
+#: The HTTP clients huggingface_hub uses (by version): their errors are the network's.
+_HTTP_MODULES = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
 
 
 def list_repo(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile]]:
@@ -257,23 +259,38 @@ def list_repo(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, Hub
     return commit, files
 
 
-def _payload_paths(listing: Iterable[str], where: str, hints: PayloadHints) -> tuple[str, list[str]]:
-    """The payload folder in a listing and the repo paths to download: its files, and the card.
+#: At the top of a repo, files that are not payload files: the card, documents, and scripts
+#: (such as the legacy `xor_codec.py`).
+_NOT_PAYLOAD_AT_TOP = ("*.md", "*.py", "LICENSE*", "NOTICE*", "COPYING*")
 
-    At the top of a repo, the card and scripts (`*.py`, such as the legacy `xor_codec.py`) are
-    not payload files.
-    """
+
+def _payload_paths(
+    listing: Iterable[str], where: str, hints: PayloadHints, *, card: bool
+) -> tuple[str, list[str]]:
+    """The payload folder in a listing and the repo paths to download: its files, and the card
+    when `card` (and the repo has one)."""
     listing = list(listing)
     sub = find_payload_in_listing(listing, where, hints)
     prefix = f"{sub}/" if sub else ""
     names = [
         p for p in listing
         if p.startswith(prefix) and "/" not in p[len(prefix):] and not p[len(prefix):].startswith(".")
-        and (sub or not (p == CARD_NAME or p.endswith(".py")))
+        and (sub or not any(fnmatch.fnmatch(p, pat) for pat in _NOT_PAYLOAD_AT_TOP))
     ]  # fmt: skip
     if not names:
         raise InputError(f"{where}: no payload files in {sub or 'the top folder'}", path=where)
-    return sub, sorted(names) + ([CARD_NAME] if CARD_NAME in listing else [])
+    return sub, sorted(names) + ([CARD_NAME] if card and CARD_NAME in listing else [])
+
+
+def _card_readable(listing: Mapping[str, HubFile], repo_id: str) -> bool:
+    """Whether the repo has a card small enough to read checksums from (a larger one is skipped)."""
+    if CARD_NAME not in listing:
+        return False
+    if listing[CARD_NAME].size > MAX_MANIFEST_BYTES:
+        logger.warning("%s: its %s is %d bytes, too large to read checksums from; not used", repo_id,
+                       CARD_NAME, listing[CARD_NAME].size)  # fmt: skip
+        return False
+    return True
 
 
 def _snapshot(hf: Any, repo_id: str, revision: str, patterns: list[str] | None, **kw: Any) -> Path:
@@ -370,8 +387,13 @@ _RESUME_TRIES = 3
 
 
 def _broke_off(e: BaseException) -> bool:
-    """Whether a download failed on the way (worth asking again), not for want of a cached copy."""
-    return _unreachable(e) and type(e).__name__ not in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
+    """Whether a download failed on its way over the network (worth asking again): a connection
+    error or a 5xx answer; not a local error (a full disk, a file in the way), nor the want of a
+    cached copy offline."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status >= 500
+    return type(e).__module__.split(".")[0] in _HTTP_MODULES
 
 
 def _takes(fn: Any, name: str) -> bool:
@@ -540,16 +562,17 @@ def fetch(
             unreachable = e
         else:
             found = checksums or bundled_checksums(repo_id)
-            if found is None and CARD_NAME in listing:  # the card first: its checksums may pick the folder
+            card = found is None and _card_readable(listing, repo_id)
+            if card:  # the card first: its checksums may pick the folder
                 root = _download(hf, repo_id, revision, [CARD_NAME], **kw)
                 found = card_checksums(root / CARD_NAME, root, repo_id)
-            sub, paths = _payload_paths(listing, where, hints(found))
+            sub, paths = _payload_paths(listing, where, hints(found), card=card)
             logger.info("%s: downloading %d files of %s (commit %s)", repo_id, len(paths), sub or "/", commit)
             root = _download(hf, repo_id, revision, paths, **kw)
             got = _recorded_commit(root, local, paths[0])
             if got is not None and got != commit:  # the branch moved between listing and download
                 commit, listing = list_repo(api, repo_id, got)
-                sub, paths = _payload_paths(listing, where, hints(found))
+                sub, paths = _payload_paths(listing, where, hints(found), card=card)
             files = {p: listing[p] for p in paths}
             return _checked(repo_id, revision, commit, root, sub, files, found)
     return _from_cache(hf, rs, kw, local, unreachable, checksums, hints)
@@ -563,14 +586,29 @@ def locate_payload(
     subfolder: str | None = None,
     checksums: ChecksumManifest | None = None,
     progress: bool = False,
+    apart: Mapping[str, os.PathLike[str] | str] | None = None,
 ) -> tuple[Path, HubPayload | None]:
     """The payload folder of a local folder, or of a repo id (then fetched, and its
     `xorweights.json`, if any, checked against the Hub's sha256 before it is read).
 
+    `apart`: folders by role (`base`, `out`) that `access.local_dir` must neither be, hold, nor
+    sit inside: a download there would overwrite them.
+
     Raises:
-        as `fetch` and `find_payload_dir`; `InputError`: a revision for a local folder.
+        as `fetch` and `find_payload_dir`; `InputError`: a revision for a local folder, or a
+        download folder overlapping a folder in `apart`.
     """
     if is_repo_spec(payload):
+        if access.local_dir is not None:
+            here = Path(access.local_dir).resolve()
+            for role, folder in (apart or {}).items():
+                there = Path(folder).resolve()
+                if here == there or there in here.parents or here in there.parents:
+                    raise InputError(
+                        f"--local-dir {access.local_dir} overlaps the {role} folder {folder}: the download "
+                        "would overwrite it; choose another folder",
+                        path=access.local_dir,
+                    )
         fetched = fetch(
             str(payload),
             access,
@@ -609,10 +647,12 @@ def _from_cache(
         if local and not (root / ".cache" / "huggingface" / "download").is_dir():
             raise FileNotFoundError(root)
         listing = files_below(root)
+        if not [p for p in listing if p != CARD_NAME]:  # only the card (fetched for its checksums)
+            raise FileNotFoundError(root)
         found = _release_checksums(
             repo_id, checksums, root / CARD_NAME if CARD_NAME in listing else None, root
         )
-        sub, paths = _payload_paths(listing, where, hints(found))
+        sub, paths = _payload_paths(listing, where, hints(found), card=CARD_NAME in listing)
         # Lets huggingface_hub say whether the snapshot is complete (it knows when it kept the listing).
         root = _snapshot(hf, repo_id, revision, [glob.escape(p) for p in paths], local_files_only=True, **kw)
     except XorWeightsError:
@@ -627,6 +667,12 @@ def _from_cache(
     files: dict[str, HubFile] = {}
     for p in paths:
         etag = _recorded_etag(root, local, p)
+        if etag is None:  # nothing to check the file against: not taken on trust
+            raise HubError(
+                f"{root / p} has no download record of huggingface_hub (not downloaded there, or the record "
+                f"is gone), so it cannot be checked offline; run once online to download {where}",
+                path=root / p,
+            )
         size = (root / p).stat().st_size
         lfs = etag is not None and len(etag) == 64
         files[p] = HubFile(size, None if lfs else etag, etag if lfs else None)
@@ -736,6 +782,8 @@ def card_checksums(card: Path, root: Path, repo_id: str) -> ChecksumManifest | N
     """
     if not check_regular_file(card, root):
         return None
+    if card.stat().st_size > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{card}: {card.stat().st_size} bytes is too large for a model card", path=card)
     found = model_card.parse(card.read_text(encoding="utf-8", errors="replace"), str(card))
     if found is not None:
         logger.info("%s: checksums from its model card", repo_id)
@@ -796,15 +844,22 @@ def remote_checksums(
     endpoint = access.endpoint or hf.constants.ENDPOINT
     unreachable: Exception | None = None
     try:
-        if not offline:  # one quick question first: an unknown repo, or no Hub, is told at once
+        if not offline:  # the listing first: an unknown repo, no Hub, no card, are told at once
             try:
-                hf.HfApi(endpoint=access.endpoint, token=access.token).repo_info(
-                    rs.repo_id, revision=revision
+                _, listing = list_repo(
+                    hf.HfApi(endpoint=access.endpoint, token=access.token), rs.repo_id, revision
                 )
             except Exception as e:
                 if _hub_error(e, rs.repo_id, revision, endpoint) is not None or not _unreachable(e):
                     raise
                 unreachable = e
+            else:
+                if CARD_NAME not in listing:
+                    raise HubError(f"{rs.repo_id}@{revision} on {endpoint} has no model card (README.md) to "
+                                   "read checksums from", path=spec)  # fmt: skip
+                if not _card_readable(listing, rs.repo_id):
+                    raise HubError(f"the model card of {rs.repo_id}@{revision} is too large to read",
+                                   path=spec)  # fmt: skip
         if offline or unreachable is not None:  # the card cached by an earlier run, if any
             kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")} | {"local_files_only": True}
         root = _download(hf, rs.repo_id, revision, [CARD_NAME], **kw)

@@ -96,7 +96,9 @@ def iter_tensors(
     access = hub.HubAccess(
         local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline
     )
-    payload_dir, fetched = hub.locate_payload(payload, access, revision=revision, subfolder=subfolder)
+    payload_dir, fetched = hub.locate_payload(
+        payload, access, revision=revision, subfolder=subfolder, apart={"base": base}
+    )
     check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)
     manifest = load_manifest(payload_dir / MANIFEST_NAME)
     check_payload_files(manifest, payload_dir)

@@ -3,9 +3,9 @@
 A repo keeps its payload at the top or up to three folders down (`name/name/` for sft-6). A
 folder holding model files (`xorweights.json`, `*.bin`, `*.safetensors`, `*.pth`, `*.index.json`,
 `config.json`, `tokenizer.model`) is a candidate. One candidate is the payload. Among several:
-the one chosen by the user (`OWNER/NAME:SUBFOLDER`, `--subfolder`); else the one native payload
-(its `xorweights.json` names its files); else the one holding the most files the checksums
-name; else the one named like the repo (or the download folder; the top folder is the repo
+the one chosen by the user (`OWNER/NAME:SUBFOLDER`, `--subfolder`); else the one holding the
+most files the checksums name; else the one native payload (its `xorweights.json` names its
+files); else the one named like the repo (or the download folder; the top folder is the repo
 itself); else an error listing them.
 """
 
@@ -101,6 +101,13 @@ def find_payload_dir(path: os.PathLike[str] | str, hints: PayloadHints | None = 
     if not root.is_dir():
         raise InputError(f"payload must be a folder, got a file: {root}", path=root)
     hints = hints or PayloadHints()
+    chosen = root / hints.subfolder.strip("/") if hints.subfolder is not None else None
+    if chosen is not None and chosen.is_dir() and any(os.scandir(chosen)):
+        # Chosen by the user: only that folder is looked at (the rest may hold anything).
+        if chosen != root:
+            check_name(chosen.relative_to(root).as_posix(), str(root))
+            check_folder_inside(chosen, root)
+        return chosen
     if hints.repo_name is None:
         hints = PayloadHints(hints.subfolder, hints.names, root.resolve().name, hints.choose)
     sub = find_payload_in_listing(files_below(root), str(root), hints)
@@ -172,12 +179,9 @@ def find_payload_in_listing(paths: Iterable[str], where: str, hints: PayloadHint
 
 
 def _tell_apart(candidates: list[str], by_dir: dict[str, list[str]], hints: PayloadHints) -> str | None:
-    """The payload among several candidate folders by the manifest, the checksums, or the name."""
-    native = [d for d in candidates if "xorweights.json" in by_dir[d]]
-    if len(native) == 1:
-        return native[0]
-    pool = native or candidates
-    if hints.names:
+    """The payload among several candidate folders by the checksums, the manifest, or the name."""
+    pool = candidates
+    if hints.names:  # first: a native payload elsewhere must not outrank the release asked for
         wanted = set(hints.names)
         score = {d: len(wanted.intersection(by_dir[d])) for d in pool}
         best = max(score.values())
@@ -185,6 +189,10 @@ def _tell_apart(candidates: list[str], by_dir: dict[str, list[str]], hints: Payl
         if best and len(top) == 1:
             return top[0]
         pool = top if best else pool
+    native = [d for d in pool if "xorweights.json" in by_dir[d]]
+    if len(native) == 1:
+        return native[0]
+    pool = native or pool
     if hints.repo_name:
         like = _like(hints.repo_name)
         # The top folder is the repo (or the folder passed) itself: named like it.
