@@ -264,6 +264,8 @@ def test_json_errors_are_one_object_on_stdout(release, tmp_path) -> None:
         "exit_code": 2,
     } and "known releases: " in str(err["message"])
 
+    empty = _cli("verify", tmp_path, "--checksums", "a/b", "--token", "", "--json")
+    assert empty.returncode == 2 and "'--token': is empty" in json.loads(empty.stdout)["error"]["message"]
     usage = _cli("decode", release["payload"], "--json")
     doc = json.loads(usage.stdout)["error"]
     assert usage.returncode == doc["exit_code"] == 2 and "--base" in doc["message"]

@@ -138,8 +138,19 @@ jobs_option = click.option(
 _revision = click.option(
     "--revision", default=None, help="For a repo id: its branch, tag or commit [default: main]."
 )
+
+
+def _non_empty(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty", param=param)
+    return value
+
+
 _token = click.option(
-    "--token", default=None, help="Hugging Face access token [default: HF_TOKEN or the saved login]."
+    "--token",
+    default=None,
+    callback=_non_empty,
+    help="Hugging Face access token [default: HF_TOKEN or the saved login].",
 )
 _cache_dir = click.option(
     "--cache-dir",
