@@ -1,16 +1,20 @@
 """Decode benchmark: xorweights vs the legacy 4 KiB-block algorithm vs `cp` of the same bytes.
 
 Usage: python benchmarks/bench_decode.py [--sizes 1,4] [--kinds plain,gzip] [--repeat 3] [--workdir DIR]
+                                         [--files N] [--jobs J]
 
 For each size and payload kind it makes a synthetic pair (the fine-tuned file is 16 rows of
 6656 fp16 longer than the base, as in the LLaMA-30B releases; a gzip payload is compressible
-like a real fp16 XOR, whose high bytes are mostly zero), then times, in one run on the same files:
+like a real fp16 XOR, whose high bytes are mostly zero; with `--files N`, N such pairs of that size
+each, as the shards of one release), then times, in one run on the same files:
   - `cp` of the output bytes, and `cp` followed by `sync` of the copy;
   - `xorweights decode` verifying md5 and sha256 of the base and the output in the same pass,
-    as it runs by default (each output fsynced before its rename), and with `--no-fsync`;
+    as it runs by default (each output fsynced before its rename), and with `--no-fsync`
+    (`--jobs J` is passed to every xorweights decode; by default it decodes as many files at once
+    as there are cores, at most 4);
   - `xorweights decode` verifying md5 only (all the legacy releases publish), and without checksums;
-  - the legacy algorithm (4 KiB blocks, as the published script), alone and followed by `md5sum`
-    of its output and the base (what users had to do to verify).
+  - the legacy algorithm (4 KiB blocks, as the published script, one file after another), alone
+    and followed by `md5sum` of its output and the base (what users had to do to verify).
 Each contender is its own process, started by GNU time, which reports that process's peak RSS;
 each runs `--repeat` times and the median wall time is reported. Before every run the machine
 is synced; with `--cache warm` (the default) inputs stay in the page cache, which makes runs
@@ -65,19 +69,39 @@ def _safetensors_header(size: int) -> bytes:
     return length.to_bytes(8, "little") + t.encode()
 
 
-def make_pair(folder: Path, size: int, kind: str) -> tuple[Path, Path, Path]:
-    """payload/NAME (size bytes decoded), base/NAME (size - GROWTH bytes), and a manifest."""
+def names(files: int) -> list[str]:
+    """The file names of a pair split into `files` files (`[NAME]` for one)."""
+    return [f"model-{i:05d}-of-{files:05d}.safetensors" for i in range(1, files + 1)]
+
+
+def make_pair(folder: Path, size: int, kind: str, files: int = 1) -> tuple[Path, Path, Path]:
+    """payload/NAME (size bytes decoded), base/NAME (size - GROWTH bytes), and a manifest; with
+    `files`, that many such files (`names(files)`), each of its own random bytes."""
     payload, base = folder / "payload", folder / "base"
     for d in (payload, base):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    stages: dict[str, dict[str, dict[str, str]]] = {"hf_base": {}, "decoded": {}}
+    for seed, name in enumerate(names(files)):
+        stages["hf_base"][name], stages["decoded"][name] = _make_file(payload, base, name, size, kind, seed)
+    manifest = folder / "manifest.json"
+    manifest.write_text(
+        json.dumps({"format": "xorweights-checksums/1", "release": "bench", "stages": stages})
+    )
+    return payload, base, manifest
+
+
+def _make_file(
+    payload: Path, base: Path, name: str, size: int, kind: str, seed: int
+) -> tuple[dict[str, str], dict[str, str]]:
+    """One payload file and its base file; the digests of the base and of the decoded output."""
+    rng = np.random.default_rng(seed)
     step = 64 * 1024 * 1024
     header = _safetensors_header(size)
     hb = {a: hashlib.new(a) for a in ("md5", "sha256")}
     ho = {a: hashlib.new(a) for a in ("md5", "sha256")}
-    fp = _gzip_writer(payload / NAME) if kind == "gzip" else open(payload / NAME, "wb")
-    with fp, open(base / NAME, "wb") as fb:
+    fp = _gzip_writer(payload / name) if kind == "gzip" else open(payload / name, "wb")
+    with fp, open(base / name, "wb") as fb:
         done = 0
         while done < size:
             n = min(step, size - done)
@@ -96,18 +120,7 @@ def make_pair(folder: Path, size: int, kind: str) -> tuple[Path, Path, Path]:
             for h in ho.values():
                 h.update(o.data)
             done += n
-    manifest = folder / "manifest.json"
-    entry = lambda hs: {a: h.hexdigest() for a, h in hs.items()}  # noqa: E731
-    manifest.write_text(
-        json.dumps(
-            {
-                "format": "xorweights-checksums/1",
-                "release": "bench",
-                "stages": {"hf_base": {NAME: entry(hb)}, "decoded": {NAME: entry(ho)}},
-            }
-        )
-    )
-    return payload, base, manifest
+    return {a: h.hexdigest() for a, h in hb.items()}, {a: h.hexdigest() for a, h in ho.items()}
 
 
 def run(cmds: list[list[str]], scratch: Path) -> tuple[float, int]:
@@ -140,23 +153,32 @@ def settle(cold: bool) -> None:
 
 
 LEGACY = """
-import sys; sys.path.insert(0, {root!r})
+import os, sys; sys.path.insert(0, {root!r})
 from tests.legacy_reference import {fn}
-{fn}({dst!r}, {payload!r}, {base!r})
+for name in {names!r}:
+    {fn}(os.path.join({dst!r}, name), os.path.join({payload!r}, name), os.path.join({base!r}, name))
 """
 
 
-def scenario(work: Path, size: int, kind: str, repeat: int, cold: bool) -> dict[str, tuple[float, int]]:
+def scenario(
+    work: Path, size: int, kind: str, repeat: int, cold: bool, files: int = 1, jobs: int | None = None
+) -> dict[str, tuple[float, int]]:
     t = time.perf_counter()
-    payload, base, manifest = make_pair(work, size, kind)
-    stored = (payload / NAME).stat().st_size
+    payload, base, manifest = make_pair(work, size, kind, files)
+    files_, total = names(files), size * files
+    stored = sum((payload / n).stat().st_size for n in files_)
+    what = (
+        f"{size / 2**30:g} GiB {kind} payload"
+        if files == 1
+        else f"{files} x {size / 2**30:g} GiB {kind} payload files"
+    )
     print(
-        f"\n== {size / 2**30:g} GiB {kind} payload ({stored / 2**20:.0f} MiB stored), "
-        f"made in {time.perf_counter() - t:.0f} s",
+        f"\n== {what} ({stored / 2**20:.0f} MiB stored), made in {time.perf_counter() - t:.0f} s",
         flush=True,
     )
     py = sys.executable
-    xw = [py, "-m", "xorweights.cli", "decode", str(payload), "--base", str(base), "--quiet", "--out"]
+    xw = [py, "-m", "xorweights.cli", "decode", str(payload), "--base", str(base), "--quiet"]
+    xw += [*(["--jobs", str(jobs)] if jobs else []), "--out"]
     legacy_fn = "xor_decode" if kind == "gzip" else "xor_uncompressed"
     # The legacy releases publish md5 only: the same check with the sha256 entries left out.
     md5_only = work / "manifest-md5.json"
@@ -176,17 +198,19 @@ def scenario(work: Path, size: int, kind: str, repeat: int, cold: bool) -> dict[
         code = LEGACY.format(
             root=str(ROOT),
             fn=legacy_fn,
-            dst=str(out(tag) / NAME),
-            payload=str(payload / NAME),
-            base=str(base / NAME),
+            names=files_,
+            dst=str(out(tag)),
+            payload=str(payload),
+            base=str(base),
         )
         return [py, "-c", code]
 
+    def each(folder: str) -> str:
+        return " ".join(f"{work}/{folder}/{n}" for n in files_)
+
     contenders = {
-        "cp": lambda: [["cp", str(work / "out-xw" / NAME), str(out("cp") / NAME)]],
-        "cp + sync": lambda: [
-            ["sh", "-c", f"cp {work}/out-xw/{NAME} {out('cps')}/{NAME} && sync {work}/out-cps/{NAME}"]
-        ],
+        "cp": lambda: [["cp", *(str(work / "out-xw" / n) for n in files_), str(out("cp"))]],
+        "cp + sync": lambda: [["sh", "-c", f"cp {each('out-xw')} {out('cps')}/ && sync {each('out-cps')}"]],
         "xorweights + md5,sha256 verify": lambda: [[*xw, str(out("xwv")), "--checksums", str(manifest)]],
         "  same, --no-fsync": lambda: [[*xw, str(out("xwn")), "--checksums", str(manifest), "--no-fsync"]],
         "xorweights + md5 verify": lambda: [[*xw, str(out("xw5")), "--checksums", str(md5_only)]],
@@ -194,7 +218,7 @@ def scenario(work: Path, size: int, kind: str, repeat: int, cold: bool) -> dict[
         "legacy 4 KiB": lambda: [legacy("leg")],
         "legacy 4 KiB + md5sum": lambda: [
             legacy("legm"),
-            ["md5sum", str(base / NAME), str(work / "out-legm" / NAME)],
+            ["md5sum", *(str(base / n) for n in files_), *(str(work / "out-legm" / n) for n in files_)],
         ],
     }
     # Order: cp copies the no-verify output; the legacy output is compared with ours. Every
@@ -224,8 +248,9 @@ def scenario(work: Path, size: int, kind: str, repeat: int, cold: bool) -> dict[
             flush=True,
         )
         if name == "legacy 4 KiB":
-            same = subprocess.run(["cmp", str(work / "out-xwv" / NAME), str(work / "out-leg" / NAME)])
-            assert same.returncode == 0, "xorweights and the legacy algorithm disagree"
+            for n in files_:
+                same = subprocess.run(["cmp", str(work / "out-xwv" / n), str(work / "out-leg" / n)])
+                assert same.returncode == 0, f"xorweights and the legacy algorithm disagree on {n}"
             remove_after = ["xwv", "leg"]
         for tag in remove_after:
             shutil.rmtree(work / f"out-{tag}", ignore_errors=True)
@@ -235,13 +260,13 @@ def scenario(work: Path, size: int, kind: str, repeat: int, cold: bool) -> dict[
     for name in contenders:
         secs, rss = results[name]
         print(
-            f"{name:<32} {secs:8.2f} {size / secs / 1e6:8.0f} {rss / 2**20:7.0f} MiB "
+            f"{name:<32} {secs:8.2f} {total / secs / 1e6:8.0f} {rss / 2**20:7.0f} MiB "
             f"{secs / cp_s:6.2f} {secs / cps_s:10.2f}"
         )
     ours = results["xorweights + md5,sha256 verify"][0]
     print(
         f"verified decode is {results['legacy 4 KiB + md5sum'][0] / ours:.1f}x faster than legacy + md5sum; "
-        f"a 65 GB release at this rate: {RELEASE_BYTES / (size / ours) / 60:.1f} min"
+        f"a 65 GB release at this rate: {RELEASE_BYTES / (total / ours) / 60:.1f} min"
     )
     return results
 
@@ -259,7 +284,21 @@ def main() -> None:
         "before every run (needs root), as a 65 GB decode reads from disk (on a virtual disk, noisy)",
     )
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--files",
+        type=int,
+        default=1,
+        help="files per pair, each of the size given (as the shards of a release)",
+    )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="passed to xorweights decode (default: its own, the cores, at most 4)",
+    )
     args = ap.parse_args()
+    if args.files < 1 or (args.jobs is not None and args.jobs < 1):
+        raise SystemExit("--files and --jobs must be at least 1")
     if not Path(TIME).exists():
         raise SystemExit(f"{TIME} (GNU time) is needed to measure peak RSS: apt-get install time")
     cold = args.cache == "cold"
@@ -267,8 +306,12 @@ def main() -> None:
         raise SystemExit(f"--cache cold needs write access to {DROP_CACHES} (root); use --cache warm")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="xorweights-bench-", dir=ROOT))
     work.mkdir(parents=True, exist_ok=True)
+    shape = ""
+    if args.files > 1 or args.jobs:
+        jobs = f"--jobs {args.jobs}" if args.jobs else "default jobs"
+        shape = f"{args.files} file{'s' if args.files > 1 else ''} per pair, {jobs}, "
     print(
-        f"{os.cpu_count()} cores, {args.cache} cache, {args.repeat} runs per contender; "
+        f"{os.cpu_count()} cores, {args.cache} cache, {shape}{args.repeat} runs per contender; "
         "all figures below come from this run"
     )
     summary = {}
@@ -276,7 +319,7 @@ def main() -> None:
         for kind in args.kinds.split(","):
             for gib in args.sizes.split(","):
                 size = int(float(gib) * 2**30)
-                summary[(kind, gib)] = scenario(work, size, kind, args.repeat, cold)
+                summary[(kind, gib)] = scenario(work, size, kind, args.repeat, cold, args.files, args.jobs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\nsummary: verified decode (md5+sha256 of base and output, fsync) vs the floors, and peak RSS")

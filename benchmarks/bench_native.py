@@ -2,7 +2,7 @@
 fine-tuned for a few optimizer steps, both made here.
 
 Usage: python benchmarks/bench_native.py [--dim 768] [--layers 12] [--pretrain-steps 20]
-                                         [--finetune-steps 5] [--repeat 3] [--workdir DIR]
+                                         [--finetune-steps 5] [--repeat 3] [--workdir DIR] [--shards 2]
 
 No model can be downloaded here, so the benchmark pretrains its own: a decoder-only transformer
 with LLaMA's tensor names (RMSNorm, SwiGLU MLP, untied lm_head, vocabulary 32000), trained with
@@ -10,9 +10,10 @@ AdamW on byte-pair-free text (the Python standard library's sources, hashed into
 for `--pretrain-steps`, then fine-tuned from that checkpoint for `--finetune-steps` with AdamW at
 lr 1e-5, as a short SFT run does. Weights are saved in bfloat16 (as LLaMA fine-tunes ship), the
 base as two safetensors shards and also as three `.bin` shards in another layout; the fine-tune
-as two safetensors shards with 16 extra vocabulary rows.
+as two safetensors shards with 16 extra vocabulary rows (`--shards N`: N safetensors shards each).
 
 Reported, from one run on the same pair:
+  - encode wall time (median of `--repeat`) and peak RSS: native, and legacy `--format oasst`;
   - payload sizes and their compressibility with gzip (level 6) and zstd (level 3 and 19, when
     `zstandard` is installed), next to the fine-tuned model's own;
   - decode wall time (median of `--repeat`) and peak RSS: native against the safetensors base and
@@ -159,6 +160,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--zstd-levels", default="3,19", help="comma-separated zstd levels to report")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--shards", type=int, default=2, help="safetensors shards of the base and the fine-tune")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -186,18 +188,27 @@ def main() -> None:
             flush=True,
         )
         base_st, base_bin, ft = work / "base-st", work / "base-bin", work / "ft"
-        save_shards(base_sd, base_st, 2, "safetensors")
+        save_shards(base_sd, base_st, args.shards, "safetensors")
         save_shards(dict(reversed(list(base_sd.items()))), base_bin, 3, "bin")
-        save_shards(ft_sd, ft, 2, "safetensors")
+        save_shards(ft_sd, ft, args.shards, "safetensors")
         del p, base_sd, ft_sd
         py = sys.executable
         cli = [py, "-m", "xorweights.cli"]
-        for cmd in (
-            [*cli, "encode", str(ft), "--base", str(base_st), "--out", str(work / "native"), "--quiet"],
-            [*cli, "encode", str(ft), "--base", str(base_st), "--out", str(work / "legacy"),
-             "--format", "oasst", "--manifest", str(work / "legacy.json"), "--quiet"],
+        encode = [*cli, "encode", str(ft), "--base", str(base_st), "--quiet", "--out"]
+        # Each encode runs `--repeat` times into a fresh folder (the last run's payload is decoded below).
+        encodes: dict[str, tuple[list[float], list[int]]] = {}
+        for name, dest, extra in (
+            ("native", work / "native", []),
+            ("legacy format (--format oasst)", work / "legacy",
+             ["--format", "oasst", "--manifest", str(work / "legacy.json")]),
         ):  # fmt: skip
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            encodes[name] = ([], [])
+            for _ in range(args.repeat):
+                shutil.rmtree(dest, ignore_errors=True)
+                settle(False)
+                secs, rss = run([[*encode, str(dest), *extra]], work)  # as the decodes below
+                encodes[name][0].append(secs)
+                encodes[name][1].append(rss)
         size = folder_bytes(ft)
         columns = ["gzip -6", *(f"zstd -{v}" for v in args.zstd_levels.split(",") if v)]
         print(f"\n{'weights':<26} {'bytes':>12} " + " ".join(f"{k:>16}" for k in columns))
@@ -300,6 +311,15 @@ def main() -> None:
                 f"{name:<32} {secs:8.2f} {size / secs / 1e6:8.0f} {rss / 2**20:7.0f} MiB {secs / cp_s:6.2f}"
             )
         print("all decodes byte-identical to the fine-tuned files (diff -r)")
+        print(
+            f"\n{'encode (same pair)':<32} {'wall s':>8} {'MB/s':>8} {'peak RSS':>10}  peak RSS of each run"
+        )
+        for name, (times, peaks) in encodes.items():
+            secs = statistics.median(times)
+            each = " ".join(f"{r / 2**20:.0f}" for r in peaks)
+            print(
+                f"{name:<32} {secs:8.2f} {size / secs / 1e6:8.0f} {max(peaks) / 2**20:7.0f} MiB  {each} MiB"
+            )
         manifest = json.loads((work / "native" / "xorweights.json").read_text())
         print(
             f"xorweights.json: {len(json.dumps(manifest))} bytes, "

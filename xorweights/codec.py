@@ -1069,7 +1069,8 @@ def decode(
             digest in the same pass; an output is renamed into place only when both match. An
             `md5sum`/`sha256sum` line file lists the decoded outputs.
         format: `auto` or `oasst` (the legacy file-level XOR; gzip payloads recognised).
-        jobs: files decoded at once (default: the cores, at most 4; memory stays the same).
+        jobs: files decoded at once (default: the cores, at most 4). Memory does not grow with file
+            size: one job uses 4 slots of 32 MiB, 2-4 jobs share 8, more jobs take 2 each.
         force: overwrite files already in `out`.
         fsync: make each output durable before it is renamed into place (off: faster, but a
             power failure may leave a final name over missing data).
