@@ -378,3 +378,18 @@ def test_decode_with_an_md5sum_file_checks_outputs(tmp_path: Path, model_pair) -
         tmp_path / "payload", base=base, out=tmp_path / "out", checksums=tmp_path / "decoded.md5"
     )
     assert all(f.verified for f in r.files)
+
+
+def test_mismatch_stages_are_a_closed_vocabulary() -> None:
+    """Every stage an error names is one of `errors.STAGE_NAMES`; the release stages among them."""
+    import re
+
+    from xorweights.constants import STAGES
+    from xorweights.errors import STAGE_NAMES, ChecksumMismatchError
+
+    assert set(STAGES) <= set(STAGE_NAMES)
+    package = Path(xorweights.__file__).parent
+    used = {m for p in package.rglob("*.py") for m in re.findall(r'stage="(\w+)"', p.read_text())}
+    assert used and used <= set(STAGE_NAMES), used - set(STAGE_NAMES)
+    with pytest.raises(ValueError, match="unknown stage 'hfbase'"):
+        ChecksumMismatchError("x", stage="hfbase")  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ either. Each carries `path`, and `expected`/`actual` where a comparison failed.
 from __future__ import annotations
 
 import os
+from typing import Literal, get_args
 
 
 class XorWeightsError(Exception):
@@ -116,10 +117,18 @@ class HubError(XorWeightsError, OSError):
 # Verification failures: exit code 1 in the CLI.
 
 
+#: Where a mismatch was found, a closed vocabulary: the stages a release publishes checksums for
+#: (`meta_original`, `hf_base`, `decoded`; `constants.STAGES`), `base` (a native payload's base
+#: tensors and whole base files, proven against `xorweights.json`) and `payload` (a payload file
+#: against its manifest or the digest the Hub reports).
+Stage = Literal["meta_original", "hf_base", "decoded", "base", "payload"]
+STAGE_NAMES: tuple[str, ...] = get_args(Stage)
+
+
 class ChecksumMismatchError(XorWeightsError, ValueError):
     """A file's digest differs from the published one.
 
-    Attributes: `path`, `expected`, `actual`, `algorithm` and `stage` (`hf_base`, `decoded`, ...).
+    Attributes: `path`, `expected`, `actual`, `algorithm` and `stage` (one of `STAGE_NAMES`).
     """
 
     def __init__(
@@ -130,8 +139,10 @@ class ChecksumMismatchError(XorWeightsError, ValueError):
         expected: str | None = None,
         actual: str | None = None,
         algorithm: str | None = None,
-        stage: str | None = None,
+        stage: Stage | None = None,
     ) -> None:
+        if stage is not None and stage not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
         super().__init__(message, path=path, expected=expected, actual=actual)
         self.algorithm = algorithm
         self.stage = stage
