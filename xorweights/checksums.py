@@ -32,6 +32,7 @@ from .constants import (
     MAX_MANIFEST_BYTES,
     STAGES,
     TEMP_PREFIX,
+    default_jobs,
 )
 from .errors import (
     ChecksumMismatchError,
@@ -204,14 +205,10 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
     if isinstance(doc, dict) and doc.get("format") == "xorweights":
         from .native_manifest import parse_manifest as parse_native
 
-        native = parse_native(doc, source)
-        decoded = {f.name: FileDigest(sha256=f.sha256, size=f.size) for f in native.files}
-        return ChecksumManifest(
-            release=Path(source).parent.name or source,
-            stages={"decoded": decoded},
-            description=f"decoded sha256 from the native payload manifest {source}",
+        return parse_native(doc, source).to_checksums(
+            Path(source).parent.name or source,
+            f"decoded sha256 from the native payload manifest {source}",
             path=source,
-            base_model=native.base_model,
         )
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise FormatError(
@@ -619,7 +616,7 @@ def verify(
     algorithms = sorted({a for n in sized for a in entries[n].algorithms()})
     digests = dict(
         hash_files(
-            {n: folder / n for n in sized}, algorithms, jobs=jobs or os.cpu_count() or 1, progress=progress,
+            {n: folder / n for n in sized}, algorithms, jobs=jobs or default_jobs(), progress=progress,
             desc=f"verify {stage}",
         )
     )  # fmt: skip
@@ -693,7 +690,7 @@ def checksum(
         names = [n for n in names if (folder / n).resolve() != out_path]
     total = sum((folder / n).stat().st_size for n in names)
     with byte_bar(total, f"{algorithm}sum", enabled=progress) as bar:
-        with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool, _cancel.guard(pool):
+        with ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool, _cancel.guard(pool):
             digests = dict(
                 pool.map(
                     lambda n: (n, hash_file(folder / n, [algorithm], on_progress=bar.update)[algorithm]),

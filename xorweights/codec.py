@@ -1483,15 +1483,8 @@ def encode(
                 raise IOFailure("removing", staging, e) from e
         published = None
         if with_checksums:
-            published = ChecksumManifest(
-                release=release or out_dir.resolve().name,
-                description="checksums written by xorweights encode (native payload)",
-                base_model=native_manifest.base_model,
-                stages={
-                    "decoded": {
-                        f.name: FileDigest(sha256=f.sha256, size=f.size) for f in native_manifest.files
-                    }
-                },
+            published = native_manifest.to_checksums(
+                release or out_dir.resolve().name, "checksums written by xorweights encode (native payload)"
             )
         return EncodeReport(
             files=tuple(sorted(files, key=lambda f: f.name)),

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _json
 from ._display import quoted, shown
@@ -23,6 +23,9 @@ from ._paths import check_name
 from .constants import MAX_MANIFEST_BYTES
 from .errors import FormatError, InputError, IOFailure, MissingFileError
 from .safetensors_header import DTYPE_SIZES
+
+if TYPE_CHECKING:
+    from .checksums import ChecksumManifest
 
 MANIFEST_NAME = "xorweights.json"
 FORMAT = "xorweights"
@@ -132,6 +135,22 @@ class NativeManifest:
 
     def file(self, name: str) -> FileEntry:
         return next(f for f in self.files if f.name == name)
+
+    def to_checksums(
+        self, release: str, description: str, *, repo_id: str | None = None, path: str | None = None
+    ) -> ChecksumManifest:
+        """The release's checksums: each output file's sha256 and size as the `decoded` stage."""
+        from .checksums import ChecksumManifest, FileDigest
+
+        decoded = {f.name: FileDigest(sha256=f.sha256, size=f.size) for f in self.files}
+        return ChecksumManifest(
+            release=release,
+            stages={"decoded": decoded},
+            repo_id=repo_id,
+            description=description,
+            path=path,
+            base_model=self.base_model,
+        )
 
     def to_json(self) -> dict[str, Any]:
         def tensor(t: TensorEntry) -> dict[str, Any]:

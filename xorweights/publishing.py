@@ -24,7 +24,8 @@ from typing import Any
 from . import hub, model_card, native
 from ._paths import check_regular_file
 from ._progress import bars_shown
-from .checksums import ChecksumManifest, FileDigest, git_blob_hasher, hash_files, list_files, load_checksums
+from .checksums import ChecksumManifest, git_blob_hasher, hash_files, list_files, load_checksums
+from .constants import default_jobs
 from .errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
 from .native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, is_native, load_manifest
 from .raw_storage import RawItem, manifest_items, refuse_unallowed
@@ -111,13 +112,10 @@ def _release(
                 native.payload_header(payload_dir / f.name, f)
         raw = manifest_items(manifest, payload_dir)
         refuse_unallowed(raw, allow_raw, where=payload_dir / MANIFEST_NAME, publishing=True)
-        decoded = {f.name: FileDigest(sha256=f.sha256, size=f.size) for f in manifest.files}
-        release = ChecksumManifest(
-            release=repo_id.split("/")[-1],
+        release = manifest.to_checksums(
+            repo_id.split("/")[-1],
+            f"xorweights payload, published with xorweights {_version()}",
             repo_id=repo_id,
-            description=f"xorweights payload, published with xorweights {_version()}",
-            stages={"decoded": decoded},
-            base_model=manifest.base_model,
         )
         want: dict[str, str | None] = {f.name: f.payload_sha256 for f in manifest.files}
         want[MANIFEST_NAME] = None
@@ -224,7 +222,7 @@ def publish(
     names = rel.names
     for n in names:
         check_regular_file(payload_dir / n, payload_dir)
-    sha256 = _hash_all(payload_dir, names, rel.want, jobs=jobs or os.cpu_count() or 1, progress=progress)
+    sha256 = _hash_all(payload_dir, names, rel.want, jobs=jobs or default_jobs(), progress=progress)
     sizes = {n: (payload_dir / n).stat().st_size for n in names}
     payload_bytes = sum(sizes.values())
     branch = revision or "main"
