@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import _json
+from .dtypes import NUMPY_DTYPES
 from .errors import FormatError, MissingFileError
 from .llama_layout import LlamaLayout
 from .torch_save import TensorSpec, record_order, save_state_dict
@@ -30,7 +31,8 @@ from .torch_zip import TorchCheckpoint, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
-_NUMPY = {"F16": np.float16, "F32": np.float32, "BF16": np.uint16}
+#: The dtypes LLaMA weights come in.
+_LLAMA_DTYPES = ("F16", "F32", "BF16")
 
 
 def inv_freq(head_dim: int) -> np.ndarray:
@@ -78,7 +80,7 @@ class MetaCheckpoint:
         if ref is None:
             raise FormatError(f"{ck.path}: missing tensor {name!r}", path=ck.path)
         begin, end = ck.byte_range(name)
-        dtype = _NUMPY[ref.dtype]
+        dtype = NUMPY_DTYPES[ref.dtype]
         return np.memmap(ck.path, dtype=dtype, mode="r", offset=begin, shape=ref.shape)
 
 
@@ -168,9 +170,9 @@ class HFCheckpoint:
         if name not in self.where:
             raise FormatError(f"{self.folder}: missing tensor {name!r}", path=self.folder)
         path, dtype, shape, begin = self.where[name]
-        if dtype not in _NUMPY:
+        if dtype not in _LLAMA_DTYPES:
             raise FormatError(f"{path}: tensor {name!r} is {dtype}; expected F16, BF16 or F32", path=path)
-        return np.memmap(path, dtype=_NUMPY[dtype], mode="r", offset=begin, shape=shape)
+        return np.memmap(path, dtype=NUMPY_DTYPES[dtype], mode="r", offset=begin, shape=shape)
 
     def as_float16(self, name: str) -> np.ndarray:
         """The tensor in float16, as the pinned conversion holds it (exact when the copy was
@@ -219,7 +221,7 @@ def write_shard(
     def data() -> Iterator[tuple[str, list[memoryview]]]:
         for spec in record_order(specs):
             arr = np.ascontiguousarray(compute[spec.name]())
-            if arr.shape != spec.shape or arr.dtype != _NUMPY[spec.dtype]:
+            if arr.shape != spec.shape or arr.dtype != NUMPY_DTYPES[spec.dtype]:
                 raise FormatError(
                     f"{source}: {spec.name} came out {arr.dtype}{arr.shape}, "
                     f"expected {spec.dtype}{spec.shape}",

@@ -19,6 +19,7 @@ import numpy as np
 from . import hub
 from ._paths import check_regular_file
 from .constants import TORCH_SUFFIXES, default_jobs
+from .dtypes import NUMPY_DTYPES, TORCH_DTYPES
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
 from .native import (
     check_payload_files,
@@ -28,23 +29,18 @@ from .native import (
     payload_header,
 )
 from .native_manifest import MANIFEST_NAME, NativeManifest, load_manifest
-from .tensor_store import NUMPY_DTYPES, TensorStore
+from .tensor_store import TensorStore
 
 logger = logging.getLogger(__name__)
 
 Framework = Literal["numpy", "pt"]
-_TORCH_DTYPES = {
-    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
-    "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
-    "U16": "uint16", "U32": "uint32", "U64": "uint64",
-}  # fmt: skip
 
 
 def _as_framework(buf: bytearray, dtype: str, shape: tuple[int, ...], framework: Framework, name: str) -> Any:
     if framework == "pt":
         import torch
 
-        tdtype = getattr(torch, _TORCH_DTYPES.get(dtype, ""), None)
+        tdtype = getattr(torch, TORCH_DTYPES.get(dtype, ""), None)
         if tdtype is None:
             raise FormatError(f"tensor {name}: dtype {dtype} has no torch equivalent")
         if not buf:

@@ -28,6 +28,7 @@ from ._paths import check_regular_file
 from ._progress import byte_bar
 from .checksums import ChecksumManifest, FileDigest, hash_file
 from .constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TEXT_SUFFIXES, TORCH_SUFFIXES
+from .dtypes import FLOAT_DTYPES
 from .errors import BaseMismatchError, FormatError, InputError, MissingFileError
 from .native_manifest import (
     MANIFEST_NAME,
@@ -49,7 +50,7 @@ from .raw_storage import (
     unmasked_bytes,
 )
 from .safetensors_header import SafetensorsHeader, read_header
-from .tensor_store import FLOAT_DTYPES, StoredTensor, TensorStore, castable, nbytes_of
+from .tensor_store import StoredTensor, TensorStore, castable, nbytes_of
 
 logger = logging.getLogger(__name__)
 

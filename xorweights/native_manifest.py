@@ -21,8 +21,8 @@ from . import _json
 from ._display import quoted, shown
 from ._paths import check_name
 from .constants import MAX_MANIFEST_BYTES
+from .dtypes import DTYPE_SIZES
 from .errors import FormatError, InputError, IOFailure, MissingFileError
-from .safetensors_header import DTYPE_SIZES
 
 if TYPE_CHECKING:
     from .checksums import ChecksumManifest

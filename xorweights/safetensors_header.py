@@ -18,17 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from . import _json
+from .dtypes import DTYPE_SIZES
 from .errors import FormatError, IOFailure, MissingFileError
 
 logger = logging.getLogger(__name__)
 
-#: Bytes per element of every dtype safetensors defines.
-DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
 #: The reference implementation refuses headers above 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100_000_000
 _MAX_DIMS = 64

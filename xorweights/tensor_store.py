@@ -27,20 +27,13 @@ import numpy as np
 
 from . import _cancel
 from .constants import CHUNK_SIZE
+from .dtypes import DTYPE_SIZES, FLOAT_DTYPES, NUMPY_DTYPES
 from .errors import FormatError, MissingFileError
-from .safetensors_header import DTYPE_SIZES, read_header
+from .safetensors_header import read_header
 from .torch_zip import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-#: numpy types holding each safetensors dtype (BF16 as its raw 16 bits).
-NUMPY_DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
-    "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64,
-    "F16": np.float16, "BF16": np.uint16, "F32": np.float32, "F64": np.float64,
-    "F8_E5M2": np.uint8, "F8_E4M3": np.uint8,
-}  # fmt: skip
 _WEIGHT_GLOBS = ("*.bin", "*.pt")
 
 

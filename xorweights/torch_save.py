@@ -30,6 +30,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from .dtypes import DTYPE_SIZES, STORAGE_TYPES
+
 ALIGNMENT = 64
 _U32 = 0xFFFFFFFF
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
@@ -38,24 +40,6 @@ _ZIP64_EOCD = struct.Struct("<IQHHIIQQQQ")
 _ZIP64_LOCATOR = struct.Struct("<IIQI")
 _EOCD = struct.Struct("<IHHHHIIH")
 _FLAGS = 0x0808
-#: Storage class names by safetensors dtype name.
-STORAGE_TYPES = {
-    "F16": "HalfStorage", "BF16": "BFloat16Storage", "F32": "FloatStorage", "F64": "DoubleStorage",
-    "I64": "LongStorage", "I32": "IntStorage", "I16": "ShortStorage", "I8": "CharStorage",
-    "U8": "ByteStorage", "BOOL": "BoolStorage",
-}  # fmt: skip
-ITEMSIZE = {
-    "F16": 2,
-    "BF16": 2,
-    "F32": 4,
-    "F64": 8,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-}
 
 
 def _zip64_extra(*values: int) -> bytes:
@@ -168,7 +152,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * ITEMSIZE[self.dtype]
+        return self.numel * DTYPE_SIZES[self.dtype]
 
     @property
     def stride(self) -> tuple[int, ...]:

@@ -28,17 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
+from .dtypes import STORAGE_DTYPES
 from .errors import FormatError, IOFailure, MissingFileError
 
 logger = logging.getLogger(__name__)
 
-#: Storage classes a state dict may use, with safetensors' dtype name and the element size.
-STORAGE_DTYPES = {
-    "HalfStorage": ("F16", 2), "BFloat16Storage": ("BF16", 2), "FloatStorage": ("F32", 4),
-    "DoubleStorage": ("F64", 8), "LongStorage": ("I64", 8), "IntStorage": ("I32", 4),
-    "ShortStorage": ("I16", 2), "CharStorage": ("I8", 1), "ByteStorage": ("U8", 1),
-    "BoolStorage": ("BOOL", 1),
-}  # fmt: skip
 #: data.pkl of a state dict is small (names and shapes: about 100 bytes a tensor); a larger one is
 #: refused unread.
 MAX_PICKLE_BYTES = 16 * 1024 * 1024
