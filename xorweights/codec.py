@@ -1130,7 +1130,7 @@ def decode(
         apart={"base": base, "out": out},
     )  # fmt: skip
     if fetched is not None:
-        manifest = manifest or hub.release_checksums(fetched)
+        manifest = manifest or fetched.checksums  # bundled for the repo id, or the card's: found by fetch
     check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)  # a link out, or a FIFO: refused unread
     base_dir, out_dir = Path(base), Path(out)
     if is_native(payload_dir) and format != "oasst":

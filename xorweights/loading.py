@@ -204,8 +204,8 @@ def load_state_dict(
     The tensors' memory is the model's size; use `iter_tensors` to hold one at a time.
     See `iter_tensors` for the arguments (a Hub repo id too) and errors.
     """
-    hub_options = {
-        "revision": revision, "subfolder": subfolder, "token": token, "cache_dir": cache_dir,
-        "local_dir": local_dir, "endpoint": endpoint, "offline": offline,
-    }  # fmt: skip
-    return dict(iter_tensors(payload, base, framework=framework, names=names, **hub_options))
+    tensors = iter_tensors(
+        payload, base, framework=framework, names=names, revision=revision, subfolder=subfolder, token=token,
+        cache_dir=cache_dir, local_dir=local_dir, endpoint=endpoint, offline=offline,
+    )  # fmt: skip
+    return dict(tensors)

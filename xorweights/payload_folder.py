@@ -11,6 +11,7 @@ itself); else an error listing them.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import os
@@ -109,7 +110,7 @@ def find_payload_dir(path: os.PathLike[str] | str, hints: PayloadHints | None = 
             check_folder_inside(chosen, root)
         return chosen
     if hints.repo_name is None:
-        hints = PayloadHints(hints.subfolder, hints.names, root.resolve().name, hints.choose)
+        hints = dataclasses.replace(hints, repo_name=root.resolve().name)
     sub = find_payload_in_listing(files_below(root), str(root), hints)
     return root / sub if sub else root
 
