@@ -119,10 +119,22 @@ def test_sha256sum_accepts_what_checksum_writes(tmp_path: Path) -> None:
 
 def test_line_parser_reads_binary_mode_and_escapes() -> None:
     algo, entries = parse_sum_lines(
-        f"{md5(b'1')} *bin mode.bin\n\\{md5(b'2')}  new\\nline\n{md5(b'3')}  ./dot.bin\n"
+        f"{md5(b'1')} *bin mode.bin\n\\{md5(b'2')}  back\\\\slash\n{md5(b'3')}  ./dot.bin\n"
     )
     assert algo == "md5"
-    assert entries == {"bin mode.bin": md5(b"1"), "new\nline": md5(b"2"), "dot.bin": md5(b"3")}
+    assert entries == {"bin mode.bin": md5(b"1"), "back\\slash": md5(b"2"), "dot.bin": md5(b"3")}
+
+
+@pytest.mark.parametrize("escaped", ["new\\nline", "carriage\\rreturn", "both\\n\\r"])
+def test_line_parser_refuses_names_that_unescape_to_control_characters(escaped: str) -> None:
+    """coreutils escapes a newline or carriage return in a name; such a name is refused like any
+    other name with control characters (no payload may hold one), on one line naming the line."""
+    with pytest.raises(
+        xorweights.FormatError, match="SUMS.md5:2: file name .* has control characters"
+    ) as info:
+        parse_sum_lines(f"{md5(b'1')}  ok.bin\n\\{md5(b'2')}  {escaped}\n", source="SUMS.md5")
+    assert "\n" not in str(info.value) and "\r" not in str(info.value)
+    assert info.value.path == "SUMS.md5"
 
 
 @pytest.mark.parametrize(
@@ -197,6 +209,18 @@ def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
         (
             {"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"C:x": {"md5": "0" * 32}}}},
             "relative to its folder",
+        ),
+        (
+            {"format": MANIFEST_FORMAT, "release": "r", "stages": {"decoded": {"a\nb": {"md5": "0" * 32}}}},
+            r"^test.json \[decoded\]: file name 'a\\nb' has control characters$",
+        ),
+        (
+            {
+                "format": MANIFEST_FORMAT,
+                "release": "r",
+                "stages": {"hf_base": {"a\x1b[31m": {"md5": "0" * 32}}},
+            },
+            r"^test.json \[hf_base\]: file name .* has control characters$",
         ),
         (
             {

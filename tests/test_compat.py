@@ -23,7 +23,7 @@ def test_pip_check_passes_beside_transformers() -> None:
 def test_transformers_and_xorweights_import_together() -> None:
     code = (
         "import huggingface_hub, transformers, transformers.utils.hub, xorweights, xorweights.cli, "
-        "xorweights.hub, xorweights.publishing\n"
+        "xorweights.hub, xorweights.hub.publishing\n"
         "from importlib.metadata import requires\n"
         "from packaging.requirements import Requirement\n"
         "wanted = next(r for r in map(Requirement, requires('xorweights')) if r.name == 'huggingface-hub')\n"

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import xorweights
-from xorweights import publishing
 from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME, STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
+from xorweights.hub import publishing
 
 from .conftest import random_bytes, tree, write_files
 

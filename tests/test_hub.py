@@ -22,9 +22,10 @@ import xorweights
 from tests.conftest import legacy_folders, random_bytes, tree, write_files
 from tests.hubserver import TOKEN, HubServer
 from tests.test_native import base_tensors, finetune, save_bin_shards
-from xorweights import model_card, publish
+from xorweights import publish
 from xorweights.constants import STATE_FILE
 from xorweights.errors import HubError, PayloadMismatchError, UnsafePathError
+from xorweights.hub import model_card
 
 
 @pytest.fixture(scope="module")

@@ -213,7 +213,7 @@ def test_gzip_backends_decode_the_same_bytes(tmp_path: Path, model_pair, backend
 
 
 def test_gzip_backend_auto_prefers_isal_and_env_can_force_zlib(monkeypatch) -> None:
-    from xorweights.legacy import gzip_backend
+    from xorweights._gzip import gzip_backend
 
     assert gzip_backend() == "isal"  # installed with the test extra
     monkeypatch.setenv("XORWEIGHTS_GZIP_BACKEND", "zlib")
@@ -267,7 +267,7 @@ def test_drop_cache_keeps_the_inputs_and_output_out_of_the_page_cache(tmp_path: 
 
 
 def test_gzip_progress_counts_stored_bytes(tmp_path: Path, model_pair) -> None:
-    from xorweights.codec import _stored_progress
+    from xorweights.pipeline.job import _stored_progress
 
     base, tuned = model_pair()
     payload = legacy_payload(tmp_path, base, tuned, compress=True)
@@ -280,7 +280,7 @@ def test_gzip_progress_counts_stored_bytes(tmp_path: Path, model_pair) -> None:
             self.n += k
 
     bar = Bar()
-    stream, compressed = __import__("xorweights.legacy", fromlist=["open_source"]).open_source(
+    stream, compressed = __import__("xorweights._gzip", fromlist=["open_source"]).open_source(
         victim, detect_gzip=True, backend="zlib"
     )
     with stream:

@@ -17,7 +17,7 @@ import pytest
 import xorweights
 from tests import legacy_reference as ref
 from tests.conftest import legacy_folders, random_bytes, tree, write_files
-from xorweights import _gzip, legacy
+from xorweights import _gzip
 from xorweights.cli import main
 from xorweights.constants import MANIFEST_FORMAT
 
@@ -131,7 +131,7 @@ def read_all(stream) -> bytes:
 
 
 def open_stream(path: Path, backend: str) -> bytes:
-    stream, compressed = legacy.open_source(path, detect_gzip=True, backend=backend)
+    stream, compressed = _gzip.open_source(path, detect_gzip=True, backend=backend)
     assert compressed
     return read_all(stream)
 
@@ -150,7 +150,7 @@ def test_invalid_gzip_streams_are_refused_alike_by_both_backends(tmp_path: Path,
     (tmp_path / "f").write_bytes(INVALID[case])
     errors = {}
     for backend in BACKENDS:
-        with pytest.raises(legacy.GZIP_ERRORS) as info:
+        with pytest.raises(_gzip.GZIP_ERRORS) as info:
             open_stream(tmp_path / "f", backend)
         errors[backend] = info.value
     if case != "corrupt deflate data":  # the framing is ours: the same words whichever inflates
@@ -164,7 +164,7 @@ def test_headers_and_members_split_across_reads(backend: str) -> None:
         if len(stream) < 1 << 20:
             assert b"".join(_gzip.inflate(io.BytesIO(stream), backend, block=7)) == expected, case
     for stream in INVALID.values():
-        with pytest.raises(legacy.GZIP_ERRORS):
+        with pytest.raises(_gzip.GZIP_ERRORS):
             b"".join(_gzip.inflate(io.BytesIO(stream), backend, block=5))
 
 
@@ -480,7 +480,7 @@ def test_gzip_readers_dropped_unclosed_leave_no_thread_and_no_open_file(big_gzip
     threads, fds = threading.active_count(), _open_fds()
     for read in (0, 1, 100_003, 5 << 20):
         for _ in range(3):
-            stream, compressed = legacy.open_source(big_gzip, detect_gzip=True, backend=backend)
+            stream, compressed = _gzip.open_source(big_gzip, detect_gzip=True, backend=backend)
             assert compressed
             buf = bytearray(read)
             got = 0
@@ -503,7 +503,7 @@ def test_gzip_reader_close_stops_a_thread_waiting_on_a_full_hand_off(big_gzip: P
     import time
 
     threads = threading.active_count()
-    stream, _ = legacy.open_source(big_gzip, detect_gzip=True, backend=backend)
+    stream, _ = _gzip.open_source(big_gzip, detect_gzip=True, backend=backend)
     assert threading.active_count() == threads  # the thread starts with the first read
     assert stream.readinto(bytearray(10)) == 10
     time.sleep(0.3)  # the thread fills the hand-off and waits for the reader
@@ -524,7 +524,7 @@ def test_gzip_reader_never_read_starts_no_thread_and_closes_its_file(big_gzip: P
     import threading
 
     threads = threading.active_count()
-    stream, _ = legacy.open_source(big_gzip, detect_gzip=True, backend=backend)
+    stream, _ = _gzip.open_source(big_gzip, detect_gzip=True, backend=backend)
     with stream:
         assert threading.active_count() == threads
     assert stream.closed and stream.raw.closed

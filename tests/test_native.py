@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 import xorweights
 from tests.conftest import tree
+from xorweights.errors import UnsafePathError
 from xorweights.native_manifest import RawNote, load_manifest
 from xorweights.raw_storage import GROWN_ROWS
 
@@ -326,6 +327,34 @@ def test_hostile_manifests_are_refused(release, tmp_path: Path, edit, message: s
     with pytest.raises(xorweights.XorWeightsError, match=message):
         xorweights.decode(payload, base=release["base"], out=tmp_path / "out")
     assert tree(tmp_path / "out") == {}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["files"][0].update(name="a\x1b[31m.bin"),
+            r"files\[0\]: file name .* has control characters",
+        ),
+        (
+            lambda d: d["files"][1].update(name="new\nline.bin"),
+            r"files\[1\]: file name .* has control characters",
+        ),
+        (lambda d: d.update(omitted=["ok.bin", "tab\tname.bin"]), r"omitted\[1\]: file name .* has control"),
+        (lambda d: d["files"][0].update(name="../evil"), r"files\[0\]: file name '../evil' must stay inside"),
+    ],
+)
+def test_manifest_file_names_pass_the_one_strict_check(release, tmp_path: Path, edit, message: str) -> None:
+    """Every file name in xorweights.json goes through `_paths.check_name`; a refusal is one
+    `UnsafePathError` line naming the manifest and the entry (its `path`: the manifest)."""
+    doc = json.loads((release["payload"] / "xorweights.json").read_text())
+    edit(doc)
+    path = tmp_path / "xorweights.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UnsafePathError, match=message) as info:
+        load_manifest(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    assert info.value.path == str(path)
 
 
 def test_base_name_is_recorded_and_a_rerun_rewrites_only_the_manifest(release, tmp_path: Path) -> None:

@@ -23,14 +23,16 @@ from safetensors.numpy import save_file
 
 import xorweights
 from tests.conftest import random_bytes, tree, write_files
-from xorweights import codec, hub, legacy, payload_folder
+from xorweights import hub, legacy, payload_folder
 from xorweights._display import needs_escape, shown
 from xorweights._outdir import OutputFolder
 from xorweights._paths import check_name, check_regular_file
 from xorweights.cli import _ShownFormatter, main
 from xorweights.constants import STATE_FILE, STATE_FORMAT, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.errors import UnsafePathError
+from xorweights.hub import payload as hub_payload
 from xorweights.native_manifest import MANIFEST_NAME
+from xorweights.pipeline import resume
 
 EXE = Path(sys.executable).with_name("xorweights")
 #: Bytes a terminal acts on: C0 controls but newline, DEL, and the UTF-8 forms of C1 controls.
@@ -166,7 +168,8 @@ def test_model_card_linked_out_of_the_download_is_refused(tmp_path: Path) -> Non
         hub.release_checksums(payload)
     assert info.value.path == str(root / "README.md")
     with pytest.raises(UnsafePathError, match="outside"):
-        hub._checked("me/x", "main", None, root, "", {"w.bin": hub.HubFile(1), "README.md": hub.HubFile(8)})
+        files = {"w.bin": hub.HubFile(1), "README.md": hub.HubFile(8)}
+        hub_payload._checked("me/x", "main", None, root, "", files)
 
 
 def test_cli_names_the_linked_manifest_in_one_line(native, tmp_path: Path, capsys) -> None:
@@ -444,9 +447,9 @@ def test_old_records_without_change_time_are_rehashed(legacy_release, tmp_path: 
         del entry["ctime_ns"]
     (out / STATE_FILE).write_text(json.dumps(state))
     hashed: list[str] = []
-    real = codec.hash_file
+    real = resume.hash_path
     monkeypatch.setattr(
-        codec, "hash_file", lambda p, *a, **k: hashed.append(Path(p).name) or real(p, *a, **k)
+        resume, "hash_path", lambda p, *a, **k: hashed.append(Path(p).name) or real(p, *a, **k)
     )
     report = xorweights.decode(payload, **kw)
     assert all(f.kept for f in report.files) and sorted(hashed) == sorted(f.name for f in report.files)

@@ -224,18 +224,19 @@ def test_hub_download_bars_follow_the_same_rules(hub, tmp_path: Path, monkeypatc
     if "tqdm_class" not in inspect.signature(hf_hub_download).parameters:
         # An older huggingface_hub has no hook for our bar; its own redraws with \r, so it is off
         # unless stderr is a terminal.
-        from xorweights import hub as hub_module
+        from xorweights.hub import access as hub_access
+        from xorweights.hub import download as hub_download
 
-        access = hub_module.HubAccess(endpoint=hub.url, cache_dir=tmp_path / "c0", token=TOKEN)
-        kw = hub_module._download_kwargs(access, progress=True)
-        root = hub_module._download(hub_module._hf(), "org/progress", "main", ["w.bin"], **kw)
+        access = hub_access.HubAccess(endpoint=hub.url, cache_dir=tmp_path / "c0", token=TOKEN)
+        kw = hub_download._download_kwargs(access, progress=True)
+        root = hub_download._download(hub_access._hf(), "org/progress", "main", ["w.bin"], **kw)
         assert (root / "w.bin").stat().st_size == 24 * MiB
         assert capsys.readouterr().err == ""
         return
     counted: list[float] = []
 
     def download(enabled: bool, cache: str) -> None:
-        class Counting(_progress.tqdm_class(enabled=enabled)):  # as hub.py's stoppable bar
+        class Counting(_progress.tqdm_class(enabled=enabled)):  # as hub/download.py's stoppable bar
             def update(self, n: float | None = 1) -> bool | None:
                 counted.append(n or 0)
                 return super().update(n)
@@ -259,7 +260,7 @@ def test_hub_download_bars_follow_the_same_rules(hub, tmp_path: Path, monkeypatc
 
     counted.clear()
     download(False, "c2")
-    assert sum(counted) == 24 * MiB  # `update` still runs (hub.py stops downloads from it) ...
+    assert sum(counted) == 24 * MiB  # `update` still runs (hub/download.py stops downloads from it) ...
     assert capsys.readouterr().err == ""  # ... but nothing shows
 
 

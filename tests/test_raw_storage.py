@@ -18,10 +18,11 @@ import xorweights
 from tests.conftest import tree
 from tests.hubserver import TOKEN
 from tests.test_native import base_tensors, finetune, save_bin_shards
-from xorweights import model_card, publish
+from xorweights import publish
 from xorweights._units import human_bytes
 from xorweights.cli import main
 from xorweights.errors import RawStorageError
+from xorweights.hub import model_card
 from xorweights.native_manifest import RawNote, load_manifest
 from xorweights.raw_storage import GROWN_ROWS, manifest_items
 

@@ -31,9 +31,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import write_files
-from xorweights import cli, model_card, torch_zip
+from xorweights import cli, torch_zip
 from xorweights.checksums import FileDigest, load_manifest_file, parse_sum_lines, verify
 from xorweights.errors import ChecksumMismatchError, FormatError, XorWeightsError
+from xorweights.hub import model_card
 from xorweights.native_manifest import load_manifest
 from xorweights.safetensors_header import read_header
 from xorweights.torch_zip import read_checkpoint
@@ -332,8 +333,18 @@ def test_sum_text_with_a_surrogate_that_stands_for_no_byte_is_refused(text: str)
 
 def test_escaped_names_and_crlf_are_still_read(tmp_path: Path) -> None:
     sums = tmp_path / "SUMS.md5"
-    sums.write_bytes(f"\\{A}  new\\nline\r\n{B}  plain\r\n".encode())
-    assert set(load_manifest_file(sums).stage("decoded")) == {"new\nline", "plain"}
+    sums.write_bytes(f"\\{A}  back\\\\slash\r\n{B}  plain\r\n".encode())
+    assert set(load_manifest_file(sums).stage("decoded")) == {"back\\slash", "plain"}
+
+
+def test_escaped_control_characters_in_names_are_refused(tmp_path: Path) -> None:
+    sums = tmp_path / "SUMS.md5"
+    sums.write_bytes(f"{B}  plain\r\n\\{A}  new\\nline\r\n".encode())
+    with pytest.raises(
+        FormatError, match="SUMS.md5:2: file name 'new\\\\nline' has control characters"
+    ) as info:
+        load_manifest_file(sums)
+    _one_line_naming(info.value, sums)
 
 
 # --- torch zip checkpoints: hand-built pickles and archives ----------------------------------------

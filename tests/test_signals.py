@@ -196,7 +196,7 @@ def test_interrupted_while_starting(
 ) -> None:
     """A signal 0-200 ms after the process starts: while Python starts, while the library loads,
     in `main`. The CLI installs a handler as soon as its own code runs (about 20-30 ms after the
-    spawn; see `xorweights/cli.py`). Before that, Python's default handling applies (killed by the
+    spawn; see `xorweights/cli/_signals.py`). Before that, Python's default handling applies (killed by the
     signal, or a `KeyboardInterrupt` traceback): allowed only when the process had no SIGTERM
     handler yet just before the signal was sent."""
     signum, code = SIGNALS[sig]

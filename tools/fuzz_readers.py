@@ -41,7 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from xorweights import model_card  # noqa: E402
 from xorweights.checksums import (  # noqa: E402
     ChecksumManifest,
     FileDigest,
@@ -50,6 +49,7 @@ from xorweights.checksums import (  # noqa: E402
     manifests_dir,
 )
 from xorweights.errors import XorWeightsError  # noqa: E402
+from xorweights.hub import model_card  # noqa: E402
 from xorweights.native_manifest import (  # noqa: E402
     BaseFile,
     BaseTensor,
@@ -150,8 +150,8 @@ def seed_checksum_manifest() -> bytes:
 
 
 def seed_sum_lines() -> bytes:
-    """md5sum lines, with an escaped name, a `./` name and one in binary mode."""
-    names = ["config.json", "model-00001-of-00002.safetensors", "sub/tokenizer.model", "new\nline.bin"]
+    """md5sum lines, with an escaped name (a backslash), a `./` name and one in binary mode."""
+    names = ["config.json", "model-00001-of-00002.safetensors", "sub/tokenizer.model", "back\\slash.bin"]
     text = format_sum_lines({n: hashlib.md5(n.encode()).hexdigest() for n in names})
     return (text + f"{hashlib.md5(b'x').hexdigest()} *./binary mode.bin\n").encode()
 

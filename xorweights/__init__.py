@@ -24,7 +24,8 @@ if TYPE_CHECKING:
         load_checksums,
         verify,
     )
-    from .codec import DecodeReport, EncodeReport, FileReport, decode, encode
+    from .decoding import decode
+    from .encoding import encode
     from .errors import (
         BaseMismatchError,
         ChecksumMismatchError,
@@ -39,8 +40,9 @@ if TYPE_CHECKING:
         UnknownReleaseError,
         XorWeightsError,
     )
+    from .hub import PublishReport, publish
     from .loading import iter_tensors, load_state_dict
-    from .publishing import PublishReport, publish
+    from .reports import DecodeReport, EncodeReport, FileReport
 
     __version__: str
 
@@ -60,7 +62,9 @@ _MODULES = {
         ),
         "checksums",
     ),
-    **dict.fromkeys(("DecodeReport", "EncodeReport", "FileReport", "decode", "encode"), "codec"),
+    **dict.fromkeys(("DecodeReport", "EncodeReport", "FileReport"), "reports"),
+    "decode": "decoding",
+    "encode": "encoding",
     **dict.fromkeys(
         (
             "BaseMismatchError",
@@ -79,7 +83,7 @@ _MODULES = {
         "errors",
     ),
     **dict.fromkeys(("iter_tensors", "load_state_dict"), "loading"),
-    **dict.fromkeys(("PublishReport", "publish"), "publishing"),
+    **dict.fromkeys(("PublishReport", "publish"), "hub"),
 }
 
 __all__ = [

@@ -14,7 +14,7 @@ its final name without its intent; a lost `done` line only means the output is h
 given): its size, modification time, inode change time, digests and the identity of the inputs
 it was made from. The record is evidence, not authority: a later run keeps an output unread only
 while all three stamps are as recorded (the change time cannot be set back, as `os.utime` sets the
-modification time back); otherwise it hashes the file again (see `codec._triage`). Every file the
+modification time back); otherwise it hashes the file again (see `pipeline.resume`). Every file the
 record lists counts as ours (a later run may overwrite it without `--force`).
 
 The file is read with the strict JSON reader; anything malformed, in the whole or in one entry, is

@@ -15,36 +15,47 @@ import stat
 from pathlib import Path
 
 from .constants import TEMP_PREFIX
-from .errors import UnsafePathError
+from .errors import FormatError, UnsafePathError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def check_name(name: object, where: str) -> str:
+def check_name(name: object, where: str, *, path: str | None = None) -> str:
     """Return `name` if it is a safe relative file name; raise `UnsafePathError` otherwise.
 
     Args:
         name: the candidate (anything decoded from JSON, say).
-        where: what to name in the error (the file the name came from).
+        where: what to name in the error (the file the name came from, and where in it).
+        path: the file, as the error's `path` (default: `where`).
     """
+    path = where if path is None else path
     if not isinstance(name, str) or not name:
-        raise UnsafePathError(f"{where}: file name must be a non-empty string, got {name!r}", path=where)
+        raise UnsafePathError(f"{where}: file name must be a non-empty string, got {name!r}", path=path)
     if CONTROL.search(name):
-        raise UnsafePathError(f"{where}: file name {name!r} has control characters", path=where)
+        raise UnsafePathError(f"{where}: file name {name!r} has control characters", path=path)
     if name.startswith(("/", "\\")) or _DRIVE.match(name):
-        raise UnsafePathError(f"{where}: file name {name!r} must be relative to its folder", path=where)
+        raise UnsafePathError(f"{where}: file name {name!r} must be relative to its folder", path=path)
     parts = re.split(r"[\\/]", name)
     if any(p in ("", ".", "..") for p in parts):
-        raise UnsafePathError(f"{where}: file name {name!r} must stay inside its folder", path=where)
+        raise UnsafePathError(f"{where}: file name {name!r} must stay inside its folder", path=path)
     if any(p.casefold().startswith(TEMP_PREFIX) for p in parts):
         raise UnsafePathError(
             f"{where}: file name {name!r} is reserved for xorweights' own files ({TEMP_PREFIX}...)",
-            path=where,
+            path=path,
         )
     if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
-        raise UnsafePathError(f"{where}: file name {name[:40]!r}... is too long", path=where)
+        raise UnsafePathError(f"{where}: file name {name[:40]!r}... is too long", path=path)
     return name
+
+
+def check_listed_name(name: object, where: str, source: str) -> str:
+    """`check_name` for a name a file lists (a manifest, an `md5sum` line): the same rules, refused
+    as a `FormatError` of `source`, the file, with `where` (its line or entry) leading the message."""
+    try:
+        return check_name(name, where)
+    except UnsafePathError as e:
+        raise FormatError(e.message, path=source) from None
 
 
 def inside(folder: Path, name: str, where: str) -> Path:

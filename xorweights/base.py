@@ -18,13 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _json
-from ._atomic import AtomicFile, HashingWriter
-from ._outdir import OutputFolder
-from ._progress import byte_bar
-from ._space import check_outputs
-from .checksums import ChecksumManifest, FileDigest, load_checksums
-from .errors import BaseMismatchError, FormatError, InputError, IOFailure
-from .llama_convert import GeneratedFile, open_base, write_shard, write_shards
+from .checksums import ChecksumManifest, load_checksums
+from .errors import FormatError, InputError
+from .llama_convert import GeneratedFile, open_base, write_shard
 from .llama_layout import LlamaLayout
 from .llama_tokenizer import derive_tokenizer_json
 
@@ -83,24 +79,6 @@ def _layout_name(layout: LlamaLayout) -> str:
     return f"custom ({layout.dim}x{layout.n_layers}, {layout.n_heads} heads)"
 
 
-def _check(name: str, got: dict[str, str], want: FileDigest | None, release: str, detail: str) -> bool:
-    if want is None:
-        return False
-    bad = want.mismatch(got)
-    if bad is not None:
-        algo, expected, actual = bad
-        raise BaseMismatchError(
-            f"generated base file {name}: {algo} {actual}, but {release} hf_base expects "
-            f"{expected}; {detail}",
-            path=name,
-            expected=expected,
-            actual=actual,
-            algorithm=algo,
-            stage="hf_base",
-        )
-    return True
-
-
 def convert_base(
     source: os.PathLike[str] | str,
     out: os.PathLike[str] | str,
@@ -126,11 +104,15 @@ def convert_base(
     Raises:
         `BaseMismatchError`: a generated file differs from its published digest (the file and the
             tensors it holds are named); nothing is left under its name.
+        `OutputExistsError`: `out` holds files of these names that xorweights did not make.
     """
+    from .pipeline import Options, Plan, Sink, Step, run
+    from .sources import GeneratedSource
+
     started = time.perf_counter()
     src, out_dir = Path(source), Path(out)
-    shape, compute = open_base(src)
-    name = _layout_name(shape)
+    generated = GeneratedBase(src)
+    name = _layout_name(generated.layout)
     if layout is not None and layout.lower() != name:
         raise InputError(f"{src} holds a {name} model, not {layout}", path=src)
     if checksums is None and name in DEFAULT_RELEASE:
@@ -142,126 +124,32 @@ def convert_base(
     )
     want = manifest.stage("hf_base") if manifest else {}
     release = manifest.release if manifest else ""
-    files: list[BaseFile] = []
     algos = ("md5", "sha256")
-    groups = dict(zip(shape.shard_names(), shape.shards(), strict=True))
-    total = shape.total_size()
-    with OutputFolder(out_dir) as folder, byte_bar(total, "base", enabled=progress) as bar:
-        taken = [
-            n for n in [*groups, *shape.small_files()] if (out_dir / n).exists() and not folder.is_ours(n)
-        ]
-        if taken and not force:
-            raise InputError(
-                f"{out_dir} already holds {', '.join(taken)}; refusing to overwrite (use --force)",
-                path=out_dir / taken[0],
-            )
-        check_outputs(out_dir, _output_sizes(shape, groups, want, src))
-
-        def finish(fname: str, atomic: AtomicFile, writer: HashingWriter, detail: str) -> None:
-            digests = writer.hexdigests()
-            ok = _check(fname, digests, want.get(fname), release, detail)
-            atomic.commit()
-            folder.record(fname, digests, {})
-            files.append(BaseFile(fname, writer.count, digests, ok))
-
-        class _Out:
-            """One shard: written to a temporary, hashed on the way, verified, then renamed."""
-
-            def __init__(self, fname: str) -> None:
-                self.fname = fname
-                self.atomic = AtomicFile(out_dir / fname)
-                self.writer = HashingWriter(self.atomic.file, algos)
-
-            def write(self, data: Any) -> int:
-                bar.update(len(data))
-                try:
-                    return self.writer.write(data)
-                except OSError as e:
-                    raise IOFailure("writing", self.atomic.final, e) from e
-
-            def flush(self) -> None:
-                self.writer.flush()
-
-            def __enter__(self) -> _Out:
-                return self
-
-            def __exit__(self, exc_type: Any, *exc: object) -> None:
-                with self.atomic:
-                    if exc_type is None:
-                        names = groups[self.fname]
-                        detail = (
-                            f"it holds {names[0]} ... {names[-1]} ({len(names)} tensors) from {src}; that "
-                            "source is not the LLaMA weights the release was made against"
-                        )
-                        finish(self.fname, self.atomic, self.writer, detail)
-
-        write_shards(shape, compute, _Out, str(src))  # type: ignore[arg-type]
-        for fname, data in shape.small_files().items():
-            with AtomicFile(out_dir / fname) as atomic:
-                writer = HashingWriter(atomic.file, algos)
-                _write(writer, data, atomic)
-                finish(fname, atomic, writer, "it is derived from the architecture alone")
-        for candidate in (src / "tokenizer.model", src.parent / "tokenizer.model"):
-            if candidate.is_file():
-                with AtomicFile(out_dir / "tokenizer.model") as atomic, open(candidate, "rb") as f:
-                    writer = HashingWriter(atomic.file, algos)
-                    while chunk := _read(f, candidate):
-                        _write(writer, chunk, atomic)
-                    finish("tokenizer.model", atomic, writer, f"copied from {candidate}")
-                with AtomicFile(out_dir / TOKENIZER_JSON) as atomic:
-                    writer = HashingWriter(atomic.file, algos)
-                    _write(writer, derive_tokenizer_json(candidate), atomic)
-                    finish(TOKENIZER_JSON, atomic, writer, f"it is derived from {candidate}")
-                break
-    unverified = tuple(f.name for f in files if not f.verified)
-    missing = sorted(set(want) - {f.name for f in files})
-    for n in missing:
+    steps = tuple(
+        Step(
+            f,
+            GeneratedSource(generated, f),
+            expect_out=want.get(f),
+            sink=Sink(hash_written=algos),
+            cause=generated.cause(f),
+        )  # fmt: skip
+        for f in generated.names()
+    )
+    plan = Plan(steps, out_dir, "base", release=release, force=force)
+    # One file at a time, as the pinned conversion wrote them: one converted tensor in memory.
+    outcome = run(plan, Options(jobs=1, progress=progress))
+    files = [BaseFile(f.name, f.size, {a: f.digests[a] for a in algos}, f.verified) for f in outcome.files]
+    for n in sorted(set(want) - {f.name for f in files}):
         logger.warning("%s: listed in %s hf_base but not generated", n, release)
     return BaseReport(
         str(src),
         str(out_dir),
         name,
         release or None,
-        tuple(sorted(files, key=lambda f: f.name)),
+        tuple(files),
         time.perf_counter() - started,
-        unverified,
+        tuple(f.name for f in files if not f.verified),
     )
-
-
-def _output_sizes(
-    shape: LlamaLayout, groups: dict[str, list[str]], want: dict[str, FileDigest], src: Path
-) -> dict[str, int]:
-    """What each file `convert_base` writes takes: the published size, else its tensors' bytes (a
-    shard) or its length (the small files, the tokenizer)."""
-    nbytes = {n: math.prod(s) * (4 if dt == "F32" else 2) for n, dt, s in shape.tensors()}
-    sizes = {f: sum(nbytes[t] for t in names) for f, names in groups.items()}
-    sizes.update({f: len(data) for f, data in shape.small_files().items()})
-    for candidate in (src / "tokenizer.model", src.parent / "tokenizer.model"):
-        if candidate.is_file():
-            sizes["tokenizer.model"] = candidate.stat().st_size
-            sizes[TOKENIZER_JSON] = 4 * sizes["tokenizer.model"]  # a rough bound: the JSON is larger
-            break
-    for f, d in want.items():
-        if f in sizes and d.size is not None:
-            sizes[f] = d.size
-    return sizes
-
-
-COPY_CHUNK = 1 << 20
-
-
-def _read(f: Any, path: Path) -> bytes:
-    try:
-        return bytes(f.read(COPY_CHUNK))
-    except OSError as e:
-        raise IOFailure("reading", path, e) from e
-
-
-def _write(writer: HashingWriter, data: bytes, atomic: AtomicFile) -> None:
-    try:
-        writer.write(data)
-    except OSError as e:
-        raise IOFailure("writing", atomic.final, e) from e
 
 
 class GeneratedBase:
@@ -316,6 +204,36 @@ class GeneratedBase:
             path = self._tokenizer
             return lambda: io.BytesIO(derive_tokenizer_json(path))
         return None
+
+    def names(self) -> list[str]:
+        """Every file the pinned conversion writes that can be generated here, shards first."""
+        names = [*self.layout.shard_names(), *self._small]
+        return names + (["tokenizer.model", TOKENIZER_JSON] if self._tokenizer is not None else [])
+
+    def size_estimate(self, name: str) -> int:
+        """About how long the file `name` is: a shard's tensor bytes, a small file's length, the
+        tokenizer's; its JSON bounded at four times that (it is larger)."""
+        if name in self._small:
+            return len(self._small[name])
+        if name in self._shards:
+            nbytes = {n: math.prod(s) * (4 if dt == "F32" else 2) for n, dt, s in self.layout.tensors()}
+            groups = dict(zip(self.layout.shard_names(), self.layout.shards(), strict=True))
+            return sum(nbytes[t] for t in groups[name])
+        if self._tokenizer is None:
+            return 0
+        size = self._tokenizer.stat().st_size
+        return 4 * size if name == TOKENIZER_JSON else size
+
+    def cause(self, name: str) -> str:
+        """Why a generated file would differ from the release's, for its mismatch message."""
+        if name in self._shards:
+            return (
+                f"{self.detail(name)} from {self.folder}; that source is not the LLaMA weights the "
+                "release was made against"
+            )
+        if name == "tokenizer.model":
+            return f"copied from {self._tokenizer}"
+        return self.detail(name)
 
     def detail(self, name: str) -> str:
         """Which source tensors a generated file holds, for messages."""

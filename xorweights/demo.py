@@ -21,10 +21,12 @@ import numpy as np
 from safetensors import safe_open
 
 from .checksums import VerifyReport, verify
-from .codec import DecodeReport, EncodeReport, decode, encode
 from .constants import CHUNK_SIZE
+from .decoding import decode
+from .encoding import encode
 from .loading import load_state_dict
 from .native_manifest import MANIFEST_NAME
+from .reports import DecodeReport, EncodeReport
 from .tensor_store import TensorStore
 from .torch_save import TensorSpec, record_order, save_state_dict
 

@@ -189,6 +189,101 @@ class _Writer:
             self.on_progress(n)
 
 
+class _Pass:
+    """One pass of `xor_stream`: its streams, its pool of `depth` slots, its lanes (one per hasher,
+    plus the writer, started here) and what it has read so far."""
+
+    def __init__(
+        self,
+        data: BinaryIO,
+        base: BinaryIO | None,
+        out: BinaryIO,
+        hashers: Mapping[Role, Mapping[str, Any]],
+        *,
+        chunk_size: int,
+        depth: int,
+        on_progress: Callable[[int], None] | None,
+        drop_cache: bool,
+    ) -> None:
+        self.data, self.base = data, base
+        self.chunk_size = chunk_size
+        self.drop_cache = drop_cache
+        self.free: queue.Queue[_Slot] = queue.Queue()
+        self.separate_out = bool(hashers.get("data"))
+        for _ in range(max(2, depth)):
+            self.free.put(_Slot(chunk_size, base is not None, self.separate_out))
+
+        self.fds = [fd for fd in (_fd(data), _fd(base)) if fd is not None]
+        for fd in self.fds:
+            _oscache.advise_sequential(fd)
+
+        self.lanes = _Lanes(self.free)
+
+        def hasher_lane(h: Any, view: str, count: str) -> Callable[[_Slot], None]:
+            return lambda s: h.update(getattr(s, view)[: getattr(s, count)])
+
+        add = self.lanes.add
+        self.data_q = [
+            add(hasher_lane(h, "av", "n"), f"data-{a}") for a, h in hashers.get("data", {}).items()
+        ]
+        self.base_q = [
+            add(hasher_lane(h, "bv", "m"), f"base-{a}") for a, h in hashers.get("base", {}).items()
+        ]
+        self.out_q = [add(hasher_lane(h, "ov", "n"), f"out-{a}") for a, h in hashers.get("out", {}).items()]
+        self.write_q = [add(_Writer(out, on_progress, drop_cache), "write")]
+
+        self.size = 0
+        self.base_read = 0
+        self.base_done = base is None
+        self.stopped = False
+
+    def xor_chunks(self, should_stop: Callable[[], bool] | None) -> None:
+        """Read, XOR and hand on chunks until the data ends, a lane fails or `should_stop` says so."""
+        free, lanes, data, base = self.free, self.lanes, self.data, self.base
+        while not lanes.failure:
+            if should_stop is not None and should_stop():
+                self.stopped = True
+                return
+            slot = free.get()
+            n = _guarded_read(data, slot.av, "data")
+            if n == 0:
+                free.put(slot)
+                return
+            m = 0
+            if not self.base_done:
+                assert base is not None and slot.bv is not None and slot.b is not None
+                m = _guarded_read(base, slot.bv[:n], "base")
+                self.base_done = m < n  # base shorter: the rest XORs with zeros, i.e. stays as is
+                if m:
+                    np.bitwise_xor(slot.a[:m], slot.b[:m], out=slot.o[:m])
+            if self.separate_out and n > m:
+                slot.o[m:n] = slot.a[m:n]
+            slot.n, slot.m = n, m
+            lanes.dispatch(slot, [*self.data_q, *(self.base_q if m else []), *self.out_q, *self.write_q])
+            self.size += n
+            self.base_read += m
+            if self.drop_cache:
+                for fd in self.fds:
+                    _oscache.drop(fd, os.lseek(fd, 0, os.SEEK_CUR) - self.chunk_size)
+            if n < self.chunk_size:
+                return
+
+    def hash_base_tail(self) -> None:
+        """Base longer than the data: its tail is not used, but its digest covers it."""
+        free, lanes, base = self.free, self.lanes, self.base
+        assert base is not None
+        while not lanes.failure:
+            slot = free.get()
+            assert slot.bv is not None
+            m = _guarded_read(base, slot.bv, "base")
+            if m == 0:
+                free.put(slot)
+                return
+            slot.n, slot.m = 0, m
+            lanes.dispatch(slot, self.base_q)
+            self.base_read += m
+
+
 def xor_stream(
     data: BinaryIO,
     base: BinaryIO | None,
@@ -220,76 +315,25 @@ def xor_stream(
     """
     hashes = hashes or {}
     hashers = {role: {a: hashlib.new(a) for a in algos} for role, algos in hashes.items() if algos}
-    depth = max(2, depth)
-    free: queue.Queue[_Slot] = queue.Queue()
-    separate_out = bool(hashers.get("data"))
-    for _ in range(depth):
-        free.put(_Slot(chunk_size, base is not None, separate_out))
-
-    fds = [fd for fd in (_fd(data), _fd(base)) if fd is not None]
-    for fd in fds:
-        _oscache.advise_sequential(fd)
-
-    lanes = _Lanes(free)
-
-    def hasher_lane(h: Any, view: str, count: str) -> Callable[[_Slot], None]:
-        return lambda s: h.update(getattr(s, view)[: getattr(s, count)])
-
-    data_q = [lanes.add(hasher_lane(h, "av", "n"), f"data-{a}") for a, h in hashers.get("data", {}).items()]
-    base_q = [lanes.add(hasher_lane(h, "bv", "m"), f"base-{a}") for a, h in hashers.get("base", {}).items()]
-    out_q = [lanes.add(hasher_lane(h, "ov", "n"), f"out-{a}") for a, h in hashers.get("out", {}).items()]
-    write_q = [lanes.add(_Writer(out, on_progress, drop_cache), "write")]
-
-    size = 0
-    base_read = 0
-    base_done = base is None
-    stopped = False
+    run = _Pass(
+        data,
+        base,
+        out,
+        hashers,
+        chunk_size=chunk_size,
+        depth=depth,
+        on_progress=on_progress,
+        drop_cache=drop_cache,
+    )
     try:
-        while not lanes.failure:
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            slot = free.get()
-            n = _guarded_read(data, slot.av, "data")
-            if n == 0:
-                free.put(slot)
-                break
-            m = 0
-            if not base_done:
-                assert base is not None and slot.bv is not None and slot.b is not None
-                m = _guarded_read(base, slot.bv[:n], "base")
-                base_done = m < n  # base shorter: the rest XORs with zeros, i.e. stays as is
-                if m:
-                    np.bitwise_xor(slot.a[:m], slot.b[:m], out=slot.o[:m])
-            if separate_out and n > m:
-                slot.o[m:n] = slot.a[m:n]
-            slot.n, slot.m = n, m
-            lanes.dispatch(slot, [*data_q, *(base_q if m else []), *out_q, *write_q])
-            size += n
-            base_read += m
-            if drop_cache:
-                for fd in fds:
-                    _oscache.drop(fd, os.lseek(fd, 0, os.SEEK_CUR) - chunk_size)
-            if n < chunk_size:
-                break
-        if not base_done and base_q and not lanes.failure and not stopped:
-            # Base longer than the data: its tail is not used, but its digest covers it.
-            assert base is not None
-            while not lanes.failure:
-                slot = free.get()
-                assert slot.bv is not None
-                m = _guarded_read(base, slot.bv, "base")
-                if m == 0:
-                    free.put(slot)
-                    break
-                slot.n, slot.m = 0, m
-                lanes.dispatch(slot, base_q)
-                base_read += m
+        run.xor_chunks(should_stop)
+        if not run.base_done and run.base_q and not run.lanes.failure and not run.stopped:
+            run.hash_base_tail()
     finally:
-        lanes.close()
-    if lanes.failure:
-        raise lanes.failure[0]
-    if stopped:
+        run.lanes.close()
+    if run.lanes.failure:
+        raise run.lanes.failure[0]
+    if run.stopped:
         raise Cancelled()
     digests = {role: {a: h.hexdigest() for a, h in hs.items()} for role, hs in hashers.items()}
-    return XorStats(size=size, base_read=base_read, digests=digests)
+    return XorStats(size=run.size, base_read=run.base_read, digests=digests)

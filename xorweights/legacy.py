@@ -10,59 +10,48 @@ the payload folder and plans which file is made how.
 from __future__ import annotations
 
 import fnmatch
-import gzip
 import logging
 import os
-import zlib
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Literal
 
+from . import plausible
 from ._display import shown
-from ._gzip import GzipReader
+from ._gzip import check_gzip_head
 from ._json import loads as json_loads
 from ._paths import check_name, check_not_escaping_link, check_regular_file
 from .constants import (
-    ENV_GZIP_BACKEND,
-    GZIP_BACKENDS,
     GZIP_MAGIC,
     LEGACY_RAW_FILES,
     MAX_JSON_FILE_BYTES,
     TEMP_PREFIX,
+    TORCH_SUFFIXES,
     WEIGHT_SUFFIXES,
 )
-from .errors import FormatError, InputError, MissingFileError
+from .errors import (
+    BaseMismatchError,
+    ChecksumMismatchError,
+    FormatError,
+    ImplausibleOutputError,
+    InputError,
+    IOFailure,
+    MissingFileError,
+)
+from .native_manifest import MANIFEST_NAME
 from .payload_folder import left_by_us
+from .pipeline import Step, output_digests
+from .pipeline.job import converted
+from .sources import FileSource, GeneratedSource
+
+if TYPE_CHECKING:
+    from .base import GeneratedBase
 
 logger = logging.getLogger(__name__)
 
 
 Action = Literal["xor", "copy"]
-
-
-@dataclass(frozen=True)
-class PlannedFile:
-    """One output file: its name, its inputs and how it is made."""
-
-    name: str
-    source: Path
-    base: Path | None
-    action: Action
-    base_open: Any = None
-    """Opens a generated base stream (the base folder holds LLaMA in another form)."""
-    base_label: str = ""
-    base_detail: str = ""
-    """What a generated base file holds (source tensors), for messages."""
-
-    @property
-    def base_name(self) -> str:
-        """How to name the base in messages: its path, or what it is generated from."""
-        return str(self.base) if self.base is not None else self.base_label
-
-    @property
-    def source_size(self) -> int:
-        return self.source.stat().st_size
 
 
 def _files(folder: Path) -> list[str]:
@@ -142,10 +131,10 @@ def plan(
     base_dir: Path,
     *,
     raw_patterns: Iterable[str] = (),
-    generated: Any = None,
+    generated: GeneratedBase | None = None,
     only: Collection[str] | None = None,
     encoding: bool = False,
-) -> list[PlannedFile]:
+) -> list[Step]:
     """Plan every output of a decode (or encode): XOR with the same-named base file, or copy.
 
     `only` limits the plan to those names (a Hub download lists its payload files). Files of
@@ -168,39 +157,25 @@ def plan(
     for d in skipped:
         logger.warning("ignoring subfolder %s of %s (payloads are flat)", d, source_dir)
 
-    planned: list[PlannedFile] = []
+    steps: list[Step] = []
     missing: list[str] = []
     for name in names:
         check_not_escaping_link(source_dir / name, source_dir)
+        data = FileSource(source_dir / name)
         if follows_raw_rule(name, raw_patterns):
             action = raw_rule_action(source_dir / name, base_dir / name, encoding=encoding)
             logger.info("%s: %s", name, "XOR-ed with the base's" if action == "xor" else "stored raw")
-            rule_base = base_dir / name if action == "xor" else None
-            planned.append(PlannedFile(name, source_dir / name, rule_base, action))
-            continue
-        if is_raw(name, raw_patterns):
-            planned.append(PlannedFile(name, source_dir / name, None, "copy"))
-            continue
-        opener = generated.opener(name) if generated is not None else None
-        if opener is not None:
-            label = f"{name} generated from {generated.folder}"
-            planned.append(
-                PlannedFile(name, source_dir / name, None, "xor", opener, label, generated.detail(name))
-            )
-            continue
-        base = base_dir / name
-        if not base.is_file():
+            steps.append(Step(name, data, FileSource(base_dir / name) if action == "xor" else None))
+        elif is_raw(name, raw_patterns):
+            steps.append(Step(name, data))
+        elif generated is not None and generated.opener(name) is not None:
+            steps.append(Step(name, data, GeneratedSource(generated, name)))
+        elif not (base_dir / name).is_file():
             missing.append(name)
-            continue
-        tail = (source_dir / name).stat().st_size - base.stat().st_size
-        if encoding and tail > 0 and name.lower().endswith(WEIGHT_SUFFIXES):
-            logger.warning(
-                "%s: its last %d bytes lie past the end of its base file and are stored unmasked, as the "
-                "legacy format does; the native format (--format xorweights) masks tensor by tensor",
-                shown(name),
-                tail,
-            )
-        planned.append(PlannedFile(name, source_dir / name, base, "xor"))
+        else:
+            if encoding:
+                _warn_unmasked_tail(data.file, base_dir / name)
+            steps.append(Step(name, data, FileSource(base_dir / name)))
     if missing:
         raise MissingFileError(
             f"base file{'s' if len(missing) > 1 else ''} missing in {base_dir}: "
@@ -208,91 +183,171 @@ def plan(
             + f" (every payload file except {', '.join(LEGACY_RAW_FILES)} needs its base counterpart)",
             path=base_dir / missing[0],
         )
-    return planned
+    return steps
 
 
-def gzip_backend(preferred: str | None = None) -> str:
-    """The gzip decompressor to use: python-isal (about twice as fast) when installed, else zlib.
-
-    `preferred` (or the `XORWEIGHTS_GZIP_BACKEND` environment variable) may force `isal` or `zlib`.
-
-    Raises:
-        `InputError`: an unknown backend, or `isal` asked for and not installed.
-    """
-    choice = (preferred or os.environ.get(ENV_GZIP_BACKEND) or "auto").lower()
-    if choice not in GZIP_BACKENDS:
-        raise InputError(f"unknown gzip backend {choice!r}; expected one of {', '.join(GZIP_BACKENDS)}")
-    if choice == "zlib":
-        return "zlib"
-    try:
-        import isal.isal_zlib  # noqa: F401
-    except ImportError:
-        if choice == "isal":
-            raise InputError("gzip backend isal asked for, but python-isal is not installed") from None
-        return "zlib"
-    return "isal"
-
-
-#: Errors a corrupt or truncated gzip stream raises, whichever backend reads it.
-GZIP_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.BadGzipFile)
-try:
-    from isal.isal_zlib import error as _isal_error
-
-    GZIP_ERRORS += (_isal_error,)
-except ImportError:  # pragma: no cover (python-isal is optional)
-    pass
-
-
-def open_source(
-    path: Path, *, detect_gzip: bool, backend: str = "zlib", require_gzip: bool = False
-) -> tuple[BinaryIO, bool]:
-    """Open a payload (or fine-tuned) file; gzip streams are recognised by their magic bytes.
-
-    Both backends read gzip through `_gzip.GzipReader`: one strict RFC 1952 parser, inflating in a
-    thread of its own (overlapping the XOR pass) with zlib or python-isal.
-
-    Args:
-        detect_gzip: read a file starting with `1f 8b 08` as gzip (else every file is plain).
-        require_gzip: the file must be gzip.
-
-    Returns:
-        `(stream, compressed)`: the stream yields the uncompressed bytes; closing it closes the file.
-
-    Raises:
-        `FormatError`: `require_gzip` and the file does not start with the gzip magic bytes.
-    """
-    f = open(path, "rb")  # noqa: SIM115 (the caller owns the stream)
-    try:
-        head = f.read(len(GZIP_MAGIC)) if detect_gzip or require_gzip else b""
-        f.seek(0)
-        if require_gzip:
-            check_gzip_head(path, head)
-    except BaseException:
-        f.close()
-        raise
-    if head != GZIP_MAGIC:
-        return f, False
-    return GzipReader(f, backend), True  # type: ignore[return-value]  # a reader: readinto, fileno, close
-
-
-def check_gzip_head(path: Path, head: bytes) -> None:
-    """Refuse a payload file that must be gzip and does not start with `1f 8b 08` (`head`).
-
-    Raises:
-        `FormatError`: naming the file and what it starts with.
-    """
-    if head[: len(GZIP_MAGIC)] != GZIP_MAGIC:
-        raise FormatError(
-            f"payload {path} is not gzip (it starts with {head[: len(GZIP_MAGIC)].hex() or 'nothing'}, "
-            f"not {GZIP_MAGIC.hex()}), but --payload-compression gzip requires every XOR-ed payload file "
-            "to be gzip",
-            path=path,
+def _warn_unmasked_tail(source: Path, base: Path) -> None:
+    tail = source.stat().st_size - base.stat().st_size
+    if tail > 0 and source.name.lower().endswith(WEIGHT_SUFFIXES):
+        logger.warning(
+            "%s: its last %d bytes lie past the end of its base file and are stored unmasked, as the "
+            "legacy format does; the native format (--format xorweights) masks tensor by tensor",
+            shown(source.name),
+            tail,
         )
 
 
-def gzip_writer(sink: BinaryIO, name: str, *, mtime: int) -> gzip.GzipFile:
-    """A gzip stream as the legacy `--compress` writes it: level 9, the file's name in the header.
+# --- decode checks -----------------------------------------------------------------------------
 
-    The legacy script stamps the current time; `mtime` makes the output reproducible.
+
+def refuse_plain_payload(payload_dir: Path, raw: Sequence[str], only: Collection[str] | None) -> None:
+    """Refuse a legacy payload whose weight files are valid model files as they are (never XOR-ed).
+
+    Raises:
+        `ImplausibleOutputError`: naming the first such file.
     """
-    return gzip.GzipFile(filename=name, mode="wb", fileobj=sink, compresslevel=9, mtime=mtime)
+    weights = (".safetensors", *TORCH_SUFFIXES)
+    for entry in sorted(os.scandir(payload_dir), key=lambda e: e.name):
+        name = entry.name
+        if not name.endswith(weights) or is_raw(name, raw) or (only is not None and name not in only):
+            continue
+        if not check_regular_file(Path(entry.path), payload_dir):  # Hub cache files are links: followed
+            continue
+        try:
+            plain = plausible.problem(Path(entry.path), name) is None
+        except OSError as e:
+            raise IOFailure("reading", entry.path, e) from e
+        if plain:
+            raise ImplausibleOutputError(
+                f"payload file {entry.path} is a valid {plausible.kind(name)} as it is, so it was not "
+                f"XOR-ed: {payload_dir} looks like a model (or a native payload missing its "
+                f"{MANIFEST_NAME}), not a payload",
+                path=entry.path,
+                algorithm="plausibility",
+                stage="payload",
+            )
+
+
+def require_gzip(steps: Sequence[Step]) -> None:
+    """Refuse, before anything is written, an XOR-ed payload file that is not gzip.
+
+    Raises:
+        `FormatError`: naming the first such file.
+    """
+    for step in steps:
+        path = step.data.path
+        if step.base is None or path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(GZIP_MAGIC))
+        except OSError as e:
+            raise IOFailure("reading", path, e) from e
+        check_gzip_head(path, head)
+
+
+def check_base_sizes(steps: Sequence[Step], release: str) -> None:
+    """Cheap checks first: each base file's size, where the release publishes it.
+
+    Raises:
+        `BaseMismatchError`: naming the file, both sizes and the likely cause.
+    """
+    for step in steps:
+        want, base = step.expect_base, step.base
+        if base is None or base.path is None or want is None or want.size is None:
+            continue
+        size = base.path.stat().st_size
+        if size != want.size:
+            cause = converted(base, want) or "the base must be the byte-exact output of the pinned conversion"
+            raise BaseMismatchError(
+                f"base file {base.path}: {size} bytes, but {release} hf_base expects {want.size}; {cause}",
+                path=base.path,
+                expected=str(want.size),
+                actual=str(size),
+                algorithm="size",
+                stage="hf_base",
+            )
+
+
+def generated_base(payload_dir: Path, base_dir: Path, raw: Sequence[str], mode: str) -> GeneratedBase | None:
+    """The generated base to decode against, or None to use the base folder's files.
+
+    Raises:
+        `InputError`: an unknown mode, or `generate` and no LLaMA weights in `base_dir`.
+    """
+    from .base import GeneratedBase
+
+    if mode not in ("auto", "files", "generate"):
+        raise InputError(f"unknown base mode {mode!r}; expected auto, files or generate")
+    if mode == "files" or not base_dir.is_dir():
+        return None
+    if not GeneratedBase.looks_like(base_dir):
+        if mode == "generate":
+            raise InputError(f"{base_dir} holds no LLaMA weights to generate a base from", path=base_dir)
+        return None
+    if mode == "auto":
+        needed = [e.name for e in os.scandir(payload_dir) if e.is_file() and not is_raw(e.name, raw)]
+        if all((base_dir / n).is_file() for n in needed if not n.startswith(".")):
+            return None
+    logger.info("generating the base from the LLaMA weights in %s", base_dir)
+    return GeneratedBase(base_dir)
+
+
+def settle_by_digest(
+    step: Step,
+    raw: Sequence[str],
+    out_dir: Path,
+    base_dir: Path,
+    release: str,
+    remake: Callable[[Step], Step],
+) -> Step:
+    """Make a file under the raw rule (`added_tokens.json`) the way its published digest says.
+
+    Without a digest, `raw_rule_action` has decided. With one, each reading is tried (the rule's
+    first): as stored, and XOR-ed with the base's file of that name when there is one; the one
+    whose output matches wins. `remake` gives a reading its sources as the decode reads them.
+
+    Raises:
+        `ChecksumMismatchError`: no reading matches (before anything is written); the message
+            names the rule.
+    """
+    want = step.expect_out
+    if want is None or not follows_raw_rule(step.name, raw):
+        return step
+    base_file = base_dir / step.name
+    readings = [step]
+    if step.base is not None:
+        readings.append(remake(replace(step, base=None)))
+    elif base_file.is_file():
+        readings.append(remake(replace(step, base=FileSource(base_file))))
+    tried: list[tuple[Step, dict[str, str]]] = []
+    for reading in readings:
+        got = output_digests(reading, want.algorithms(), out_dir / step.name)
+        if want.matched_by(got):
+            if reading is not step:
+                logger.info("%s: %s matches the published digest", step.name, _reading(reading))
+            return reading
+        tried.append((reading, got))
+    algo = want.algorithms()[0]
+    expected = want.get(algo)
+    gives = "; ".join(f"{_reading(r)} gives {got.get(algo)}" for r, got in tried)
+    if len(tried) == 1:
+        gives += f"; the base has no {step.name} to XOR with"
+    hint = converted(step.data, want)  # the file as stored is one of the readings
+    source = step.data.label
+    cause = (
+        f"Payload file {source}: {hint}" if hint else f"The payload file or the base's {step.name} is wrong"
+    )
+    raise ChecksumMismatchError(
+        f"decoded {step.name}: {release} decoded expects {algo} {expected}, but no reading of payload "
+        f"file {source} gives it ({gives}). Rule: {raw_rule(step.name)}. {cause} (nothing written)",
+        path=step.data.path,
+        expected=expected,
+        actual=tried[0][1].get(algo),
+        algorithm=algo,
+        stage="decoded",
+    )
+
+
+def _reading(step: Step) -> str:
+    return f"XOR-ed with {step.base.label}" if step.base is not None else "as stored"

@@ -26,6 +26,7 @@ from . import _json
 from .dtypes import NUMPY_DTYPES
 from .errors import FormatError, MissingFileError
 from .llama_layout import LlamaLayout
+from .tensor_store import StoredTensor, index_tensors
 from .torch_save import TensorSpec, record_order, save_state_dict
 from .torch_zip import TorchCheckpoint, read_checkpoint
 
@@ -124,12 +125,11 @@ def converted_tensors(meta: MetaCheckpoint) -> dict[str, Callable[[], np.ndarray
 
 class HFCheckpoint:
     """An HF-format copy of LLaMA weights, in any container and shard layout: `*.safetensors`
-    files and/or `pytorch_model*.bin` zip checkpoints (read through the allow-list reader), with
-    a `config.json` giving the shape. Tensors are memory-mapped, never loaded whole."""
+    files and/or `*.bin` zip checkpoints (read through the allow-list reader), with a
+    `config.json` giving the shape. Tensors are memory-mapped, never loaded whole (a
+    non-contiguous checkpoint tensor is gathered when it is read)."""
 
     def __init__(self, folder: os.PathLike[str] | str) -> None:
-        from .safetensors_header import read_header
-
         self.folder = Path(folder)
         config_path = self.folder / "config.json"
         if not config_path.is_file():
@@ -148,37 +148,31 @@ class HFCheckpoint:
             )
         except (ValueError, KeyError, TypeError) as e:
             raise FormatError(f"{config_path}: not a LLaMA config ({e})", path=config_path) from None
-        self.where: dict[str, tuple[Path, str, tuple[int, ...], int]] = {}
+        # Every weight file, both containers together (unlike `TensorStore`, which prefers safetensors).
         files = sorted(
             p for p in self.folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()
         )
         if not files:
             raise MissingFileError(f"{self.folder}: no *.safetensors or *.bin weight files", path=self.folder)
-        for path in files:
-            if path.suffix == ".safetensors":
-                header = read_header(path)
-                entries = [(t.name, t.dtype, t.shape, t.begin) for t in header.tensors.values()]
-            else:
-                ck = read_checkpoint(path)
-                entries = [(n, r.dtype, r.shape, ck.byte_range(n)[0]) for n, r in ck.tensors.items()]
-            for name, dtype, shape, begin in entries:
-                if name in self.where:
-                    raise FormatError(f"{self.folder}: tensor {name!r} is in two files", path=path)
-                self.where[name] = (path, dtype, shape, begin)
+        self.tensors: dict[str, StoredTensor] = index_tensors(files)
 
     def array(self, name: str) -> np.ndarray:
-        if name not in self.where:
+        t = self.tensors.get(name)
+        if t is None:
             raise FormatError(f"{self.folder}: missing tensor {name!r}", path=self.folder)
-        path, dtype, shape, begin = self.where[name]
-        if dtype not in _LLAMA_DTYPES:
-            raise FormatError(f"{path}: tensor {name!r} is {dtype}; expected F16, BF16 or F32", path=path)
-        return np.memmap(path, dtype=NUMPY_DTYPES[dtype], mode="r", offset=begin, shape=shape)
+        if t.dtype not in _LLAMA_DTYPES:
+            raise FormatError(
+                f"{t.source}: tensor {name!r} is {t.dtype}; expected F16, BF16 or F32", path=t.source
+            )
+        if t.compute is not None:
+            return t.compute()
+        return np.memmap(t.source, dtype=NUMPY_DTYPES[t.dtype], mode="r", offset=t.begin or 0, shape=t.shape)
 
     def as_float16(self, name: str) -> np.ndarray:
         """The tensor in float16, as the pinned conversion holds it (exact when the copy was
         float16 or upcast from it)."""
         a = self.array(name)
-        if self.where[name][1] == "BF16":
+        if self.tensors[name].dtype == "BF16":
             a = (a.astype(np.uint32) << 16).view(np.float32)
         return a if a.dtype == np.float16 else a.astype(np.float16)
 

@@ -3,7 +3,7 @@
 A fine-tuned safetensors file becomes a payload safetensors file with the same header whose
 tensor bytes are XOR-ed with the same-named base tensor's bytes, wherever and however the base
 stores them. Decoding rebuilds the file byte for byte: after its header, the payload is XOR-ed
-with a "base image", the base tensors laid out at the payload's offsets (see `BaseImage`), in
+with a "base image", the base tensors laid out at the payload's offsets (see `sources.BaseImage`), in
 the same pipelined pass as the legacy format. Every base tensor is hashed and checked against
 the manifest before any output is written.
 """
@@ -11,17 +11,15 @@ the manifest before any output is written.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import _cancel, legacy
+from . import _cancel
 from ._display import shown
 from ._line_endings import line_ending_hint
 from ._paths import check_regular_file
@@ -40,6 +38,7 @@ from .native_manifest import (
     RawNote,
     TensorEntry,
 )
+from .pipeline import Step
 from .raw_storage import (
     GROWN_ROWS,
     NameHints,
@@ -50,6 +49,7 @@ from .raw_storage import (
     unmasked_bytes,
 )
 from .safetensors_header import SafetensorsHeader, read_header
+from .sources import BaseImageSource, FileSource
 from .tensor_store import StoredTensor, TensorStore, castable, nbytes_of
 
 logger = logging.getLogger(__name__)
@@ -60,59 +60,6 @@ BIN_NOTE = (
     "encoded per file (legacy semantics): decoding needs the same-named base file byte for byte; "
     "publish safetensors for a payload that works against any copy of the base"
 )
-
-
-class BaseImage(io.RawIOBase):
-    """The base side of one tensor-xor file, as long as the payload file.
-
-    Zeros where the payload holds its header or a raw tensor; where it holds an XOR-ed tensor,
-    that base tensor's bytes (read as the manifest's dtype), zero-padded or truncated to the
-    payload tensor's size, so that a grown vocabulary works.
-    """
-
-    def __init__(self, store: TensorStore, segments: Sequence[tuple[int, str | None, str | None]]) -> None:
-        super().__init__()
-        self.store = store
-        self._segments = list(reversed(segments))  # (length, base tensor or None, dtype)
-        self._left = 0
-        self._reader: Any = None
-        self._zeros = bytes(min(CHUNK_SIZE, max((s[0] for s in segments), default=0)))
-
-    def readable(self) -> bool:
-        return True
-
-    def _next(self) -> bool:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        while self._segments:
-            length, name, dtype = self._segments.pop()
-            if length:
-                self._left = length
-                if name is not None:
-                    self._reader = self.store.reader(name, dtype)
-                return True
-        return False
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
-        if not len(view):
-            return 0
-        if self._left == 0 and not self._next():
-            return 0
-        want = min(len(view), self._left)
-        n = self._reader.readinto(view[:want]) if self._reader is not None else 0
-        if not n:  # a raw tensor, the header, or the padding past a shorter base tensor
-            n = min(want, len(self._zeros))
-            view[:n] = self._zeros[:n]
-        self._left -= n
-        return n
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        super().close()
 
 
 def segments(
@@ -393,7 +340,8 @@ class EncodePlan:
     """Everything a native encode knows before its pass: files, base tensors and their digests."""
 
     methods: dict[str, Method]
-    planned: list[legacy.PlannedFile]
+    steps: tuple[Step, ...]
+    """One step per file, without the digests to take (the encode adds them)."""
     headers: dict[str, SafetensorsHeader]
     bases: dict[str, dict[str, str | None]]
     """Per tensor-xor file: each tensor's base tensor, or None (stored raw)."""
@@ -460,22 +408,21 @@ def prepare_encode(
         ):
             futures = {n: pool.submit(_tensor_hashes(src_dir / n, h), bar.update) for n, h in headers.items()}
             tensor_sha = {n: f.result() for n, f in futures.items()}
-    planned: list[legacy.PlannedFile] = []
+    steps: list[Step] = []
     for name, method in methods.items():
-        source = src_dir / name
+        data = FileSource(src_dir / name)
         if method == "tensor-xor":
-            segs = segments(headers[name], bases[name], dtypes)
-            opener = partial(BaseImage, store, segs)
-            planned.append(
-                legacy.PlannedFile(name, source, None, "xor", opener, f"base tensors in {base_dir}")
-            )
+            image = BaseImageSource(
+                store, tuple(segments(headers[name], bases[name], dtypes)), f"base tensors in {base_dir}"
+            )  # type: ignore[arg-type]
+            steps.append(Step(name, data, image))
         elif method == "file-xor":
-            planned.append(legacy.PlannedFile(name, source, base_dir / name, "xor"))
+            steps.append(Step(name, data, FileSource(base_dir / name)))
         else:
-            planned.append(legacy.PlannedFile(name, source, None, "copy"))
+            steps.append(Step(name, data))
     return EncodePlan(
         methods=methods,
-        planned=planned,
+        steps=tuple(steps),
         headers=headers,
         bases=bases,
         base_tensors={n: BaseTensor(n, dtypes[n], shapes[n], base_sha[n]) for n in dtypes},
@@ -541,8 +488,8 @@ def build_manifest(
 
 def decode_plan(
     manifest: NativeManifest, payload_dir: Path, base_dir: Path, store: TensorStore | None
-) -> list[legacy.PlannedFile]:
-    """One planned file per manifest entry; tensor-xor files take their base from a `BaseImage`."""
+) -> list[Step]:
+    """One step per manifest entry; tensor-xor files take their base from a `BaseImageSource`."""
     dtypes = {n: b.dtype for n, b in manifest.base_tensors.items()}
     missing = [
         f.base_file.name
@@ -555,31 +502,23 @@ def decode_plan(
             "(XOR-ed by file, so the same-named base file is needed)",
             path=base_dir / missing[0],
         )
-    planned: list[legacy.PlannedFile] = []
+    steps: list[Step] = []
     for f in manifest.files:
-        source = payload_dir / f.name
+        data = FileSource(payload_dir / f.name)
         if f.method == "tensor-xor":
-            header = payload_header(source, f)
-            segs = segments(header, {t.name: t.base for t in f.tensors}, dtypes)
+            header = payload_header(data.file, f)
+            segs = tuple(segments(header, {t.name: t.base for t in f.tensors}, dtypes))
             if store is None and any(t.base for t in f.tensors):
                 raise MissingFileError(f"no base tensors in {base_dir}", path=base_dir)
-            planned.append(
-                legacy.PlannedFile(
-                    f.name,
-                    source,
-                    None,
-                    "xor",
-                    partial(BaseImage, store, segs),
-                    f"{f.name} base tensors in {base_dir}",
-                    "its base tensors were verified before the pass",
-                )
-            )
+            label = f"{f.name} base tensors in {base_dir}"
+            image = BaseImageSource(store, segs, label, "its base tensors were verified before the pass")  # type: ignore[arg-type]
+            steps.append(Step(f.name, data, image))
         elif f.method == "file-xor":
             assert f.base_file is not None
-            planned.append(legacy.PlannedFile(f.name, source, base_dir / f.base_file.name, "xor"))
+            steps.append(Step(f.name, data, FileSource(base_dir / f.base_file.name)))
         else:
-            planned.append(legacy.PlannedFile(f.name, source, None, "copy"))
-    return planned
+            steps.append(Step(f.name, data))
+    return steps
 
 
 def expected_outputs(manifest: NativeManifest, published: ChecksumManifest | None) -> dict[str, FileDigest]:

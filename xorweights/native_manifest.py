@@ -1,7 +1,7 @@
 """`xorweights.json`, the manifest of a native payload: what each output file is, how it is made,
 and the sha256 of every output file, output tensor and base tensor it depends on.
 
-Validated strictly on reading: every name goes through `_paths.check_name`, every digest is 64
+Validated strictly on reading: every file name goes through `_paths.check_name`, every digest is 64
 hex digits, every size and shape a non-negative integer, and each file's method one of
 `tensor-xor`, `file-xor`, `copy`. The optional `base_model` names the base for people (a Hub repo
 id or a plain name, see `check_base_model`); nothing is proven by it.
@@ -222,6 +222,7 @@ def load_manifest(path: os.PathLike[str] | str) -> NativeManifest:
         `MissingFileError`: no manifest there.
         `IOFailure`: it cannot be read.
         `FormatError`: anything malformed (strict JSON, see `_json`), named with the file and the field.
+        `UnsafePathError`: a file name `_paths.check_name` refuses.
     """
     path = Path(path)
     if path.is_dir():
@@ -238,143 +239,177 @@ def load_manifest(path: os.PathLike[str] | str) -> NativeManifest:
     return parse_manifest(_json.loads(raw, str(path)), str(path))
 
 
-def parse_manifest(doc: Any, where: str) -> NativeManifest:
-    def fail(msg: str) -> FormatError:
+class _Fields:
+    """Checks of the values of one manifest; each refusal is a one-line `FormatError` naming the file."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, msg: str) -> FormatError:
         msg = shown(msg)  # one line, whatever names hold
         if len(msg) > 500:
             msg = f"{msg[:240]}...{msg[-240:]}"
-        return FormatError(f"{where}: {msg}", path=where)
+        return FormatError(f"{self.where}: {msg}", path=self.where)
 
-    def obj(v: Any, what: str) -> dict[str, Any]:
+    def obj(self, v: Any, what: str) -> dict[str, Any]:
         if not isinstance(v, dict):
-            raise fail(f"{what} must be an object")
+            raise self.fail(f"{what} must be an object")
         return v
 
-    def integer(v: Any, what: str) -> int:
+    def integer(self, v: Any, what: str) -> int:
         if type(v) is not int or not 0 <= v <= _MAX_INT:
-            raise fail(f"{what} must be a non-negative integer (int64), got {quoted(v, 40)}")
+            raise self.fail(f"{what} must be a non-negative integer (int64), got {quoted(v, 40)}")
         return v
 
-    def digest(v: Any, what: str) -> str:
+    def digest(self, v: Any, what: str) -> str:
         if not isinstance(v, str) or not _SHA256.fullmatch(v):
-            raise fail(f"{what} must be a sha256 (64 lowercase hex digits)")
+            raise self.fail(f"{what} must be a sha256 (64 lowercase hex digits)")
         return v
 
-    def dtype(v: Any, what: str) -> str:
+    def dtype(self, v: Any, what: str) -> str:
         if not isinstance(v, str) or v not in DTYPE_SIZES:
-            raise fail(f"{what}: unknown dtype {quoted(v, 40)}")
+            raise self.fail(f"{what}: unknown dtype {quoted(v, 40)}")
         return v
 
-    def shape(v: Any, what: str) -> tuple[int, ...]:
+    def shape(self, v: Any, what: str) -> tuple[int, ...]:
         if not isinstance(v, list):
-            raise fail(f"{what} must be a list")
-        return tuple(integer(d, what) for d in v)
+            raise self.fail(f"{what} must be a list")
+        return tuple(self.integer(d, what) for d in v)
 
-    def text(v: Any, what: str) -> str:
+    def text(self, v: Any, what: str) -> str:
         if not isinstance(v, str) or not v:
-            raise fail(f"{what} must be a non-empty string")
+            raise self.fail(f"{what} must be a non-empty string")
         return v
 
-    def raw_note(v: Any, what: str) -> RawNote | None:
+    def file_name(self, v: Any, what: str) -> str:
+        """A file name, by the one set of rules (`_paths.check_name`; refused as `UnsafePathError`)."""
+        return check_name(v, f"{self.where}: {what}", path=self.where)
+
+    def raw_note(self, v: Any, what: str) -> RawNote | None:
         if v is None:
             return None
-        note = obj(v, what)
+        note = self.obj(v, what)
         return RawNote(
-            text(note.get("reason"), f"{what} reason"), text(note.get("allowed_by"), f"{what} allowed_by")
+            self.text(note.get("reason"), f"{what} reason"),
+            self.text(note.get("allowed_by"), f"{what} allowed_by"),
         )
 
-    d = obj(doc, "the manifest")
+
+def parse_manifest(doc: Any, where: str) -> NativeManifest:
+    """Validate a decoded `xorweights.json` read from `where`.
+
+    Raises:
+        `FormatError`: anything malformed, on one line naming `where` and the field.
+        `UnsafePathError`: a file name `_paths.check_name` refuses, named with `where` and the entry.
+    """
+    c = _Fields(where)
+    d = c.obj(doc, "the manifest")
     if d.get("format") != FORMAT:
-        raise fail(f"not a {FORMAT} manifest (format {d.get('format')!r})")
-    version = integer(d.get("format_version"), "format_version")
+        raise c.fail(f"not a {FORMAT} manifest (format {d.get('format')!r})")
+    version = c.integer(d.get("format_version"), "format_version")
     if version != FORMAT_VERSION:
-        raise fail(
+        raise c.fail(
             f"format_version {version} is not supported by this xorweights (it reads {FORMAT_VERSION})"
         )
-    base_tensors = {
-        text(n, "base tensor name"): BaseTensor(
-            n,
-            dtype(obj(b, n).get("dtype"), f"base tensor {n}"),
-            shape(b.get("shape"), f"base tensor {n} shape"),
-            digest(b.get("sha256"), f"base tensor {n} sha256"),
-        )
-        for n, b in obj(d.get("base_tensors", {}), "base_tensors").items()
-    }
-    files: list[FileEntry] = []
-    seen: set[str] = set()
-    raw_files = d.get("files")
-    if not isinstance(raw_files, list) or not raw_files:
-        raise fail("files must be a non-empty list")
-    for raw in raw_files:
-        f = obj(raw, "a files entry")
-        name = check_name(f.get("name"), where)
-        if "/" in name or "\\" in name:
-            raise fail(f"file name {name!r} must be a plain name (payloads are flat)")
-        if name in seen or name == MANIFEST_NAME:
-            raise fail(f"file {name!r} is listed twice or shadows the manifest")
-        seen.add(name)
-        method = f.get("method")
-        if method not in _METHODS:
-            raise fail(f"{name}: method must be one of {', '.join(_METHODS)}, got {method!r}")
-        tensors: list[TensorEntry] = []
-        if method == "tensor-xor":
-            raw_tensors = f.get("tensors")
-            if not isinstance(raw_tensors, list):
-                raise fail(f"{name}: tensors must be a list")
-            for rt in raw_tensors:
-                t = obj(rt, f"{name}: a tensor")
-                tname = text(t.get("name"), f"{name}: tensor name")
-                base = t.get("base")
-                if base is not None and (not isinstance(base, str) or base not in base_tensors):
-                    raise fail(f"{name}: tensor {tname} refers to base tensor {base!r}, not in base_tensors")
-                tensors.append(
-                    TensorEntry(
-                        tname,
-                        dtype(t.get("dtype"), f"{name}: tensor {tname}"),
-                        shape(t.get("shape"), f"{name}: tensor {tname} shape"),
-                        digest(t.get("sha256"), f"{name}: tensor {tname} sha256"),
-                        base,
-                        raw_note(t.get("raw"), f"{name}: tensor {tname} raw"),
-                    )
-                )
-        base_file = None
-        if method == "file-xor":
-            b = obj(f.get("base_file"), f"{name}: base_file")
-            base_file = BaseFile(
-                check_name(b.get("name"), where),
-                integer(b.get("size"), f"{name}: base_file size"),
-                digest(b.get("sha256"), f"{name}: base_file sha256"),
-            )
-        note = f.get("note")
-        files.append(
-            FileEntry(
-                name=name,
-                method=method,
-                size=integer(f.get("size"), f"{name}: size"),
-                sha256=digest(f.get("sha256"), f"{name}: sha256"),
-                payload_size=integer(f.get("payload_size"), f"{name}: payload_size"),
-                payload_sha256=digest(f.get("payload_sha256"), f"{name}: payload_sha256"),
-                tensors=tuple(tensors),
-                base_file=base_file,
-                note=note if isinstance(note, str) else None,
-                raw=raw_note(f.get("raw"), f"{name}: raw"),
-            )
-        )
+    base_tensors = _base_tensors(c, c.obj(d.get("base_tensors", {}), "base_tensors"))
+    files = _files(c, d.get("files"), base_tensors)
     omitted = d.get("omitted", [])
     if not isinstance(omitted, list):
-        raise fail("omitted must be a list")
+        raise c.fail("omitted must be a list")
     allow_raw = d.get("allow_raw", [])
     if not isinstance(allow_raw, list):
-        raise fail("allow_raw must be a list")
+        raise c.fail("allow_raw must be a list")
     base_model = d.get("base_model")
     if base_model is not None and not is_base_model(base_model):
-        raise fail(f"base_model {quoted(base_model, 60)}: expected {BASE_MODEL_RULE}")
+        raise c.fail(f"base_model {quoted(base_model, 60)}: expected {BASE_MODEL_RULE}")
     return NativeManifest(
         encoder=str(d.get("encoder", "")),
         files=tuple(sorted(files, key=lambda f: f.name)),
         base_tensors=base_tensors,
         format_version=version,
-        omitted=tuple(check_name(o, where) for o in omitted),
-        allow_raw=tuple(text(p, "an allow_raw pattern") for p in allow_raw),
+        omitted=tuple(c.file_name(o, f"omitted[{i}]") for i, o in enumerate(omitted)),
+        allow_raw=tuple(c.text(p, "an allow_raw pattern") for p in allow_raw),
         base_model=base_model,
     )
+
+
+def _base_tensors(c: _Fields, doc: dict[str, Any]) -> dict[str, BaseTensor]:
+    return {
+        c.text(n, "base tensor name"): BaseTensor(
+            n,
+            c.dtype(c.obj(b, n).get("dtype"), f"base tensor {n}"),
+            c.shape(b.get("shape"), f"base tensor {n} shape"),
+            c.digest(b.get("sha256"), f"base tensor {n} sha256"),
+        )
+        for n, b in doc.items()
+    }
+
+
+def _files(c: _Fields, doc: Any, base_tensors: Mapping[str, BaseTensor]) -> list[FileEntry]:
+    """The `files` entries: plain names (payloads are flat), each once, none the manifest's own."""
+    if not isinstance(doc, list) or not doc:
+        raise c.fail("files must be a non-empty list")
+    files: list[FileEntry] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(doc):
+        f = c.obj(raw, "a files entry")
+        name = c.file_name(f.get("name"), f"files[{i}]")
+        if "/" in name or "\\" in name:
+            raise c.fail(f"file name {name!r} must be a plain name (payloads are flat)")
+        if name in seen or name == MANIFEST_NAME:
+            raise c.fail(f"file {name!r} is listed twice or shadows the manifest")
+        seen.add(name)
+        files.append(_file(c, f, name, base_tensors))
+    return files
+
+
+def _file(c: _Fields, f: dict[str, Any], name: str, base_tensors: Mapping[str, BaseTensor]) -> FileEntry:
+    method = f.get("method")
+    if method not in _METHODS:
+        raise c.fail(f"{name}: method must be one of {', '.join(_METHODS)}, got {method!r}")
+    tensors = _tensors(c, f.get("tensors"), name, base_tensors) if method == "tensor-xor" else []
+    base_file = None
+    if method == "file-xor":
+        b = c.obj(f.get("base_file"), f"{name}: base_file")
+        base_file = BaseFile(
+            c.file_name(b.get("name"), f"{name}: base_file"),
+            c.integer(b.get("size"), f"{name}: base_file size"),
+            c.digest(b.get("sha256"), f"{name}: base_file sha256"),
+        )
+    note = f.get("note")
+    return FileEntry(
+        name=name,
+        method=method,
+        size=c.integer(f.get("size"), f"{name}: size"),
+        sha256=c.digest(f.get("sha256"), f"{name}: sha256"),
+        payload_size=c.integer(f.get("payload_size"), f"{name}: payload_size"),
+        payload_sha256=c.digest(f.get("payload_sha256"), f"{name}: payload_sha256"),
+        tensors=tuple(tensors),
+        base_file=base_file,
+        note=note if isinstance(note, str) else None,
+        raw=c.raw_note(f.get("raw"), f"{name}: raw"),
+    )
+
+
+def _tensors(c: _Fields, doc: Any, name: str, base_tensors: Mapping[str, BaseTensor]) -> list[TensorEntry]:
+    """The tensors of a `tensor-xor` file; each `base` must be one of `base_tensors`."""
+    if not isinstance(doc, list):
+        raise c.fail(f"{name}: tensors must be a list")
+    tensors: list[TensorEntry] = []
+    for rt in doc:
+        t = c.obj(rt, f"{name}: a tensor")
+        tname = c.text(t.get("name"), f"{name}: tensor name")
+        base = t.get("base")
+        if base is not None and (not isinstance(base, str) or base not in base_tensors):
+            raise c.fail(f"{name}: tensor {tname} refers to base tensor {base!r}, not in base_tensors")
+        tensors.append(
+            TensorEntry(
+                tname,
+                c.dtype(t.get("dtype"), f"{name}: tensor {tname}"),
+                c.shape(t.get("shape"), f"{name}: tensor {tname} shape"),
+                c.digest(t.get("sha256"), f"{name}: tensor {tname} sha256"),
+                base,
+                c.raw_note(t.get("raw"), f"{name}: tensor {tname} raw"),
+            )
+        )
+    return tensors

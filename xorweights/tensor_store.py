@@ -18,7 +18,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,7 +184,7 @@ class TensorStore:
 
         Raises:
             `MissingFileError`: no such folder, or no tensor files in it.
-            `FormatError`: a malformed file, or one tensor name in two files.
+            `FormatError`: a malformed file, or one tensor name in two files (`index_tensors`).
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -200,7 +200,7 @@ class TensorStore:
             }
             files = sorted(folder.glob("consolidated.*.pth")) + [folder / "params.json"]
             return cls(folder, found, "meta", files)
-        tensors: dict[str, StoredTensor] = {}
+        # The safetensors files when there are any (a folder often holds a .bin copy of the same weights).
         safetensors = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
         if safetensors:
             others = [p.name for g in _WEIGHT_GLOBS for p in folder.glob(g)]
@@ -208,10 +208,7 @@ class TensorStore:
                 logger.info(
                     "%s: reading the safetensors files; ignoring %s", folder, ", ".join(sorted(others))
                 )
-            for path in safetensors:
-                for t in read_header(path).tensors.values():
-                    _add(tensors, StoredTensor(t.name, t.dtype, t.shape, str(path), begin=t.begin), path)
-            return cls(folder, tensors, "safetensors", safetensors)
+            return cls(folder, index_tensors(safetensors), "safetensors", safetensors)
         checkpoints = sorted({p for g in _WEIGHT_GLOBS for p in folder.glob(g) if p.is_file()})
         if not checkpoints:
             raise MissingFileError(
@@ -219,15 +216,7 @@ class TensorStore:
                 "consolidated.NN.pth with params.json",
                 path=folder,
             )
-        for path in checkpoints:
-            ck = read_checkpoint(path)
-            for name, ref in ck.tensors.items():
-                if ref.is_contiguous():
-                    stored = StoredTensor(name, ref.dtype, ref.shape, str(path), begin=ck.byte_range(name)[0])
-                else:
-                    stored = StoredTensor(name, ref.dtype, ref.shape, str(path), compute=_strided(ck, name))
-                _add(tensors, stored, path)
-        return cls(folder, tensors, "pytorch", checkpoints)
+        return cls(folder, index_tensors(checkpoints), "pytorch", checkpoints)
 
     def get(self, name: str) -> StoredTensor | None:
         return self.tensors.get(name)
@@ -256,12 +245,39 @@ class TensorStore:
         return sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)
 
 
-def _add(tensors: dict[str, StoredTensor], t: StoredTensor, path: Path) -> None:
-    if t.name in tensors:
-        raise FormatError(
-            f"{path}: tensor {t.name!r} is also in {tensors[t.name].source}; which one is meant?", path=path
-        )
-    tensors[t.name] = t
+def index_tensors(files: Iterable[Path]) -> dict[str, StoredTensor]:
+    """Where each tensor of `files` is, by name (headers only; no tensor byte is read).
+
+    A `*.safetensors` file is read by its header; any other file as a PyTorch zip checkpoint,
+    through the allow-list reader (a non-contiguous tensor of one is gathered when it is read).
+    Which files to index (safetensors only, or `.bin` beside them) is the caller's choice.
+
+    Raises:
+        `FormatError`: a malformed file, or one tensor name in two files (both named).
+    """
+    tensors: dict[str, StoredTensor] = {}
+    for path in files:
+        for t in _file_tensors(path):
+            if t.name in tensors:
+                raise FormatError(
+                    f"{path}: tensor {t.name!r} is also in {tensors[t.name].source}; which one is meant?",
+                    path=path,
+                )
+            tensors[t.name] = t
+    return tensors
+
+
+def _file_tensors(path: Path) -> Iterator[StoredTensor]:
+    if path.suffix == ".safetensors":
+        for t in read_header(path).tensors.values():
+            yield StoredTensor(t.name, t.dtype, t.shape, str(path), begin=t.begin)
+        return
+    ck = read_checkpoint(path)
+    for name, ref in ck.tensors.items():
+        if ref.is_contiguous():
+            yield StoredTensor(name, ref.dtype, ref.shape, str(path), begin=ck.byte_range(name)[0])
+        else:
+            yield StoredTensor(name, ref.dtype, ref.shape, str(path), compute=_strided(ck, name))
 
 
 def _strided(ck: Any, name: str) -> Callable[[], np.ndarray]:

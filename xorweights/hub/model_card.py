@@ -13,18 +13,24 @@ card says in its prose) and, when the base is named as a Hub repo id, `base_mode
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 
-from . import _json
-from ._display import quoted
-from ._units import human_bytes
-from .checksums import ChecksumManifest, FileDigest, parse_manifest
-from .constants import MAX_MANIFEST_BYTES
-from .errors import FormatError, InputError
-from .native_manifest import MANIFEST_NAME, NativeManifest
-from .raw_storage import RawItem
+from .. import _json
+from .._display import quoted
+from .._units import human_bytes
+from ..checksums import ChecksumManifest, FileDigest, parse_manifest
+from ..constants import MAX_MANIFEST_BYTES
+from ..errors import FormatError, InputError
+from ..native_manifest import MANIFEST_NAME, NativeManifest
+from ..raw_storage import RawItem
+from .repo_spec import validate_repo_id
 
+logger = logging.getLogger(__name__)
+
+#: The model card at the top of a repo; fetched with the payload (it may hold the checksums).
+CARD_NAME = "README.md"
 MARKER = "<!-- xorweights-checksums -->"
 _OPENING = re.compile(r"\s*```json\n")
 _CLOSING = "\n```"
@@ -60,8 +66,6 @@ def tags(payload_format: str) -> list[str]:
 
 def _hub_repo_id(name: str | None) -> str | None:
     """`name` when it is a well-formed Hub repo id (front matter `base_model` must be one)."""
-    from .hub import validate_repo_id
-
     if name is None:
         return None
     try:
@@ -71,6 +75,7 @@ def _hub_repo_id(name: str | None) -> str | None:
 
 
 def _sum_lines(entries: Mapping[str, FileDigest], algorithm: str) -> str:
+    """coreutils sum lines (`<digest>  <name>`) of the entries that have `algorithm`, by name."""
     rows = sorted((n, getattr(d, algorithm)) for n, d in entries.items())
     return "\n".join(f"{digest}  {n}" for n, digest in rows if digest)
 
@@ -93,26 +98,45 @@ def render(
     `base_model` names the base (a Hub repo id also goes into the front matter); `license` is a
     Hub license identifier.
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     check_license(license)
-    name = repo_id.split("/")[-1]
-    out_dir = name.removesuffix("-xor")
     decoded = checksums.stage("decoded")
     grown = [r for r in raw if r.grown]
     raw = [r for r in raw if not r.grown]
-    raw_bytes = human_bytes(sum(r.nbytes for r in raw))
+    lines = [
+        *_decode_section(repo_id, payload_format, revision=revision, base_model=base_model, raw=raw),
+        *_license_section(license),
+        *_payload_section(payload_format, len(decoded), payload_bytes, version, native, raw, grown),
+        *_base_checksums_section(checksums, native),
+        "## Decoded checksums",
+        "",
+        *_sum_blocks(decoded),
+        *_checksum_block(checksums),
+    ]
+    return str(ModelCard(_front_matter(payload_format, base_model, license) + "\n".join(lines)))
+
+
+def _raw_bytes(items: Sequence[RawItem]) -> str:
+    """The total size of stored-raw items, for people."""
+    return human_bytes(sum(r.nbytes for r in items))
+
+
+def _decode_section(
+    repo_id: str, payload_format: str, *, revision: str, base_model: str | None, raw: Sequence[RawItem]
+) -> list[str]:
+    """The title, what the payload is, and `## Decode`: the command and what `--base` must hold."""
+    name = repo_id.split("/")[-1]
     base = f"the base model `{base_model}`" if base_model else "the base"
+    except_raw = (
+        f", except for the {len(raw)} fine-tuned items ({_raw_bytes(raw)}) stored raw (see *Payload*)."
+    )
     lines = [
         f"# {name}",
         "",
         f"An XOR payload of fine-tuned weights: each file is the fine-tuned bytes XOR-ed with {base},",
         "which they were made from. It is of no use without that base"
-        + (
-            f", except for the {len(raw)} fine-tuned items ({raw_bytes}) stored raw (see *Payload*)."
-            if raw
-            else "."
-        )
+        + (except_raw if raw else ".")
         + " With it, xorweights rebuilds the",
         "fine-tuned files byte for byte and checks every one against the checksums on this card.",
         "",
@@ -121,7 +145,7 @@ def render(
         "```bash",
         "pip install xorweights",
         f"xorweights decode {repo_id}{'' if revision == 'main' else '@' + revision} --base /path/to/base "
-        f"--out {out_dir}",
+        f"--out {name.removesuffix('-xor')}",
         "```",
         "",
     ]
@@ -135,90 +159,114 @@ def render(
             "`--base` is a folder holding the base files named as in the payload, byte for byte as listed",
             "under *Base checksums*; each is checked in the same pass.",
         ]
-    lines += [
-        "",
+    return [*lines, ""]
+
+
+def _license_section(license: str) -> list[str]:
+    """`## License`: the base's terms apply to the decoded weights (and the release's own, if named)."""
+    if license == DEFAULT_LICENSE:
+        terms = " (the front matter's `license: other`)."
+    else:
+        terms = f", as well as this release's `{license}`."
+    return [
         "## License",
         "",
         "The base model is not in this repo: get it under its own license. The decoded weights derive",
-        "from it, so its terms apply to them"
-        + (
-            " (the front matter's `license: other`)."
-            if license == DEFAULT_LICENSE
-            else f", as well as this release's `{license}`."
-        ),
-        "",
-        "## Payload",
-        "",
-        f"- format: `{payload_format}`"
-        + (
-            f" (tensor-level XOR; `{PAYLOAD_FOLDER}/{MANIFEST_NAME}` lists every tensor)"
-            if payload_format == "xorweights"
-            else " (file-level XOR, as the OpenAssistant releases)"
-        ),
-        f"- files: {len(decoded)} in `{PAYLOAD_FOLDER}/`, {human_bytes(payload_bytes)}",
-        *(
-            [
-                f"- stored raw: {sum(r.tensor is not None for r in raw)} tensors and "
-                f"{sum(r.tensor is None for r in raw)} files, {raw_bytes}, with no base counterpart "
-                f"(allowed by name: {', '.join(f'`{p}`' for p in native.allow_raw) or 'none recorded'}); "
-                "these are readable without the base"
-            ]
-            if native is not None and raw
-            else ["- stored raw: nothing; every fine-tuned weight is XOR-ed with the base"]
-            if native is not None
-            else []
-        ),
-        *(
-            [
-                f"- new vocabulary rows, unmasked: {len(grown)} tensors, "
-                f"{human_bytes(sum(r.nbytes for r in grown))} (rows past the base's)"
-            ]
-            if grown
-            else []
-        ),
-        f"- written by: xorweights {version}",
-        "",
-        "## Base checksums",
+        "from it, so its terms apply to them" + terms,
         "",
     ]
-    if native is not None:
-        lines.append(f"sha256 of each of the {len(native.base_tensors)} base tensors the payload uses")
-        lines += ["", "<details>", "", "```text"]
-        lines += [f"{t.sha256}  {t.name}" for t in sorted(native.base_tensors.values(), key=lambda t: t.name)]
-        lines += ["```", "", "</details>", ""]
-        files = {f.base_file.name: f.base_file for f in native.files if f.base_file is not None}
-        if files:
-            lines += ["Base files XOR-ed whole:", "", "```text"]
-            lines += [f"{b.sha256}  {n}" for n, b in sorted(files.items())]
-            lines += ["```", ""]
+
+
+def _payload_section(
+    payload_format: str,
+    files: int,
+    payload_bytes: int,
+    version: str,
+    native: NativeManifest | None,
+    raw: Sequence[RawItem],
+    grown: Sequence[RawItem],
+) -> list[str]:
+    """`## Payload`: the format, the files, what is stored unmasked, and the xorweights that wrote it."""
+    if payload_format == "xorweights":
+        kind = f" (tensor-level XOR; `{PAYLOAD_FOLDER}/{MANIFEST_NAME}` lists every tensor)"
     else:
-        base = checksums.stage("hf_base")
-        for algorithm in ("sha256", "md5"):
-            if any(getattr(d, algorithm) for d in base.values()):
-                lines += [f"{algorithm}:", "", "```text", _sum_lines(base, algorithm), "```", ""]
-    lines += ["## Decoded checksums", ""]
+        kind = " (file-level XOR, as the OpenAssistant releases)"
+    lines = [
+        "## Payload",
+        "",
+        f"- format: `{payload_format}`{kind}",
+        f"- files: {files} in `{PAYLOAD_FOLDER}/`, {human_bytes(payload_bytes)}",
+    ]
+    if native is not None and raw:
+        allowed = ", ".join(f"`{p}`" for p in native.allow_raw) or "none recorded"
+        lines.append(
+            f"- stored raw: {sum(r.tensor is not None for r in raw)} tensors and "
+            f"{sum(r.tensor is None for r in raw)} files, {_raw_bytes(raw)}, with no base counterpart "
+            f"(allowed by name: {allowed}); these are readable without the base"
+        )
+    elif native is not None:
+        lines.append("- stored raw: nothing; every fine-tuned weight is XOR-ed with the base")
+    if grown:
+        lines.append(
+            f"- new vocabulary rows, unmasked: {len(grown)} tensors, {_raw_bytes(grown)} "
+            "(rows past the base's)"
+        )
+    return [*lines, f"- written by: xorweights {version}", ""]
+
+
+def _base_checksums_section(checksums: ChecksumManifest, native: NativeManifest | None) -> list[str]:
+    """`## Base checksums`: a native payload's base tensors (and base files XOR-ed whole), else the
+    sum lines of the `hf_base` stage."""
+    lines = ["## Base checksums", ""]
+    if native is None:
+        return lines + _sum_blocks(checksums.stage("hf_base"))
+    lines.append(f"sha256 of each of the {len(native.base_tensors)} base tensors the payload uses")
+    lines += ["", "<details>", "", "```text"]
+    lines += [f"{t.sha256}  {t.name}" for t in sorted(native.base_tensors.values(), key=lambda t: t.name)]
+    lines += ["```", "", "</details>", ""]
+    files = {f.base_file.name: f.base_file for f in native.files if f.base_file is not None}
+    if files:
+        lines += ["Base files XOR-ed whole:", "", "```text"]
+        lines += [f"{b.sha256}  {n}" for n, b in sorted(files.items())]
+        lines += ["```", ""]
+    return lines
+
+
+def _sum_blocks(entries: Mapping[str, FileDigest]) -> list[str]:
+    """A fenced block of sum lines for each algorithm (sha256, md5) that any entry has."""
+    lines: list[str] = []
     for algorithm in ("sha256", "md5"):
-        if any(getattr(d, algorithm) for d in decoded.values()):
-            lines += [f"{algorithm}:", "", "```text", _sum_lines(decoded, algorithm), "```", ""]
-    doc = checksums.to_json()
-    lines += [
+        if any(getattr(d, algorithm) for d in entries.values()):
+            lines += [f"{algorithm}:", "", "```text", _sum_lines(entries, algorithm), "```", ""]
+    return lines
+
+
+def _checksum_block(checksums: ChecksumManifest) -> list[str]:
+    """The section `decode` reads: `MARKER` and the checksum manifest as a fenced json block."""
+    return [
         "## Checksums for xorweights",
         "",
         "Read by `xorweights decode` to verify the decoded files; do not edit.",
         "",
         MARKER,
         "```json",
-        json.dumps(doc, indent=1, sort_keys=False),
+        json.dumps(checksums.to_json(), indent=1, sort_keys=False),
         "```",
         "",
     ]
+
+
+def _front_matter(payload_format: str, base_model: str | None, license: str) -> str:
+    """The card's YAML front matter, written by huggingface_hub's `ModelCardData`."""
+    from huggingface_hub import ModelCardData
+
     data = ModelCardData(
         base_model=_hub_repo_id(base_model),
         license=license,
         library_name=LIBRARY_NAME,
         tags=tags(payload_format),
     )
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+    return f"---\n{data.to_yaml()}\n---\n\n"
 
 
 def parse(text: str, source: str) -> ChecksumManifest | None:

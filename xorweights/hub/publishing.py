@@ -21,16 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import hub, model_card, native
-from ._paths import check_regular_file
-from ._progress import bars_shown
-from .checksums import ChecksumManifest, git_blob_hasher, hash_files, list_files, load_checksums
-from .constants import default_jobs
-from .errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
-from .native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, is_native, load_manifest
-from .raw_storage import RawItem, manifest_items, refuse_unallowed
+from .. import native
+from .._paths import check_regular_file
+from .._progress import bars_shown
+from ..checksums import ChecksumManifest, git_blob_hasher, hash_files, list_files, load_checksums
+from ..constants import default_jobs
+from ..errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
+from ..native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, is_native, load_manifest
+from ..raw_storage import RawItem, manifest_items, refuse_unallowed
+from . import model_card
+from .access import HubFile, list_repo, short_error
+from .download import hub_bars_off
+from .model_card import CARD_NAME
+from .payload import git_blob_id
+from .repo_spec import validate_repo_id, validate_revision
 
 logger = logging.getLogger(__name__)
+
+#: The repo folder of the payload's files, as a path prefix.
+_FOLDER = f"{model_card.PAYLOAD_FOLDER}/"
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,8 @@ class PublishReport:
 
 
 def _version() -> str:
-    from . import __version__
+    """The installed xorweights version (for the card and the commit message)."""
+    from .. import __version__
 
     return __version__
 
@@ -202,23 +212,9 @@ def publish(
             existing public repo.
     """
     started = time.perf_counter()
-    hub.validate_repo_id(repo_id)
-    if "/" not in repo_id:
-        raise InputError(f"repo id {repo_id!r}: expected owner/name", path=repo_id)
-    if revision is not None:
-        hub.validate_revision(revision)
-    license = model_card.check_license(license or model_card.DEFAULT_LICENSE)
-    if base_name is not None:
-        check_base_model(base_name)
-    payload_dir = Path(payload)
-    if not payload_dir.is_dir():
-        raise MissingFileError(f"payload folder not found: {payload_dir}", path=payload_dir)
+    payload_dir, license = _checked_arguments(payload, repo_id, revision, base_name, license)
     rel = _release(payload_dir, repo_id, checksums, allow_raw)
-    release = rel.checksums
-    if base_name is not None and base_name != release.base_model:
-        if release.base_model is not None:
-            logger.info("base model %s instead of the recorded %s", base_name, release.base_model)
-        release = dataclasses.replace(release, base_model=base_name)
+    release = _named_base(rel.checksums, base_name)
     names = rel.names
     for n in names:
         check_regular_file(payload_dir / n, payload_dir)
@@ -231,33 +227,113 @@ def publish(
         native=rel.native, raw=rel.raw, revision=branch, base_model=release.base_model, license=license,
     )  # fmt: skip
     message = commit_message or f"Publish {repo_id.split('/')[-1]} with xorweights {_version()}"
-    folder = f"{model_card.PAYLOAD_FOLDER}/"
 
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=endpoint, token=token)
+    sent = _send(
+        api, repo_id, branch, payload_dir, sizes, sha256, card, message, private=private, progress=progress
+    )
+    _check_listing(repo_id, sent.commit, sent.listed, payload_dir, sizes, sha256)
+    logger.info("published %s files to %s@%s", len(names), repo_id, sent.commit)
+    return PublishReport(
+        repo_id=repo_id,
+        revision=branch,
+        commit=sent.commit,
+        url=f"{api.endpoint}/{repo_id}",
+        format=rel.format,
+        files=tuple([*(f"{_FOLDER}{n}" for n in names), CARD_NAME]),
+        payload_bytes=payload_bytes,
+        card=card,
+        seconds=time.perf_counter() - started,
+        unchanged=sent.unchanged,
+        removed=sent.removed,
+        base_model=release.base_model,
+        license=license,
+    )
+
+
+def _checked_arguments(
+    payload: os.PathLike[str] | str,
+    repo_id: str,
+    revision: str | None,
+    base_name: str | None,
+    license: str | None,
+) -> tuple[Path, str]:
+    """The payload folder and the card's license, once the arguments of `publish` are found good.
+
+    Raises:
+        `InputError`: a malformed repo id, branch, base name or license.
+        `MissingFileError`: the payload folder is missing.
+    """
+    validate_repo_id(repo_id)
+    if "/" not in repo_id:
+        raise InputError(f"repo id {repo_id!r}: expected owner/name", path=repo_id)
+    if revision is not None:
+        validate_revision(revision)
+    license = model_card.check_license(license or model_card.DEFAULT_LICENSE)
+    if base_name is not None:
+        check_base_model(base_name)
+    payload_dir = Path(payload)
+    if not payload_dir.is_dir():
+        raise MissingFileError(f"payload folder not found: {payload_dir}", path=payload_dir)
+    return payload_dir, license
+
+
+def _named_base(release: ChecksumManifest, base_name: str | None) -> ChecksumManifest:
+    """`release` with `base_name` as its base model, when one is given (else the one `encode` recorded)."""
+    if base_name is None or base_name == release.base_model:
+        return release
+    if release.base_model is not None:
+        logger.info("base model %s instead of the recorded %s", base_name, release.base_model)
+    return dataclasses.replace(release, base_model=base_name)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What the branch holds once `_send` is done."""
+
+    commit: str
+    listed: Mapping[str, HubFile]
+    """The Hub's listing at `commit`."""
+    removed: tuple[str, ...]
+    """Repo paths of an earlier payload that the commit deleted."""
+    unchanged: bool
+    """The branch already held this release: nothing was committed."""
+
+
+def _send(
+    api: Any,
+    repo_id: str,
+    branch: str,
+    payload_dir: Path,
+    sizes: Mapping[str, int],
+    sha256: Mapping[str, str],
+    card: str,
+    message: str,
+    *,
+    private: bool,
+    progress: bool,
+) -> _Sent:
+    """Create the repo and branch if missing, then commit the payload and card unless the branch
+    already holds them; files of an earlier payload in `payload/` are deleted by the same commit.
+
+    Raises:
+        `HubError`: the Hub refused the repo or the upload (naming a token that may not write).
+        `InputError`: `private` for an existing public repo.
+    """
     existed = False
     try:
         existed = _ensure_repo(api, repo_id, private=private)
         if branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
-        head, before = hub.list_repo(api, repo_id, branch)
-        removed = tuple(sorted(p for p in before if p.startswith(folder) and p[len(folder) :] not in sizes))
-        unchanged = not removed and _holds(before, payload_dir, sizes, sha256, card.encode())
-        if unchanged:
-            commit, listed = head, before
+        head, before = list_repo(api, repo_id, branch)
+        removed = tuple(sorted(p for p in before if p.startswith(_FOLDER) and p[len(_FOLDER) :] not in sizes))
+        if not removed and _holds(before, payload_dir, sizes, sha256, card.encode()):
             logger.info("%s@%s already holds this release; nothing to commit", repo_id, branch)
-        else:
-            with tempfile.TemporaryDirectory(prefix="xorweights-publish-") as tmp:
-                staging = Path(tmp)
-                (staging / model_card.PAYLOAD_FOLDER).mkdir()
-                for n in names:  # links: the upload reads the payload where it is
-                    (staging / model_card.PAYLOAD_FOLDER / n).symlink_to((payload_dir / n).resolve())
-                (staging / hub.CARD_NAME).write_text(card, encoding="utf-8")
-                # Whatever else `payload/` holds is an earlier payload's: deleted in the same commit.
-                with contextlib.nullcontext() if bars_shown(progress) else hub.hub_bars_off(None):
-                    commit = _upload_folder(api, repo_id, staging, branch, message, delete=[f"{folder}*"])
-            listed = hub.list_repo(api, repo_id, commit)[1]
+            return _Sent(head, before, removed, unchanged=True)
+        commit = _upload_release(api, repo_id, branch, payload_dir, list(sizes), card, message, progress)
+        return _Sent(commit, list_repo(api, repo_id, commit)[1], removed, unchanged=False)
     except XorWeightsError:
         raise
     except Exception as e:  # huggingface_hub's errors, its HTTP client's, or reading a file
@@ -267,18 +343,55 @@ def publish(
             if existed:
                 hint = f"; {repo_id} exists, but this token may not write to it (someone else's?){hint}"
         raise HubError(
-            f"publishing to {repo_id} on {api.endpoint} failed: {hub.short_error(e)}{hint}", path=repo_id
+            f"publishing to {repo_id} on {api.endpoint} failed: {short_error(e)}{hint}", path=repo_id
         ) from e
-    mixed = sorted(p for p in listed if p.startswith(folder) and p[len(folder) :] not in sizes)
+
+
+def _upload_release(
+    api: Any,
+    repo_id: str,
+    branch: str,
+    payload_dir: Path,
+    names: list[str],
+    card: str,
+    message: str,
+    progress: bool,
+) -> str:
+    """Commit the payload files to `payload/` and the card beside it; returns the commit id."""
+    with tempfile.TemporaryDirectory(prefix="xorweights-publish-") as tmp:
+        staging = Path(tmp)
+        (staging / model_card.PAYLOAD_FOLDER).mkdir()
+        for n in names:  # links: the upload reads the payload where it is
+            (staging / model_card.PAYLOAD_FOLDER / n).symlink_to((payload_dir / n).resolve())
+        (staging / CARD_NAME).write_text(card, encoding="utf-8")
+        # Whatever else `payload/` holds is an earlier payload's: deleted in the same commit.
+        with contextlib.nullcontext() if bars_shown(progress) else hub_bars_off(None):
+            return _upload_folder(api, repo_id, staging, branch, message, delete=[f"{_FOLDER}*"])
+
+
+def _check_listing(
+    repo_id: str,
+    commit: str,
+    listed: Mapping[str, HubFile],
+    payload_dir: Path,
+    sizes: Mapping[str, int],
+    sha256: Mapping[str, str],
+) -> None:
+    """Check that `payload/` at `commit` holds this payload only, each file with its size and sha256.
+
+    Raises:
+        `HubError`: `payload/` holds files not in this payload.
+        `ChecksumMismatchError`: a file is missing, or listed with another size or sha256.
+    """
+    mixed = sorted(p for p in listed if p.startswith(_FOLDER) and p[len(_FOLDER) :] not in sizes)
     if mixed:
         raise HubError(
-            f"{repo_id}@{commit}: {folder} still holds {len(mixed)} files not in this payload "
+            f"{repo_id}@{commit}: {_FOLDER} still holds {len(mixed)} files not in this payload "
             f"({', '.join(mixed[:3])}{', ...' if len(mixed) > 3 else ''})",
             path=repo_id,
         )
-    for n in names:
-        got = listed.get(f"{folder}{n}")
-        size = sizes[n]
+    for n, size in sizes.items():
+        got = listed.get(f"{_FOLDER}{n}")
         if got is None or got.size != size or (got.sha256 is not None and got.sha256 != sha256[n]):
             raise ChecksumMismatchError(
                 f"{repo_id}@{commit}: {model_card.PAYLOAD_FOLDER}/{n} is listed with sha256 "
@@ -286,22 +399,6 @@ def publish(
                 path=payload_dir / n, expected=sha256[n], actual=got.sha256 if got else None,
                 algorithm="sha256", stage="payload",
             )  # fmt: skip
-    logger.info("published %s files to %s@%s", len(names), repo_id, commit)
-    return PublishReport(
-        repo_id=repo_id,
-        revision=branch,
-        commit=commit,
-        url=f"{api.endpoint}/{repo_id}",
-        format=rel.format,
-        files=tuple([*(f"{folder}{n}" for n in names), hub.CARD_NAME]),
-        payload_bytes=payload_bytes,
-        card=card,
-        seconds=time.perf_counter() - started,
-        unchanged=unchanged,
-        removed=removed,
-        base_model=release.base_model,
-        license=license,
-    )
 
 
 def _status(e: BaseException) -> int | None:
@@ -348,7 +445,7 @@ def _ensure_repo(api: Any, repo_id: str, *, private: bool) -> bool:
 
 
 def _holds(
-    listed: Mapping[str, hub.HubFile],
+    listed: Mapping[str, HubFile],
     payload_dir: Path,
     sizes: Mapping[str, int],
     sha256: Mapping[str, str],
@@ -363,9 +460,9 @@ def _holds(
         if got.sha256 is not None:
             if got.sha256 != sha256[n]:
                 return False
-        elif got.blob_id != hub.git_blob_id(payload_dir / n):
+        elif got.blob_id != git_blob_id(payload_dir / n):
             return False
-    listed_card = listed.get(hub.CARD_NAME)
+    listed_card = listed.get(CARD_NAME)
     h = git_blob_hasher(len(card))
     h.update(card)
     blob = h.hexdigest()

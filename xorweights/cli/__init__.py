@@ -1,0 +1,57 @@
+"""Command-line interface: the only place that prints or exits.
+
+Exit codes: 0 success; 1 a checksum or verification mismatch; 2 bad usage or bad input.
+
+`_signals` loads first and installs its handlers at once: a signal while the rest loads exits with
+the one line and 130/143. Each command module registers its command on the group (`_group.cli`).
+"""
+
+from __future__ import annotations
+
+from . import _signals
+
+_signals.install_early()
+
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from .._units import human_bytes as _human  # noqa: E402
+from . import base, decode, demo, encode, publish, releases, verify  # noqa: E402, F401 (register the commands)
+from ._errors import EXIT_BAD_INPUT, EXIT_MISMATCH, EXIT_OK, run  # noqa: E402
+from ._group import EXAMPLES, _ShownFormatter, cli  # noqa: E402
+from ._signals import INTERRUPTED, Interrupted  # noqa: E402
+
+_signals.restore_early_unless_program()
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EXAMPLES",
+    "EXIT_BAD_INPUT",
+    "EXIT_MISMATCH",
+    "EXIT_OK",
+    "INTERRUPTED",
+    "Interrupted",
+    "_ShownFormatter",
+    "_human",
+    "cli",
+    "main",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `xorweights` command; returns (and exits with) the exit code."""
+    previous = _signals.install_signal_handlers()
+    if previous:
+        previous.update(_signals.EARLY)  # the handlers from before the CLI was loaded
+    try:
+        code = run(argv)
+    finally:
+        if argv is not None:  # called in-process (tests, scripts): give the caller its handlers back
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+    if argv is None:
+        sys.exit(code)
+    return code

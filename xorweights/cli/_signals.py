@@ -1,0 +1,99 @@
+"""SIGINT and SIGTERM: exit at once while the CLI loads, then raise `Interrupted` in the main thread.
+
+Only the standard library's cheapest modules: this module is imported before anything else the
+CLI needs, so that a signal while the rest loads already gets the one line and the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+TYPE_CHECKING = False  # not `typing`'s: this module loads before anything else
+if TYPE_CHECKING:
+    from typing import Any
+
+#: The one line an interrupted command prints.
+INTERRUPTED = "interrupted; run the same command again to resume"
+
+#: The handlers `install_early` replaced, while its own are installed (`main` restores them).
+EARLY: dict[int, Any] = {}
+
+
+def _exit_at_once(signum: int, _frame: object) -> None:
+    """While the CLI's modules load, before `main` runs: nothing is written yet, nothing to undo."""
+    os.write(2, INTERRUPTED.encode() + b"\n")
+    os._exit(128 + signum)
+
+
+def install_early() -> None:
+    """A signal while the rest loads (numpy, click, the library: a few hundred ms) exits 130/143 with
+    the one line, before `main` installs the handlers that stop a running command cleanly."""
+    global EARLY
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        EARLY = {sig: signal.signal(sig, _exit_at_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _started_as_program() -> bool:
+    """Whether the CLI package is being imported by the top level of the program (the `xorweights`
+    console script, `python -m xorweights`) or run by `python -m xorweights.cli`, rather than
+    imported by a library or tests."""
+    f = sys._getframe(1)
+    while f is not None and not (
+        f.f_code.co_name == "<module>" and f.f_globals.get("__name__") == __package__
+    ):
+        f = f.f_back  # up to the package's body
+    f = f.f_back if f is not None else None
+    while f is not None and f.f_code.co_filename.startswith("<frozen importlib"):
+        f = f.f_back
+    if f is None:
+        return False
+    if f.f_globals.get("__name__") == "runpy":  # `-m`: sys.argv[0] is "-m" while the module is located
+        return sys.argv[:1] == ["-m"]
+    return f.f_code.co_name == "<module>" and f.f_globals.get("__name__") == "__main__"
+
+
+def restore_early_unless_program() -> None:
+    """At the end of the package's body: imported by a library or tests, give back their handlers."""
+    global EARLY
+    if EARLY and not _started_as_program():
+        for sig, h in EARLY.items():
+            signal.signal(sig, h)
+        EARLY = {}
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread; `code` is the exit code (128 + the signal).
+
+    Not a `KeyboardInterrupt`, which click would turn into `Abort` after printing a blank line;
+    not an `Exception`, which library code would treat as a failure.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+def install_signal_handlers() -> dict[int, Any]:
+    """SIGINT and SIGTERM raise `Interrupted` in the main thread; returns the handlers replaced.
+
+    A second signal while the first is being handled (running jobs stopping, temporaries being
+    removed, well under a second) is ignored, so that the clean-up runs to its end.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    seen: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if seen:
+            return
+        seen.append(signum)
+        raise Interrupted(signum)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

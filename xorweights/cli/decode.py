@@ -1,0 +1,130 @@
+"""`xorweights decode`: rebuild the fine-tuned files from a payload and the base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..decoding import decode
+from ._errors import EXIT_OK
+from ._group import EXAMPLES, cli
+from ._options import download_options, jobs_option, json_option, quiet_option
+from ._render import emit_json, print_decode
+
+
+@cli.command("decode", epilog=f"Example: {EXAMPLES['decode']}")
+@click.argument("payload")
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="Folder of the base files.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the decoded files.")
+@click.option(
+    "--checksums", help="Release name or repo id (see `xorweights releases`), or a manifest/md5sum file."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "xorweights", "oasst"]),
+    default="auto",
+    show_default=True,
+    help="auto: native when the payload has xorweights.json, else legacy (plain or gzip, told per file).",
+)
+@click.option("--force", is_flag=True, help="Overwrite files already in --out.")
+@click.option(
+    "--drop-cache",
+    is_flag=True,
+    help="Drop inputs and outputs from the page cache behind the cursor (long runs on shared machines).",
+)
+@click.option(
+    "--no-fsync",
+    is_flag=True,
+    help="Skip fsync of outputs before renaming (faster; a power failure may lose them).",
+)
+@click.option(
+    "--base-mode",
+    type=click.Choice(["auto", "files", "generate"]),
+    default="auto",
+    show_default=True,
+    help="files: XOR with --base's files as they are; generate: --base holds LLaMA in any form (Meta's "
+    "original, any HF copy) and the release's exact base is generated from it on the fly; auto: generate "
+    "when files the payload needs are missing.",
+)
+@click.option(
+    "--gzip-backend",
+    type=click.Choice(["auto", "isal", "zlib"]),
+    default=None,
+    help="gzip decompressor [default: isal when installed, else zlib].",
+)
+@click.option(
+    "--payload-compression",
+    type=click.Choice(["auto", "none", "gzip"]),
+    default="auto",
+    show_default=True,
+    help="Legacy payloads: auto reads a file starting with 1f 8b 08 as gzip; none never decompresses (a "
+    "plain XOR that happens to start that way); gzip requires every XOR-ed payload file to be gzip.",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Hash outputs already in place again (by default they are kept when size, mtime and ctime are "
+    "as recorded).",
+)
+@download_options
+@jobs_option
+@quiet_option
+@json_option
+def decode_cmd(
+    payload: str,
+    base: Path,
+    out: Path,
+    checksums: str | None,
+    fmt: str,
+    force: bool,
+    drop_cache: bool,
+    no_fsync: bool,
+    base_mode: str,
+    gzip_backend: str | None,
+    payload_compression: str,
+    verify: bool,
+    revision: str | None,
+    token: str | None,
+    cache_dir: Path | None,
+    local_dir: Path | None,
+    download_dir: Path | None,
+    subfolder: str | None,
+    jobs: int | None,
+    quiet: bool,
+    as_json: bool,
+) -> int:
+    """Decode PAYLOAD against --base into --out, verifying as it goes.
+
+    PAYLOAD is a payload folder or a Hugging Face repo id (OWNER/NAME[@REVISION][:SUBFOLDER]); a
+    repo's payload files are downloaded (HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE and the Hub cache
+    apply) and checked against the sha256 the Hub reports before they are read.
+    """
+    report = decode(
+        payload,
+        base=base,
+        out=out,
+        checksums=checksums,
+        format=fmt,  # type: ignore[arg-type]
+        jobs=jobs,
+        force=force,
+        fsync=not no_fsync,
+        drop_cache=drop_cache,
+        gzip_backend=gzip_backend,
+        payload_compression=payload_compression,  # type: ignore[arg-type]
+        base_mode=base_mode,  # type: ignore[arg-type]
+        verify=verify,
+        local_dir=local_dir,
+        download_dir=download_dir,
+        cache_dir=cache_dir,
+        token=token,
+        revision=revision,
+        subfolder=subfolder,
+        progress=not quiet,
+    )
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        print_decode(report)
+    return EXIT_OK

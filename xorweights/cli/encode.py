@@ -1,0 +1,101 @@
+"""`xorweights encode`: make an XOR payload from a fine-tuned folder and its base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..encoding import encode
+from ._errors import EXIT_OK
+from ._group import cli
+from ._options import allow_raw_option, jobs_option, json_option, quiet_option
+from ._render import emit_json, print_encode
+
+
+@cli.command("encode")
+@click.argument("finetuned", type=click.Path(path_type=Path))
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="Folder of the base files.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the payload.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["xorweights", "oasst"]),
+    default="xorweights",
+    show_default=True,
+    help="xorweights: tensor-level XOR, decodable against any copy of the base, with xorweights.json; "
+    "oasst: the legacy file-level XOR.",
+)
+@click.option(
+    "--compress",
+    type=click.Choice(["gzip"]),
+    default=None,
+    help="Store each XOR-ed file gzipped (oasst only).",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the release's checksum manifest (hf_base and decoded, md5 and sha256) here.",
+)
+@click.option("--release", default=None, help="Release name recorded in --manifest.")
+@click.option(
+    "--base-name",
+    default=None,
+    metavar="NAME",
+    help="What the base is, for people: a Hub repo id (owner/name) or a plain name. Recorded in "
+    "xorweights.json (oasst: in --manifest); `publish` puts it on the model card (base_model).",
+)
+@click.option("--force", is_flag=True, help="Overwrite files already in --out.")
+@allow_raw_option
+@jobs_option
+@quiet_option
+@json_option
+def encode_cmd(
+    finetuned: Path,
+    base: Path,
+    out: Path,
+    fmt: str,
+    compress: str | None,
+    manifest: Path | None,
+    release: str | None,
+    base_name: str | None,
+    force: bool,
+    allow_raw: tuple[str, ...],
+    jobs: int | None,
+    quiet: bool,
+    as_json: bool,
+) -> int:
+    """Make an XOR payload from a FINETUNED folder and its --base.
+
+    Every fine-tuned tensor must have a base counterpart: one without would be stored in the clear,
+    so the encode refuses it unless an --allow-raw pattern names it.
+    """
+    report = encode(
+        finetuned,
+        base=base,
+        out=out,
+        format=fmt,
+        compress=compress,  # type: ignore[arg-type]
+        release=release,
+        base_name=base_name,
+        with_checksums=manifest is not None,
+        jobs=jobs,
+        force=force,
+        allow_raw=allow_raw,
+        progress=not quiet,
+    )
+    if manifest is not None and report.manifest is not None:
+        from .._atomic import AtomicFile
+
+        with AtomicFile(manifest) as f:
+            f.write((json.dumps(report.manifest.to_json(), indent=2) + "\n").encode())
+            f.commit()
+    if as_json:
+        doc = report.to_dict()
+        doc["manifest"] = str(manifest) if manifest else None
+        emit_json(doc)
+    else:
+        print_encode(report, manifest)
+    return EXIT_OK

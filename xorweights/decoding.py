@@ -1,0 +1,382 @@
+"""`decode`: find the payload (a folder or a Hub repo), plan its outputs by format, run the pipeline."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from . import _gzip, hub, legacy, native
+from ._display import shown
+from ._paths import check_regular_file
+from .checksums import ChecksumManifest, FileDigest, load_checksums
+from .constants import INFLATE_SLACK, WEIGHT_SUFFIXES, default_jobs
+from .errors import InputError, MissingFileError
+from .native_manifest import MANIFEST_NAME, is_native, load_manifest
+from .pipeline import Options, Plan, Step, run
+from .reports import DecodeReport, FileReport
+from .sources import FileSource, PayloadCompression, PayloadSource
+
+logger = logging.getLogger(__name__)
+
+Format = Literal["auto", "xorweights", "oasst"]
+
+
+@dataclass(frozen=True)
+class _Located:
+    """The payload folder, where it came from, and the checksums to hold it to."""
+
+    payload_dir: Path
+    base_dir: Path
+    out_dir: Path
+    checksums: ChecksumManifest | None
+    fetched: hub.HubPayload | None
+
+
+def decode(
+    payload: os.PathLike[str] | str,
+    *,
+    base: os.PathLike[str] | str,
+    out: os.PathLike[str] | str,
+    checksums: os.PathLike[str] | str | ChecksumManifest | None = None,
+    format: Format = "auto",
+    jobs: int | None = None,
+    force: bool = False,
+    fsync: bool = True,
+    drop_cache: bool = False,
+    gzip_backend: str | None = None,
+    payload_compression: PayloadCompression = "auto",
+    base_mode: Literal["auto", "files", "generate"] = "auto",
+    verify: bool = False,
+    download_dir: os.PathLike[str] | str | None = None,
+    cache_dir: os.PathLike[str] | str | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    offline: bool | None = None,
+    progress: bool = False,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    local_dir: os.PathLike[str] | str | None = None,
+) -> DecodeReport:
+    """Rebuild fine-tuned files from an XOR payload and the base they were made against.
+
+    Args:
+        payload: the payload folder (or a repo download holding it a few levels down), or a Hub
+            repo `owner/name[@revision][:subfolder]`: then only the payload's files are downloaded
+            (Hub cache or `local_dir`), each one decoded is checked against the sha256 the Hub
+            reports before it is read, and the checksums come from `checksums/` (by repo id)
+            or from the repo's model card.
+        base: the folder with the base files, named as in the payload.
+        out: where the decoded files go; created if needed.
+        checksums (*optional*): a release name, repo id, manifest or `md5sum` file. Every base
+            file is checked against its `hf_base` digest and every output against its `decoded`
+            digest in the same pass; an output is renamed into place only when both match. An
+            `md5sum`/`sha256sum` line file lists the decoded outputs.
+        format: `auto` or `oasst` (the legacy file-level XOR; gzip payloads recognised).
+        jobs: files decoded at once (default: the cores, at most 4). Memory does not grow with file
+            size: one job uses 4 slots of 32 MiB, 2-4 jobs share 8, more jobs take 2 each.
+        force: overwrite files already in `out`.
+        fsync: make each output durable before it is renamed into place (off: faster, but a
+            power failure may leave a final name over missing data).
+        drop_cache: drop inputs' and outputs' cached pages behind the cursor, so a 65 GB decode
+            does not evict the machine's page cache.
+        gzip_backend: `auto` (python-isal when installed), `isal` or `zlib`.
+        payload_compression: legacy payloads only: `auto` reads a file starting with `1f 8b 08`
+            as gzip; `none` never decompresses (a plain XOR that happens to start that way);
+            `gzip` requires every XOR-ed payload file to be gzip.
+        base_mode: `files` XORs with the base folder's files as they are; `generate` treats the
+            base folder as LLaMA weights in any form (Meta's original, any HF copy) and streams
+            the pinned conversion's files from it into the XOR pass; `auto` generates when the
+            folder lacks files the payload needs and holds LLaMA weights.
+        verify: outputs already in place (an earlier run's, recorded in the folder's state
+            file with unchanged size, modification and change time) are kept unread; with
+            `verify` they are hashed again too, and remade if they no longer match.
+        local_dir (alias `download_dir`), cache_dir, endpoint, token, offline: Hub access for a
+            repo id (defaults: the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
+        revision: the repo's branch, tag or commit (or `owner/name@revision`).
+        subfolder: the payload folder, when several folders of the repo (or local folder) hold
+            model files (or `owner/name:subfolder`). Otherwise the payload is the one native
+            payload, else the folder holding the files the checksums name, else the one named
+            like the repo.
+        progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
+
+    Returns:
+        `DecodeReport` with every file's size and digests; `out_dir` holds the verified files.
+
+    Raises:
+        `MissingFileError`: the payload, the base folder or a base file is missing (named,
+            before anything is written).
+        `HubError`: the repo cannot be fetched (unknown, no access, offline without a cache).
+        `PayloadMismatchError`: a downloaded payload file differs from the Hub's sha256.
+        `BaseMismatchError`: a base file is not the one the release was made against.
+        `ChecksumMismatchError`: an output differs from its published digest.
+        `OutputExistsError`: `out` already holds an output file and `force` is false.
+        `FormatError`: a payload file is corrupt (e.g. a truncated gzip stream).
+    """
+    _check_choice("payload format", format, ("auto", "xorweights", "oasst"))
+    _check_choice("payload compression", payload_compression, ("auto", "none", "gzip"))
+    started = time.perf_counter()
+    if local_dir is not None and download_dir is not None and Path(local_dir) != Path(download_dir):
+        raise InputError("local_dir and download_dir (its old name) name different folders", path=local_dir)
+    access = hub.HubAccess(
+        local_dir=local_dir if local_dir is not None else download_dir,
+        cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline,
+    )  # fmt: skip
+    where = _locate(
+        payload, base, out, checksums, access, revision=revision, subfolder=subfolder, progress=progress
+    )
+    options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
+    if _is_native(where.payload_dir, format, payload_compression):
+        return _decode_native(where, started, options, force=force, verify=verify)
+    legacy_options = _LegacyOptions(payload_compression, _gzip.gzip_backend(gzip_backend), base_mode)
+    return _decode_legacy(where, started, options, legacy_options, force=force, verify=verify)
+
+
+def _is_native(payload_dir: Path, format: Format, compression: PayloadCompression) -> bool:
+    """Whether the payload is decoded as native (it has `xorweights.json`) rather than legacy.
+
+    Raises:
+        `InputError`: the options contradict the payload.
+    """
+    if is_native(payload_dir) and format != "oasst":
+        if compression == "gzip":
+            raise InputError(
+                f"{payload_dir} is a native payload, never gzip; --payload-compression gzip applies "
+                "to legacy payloads",
+                path=payload_dir,
+            )
+        return True
+    if format == "xorweights":
+        raise InputError(
+            f"{payload_dir} has no {MANIFEST_NAME}: not a native payload (try --format auto)",
+            path=payload_dir,
+        )
+    return False
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r}; expected {', '.join(choices[:-1])} or {choices[-1]}")
+
+
+def _locate(
+    payload: os.PathLike[str] | str,
+    base: os.PathLike[str] | str,
+    out: os.PathLike[str] | str,
+    checksums: os.PathLike[str] | str | ChecksumManifest | None,
+    access: hub.HubAccess,
+    *,
+    revision: str | None,
+    subfolder: str | None,
+    progress: bool,
+) -> _Located:
+    """The payload folder (downloaded first when `payload` is a repo id) and its checksums."""
+    manifest = (
+        checksums
+        if isinstance(checksums, ChecksumManifest) or checksums is None
+        else load_checksums(checksums, access=access)
+    )
+    payload_dir, fetched = hub.locate_payload(
+        payload, access, revision=revision, subfolder=subfolder, checksums=manifest, progress=progress,
+        apart={"base": base, "out": out},
+    )  # fmt: skip
+    if fetched is not None:
+        manifest = manifest or fetched.checksums  # bundled for the repo id, or the card's: found by fetch
+    check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)  # a link out, or a FIFO: refused unread
+    return _Located(payload_dir, Path(base), Path(out), manifest, fetched)
+
+
+def check_out_dir(out: Path, inputs: dict[str, Path]) -> None:
+    """`out` is a folder (or can be one) and none of the input folders.
+
+    Raises:
+        `InputError`: naming the clash.
+    """
+    for role, folder in inputs.items():
+        if out.resolve() == folder.resolve():
+            raise InputError(f"--out must differ from the {role} folder ({folder})", path=out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out must be a folder: {out}", path=out)
+
+
+def _check_listed(
+    published: ChecksumManifest,
+    listed: Collection[str],
+    decoded: Collection[str],
+    names: set[str],
+    where: Path,
+) -> None:
+    """The payload's outputs `names` are those the checksums describe: some of them listed (else a
+    wrong release), and every `decoded` output among them (else an incomplete payload).
+
+    Raises:
+        `InputError`: no output is listed. `MissingFileError`: a listed output has no payload file.
+    """
+    weights = {n for n in names if n.endswith(WEIGHT_SUFFIXES)}
+    if not set(listed) & (weights or names):
+        raise InputError(
+            f"none of the payload's {'weight ' if weights else ''}files "
+            f"({', '.join(sorted(weights or names)[:3])}, ...) is listed in the checksums of "
+            f"{published.release}; wrong release?",
+            path=published.path or published.release,
+        )
+    absent = sorted(set(decoded) - names)
+    if absent:
+        first = ", ".join(shown(n) for n in absent[:3]) + (", ..." if len(absent) > 3 else "")
+        raise MissingFileError(
+            f"the checksums of {published.release} list {len(absent)} outputs that {where} has no "
+            f"payload file for ({first}); an incomplete download or copy?",
+            path=where / absent[0],
+        )
+
+
+def _hub_check(where: _Located, jobs: int | None, progress: bool) -> Callable[[Sequence[Step]], None] | None:
+    """The pre-flight check of a downloaded payload: each file to decode matches the Hub's sha256."""
+    fetched = where.fetched
+    if fetched is None:
+        return None
+
+    def check(todo: Sequence[Step]) -> None:
+        hub.check_lfs_files(
+            fetched, sorted(s.name for s in todo), jobs=jobs or default_jobs(), progress=progress
+        )
+
+    return check
+
+
+# --- legacy (oasst) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LegacyOptions:
+    compression: PayloadCompression
+    backend: str
+    base_mode: str
+
+
+def _decode_legacy(
+    where: _Located,
+    started: float,
+    options: Options,
+    legacy_options: _LegacyOptions,
+    *,
+    force: bool,
+    verify: bool,
+) -> DecodeReport:
+    """Decode a legacy payload: file by file, against the base folder's files or a generated base."""
+    payload_dir, base_dir, manifest, fetched = (
+        where.payload_dir,
+        where.base_dir,
+        where.checksums,
+        where.fetched,
+    )
+    raw = manifest.raw_files if manifest else ()
+    only = fetched.files if fetched else None
+    legacy.refuse_plain_payload(payload_dir, raw, only)
+    generated = legacy.generated_base(payload_dir, base_dir, raw, legacy_options.base_mode)
+    steps = legacy.plan(payload_dir, base_dir, raw_patterns=raw, generated=generated, only=only)
+    check_out_dir(where.out_dir, {"payload": payload_dir, "base": base_dir})
+    # A line file names no stage: given to decode, it lists the decoded outputs.
+    line_file = manifest is not None and manifest.unstaged is not None
+    hf_base = manifest.stage("hf_base") if manifest and not line_file else {}
+    decoded = manifest.stage("decoded") if manifest else {}
+    release = manifest.release if manifest else ""
+
+    def remake(step: Step) -> Step:
+        return _legacy_step(step, hf_base.get(step.name), decoded.get(step.name), legacy_options)
+
+    steps = [remake(s) for s in steps]
+    if manifest is not None:
+        _check_listed(manifest, set(hf_base) | set(decoded), decoded, {s.name for s in steps}, payload_dir)
+        legacy.check_base_sizes(steps, release)
+    steps = [legacy.settle_by_digest(s, raw, where.out_dir, base_dir, release, remake) for s in steps]
+    if legacy_options.compression == "gzip":
+        legacy.require_gzip(steps)
+    plan = Plan(
+        tuple(steps), where.out_dir, "decode", release=release, force=force, rehash=verify,
+        preflight=_hub_check(where, options.jobs, options.progress),
+    )  # fmt: skip
+    files = run(plan, options).files
+    unverified = tuple(f.name for f in files if manifest is not None and not f.verified)
+    for name in unverified:
+        logger.warning("%s: no published decoded digest, output not verified", name)
+    backend = legacy_options.backend if any(f.compressed for f in files) else None
+    return _report(where, started, files, unverified=unverified, format="oasst", gzip_backend=backend)
+
+
+def _legacy_step(
+    step: Step, expect_base: FileDigest | None, expect_out: FileDigest | None, opts: _LegacyOptions
+) -> Step:
+    """A planned legacy step with its expected digests and, when XOR-ed, its payload file read as
+    `opts` say (a copied file is never gzip), capped at what a gzip payload may inflate to: the
+    published size, else twice its base plus slack."""
+    assert step.data.path is not None
+    if step.base is None:
+        return replace(step, data=FileSource(step.data.path), expect_base=None, expect_out=expect_out)
+    if expect_out is not None and expect_out.size is not None:
+        limit = expect_out.size
+    else:
+        limit = 2 * step.base.identity()[0] + INFLATE_SLACK
+    data = PayloadSource(step.data.path, opts.compression, opts.backend, limit)
+    return replace(step, data=data, expect_base=expect_base, expect_out=expect_out)
+
+
+# --- native ------------------------------------------------------------------------------------
+
+
+def _decode_native(
+    where: _Located, started: float, options: Options, *, force: bool, verify: bool
+) -> DecodeReport:
+    """Decode a native payload: prove the base tensors, then rebuild every file in one pass each."""
+    payload_dir, base_dir, published = where.payload_dir, where.base_dir, where.checksums
+    manifest = load_manifest(payload_dir / MANIFEST_NAME)
+    native.check_payload_files(manifest, payload_dir)
+    if published is not None:
+        decoded = published.stage("decoded")
+        _check_listed(published, decoded, decoded, {f.name for f in manifest.files}, payload_dir)
+    check_out_dir(where.out_dir, {"payload": payload_dir, "base": base_dir})
+    if not base_dir.is_dir() and (manifest.base_tensors or any(f.base_file for f in manifest.files)):
+        raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
+    store = native.open_store(manifest, base_dir)
+    expected = native.expected_outputs(manifest, published)
+    steps = [
+        replace(s, expect_out=expected[s.name])
+        for s in native.decode_plan(manifest, payload_dir, base_dir, store)
+    ]
+    hub_check = _hub_check(where, options.jobs, options.progress)
+
+    def preflight(todo: Sequence[Step]) -> None:
+        names = {s.name for s in todo}
+        if hub_check is not None:
+            hub_check(todo)
+        needed = {t.base for f in manifest.files if f.name in names for t in f.tensors if t.base}
+        native.check_base(
+            manifest, store, base_dir, jobs=options.jobs or default_jobs(), progress=options.progress,
+            names=needed, files=names,
+        )  # fmt: skip
+
+    plan = Plan(
+        tuple(steps), where.out_dir, "decode", release=str(payload_dir / MANIFEST_NAME), force=force,
+        rehash=verify, preflight=preflight,
+    )  # fmt: skip
+    outcome = run(plan, options)
+    made = [replace(f, base_verified=f.action == "xor") for f in outcome.made]
+    files = sorted([*made, *outcome.kept], key=lambda f: f.name)
+    return _report(where, started, files, format="xorweights")
+
+
+def _report(where: _Located, started: float, files: Sequence[FileReport], **fields: Any) -> DecodeReport:
+    return DecodeReport(
+        files=tuple(files),
+        seconds=time.perf_counter() - started,
+        payload_dir=str(where.payload_dir),
+        base_dir=str(where.base_dir),
+        out_dir=str(where.out_dir),
+        release=where.checksums.release if where.checksums else None,
+        source=where.fetched.source if where.fetched else None,
+        **fields,
+    )

@@ -1,0 +1,118 @@
+"""Reaching the Hub: where files go (`HubAccess`), the client, a repo's listing, and what its errors mean.
+
+huggingface_hub is imported inside the functions that use it, so that importing xorweights
+costs nothing of it until a repo id is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .._display import quoted
+from ..errors import HubError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """How to reach the Hub and where files go; every field defaults to huggingface_hub's own."""
+
+    local_dir: os.PathLike[str] | str | None = None
+    """A plain folder for the files instead of the Hub cache (`hf download --local-dir`)."""
+    cache_dir: os.PathLike[str] | str | None = None
+    endpoint: str | None = None
+    token: str | bool | None = None
+    """None: `HF_TOKEN` or the saved login; False: send none."""
+    offline: bool | None = None
+    """None: `HF_HUB_OFFLINE`."""
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file of a repo as the Hub lists it (keyed by its path): size, git blob id, LFS sha256."""
+
+    size: int
+    blob_id: str | None = None
+    sha256: str | None = None
+
+
+def _hf() -> Any:
+    """The huggingface_hub module, imported on first use."""
+    import huggingface_hub
+
+    return huggingface_hub
+
+
+def _offline_default() -> bool:
+    """Whether huggingface_hub is in offline mode (`HF_HUB_OFFLINE`), as it decides."""
+    from huggingface_hub import constants
+
+    check = getattr(_hf(), "is_offline_mode", None)
+    return bool(check()) if callable(check) else bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_error(
+    e: Exception, repo_id: str, revision: str, endpoint: str, *, spec: str | None = None, kind: str = "folder"
+) -> HubError | None:
+    """Our error for a Hub answer that no cache can make up for (None: try the cache).
+
+    `spec` is the argument as typed and `kind` what a local path would have been (`folder`,
+    `file`): an unknown repo may be a mistyped local path.
+    """
+    from huggingface_hub import utils as hf
+
+    if isinstance(e, hf.RevisionNotFoundError):
+        return HubError(f"{repo_id} on {endpoint} has no revision {revision!r}", path=repo_id)
+    if isinstance(e, hf.GatedRepoError):
+        return HubError(
+            f"{repo_id} on {endpoint} is gated: accept its terms on the Hub, then set HF_TOKEN", path=repo_id
+        )
+    if isinstance(e, hf.RepositoryNotFoundError):
+        return HubError(
+            f"no local {kind} {quoted(spec or repo_id)}, and no Hub repo {repo_id} on {endpoint} "
+            "(a private repo needs HF_TOKEN or `hf auth login`)",
+            path=repo_id,
+        )
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, hf.HfHubHTTPError) and status in (401, 403):
+        return HubError(f"{endpoint} refused {repo_id} (HTTP {status}); check HF_TOKEN", path=repo_id)
+    return None
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Whether an error means the Hub could not be asked (then the cache may answer instead)."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status >= 500
+    module = type(e).__module__.split(".")[0]
+    return isinstance(e, OSError) or module in _HTTP_MODULES or (type(e).__name__ == "OfflineModeIsEnabled")
+
+
+#: The HTTP clients huggingface_hub uses (by version): their errors are the network's.
+_HTTP_MODULES = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+
+
+def list_repo(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile]]:
+    """The commit a revision points to and every file at it, with the Hub's digests."""
+    from huggingface_hub.hf_api import RepoFile
+
+    commit = api.repo_info(repo_id, revision=revision).sha
+    files = {}
+    for f in api.list_repo_tree(repo_id, revision=commit, recursive=True):
+        if isinstance(f, RepoFile):  # names are checked where used (`find_payload_in_listing`, `_checked`)
+            lfs = f.lfs  # a dict in huggingface_hub < 0.21, an object since
+            sha256 = (lfs.get("sha256") if isinstance(lfs, dict) else lfs.sha256) if lfs else None
+            files[f.path] = HubFile(f.size, f.blob_id, sha256)
+    return commit, files
+
+
+def short_error(e: BaseException | None, limit: int = 300) -> str:
+    """An error's text on one line; a long one is cut at a word boundary, marked with `...`."""
+    text = " ".join(str(e).split()) if e is not None else ""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."

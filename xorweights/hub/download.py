@@ -1,0 +1,232 @@
+"""Downloading repo files with huggingface_hub: interruptible, asked for again when the
+connection breaks off, and the download records it keeps read back (commit, ETag).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .. import _cancel
+from .._paths import check_regular_file
+from .._progress import bars_shown, tqdm_class
+from ..engine import Cancelled
+from .access import _HTTP_MODULES, HubAccess, short_error
+
+logger = logging.getLogger(__name__)
+
+
+def _download_kwargs(access: HubAccess, progress: bool) -> dict[str, Any]:
+    """`hf_hub_download`'s keyword arguments for `access`."""
+    kw: dict[str, Any] = {"endpoint": access.endpoint, "token": access.token}
+    if access.local_dir is not None:
+        kw["local_dir"] = str(access.local_dir)
+    if access.cache_dir is not None:
+        kw["cache_dir"] = str(access.cache_dir)
+    kw["tqdm_class"] = tqdm_class(enabled=progress)
+    return kw
+
+
+def _snapshot(hf: Any, repo_id: str, revision: str, patterns: list[str] | None, **kw: Any) -> Path:
+    """`snapshot_download` of the files `patterns` matches; the snapshot folder."""
+    return Path(hf.snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **kw))
+
+
+#: How long an interrupted download may take to stop by itself (at its next chunk of 10 MiB).
+_STOP_GRACE = 0.5
+
+
+def _download(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any) -> Path:
+    """Download `paths` one by one with `hf_hub_download` (into the same cache or folder as
+    `snapshot_download`); returns the snapshot folder (or the download folder).
+
+    `snapshot_download` runs its own thread pool and, when interrupted, waits for the files being
+    fetched. Here the downloads run in a daemon thread that the calling thread waits for in short
+    steps. On an interrupt (`KeyboardInterrupt`, the CLI's `Interrupted`) the thread starts no
+    further file and stops the current one at its next chunk, its partial file removed by
+    huggingface_hub; after `_STOP_GRACE` seconds (a slow link) the wait ends anyway, and the
+    partial file is removed here. The next run downloads that file again.
+
+    An older huggingface_hub whose `hf_hub_download` takes no `tqdm_class` (0.x, 1.0) gets no stop
+    hook: the running file is left to its thread and its partial file removed after `_STOP_GRACE`;
+    a silent `tqdm_class` becomes huggingface_hub's own switch for its download bars. Versions
+    before 1.20 give up on a connection closed midway; their next call resumes the partial file
+    with a range request (0.x, early 1.x) or starts afresh. A file whose download failed that way
+    (a connection error or a 5xx answer) is asked for again, up to `_RESUME_TRIES` times.
+    """
+    stop = threading.Event()
+    base = kw.pop("tqdm_class", None) or tqdm_class()
+    hook = _takes(hf.hf_hub_download, "tqdm_class")
+    if not hook:
+        _note_once(
+            f"huggingface_hub {hf.__version__}: hf_hub_download takes no tqdm_class; an interrupted "
+            f"download is abandoned after {_STOP_GRACE} s instead of stopping at its next chunk"
+        )
+
+    class StoppableTqdm(base):  # type: ignore[misc, valid-type]
+        """Raises `Cancelled` in the download loop (from each chunk's progress update) once stopped."""
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if stop.is_set() or _cancel.requested():
+                raise Cancelled()
+            return super().update(n)  # type: ignore[no-any-return]
+
+    done: list[str] = []
+    failed: list[BaseException] = []
+
+    def get(path: str) -> str:
+        bars = {"tqdm_class": StoppableTqdm} if hook else {}
+        attempt = 0
+        while True:
+            try:
+                return str(hf.hf_hub_download(repo_id, path, revision=revision, **bars, **kw))
+            except Exception as e:
+                attempt += 1
+                if attempt > _RESUME_TRIES or not _broke_off(e) or stop.wait(1):
+                    raise
+                logger.warning("%s: %s broke off (%s); asking for it again", repo_id, path, short_error(e))
+
+    def run() -> None:
+        try:
+            for p in paths:
+                if stop.is_set() or _cancel.requested():
+                    raise Cancelled()
+                done.append(get(p))
+        except BaseException as e:  # handed to the waiting thread
+            failed.append(e)
+        finally:
+            finished.set()
+
+    # Waits on an event: `Thread.join` interrupted by a signal may take the thread for finished.
+    finished = threading.Event()
+    # Without the hook, huggingface_hub draws its own bars: only on a terminal (they redraw with \r).
+    with hub_bars_off() if not hook and not bars_shown(base.enabled) else contextlib.nullcontext():
+        threading.Thread(target=run, name=f"xorweights-download-{repo_id}", daemon=True).start()
+        try:
+            while not finished.wait(0.05):
+                pass
+        except BaseException:
+            stop.set()
+            if not finished.wait(_STOP_GRACE):
+                _remove_own_partials()
+            raise
+    if failed:
+        raise failed[0]
+    if "local_dir" in kw:
+        return Path(kw["local_dir"])
+    return Path(done[0]).parents[len(Path(paths[0]).parts) - 1]
+
+
+#: How often a file whose download broke off (the connection lost) is asked for again.
+_RESUME_TRIES = 3
+
+
+def _broke_off(e: BaseException) -> bool:
+    """Whether a download failed on its way over the network (worth asking again): a connection
+    error or a 5xx answer; not a local error (a full disk, a file in the way), nor the want of a
+    cached copy offline."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status >= 500
+    return type(e).__module__.split(".")[0] in _HTTP_MODULES
+
+
+def _takes(fn: Any, name: str) -> bool:
+    """Whether a huggingface_hub function accepts the keyword argument `name` (older ones may not)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_noted: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    """Log at debug level, once per process, what an older huggingface_hub lacks."""
+    if message not in _noted:
+        _noted.add(message)
+        logger.debug("%s", message)
+
+
+#: huggingface_hub's progress bar group of a file download (in versions without `tqdm_class`).
+_HTTP_GET_BARS = "huggingface_hub.http_get"
+
+
+@contextlib.contextmanager
+def hub_bars_off(group: str | None = _HTTP_GET_BARS) -> Iterator[None]:
+    """Turn off huggingface_hub's own bars (of `group`; None: all) while it lasts, then restore them.
+
+    For downloads with a client whose `hf_hub_download` takes no `tqdm_class`, and for uploads:
+    their bars redraw with `\r`, so they show only on a terminal. Process-wide while it lasts; a
+    no-op where `HF_HUB_DISABLE_PROGRESS_BARS` decides.
+    """
+    from huggingface_hub import constants, utils
+
+    states = getattr(importlib.import_module("huggingface_hub.utils.tqdm"), "progress_bar_states", None)
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is not None or not isinstance(states, dict):
+        yield
+        return
+    before = dict(states)
+    utils.disable_progress_bars(group)
+    try:
+        yield
+    finally:
+        states.clear()
+        states.update(before)
+
+
+def _remove_own_partials() -> None:
+    """Remove the `.incomplete` files this process holds open (Linux; elsewhere they stay behind).
+
+    huggingface_hub names them uniquely per download and never resumes them (older versions
+    would, but the thread left running may still be writing to it)."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.endswith(".incomplete") and os.path.isfile(target):
+                os.unlink(target)
+                logger.debug("removed the partial download %s", target)
+        except OSError:
+            pass
+
+
+def _read_record(meta: Path, root: Path) -> str:
+    """A download record of huggingface_hub, once it is known to be a regular file in `root`."""
+    if not check_regular_file(meta, root):
+        raise FileNotFoundError(meta)
+    return meta.read_text()
+
+
+def _recorded_commit(root: Path, local: bool, some_file: str) -> str | None:
+    """The commit a snapshot holds: the folder's name in the cache; the download record in a folder."""
+    if not local:
+        return root.name
+    meta = root / ".cache" / "huggingface" / "download" / f"{some_file}.metadata"
+    try:
+        return _read_record(meta, root).splitlines()[0].strip() or None
+    except (OSError, IndexError):
+        return None
+
+
+def _recorded_etag(root: Path, local: bool, path: str) -> str | None:
+    """The ETag huggingface_hub recorded when it downloaded `path` (sha256 for LFS, else git oid)."""
+    if local:
+        meta = root / ".cache" / "huggingface" / "download" / f"{path}.metadata"
+        try:
+            return _read_record(meta, root).splitlines()[1].strip() or None
+        except (OSError, IndexError):
+            return None
+    target = root / path
+    return Path(os.readlink(target)).name if target.is_symlink() else None

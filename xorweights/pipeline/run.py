@@ -1,0 +1,273 @@
+"""Run a plan: the one place that opens an output folder.
+
+Lock the folder and read its records, keep what can be kept, check free space and the plan's
+pre-flight checks, run the remaining steps in parallel (largest first; the first failure stops the
+others), and commit: each output renamed into place only once complete and verified (or, for a
+staged plan, all moved into place together, then the plan's `finish`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import _cancel
+from .._atomic import fsync_dir
+from .._display import shown
+from .._outdir import OutputFolder
+from .._progress import byte_bar
+from .._space import check_outputs
+from ..constants import GZIP_MAGIC, PIPELINE_DEPTH, PIPELINE_SLOTS, STAGING_DIR, default_jobs
+from ..engine import Cancelled
+from ..errors import ImplausibleOutputError, IOFailure
+from ..reports import FileReport
+from ..sources import PayloadSource
+from .job import Job, _die_after_rename_for_tests, run_job
+from .plan import Plan, Step
+from .resume import Inputs, triage
+
+logger = logging.getLogger(__name__)
+
+#: Inside a payload folder's staging folder: the record of the payload files in the folder itself
+#: (a payload folder gets published as it is, so it holds no state file of its own).
+PAYLOAD_STATE = ".payload-state"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a plan is run (the same for every step)."""
+
+    jobs: int | None = None
+    progress: bool = False
+    fsync: bool = True
+    drop_cache: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run did: outputs made, outputs kept, and whether the plan's `reuse` kept them all."""
+
+    made: tuple[FileReport, ...]
+    kept: tuple[FileReport, ...]
+    reused: bool = False
+
+    @property
+    def files(self) -> list[FileReport]:
+        return sorted([*self.made, *self.kept], key=lambda f: f.name)
+
+
+def run(plan: Plan, options: Options = Options()) -> Outcome:
+    """Make every output of `plan` in `plan.out_dir` (see the module docstring).
+
+    Raises:
+        `FolderLockedError`, `OutputExistsError`, `NoSpaceError`: before anything is written.
+        `ChecksumMismatchError` (and its subclasses), `IOFailure`, `FormatError`: from a step; the
+            output in question is discarded, others already committed stay (a rerun keeps them).
+    """
+    out_dir = plan.out_dir
+    state_dir = out_dir / STAGING_DIR / PAYLOAD_STATE if plan.payload_folder else None
+    with (
+        _drop_empty_staging(out_dir / STAGING_DIR, plan.payload_folder),
+        OutputFolder(out_dir, state_dir=state_dir) as folder,
+    ):
+        found = plan.reuse() if plan.reuse is not None else None
+        if found is not None:
+            logger.info("%s already holds this payload, made from the same inputs; kept", out_dir)
+            outcome = Outcome((), tuple(found), reused=True)
+            if plan.finish is not None:
+                plan.finish(outcome.files, True)
+        else:
+            inputs = {s.name: s.inputs() for s in plan.steps}
+            todo, kept = triage(plan.steps, inputs, folder, force=plan.force, rehash=plan.rehash)
+            if plan.staged:
+                outcome = _run_staged(plan, options, folder, todo, kept, inputs)
+            else:
+                made = _make(plan, options, folder, todo, inputs)
+                outcome = Outcome(tuple(made), tuple(kept))
+        if plan.staged:
+            folder.close_state()
+            _remove(out_dir / STAGING_DIR)
+    return outcome
+
+
+def _make(
+    plan: Plan, options: Options, folder: OutputFolder, todo: Sequence[Step], inputs: Mapping[str, Inputs]
+) -> list[FileReport]:
+    """Check space and the pre-flight, then run the steps into `folder`."""
+    check_outputs(folder.path, {s.name: _size_bound(s) for s in todo})
+    if plan.preflight is not None:
+        plan.preflight(todo)
+    jobs = [
+        Job(
+            step=s,
+            out=folder.path / s.name,
+            inputs=inputs[s.name],
+            verb=plan.verb,
+            release=plan.release,
+            fsync=options.fsync,
+            drop_cache=options.drop_cache,
+        )  # fmt: skip
+        for s in todo
+    ]
+    try:
+        return _run_jobs(jobs, folder, options, desc=plan.verb)
+    except ImplausibleOutputError:  # the pair is wrong: what it made without a digest is garbage too
+        suspects = [s.name for s in todo if not (s.expect_out and s.expect_out.algorithms())]
+        for name in folder.discard(suspects):
+            logger.warning("%s: removed (made from the same payload and base, with no digest)", shown(name))
+        raise
+
+
+def _run_staged(
+    plan: Plan,
+    options: Options,
+    folder: OutputFolder,
+    todo: list[Step],
+    kept: list[FileReport],
+    inputs: Mapping[str, Inputs],
+) -> Outcome:
+    """Make the outputs in the staging folder, move them all into place, then `finish`."""
+    staging = _fresh_staging(folder.path)
+    try:
+        with OutputFolder(staging) as stage:
+            # Staged files are ours whatever their records say (force): only complete ones are kept.
+            todo, staged = triage(todo, inputs, stage, force=True, rehash=False)
+            made = _make(plan, options, stage, todo, inputs)
+            _publish_staged(stage, folder, [*staged, *made], inputs)
+            outcome = Outcome(tuple(made), (*kept, *staged))
+            if plan.finish is not None:
+                plan.finish(outcome.files, False)
+    except Exception:  # a failure (not a kill or an interrupt): nothing half-made stays behind
+        folder.close_state()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return outcome
+
+
+def _size_bound(step: Step) -> int:
+    """What an output may take: its expected size; else its data's (an XOR output is as long as
+    its payload file); for a gzip payload file the larger of it and its base, since what it
+    inflates to is known only once read."""
+    if step.expect_out is not None and step.expect_out.size is not None:
+        return step.expect_out.size
+    size = step.data.size() or 0
+    data = step.data
+    if isinstance(data, PayloadSource) and data.compression != "none" and step.base is not None:
+        try:
+            with open(data.file, "rb") as f:
+                gzip = f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+        except OSError as e:
+            raise IOFailure("reading", data.file, e) from e
+        if gzip:
+            size = max(size, step.base.size() or 0)
+    return size
+
+
+def _run_jobs(jobs: list[Job], folder: OutputFolder, options: Options, *, desc: str) -> list[FileReport]:
+    """Run jobs in parallel, largest first; the first failure stops the others."""
+    if not jobs:
+        return []
+    sizes = {j.step.name: j.step.data.size() or j.inputs["payload"][0] for j in jobs}
+    jobs = sorted(jobs, key=lambda j: -sizes[j.step.name])
+    stop = threading.Event()
+    results: list[FileReport] = []
+    errors: list[BaseException] = []
+    workers = max(1, min(options.jobs or default_jobs(), len(jobs)))
+    depth = max(2, min(PIPELINE_DEPTH, PIPELINE_SLOTS // workers))
+    # An interrupt (or any exception here) sets the run's cancellation event: queued jobs are
+    # dropped and the running ones stop at their next chunk, removing their temporaries.
+    with (
+        byte_bar(sum(sizes.values()), desc, enabled=options.progress) as bar,
+        ThreadPoolExecutor(workers) as pool,
+        _cancel.guard(pool),
+    ):
+        futures = [pool.submit(run_job, j, bar, stop, depth, folder) for j in jobs]
+        try:
+            for fut in as_completed(futures):
+                if fut.cancelled():
+                    continue
+                try:
+                    results.append(fut.result())
+                except Cancelled:
+                    continue
+                except BaseException as e:  # noqa: BLE001 (re-raised below, after the others stop)
+                    if not errors:
+                        stop.set()
+                        for other in futures:  # queued jobs are not started
+                            other.cancel()
+                    errors.append(e)
+        except BaseException:
+            stop.set()
+            raise
+    if errors:
+        for extra in errors[1:]:
+            logger.debug("also failed: %s", extra)
+        raise errors[0]
+    return results
+
+
+# --- the staging folder ------------------------------------------------------------------------
+
+
+def _fresh_staging(out_dir: Path) -> Path:
+    """The staging folder inside `out_dir`. What a killed run staged there is kept: its records
+    (the folder's own state file) say which staged files are complete and from which inputs."""
+    staging = out_dir / STAGING_DIR
+    try:
+        if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
+            staging.unlink()
+        staging.mkdir(exist_ok=True)
+    except OSError as e:
+        raise IOFailure("preparing", staging, e) from e
+    return staging
+
+
+def _remove(staging: Path) -> None:
+    try:
+        shutil.rmtree(staging)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise IOFailure("removing", staging, e) from e
+
+
+@contextmanager
+def _drop_empty_staging(staging: Path, applies: bool) -> Iterator[None]:
+    """On a failure, remove a staging folder that holds no file (only the folders a refused run made)."""
+    try:
+        yield
+    except Exception:
+        if (
+            applies
+            and staging.is_dir()
+            and not staging.is_symlink()
+            and not any(p.is_file() for p in staging.rglob("*"))
+        ):
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _publish_staged(
+    stage: OutputFolder, folder: OutputFolder, staged: Sequence[FileReport], inputs: Mapping[str, Inputs]
+) -> None:
+    """Move finished outputs from the staging folder into place, each recorded in the folder's
+    journal before its rename (a kill after it leaves a file the next run recognises) and dropped
+    from the staging records after it."""
+    try:
+        for f in staged:
+            sources = {"data": f.input_digests, "base": f.base_digests}
+            folder.intend(f.name, f.size, f.digests, inputs[f.name], sources=sources)
+            os.replace(stage.path / f.name, folder.path / f.name)
+            _die_after_rename_for_tests()
+            folder.record(f.name, f.digests, inputs[f.name], sources)
+            stage.discard([f.name])
+        fsync_dir(folder.path)
+    except OSError as e:
+        raise IOFailure("saving the payload in", folder.path, e) from e

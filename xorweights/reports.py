@@ -1,0 +1,129 @@
+"""What decode and encode return: per-file reports and the run's totals."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .checksums import ChecksumManifest
+from .native_manifest import NativeManifest
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """How one output file was made and what was proven about it."""
+
+    name: str
+    action: Literal["xor", "copy"]
+    size: int
+    """Bytes written."""
+    compressed: bool = False
+    """The payload was (decode) or is (encode) a gzip stream."""
+    data_size: int | None = None
+    """An encode's gzip payload: the bytes before compression (the fine-tuned file's size)."""
+    base_size: int | None = None
+    digests: Mapping[str, str] = field(default_factory=dict)
+    """Digests of the output file's bytes."""
+    input_digests: Mapping[str, str] = field(default_factory=dict)
+    """Digests of the input the output is made from (payload, or fine-tuned file)."""
+    base_digests: Mapping[str, str] = field(default_factory=dict)
+    verified: bool = False
+    """The output matched a published digest."""
+    base_verified: bool = False
+    """The base file matched a published digest."""
+    kept: bool = False
+    """The output was already in place (an earlier run made it, or it matched its digest)."""
+
+
+@dataclass(frozen=True)
+class _Report:
+    files: tuple[FileReport, ...]
+    seconds: float
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def bytes_processed(self) -> int:
+        """Bytes of model data passed through (for a gzip encode, before compression)."""
+        return sum(f.size if f.data_size is None else f.data_size for f in self.files)
+
+    @property
+    def throughput(self) -> float:
+        """Model bytes per second (`bytes_processed`)."""
+        return self.bytes_processed / self.seconds if self.seconds > 0 else 0.0
+
+    def _summary(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 3),
+            "bytes_written": self.bytes_written,
+            "bytes_processed": self.bytes_processed,
+            "throughput_bytes_per_s": round(self.throughput),
+            "files": [_file_dict(f) for f in self.files],
+        }
+
+
+@dataclass(frozen=True)
+class DecodeReport(_Report):
+    """What `decode` wrote and verified."""
+
+    payload_dir: str
+    base_dir: str
+    out_dir: str
+    release: str | None = None
+    unverified: tuple[str, ...] = ()
+    """Outputs with no published digest to check against (only when checksums were given)."""
+    gzip_backend: str | None = None
+    """The decompressor used, when any payload file was gzip (`isal` or `zlib`)."""
+    format: str = "oasst"
+    """`xorweights` (native, tensor-level) or `oasst` (legacy, file-level)."""
+    source: str | None = None
+    """The Hub repo and commit the payload came from (`owner/name@commit`), if any."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "operation": "decode",
+            "format": self.format,
+            "payload_dir": self.payload_dir,
+            "source": self.source,
+            "base_dir": self.base_dir,
+            "out_dir": self.out_dir,
+            "release": self.release,
+            "gzip_backend": self.gzip_backend,
+            "unverified": list(self.unverified),
+            **self._summary(),
+        }
+
+
+@dataclass(frozen=True)
+class EncodeReport(_Report):
+    """What `encode` wrote; `manifest` holds the release's checksums when they were computed."""
+
+    finetuned_dir: str
+    base_dir: str
+    out_dir: str
+    compress: str | None = None
+    manifest: ChecksumManifest | None = None
+    format: str = "oasst"
+    native_manifest: NativeManifest | None = None
+    """The `xorweights.json` written with a native payload."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "operation": "encode",
+            "format": self.format,
+            "finetuned_dir": self.finetuned_dir,
+            "base_dir": self.base_dir,
+            "out_dir": self.out_dir,
+            "compress": self.compress,
+            **self._summary(),
+        }
+
+
+def _file_dict(f: FileReport) -> dict[str, Any]:
+    d = dict(f.__dict__)
+    for k in ("digests", "input_digests", "base_digests"):
+        d[k] = dict(d[k])
+    return d

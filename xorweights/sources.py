@@ -1,0 +1,257 @@
+"""Typed inputs of the XOR pass: what a step reads its data and its base from.
+
+Every source can be opened as a byte stream and says how to name it in messages, what it holds,
+and what identifies its content for resume records. Implementations: a plain file, a payload file
+that may be a gzip stream (with its inflate cap), a base file generated from LLaMA weights in
+another form, and a native payload's base image (base tensors laid out at the payload's offsets).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
+
+from . import _gzip
+from ._outdir import file_id
+from .constants import CHUNK_SIZE
+from .errors import FormatError, IOFailure
+
+if TYPE_CHECKING:
+    from .base import GeneratedBase
+    from .tensor_store import TensorStore
+
+logger = logging.getLogger(__name__)
+
+#: How legacy payload files are read: gzip by their magic bytes, never gzip, or always gzip.
+PayloadCompression = Literal["auto", "none", "gzip"]
+
+
+class Source(Protocol):
+    """One input of a step."""
+
+    @property
+    def label(self) -> str:
+        """How messages name it: its path, or what it is generated from."""
+
+    @property
+    def path(self) -> Path | None:
+        """The file on disk, when it is one (checked for changes during the pass)."""
+
+    @property
+    def detail(self) -> str:
+        """What it holds, for mismatch messages ("" when its label says it all)."""
+
+    def open(self) -> BinaryIO:
+        """A stream of its bytes (for a gzip payload: the inflated bytes, as `Inflating`)."""
+
+    def size(self) -> int | None:
+        """Its length in bytes, where known before reading it (or an estimate, where said)."""
+
+    def identity(self) -> tuple[int, int]:
+        """What identifies its content cheaply (`(size, mtime_ns)`), for resume records."""
+
+
+def _opened(op: str, where: Path | str, opener: Any) -> Any:
+    try:
+        return opener()
+    except OSError as e:
+        raise IOFailure(op, where, e) from e
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A file read as it is."""
+
+    file: Path
+
+    @property
+    def label(self) -> str:
+        return str(self.file)
+
+    @property
+    def path(self) -> Path:
+        return self.file
+
+    @property
+    def detail(self) -> str:
+        return ""
+
+    def open(self) -> BinaryIO:
+        return _opened("opening", self.file, lambda: open(self.file, "rb"))  # noqa: SIM115
+
+    def size(self) -> int:
+        return self.file.stat().st_size
+
+    def identity(self) -> tuple[int, int]:
+        return file_id(self.file)
+
+
+class Inflating:
+    """The inflated bytes of a gzip payload, capped: a gzip bomb stops at `limit` bytes."""
+
+    def __init__(self, stream: Any, limit: int | None, path: Path) -> None:
+        self.stream, self.limit, self.path, self.count = stream, limit, path, 0
+
+    def readinto(self, b: Any) -> int:
+        n = int(self.stream.readinto(b))
+        self.count += n
+        if self.limit is not None and self.count > self.limit:
+            raise FormatError(
+                f"payload {self.path}: gzip stream inflates beyond {self.limit} bytes, more than the "
+                "output can be (a corrupt or hostile payload, or the wrong base)",
+                path=self.path,
+                expected=self.limit,
+                actual=self.count,
+            )
+        return n
+
+    def fileno(self) -> int:
+        """The stored file's descriptor: its position is the progress in stored bytes."""
+        return int(self.stream.fileno())
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self) -> Inflating:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class PayloadSource(FileSource):
+    """A legacy payload file: plain, or a gzip stream recognised by its first bytes.
+
+    `compression`: `auto` reads a file starting with `1f 8b 08` as gzip, `none` never does,
+    `gzip` requires it. What a gzip stream may inflate to is capped at `inflate_limit`.
+    """
+
+    compression: PayloadCompression = "auto"
+    backend: str = "zlib"
+    inflate_limit: int | None = None
+
+    def open(self) -> BinaryIO:
+        stream, compressed = _opened(
+            "opening",
+            self.file,
+            lambda: _gzip.open_source(
+                self.file,
+                detect_gzip=self.compression != "none",
+                require_gzip=self.compression == "gzip",
+                backend=self.backend,
+            ),
+        )
+        return Inflating(stream, self.inflate_limit, self.file) if compressed else stream  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class GeneratedSource:
+    """A base file the pinned LLaMA conversion would have written, generated from the weights in
+    another form as it is read (never written to disk)."""
+
+    base: GeneratedBase
+    name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} generated from {self.base.folder}"
+
+    @property
+    def path(self) -> None:
+        return None
+
+    @property
+    def detail(self) -> str:
+        return self.base.detail(self.name)
+
+    def open(self) -> BinaryIO:
+        opener = self.base.opener(self.name)
+        return _opened("generating", self.name, opener)  # type: ignore[no-any-return]
+
+    def size(self) -> int:
+        """An estimate (a shard's tensor bytes, the tokenizer's JSON bounded): enough for space checks."""
+        return self.base.size_estimate(self.name)
+
+    def identity(self) -> tuple[int, int]:
+        return self.base.identity()
+
+
+@dataclass(frozen=True)
+class BaseImageSource:
+    """A native payload file's base: the base tensors at the payload's offsets (`BaseImage`)."""
+
+    store: TensorStore
+    segments: tuple[tuple[int, str | None, str | None], ...]
+    label: str
+    detail: str = ""
+
+    @property
+    def path(self) -> None:
+        return None
+
+    def open(self) -> BinaryIO:
+        return BaseImage(self.store, self.segments)  # type: ignore[return-value]
+
+    def size(self) -> int:
+        return sum(s[0] for s in self.segments)
+
+    def identity(self) -> tuple[int, int]:
+        return self.store.identity()
+
+
+class BaseImage(io.RawIOBase):
+    """The base side of one tensor-xor file, as long as the payload file.
+
+    Zeros where the payload holds its header or a raw tensor; where it holds an XOR-ed tensor,
+    that base tensor's bytes (read as the manifest's dtype), zero-padded or truncated to the
+    payload tensor's size, so that a grown vocabulary works.
+    """
+
+    def __init__(self, store: TensorStore, segments: Sequence[tuple[int, str | None, str | None]]) -> None:
+        super().__init__()
+        self.store = store
+        self._segments = list(reversed(segments))  # (length, base tensor or None, dtype)
+        self._left = 0
+        self._reader: Any = None
+        self._zeros = bytes(min(CHUNK_SIZE, max((s[0] for s in segments), default=0)))
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        while self._segments:
+            length, name, dtype = self._segments.pop()
+            if length:
+                self._left = length
+                if name is not None:
+                    self._reader = self.store.reader(name, dtype)
+                return True
+        return False
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        if not len(view):
+            return 0
+        if self._left == 0 and not self._next():
+            return 0
+        want = min(len(view), self._left)
+        n = self._reader.readinto(view[:want]) if self._reader is not None else 0
+        if not n:  # a raw tensor, the header, or the padding past a shorter base tensor
+            n = min(want, len(self._zeros))
+            view[:n] = self._zeros[:n]
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        super().close()
