@@ -86,7 +86,7 @@ def timed(cmd: list[str], scratch: Path) -> tuple[float, int]:
 
 
 def main() -> None:
-    from xorweights.llama_convert import MetaCheckpoint
+    from xorweights.llama.convert import MetaCheckpoint
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=2)

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xorweights.llama_tokenizer import derive_tokenizer_json, parse_model  # noqa: E402
+from xorweights.llama.tokenizer import derive_tokenizer_json, parse_model  # noqa: E402
 
 OLD = """
 import io, pathlib, shutil, sys, tempfile, time

@@ -14,7 +14,7 @@ from safetensors import safe_open
 import xorweights
 from tests.conftest import tree
 from xorweights.demo import LOADED_TENSOR, DemoReport, run_demo
-from xorweights.tensor_store import TensorStore
+from xorweights.tensors.store import TensorStore
 
 
 @pytest.fixture(scope="module")

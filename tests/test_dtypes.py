@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xorweights.dtypes import DTYPES, FLOAT_DTYPES, STORAGE_DTYPES, STORAGE_TYPES
+from xorweights.tensors.dtypes import DTYPES, FLOAT_DTYPES, STORAGE_DTYPES, STORAGE_TYPES
 
 
 def test_sizes_and_numpy_types_agree_with_numpy() -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import random_bytes
-from xorweights.engine import Cancelled, StreamError, xor_stream
+from xorweights._cancel import Cancelled
+from xorweights.pipeline.engine import StreamError, xor_stream
 
 
 def legacy_rule(data: bytes, base: bytes) -> bytes:

@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 import xorweights
 from tests.conftest import tree
 from xorweights.checksums import parse_sum_lines
-from xorweights.llama_convert import open_base, write_shards
+from xorweights.llama.convert import open_base, write_shards
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASE = "llama-tiny-2shard"

@@ -19,10 +19,10 @@ from safetensors.torch import save, save_file
 
 import xorweights
 from tests.conftest import random_bytes, tree, write_files, zip_checkpoint
-from xorweights import plausible
 from xorweights.cli import main
 from xorweights.constants import STAGING_DIR, STATE_FILE
 from xorweights.errors import ImplausibleOutputError
+from xorweights.formats import plausible
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:

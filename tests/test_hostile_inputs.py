@@ -24,8 +24,8 @@ from xorweights._paths import check_name
 from xorweights.constants import MANIFEST_FORMAT, STATE_FILE, STATE_FORMAT
 from xorweights.errors import FormatError, InputError, UnsafePathError
 from xorweights.hub import parse_repo_spec, validate_revision
-from xorweights.safetensors_header import parse_header, read_header
-from xorweights.torch_zip import read_checkpoint
+from xorweights.tensors.safetensors_header import parse_header, read_header
+from xorweights.tensors.torch_zip import read_checkpoint
 
 BAD_NAMES = [
     "../x",

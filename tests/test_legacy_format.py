@@ -213,7 +213,7 @@ def test_gzip_backends_decode_the_same_bytes(tmp_path: Path, model_pair, backend
 
 
 def test_gzip_backend_auto_prefers_isal_and_env_can_force_zlib(monkeypatch) -> None:
-    from xorweights._gzip import gzip_backend
+    from xorweights.formats.gzip_stream import gzip_backend
 
     assert gzip_backend() == "isal"  # installed with the test extra
     monkeypatch.setenv("XORWEIGHTS_GZIP_BACKEND", "zlib")
@@ -280,7 +280,7 @@ def test_gzip_progress_counts_stored_bytes(tmp_path: Path, model_pair) -> None:
             self.n += k
 
     bar = Bar()
-    stream, compressed = __import__("xorweights._gzip", fromlist=["open_source"]).open_source(
+    stream, compressed = __import__("xorweights.formats.gzip_stream", fromlist=["open_source"]).open_source(
         victim, detect_gzip=True, backend="zlib"
     )
     with stream:

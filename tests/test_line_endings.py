@@ -18,7 +18,7 @@ from xorweights._line_endings import line_ending_hint
 from xorweights.cli import main
 from xorweights.constants import LINE_ENDING_CHECK_LIMIT
 from xorweights.errors import BaseMismatchError, ChecksumMismatchError, FormatError
-from xorweights.llama_layout import LlamaLayout
+from xorweights.llama.layout import LlamaLayout
 
 TO_CRLF = "line endings were converted (LF -> CRLF), e.g. by git autocrlf; fetch the file again"
 TO_LF = "line endings were converted (CRLF -> LF), e.g. by git autocrlf; fetch the file again"

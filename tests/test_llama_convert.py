@@ -13,7 +13,7 @@ import torch
 from safetensors.numpy import save_file
 
 from xorweights.checksums import parse_sum_lines
-from xorweights.llama_convert import (
+from xorweights.llama.convert import (
     HFCheckpoint,
     MetaCheckpoint,
     hf_tensors,
@@ -21,7 +21,7 @@ from xorweights.llama_convert import (
     open_base,
     write_shards,
 )
-from xorweights.torch_save import TensorSpec, save_state_dict
+from xorweights.llama.torch_save import TensorSpec, save_state_dict
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = ["llama-tiny-1shard", "llama-tiny-2shard", "llama-tiny-4shard"]
@@ -108,7 +108,7 @@ def test_written_checkpoint_loads_in_current_torch(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     arrays = {"b": rng.standard_normal((3, 5)).astype(np.float16), "a": np.arange(7, dtype=np.float32)}
     specs = [TensorSpec(n, "F16" if a.dtype == np.float16 else "F32", a.shape) for n, a in arrays.items()]
-    from xorweights.torch_save import record_order
+    from xorweights.llama.torch_save import record_order
 
     with open(tmp_path / "x.bin", "wb") as f:
         save_state_dict(f, "x", specs, ((s.name, [arrays[s.name].tobytes()]) for s in record_order(specs)))
@@ -148,7 +148,7 @@ def _weights_manifest(case: str, tmp_path: Path) -> Path:
 def test_base_convert_verifies_as_it_writes(tmp_path: Path) -> None:
     import shutil
 
-    from xorweights.base import convert_base
+    from xorweights.llama.base import convert_base
 
     case = CASES[1]
     src = tmp_path / "meta"
@@ -177,8 +177,8 @@ def test_base_convert_verifies_as_it_writes(tmp_path: Path) -> None:
 def test_base_convert_names_the_file_and_tensors_of_a_mismatch(tmp_path: Path) -> None:
     import shutil
 
-    from xorweights.base import convert_base
     from xorweights.errors import BaseMismatchError
+    from xorweights.llama.base import convert_base
 
     case = CASES[0]
     src = tmp_path / "meta"
@@ -197,8 +197,8 @@ def test_base_convert_names_the_file_and_tensors_of_a_mismatch(tmp_path: Path) -
 
 
 def test_base_convert_refuses_the_wrong_layout(tmp_path: Path) -> None:
-    from xorweights.base import convert_base
     from xorweights.errors import InputError
+    from xorweights.llama.base import convert_base
 
     with pytest.raises(InputError, match="not llama-30b"):
         convert_base(GOLDEN / CASES[0] / "meta", tmp_path / "out", layout="llama-30b")

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from xorweights import load_checksums
-from xorweights.llama_layout import LlamaLayout, intermediate_size
+from xorweights.llama.layout import LlamaLayout, intermediate_size
 
 
 def md5(b: bytes) -> str:

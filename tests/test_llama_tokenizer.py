@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from xorweights.errors import FormatError
-from xorweights.llama_tokenizer import derive_tokenizer_json, merges, parse_model, tokenizer_json
+from xorweights.llama.tokenizer import derive_tokenizer_json, merges, parse_model, tokenizer_json
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "tokenizers"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())

@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 import xorweights
 from tests.conftest import tree
 from xorweights.errors import UnsafePathError
-from xorweights.native_manifest import RawNote, load_manifest
-from xorweights.raw_storage import GROWN_ROWS
+from xorweights.formats.native_manifest import RawNote, load_manifest
+from xorweights.formats.raw_storage import GROWN_ROWS
 
 
 def sha256(b: bytes) -> str:
@@ -446,7 +446,7 @@ def test_cli_encode_decode_verify_native(release, tmp_path: Path, capsys) -> Non
 
 
 def test_decode_against_meta_original_llama(tmp_path: Path) -> None:
-    from xorweights.llama_convert import open_base
+    from xorweights.llama.convert import open_base
 
     meta = Path(__file__).resolve().parent / "golden" / "llama-tiny-2shard" / "meta"
     _, compute = open_base(meta)
@@ -468,7 +468,7 @@ def test_decode_against_meta_original_llama(tmp_path: Path) -> None:
 
 
 def test_float_casts_match_torch() -> None:
-    from xorweights.tensor_store import cast
+    from xorweights.tensors.store import cast
 
     rng = np.random.default_rng(0)
     x = np.concatenate(

@@ -23,15 +23,17 @@ from safetensors.numpy import save_file
 
 import xorweights
 from tests.conftest import random_bytes, tree, write_files
-from xorweights import hub, legacy, payload_folder
+from xorweights import hub
 from xorweights._display import needs_escape, shown
 from xorweights._outdir import OutputFolder
 from xorweights._paths import check_name, check_regular_file
 from xorweights.cli import _ShownFormatter, main
 from xorweights.constants import STATE_FILE, STATE_FORMAT, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.errors import UnsafePathError
+from xorweights.formats import oasst as legacy
+from xorweights.formats import payload_folder
+from xorweights.formats.native_manifest import MANIFEST_NAME
 from xorweights.hub import payload as hub_payload
-from xorweights.native_manifest import MANIFEST_NAME
 from xorweights.pipeline import resume
 
 EXE = Path(sys.executable).with_name("xorweights")
@@ -273,9 +275,9 @@ def test_shown_escapes_controls_and_undecodable_bytes(name: str, expected: str) 
 def test_log_messages_are_escaped() -> None:
     fmt = _ShownFormatter("%(levelname)s %(name)s: %(message)s")
     rec = logging.LogRecord(
-        "xorweights.legacy", logging.WARNING, __file__, 1, "ignoring %s", ("a\x1b[2J",), None
+        "xorweights.formats.oasst", logging.WARNING, __file__, 1, "ignoring %s", ("a\x1b[2J",), None
     )
-    assert fmt.format(rec) == "WARNING xorweights.legacy: ignoring a\\x1b[2J"
+    assert fmt.format(rec) == "WARNING xorweights.formats.oasst: ignoring a\\x1b[2J"
     rec = logging.LogRecord("x", logging.INFO, __file__, 1, "%s", (fsname(b"\xff\n"),), None)
     assert fmt.format(rec) == "INFO x: \\xff\\n"
 

@@ -22,9 +22,9 @@ from xorweights import publish
 from xorweights._units import human_bytes
 from xorweights.cli import main
 from xorweights.errors import RawStorageError
+from xorweights.formats.native_manifest import RawNote, load_manifest
+from xorweights.formats.raw_storage import GROWN_ROWS, manifest_items
 from xorweights.hub import model_card
-from xorweights.native_manifest import RawNote, load_manifest
-from xorweights.raw_storage import GROWN_ROWS, manifest_items
 
 
 def make_pair(
@@ -354,7 +354,7 @@ def test_publish_recomputes_raw_items_from_an_edited_manifest(hub, tmp_path: Pat
 def test_legacy_encode_warns_about_bytes_past_the_base(model_pair, tmp_path: Path, caplog) -> None:
     """The legacy format masks only up to the base file's length; encode says so for weight files."""
     base, tuned = model_pair()
-    with caplog.at_level("WARNING", logger="xorweights.legacy"):
+    with caplog.at_level("WARNING", logger="xorweights.formats.oasst"):
         xorweights.encode(tuned, base=base, out=tmp_path / "p", format="oasst")
     warned = [r.getMessage() for r in caplog.records if "stored unmasked" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("pytorch_model-00001-of-00002.bin: its last 208 bytes")

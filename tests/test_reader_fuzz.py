@@ -31,13 +31,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import write_files
-from xorweights import cli, torch_zip
+from xorweights import cli
 from xorweights.checksums import FileDigest, load_manifest_file, parse_sum_lines, verify
 from xorweights.errors import ChecksumMismatchError, FormatError, XorWeightsError
+from xorweights.formats.native_manifest import load_manifest
 from xorweights.hub import model_card
-from xorweights.native_manifest import load_manifest
-from xorweights.safetensors_header import read_header
-from xorweights.torch_zip import read_checkpoint
+from xorweights.tensors import torch_zip
+from xorweights.tensors.safetensors_header import read_header
+from xorweights.tensors.torch_zip import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds after which a reader counts as hung (a bound, not a speed measurement).

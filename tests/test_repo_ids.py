@@ -25,7 +25,7 @@ from tests.hubserver import TOKEN, HubServer
 from xorweights import hub as hub_module
 from xorweights import publish
 from xorweights.errors import HubError, InputError, MissingFileError, UnknownReleaseError, UnsafePathError
-from xorweights.payload_folder import PayloadHints, find_payload_in_listing
+from xorweights.formats.payload_folder import PayloadHints, find_payload_in_listing
 
 pytestmark = pytest.mark.hub  # .ci/run runs these on an old huggingface_hub too
 

@@ -13,8 +13,8 @@ import torch
 from safetensors.numpy import save_file
 
 from xorweights.errors import FormatError
-from xorweights.llama_convert import HFCheckpoint
-from xorweights.tensor_store import TensorStore, index_tensors
+from xorweights.llama.convert import HFCheckpoint
+from xorweights.tensors.store import TensorStore, index_tensors
 
 X = np.arange(12, dtype=np.float16).reshape(3, 4)
 Y = np.linspace(-1, 1, 20, dtype=np.float32).reshape(4, 5)

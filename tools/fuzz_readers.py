@@ -49,8 +49,7 @@ from xorweights.checksums import (  # noqa: E402
     manifests_dir,
 )
 from xorweights.errors import XorWeightsError  # noqa: E402
-from xorweights.hub import model_card  # noqa: E402
-from xorweights.native_manifest import (  # noqa: E402
+from xorweights.formats.native_manifest import (  # noqa: E402
     BaseFile,
     BaseTensor,
     FileEntry,
@@ -58,8 +57,9 @@ from xorweights.native_manifest import (  # noqa: E402
     TensorEntry,
     load_manifest,
 )
-from xorweights.safetensors_header import read_header  # noqa: E402
-from xorweights.torch_zip import read_checkpoint  # noqa: E402
+from xorweights.hub import model_card  # noqa: E402
+from xorweights.tensors.safetensors_header import read_header  # noqa: E402
+from xorweights.tensors.torch_zip import read_checkpoint  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

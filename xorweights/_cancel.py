@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 
-from .engine import Cancelled
-
 _event = threading.Event()
+
+
+class Cancelled(Exception):
+    """Raised inside a pass when the caller's `should_stop` says so (another job failed)."""
 
 
 def requested() -> bool:

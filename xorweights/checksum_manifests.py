@@ -84,7 +84,7 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
     A native payload's `xorweights.json` is read too: its sha256 per output file is the `decoded` stage.
     """
     if isinstance(doc, dict) and doc.get("format") == "xorweights":
-        from .native_manifest import parse_manifest as parse_native
+        from .formats.native_manifest import parse_manifest as parse_native
 
         return parse_native(doc, source).to_checksums(
             Path(source).parent.name or source,
@@ -137,7 +137,7 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
     repo_id = _str("repo_id")
     base_model = _str("base_model")
     if base_model is not None:
-        from .native_manifest import BASE_MODEL_RULE, is_base_model
+        from .formats.native_manifest import BASE_MODEL_RULE, is_base_model
 
         if not is_base_model(base_model):
             raise FormatError(

@@ -55,7 +55,7 @@ LINE_ENDING_CHECK_LIMIT = 64 * 1024 * 1024
 
 
 #: Files the legacy script first copies raw, then XORs over that copy when the base holds one
-#: (stock LLaMA has no such file, so the OA releases carry it raw); see `legacy.raw_rule`.
+#: (stock LLaMA has no such file, so the OA releases carry it raw); see `formats.oasst.raw_rule`.
 LEGACY_RAW_FILES = ("added_tokens.json",)
 
 #: Record of finished outputs in an output folder (hidden; see `_outdir.py`).

@@ -10,13 +10,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from . import _gzip, hub, legacy, native
+from . import hub
 from ._display import shown
 from ._paths import check_regular_file
 from .checksums import ChecksumManifest, FileDigest, load_checksums
 from .constants import INFLATE_SLACK, WEIGHT_SUFFIXES, default_jobs
 from .errors import InputError, MissingFileError
-from .native_manifest import MANIFEST_NAME, is_native, load_manifest
+from .formats import gzip_stream, native, oasst
+from .formats.native_manifest import MANIFEST_NAME, is_native, load_manifest
 from .pipeline import Options, Plan, Step, run
 from .reports import DecodeReport, FileReport
 from .sources import FileSource, PayloadCompression, PayloadSource
@@ -132,7 +133,7 @@ def decode(
     options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
     if _is_native(where.payload_dir, format, payload_compression):
         return _decode_native(where, started, options, force=force, verify=verify)
-    legacy_options = _LegacyOptions(payload_compression, _gzip.gzip_backend(gzip_backend), base_mode)
+    legacy_options = _LegacyOptions(payload_compression, gzip_stream.gzip_backend(gzip_backend), base_mode)
     return _decode_legacy(where, started, options, legacy_options, force=force, verify=verify)
 
 
@@ -276,9 +277,9 @@ def _decode_legacy(
     )
     raw = manifest.raw_files if manifest else ()
     only = fetched.files if fetched else None
-    legacy.refuse_plain_payload(payload_dir, raw, only)
-    generated = legacy.generated_base(payload_dir, base_dir, raw, legacy_options.base_mode)
-    steps = legacy.plan(payload_dir, base_dir, raw_patterns=raw, generated=generated, only=only)
+    oasst.refuse_plain_payload(payload_dir, raw, only)
+    generated = oasst.generated_base(payload_dir, base_dir, raw, legacy_options.base_mode)
+    steps = oasst.plan(payload_dir, base_dir, raw_patterns=raw, generated=generated, only=only)
     check_out_dir(where.out_dir, {"payload": payload_dir, "base": base_dir})
     # A line file names no stage: given to decode, it lists the decoded outputs.
     line_file = manifest is not None and manifest.unstaged is not None
@@ -292,10 +293,10 @@ def _decode_legacy(
     steps = [remake(s) for s in steps]
     if manifest is not None:
         _check_listed(manifest, set(hf_base) | set(decoded), decoded, {s.name for s in steps}, payload_dir)
-        legacy.check_base_sizes(steps, release)
-    steps = [legacy.settle_by_digest(s, raw, where.out_dir, base_dir, release, remake) for s in steps]
+        oasst.check_base_sizes(steps, release)
+    steps = [oasst.settle_by_digest(s, raw, where.out_dir, base_dir, release, remake) for s in steps]
     if legacy_options.compression == "gzip":
-        legacy.require_gzip(steps)
+        oasst.require_gzip(steps)
     plan = Plan(
         tuple(steps), where.out_dir, "decode", release=release, force=force, rehash=verify,
         preflight=_hub_check(where, options.jobs, options.progress),

@@ -24,11 +24,11 @@ from .checksums import VerifyReport, verify
 from .constants import CHUNK_SIZE
 from .decoding import decode
 from .encoding import encode
+from .formats.native_manifest import MANIFEST_NAME
+from .llama.torch_save import TensorSpec, record_order, save_state_dict
 from .loading import load_state_dict
-from .native_manifest import MANIFEST_NAME
 from .reports import DecodeReport, EncodeReport
-from .tensor_store import TensorStore
-from .torch_save import TensorSpec, record_order, save_state_dict
+from .tensors.store import TensorStore
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from . import legacy, native
 from ._atomic import AtomicFile
 from ._outdir import STATE_DIGEST
 from ._outdir import hash_path as hash_file
@@ -18,7 +17,8 @@ from .checksums import ChecksumManifest, FileDigest
 from .constants import default_jobs
 from .decoding import check_out_dir
 from .errors import InputError, MissingFileError, OutputExistsError, XorWeightsError
-from .native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, load_manifest
+from .formats import native, oasst
+from .formats.native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, load_manifest
 from .pipeline import Options, Plan, Sink, Step, run
 from .reports import EncodeReport, FileReport
 
@@ -146,7 +146,7 @@ def _encode_legacy(
     """Encode file by file. The payload folder's records live in a hidden folder inside it; a
     rerun keeps the payload files an earlier run made from the same inputs with the same options
     (and, with checksums, recorded the digests of)."""
-    planned = legacy.plan(src_dir, base_dir, encoding=True)
+    planned = oasst.plan(src_dir, base_dir, encoding=True)
     check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
     gzip = compress == "gzip"
     written = ("sha256",) if algos else ()
@@ -163,7 +163,7 @@ def _encode_legacy(
     plan = Plan(tuple(steps), out_dir, "encode", force=force, payload_folder=True)
     outcome = run(plan, options)
     for f in outcome.made:
-        if legacy.follows_raw_rule(f.name) and f.action == "xor" and legacy.parses_as_json(out_dir / f.name):
+        if oasst.follows_raw_rule(f.name) and f.action == "xor" and oasst.parses_as_json(out_dir / f.name):
             logger.warning(
                 "payload %s parses as JSON although it is XOR-ed: a decoder without its published digest "
                 "would take it as stored; publish the decoded checksums (--manifest)",

@@ -19,17 +19,17 @@ import numpy as np
 from . import hub
 from ._paths import check_regular_file
 from .constants import TORCH_SUFFIXES, default_jobs
-from .dtypes import NUMPY_DTYPES, TORCH_DTYPES
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
-from .native import (
+from .formats.native import (
     check_payload_files,
     digest_mismatch,
     layout_mismatch,
     open_store,
     payload_header,
 )
-from .native_manifest import MANIFEST_NAME, NativeManifest, load_manifest
-from .tensor_store import TensorStore
+from .formats.native_manifest import MANIFEST_NAME, NativeManifest, load_manifest
+from .tensors.dtypes import NUMPY_DTYPES, TORCH_DTYPES
+from .tensors.store import TensorStore
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .checksums import ChecksumManifest
-from .native_manifest import NativeManifest
+from .formats.native_manifest import NativeManifest
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
-from . import _gzip
 from ._outdir import file_id
 from .constants import CHUNK_SIZE
 from .errors import FormatError, IOFailure
+from .formats import gzip_stream
 
 if TYPE_CHECKING:
-    from .base import GeneratedBase
-    from .tensor_store import TensorStore
+    from .llama.base import GeneratedBase
+    from .tensors.store import TensorStore
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class PayloadSource(FileSource):
         stream, compressed = _opened(
             "opening",
             self.file,
-            lambda: _gzip.open_source(
+            lambda: gzip_stream.open_source(
                 self.file,
                 detect_gzip=self.compression != "none",
                 require_gzip=self.compression == "gzip",

@@ -14,13 +14,13 @@ from .._units import human_bytes as _human
 from .._units import human_rate
 from ..checksums import ChecksumManifest, ChecksumReport, VerifyReport
 from ..constants import STAGES
-from ..raw_storage import manifest_items
+from ..formats.raw_storage import manifest_items
 from ..reports import DecodeReport, EncodeReport
 
 if TYPE_CHECKING:  # these modules load only when their command runs
-    from ..base import BaseReport
     from ..demo import DemoReport
     from ..hub import PublishReport
+    from ..llama.base import BaseReport
 
 
 def emit_json(doc: Any) -> None:

@@ -50,7 +50,7 @@ def base_convert_cmd(
     as_json: bool,
 ) -> int:
     """Write what the pinned conversion wrote, from any copy of the LLaMA weights, verified as written."""
-    from ..base import convert_base
+    from ..llama.base import convert_base
 
     report = convert_base(source, out, layout=layout, checksums=checksums, force=force, progress=not quiet)
     if as_json:

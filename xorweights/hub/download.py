@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import _cancel
+from .._cancel import Cancelled
 from .._paths import check_regular_file
 from .._progress import bars_shown, tqdm_class
-from ..engine import Cancelled
 from .access import _HTTP_MODULES, HubAccess, short_error
 
 logger = logging.getLogger(__name__)

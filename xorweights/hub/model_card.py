@@ -23,8 +23,8 @@ from .._units import human_bytes
 from ..checksums import ChecksumManifest, FileDigest, parse_manifest
 from ..constants import MAX_MANIFEST_BYTES
 from ..errors import FormatError, InputError
-from ..native_manifest import MANIFEST_NAME, NativeManifest
-from ..raw_storage import RawItem
+from ..formats.native_manifest import MANIFEST_NAME, NativeManifest
+from ..formats.raw_storage import RawItem
 from .repo_spec import validate_repo_id
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from .._line_endings import line_ending_hint
 from .._paths import check_name, check_regular_file
 from ..checksums import ChecksumManifest, git_blob_hasher, hash_files
 from ..errors import HubError, InputError, PayloadMismatchError, XorWeightsError
-from ..native_manifest import MANIFEST_NAME
-from ..payload_folder import PayloadHints, files_below, find_payload_dir, find_payload_in_listing
+from ..formats.native_manifest import MANIFEST_NAME
+from ..formats.payload_folder import PayloadHints, files_below, find_payload_dir, find_payload_in_listing
 from .access import (
     HubAccess,
     HubFile,

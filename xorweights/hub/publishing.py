@@ -21,14 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import native
 from .._paths import check_regular_file
 from .._progress import bars_shown
 from ..checksums import ChecksumManifest, git_blob_hasher, hash_files, list_files, load_checksums
 from ..constants import default_jobs
 from ..errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
-from ..native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, is_native, load_manifest
-from ..raw_storage import RawItem, manifest_items, refuse_unallowed
+from ..formats import native
+from ..formats.native_manifest import (
+    MANIFEST_NAME,
+    NativeManifest,
+    check_base_model,
+    is_native,
+    load_manifest,
+)
+from ..formats.raw_storage import RawItem, manifest_items, refuse_unallowed
 from . import model_card
 from .access import HubFile, list_repo, short_error
 from .download import hub_bars_off

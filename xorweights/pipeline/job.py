@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import _cancel, _gzip, plausible
+from .. import _cancel
 from .._atomic import AtomicFile, HashingWriter
 from .._line_endings import line_ending_hint
 from .._outdir import STATE_DIGEST, Crc32, OutputFolder
 from ..checksums import FileDigest
 from ..constants import ENV_TEST_DIE_AFTER_RENAME, GZIP_MAGIC
-from ..engine import StreamError, XorStats, xor_stream
 from ..errors import (
     BaseMismatchError,
     ChecksumMismatchError,
@@ -28,8 +27,10 @@ from ..errors import (
     IOFailure,
     XorWeightsError,
 )
+from ..formats import gzip_stream, plausible
 from ..reports import FileReport
 from ..sources import GeneratedSource, Inflating, PayloadSource, Source
+from .engine import StreamError, XorStats, xor_stream
 from .plan import Step, Verb
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,11 @@ def _stream_failure(e: StreamError, job: Job) -> BaseException:
     step, cause = job.step, e.cause
     if isinstance(cause, XorWeightsError):
         return cause
-    if e.role == "data" and isinstance(cause, _gzip.GZIP_ERRORS) and isinstance(step.data, PayloadSource):
+    if (
+        e.role == "data"
+        and isinstance(cause, gzip_stream.GZIP_ERRORS)
+        and isinstance(step.data, PayloadSource)
+    ):
         hint = (
             "; if the file is a plain XOR that merely begins with 1f 8b 08, decode with "
             '--payload-compression none (payload_compression="none")'
@@ -277,7 +282,7 @@ def _pass(
 ) -> XorStats:
     step = job.step
     gz = (
-        _gzip.gzip_writer(written, step.name, mtime=step.sink.gzip_mtime)
+        gzip_stream.gzip_writer(written, step.name, mtime=step.sink.gzip_mtime)
         if step.sink.gzip_mtime is not None
         else None
     )

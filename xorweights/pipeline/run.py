@@ -20,12 +20,12 @@ from pathlib import Path
 
 from .. import _cancel
 from .._atomic import fsync_dir
+from .._cancel import Cancelled
 from .._display import shown
 from .._outdir import OutputFolder
 from .._progress import byte_bar
 from .._space import check_outputs
 from ..constants import GZIP_MAGIC, PIPELINE_DEPTH, PIPELINE_SLOTS, STAGING_DIR, default_jobs
-from ..engine import Cancelled
 from ..errors import ImplausibleOutputError, IOFailure
 from ..reports import FileReport
 from ..sources import PayloadSource

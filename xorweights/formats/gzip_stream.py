@@ -35,8 +35,8 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .constants import ENV_GZIP_BACKEND, GZIP_BACKENDS, GZIP_MAGIC
-from .errors import FormatError, InputError
+from ..constants import ENV_GZIP_BACKEND, GZIP_BACKENDS, GZIP_MAGIC
+from ..errors import FormatError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -454,7 +454,7 @@ def open_source(
 ) -> tuple[BinaryIO, bool]:
     """Open a payload (or fine-tuned) file; gzip streams are recognised by their magic bytes.
 
-    Both backends read gzip through `_gzip.GzipReader`: one strict RFC 1952 parser, inflating in a
+    Both backends read gzip through `GzipReader`: one strict RFC 1952 parser, inflating in a
     thread of its own (overlapping the XOR pass) with zlib or python-isal.
 
     Args:

@@ -13,10 +13,10 @@ import logging
 import zipfile
 from pathlib import Path
 
-from . import _json
-from .constants import MAX_JSON_FILE_BYTES, TORCH_SUFFIXES
-from .errors import FormatError
-from .safetensors_header import read_header
+from .. import _json
+from ..constants import MAX_JSON_FILE_BYTES, TORCH_SUFFIXES
+from ..errors import FormatError
+from ..tensors.safetensors_header import read_header
 
 logger = logging.getLogger(__name__)
 

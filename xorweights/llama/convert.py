@@ -22,13 +22,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import _json
-from .dtypes import NUMPY_DTYPES
-from .errors import FormatError, MissingFileError
-from .llama_layout import LlamaLayout
-from .tensor_store import StoredTensor, index_tensors
+from .. import _json
+from ..errors import FormatError, MissingFileError
+from ..tensors.dtypes import NUMPY_DTYPES
+from ..tensors.store import StoredTensor, index_tensors
+from ..tensors.torch_zip import TorchCheckpoint, read_checkpoint
+from .layout import LlamaLayout
 from .torch_save import TensorSpec, record_order, save_state_dict
-from .torch_zip import TorchCheckpoint, read_checkpoint
 
 logger = logging.getLogger(__name__)
 

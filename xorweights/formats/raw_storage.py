@@ -22,11 +22,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._units import human_bytes
-from .constants import RAW_FILE_LIMIT, TEXT_SUFFIXES
-from .errors import IOFailure, RawStorageError
+from .._units import human_bytes
+from ..constants import RAW_FILE_LIMIT, TEXT_SUFFIXES
+from ..errors import IOFailure, RawStorageError
+from ..tensors.store import nbytes_of
 from .native_manifest import FileEntry, NativeManifest, RawNote
-from .tensor_store import nbytes_of
 
 logger = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _json
-from .checksums import ChecksumManifest, load_checksums
-from .errors import FormatError, InputError
-from .llama_convert import GeneratedFile, open_base, write_shard
-from .llama_layout import LlamaLayout
-from .llama_tokenizer import derive_tokenizer_json
+from .. import _json
+from ..checksums import ChecksumManifest, load_checksums
+from ..errors import FormatError, InputError
+from .convert import GeneratedFile, open_base, write_shard
+from .layout import LlamaLayout
+from .tokenizer import derive_tokenizer_json
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +106,8 @@ def convert_base(
             tensors it holds are named); nothing is left under its name.
         `OutputExistsError`: `out` holds files of these names that xorweights did not make.
     """
-    from .pipeline import Options, Plan, Sink, Step, run
-    from .sources import GeneratedSource
+    from ..pipeline import Options, Plan, Sink, Step, run
+    from ..sources import GeneratedSource
 
     started = time.perf_counter()
     src, out_dir = Path(source), Path(out)

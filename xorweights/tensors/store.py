@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _cancel
-from .constants import CHUNK_SIZE
+from .. import _cancel
+from ..constants import CHUNK_SIZE
+from ..errors import FormatError, MissingFileError
 from .dtypes import DTYPE_SIZES, FLOAT_DTYPES, NUMPY_DTYPES
-from .errors import FormatError, MissingFileError
 from .safetensors_header import read_header
 from .torch_zip import read_checkpoint
 
@@ -190,7 +190,7 @@ class TensorStore:
         if not folder.is_dir():
             raise MissingFileError(f"base folder not found: {folder}", path=folder)
         if (folder / "params.json").is_file() and any(folder.glob("consolidated.*.pth")):
-            from .llama_convert import open_base
+            from ..llama.convert import open_base
 
             layout, compute = open_base(folder)
             shapes = {n: (dt, shape) for n, dt, shape in layout.tensors()}

@@ -17,12 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from . import plausible
-from ._display import shown
-from ._gzip import check_gzip_head
-from ._json import loads as json_loads
-from ._paths import check_name, check_not_escaping_link, check_regular_file
-from .constants import (
+from .._display import shown
+from .._json import loads as json_loads
+from .._paths import check_name, check_not_escaping_link, check_regular_file
+from ..constants import (
     GZIP_MAGIC,
     LEGACY_RAW_FILES,
     MAX_JSON_FILE_BYTES,
@@ -30,7 +28,7 @@ from .constants import (
     TORCH_SUFFIXES,
     WEIGHT_SUFFIXES,
 )
-from .errors import (
+from ..errors import (
     BaseMismatchError,
     ChecksumMismatchError,
     FormatError,
@@ -39,14 +37,16 @@ from .errors import (
     IOFailure,
     MissingFileError,
 )
+from ..pipeline import Step, output_digests
+from ..pipeline.job import converted
+from ..sources import FileSource, GeneratedSource
+from . import plausible
+from .gzip_stream import check_gzip_head
 from .native_manifest import MANIFEST_NAME
 from .payload_folder import left_by_us
-from .pipeline import Step, output_digests
-from .pipeline.job import converted
-from .sources import FileSource, GeneratedSource
 
 if TYPE_CHECKING:
-    from .base import GeneratedBase
+    from ..llama.base import GeneratedBase
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def generated_base(payload_dir: Path, base_dir: Path, raw: Sequence[str], mode: 
     Raises:
         `InputError`: an unknown mode, or `generate` and no LLaMA weights in `base_dir`.
     """
-    from .base import GeneratedBase
+    from ..llama.base import GeneratedBase
 
     if mode not in ("auto", "files", "generate"):
         raise InputError(f"unknown base mode {mode!r}; expected auto, files or generate")

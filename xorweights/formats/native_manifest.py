@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import _json
-from ._display import quoted, shown
-from ._paths import check_name
-from .constants import MAX_MANIFEST_BYTES
-from .dtypes import DTYPE_SIZES
-from .errors import FormatError, InputError, IOFailure, MissingFileError
+from .. import _json
+from .._display import quoted, shown
+from .._paths import check_name
+from ..constants import MAX_MANIFEST_BYTES
+from ..errors import FormatError, InputError, IOFailure, MissingFileError
+from ..tensors.dtypes import DTYPE_SIZES
 
 if TYPE_CHECKING:
-    from .checksums import ChecksumManifest
+    from ..checksums import ChecksumManifest
 
 MANIFEST_NAME = "xorweights.json"
 FORMAT = "xorweights"
@@ -140,7 +140,7 @@ class NativeManifest:
         self, release: str, description: str, *, repo_id: str | None = None, path: str | None = None
     ) -> ChecksumManifest:
         """The release's checksums: each output file's sha256 and size as the `decoded` stage."""
-        from .checksums import ChecksumManifest, FileDigest
+        from ..checksums import ChecksumManifest, FileDigest
 
         decoded = {f.name: FileDigest(sha256=f.sha256, size=f.size) for f in self.files}
         return ChecksumManifest(

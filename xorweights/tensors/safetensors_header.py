@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _json
+from .. import _json
+from ..errors import FormatError, IOFailure, MissingFileError
 from .dtypes import DTYPE_SIZES
-from .errors import FormatError, IOFailure, MissingFileError
 
 logger = logging.getLogger(__name__)
 

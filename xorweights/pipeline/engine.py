@@ -25,17 +25,14 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from . import _oscache
-from .constants import CHUNK_SIZE, PIPELINE_DEPTH, WRITEBACK_WINDOW
+from .. import _oscache
+from .._cancel import Cancelled
+from ..constants import CHUNK_SIZE, PIPELINE_DEPTH, WRITEBACK_WINDOW
 
 logger = logging.getLogger(__name__)
 
 #: Which stream a digest is taken of: the data (payload or fine-tuned), the base, the output.
 Role = Literal["data", "base", "out"]
-
-
-class Cancelled(Exception):
-    """Raised inside a pass when the caller's `should_stop` says so (another job failed)."""
 
 
 class StreamError(Exception):

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
+from ..errors import FormatError, IOFailure, MissingFileError
 from .dtypes import STORAGE_DTYPES
-from .errors import FormatError, IOFailure, MissingFileError
 
 logger = logging.getLogger(__name__)
 

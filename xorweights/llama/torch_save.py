@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from .dtypes import DTYPE_SIZES, STORAGE_TYPES
+from ..tensors.dtypes import DTYPE_SIZES, STORAGE_TYPES
 
 ALIGNMENT = 64
 _U32 = 0xFFFFFFFF

@@ -19,10 +19,10 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._display import quoted
-from ._paths import check_folder_inside, check_name, check_regular_file
-from .constants import STAGING_DIR, STATE_FILE, STATE_JOURNAL, TEMP_PREFIX, TEMP_SUFFIX
-from .errors import InputError, MissingFileError
+from .._display import quoted
+from .._paths import check_folder_inside, check_name, check_regular_file
+from ..constants import STAGING_DIR, STATE_FILE, STATE_JOURNAL, TEMP_PREFIX, TEMP_SUFFIX
+from ..errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 

@@ -19,15 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _cancel
-from ._display import shown
-from ._line_endings import line_ending_hint
-from ._paths import check_regular_file
-from ._progress import byte_bar
-from .checksums import ChecksumManifest, FileDigest, hash_file
-from .constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TEXT_SUFFIXES, TORCH_SUFFIXES
-from .dtypes import FLOAT_DTYPES
-from .errors import BaseMismatchError, FormatError, InputError, MissingFileError
+from .. import _cancel
+from .._display import shown
+from .._line_endings import line_ending_hint
+from .._paths import check_regular_file
+from .._progress import byte_bar
+from ..checksums import ChecksumManifest, FileDigest, hash_file
+from ..constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TEXT_SUFFIXES, TORCH_SUFFIXES
+from ..errors import BaseMismatchError, FormatError, InputError, MissingFileError
+from ..pipeline import Step
+from ..sources import BaseImageSource, FileSource
+from ..tensors.dtypes import FLOAT_DTYPES
+from ..tensors.safetensors_header import SafetensorsHeader, read_header
+from ..tensors.store import StoredTensor, TensorStore, castable, nbytes_of
 from .native_manifest import (
     MANIFEST_NAME,
     BaseFile,
@@ -38,7 +42,6 @@ from .native_manifest import (
     RawNote,
     TensorEntry,
 )
-from .pipeline import Step
 from .raw_storage import (
     GROWN_ROWS,
     NameHints,
@@ -48,9 +51,6 @@ from .raw_storage import (
     refuse_unallowed,
     unmasked_bytes,
 )
-from .safetensors_header import SafetensorsHeader, read_header
-from .sources import BaseImageSource, FileSource
-from .tensor_store import StoredTensor, TensorStore, castable, nbytes_of
 
 logger = logging.getLogger(__name__)
 
