@@ -228,8 +228,8 @@ def test_hub_download_bars_follow_the_same_rules(hub, tmp_path: Path, monkeypatc
         from xorweights.hub import download as hub_download
 
         access = hub_access.HubAccess(endpoint=hub.url, cache_dir=tmp_path / "c0", token=TOKEN)
-        kw = hub_download._download_kwargs(access, progress=True)
-        root = hub_download._download(hub_access._hf(), "org/progress", "main", ["w.bin"], **kw)
+        kw = hub_download.download_kwargs(access, progress=True)
+        root = hub_download.download_files(hub_access.hf_lib(), "org/progress", "main", ["w.bin"], **kw)
         assert (root / "w.bin").stat().st_size == 24 * MiB
         assert capsys.readouterr().err == ""
         return

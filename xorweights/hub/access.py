@@ -40,22 +40,22 @@ class HubFile:
     sha256: str | None = None
 
 
-def _hf() -> Any:
+def hf_lib() -> Any:
     """The huggingface_hub module, imported on first use."""
     import huggingface_hub
 
     return huggingface_hub
 
 
-def _offline_default() -> bool:
+def offline_default() -> bool:
     """Whether huggingface_hub is in offline mode (`HF_HUB_OFFLINE`), as it decides."""
     from huggingface_hub import constants
 
-    check = getattr(_hf(), "is_offline_mode", None)
+    check = getattr(hf_lib(), "is_offline_mode", None)
     return bool(check()) if callable(check) else bool(constants.HF_HUB_OFFLINE)
 
 
-def _hub_error(
+def hub_error(
     e: Exception, repo_id: str, revision: str, endpoint: str, *, spec: str | None = None, kind: str = "folder"
 ) -> HubError | None:
     """Our error for a Hub answer that no cache can make up for (None: try the cache).
@@ -83,7 +83,7 @@ def _hub_error(
     return None
 
 
-def _unreachable(e: BaseException) -> bool:
+def is_unreachable(e: BaseException) -> bool:
     """Whether an error means the Hub could not be asked (then the cache may answer instead)."""
     status = getattr(getattr(e, "response", None), "status_code", None)
     if isinstance(status, int):

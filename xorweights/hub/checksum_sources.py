@@ -19,14 +19,14 @@ from . import model_card
 from .access import (
     HubAccess,
     HubFile,
-    _hf,
-    _hub_error,
-    _offline_default,
-    _unreachable,
+    hf_lib,
+    hub_error,
+    is_unreachable,
     list_repo,
+    offline_default,
     short_error,
 )
-from .download import _download, _download_kwargs
+from .download import download_files, download_kwargs
 from .model_card import CARD_NAME
 from .repo_spec import parse_payload_spec
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _card_readable(listing: Mapping[str, HubFile], repo_id: str) -> bool:
+def card_readable(listing: Mapping[str, HubFile], repo_id: str) -> bool:
     """Whether the repo has a card small enough to read checksums from (a larger one is skipped)."""
     if CARD_NAME not in listing:
         return False
@@ -89,10 +89,10 @@ def release_checksums(payload: HubPayload) -> ChecksumManifest | None:
     Raises:
         `FormatError`: the card has a malformed checksum block.
     """
-    return _release_checksums(payload.repo_id, payload.checksums, payload.card, payload.root)
+    return first_checksums(payload.repo_id, payload.checksums, payload.card, payload.root)
 
 
-def _release_checksums(
+def first_checksums(
     repo_id: str, given: ChecksumManifest | None, card: Path | None, root: Path
 ) -> ChecksumManifest | None:
     """`given`, else the bundled manifest for the repo id, else the checksums of the `card`."""
@@ -120,9 +120,9 @@ def remote_checksums(
         return found
     access = dataclasses.replace(access or HubAccess(), local_dir=None)  # --local-dir is the payload's
     revision = rs.revision or "main"
-    hf = _hf()
-    kw = _download_kwargs(access, progress=False)
-    offline = _offline_default() if access.offline is None else access.offline
+    hf = hf_lib()
+    kw = download_kwargs(access, progress=False)
+    offline = offline_default() if access.offline is None else access.offline
     endpoint = access.endpoint or hf.constants.ENDPOINT
     unreachable: Exception | None = None
     try:
@@ -132,23 +132,23 @@ def remote_checksums(
                     hf.HfApi(endpoint=access.endpoint, token=access.token), rs.repo_id, revision
                 )
             except Exception as e:
-                if _hub_error(e, rs.repo_id, revision, endpoint) is not None or not _unreachable(e):
+                if hub_error(e, rs.repo_id, revision, endpoint) is not None or not is_unreachable(e):
                     raise
                 unreachable = e
             else:
                 if CARD_NAME not in listing:
                     raise HubError(f"{rs.repo_id}@{revision} on {endpoint} has no model card (README.md) to "
                                    "read checksums from", path=spec)  # fmt: skip
-                if not _card_readable(listing, rs.repo_id):
+                if not card_readable(listing, rs.repo_id):
                     raise HubError(f"the model card of {rs.repo_id}@{revision} is too large to read",
                                    path=spec)  # fmt: skip
         if offline or unreachable is not None:  # the card cached by an earlier run, if any
             kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")} | {"local_files_only": True}
-        root = _download(hf, rs.repo_id, revision, [CARD_NAME], **kw)
+        root = download_files(hf, rs.repo_id, revision, [CARD_NAME], **kw)
     except XorWeightsError:
         raise
     except Exception as e:
-        err = _hub_error(e, rs.repo_id, revision, endpoint, spec=spec, kind="file")
+        err = hub_error(e, rs.repo_id, revision, endpoint, spec=spec, kind="file")
         if err is not None:
             raise err from e
         why = (
@@ -156,7 +156,7 @@ def remote_checksums(
             if offline
             else f"the Hub is unreachable ({short_error(unreachable or e)})"
         )
-        if offline or unreachable is not None or _unreachable(e):
+        if offline or unreachable is not None or is_unreachable(e):
             raise HubError(
                 f"no local file {quoted(spec)}, and the model card of {rs.repo_id}@{revision} is not in the "
                 f"Hub cache: {why}",

@@ -23,7 +23,7 @@ from .access import _HTTP_MODULES, HubAccess, short_error
 logger = logging.getLogger(__name__)
 
 
-def _download_kwargs(access: HubAccess, progress: bool) -> dict[str, Any]:
+def download_kwargs(access: HubAccess, progress: bool) -> dict[str, Any]:
     """`hf_hub_download`'s keyword arguments for `access`."""
     kw: dict[str, Any] = {"endpoint": access.endpoint, "token": access.token}
     if access.local_dir is not None:
@@ -34,7 +34,7 @@ def _download_kwargs(access: HubAccess, progress: bool) -> dict[str, Any]:
     return kw
 
 
-def _snapshot(hf: Any, repo_id: str, revision: str, patterns: list[str] | None, **kw: Any) -> Path:
+def snapshot(hf: Any, repo_id: str, revision: str, patterns: list[str] | None, **kw: Any) -> Path:
     """`snapshot_download` of the files `patterns` matches; the snapshot folder."""
     return Path(hf.snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **kw))
 
@@ -43,7 +43,7 @@ def _snapshot(hf: Any, repo_id: str, revision: str, patterns: list[str] | None, 
 _STOP_GRACE = 0.5
 
 
-def _download(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any) -> Path:
+def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw: Any) -> Path:
     """Download `paths` one by one with `hf_hub_download` (into the same cache or folder as
     `snapshot_download`); returns the snapshot folder (or the download folder).
 
@@ -209,7 +209,7 @@ def _read_record(meta: Path, root: Path) -> str:
     return meta.read_text()
 
 
-def _recorded_commit(root: Path, local: bool, some_file: str) -> str | None:
+def recorded_commit(root: Path, local: bool, some_file: str) -> str | None:
     """The commit a snapshot holds: the folder's name in the cache; the download record in a folder."""
     if not local:
         return root.name
@@ -220,7 +220,7 @@ def _recorded_commit(root: Path, local: bool, some_file: str) -> str | None:
         return None
 
 
-def _recorded_etag(root: Path, local: bool, path: str) -> str | None:
+def recorded_etag(root: Path, local: bool, path: str) -> str | None:
     """The ETag huggingface_hub recorded when it downloaded `path` (sha256 for LFS, else git oid)."""
     if local:
         meta = root / ".cache" / "huggingface" / "download" / f"{path}.metadata"

@@ -23,21 +23,21 @@ from ..formats.payload_folder import PayloadHints, files_below, find_payload_dir
 from .access import (
     HubAccess,
     HubFile,
-    _hf,
-    _hub_error,
-    _offline_default,
-    _unreachable,
+    hf_lib,
+    hub_error,
+    is_unreachable,
     list_repo,
+    offline_default,
     short_error,
 )
 from .checksum_sources import (
-    _card_readable,
-    _release_checksums,
     bundled_checksums,
     card_checksums,
+    card_readable,
     checksum_names,
+    first_checksums,
 )
-from .download import _download, _download_kwargs, _recorded_commit, _recorded_etag, _snapshot
+from .download import download_files, download_kwargs, recorded_commit, recorded_etag, snapshot
 from .model_card import CARD_NAME
 from .repo_spec import RepoSpec, is_repo_spec, parse_payload_spec
 
@@ -127,11 +127,11 @@ def fetch(
     rs = parse_payload_spec(spec, revision=revision, subfolder=subfolder)
     access = access or HubAccess()
     repo_id, revision = rs.repo_id, rs.revision or "main"
-    hf = _hf()
+    hf = hf_lib()
     api = hf.HfApi(endpoint=access.endpoint, token=access.token)
     where = f"{repo_id}@{revision}"
-    offline = _offline_default() if access.offline is None else access.offline
-    kw = _download_kwargs(access, progress)
+    offline = offline_default() if access.offline is None else access.offline
+    kw = download_kwargs(access, progress)
     local = access.local_dir is not None
     choose = f"{repo_id}{'@' + rs.revision if rs.revision else ''}:SUBFOLDER (or --subfolder SUBFOLDER)"
 
@@ -143,23 +143,23 @@ def fetch(
         try:
             commit, listing = list_repo(api, repo_id, revision)
         except Exception as e:  # huggingface_hub's errors, or its HTTP client's connection errors
-            err = _hub_error(e, repo_id, revision, api.endpoint, spec=spec)
+            err = hub_error(e, repo_id, revision, api.endpoint, spec=spec)
             if err is not None:
                 raise err from e
-            if not _unreachable(e):
+            if not is_unreachable(e):
                 raise
             logger.warning("cannot reach %s (%s); looking in the local cache", api.endpoint, short_error(e))
             unreachable = e
         else:
             found = checksums or bundled_checksums(repo_id)
-            card = found is None and _card_readable(listing, repo_id)
+            card = found is None and card_readable(listing, repo_id)
             if card:  # the card first: its checksums may pick the folder
-                root = _download(hf, repo_id, revision, [CARD_NAME], **kw)
+                root = download_files(hf, repo_id, revision, [CARD_NAME], **kw)
                 found = card_checksums(root / CARD_NAME, root, repo_id)
             sub, paths = _payload_paths(listing, where, hints(found), card=card)
             logger.info("%s: downloading %d files of %s (commit %s)", repo_id, len(paths), sub or "/", commit)
-            root = _download(hf, repo_id, revision, paths, **kw)
-            got = _recorded_commit(root, local, paths[0])
+            root = download_files(hf, repo_id, revision, paths, **kw)
+            got = recorded_commit(root, local, paths[0])
             if got is not None and got != commit:  # the branch moved between listing and download
                 commit, listing = list_repo(api, repo_id, got)
                 sub, paths = _payload_paths(listing, where, hints(found), card=card)
@@ -233,18 +233,16 @@ def _from_cache(
         why = f"the Hub is unreachable ({short_error(unreachable)})"
     kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")}
     try:
-        root = _snapshot(hf, repo_id, revision, [], local_files_only=True, **kw)
+        root = snapshot(hf, repo_id, revision, [], local_files_only=True, **kw)
         if local and not (root / ".cache" / "huggingface" / "download").is_dir():
             raise FileNotFoundError(root)
         listing = files_below(root)
         if not [p for p in listing if p != CARD_NAME]:  # only the card (fetched for its checksums)
             raise FileNotFoundError(root)
-        found = _release_checksums(
-            repo_id, checksums, root / CARD_NAME if CARD_NAME in listing else None, root
-        )
+        found = first_checksums(repo_id, checksums, root / CARD_NAME if CARD_NAME in listing else None, root)
         sub, paths = _payload_paths(listing, where, hints(found), card=CARD_NAME in listing)
         # Lets huggingface_hub say whether the snapshot is complete (it knows when it kept the listing).
-        root = _snapshot(hf, repo_id, revision, [glob.escape(p) for p in paths], local_files_only=True, **kw)
+        root = snapshot(hf, repo_id, revision, [glob.escape(p) for p in paths], local_files_only=True, **kw)
     except XorWeightsError:
         raise
     except Exception as e:  # LocalEntryNotFoundError, IncompleteSnapshotError, missing folders
@@ -256,7 +254,7 @@ def _from_cache(
         ) from e
     files: dict[str, HubFile] = {}
     for p in paths:
-        etag = _recorded_etag(root, local, p)
+        etag = recorded_etag(root, local, p)
         if etag is None:  # nothing to check the file against: not taken on trust
             raise HubError(
                 f"{root / p} has no download record of huggingface_hub (not downloaded there, or the record "
@@ -266,7 +264,7 @@ def _from_cache(
         size = (root / p).stat().st_size
         lfs = etag is not None and len(etag) == 64
         files[p] = HubFile(size, None if lfs else etag, etag if lfs else None)
-    commit = _recorded_commit(root, local, paths[0]) if paths else None
+    commit = recorded_commit(root, local, paths[0]) if paths else None
     logger.info("%s: using the cached copy at %s (%s)", repo_id, root, why)
     return _checked(repo_id, revision, commit, root, sub, files, found)
 

@@ -227,7 +227,7 @@ class _CrcFile(io.BufferedWriter):
 # --- the pass ----------------------------------------------------------------------------------
 
 
-def _opened(stack: ExitStack, source: Source | None) -> Any:
+def _enter(stack: ExitStack, source: Source | None) -> Any:
     return stack.enter_context(source.open()) if source is not None else None  # type: ignore[arg-type]
 
 
@@ -235,8 +235,8 @@ def run_job(job: Job, bar: Any, stop: threading.Event, depth: int, folder: Outpu
     """Make one output: the pass into a temporary, the checks, then the rename and its record."""
     step = job.step
     with ExitStack() as stack:
-        data = _opened(stack, step.data)
-        base = _opened(stack, step.base)
+        data = _enter(stack, step.data)
+        base = _enter(stack, step.base)
         atomic = stack.enter_context(_create(job.out))
         out_file = _CrcFile(atomic)
         gzip = step.sink.gzip_mtime is not None
@@ -403,8 +403,8 @@ def output_digests(step: Step, algorithms: Sequence[str], out: Path) -> dict[str
     """The digests of the output `step` would make, computed without writing it."""
     job = Job(step=step, out=out, inputs={}, verb="decode", release="")
     with ExitStack() as stack:
-        data = _opened(stack, step.data)
-        base = _opened(stack, step.base)
+        data = _enter(stack, step.data)
+        base = _enter(stack, step.base)
         try:
             stats = xor_stream(
                 data, base, _Discard(), hashes={"out": algorithms}, chunk_size=1 << 20, depth=2
