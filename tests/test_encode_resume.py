@@ -217,3 +217,20 @@ def test_a_refused_encode_leaves_no_hidden_folder(model_pair, tmp_path: Path) ->
     with pytest.raises(xorweights.OutputExistsError):
         xorweights.encode(ft, base=base, out=out, format="oasst")
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+
+
+def test_a_forced_encode_killed_midway_keeps_the_finished_payload_whole(tmp_path: Path) -> None:
+    """The manifest of the payload in place goes only when the new payload files move in: a kill
+    before that leaves the old payload and its manifest as they were."""
+    base, ft = native_folders(tmp_path, mib=2)
+    out = tmp_path / "out"
+    assert run(encode_cmd(ft, base, out, "xorweights")).returncode == 0
+    before = payload(out)
+    changed = tmp_path / "ft2"
+    changed.mkdir()
+    for p in ft.iterdir():
+        (changed / p.name).write_bytes(p.read_bytes())
+    (changed / "config.json").write_bytes(b'{"model_type": "other"}\n')
+    died = run([*encode_cmd(changed, base, out, "xorweights"), "--force"], **{ENV_TEST_DIE_AFTER_RENAME: "1"})
+    assert died.returncode == 9, died.stderr
+    assert payload(out) == before  # xorweights.json included

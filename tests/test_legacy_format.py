@@ -288,3 +288,40 @@ def test_gzip_progress_counts_stored_bytes(tmp_path: Path, model_pair) -> None:
         while stream.readinto(bytearray(4096)):
             update(4096)
     assert compressed and bar.n == victim.stat().st_size
+
+
+@pytest.mark.parametrize("published", ["neither", "as stored"])
+def test_raw_rule_readings_are_tried_whole_whatever_the_published_size(
+    tmp_path: Path, published: str
+) -> None:
+    """A gzip-looking `added_tokens.json` under the raw rule: each reading is tried in full (its
+    inflate cap is the base's, not the published size), and the digest decides."""
+    import hashlib
+    import json
+
+    from xorweights.errors import ChecksumMismatchError
+
+    pay, base = write_files(tmp_path / "pay", {}), write_files(tmp_path / "base", {})
+    (base / "added_tokens.json").write_bytes(b'{"x": 1}\n')
+    stored = gzip.compress(bytes(range(256)) * 4, mtime=0)  # inflates to 1 KiB
+    (pay / "added_tokens.json").write_bytes(stored)
+    want = b"0123456789" if published == "neither" else stored
+    digest = {"sha256": hashlib.sha256(want).hexdigest(), "size": len(want)}
+    sums = tmp_path / "sums.json"
+    sums.write_text(
+        json.dumps(
+            {
+                "format": "xorweights-checksums/1",
+                "release": "r",
+                "stages": {"decoded": {"added_tokens.json": digest}},
+            }
+        )
+    )
+    if published == "neither":
+        with pytest.raises(ChecksumMismatchError, match="no reading of payload file"):
+            xorweights.decode(pay, base=base, out=tmp_path / "out", checksums=sums)
+        assert not (tmp_path / "out" / "added_tokens.json").exists()
+        return
+    report = xorweights.decode(pay, base=base, out=tmp_path / "out", checksums=sums)
+    assert [(f.action, f.verified) for f in report.files] == [("copy", True)]
+    assert (tmp_path / "out" / "added_tokens.json").read_bytes() == stored

@@ -226,3 +226,30 @@ def test_base_convert_cli(tmp_path: Path, capsys) -> None:
     assert code == 0
     doc = json.loads(out)
     assert {f["name"]: f["verified"] for f in doc["files"]}["pytorch_model.bin"] is True
+
+
+def test_base_convert_keeps_a_file_in_place_that_matches_the_release(tmp_path: Path) -> None:
+    """A file not made by xorweights that hashes to its published digest is kept (and recorded),
+    not regenerated; one that does not is refused without --force."""
+    import shutil
+
+    from xorweights.errors import OutputExistsError
+    from xorweights.llama.base import convert_base
+
+    case = CASES[1]
+    manifest = _weights_manifest(case, tmp_path)
+    convert_base(GOLDEN / case / "meta", tmp_path / "a", checksums=manifest)
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "pytorch_model.bin", tmp_path / "b" / "pytorch_model.bin")
+    before = (tmp_path / "b" / "pytorch_model.bin").stat().st_mtime_ns
+    report = convert_base(GOLDEN / case / "meta", tmp_path / "b", checksums=manifest)
+    by_name = {f.name: f for f in report.files}
+    assert by_name["pytorch_model.bin"].verified and set(by_name["pytorch_model.bin"].digests) == {
+        "md5",
+        "sha256",
+    }
+    assert (tmp_path / "b" / "pytorch_model.bin").stat().st_mtime_ns == before
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="config.json"):
+        convert_base(GOLDEN / case / "meta", tmp_path / "c", checksums=manifest)

@@ -496,3 +496,20 @@ def test_a_second_decode_keeps_what_the_first_made(release, tmp_path: Path) -> N
     kept = {f.name for f in again.files if f.kept}
     assert kept == set(tree(release["ft"])) - {"config.json"}
     assert tree(tmp_path / "out") == tree(release["ft"])
+
+
+def test_a_payload_using_no_base_tensor_decodes_without_a_base(tmp_path: Path) -> None:
+    """Every tensor stored raw (`allow_raw`): the base image is zeros, no base folder is needed."""
+    ft, base = tmp_path / "ft", tmp_path / "base"
+    ft.mkdir()
+    base.mkdir()
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, str(ft / "model.safetensors"))
+    save_file({"other": torch.arange(8, dtype=torch.float32)}, str(base / "model.safetensors"))
+    encoded = xorweights.encode(ft, base=base, out=tmp_path / "pay", allow_raw=["*"])
+    assert encoded.files[0].base_digests == {}  # a base image is not a file: nothing to record of it
+    assert not load_manifest(tmp_path / "pay" / "xorweights.json").base_tensors
+    for b in (base, tmp_path / "no-such-base"):
+        out = tmp_path / f"out-{b.name}"
+        report = xorweights.decode(tmp_path / "pay", base=b, out=out)
+        assert [f.verified for f in report.files] == [True]
+        assert tree(out) == tree(ft)

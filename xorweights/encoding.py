@@ -250,13 +250,9 @@ def _encode_native(
             atomic.commit()
         result[:] = [new]
 
-    def retire_manifest(_todo: Sequence[Step]) -> None:
-        """A half-made payload never passes for a finished one: its manifest is written last."""
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-
     plan = Plan(
         steps, out_dir, "encode", force=force, payload_folder=True, staged=True,
-        preflight=retire_manifest, reuse=reuse, finish=finish,
+        retire=(MANIFEST_NAME,), reuse=reuse, finish=finish,
     )  # fmt: skip
     outcome = run(plan, options)
     return outcome.files, result[0]

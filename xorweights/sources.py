@@ -171,7 +171,7 @@ class GeneratedSource:
 
     def open(self) -> BinaryIO:
         opener = self.base.opener(self.name)
-        return _opened("generating", self.name, opener)  # type: ignore[no-any-return]
+        return _opened("generating", self.label, opener)  # type: ignore[no-any-return]
 
     def size(self) -> int:
         """An estimate (a shard's tensor bytes, the tokenizer's JSON bounded): enough for space checks."""
@@ -185,7 +185,8 @@ class GeneratedSource:
 class BaseImageSource:
     """A native payload file's base: the base tensors at the payload's offsets (`BaseImage`)."""
 
-    store: TensorStore
+    store: TensorStore | None
+    """None when the payload uses no base tensor (every tensor stored raw): the image is zeros."""
     segments: tuple[tuple[int, str | None, str | None], ...]
     label: str
     detail: str = ""
@@ -201,7 +202,7 @@ class BaseImageSource:
         return sum(s[0] for s in self.segments)
 
     def identity(self) -> tuple[int, int]:
-        return self.store.identity()
+        return self.store.identity() if self.store is not None else (0, 0)
 
 
 class BaseImage(io.RawIOBase):
@@ -212,7 +213,9 @@ class BaseImage(io.RawIOBase):
     payload tensor's size, so that a grown vocabulary works.
     """
 
-    def __init__(self, store: TensorStore, segments: Sequence[tuple[int, str | None, str | None]]) -> None:
+    def __init__(
+        self, store: TensorStore | None, segments: Sequence[tuple[int, str | None, str | None]]
+    ) -> None:
         super().__init__()
         self.store = store
         self._segments = list(reversed(segments))  # (length, base tensor or None, dtype)
@@ -231,7 +234,7 @@ class BaseImage(io.RawIOBase):
             length, name, dtype = self._segments.pop()
             if length:
                 self._left = length
-                if name is not None:
+                if name is not None and self.store is not None:
                     self._reader = self.store.reader(name, dtype)
                 return True
         return False

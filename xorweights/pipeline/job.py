@@ -56,7 +56,9 @@ class Job:
         out = s.expect_out.algorithms() if s.expect_out else ()
         return {
             "data": s.hash_inputs,
-            "base": _union(base, s.hash_inputs) if s.base is not None else (),
+            "base": _union(base, s.hash_inputs if s.base.path is not None else ())
+            if s.base is not None
+            else (),
             "out": _union(out, s.sink.hash_written if s.sink.gzip_mtime is None else ()),
         }
 
@@ -194,7 +196,7 @@ _renamed = [0]
 _renamed_lock = threading.Lock()
 
 
-def _die_after_rename_for_tests() -> None:
+def die_after_rename_for_tests() -> None:
     """`ENV_TEST_DIE_AFTER_RENAME=N`: exit at once after the Nth rename, before it is recorded."""
     n = os.environ.get(ENV_TEST_DIE_AFTER_RENAME)
     if not n:
@@ -357,7 +359,7 @@ def _commit(
         atomic.commit(durable=job.fsync)
     except OSError as e:
         raise IOFailure("saving", job.out, e) from e
-    _die_after_rename_for_tests()
+    die_after_rename_for_tests()
     folder.record(name, digests, job.inputs, sources)
     return size
 

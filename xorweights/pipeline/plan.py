@@ -49,7 +49,7 @@ class Step:
     expect_out: FileDigest | None = None
     sink: Sink = PLAIN
     hash_inputs: tuple[str, ...] = ()
-    """Digests of the data and the base taken in the pass (an encode's manifest needs them)."""
+    """Digests of the data and of a base file taken in the pass (an encode's manifest needs them)."""
     options: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """More of what the output's bytes depend on, recorded with its inputs (e.g. gzip options)."""
     cause: str | None = None
@@ -89,8 +89,11 @@ class Plan:
     staged: bool = False
     """Outputs are made in the hidden staging folder, then moved into place together."""
     preflight: Callable[[Sequence[Step]], None] | None = None
-    """Called with the steps still to run, before any runs: checks (a base proof, the Hub's
-    sha256) and preparations (a payload's stale manifest removed)."""
+    """Called with the steps still to run, before any runs: checks (a base proof, the Hub's sha256)."""
+    retire: tuple[str, ...] = ()
+    """Files of a staged plan's folder removed just before the staged outputs move into place (a
+    finished folder's record, which `finish` writes again last: a half-made folder never passes
+    for a finished one)."""
     reuse: Reuse | None = None
     """Called first, under the lock: the reports of a finished output folder to keep whole, or None."""
     finish: Finish | None = None

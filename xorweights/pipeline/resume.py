@@ -26,13 +26,15 @@ def _keep(
     *,
     force: bool,
     rehash: bool,
+    also: Sequence[str] = (),
 ) -> Done | None:
     """The record of an output in place that can be kept, else None (it is made again).
 
     Kept unread: what an earlier run recorded and nothing has touched since (`OutputFolder.kept`;
     never with `rehash`). Otherwise the file is hashed and kept if it matches its published
     digests or, with none, the digests recorded from the same inputs. A file no run recorded is
-    hashed only against published digests, and not with `force`.
+    hashed only against published digests, and not with `force`; it is hashed for `also` too (the
+    digests its record must hold).
     """
     if not rehash:
         done = folder.kept(name, inputs, want, size)
@@ -46,7 +48,7 @@ def _keep(
     st = os.lstat(final) if final.is_file() and not final.is_symlink() else None
     if not compare or st is None or (size is not None and st.st_size != size):
         return None
-    got = hash_path(final, sorted({*compare, STATE_DIGEST}))
+    got = hash_path(final, sorted({*compare, *also, STATE_DIGEST}))
     if any(got[a] != d for a, d in compare.items()):
         if record is not None:
             source = "published" if want else "recorded"
@@ -59,7 +61,7 @@ def _complete(done: Done, step: Step) -> bool:
     """Whether a kept output's record holds every digest the run reports for it (an encode's
     manifest needs the digests of what the payload file was made from)."""
     have = [(done.digests, step.sink.hash_written), (done.sources.get("data", {}), step.hash_inputs)]
-    if step.base is not None:
+    if step.base is not None and step.base.path is not None:
         have.append((done.sources.get("base", {}), step.hash_inputs))
     return all(a in d for d, want in have for a in want)
 
@@ -86,7 +88,10 @@ def triage(
         want = step.expect_out
         digests = {a: want.get(a) or "" for a in want.algorithms()} if want is not None else {}
         size = want.size if want is not None else None
-        done = _keep(folder, step.name, inputs[step.name], digests, size, force=force, rehash=rehash)
+        done = _keep(
+            folder, step.name, inputs[step.name], digests, size, force=force, rehash=rehash,
+            also=step.sink.hash_written if step.sink.gzip_mtime is None else (),
+        )  # fmt: skip
         if done is not None and _complete(done, step):
             logger.info("%s: already in place and %s; kept", step.name, "verified" if digests else "complete")
             kept.append(_kept_report(step, done, verified=bool(digests)))

@@ -29,7 +29,7 @@ from ..constants import GZIP_MAGIC, PIPELINE_DEPTH, PIPELINE_SLOTS, STAGING_DIR,
 from ..errors import ImplausibleOutputError, IOFailure
 from ..reports import FileReport
 from ..sources import PayloadSource
-from .job import Job, _die_after_rename_for_tests, run_job
+from .job import Job, die_after_rename_for_tests, run_job
 from .plan import Plan, Step
 from .resume import Inputs, triage
 
@@ -101,7 +101,7 @@ def _make(
     plan: Plan, options: Options, folder: OutputFolder, todo: Sequence[Step], inputs: Mapping[str, Inputs]
 ) -> list[FileReport]:
     """Check space and the pre-flight, then run the steps into `folder`."""
-    check_outputs(folder.path, {s.name: _size_bound(s) for s in todo})
+    check_outputs(plan.out_dir, {s.name: _size_bound(s) for s in todo})
     if plan.preflight is not None:
         plan.preflight(todo)
     jobs = [
@@ -140,7 +140,7 @@ def _run_staged(
             # Staged files are ours whatever their records say (force): only complete ones are kept.
             todo, staged = triage(todo, inputs, stage, force=True, rehash=False)
             made = _make(plan, options, stage, todo, inputs)
-            _publish_staged(stage, folder, [*staged, *made], inputs)
+            _publish_staged(stage, folder, [*staged, *made], inputs, retire=plan.retire)
             outcome = Outcome(tuple(made), (*kept, *staged))
             if plan.finish is not None:
                 plan.finish(outcome.files, False)
@@ -255,17 +255,24 @@ def _drop_empty_staging(staging: Path, applies: bool) -> Iterator[None]:
 
 
 def _publish_staged(
-    stage: OutputFolder, folder: OutputFolder, staged: Sequence[FileReport], inputs: Mapping[str, Inputs]
+    stage: OutputFolder,
+    folder: OutputFolder,
+    staged: Sequence[FileReport],
+    inputs: Mapping[str, Inputs],
+    *,
+    retire: Sequence[str] = (),
 ) -> None:
     """Move finished outputs from the staging folder into place, each recorded in the folder's
     journal before its rename (a kill after it leaves a file the next run recognises) and dropped
-    from the staging records after it."""
+    from the staging records after it; the files `retire` names are removed first."""
     try:
+        for name in retire:
+            (folder.path / name).unlink(missing_ok=True)
         for f in staged:
             sources = {"data": f.input_digests, "base": f.base_digests}
             folder.intend(f.name, f.size, f.digests, inputs[f.name], sources=sources)
             os.replace(stage.path / f.name, folder.path / f.name)
-            _die_after_rename_for_tests()
+            die_after_rename_for_tests()
             folder.record(f.name, f.digests, inputs[f.name], sources)
             stage.discard([f.name])
         fsync_dir(folder.path)
