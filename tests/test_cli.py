@@ -213,3 +213,24 @@ def test_library_never_prints(tmp_path: Path, capsys, release) -> None:
     report = xorweights.decode(payload, base=base, out=tmp_path / "out", checksums=manifest, progress=False)
     assert isinstance(report, xorweights.DecodeReport)
     assert capsys.readouterr() == ("", "")
+
+
+def test_encode_manifest_never_lands_on_an_input_or_output(tmp_path: Path, capsys, release) -> None:
+    base, tuned, payload, manifest = release
+    config = (base / "config.json").read_bytes()
+    enc = ["encode", tuned, "--base", base, "--out", tmp_path / "p2", "--format", "oasst", "--quiet"]
+    for target, role in (
+        (base / "config.json", "base"),
+        (tuned / "x.json", "fine-tuned"),
+        (tmp_path / "p2" / "m.json", "out"),
+    ):
+        code, _, err = run(capsys, *enc, "--manifest", target)
+        assert code == 2 and f"lies inside the {role} folder" in err and err.count("\n") == 1, err
+    assert (base / "config.json").read_bytes() == config and not (tmp_path / "p2").exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, *enc, "--manifest", tmp_path / "notes.txt")
+    assert code == 2 and "is not a checksum manifest; refusing to overwrite" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    code, out, err = run(capsys, *enc, "--manifest", manifest)  # an earlier run's manifest: replaced
+    assert code == 0, err
+    assert json.loads(manifest.read_text())["format"] == "xorweights-checksums/1"

@@ -253,3 +253,43 @@ def test_base_convert_keeps_a_file_in_place_that_matches_the_release(tmp_path: P
     (tmp_path / "c" / "config.json").write_text("{}")
     with pytest.raises(OutputExistsError, match="config.json"):
         convert_base(GOLDEN / case / "meta", tmp_path / "c", checksums=manifest)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("dim", -1), ("n_layers", 10**9), ("n_heads", 0), ("n_heads", 3), ("dim", 1.5)]
+)
+def test_base_convert_refuses_impossible_params_before_writing(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    import shutil
+
+    from xorweights.errors import FormatError
+    from xorweights.llama.base import convert_base
+
+    src = tmp_path / "meta"
+    shutil.copytree(GOLDEN / CASES[0] / "meta", src)
+    params = json.loads((src / "params.json").read_text())
+    params[field] = value
+    (src / "params.json").write_text(json.dumps(params))
+    with pytest.raises(FormatError, match=f"params.json: not LLaMA params .*{field.replace('n_', '')}"):
+        convert_base(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_base_convert_refuses_its_source_as_out_and_a_fifo_shard(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from xorweights.errors import InputError, UnsafePathError
+    from xorweights.llama.base import convert_base
+
+    src = tmp_path / "meta"
+    shutil.copytree(GOLDEN / CASES[0] / "meta", src)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    with pytest.raises(InputError, match="--out must differ from the source folder"):
+        convert_base(src, src, force=True)
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    (src / "consolidated.00.pth").unlink()
+    os.mkfifo(src / "consolidated.00.pth")
+    with pytest.raises(UnsafePathError, match="not a regular file"):
+        convert_base(src, tmp_path / "out")

@@ -85,7 +85,9 @@ def loads(data: bytes | str, source: str) -> Any:
         )
         _check_strings(value)
     except json.JSONDecodeError as e:
-        raise FormatError(f"{source}: invalid JSON ({e.msg} at line {e.lineno})", path=source) from None
+        raise FormatError(
+            f"{source}: invalid JSON ({e.msg.removesuffix(' at')} at line {e.lineno})", path=source
+        ) from None
     except RecursionError:
         raise FormatError(f"{source}: JSON nested too deeply", path=source) from None
     except ValueError as e:  # _Refused, int() limits, surrogates

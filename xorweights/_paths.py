@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 
 from .constants import TEMP_PREFIX
-from .errors import FormatError, UnsafePathError
+from .errors import FormatError, InputError, UnsafePathError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -146,3 +146,16 @@ def check_folder_inside(path: Path, root: Path) -> None:
             "refusing to follow it",
             path=path,
         )
+
+
+def check_out_dir(out: Path, inputs: dict[str, Path]) -> None:
+    """`out` is a folder (or can be one) and none of the input folders.
+
+    Raises:
+        `InputError`: naming the clash.
+    """
+    for role, folder in inputs.items():
+        if out.resolve() == folder.resolve():
+            raise InputError(f"--out must differ from the {role} folder ({folder})", path=out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out must be a folder: {out}", path=out)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from . import hub
 from ._display import shown
-from ._paths import check_regular_file
+from ._paths import check_out_dir, check_regular_file
 from .checksums import ChecksumManifest, FileDigest, load_checksums
 from .constants import INFLATE_SLACK, WEIGHT_SUFFIXES, default_jobs
 from .errors import InputError, MissingFileError
@@ -189,19 +189,6 @@ def _locate(
         manifest = manifest or fetched.checksums  # bundled for the repo id, or the card's: found by fetch
     check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)  # a link out, or a FIFO: refused unread
     return _Located(payload_dir, Path(base), Path(out), manifest, fetched)
-
-
-def check_out_dir(out: Path, inputs: dict[str, Path]) -> None:
-    """`out` is a folder (or can be one) and none of the input folders.
-
-    Raises:
-        `InputError`: naming the clash.
-    """
-    for role, folder in inputs.items():
-        if out.resolve() == folder.resolve():
-            raise InputError(f"--out must differ from the {role} folder ({folder})", path=out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out must be a folder: {out}", path=out)
 
 
 def _check_listed(

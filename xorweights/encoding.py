@@ -13,9 +13,9 @@ from typing import Literal
 from ._atomic import AtomicFile
 from ._outdir import STATE_DIGEST
 from ._outdir import hash_path as hash_file
+from ._paths import check_out_dir
 from .checksums import ChecksumManifest, FileDigest
 from .constants import default_jobs
-from .decoding import check_out_dir
 from .errors import InputError, MissingFileError, OutputExistsError, XorWeightsError
 from .formats import native, oasst
 from .formats.native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, load_manifest

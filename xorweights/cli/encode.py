@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -72,6 +73,8 @@ def encode_cmd(
     Every fine-tuned tensor must have a base counterpart: one without would be stored in the clear,
     so the encode refuses it unless an --allow-raw pattern names it.
     """
+    if manifest is not None:
+        _check_manifest_path(manifest, {"fine-tuned": finetuned, "base": base, "out": out}, force=force)
     report = encode(
         finetuned,
         base=base,
@@ -99,3 +102,29 @@ def encode_cmd(
     else:
         print_encode(report, manifest)
     return EXIT_OK
+
+
+def _check_manifest_path(manifest: Path, folders: dict[str, Path], *, force: bool) -> None:
+    """--manifest goes outside the input and output folders, and replaces only a checksum manifest
+    (an earlier run's) unless --force.
+
+    Raises:
+        `InputError`: naming the clash, before anything is read.
+    """
+    from ..checksums import load_manifest_file
+    from ..errors import InputError, XorWeightsError
+
+    target = manifest.resolve()
+    for role, folder in folders.items():
+        if folder.resolve() in target.parents:
+            raise InputError(f"--manifest {manifest} lies inside the {role} folder {folder}", path=manifest)
+    if not os.path.lexists(manifest) or force:
+        return
+    try:
+        load_manifest_file(manifest)
+    except XorWeightsError:
+        raise InputError(
+            f"--manifest {manifest} exists and is not a checksum manifest; refusing to overwrite it "
+            "(use --force)",
+            path=manifest,
+        ) from None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _json
+from .._paths import check_out_dir
 from ..checksums import ChecksumManifest, load_checksums
 from ..errors import FormatError, InputError
 from .convert import GeneratedFile, open_base, write_shard
@@ -111,6 +112,7 @@ def convert_base(
 
     started = time.perf_counter()
     src, out_dir = Path(source), Path(out)
+    check_out_dir(out_dir, {"source": src})
     generated = GeneratedBase(src)
     name = _layout_name(generated.layout)
     if layout is not None and layout.lower() != name:

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .. import _json
+from .._paths import check_regular_file
 from ..errors import FormatError, MissingFileError
 from ..tensors.dtypes import NUMPY_DTYPES
 from ..tensors.store import StoredTensor, index_tensors
@@ -65,6 +66,8 @@ class MetaCheckpoint:
             raise FormatError(
                 f"{folder}: expected consolidated.00.pth ... in sequence, found {names}", path=folder
             )
+        for n in names:  # a FIFO would block the read
+            check_regular_file(folder / n, folder)
         return cls(folder, params, [read_checkpoint(folder / n) for n in names])
 
     def layout(self) -> LlamaLayout:

@@ -21,6 +21,8 @@ PINNED_TRANSFORMERS_VERSION = "4.29.0.dev0"
 MAX_SHARD_BYTES = 10 * 10**9
 #: Meta's model-parallel shard count per size, as the conversion script has it.
 NUM_SHARDS = {"7B": 1, "13B": 2, "30B": 4, "65B": 8}
+#: More layers than any LLaMA has (80): a params.json asking for more is refused, not allocated.
+MAX_LAYERS = 1024
 #: `model_max_length` the 4.28-era LlamaTokenizer saved (`int(1e30)`).
 _MODEL_MAX_LENGTH = int(1e30)
 
@@ -43,6 +45,21 @@ class LlamaLayout:
     max_positions: int = 2048
     num_shards: int = 1
     """Meta's model-parallel shards (`consolidated.NN.pth`)."""
+
+    def __post_init__(self) -> None:
+        """Refuse a shape no LLaMA has (from a hostile or broken params.json or config.json).
+
+        Raises:
+            `ValueError`: naming the field and its value.
+        """
+        limits = {"dim": 1 << 16, "n_layers": MAX_LAYERS, "n_heads": 1 << 10, "intermediate": 1 << 18,
+                  "vocab": 1 << 22, "num_shards": 1 << 8}  # fmt: skip
+        for name, limit in limits.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 < value <= limit:
+                raise ValueError(f"{name} is {value!r}; expected a whole number from 1 to {limit}")
+        if self.dim % self.n_heads or self.head_dim % 2:
+            raise ValueError(f"dim {self.dim} is not n_heads {self.n_heads} heads of an even width")
 
     @classmethod
     def preset(cls, name: str) -> LlamaLayout:
