@@ -1,0 +1,159 @@
+"""Delta frames (compressed native payloads): exact layout, lossless round trips, refusals.
+
+The expected values and planes are computed here independently, with Python integers."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import zstandard
+
+from xorweights.errors import FormatError
+from xorweights.formats.delta_frames import (
+    DELTA,
+    GROUPED,
+    MAX_FRAME_BYTES,
+    STORED,
+    compressor,
+    decode_frame,
+    decompressor,
+    encode_frame,
+    head_size,
+    parse_head,
+)
+
+WIDTH = {"F16": 2, "BF16": 2, "F32": 4, "I64": 8, "U8": 1}
+
+
+def _split(frame: bytes) -> tuple[object, list[bytes]]:
+    head = parse_head(frame[: head_size(frame[:2])], "frame")
+    planes, at = [], head_size(frame[:2])
+    for n in head.planes:
+        planes.append(frame[at : at + n])
+        at += n
+    assert at == len(frame) == head.size
+    return head, planes
+
+
+def _zigzag(out: int, base: int, width: int) -> int:
+    """Independent: the wrapping difference as a signed integer, zigzag-encoded."""
+    bits = 8 * width
+    d = (out - base) % (1 << bits)
+    signed = d - (1 << bits) if d >> (bits - 1) else d
+    return (signed << 1) % (1 << bits) if signed >= 0 else ((-signed) << 1) - 1
+
+
+def _special(dtype: str) -> list[int]:
+    """Bit patterns of NaNs, infinities, zeros, subnormals and extremes in `dtype`."""
+    if dtype == "F16":
+        return [0x7E00, 0x7C01, 0xFC00, 0x7C00, 0x0000, 0x8000, 0x0001, 0x8001, 0x7BFF, 0xFBFF, 0x3C00]
+    if dtype == "BF16":
+        return [0x7FC0, 0x7F81, 0xFF80, 0x7F80, 0x0000, 0x8000, 0x0001, 0x8001, 0x7F7F, 0xFF7F, 0x3F80]
+    return [
+        0x7FC00000,
+        0x7F800001,
+        0xFF800000,
+        0x7F800000,
+        0,
+        0x80000000,
+        1,
+        0x80000001,
+        0x7F7FFFFF,
+        0x3F800000,
+    ]
+
+
+def _pair(dtype: str, n: int, seed: int) -> tuple[bytes, bytes]:
+    rng = np.random.default_rng(seed)
+    w = WIDTH[dtype]
+    kind = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[w]
+    base = rng.integers(0, np.iinfo(kind).max, n, dtype=kind, endpoint=True)
+    out = base.copy()
+    if n:
+        out += rng.integers(0, 3, n, dtype=kind)  # small steps, wrapping at both ends too
+        if dtype in ("F16", "BF16", "F32"):
+            sp = np.array(_special(dtype), dtype=kind)
+            k = min(n, len(sp))
+            base[:k], out[-k:] = sp[:k], sp[::-1][:k]
+    return out.tobytes(), base.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32", "I64", "U8"])
+@pytest.mark.parametrize("n", [0, 1, 3, 4097, (1 << 20) + 1])
+def test_round_trip(dtype: str, n: int) -> None:
+    out, base = _pair(dtype, n, seed=n)
+    transforms = [STORED, DELTA] + ([GROUPED] if dtype in ("F16", "BF16", "F32") else [])
+    for t in transforms:
+        frame = encode_frame(out, base, t, WIDTH[dtype], dtype, compressor())
+        head, planes = _split(frame)
+        got = decode_frame(head, planes, base if t != STORED else b"", dtype, decompressor(), "f")
+        assert got.tobytes() == out, (dtype, n, t)
+
+
+def test_exact_layout_of_a_delta_frame() -> None:
+    """Head bytes pinned; each plane one zstd frame declaring n bytes, holding byte j of every
+    zigzag value (least significant plane first)."""
+    base = struct.pack("<4H", 0x3C00, 0x0001, 0xFFFF, 0x8000)
+    out = struct.pack("<4H", 0x3C01, 0xFFFF, 0x0000, 0x8000)
+    frame = encode_frame(out, base, DELTA, 2, "F16", compressor())
+    head, planes = _split(frame)
+    assert frame[:8] == bytes.fromhex("01 02 0000 04000000".replace(" ", ""))
+    assert frame[8:16] == struct.pack("<2I", *(len(p) for p in planes))
+    values = [
+        _zigzag(o, b, 2) for o, b in zip(struct.unpack("<4H", out), struct.unpack("<4H", base), strict=True)
+    ]
+    assert values == [2, 3, 2, 0]  # +1, -2, +1 (wrapping), 0
+    for j, plane in enumerate(planes):
+        assert zstandard.frame_content_size(plane) == 4
+        assert zstandard.ZstdDecompressor().decompress(plane) == bytes((v >> (8 * j)) & 0xFF for v in values)
+
+
+def test_grouped_frame_orders_values_by_the_base_exponent() -> None:
+    base_vals = [0x3C00, 0x0400, 0x3C01, 0x0001]  # exponents 15, 1, 15, 0
+    base = struct.pack("<4H", *base_vals)
+    out = struct.pack("<4H", 0x3C02, 0x0401, 0x3C01, 0x0003)
+    frame = encode_frame(out, base, GROUPED, 2, "F16", compressor())
+    head, planes = _split(frame)
+    assert frame[0] == GROUPED
+    values = [_zigzag(o, b, 2) for o, b in zip(struct.unpack("<4H", out), base_vals, strict=True)]
+    order = sorted(range(4), key=lambda i: ((base_vals[i] >> 10) & 0x1F, i))  # stable
+    low = zstandard.ZstdDecompressor().decompress(planes[0])
+    assert list(low) == [values[i] & 0xFF for i in order]
+    assert decode_frame(head, planes, base, "F16", decompressor(), "f").tobytes() == out
+
+
+def test_stored_frame_layout() -> None:
+    frame = encode_frame(b"header bytes", b"", STORED, 1, "", compressor())
+    assert frame[:8] == bytes([STORED, 1, 0, 0]) + struct.pack("<I", 12)
+    assert zstandard.ZstdDecompressor().decompress(frame[12:]) == b"header bytes"
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: bytes([7]) + f[1:], "unknown frame"),
+        (lambda f: f[:2] + b"\x01\x00" + f[4:], "unknown frame"),
+        (lambda f: f[:1] + b"\x03" + f[2:], "element width 3"),
+        (lambda f: f[:4] + struct.pack("<I", MAX_FRAME_BYTES // 2 + 1) + f[8:], "more than"),
+        (lambda f: f[:4] + struct.pack("<I", 5) + f[8:], "declares 4 bytes, the frame 5"),
+        (lambda f: f[:16] + b"\x00" * 4 + f[20:], "not a valid zstd frame"),
+    ],
+)
+def test_damaged_frames_are_refused(damage, message: str) -> None:
+    base = struct.pack("<4H", 1, 2, 3, 4)
+    frame = damage(encode_frame(struct.pack("<4H", 2, 3, 4, 5), base, DELTA, 2, "F16", compressor()))
+    with pytest.raises(FormatError, match=message):
+        head, planes = _split(frame)
+        span = (base + bytes(64))[: head.out_size]  # the base a reader gives for the span the head says
+        decode_frame(head, planes, span, "F16", decompressor(), "payload.xwz frame 3")
+
+
+def test_a_plane_of_two_zstd_frames_is_refused() -> None:
+    base = struct.pack("<2H", 1, 2)
+    frame = encode_frame(struct.pack("<2H", 1, 2), base, DELTA, 2, "F16", compressor())
+    head, planes = _split(frame)
+    extra = zstandard.ZstdCompressor(write_content_size=True).compress(b"")
+    with pytest.raises(FormatError, match="not one zstd frame"):
+        decode_frame(head, [planes[0] + extra, planes[1]], base, "F16", decompressor(), "f")

@@ -1,0 +1,205 @@
+"""Delta frames: the compressed form of a native payload's bytes (format version 2).
+
+A compressed payload file is a sequence of frames covering the output file's bytes in order.
+Each frame is decodable on its own, given the base bytes of the same span (the base image, which
+is zeros where the output holds its header or a tensor stored raw):
+
+    offset  size     field (little-endian)
+    0       1        transform: 0 stored, 1 delta, 2 delta grouped by the base's exponent
+    1       1        element width w in bytes: 1, 2, 4 or 8 (1 for stored)
+    2       2        reserved, 0
+    4       4        n: elements in the frame (bytes, for stored); n * w at most MAX_FRAME_BYTES
+    8       4 * w    compressed length of each plane, least significant plane first
+    8 + 4w  ...      the planes, each one zstd frame that declares its content size, n bytes
+
+- stored: one plane, the n output bytes as they are.
+- delta: element i's value is zigzag(out_i - base_i), the wrapping difference of the bit
+  patterns as w-byte unsigned integers (`(d << 1) ^ (d >> (8w - 1))` on the signed view); plane j
+  holds byte j of every value. Decoding: un-zigzag, then add the base (wrapping).
+- delta grouped: as delta, but the values are in the order of a stable sort of the elements by the
+  base's exponent field (float16: bits 10-14; bfloat16 and float32: the byte after the sign bit),
+  which the decoder recomputes from the base. Only for float16, bfloat16 and float32.
+
+Writers cut frames at tensor boundaries, at most `FRAME_ELEMENTS` elements (stored frames:
+`STORED_FRAME_BYTES` bytes). Readers refuse a frame of over `MAX_FRAME_BYTES` bytes of output, a
+reserved field that is not 0, a plane that is not one zstd frame of exactly n bytes, and any byte
+after the last frame's planes that is not another frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import FormatError
+
+logger = logging.getLogger(__name__)
+
+STORED, DELTA, GROUPED = 0, 1, 2
+TRANSFORMS = (STORED, DELTA, GROUPED)
+#: Elements per frame a writer puts at most (2^20: under 0.3% larger than whole tensors).
+FRAME_ELEMENTS = 1 << 20
+#: Bytes a stored frame holds at most, as writers cut them.
+STORED_FRAME_BYTES = 1 << 22
+#: What a reader accepts at most, in bytes of output: bounds the memory one frame takes.
+MAX_FRAME_BYTES = 1 << 25
+#: zstd level of every plane (levels above 1 were measured no smaller on fine-tuning deltas).
+ZSTD_LEVEL = 1
+
+_HEAD = struct.Struct("<BBHI")
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+#: Dtypes whose exponent field the grouped transform sorts by.
+GROUPABLE = ("F16", "BF16", "F32")
+
+Transform = Literal[0, 1, 2]
+
+
+def _zstd() -> Any:
+    import zstandard
+
+    return zstandard
+
+
+@dataclass(frozen=True)
+class FrameHead:
+    """A frame's fixed fields and the compressed length of each of its planes."""
+
+    transform: int
+    width: int
+    count: int
+    planes: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the frame: its head and its planes."""
+        return _HEAD.size + 4 * len(self.planes) + sum(self.planes)
+
+    @property
+    def out_size(self) -> int:
+        """Bytes of output the frame makes."""
+        return self.count * self.width
+
+
+def _exponent_order(base: np.ndarray, dtype: str) -> np.ndarray:
+    """The stable order of the elements by the base's exponent field (recomputable from the base)."""
+    if dtype == "F16":
+        keys = ((base >> 10) & 0x1F).astype(np.uint8)
+    else:  # bfloat16 and float32: the exponent is the top byte once the sign bit is shifted out
+        keys = np.ascontiguousarray((base << 1).view(np.uint8)[base.itemsize - 1 :: base.itemsize])
+    return np.argsort(keys, kind="stable")
+
+
+def encode_frame(
+    out: memoryview | bytes, base: memoryview | bytes, transform: int, width: int, dtype: str, cctx: Any
+) -> bytes:
+    """One frame making the bytes `out` from the base bytes `base` (as long as `out`).
+
+    `dtype` (a safetensors dtype name) matters only to the grouped transform.
+    """
+    if transform == STORED:
+        planes = [cctx.compress(bytes(out))]
+        return _HEAD.pack(STORED, 1, 0, len(out)) + struct.pack("<I", len(planes[0])) + planes[0]
+    if len(out) % width or len(base) != len(out):
+        raise ValueError(f"frame of {len(out)} bytes, base {len(base)}, is not whole {width}-byte elements")
+    f = np.frombuffer(out, dtype=_UINT[width])
+    b = np.frombuffer(base, dtype=_UINT[width])
+    d = (f - b).view(_INT[width])
+    z = ((d << 1) ^ (d >> (8 * width - 1))).view(_UINT[width])
+    if transform == GROUPED:
+        z = z[_exponent_order(b, dtype)]
+    rows = z.view(np.uint8).reshape(-1, width).T.copy()  # row j: byte j of every value
+    planes = [cctx.compress(row.data) for row in rows]
+    sizes = struct.pack(f"<{width}I", *(len(p) for p in planes))
+    return _HEAD.pack(transform, width, 0, len(f)) + sizes + b"".join(planes)
+
+
+def parse_head(head: bytes, where: str) -> FrameHead:
+    """The fixed fields and plane lengths of a frame, from its first `8 + 4w` bytes (`head_size`).
+
+    Raises:
+        `FormatError`: a field out of range, naming `where`.
+    """
+    if len(head) < _HEAD.size:
+        raise FormatError(f"{where}: ends inside a frame head", path=where)
+    transform, width, reserved, count = _HEAD.unpack_from(head)
+    if transform not in TRANSFORMS or reserved:
+        raise FormatError(f"{where}: unknown frame (transform {transform}, reserved {reserved})", path=where)
+    if width not in _UINT or (transform == STORED and width != 1):
+        raise FormatError(f"{where}: frame element width {width}; expected 1, 2, 4 or 8", path=where)
+    if count * width > MAX_FRAME_BYTES:
+        raise FormatError(f"{where}: frame of {count * width} bytes, more than {MAX_FRAME_BYTES}", path=where)
+    n_planes = 1 if transform == STORED else width
+    if len(head) < _HEAD.size + 4 * n_planes:
+        raise FormatError(f"{where}: ends inside a frame head", path=where)
+    planes = struct.unpack_from(f"<{n_planes}I", head, _HEAD.size)
+    return FrameHead(transform, width, count, planes)
+
+
+def head_size(first: bytes) -> int:
+    """How long a frame's head is, from its first 2 bytes (transform and width)."""
+    transform, width = first[0], first[1]
+    return _HEAD.size + 4 * (1 if transform == STORED else max(1, width))
+
+
+def decode_frame(
+    head: FrameHead, planes: Sequence[bytes], base: memoryview | bytes, dtype: str, dctx: Any, where: str
+) -> np.ndarray:
+    """The output bytes of a frame (a uint8 array), from its planes and the base bytes of its span.
+
+    Raises:
+        `FormatError`: a plane that is not one zstd frame of exactly `count` bytes.
+    """
+    n = head.count
+    if head.transform == STORED:
+        return np.frombuffer(_plane(planes[0], n, dctx, where), dtype=np.uint8)
+    w = head.width
+    if len(base) != n * w:
+        raise FormatError(f"{where}: frame spans {n * w} bytes, base gave {len(base)}", path=where)
+    g = np.empty((n, w), np.uint8)
+    for j, blob in enumerate(planes):
+        g[:, j] = np.frombuffer(_plane(blob, n, dctx, where), dtype=np.uint8)
+    z = g.view(_UINT[w]).reshape(-1)
+    b = np.frombuffer(base, dtype=_UINT[w])
+    if head.transform == GROUPED:
+        if dtype not in GROUPABLE or w != (4 if dtype == "F32" else 2):
+            raise FormatError(f"{where}: grouped frame for a {dtype} tensor", path=where)
+        u = np.empty_like(z)
+        u[_exponent_order(b, dtype)] = z
+        z = u
+    s = z & 1
+    np.negative(s, out=s)
+    z >>= 1
+    z ^= s
+    z += b
+    return z.view(np.uint8)
+
+
+def _plane(blob: bytes, n: int, dctx: Any, where: str) -> bytes:
+    zstd = _zstd()
+    try:
+        size = zstd.frame_content_size(blob)
+        if size != n:
+            raise FormatError(f"{where}: a plane declares {size} bytes, the frame {n}", path=where)
+        stream = dctx.decompressobj()
+        data = stream.decompress(blob)
+    except zstd.ZstdError as e:
+        raise FormatError(f"{where}: a plane is not a valid zstd frame ({e})", path=where) from None
+    if len(data) != n or not stream.eof or stream.unused_data:
+        raise FormatError(f"{where}: a plane is not one zstd frame of {n} bytes", path=where)
+    return data
+
+
+def compressor() -> Any:
+    """A zstd compressor at `ZSTD_LEVEL` that writes each frame's content size (one per thread)."""
+    return _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+
+
+def decompressor() -> Any:
+    """A zstd decompressor (one per thread)."""
+    return _zstd().ZstdDecompressor()
