@@ -88,7 +88,7 @@ def test_round_trip(dtype: str, n: int) -> None:
     for t in transforms:
         frame = encode_frame(out, base, t, WIDTH[dtype], dtype, compressor())
         head, planes = _split(frame)
-        got = decode_frame(head, planes, base if t != STORED else b"", dtype, decompressor(), "f")
+        got = decode_frame(head, planes, base if t != STORED else b"", decompressor(), "f")
         assert got.tobytes() == out, (dtype, n, t)
 
 
@@ -116,12 +116,12 @@ def test_grouped_frame_orders_values_by_the_base_exponent() -> None:
     out = struct.pack("<4H", 0x3C02, 0x0401, 0x3C01, 0x0003)
     frame = encode_frame(out, base, GROUPED, 2, "F16", compressor())
     head, planes = _split(frame)
-    assert frame[0] == GROUPED
+    assert frame[:4] == bytes([GROUPED, 2, 1, 0])  # key 1: float16's exponent
     values = [_zigzag(o, b, 2) for o, b in zip(struct.unpack("<4H", out), base_vals, strict=True)]
     order = sorted(range(4), key=lambda i: ((base_vals[i] >> 10) & 0x1F, i))  # stable
     low = zstandard.ZstdDecompressor().decompress(planes[0])
     assert list(low) == [values[i] & 0xFF for i in order]
-    assert decode_frame(head, planes, base, "F16", decompressor(), "f").tobytes() == out
+    assert decode_frame(head, planes, base, decompressor(), "f").tobytes() == out
 
 
 def test_stored_frame_layout() -> None:
@@ -134,7 +134,8 @@ def test_stored_frame_layout() -> None:
     "damage, message",
     [
         (lambda f: bytes([7]) + f[1:], "unknown frame"),
-        (lambda f: f[:2] + b"\x01\x00" + f[4:], "unknown frame"),
+        (lambda f: f[:3] + b"\x01" + f[4:], "unknown frame"),
+        (lambda f: f[:2] + b"\x02" + f[3:], "grouping key 2"),
         (lambda f: f[:1] + b"\x03" + f[2:], "element width 3"),
         (lambda f: f[:4] + struct.pack("<I", MAX_FRAME_BYTES // 2 + 1) + f[8:], "more than"),
         (lambda f: f[:4] + struct.pack("<I", 5) + f[8:], "declares 4 bytes, the frame 5"),
@@ -147,7 +148,7 @@ def test_damaged_frames_are_refused(damage, message: str) -> None:
     with pytest.raises(FormatError, match=message):
         head, planes = _split(frame)
         span = (base + bytes(64))[: head.out_size]  # the base a reader gives for the span the head says
-        decode_frame(head, planes, span, "F16", decompressor(), "payload.xwz frame 3")
+        decode_frame(head, planes, span, decompressor(), "payload.xwz frame 3")
 
 
 def test_a_plane_of_two_zstd_frames_is_refused() -> None:
@@ -156,4 +157,4 @@ def test_a_plane_of_two_zstd_frames_is_refused() -> None:
     head, planes = _split(frame)
     extra = zstandard.ZstdCompressor(write_content_size=True).compress(b"")
     with pytest.raises(FormatError, match="not one zstd frame"):
-        decode_frame(head, [planes[0] + extra, planes[1]], base, "F16", decompressor(), "f")
+        decode_frame(head, [planes[0] + extra, planes[1]], base, decompressor(), "f")

@@ -7,7 +7,9 @@ is zeros where the output holds its header or a tensor stored raw):
     offset  size     field (little-endian)
     0       1        transform: 0 stored, 1 delta, 2 delta grouped by the base's exponent
     1       1        element width w in bytes: 1, 2, 4 or 8 (1 for stored)
-    2       2        reserved, 0
+    2       1        grouping key (grouped only, else 0): 1 float16's exponent (bits 10-14),
+                     2 the byte after the sign bit (bfloat16's and float32's exponent)
+    3       1        reserved, 0
     4       4        n: elements in the frame (bytes, for stored); n * w at most MAX_FRAME_BYTES
     8       4 * w    compressed length of each plane, least significant plane first
     8 + 4w  ...      the planes, each one zstd frame that declares its content size, n bytes
@@ -16,9 +18,9 @@ is zeros where the output holds its header or a tensor stored raw):
 - delta: element i's value is zigzag(out_i - base_i), the wrapping difference of the bit
   patterns as w-byte unsigned integers (`(d << 1) ^ (d >> (8w - 1))` on the signed view); plane j
   holds byte j of every value. Decoding: un-zigzag, then add the base (wrapping).
-- delta grouped: as delta, but the values are in the order of a stable sort of the elements by the
-  base's exponent field (float16: bits 10-14; bfloat16 and float32: the byte after the sign bit),
-  which the decoder recomputes from the base. Only for float16, bfloat16 and float32.
+- delta grouped: as delta, but the values are in the order of a stable sort of the elements by
+  the key of the base's element, which the decoder recomputes from the base (key 1 with w = 2,
+  key 2 with w = 2 or 4).
 
 Writers cut frames at tensor boundaries, at most `FRAME_ELEMENTS` elements (stored frames:
 `STORED_FRAME_BYTES` bytes). Readers refuse a frame of over `MAX_FRAME_BYTES` bytes of output, a
@@ -51,11 +53,11 @@ MAX_FRAME_BYTES = 1 << 25
 #: zstd level of every plane (levels above 1 were measured no smaller on fine-tuning deltas).
 ZSTD_LEVEL = 1
 
-_HEAD = struct.Struct("<BBHI")
+_HEAD = struct.Struct("<BBBBI")
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
-#: Dtypes whose exponent field the grouped transform sorts by.
-GROUPABLE = ("F16", "BF16", "F32")
+#: The grouping key of each float dtype: 1 float16's exponent, 2 the byte after the sign bit.
+GROUP_KEYS = {"F16": 1, "BF16": 2, "F32": 2}
 
 Transform = Literal[0, 1, 2]
 
@@ -72,6 +74,7 @@ class FrameHead:
 
     transform: int
     width: int
+    key: int
     count: int
     planes: tuple[int, ...]
 
@@ -86,9 +89,9 @@ class FrameHead:
         return self.count * self.width
 
 
-def _exponent_order(base: np.ndarray, dtype: str) -> np.ndarray:
-    """The stable order of the elements by the base's exponent field (recomputable from the base)."""
-    if dtype == "F16":
+def _exponent_order(base: np.ndarray, key: int) -> np.ndarray:
+    """The stable order of the elements by their key (the base's exponent: recomputable from it)."""
+    if key == 1:
         keys = ((base >> 10) & 0x1F).astype(np.uint8)
     else:  # bfloat16 and float32: the exponent is the top byte once the sign bit is shifted out
         keys = np.ascontiguousarray((base << 1).view(np.uint8)[base.itemsize - 1 :: base.itemsize])
@@ -100,11 +103,12 @@ def encode_frame(
 ) -> bytes:
     """One frame making the bytes `out` from the base bytes `base` (as long as `out`).
 
-    `dtype` (a safetensors dtype name) matters only to the grouped transform.
+    `dtype` (a safetensors dtype name) gives the grouped transform its key (`GROUP_KEYS`).
     """
     if transform == STORED:
         planes = [cctx.compress(bytes(out))]
-        return _HEAD.pack(STORED, 1, 0, len(out)) + struct.pack("<I", len(planes[0])) + planes[0]
+        return _HEAD.pack(STORED, 1, 0, 0, len(out)) + struct.pack("<I", len(planes[0])) + planes[0]
+    key = GROUP_KEYS[dtype] if transform == GROUPED else 0
     if len(out) % width or len(base) != len(out):
         raise ValueError(f"frame of {len(out)} bytes, base {len(base)}, is not whole {width}-byte elements")
     f = np.frombuffer(out, dtype=_UINT[width])
@@ -112,11 +116,11 @@ def encode_frame(
     d = (f - b).view(_INT[width])
     z = ((d << 1) ^ (d >> (8 * width - 1))).view(_UINT[width])
     if transform == GROUPED:
-        z = z[_exponent_order(b, dtype)]
+        z = z[_exponent_order(b, key)]
     rows = z.view(np.uint8).reshape(-1, width).T.copy()  # row j: byte j of every value
     planes = [cctx.compress(row.data) for row in rows]
     sizes = struct.pack(f"<{width}I", *(len(p) for p in planes))
-    return _HEAD.pack(transform, width, 0, len(f)) + sizes + b"".join(planes)
+    return _HEAD.pack(transform, width, key, 0, len(f)) + sizes + b"".join(planes)
 
 
 def parse_head(head: bytes, where: str) -> FrameHead:
@@ -127,18 +131,21 @@ def parse_head(head: bytes, where: str) -> FrameHead:
     """
     if len(head) < _HEAD.size:
         raise FormatError(f"{where}: ends inside a frame head", path=where)
-    transform, width, reserved, count = _HEAD.unpack_from(head)
+    transform, width, key, reserved, count = _HEAD.unpack_from(head)
     if transform not in TRANSFORMS or reserved:
         raise FormatError(f"{where}: unknown frame (transform {transform}, reserved {reserved})", path=where)
     if width not in _UINT or (transform == STORED and width != 1):
         raise FormatError(f"{where}: frame element width {width}; expected 1, 2, 4 or 8", path=where)
+    keys = {1: (2,), 2: (2, 4)} if transform == GROUPED else {0: (width,)}
+    if width not in keys.get(key, ()):
+        raise FormatError(f"{where}: grouping key {key} for {width}-byte elements", path=where)
     if count * width > MAX_FRAME_BYTES:
         raise FormatError(f"{where}: frame of {count * width} bytes, more than {MAX_FRAME_BYTES}", path=where)
     n_planes = 1 if transform == STORED else width
     if len(head) < _HEAD.size + 4 * n_planes:
         raise FormatError(f"{where}: ends inside a frame head", path=where)
     planes = struct.unpack_from(f"<{n_planes}I", head, _HEAD.size)
-    return FrameHead(transform, width, count, planes)
+    return FrameHead(transform, width, key, count, planes)
 
 
 def head_size(first: bytes) -> int:
@@ -148,7 +155,7 @@ def head_size(first: bytes) -> int:
 
 
 def decode_frame(
-    head: FrameHead, planes: Sequence[bytes], base: memoryview | bytes, dtype: str, dctx: Any, where: str
+    head: FrameHead, planes: Sequence[bytes], base: memoryview | bytes, dctx: Any, where: str
 ) -> np.ndarray:
     """The output bytes of a frame (a uint8 array), from its planes and the base bytes of its span.
 
@@ -167,10 +174,8 @@ def decode_frame(
     z = g.view(_UINT[w]).reshape(-1)
     b = np.frombuffer(base, dtype=_UINT[w])
     if head.transform == GROUPED:
-        if dtype not in GROUPABLE or w != (4 if dtype == "F32" else 2):
-            raise FormatError(f"{where}: grouped frame for a {dtype} tensor", path=where)
         u = np.empty_like(z)
-        u[_exponent_order(b, dtype)] = z
+        u[_exponent_order(b, head.key)] = z
         z = u
     s = z & 1
     np.negative(s, out=s)
