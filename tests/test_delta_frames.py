@@ -158,3 +158,36 @@ def test_a_plane_of_two_zstd_frames_is_refused() -> None:
     extra = zstandard.ZstdCompressor(write_content_size=True).compress(b"")
     with pytest.raises(FormatError, match="not one zstd frame"):
         decode_frame(head, [planes[0] + extra, planes[1]], base, decompressor(), "f")
+
+
+def test_a_file_of_frames_round_trips_through_the_reader(tmp_path) -> None:
+    """Spans as a safetensors file has them: a stored header, a tensor with a base larger than a
+    frame, a raw tensor, an empty tensor; the reader yields the output byte for byte."""
+    import io
+
+    from xorweights.formats.delta_frames import FrameReader, Span, write_frames
+
+    header = b"H" * 37
+    out_t, base_t = _pair("F16", (1 << 20) + 5, seed=1)
+    raw = bytes(range(200)) * 3
+    out = header + out_t + raw
+    base = bytes(len(header)) + base_t + bytes(len(raw))
+    spans = [
+        Span(len(header), STORED),
+        Span(len(out_t), GROUPED, 2, "F16"),
+        Span(len(raw), STORED),
+        Span(0, DELTA, 4, "F32"),
+    ]
+    sink = io.BytesIO()
+    size = write_frames(io.BytesIO(out), io.BytesIO(base), spans, sink)
+    assert size == len(sink.getvalue()) < len(out)
+    got, chunk = bytearray(), bytearray(1000)
+    with FrameReader(io.BytesIO(sink.getvalue()), io.BytesIO(base), "p.safetensors") as reader:
+        while n := reader.readinto(chunk):
+            got += chunk[:n]
+    assert bytes(got) == out
+    cut = sink.getvalue()[:-3]
+    with pytest.raises(FormatError, match="p.safetensors: frame 3: truncated"):
+        reader = FrameReader(io.BytesIO(cut), io.BytesIO(base), "p.safetensors")
+        while reader.readinto(chunk):
+            pass

@@ -208,3 +208,103 @@ def compressor() -> Any:
 def decompressor() -> Any:
     """A zstd decompressor (one per thread)."""
     return _zstd().ZstdDecompressor()
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Span:
+    """A run of an output file's bytes and how a writer frames it."""
+
+    nbytes: int
+    transform: int
+    width: int = 1
+    dtype: str = ""
+
+
+def write_frames(out_bytes: Any, base: Any, spans: Sequence[Span], sink: Any, cctx: Any | None = None) -> int:
+    """Write the frames of a file: `out_bytes` and `base` are streams (`read`) of the output
+    and of its base image, `spans` cover the file in order. Returns the bytes written.
+
+    Raises:
+        `FormatError`: a stream ends before its spans do.
+    """
+    cctx = cctx or compressor()
+    written = 0
+    for span in spans:
+        step = STORED_FRAME_BYTES if span.transform == STORED else FRAME_ELEMENTS * span.width
+        left = span.nbytes
+        while left:
+            n = min(step, left)
+            data = _read_or_fail(out_bytes, n, "the fine-tuned file")
+            ref = _read_or_fail(base, n, "the base image")
+            frame = encode_frame(data, ref if span.transform != STORED else b"", span.transform, span.width,
+                                 span.dtype, cctx)  # fmt: skip
+            sink.write(frame)
+            written += len(frame)
+            left -= n
+    return written
+
+
+class FrameReader:
+    """The output bytes of a compressed payload file, frame by frame: `readinto` like a file.
+
+    `payload` is the compressed file's stream, `base` the base image of the output (read in
+    step: stored frames skip its bytes). Memory: one frame (at most `MAX_FRAME_BYTES` of output).
+    """
+
+    def __init__(self, payload: Any, base: Any, where: str) -> None:
+        self.payload, self.base, self.where = payload, base, where
+        self._dctx = decompressor()
+        self._ready = memoryview(b"")
+        self._frames = 0
+
+    def _next(self) -> bool:
+        first = self.payload.read(2)
+        if not first:
+            return False
+        where = f"{self.where}: frame {self._frames}"
+        rest = _read_or_fail(self.payload, head_size(first) - len(first), where)
+        head = parse_head(first + rest, where)
+        planes = [_read_or_fail(self.payload, n, where) for n in head.planes]
+        ref = _read_or_fail(self.base, head.out_size, f"{where}: base image")
+        base = ref if head.transform != STORED else b""
+        self._ready = memoryview(decode_frame(head, planes, base, self._dctx, where))
+        self._frames += 1
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        while not len(self._ready):
+            if not self._next():
+                return 0
+        n = min(len(view), len(self._ready))
+        view[:n] = self._ready[:n]
+        self._ready = self._ready[n:]
+        return n
+
+    def fileno(self) -> int:
+        return int(self.payload.fileno())
+
+    def close(self) -> None:
+        self.payload.close()
+        self.base.close()
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_or_fail(stream: Any, n: int, where: str) -> bytes:
+    """Exactly `n` bytes (streams may return fewer per read), or a `FormatError` naming `where`."""
+    parts, got = [], 0
+    while got < n:
+        data = stream.read(n - got)
+        if not data:
+            raise FormatError(f"{where}: truncated ({got} of {n} bytes)", path=where)
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
