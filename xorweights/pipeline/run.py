@@ -52,11 +52,10 @@ class Options:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a run did: outputs made, outputs kept, and whether the plan's `reuse` kept them all."""
+    """What a run did: outputs made and outputs kept."""
 
     made: tuple[FileReport, ...]
     kept: tuple[FileReport, ...]
-    reused: bool = False
 
     @property
     def files(self) -> list[FileReport]:
@@ -80,7 +79,7 @@ def run(plan: Plan, options: Options = Options()) -> Outcome:
         found = plan.reuse() if plan.reuse is not None else None
         if found is not None:
             logger.info("%s already holds this payload, made from the same inputs; kept", out_dir)
-            outcome = Outcome((), tuple(found), reused=True)
+            outcome = Outcome((), tuple(found))
             if plan.finish is not None:
                 plan.finish(outcome.files, True)
         else:
