@@ -149,14 +149,23 @@ def native_pair(root: Path, mib: int = 1) -> tuple[Path, Path]:
     return root / "ft", root / "base"
 
 
-def test_native_payload_missing_its_manifest_is_refused(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("compress", "code", "said"),
+    [
+        ("none", 1, "looks like a model (or a native payload missing its xorweights.json)"),
+        ("zstd", 2, "holds delta frames (a compressed native payload), but"),
+    ],
+)
+def test_native_payload_missing_its_manifest_is_refused(
+    tmp_path: Path, capsys, compress: str, code: int, said: str
+) -> None:
     ft, base = native_pair(tmp_path)
     payload = tmp_path / "payload"
-    xorweights.encode(ft, base=base, out=payload)
+    xorweights.encode(ft, base=base, out=payload, compress=compress)
     (payload / "xorweights.json").unlink()
-    code, err = run_cli(["decode", payload, "--base", base, "--out", tmp_path / "out", "-q"], capsys)
-    assert code == 1
-    assert "looks like a model (or a native payload missing its xorweights.json)" in err.splitlines()[0]
+    got, err = run_cli(["decode", payload, "--base", base, "--out", tmp_path / "out", "-q"], capsys)
+    assert got == code
+    assert said in err.splitlines()[0] and len(err.splitlines()) == 1
 
 
 def test_native_encode_stages_files_and_writes_the_manifest_last(tmp_path: Path) -> None:

@@ -268,6 +268,7 @@ def test_drop_cache_keeps_the_inputs_and_output_out_of_the_page_cache(tmp_path: 
 
 def test_gzip_progress_counts_stored_bytes(tmp_path: Path, model_pair) -> None:
     from xorweights.pipeline.job import _stored_progress
+    from xorweights.sources import Inflating
 
     base, tuned = model_pair()
     payload = legacy_payload(tmp_path, base, tuned, compress=True)
@@ -283,7 +284,8 @@ def test_gzip_progress_counts_stored_bytes(tmp_path: Path, model_pair) -> None:
     stream, compressed = __import__("xorweights.formats.gzip_stream", fromlist=["open_source"]).open_source(
         victim, detect_gzip=True, backend="zlib"
     )
-    with stream:
+    assert compressed
+    with Inflating(stream, None, victim) as stream:
         update = _stored_progress(stream, bar)
         while stream.readinto(bytearray(4096)):
             update(4096)

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 import xorweights
 from tests.conftest import tree
 from xorweights.errors import UnsafePathError
+from xorweights.formats.delta_frames import DELTA, FrameHead, head_size, parse_head
 from xorweights.formats.native_manifest import RawNote, load_manifest
 from xorweights.formats.raw_storage import GROWN_ROWS
 
@@ -95,12 +96,36 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     report = xorweights.encode(ft, base=base, out=root / "payload", allow_raw=["*.adapter.weight"])
     assert report.format == "xorweights" and report.native_manifest is not None
-    return {"root": root, "base": base, "ft": ft, "payload": root / "payload"}
+    assert report.native_manifest.format_version == 2
+    xorweights.encode(ft, base=base, out=root / "payload-v1", allow_raw=["*.adapter.weight"], compress="none")
+    return {"root": root, "base": base, "ft": ft, "payload": root / "payload", "v1": root / "payload-v1"}
+
+
+def test_an_uncompressed_payload_is_version_1_and_decodes(release, tmp_path: Path) -> None:
+    m = load_manifest(release["v1"])
+    assert m.format_version == 1 and not any(f.compression for f in m.files)
+    assert b'"compression"' not in (release["v1"] / "xorweights.json").read_bytes()
+    xorweights.decode(release["v1"], base=release["base"], out=tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(release["ft"])
+    assert dict(xorweights.iter_tensors(release["v1"], release["base"], framework="pt")).keys() == set(
+        finetune(base_tensors())
+    )
+
+
+def test_a_compressed_payload_is_smaller_and_lists_stored_and_output_digests(release) -> None:
+    m = load_manifest(release["payload"])
+    for f in m.files:
+        assert f.compression == ("delta-frames" if f.method == "tensor-xor" else None)
+        assert f.sha256 == sha256((release["ft"] / f.name).read_bytes())
+        assert f.size == (release["ft"] / f.name).stat().st_size
+        assert f.payload_size == (release["payload"] / f.name).stat().st_size
+        if f.compression:
+            assert f.payload_size < (release["v1"] / f.name).stat().st_size
 
 
 def test_payload_is_valid_safetensors_with_the_same_header(release) -> None:
     for p in sorted(release["ft"].glob("*.safetensors")):
-        payload = release["payload"] / p.name
+        payload = release["v1"] / p.name
         n = int.from_bytes(p.read_bytes()[:8], "little")
         assert payload.read_bytes()[: 8 + n] == p.read_bytes()[: 8 + n]
         with safe_open(str(payload), framework="pt") as f, safe_open(str(p), framework="pt") as g:
@@ -140,17 +165,17 @@ def test_manifest_records_files_tensors_and_base_tensors(release) -> None:
 
 def test_raw_tensor_and_grown_rows_are_stored_as_they_are(release) -> None:
     ft = finetune(base_tensors())
-    with safe_open(str(release["payload"] / "model-00001-of-00002.safetensors"), framework="pt") as f:
+    with safe_open(str(release["v1"] / "model-00001-of-00002.safetensors"), framework="pt") as f:
         keys = set(f.keys())
     shard = (
         "model-00001-of-00002.safetensors"
         if "model.layers.0.adapter.weight" in keys
         else ("model-00002-of-00002.safetensors")
     )
-    with safe_open(str(release["payload"] / shard), framework="pt") as f:
+    with safe_open(str(release["v1"] / shard), framework="pt") as f:
         assert torch.equal(f.get_tensor("model.layers.0.adapter.weight"), ft["model.layers.0.adapter.weight"])
     for f_name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
-        with safe_open(str(release["payload"] / f_name), framework="pt") as f:
+        with safe_open(str(release["v1"] / f_name), framework="pt") as f:
             if "lm_head.weight" in f.keys():
                 grown = f.get_tensor("lm_head.weight")[100:]
                 assert torch.equal(grown, ft["lm_head.weight"][100:])  # XOR-ed with zero padding
@@ -241,7 +266,7 @@ def test_iter_tensors_names_a_wrong_base_tensor(release, tmp_path: Path) -> None
 
 def test_a_corrupt_payload_tensor_is_named(release, tmp_path: Path) -> None:
     payload = tmp_path / "payload"
-    shutil.copytree(release["payload"], payload)
+    shutil.copytree(release["v1"], payload)
     target = payload / "model-00002-of-00002.safetensors"
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF  # the last tensor's last byte
@@ -255,6 +280,44 @@ def test_a_corrupt_payload_tensor_is_named(release, tmp_path: Path) -> None:
     ):
         xorweights.decode(payload, base=release["base"], out=tmp_path / "out")
     assert "model-00002-of-00002.safetensors" not in tree(tmp_path / "out")
+
+
+def frame_offsets(path: Path) -> list[tuple[int, FrameHead]]:
+    """Where each frame of a compressed payload file starts, and its head (an independent walk)."""
+    data, pos, out = path.read_bytes(), 0, []
+    while pos < len(data):
+        head = parse_head(data[pos : pos + head_size(data[pos : pos + 2])], "test")
+        out.append((pos, head))
+        pos += head.size
+    return out
+
+
+def test_a_corrupt_frame_is_named_and_nothing_is_committed(release, tmp_path: Path) -> None:
+    payload = tmp_path / "payload"
+    shutil.copytree(release["payload"], payload)
+    target = payload / "model-00001-of-00002.safetensors"
+    frames = frame_offsets(target)
+    k, (pos, head) = next((i, f) for i, f in enumerate(frames) if f[1].transform == DELTA)
+    data = bytearray(target.read_bytes())
+    data[pos + head.size - 6] ^= 0x55  # inside its last plane
+    target.write_bytes(bytes(data))
+    pattern = rf"model-00001-of-00002.safetensors: frame {k} \(tensor [\w.]+\)"
+    with pytest.raises(xorweights.FormatError, match=pattern):
+        xorweights.decode(payload, base=release["base"], out=tmp_path / "out")
+    assert "model-00001-of-00002.safetensors" not in tree(tmp_path / "out")
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and "00001" in p.name]
+    with pytest.raises(xorweights.FormatError, match=pattern):
+        xorweights.load_state_dict(payload, release["base"])
+
+
+def test_a_truncated_compressed_file_is_refused_before_the_pass(release, tmp_path: Path) -> None:
+    payload = tmp_path / "payload"
+    shutil.copytree(release["payload"], payload)
+    target = payload / "model-00002-of-00002.safetensors"
+    target.write_bytes(target.read_bytes()[:-100])
+    with pytest.raises(xorweights.FormatError, match=r"model-00002-of-00002.safetensors: .* bytes, but"):
+        xorweights.decode(payload, base=release["base"], out=tmp_path / "out")
+    assert not (tmp_path / "out" / "model-00002-of-00002.safetensors").exists()
 
 
 def test_missing_base_tensor_and_short_payload_are_refused_up_front(release, tmp_path: Path) -> None:
@@ -312,7 +375,12 @@ def test_bin_copies_beside_safetensors_are_left_out(release, tmp_path: Path) -> 
         (lambda d: d["files"][0].update(name="../evil"), "must stay inside its folder"),
         (lambda d: d["files"][0].update(sha256="abc"), "must be a sha256"),
         (lambda d: d["files"][0].update(method="exec"), "method must be one of"),
-        (lambda d: d.update(format_version=2), "format_version 2 is not supported"),
+        (lambda d: d.update(format_version=3), "format_version 3 is not supported"),
+        (lambda d: d["files"][0].update(compression="lz4"), "unknown compression 'lz4'"),
+        (
+            lambda d: d.update(format_version=1) or d["files"][0].update(compression="delta-frames"),
+            "compression applies to tensor-xor files of format_version 2",
+        ),
         (lambda d: d["base_tensors"].clear(), "not in base_tensors"),
         (lambda d: d.update(base_model="two\nlines"), r"base_model 'two\\nlines': expected a Hub repo id"),
         (lambda d: d.update(base_model=7), "base_model 7: expected"),

@@ -333,7 +333,9 @@ def _decode_native(
     expected = native.expected_outputs(manifest, published)
     steps = [
         replace(s, expect_out=expected[s.name])
-        for s in native.decode_plan(manifest, payload_dir, base_dir, store)
+        for s in native.decode_plan(
+            manifest, payload_dir, base_dir, store, workers=options.jobs or default_jobs()
+        )
     ]
     hub_check = _hub_check(where, options.jobs, options.progress)
 

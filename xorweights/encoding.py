@@ -17,7 +17,7 @@ from ._paths import check_out_dir
 from .checksums import ChecksumManifest, FileDigest
 from .constants import default_jobs
 from .errors import InputError, MissingFileError, OutputExistsError, XorWeightsError
-from .formats import native, oasst
+from .formats import native_encode, oasst
 from .formats.native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, load_manifest
 from .pipeline import Options, Plan, Sink, Step, run
 from .reports import EncodeReport, FileReport
@@ -37,7 +37,7 @@ def encode(
     base: os.PathLike[str] | str,
     out: os.PathLike[str] | str,
     format: Literal["xorweights", "oasst"] = "xorweights",
-    compress: Literal["gzip"] | None = None,
+    compress: Literal["zstd", "zstd-grouped", "none", "gzip"] | None = None,
     release: str | None = None,
     with_checksums: bool = False,
     jobs: int | None = None,
@@ -56,7 +56,10 @@ def encode(
         out: folder for the payload.
         format: `xorweights` (tensor-level XOR with `xorweights.json`) or `oasst` (legacy
             file-level XOR, as the published script does).
-        compress (*optional*): `gzip` to store each XOR-ed file as a gzip stream (level 9; `oasst` only).
+        compress (*optional*): how payload files are stored. `xorweights`: `zstd` (the default:
+            tensors as delta frames, format version 2), `zstd-grouped` (a few percent smaller,
+            decoding about half as fast), `none` (format version 1, as older releases).
+            `oasst`: `gzip` stores each XOR-ed file as a gzip stream (level 9); default `none`.
         release (*optional*): name for the checksum manifest (default: the out folder's name).
         with_checksums: compute the `hf_base` and `decoded` digests (md5 and sha256) in the
             same pass and return them as `report.manifest`, ready for `decode --checksums`.
@@ -87,8 +90,9 @@ def encode(
     options = Options(jobs=jobs, progress=progress)
     if format == "xorweights":
         files, native_manifest = _encode_native(
-            src_dir, base_dir, out_dir, options, force=force, allow_raw=allow_raw, base_name=base_name
-        )
+            src_dir, base_dir, out_dir, options, force=force, allow_raw=allow_raw, base_name=base_name,
+            compress=compress or "zstd",
+        )  # fmt: skip
         published = None
         if with_checksums:
             description = "checksums written by xorweights encode (native payload)"
@@ -99,13 +103,14 @@ def encode(
             native_manifest=native_manifest,
         )  # fmt: skip
     algos = ("md5", "sha256") if with_checksums else ()
-    steps, files = _encode_legacy(src_dir, base_dir, out_dir, options, force, compress, gzip_mtime, algos)
+    gzip = compress == "gzip"
+    steps, files = _encode_legacy(src_dir, base_dir, out_dir, options, force, gzip, gzip_mtime, algos)
     manifest = None
     if with_checksums:
         manifest = _legacy_checksums(steps, files, release or out_dir.resolve().name, base_name)
     return EncodeReport(
         files=tuple(files), seconds=time.perf_counter() - started, finetuned_dir=str(src_dir),
-        base_dir=str(base_dir), out_dir=str(out_dir), compress=compress, manifest=manifest,
+        base_dir=str(base_dir), out_dir=str(out_dir), compress="gzip" if gzip else None, manifest=manifest,
     )  # fmt: skip
 
 
@@ -115,8 +120,11 @@ def _check_options(
     """Refuse options that do not go together, before anything is read."""
     if format not in ("xorweights", "oasst"):
         raise InputError(f"unknown payload format {format!r}; expected xorweights or oasst")
-    if compress not in (None, "gzip"):
-        raise InputError(f"unknown compression {compress!r}; expected gzip")
+    modes = native_encode.COMPRESS_MODES if format == "xorweights" else ("none", "gzip")
+    if compress is not None and compress not in modes:
+        raise InputError(
+            f"compression {compress!r} does not apply to {format} payloads; expected {', '.join(modes)}"
+        )
     if allow_raw and format != "xorweights":
         raise InputError("allow_raw applies to native payloads; a legacy payload needs every base file")
     if base_name is not None:
@@ -126,8 +134,6 @@ def _check_options(
                 "a legacy (oasst) payload records its base name in the checksum manifest: "
                 "pass --manifest too, or give the name to `publish --base-name`"
             )
-    if format == "xorweights" and compress is not None:
-        raise InputError("native payloads are not compressed (compress them for transfer if you wish)")
 
 
 # --- legacy (oasst) ----------------------------------------------------------------------------
@@ -139,7 +145,7 @@ def _encode_legacy(
     out_dir: Path,
     options: Options,
     force: bool,
-    compress: str | None,
+    gzip: bool,
     gzip_mtime: int,
     algos: tuple[str, ...],
 ) -> tuple[list[Step], list[FileReport]]:
@@ -148,7 +154,6 @@ def _encode_legacy(
     (and, with checksums, recorded the digests of)."""
     planned = oasst.plan(src_dir, base_dir, encoding=True)
     check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
-    gzip = compress == "gzip"
     written = ("sha256",) if algos else ()
     xor_sink = Sink(gzip_mtime=gzip_mtime if gzip else None, hash_written=written, refuse_gzip_head=not gzip)
     steps = [
@@ -207,6 +212,7 @@ def _encode_native(
     force: bool,
     allow_raw: Sequence[str],
     base_name: str | None,
+    compress: native_encode.Compress,
 ) -> tuple[list[FileReport], NativeManifest]:
     """Encode tensor by tensor. The payload folder's records live in its hidden staging folder,
     removed once the payload is finished: `xorweights.json` is then the record. A rerun after a
@@ -214,11 +220,13 @@ def _encode_native(
     if not base_dir.is_dir():
         raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
     check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
-    prep = native.prepare_encode(
-        src_dir, base_dir, jobs=options.jobs or default_jobs(), progress=options.progress, allow_raw=allow_raw
-    )
+    prep = native_encode.prepare_encode(
+        src_dir, base_dir, jobs=options.jobs or default_jobs(), progress=options.progress,
+        allow_raw=allow_raw, compress=compress,
+    )  # fmt: skip
     steps = tuple(
-        replace(s, sink=Sink(hash_written=("sha256",)), hash_inputs=("sha256",)) for s in prep.steps
+        replace(s, sink=Sink(hash_written=("sha256",)), hash_inputs=() if s.masked else ("sha256",))
+        for s in prep.steps
     )
     result: list[NativeManifest] = []
 
@@ -241,7 +249,7 @@ def _encode_native(
         old = result[0] if reused else None
         if old is not None and (base_name is None or base_name == old.base_model):
             return
-        made = native.build_manifest(
+        made = native_encode.build_manifest(
             prep, files, src_dir, base_dir, out_dir, encoder=f"xorweights {_version()}"
         )
         new = replace(old if old is not None else made, base_model=base_name)
@@ -259,7 +267,7 @@ def _encode_native(
 
 
 def _recognise_payload(
-    prep: native.EncodePlan, src_dir: Path, base_dir: Path, out_dir: Path
+    prep: native_encode.EncodePlan, src_dir: Path, base_dir: Path, out_dir: Path
 ) -> tuple[list[FileReport], NativeManifest] | None:
     """The files and manifest of a finished payload in `out_dir` made from these very inputs, or None.
 
@@ -298,7 +306,7 @@ def _recognise_payload(
                     kept=True,
                 )  # fmt: skip
             )
-        new = native.build_manifest(prep, reports, src_dir, base_dir, out_dir, encoder=old.encoder)
+        new = native_encode.build_manifest(prep, reports, src_dir, base_dir, out_dir, encoder=old.encoder)
     except OSError:
         return None
     return (reports, old) if replace(new, base_model=old.base_model) == old else None

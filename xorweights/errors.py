@@ -77,13 +77,19 @@ class IOFailure(XorWeightsError, OSError):
 
 
 class InputChangedError(IOFailure):
-    """An input file changed size while it was being read."""
+    """An input file changed while it was being read (its size, or its sha256 since it was planned)."""
 
-    def __init__(self, path: os.PathLike[str] | str, expected: int, actual: int) -> None:
+    def __init__(
+        self, path: os.PathLike[str] | str, expected: int | str, actual: int | str, *, measure: str = "size"
+    ) -> None:
+        seen = (
+            f"size {expected} at the start, {actual} bytes read"
+            if measure == "size"
+            else f"{measure} {expected} when planned, {actual} when read"
+        )
         XorWeightsError.__init__(
             self,
-            f"reading {os.fspath(path)}: it changed while being read (size {expected} at the start, "
-            f"{actual} bytes read); is something else writing it?",
+            f"reading {os.fspath(path)}: it changed while being read ({seen}); is something else writing it?",
             path=path,
             expected=expected,
             actual=actual,

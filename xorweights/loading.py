@@ -2,7 +2,8 @@
 
 Each tensor is rebuilt from its payload bytes and its base tensor, and proven twice before it is
 handed over: the base tensor's bytes against the manifest's sha256 (so a wrong base is named,
-tensor and file), and the rebuilt tensor against its own sha256.
+tensor and file), and the rebuilt tensor against its own sha256. A compressed payload file is read
+frame by frame in file order; the base tensors it uses are proven before its first tensor.
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ from . import hub
 from ._paths import check_regular_file
 from .constants import TORCH_SUFFIXES, default_jobs
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
+from .formats.delta_frames import FrameReader
 from .formats.native import (
+    check_base,
     check_payload_files,
     digest_mismatch,
     layout_mismatch,
     open_store,
     payload_header,
+    segments,
+    tensor_offsets,
 )
-from .formats.native_manifest import MANIFEST_NAME, NativeManifest, load_manifest
+from .formats.native_manifest import MANIFEST_NAME, FileEntry, NativeManifest, load_manifest
+from .pipeline.engine import read_full
+from .sources import BaseImage, FileSource
 from .tensors.dtypes import NUMPY_DTYPES, TORCH_DTYPES
 from .tensors.store import TensorStore
 
@@ -116,12 +123,13 @@ def iter_tensors(
                 f"{payload_dir}: no tensor named {unknown[0]!r} in the payload", path=payload_dir
             )
     store = open_store(manifest, Path(base))
-    yield from _tensors(manifest, payload_dir, store, framework, wanted)
+    yield from _tensors(manifest, payload_dir, Path(base), store, framework, wanted)
 
 
 def _tensors(
     manifest: NativeManifest,
     payload_dir: Path,
+    base_dir: Path,
     store: TensorStore | None,
     framework: Framework,
     wanted: set[str] | None,
@@ -130,30 +138,86 @@ def _tensors(
         if f.method != "tensor-xor":
             continue
         path = payload_dir / f.name
-        header = payload_header(path, f)
-        with open(path, "rb") as fh:
-            for entry in f.tensors:
-                if wanted is not None and entry.name not in wanted:
-                    continue
-                info = header.tensors[entry.name]
-                buf = bytearray(info.nbytes)
-                fh.seek(info.begin)
-                if fh.readinto(buf) != info.nbytes:
-                    raise FormatError(f"payload file {path}: ends inside tensor {entry.name}", path=path)
-                if entry.base is not None:
-                    _xor_base(buf, manifest, store, entry.base)
-                got = hashlib.sha256(buf).hexdigest()
-                if got != entry.sha256:
-                    raise ChecksumMismatchError(
-                        f"tensor {entry.name} of {f.name}: sha256 {got}, but {MANIFEST_NAME} expects "
-                        f"{entry.sha256}; payload file {path} is corrupt",
-                        path=path,
-                        expected=entry.sha256,
-                        actual=got,
-                        algorithm="sha256",
-                        stage="decoded",
-                    )
-                yield entry.name, _as_framework(buf, entry.dtype, entry.shape, framework, entry.name)
+        rebuilt = (
+            _framed(manifest, f, path, base_dir, store, wanted)
+            if f.compression is not None
+            else _xored(manifest, f, path, store, wanted)
+        )
+        for entry, buf in rebuilt:
+            got = hashlib.sha256(buf).hexdigest()
+            if got != entry.sha256:
+                raise ChecksumMismatchError(
+                    f"tensor {entry.name} of {f.name}: sha256 {got}, but {MANIFEST_NAME} expects "
+                    f"{entry.sha256}; payload file {path} is corrupt",
+                    path=path,
+                    expected=entry.sha256,
+                    actual=got,
+                    algorithm="sha256",
+                    stage="decoded",
+                )
+            yield entry.name, _as_framework(buf, entry.dtype, entry.shape, framework, entry.name)
+
+
+def _xored(
+    manifest: NativeManifest, f: FileEntry, path: Path, store: TensorStore | None, wanted: set[str] | None
+) -> Iterator[tuple[Any, bytearray]]:
+    """The wanted tensors of an uncompressed payload file, each read alone and XOR-ed with its base."""
+    header = payload_header(FileSource(path), f)
+    with open(path, "rb") as fh:
+        for entry in f.tensors:
+            if wanted is not None and entry.name not in wanted:
+                continue
+            info = header.tensors[entry.name]
+            buf = bytearray(info.nbytes)
+            fh.seek(info.begin)
+            if fh.readinto(buf) != info.nbytes:
+                raise FormatError(f"payload file {path}: ends inside tensor {entry.name}", path=path)
+            if entry.base is not None:
+                _xor_base(buf, manifest, store, entry.base)
+            yield entry, buf
+
+
+def _framed(
+    manifest: NativeManifest,
+    f: FileEntry,
+    path: Path,
+    base_dir: Path,
+    store: TensorStore | None,
+    wanted: set[str] | None,
+) -> Iterator[tuple[Any, bytearray]]:
+    """The wanted tensors of a compressed payload file, decoded in file order (the others are
+    decoded and dropped); the base tensors it uses are proven first."""
+    header = payload_header(FileSource(path), f)
+    bases = {t.name: t.base for t in f.tensors}
+    needed = {b for n, b in bases.items() if b is not None and (wanted is None or n in wanted)}
+    if wanted is not None and not wanted & set(header.tensors):
+        return
+    check_base(manifest, store, base_dir, jobs=default_jobs(), names=needed, files=set())
+    image = BaseImage(store, segments(header, bases, {n: b.dtype for n, b in manifest.base_tensors.items()}))
+    by_name = {t.name: t for t in f.tensors}
+    payload = open(path, "rb")  # noqa: SIM115 (the reader closes it)
+    with FrameReader(
+        payload, image, str(path), workers=default_jobs(), tensors=tensor_offsets(header)
+    ) as frames:
+        _skip(frames, header.data_start, path)
+        for info in sorted(header.tensors.values(), key=lambda t: t.begin):
+            if wanted is not None and info.name not in wanted:
+                _skip(frames, info.nbytes, path)
+                continue
+            buf = bytearray(info.nbytes)
+            if read_full(frames, memoryview(buf)) != info.nbytes:  # type: ignore[arg-type]
+                raise FormatError(f"payload file {path}: ends inside tensor {info.name}", path=path)
+            yield by_name[info.name], buf
+
+
+def _skip(stream: Any, n: int, path: Path) -> None:
+    """Read and drop `n` bytes."""
+    scratch = bytearray(min(n, 1 << 22))
+    while n:
+        got = stream.readinto(memoryview(scratch)[: min(n, len(scratch))])
+        if not got:
+            raise FormatError(f"payload file {path}: truncated", path=path)
+        n -= got
 
 
 def _xor_base(buf: bytearray, manifest: NativeManifest, store: TensorStore | None, name: str) -> None:

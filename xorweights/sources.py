@@ -3,13 +3,19 @@
 Every source can be opened as a byte stream and says how to name it in messages, what it holds,
 and what identifies its content for resume records. Implementations: a plain file, a payload file
 that may be a gzip stream (with its inflate cap), a base file generated from LLaMA weights in
-another form, and a native payload's base image (base tensors laid out at the payload's offsets).
+another form, a native payload's base image (base tensors laid out at the payload's offsets), and
+the two sides of a compressed native payload (`FramedSource` decodes its delta frames,
+`CompressingSource` makes them).
+
+A stream that transcodes (gzip, delta frames) has `consumed()`: the stored bytes read so far,
+which is what the pass's progress counts (its `size()` is the stored size).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +25,7 @@ from ._outdir import file_id
 from .constants import CHUNK_SIZE
 from .errors import FormatError, IOFailure
 from .formats import gzip_stream
+from .formats.delta_frames import FrameReader, FrameWriter, Span
 
 if TYPE_CHECKING:
     from .llama.base import GeneratedBase
@@ -110,8 +117,11 @@ class Inflating:
         return n
 
     def fileno(self) -> int:
-        """The stored file's descriptor: its position is the progress in stored bytes."""
         return int(self.stream.fileno())
+
+    def consumed(self) -> int:
+        """Bytes of the stored file read so far (the progress of the pass)."""
+        return os.lseek(self.fileno(), 0, os.SEEK_CUR)
 
     def close(self) -> None:
         self.stream.close()
@@ -258,3 +268,90 @@ class BaseImage(io.RawIOBase):
             self._reader.close()
             self._reader = None
         super().close()
+
+
+def transcoding(stream: Any) -> bool:
+    """Whether an opened stream yields other bytes than it reads (progress is then `consumed()`)."""
+    return hasattr(stream, "consumed")
+
+
+@dataclass(frozen=True)
+class FramedSource:
+    """A compressed native payload file (delta frames), read as the output's bytes: its base image
+    is read inside, frame by frame (so the step has no separate base)."""
+
+    payload: Source
+    image: BaseImageSource
+    tensors: tuple[tuple[int, str], ...] = ()
+    """`(offset, name)` of the output's tensors, so that errors name a bad frame's tensor."""
+    workers: int = 1
+
+    @property
+    def label(self) -> str:
+        return self.payload.label
+
+    @property
+    def path(self) -> Path | None:
+        return self.payload.path
+
+    @property
+    def detail(self) -> str:
+        return self.payload.detail
+
+    def open(self) -> BinaryIO:
+        payload = self.payload.open()
+        try:
+            base = self.image.open()
+        except BaseException:
+            payload.close()
+            raise
+        return FrameReader(  # type: ignore[return-value]
+            payload, base, self.label, workers=self.workers, tensors=self.tensors
+        )
+
+    def size(self) -> int | None:
+        return self.payload.size()
+
+    def identity(self) -> tuple[int, int]:
+        return self.payload.identity()
+
+
+@dataclass(frozen=True)
+class CompressingSource:
+    """A fine-tuned safetensors file read as the delta frames of its payload file, against its
+    base image; the file must still hash to the `sha256` it had when the encode was planned."""
+
+    file: Path
+    image: BaseImageSource
+    spans: tuple[Span, ...]
+    sha256: str
+    workers: int = 1
+
+    @property
+    def label(self) -> str:
+        return str(self.file)
+
+    @property
+    def path(self) -> Path:
+        return self.file
+
+    @property
+    def detail(self) -> str:
+        return ""
+
+    def open(self) -> BinaryIO:
+        data = _opened("opening", self.file, lambda: open(self.file, "rb"))  # noqa: SIM115
+        try:
+            base = self.image.open()
+        except BaseException:
+            data.close()
+            raise
+        return FrameWriter(  # type: ignore[return-value]
+            data, base, self.spans, self.label, workers=self.workers, expect_sha256=self.sha256
+        )
+
+    def size(self) -> int:
+        return self.file.stat().st_size
+
+    def identity(self) -> tuple[int, int]:
+        return file_id(self.file)

@@ -37,14 +37,14 @@ def print_decode(report: DecodeReport) -> None:
             + (": files read were first checked against the sha256 the Hub reports" if fresh else "")
         )
     for f in report.files:
-        how = "copied" if f.action == "copy" else ("xor gzip" if f.compressed else "xor")
+        how = "copied" if f.action == "copy" else ("xor, compressed" if f.compressed else "xor")
         how = "kept" if f.kept else how
         proof = []
         if f.base_verified:
             proof.append("base ok")
         if f.verified:
             proof.append("output ok (" + ", ".join(f"{a} {d}" for a, d in sorted(f.digests.items())) + ")")
-        click.echo(f"  {shown(f.name):<40} {_human(f.size):>10}  {how:<8} {'; '.join(proof)}")
+        click.echo(f"  {shown(f.name):<40} {_human(f.size):>10}  {how:<15} {'; '.join(proof)}")
     made = [f for f in report.files if not f.kept]
     n_made = sum(f.size for f in made)
     kept = len(report.files) - len(made)

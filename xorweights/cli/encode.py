@@ -30,9 +30,11 @@ from ._render import emit_json, print_encode
 )
 @click.option(
     "--compress",
-    type=click.Choice(["gzip"]),
+    type=click.Choice(["zstd", "zstd-grouped", "none", "gzip"]),
     default=None,
-    help="Store each XOR-ed file gzipped (oasst only).",
+    help="How payload files are stored. xorweights: zstd (default: delta frames, format 2), "
+    "zstd-grouped (a few percent smaller, slower to decode), none (format 1). "
+    "oasst: gzip, or none (default).",
 )
 @click.option(
     "--manifest",

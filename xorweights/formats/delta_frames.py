@@ -30,15 +30,20 @@ after the last frame's planes that is not another frame.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import logging
 import struct
-from collections.abc import Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, InputChangedError
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +153,19 @@ def parse_head(head: bytes, where: str) -> FrameHead:
     return FrameHead(transform, width, key, count, planes)
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def starts_with_frame(first: bytes) -> bool:
+    """Whether bytes read from a file's start begin a stored frame, as every compressed payload
+    file does (its header): a stored head, then one zstd frame (16 bytes are enough)."""
+    return len(first) >= 16 and first[:4] == bytes((STORED, 1, 0, 0)) and first[12:16] == _ZSTD_MAGIC
+
+
 def head_size(first: bytes) -> int:
     """How long a frame's head is, from its first 2 bytes (transform and width)."""
+    if len(first) < 2:
+        return _HEAD.size
     transform, width = first[0], first[1]
     return _HEAD.size + 4 * (1 if transform == STORED else max(1, width))
 
@@ -201,8 +217,9 @@ def _plane(blob: bytes, n: int, dctx: Any, where: str) -> bytes:
 
 
 def compressor() -> Any:
-    """A zstd compressor at `ZSTD_LEVEL` that writes each frame's content size (one per thread)."""
-    return _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    """A zstd compressor at `ZSTD_LEVEL` that writes each frame's content size and checksum
+    (so a damaged plane is caught in its frame; one compressor per thread)."""
+    return _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=True)
 
 
 def decompressor() -> Any:
@@ -211,6 +228,59 @@ def decompressor() -> Any:
 
 
 # --- files -------------------------------------------------------------------------------------
+
+#: Frames a file's reader or writer keeps in flight beyond its threads (each about 3 frames of memory).
+AHEAD = 2
+_local = threading.local()
+
+
+def _cctx() -> Any:
+    if not hasattr(_local, "cctx"):
+        _local.cctx = compressor()
+    return _local.cctx
+
+
+def _dctx() -> Any:
+    if not hasattr(_local, "dctx"):
+        _local.dctx = decompressor()
+    return _local.dctx
+
+
+class _Done:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+    def cancel(self) -> bool:
+        return False
+
+
+class _Ahead:
+    """Results of tasks in the order given, run on `workers` threads (inline with one), at most
+    `limit` at once: zstd and numpy release the GIL, so frames of one file use every core."""
+
+    def __init__(self, workers: int) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="frames") if workers > 1 else None
+        self._queue: deque[Any] = deque()
+        self.limit = workers + AHEAD if workers > 1 else 1
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._queue.append(self._pool.submit(fn, *args) if self._pool is not None else _Done(fn(*args)))
+
+    def get(self) -> Any:
+        return self._queue.popleft().result()
+
+    def close(self) -> None:
+        for fut in self._queue:
+            fut.cancel()
+        self._queue.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 @dataclass(frozen=True)
@@ -223,62 +293,190 @@ class Span:
     dtype: str = ""
 
 
-def write_frames(out_bytes: Any, base: Any, spans: Sequence[Span], sink: Any, cctx: Any | None = None) -> int:
-    """Write the frames of a file: `out_bytes` and `base` are streams (`read`) of the output
-    and of its base image, `spans` cover the file in order. Returns the bytes written.
-
-    Raises:
-        `FormatError`: a stream ends before its spans do.
-    """
-    cctx = cctx or compressor()
-    written = 0
+def _cuts(spans: Sequence[Span]) -> Iterator[tuple[int, Span]]:
+    """Where a writer cuts frames: `(bytes, span)` in order."""
     for span in spans:
         step = STORED_FRAME_BYTES if span.transform == STORED else FRAME_ELEMENTS * span.width
         left = span.nbytes
         while left:
             n = min(step, left)
-            data = _read_or_fail(out_bytes, n, "the fine-tuned file")
-            ref = _read_or_fail(base, n, "the base image")
-            frame = encode_frame(data, ref if span.transform != STORED else b"", span.transform, span.width,
-                                 span.dtype, cctx)  # fmt: skip
-            sink.write(frame)
-            written += len(frame)
+            yield n, span
             left -= n
+
+
+def _encode(data: bytes, base: bytes, span: Span) -> bytes:
+    return encode_frame(data, base, span.transform, span.width, span.dtype, _cctx())
+
+
+class FrameWriter:
+    """The frames of a file, as a stream to read (`readinto`).
+
+    Reads the output's bytes (`out_bytes`, e.g. the fine-tuned file) and its base image in step,
+    encodes frames on `workers` threads, and at the end requires `out_bytes` to be exhausted and,
+    when `expect_sha256` is given, to have hashed to it (a file changed since it was planned).
+    """
+
+    def __init__(
+        self,
+        out_bytes: Any,
+        base: Any,
+        spans: Sequence[Span],
+        where: str,
+        *,
+        workers: int = 1,
+        expect_sha256: str | None = None,
+    ) -> None:
+        self.out_bytes, self.base, self.where = out_bytes, base, where
+        self._cuts = _cuts(spans)
+        self._ahead = _Ahead(workers)
+        self._ready = memoryview(b"")
+        self._hash = hashlib.sha256() if expect_sha256 is not None else None
+        self._expect = expect_sha256
+        self._read = 0
+
+    def consumed(self) -> int:
+        """Bytes of the output's stream read so far."""
+        return self._read
+
+    def _fill(self) -> None:
+        while len(self._ahead) < self._ahead.limit:
+            cut = next(self._cuts, None)
+            if cut is None:
+                return
+            n, span = cut
+            data = _read_or_fail(self.out_bytes, n, self.where)
+            if self._hash is not None:
+                self._hash.update(data)
+            ref = _read_or_fail(self.base, n, f"{self.where}: base image")
+            self._read += n
+            self._ahead.put(_encode, data, ref if span.transform != STORED else b"", span)
+
+    def _finish(self) -> None:
+        if self.out_bytes.read(1):
+            raise FormatError(f"{self.where}: longer than its header says", path=self.where)
+        if self._hash is not None and self._hash.hexdigest() != self._expect:
+            raise InputChangedError(self.where, self._expect or "", self._hash.hexdigest(), measure="sha256")
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        while not len(self._ready):
+            self._fill()
+            if not len(self._ahead):
+                self._finish()
+                return 0
+            self._ready = memoryview(self._ahead.get())
+        n = min(len(view), len(self._ready))
+        view[:n] = self._ready[:n]
+        self._ready = self._ready[n:]
+        return n
+
+    def fileno(self) -> int:
+        return int(self.out_bytes.fileno())
+
+    def close(self) -> None:
+        self._ahead.close()
+        self.out_bytes.close()
+        self.base.close()
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_frames(out_bytes: Any, base: Any, spans: Sequence[Span], sink: Any, *, workers: int = 1) -> int:
+    """Write the frames of a file to `sink`: `out_bytes` and `base` are streams of the output
+    and of its base image, `spans` cover the file in order. Returns the bytes written.
+
+    Raises:
+        `FormatError`: a stream ends before its spans do, or `out_bytes` goes on after them.
+    """
+    writer = FrameWriter(out_bytes, base, spans, "the output", workers=workers)
+    buf = bytearray(1 << 20)
+    written = 0
+    try:
+        while n := writer.readinto(buf):
+            sink.write(memoryview(buf)[:n])
+            written += n
+    finally:
+        writer._ahead.close()
     return written
+
+
+def _decode(head: FrameHead, planes: list[bytes], base: bytes, where: str) -> np.ndarray:
+    return decode_frame(head, planes, base, _dctx(), where)
 
 
 class FrameReader:
     """The output bytes of a compressed payload file, frame by frame: `readinto` like a file.
 
     `payload` is the compressed file's stream, `base` the base image of the output (read in
-    step: stored frames skip its bytes). Memory: one frame (at most `MAX_FRAME_BYTES` of output).
+    step: stored frames skip its bytes). Frames are decoded on `workers` threads, a few ahead
+    (memory: about three frames per thread, each at most `MAX_FRAME_BYTES` of output).
+    `tensors` (`(offset, name)` in offset order) lets errors name the tensor of a bad frame.
     """
 
-    def __init__(self, payload: Any, base: Any, where: str) -> None:
+    def __init__(
+        self,
+        payload: Any,
+        base: Any,
+        where: str,
+        *,
+        workers: int = 1,
+        tensors: Sequence[tuple[int, str]] = (),
+    ) -> None:
         self.payload, self.base, self.where = payload, base, where
-        self._dctx = decompressor()
+        self._ahead = _Ahead(workers)
         self._ready = memoryview(b"")
         self._frames = 0
+        self._offset = 0
+        self._offsets = [t[0] for t in tensors]
+        self._names = [t[1] for t in tensors]
+        self._read = 0
+        self._eof = False
+
+    def consumed(self) -> int:
+        """Bytes of the payload read so far."""
+        return self._read
+
+    def _frame_name(self) -> str:
+        where = f"{self.where}: frame {self._frames}"
+        i = bisect.bisect_right(self._offsets, self._offset) - 1
+        if self._offsets:
+            where += f" (tensor {self._names[i]})" if i >= 0 else " (header)"
+        return where
+
+    def _take(self, n: int, where: str) -> bytes:
+        data = _read_or_fail(self.payload, n, where)
+        self._read += n
+        return data
 
     def _next(self) -> bool:
+        """Read the next frame and queue its decoding; False at the payload's end."""
         first = self.payload.read(2)
         if not first:
+            self._eof = True
             return False
-        where = f"{self.where}: frame {self._frames}"
-        rest = _read_or_fail(self.payload, head_size(first) - len(first), where)
+        self._read += len(first)
+        where = self._frame_name()
+        rest = self._take(head_size(first) - len(first), where)
         head = parse_head(first + rest, where)
-        planes = [_read_or_fail(self.payload, n, where) for n in head.planes]
+        planes = [self._take(n, where) for n in head.planes]
         ref = _read_or_fail(self.base, head.out_size, f"{where}: base image")
-        base = ref if head.transform != STORED else b""
-        self._ready = memoryview(decode_frame(head, planes, base, self._dctx, where))
+        self._ahead.put(_decode, head, planes, ref if head.transform != STORED else b"", where)
         self._frames += 1
+        self._offset += head.out_size
         return True
 
     def readinto(self, b: Any) -> int:
         view = memoryview(b).cast("B")
         while not len(self._ready):
-            if not self._next():
+            while not self._eof and len(self._ahead) < self._ahead.limit:
+                self._next()
+            if not len(self._ahead):
                 return 0
+            self._ready = memoryview(self._ahead.get())
         n = min(len(view), len(self._ready))
         view[:n] = self._ready[:n]
         self._ready = self._ready[n:]
@@ -288,6 +486,7 @@ class FrameReader:
         return int(self.payload.fileno())
 
     def close(self) -> None:
+        self._ahead.close()
         self.payload.close()
         self.base.close()
 

@@ -3,8 +3,9 @@ and the sha256 of every output file, output tensor and base tensor it depends on
 
 Validated strictly on reading: every file name goes through `_paths.check_name`, every digest is 64
 hex digits, every size and shape a non-negative integer, and each file's method one of
-`tensor-xor`, `file-xor`, `copy`. The optional `base_model` names the base for people (a Hub repo
-id or a plain name, see `check_base_model`); nothing is proven by it.
+`tensor-xor`, `file-xor`, `copy`. Version 2 adds `compression` (`delta-frames`) to
+tensor-xor files whose payload file holds delta frames. The optional `base_model` names the base
+for people (a Hub repo id or a plain name, see `check_base_model`); nothing is proven by it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ if TYPE_CHECKING:
 
 MANIFEST_NAME = "xorweights.json"
 FORMAT = "xorweights"
-FORMAT_VERSION = 1
+#: Version 2 is written when a file is compressed, 1 otherwise (so older readers read it).
+READABLE_VERSIONS = (1, 2)
+#: The one compression a payload file may have (version 2): `formats.delta_frames`.
+COMPRESSION = "delta-frames"
 #: Larger than a checksum file may be: a 65B model lists about 800 tensors per file.
 MAX_NATIVE_MANIFEST_BYTES = 4 * MAX_MANIFEST_BYTES
 Method = Literal["tensor-xor", "file-xor", "copy"]
@@ -116,6 +120,9 @@ class FileEntry:
     note: str | None = None
     raw: RawNote | None = None
     """Set on a weight file copied whole (no base file), as allowed by an `allow_raw` pattern."""
+    compression: str | None = None
+    """`delta-frames`: the payload file holds the output as delta frames (`payload_size` and
+    `payload_sha256` are the stored file's, `size` and `sha256` the output's)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ class NativeManifest:
     encoder: str
     files: tuple[FileEntry, ...]
     base_tensors: Mapping[str, BaseTensor]
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
     omitted: tuple[str, ...] = field(default=())
     """Files of the fine-tuned folder left out of the payload (duplicate weights in another container)."""
     allow_raw: tuple[str, ...] = field(default=())
@@ -184,6 +191,8 @@ class NativeManifest:
                 d["note"] = f.note
             if f.raw is not None:
                 d["raw"] = _note_json(f.raw)
+            if f.compression is not None:
+                d["compression"] = f.compression
             return d
 
         doc: dict[str, Any] = {
@@ -307,12 +316,16 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
     if d.get("format") != FORMAT:
         raise c.fail(f"not a {FORMAT} manifest (format {d.get('format')!r})")
     version = c.integer(d.get("format_version"), "format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise c.fail(
-            f"format_version {version} is not supported by this xorweights (it reads {FORMAT_VERSION})"
+            f"format_version {version} is not supported by this xorweights (it reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade xorweights"
         )
     base_tensors = _base_tensors(c, c.obj(d.get("base_tensors", {}), "base_tensors"))
     files = _files(c, d.get("files"), base_tensors)
+    for f in files:
+        if f.compression is not None and (version < 2 or f.method != "tensor-xor"):
+            raise c.fail(f"{f.name}: compression applies to tensor-xor files of format_version 2")
     omitted = d.get("omitted", [])
     if not isinstance(omitted, list):
         raise c.fail("omitted must be a list")
@@ -377,6 +390,9 @@ def _file(c: _Fields, f: dict[str, Any], name: str, base_tensors: Mapping[str, B
             c.digest(b.get("sha256"), f"{name}: base_file sha256"),
         )
     note = f.get("note")
+    compression = f.get("compression")
+    if compression is not None and compression != COMPRESSION:
+        raise c.fail(f"{name}: unknown compression {quoted(compression, 40)}; expected {COMPRESSION}")
     return FileEntry(
         name=name,
         method=method,
@@ -388,6 +404,7 @@ def _file(c: _Fields, f: dict[str, Any], name: str, base_tensors: Mapping[str, B
         base_file=base_file,
         note=note if isinstance(note, str) else None,
         raw=c.raw_note(f.get("raw"), f"{name}: raw"),
+        compression=compression,
     )
 
 

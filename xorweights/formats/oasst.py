@@ -42,6 +42,7 @@ from ..pipeline import Step, output_digests
 from ..pipeline.job import converted
 from ..sources import FileSource, GeneratedSource, PayloadSource
 from . import plausible
+from .delta_frames import starts_with_frame
 from .gzip_stream import check_gzip_head
 from .native_manifest import MANIFEST_NAME
 from .payload_folder import left_by_us
@@ -216,8 +217,16 @@ def refuse_plain_payload(payload_dir: Path, raw: Sequence[str], only: Collection
             continue
         try:
             plain = plausible.problem(Path(entry.path), name) is None
+            with open(entry.path, "rb") as f:
+                framed = name.endswith(".safetensors") and starts_with_frame(f.read(16))
         except OSError as e:
             raise IOFailure("reading", entry.path, e) from e
+        if framed:
+            raise FormatError(
+                f"payload file {entry.path} holds delta frames (a compressed native payload), but "
+                f"{payload_dir} has no {MANIFEST_NAME}: download or copy it too",
+                path=entry.path,
+            )
         if plain:
             raise ImplausibleOutputError(
                 f"payload file {entry.path} is a valid {plausible.kind(name)} as it is, so it was not "

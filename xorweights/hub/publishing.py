@@ -35,6 +35,7 @@ from ..formats.native_manifest import (
     load_manifest,
 )
 from ..formats.raw_storage import RawItem, manifest_items, refuse_unallowed
+from ..sources import FileSource
 from . import model_card
 from .access import HubFile, list_repo, short_error
 from .download import hub_bars_off
@@ -125,7 +126,7 @@ def _release(
         native.check_payload_files(manifest, payload_dir)
         for f in manifest.files:  # the tensors the manifest lists are the ones the payload holds
             if f.method == "tensor-xor":
-                native.payload_header(payload_dir / f.name, f)
+                native.payload_header(FileSource(payload_dir / f.name), f)
         raw = manifest_items(manifest, payload_dir)
         refuse_unallowed(raw, allow_raw, where=payload_dir / MANIFEST_NAME, publishing=True)
         release = manifest.to_checksums(

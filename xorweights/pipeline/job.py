@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..formats import gzip_stream, plausible
 from ..reports import FileReport
-from ..sources import GeneratedSource, Inflating, PayloadSource, Source
+from ..sources import GeneratedSource, PayloadSource, Source, transcoding
 from .engine import StreamError, XorStats, xor_stream
 from .plan import Step, Verb
 
@@ -178,13 +178,12 @@ def _check_unchanged(
 
 
 def _stored_progress(stream: Any, bar: Any) -> Any:
-    """Progress of a gzip payload in stored bytes (the bar's total), not inflated ones."""
-    fd = stream.fileno()
+    """Progress of a transcoded input (gzip, delta frames) in stored bytes (the bar's total)."""
     done = 0
 
     def update(_n: int) -> None:
         nonlocal done
-        pos = os.lseek(fd, 0, os.SEEK_CUR)
+        pos = stream.consumed()
         if pos > done:
             bar.update(pos - done)
             done = pos
@@ -261,7 +260,7 @@ def run_job(job: Job, bar: Any, stop: threading.Event, depth: int, folder: Outpu
         name=step.name,
         action=step.action,
         size=size,
-        compressed=isinstance(data, Inflating) or step.sink.gzip_mtime is not None,
+        compressed=transcoding(data) or step.sink.gzip_mtime is not None,
         data_size=stats.size if step.sink.gzip_mtime is not None else None,
         base_size=stats.base_read if base is not None else None,
         digests=digests,
@@ -294,7 +293,7 @@ def _pass(
             base,
             gz if gz is not None else written,
             hashes=job.hashes(),
-            on_progress=_stored_progress(data, bar) if isinstance(data, Inflating) else bar.update,
+            on_progress=_stored_progress(data, bar) if transcoding(data) else bar.update,
             should_stop=lambda: stop.is_set() or _cancel.requested(),
             depth=depth,
             drop_cache=job.drop_cache,
@@ -312,9 +311,7 @@ def _pass(
 def _check_pass(job: Job, data: Any, base: Any, stats: XorStats) -> tuple[bool, bool]:
     """Inputs unchanged, output of the expected size and digests: `(base verified, output verified)`."""
     step = job.step
-    _check_unchanged(
-        step.data, data, job.inputs.get("payload"), None if isinstance(data, Inflating) else stats.size
-    )
+    _check_unchanged(step.data, data, job.inputs.get("payload"), None if transcoding(data) else stats.size)
     if base is not None and step.base is not None and step.base.path is not None:
         at_open = job.inputs["base"]
         expect_read = at_open[0] if job.hashes()["base"] else min(at_open[0], stats.size)

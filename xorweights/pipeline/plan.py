@@ -54,10 +54,13 @@ class Step:
     """More of what the output's bytes depend on, recorded with its inputs (e.g. gzip options)."""
     cause: str | None = None
     """Why the output would be wrong, when the step knows better than the generic message."""
+    masked: bool = False
+    """The data is masked by a base read inside its source (a compressed native payload): an XOR
+    step although it has no separate base."""
 
     @property
     def action(self) -> Literal["xor", "copy"]:
-        return "copy" if self.base is None else "xor"
+        return "xor" if self.base is not None or self.masked else "copy"
 
     def inputs(self) -> dict[str, tuple[int, int]]:
         """What identifies the step's inputs in the output folder's records."""

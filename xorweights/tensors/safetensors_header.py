@@ -134,22 +134,39 @@ def read_header(path: os.PathLike[str] | str) -> SafetensorsHeader:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise FormatError(f"{path}: too short for a safetensors file ({size} bytes)", path=path)
-            (n,) = struct.unpack("<Q", raw)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                raise FormatError(
-                    f"{path}: safetensors header length {n} is beyond "
-                    f"{'the file' if 8 + n > size else 'the 100 MB limit'}",
-                    path=path,
-                )
-            header = f.read(n)
+            return read_header_from(f, os.fstat(f.fileno()).st_size, str(path))
     except FileNotFoundError:
         raise MissingFileError(f"safetensors file not found: {path}", path=path) from None
     except OSError as e:
         raise IOFailure("reading", path, e) from None
+
+
+def read_header_from(stream: Any, size: int, source: str) -> SafetensorsHeader:
+    """Read and validate the header of a safetensors file of `size` bytes from the start of
+    `stream` (anything with `readinto`, e.g. a compressed payload's decoded bytes)."""
+    raw = _read_some(stream, 8)
+    if len(raw) < 8:
+        raise FormatError(f"{source}: too short for a safetensors file ({size} bytes)", path=source)
+    (n,) = struct.unpack("<Q", raw)
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        raise FormatError(
+            f"{source}: safetensors header length {n} is beyond "
+            f"{'the file' if 8 + n > size else 'the 100 MB limit'}",
+            path=source,
+        )
+    header = _read_some(stream, n)
     if len(header) != n:
-        raise FormatError(f"{path}: safetensors header is truncated", path=path)
-    return parse_header(header, size, str(path))
+        raise FormatError(f"{source}: safetensors header is truncated", path=source)
+    return parse_header(header, size, source)
+
+
+def _read_some(stream: Any, n: int) -> bytes:
+    """Up to `n` bytes: fewer only at the stream's end."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = stream.readinto(view[got:])
+        if not k:
+            break
+        got += k
+    return bytes(buf[:got])
