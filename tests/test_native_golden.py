@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,83 @@ def test_the_golden_payload_decodes_to_the_fine_tuned_files(tmp_path: Path) -> N
     for name in ("model.safetensors", "config.json"):
         (payload / name).write_bytes((GOLDEN / name).read_bytes())
     text = (GOLDEN / "xorweights.json").read_text().replace("{version}", xorweights.__version__)
+    (payload / "xorweights.json").write_text(text)
+    report = xorweights.decode(payload, base=base, out=tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(tuned) and all(f.verified for f in report.files)
+
+
+# --- format version 2: delta frames ------------------------------------------------------------
+
+GOLDEN_V2 = Path(__file__).parent / "golden" / "native-tiny-v2"
+
+
+def independent_decode(payload: bytes, base_image: bytes) -> bytes:
+    """The README's delta-frame layout, decoded with struct, zstandard and Python integers only."""
+    import zstandard
+
+    out, pos, at = bytearray(), 0, 0
+    while pos < len(payload):
+        transform, width, key, reserved, n = struct.unpack_from("<BBBBI", payload, pos)
+        assert transform in (0, 1) and key == 0 and reserved == 0  # the golden uses no grouping
+        planes = 1 if transform == 0 else width
+        lengths = struct.unpack_from(f"<{planes}I", payload, pos + 8)
+        pos += 8 + 4 * planes
+        data = []
+        for length in lengths:
+            data.append(zstandard.ZstdDecompressor().decompress(payload[pos : pos + length]))
+            pos += length
+        if transform == 0:
+            out += data[0]
+            at += n
+            continue
+        bits = 8 * width
+        for i in range(n):
+            z = sum(data[j][i] << (8 * j) for j in range(width))
+            d = (z >> 1) ^ -(z & 1)  # un-zigzag
+            b = int.from_bytes(base_image[at + i * width : at + (i + 1) * width], "little")
+            out += ((b + d) % (1 << bits)).to_bytes(width, "little")
+        at += n * width
+    return bytes(out)
+
+
+def test_a_tiny_compressed_payload_matches_the_golden_one(tmp_path: Path) -> None:
+    import zstandard
+
+    base, tuned = _pair(tmp_path)
+    out = tmp_path / "payload"
+    xorweights.encode(tuned, base=base, out=out)
+    golden = (GOLDEN_V2 / "xorweights.json").read_text().replace("{version}", xorweights.__version__)
+    made, want = json.loads((out / "xorweights.json").read_text()), json.loads(golden)
+    same_zstd = (
+        ".".join(map(str, zstandard.ZSTD_VERSION)) == (GOLDEN_V2 / "zstd-version.txt").read_text().strip()
+    )
+    if same_zstd:  # zstd's own bytes are pinned only for the zstd they were made with
+        assert (out / "xorweights.json").read_text() == golden
+        assert (out / "model.safetensors").read_bytes() == (GOLDEN_V2 / "model.safetensors").read_bytes()
+    else:
+        for doc in (made, want):
+            doc["files"][1].pop("payload_size"), doc["files"][1].pop("payload_sha256")
+        assert made == want
+    # Independently of xorweights' reader: the golden payload decodes to the fine-tuned file.
+    image = bytes(8 + int.from_bytes((tuned / "model.safetensors").read_bytes()[:8], "little"))
+    b = load_file(str(base / "model.safetensors"))
+    image += b"".join(b[n].tobytes() for n in ("a.weight", "b.bias"))  # the fine-tune's tensor order
+    for payload in ((GOLDEN_V2 / "model.safetensors").read_bytes(), (out / "model.safetensors").read_bytes()):
+        assert independent_decode(payload, image) == (tuned / "model.safetensors").read_bytes()
+    entry = next(f for f in want["files"] if f["name"] == "model.safetensors")
+    assert entry["compression"] == "delta-frames" and want["format_version"] == 2
+    sha = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
+    assert entry["payload_sha256"] == sha((GOLDEN_V2 / "model.safetensors").read_bytes())
+    assert entry["sha256"] == sha((tuned / "model.safetensors").read_bytes())
+
+
+def test_the_golden_compressed_payload_decodes(tmp_path: Path) -> None:
+    base, tuned = _pair(tmp_path)
+    payload = tmp_path / "golden"
+    payload.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (payload / name).write_bytes((GOLDEN_V2 / name).read_bytes())
+    text = (GOLDEN_V2 / "xorweights.json").read_text().replace("{version}", xorweights.__version__)
     (payload / "xorweights.json").write_text(text)
     report = xorweights.decode(payload, base=base, out=tmp_path / "out")
     assert tree(tmp_path / "out") == tree(tuned) and all(f.verified for f in report.files)

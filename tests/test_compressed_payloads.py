@@ -1,0 +1,121 @@
+"""Compressed native payloads (format version 2) end to end: every dtype, empty tensors, tensors
+cut into many frames and partial ones, both transforms; decode and `iter_tensors` byte-exact."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import xorweights
+from tests.conftest import tree
+from xorweights.errors import InputChangedError
+from xorweights.formats import delta_frames
+from xorweights.formats.native_manifest import load_manifest
+from xorweights.tensors.dtypes import DTYPE_SIZES
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> None:
+    """A safetensors file written by hand (the format: u64 header length, JSON header, data)."""
+    header: dict[str, object] = {}
+    offset = 0
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(t[2] for t in tensors.values()))
+
+
+def pair(root: Path) -> tuple[Path, Path, dict[str, bytes]]:
+    """Base and fine-tuned folders: one tensor per dtype in odd lengths, empty ones, and a 1-byte
+    tensor of odd length first, so that every wider tensor starts at an unaligned offset."""
+    rng = np.random.default_rng(7)
+    base: dict[str, tuple[str, tuple[int, ...], bytes]] = {"a.odd": ("U8", (7,), rng.bytes(7))}
+    for i, dtype in enumerate(sorted(DTYPE_SIZES)):
+        n = 301 + 13 * i
+        base[f"t.{dtype}"] = (dtype, (n,), rng.bytes(n * DTYPE_SIZES[dtype]))
+    base["z.empty"] = ("F16", (0, 5), b"")
+    base["z.empty32"] = ("F32", (0,), b"")
+    tuned = {}
+    for name, (dtype, shape, data) in base.items():
+        arr = np.frombuffer(data, np.uint8).copy()
+        flip = rng.random(arr.size) < 0.3  # a fine-tune: some low bits, some whole bytes
+        arr[flip] ^= rng.integers(1, 256, int(flip.sum()), dtype=np.uint8)
+        tuned[name] = (dtype, shape, arr.tobytes())
+    for folder, tensors in (("base", base), ("ft", tuned)):
+        (root / folder).mkdir()
+        write_safetensors(root / folder / "model.safetensors", tensors)
+        (root / folder / "config.json").write_text('{"hidden": 3}\n')
+    return root / "base", root / "ft", {n: t[2] for n, t in tuned.items()}
+
+
+def raw(tensor: torch.Tensor) -> bytes:
+    return tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+@pytest.mark.parametrize("compress", ["zstd", "zstd-grouped"])
+@pytest.mark.parametrize("frames", ["whole", "tiny"])
+def test_every_dtype_round_trips_compressed(tmp_path: Path, monkeypatch, compress: str, frames: str) -> None:
+    if frames == "tiny":  # many frames per tensor, the last one partial; the header over several
+        monkeypatch.setattr(delta_frames, "FRAME_ELEMENTS", 64)
+        monkeypatch.setattr(delta_frames, "STORED_FRAME_BYTES", 100)
+    base, ft, tuned = pair(tmp_path)
+    report = xorweights.encode(ft, base=base, out=tmp_path / "payload", compress=compress)
+    m = report.native_manifest
+    assert m is not None and m.format_version == 2
+    assert m.file("model.safetensors").compression == "delta-frames"
+    assert m.file("config.json").compression is None
+    assert load_manifest(tmp_path / "payload") == m
+    if frames == "tiny":
+        heads = []
+        data = (tmp_path / "payload" / "model.safetensors").read_bytes()
+        pos = 0
+        while pos < len(data):
+            head = delta_frames.parse_head(data[pos : pos + 40], "t")
+            heads.append(head)
+            pos += head.size
+        assert len(heads) > 100 and {h.transform for h in heads} >= {delta_frames.STORED, delta_frames.DELTA}
+        if compress == "zstd-grouped":
+            assert delta_frames.GROUPED in {h.transform for h in heads}
+    monkeypatch.undo()  # the reader takes frames of any size up to its limit
+    xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(ft)
+    loaded = xorweights.iter_tensors(tmp_path / "payload", base, framework="pt")
+    assert {n: raw(t) for n, t in loaded} == tuned
+    some = dict(xorweights.iter_tensors(tmp_path / "payload", base, framework="pt", names=["t.I64"]))
+    assert list(some) == ["t.I64"] and raw(some["t.I64"]) == tuned["t.I64"]
+
+
+def test_compressed_and_uncompressed_payloads_decode_to_the_same_files(tmp_path: Path) -> None:
+    base, ft, _ = pair(tmp_path)
+    for mode in ("zstd", "none"):
+        xorweights.encode(ft, base=base, out=tmp_path / f"p-{mode}", compress=mode)
+        xorweights.decode(tmp_path / f"p-{mode}", base=base, out=tmp_path / f"out-{mode}")
+    assert tree(tmp_path / "out-zstd") == tree(tmp_path / "out-none") == tree(ft)
+    v1, v2 = load_manifest(tmp_path / "p-none"), load_manifest(tmp_path / "p-zstd")
+    assert v1.format_version == 1 and v2.format_version == 2
+    assert {f.name: f.sha256 for f in v1.files} == {f.name: f.sha256 for f in v2.files}
+
+
+def test_a_fine_tuned_file_changed_after_planning_is_refused(tmp_path: Path, monkeypatch) -> None:
+    base, ft, _ = pair(tmp_path)
+    from xorweights.formats import native_encode
+
+    real = native_encode.prepare_encode
+
+    def then_change(*args, **kwargs):  # the file changes between the planning hash and the pass
+        plan = real(*args, **kwargs)
+        data = bytearray((ft / "model.safetensors").read_bytes())
+        data[-1] ^= 1
+        (ft / "model.safetensors").write_bytes(bytes(data))
+        return plan
+
+    monkeypatch.setattr(native_encode, "prepare_encode", then_change)
+    with pytest.raises(InputChangedError, match=r"model.safetensors: it changed .*sha256"):
+        xorweights.encode(ft, base=base, out=tmp_path / "payload")
+    assert not (tmp_path / "payload" / "xorweights.json").exists()
+    assert not (tmp_path / "payload" / "model.safetensors").exists()
