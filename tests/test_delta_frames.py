@@ -139,7 +139,7 @@ def test_stored_frame_layout() -> None:
         (lambda f: f[:1] + b"\x03" + f[2:], "element width 3"),
         (lambda f: f[:4] + struct.pack("<I", MAX_FRAME_BYTES // 2 + 1) + f[8:], "more than"),
         (lambda f: f[:4] + struct.pack("<I", 5) + f[8:], "declares 4 bytes, the frame 5"),
-        (lambda f: f[:16] + b"\x00" * 4 + f[20:], "not a valid zstd frame"),
+        (lambda f: f[:16] + b"\x00" * 4 + f[20:], "not one valid zstd frame"),
     ],
 )
 def test_damaged_frames_are_refused(damage, message: str) -> None:
@@ -156,7 +156,7 @@ def test_a_plane_of_two_zstd_frames_is_refused() -> None:
     frame = encode_frame(struct.pack("<2H", 1, 2), base, DELTA, 2, "F16", compressor())
     head, planes = _split(frame)
     extra = zstandard.ZstdCompressor(write_content_size=True).compress(b"")
-    with pytest.raises(FormatError, match="not one zstd frame"):
+    with pytest.raises(FormatError, match="not one (valid )?zstd frame"):
         decode_frame(head, [planes[0] + extra, planes[1]], base, decompressor(), "f")
 
 

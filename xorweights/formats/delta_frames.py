@@ -207,11 +207,10 @@ def _plane(blob: bytes, n: int, dctx: Any, where: str) -> bytes:
         size = zstd.frame_content_size(blob)
         if size != n:
             raise FormatError(f"{where}: a plane declares {size} bytes, the frame {n}", path=where)
-        stream = dctx.decompressobj()
-        data = stream.decompress(blob)
+        data = dctx.decompress(blob, allow_extra_data=False)  # one frame, nothing after it
     except zstd.ZstdError as e:
-        raise FormatError(f"{where}: a plane is not a valid zstd frame ({e})", path=where) from None
-    if len(data) != n or not stream.eof or stream.unused_data:
+        raise FormatError(f"{where}: a plane is not one valid zstd frame ({e})", path=where) from None
+    if len(data) != n:
         raise FormatError(f"{where}: a plane is not one zstd frame of {n} bytes", path=where)
     return data
 
