@@ -12,7 +12,7 @@ It speaks the part of the Hub's API that `huggingface_hub` uses to download and 
 Xet storage is not served (clients are run with `HF_HUB_DISABLE_XET=1`, and downloads fall back to
 plain HTTP because no `X-Xet-Hash` header is sent). Private repos need `Authorization: Bearer <token>`.
 Faults for tests: `cut_after[path] = n` closes the connection after `n` body bytes of the next GET of
-`path`; `tamper(repo, path)` changes the served bytes while the listing keeps the original sha256.
+`path` from its start that gets that far (a client that hangs up earlier leaves it armed); `tamper(repo, path)` changes the served bytes while the listing keeps the original sha256.
 Namespaces in `HubState.foreign` belong to someone else: the token may read their public repos but
 not create or write there (403, as the Hub answers).
 """
@@ -309,17 +309,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        cut = self.state.cut_after.pop(name, None) if start == 0 else None
+        cut = self.state.cut_after.get(name) if start == 0 else None
         with open(self.state.blobs / entry.sha256, "rb") as f:
             f.seek(start)
             left = (end - start) if cut is None else min(cut, end - start)
             while left > 0:
                 chunk = f.read(min(left, 1 << 20))
-                self.wfile.write(chunk)
+                self.wfile.write(chunk)  # a client gone early raises here: the cut stays armed
                 left -= len(chunk)
                 if self.state.rate:
                     time.sleep(len(chunk) / self.state.rate)
         if cut is not None:
+            self.state.cut_after.pop(name, None)
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(2)

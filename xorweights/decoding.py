@@ -62,6 +62,7 @@ def decode(
     revision: str | None = None,
     subfolder: str | None = None,
     local_dir: os.PathLike[str] | str | None = None,
+    stream: bool = False,
 ) -> DecodeReport:
     """Rebuild fine-tuned files from an XOR payload and the base they were made against.
 
@@ -104,6 +105,11 @@ def decode(
             payload, else the folder holding the files the checksums name, else the one named
             like the repo.
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
+        stream: with a repo id, read the payload's weight files (its LFS files) over HTTP as they
+            are decoded, never writing them to disk; each is checked against the sha256 the Hub
+            lists in the same pass, and an output is committed only when its payload file
+            matched. A dropped connection resumes where it stopped; small files are downloaded
+            (and cached) as usual.
 
     Returns:
         `DecodeReport` with every file's size and digests; `out_dir` holds the verified files.
@@ -128,8 +134,9 @@ def decode(
         cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline,
     )  # fmt: skip
     where = _locate(
-        payload, base, out, checksums, access, revision=revision, subfolder=subfolder, progress=progress
-    )
+        payload, base, out, checksums, access, revision=revision, subfolder=subfolder, progress=progress,
+        stream=stream,
+    )  # fmt: skip
     options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
     if _is_native(where.payload_dir, format, payload_compression):
         return _decode_native(where, started, options, force=force, verify=verify)
@@ -174,6 +181,7 @@ def _locate(
     revision: str | None,
     subfolder: str | None,
     progress: bool,
+    stream: bool,
 ) -> _Located:
     """The payload folder (downloaded first when `payload` is a repo id) and its checksums."""
     manifest = (
@@ -183,7 +191,7 @@ def _locate(
     )
     payload_dir, fetched = hub.locate_payload(
         payload, access, revision=revision, subfolder=subfolder, checksums=manifest, progress=progress,
-        apart={"base": base, "out": out},
+        apart={"base": base, "out": out}, stream=stream,
     )  # fmt: skip
     if fetched is not None:
         manifest = manifest or fetched.checksums  # bundled for the repo id, or the card's: found by fetch
@@ -263,10 +271,11 @@ def _decode_legacy(
         where.fetched,
     )
     raw = manifest.raw_files if manifest else ()
-    only = fetched.files if fetched else None
+    remote = dict(fetched.streamed) if fetched else {}
+    only = {*fetched.files, *remote} if fetched else None
     oasst.refuse_plain_payload(payload_dir, raw, only)
-    generated = oasst.generated_base(payload_dir, base_dir, raw, legacy_options.base_mode)
-    steps = oasst.plan(payload_dir, base_dir, raw_patterns=raw, generated=generated, only=only)
+    generated = oasst.generated_base(payload_dir, base_dir, raw, legacy_options.base_mode, remote)
+    steps = oasst.plan(payload_dir, base_dir, raw_patterns=raw, generated=generated, only=only, remote=remote)
     check_out_dir(where.out_dir, {"payload": payload_dir, "base": base_dir})
     # A line file names no stage: given to decode, it lists the decoded outputs.
     line_file = manifest is not None and manifest.unstaged is not None
@@ -302,14 +311,14 @@ def _legacy_step(
     """A planned legacy step with its expected digests and, when XOR-ed, its payload file read as
     `opts` say (a copied file is never gzip), capped at what a gzip payload may inflate to: the
     published size, else twice its base plus slack."""
-    assert step.data.path is not None
+    stored = step.data.stored if isinstance(step.data, PayloadSource) else step.data
     if step.base is None:
-        return replace(step, data=FileSource(step.data.path), expect_base=None, expect_out=expect_out)
+        return replace(step, data=stored, expect_base=None, expect_out=expect_out)
     if expect_out is not None and expect_out.size is not None:
         limit = expect_out.size
     else:
         limit = 2 * step.base.identity()[0] + INFLATE_SLACK
-    data = PayloadSource(step.data.path, opts.compression, opts.backend, limit)
+    data = PayloadSource(stored, opts.compression, opts.backend, limit)
     return replace(step, data=data, expect_base=expect_base, expect_out=expect_out)
 
 
@@ -322,7 +331,8 @@ def _decode_native(
     """Decode a native payload: prove the base tensors, then rebuild every file in one pass each."""
     payload_dir, base_dir, published = where.payload_dir, where.base_dir, where.checksums
     manifest = load_manifest(payload_dir / MANIFEST_NAME)
-    native.check_payload_files(manifest, payload_dir)
+    remote = where.fetched.streamed if where.fetched else {}
+    native.check_payload_files(manifest, payload_dir, remote)
     if published is not None:
         decoded = published.stage("decoded")
         _check_listed(published, decoded, decoded, {f.name for f in manifest.files}, payload_dir)
@@ -334,8 +344,13 @@ def _decode_native(
     steps = [
         replace(s, expect_out=expected[s.name])
         for s in native.decode_plan(
-            manifest, payload_dir, base_dir, store, workers=options.jobs or default_jobs()
-        )
+            manifest,
+            payload_dir,
+            base_dir,
+            store,
+            workers=options.jobs or default_jobs(),
+            open_payload=lambda f: remote.get(f.name) or FileSource(payload_dir / f.name),
+        )  # fmt: skip
     ]
     hub_check = _hub_check(where, options.jobs, options.progress)
 

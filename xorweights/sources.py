@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 from ._outdir import file_id
-from .constants import CHUNK_SIZE
+from .constants import CHUNK_SIZE, GZIP_MAGIC
 from .errors import FormatError, IOFailure
 from .formats import gzip_stream
 from .formats.delta_frames import FrameReader, FrameWriter, Span
@@ -98,10 +98,12 @@ class FileSource:
 
 
 class Inflating:
-    """The inflated bytes of a gzip payload, capped: a gzip bomb stops at `limit` bytes."""
+    """The inflated bytes of a gzip payload, capped: a gzip bomb stops at `limit` bytes.
+    `stored` is the stream of the stored bytes, whose position is the pass's progress."""
 
-    def __init__(self, stream: Any, limit: int | None, path: Path) -> None:
+    def __init__(self, stream: Any, limit: int | None, path: Path | str, stored: Any = None) -> None:
         self.stream, self.limit, self.path, self.count = stream, limit, path, 0
+        self.stored = stored
 
     def readinto(self, b: Any) -> int:
         n = int(self.stream.readinto(b))
@@ -121,7 +123,9 @@ class Inflating:
 
     def consumed(self) -> int:
         """Bytes of the stored file read so far (the progress of the pass)."""
-        return os.lseek(self.fileno(), 0, os.SEEK_CUR)
+        if self.stored is None or isinstance(self.stored, io.IOBase):
+            return os.lseek(self.fileno(), 0, os.SEEK_CUR)
+        return int(self.stored.tell())
 
     def close(self) -> None:
         self.stream.close()
@@ -134,29 +138,58 @@ class Inflating:
 
 
 @dataclass(frozen=True)
-class PayloadSource(FileSource):
-    """A legacy payload file: plain, or a gzip stream recognised by its first bytes.
+class PayloadSource:
+    """A legacy payload file (`stored`: on disk, or read from the Hub): plain, or a gzip stream
+    recognised by its first bytes.
 
     `compression`: `auto` reads a file starting with `1f 8b 08` as gzip, `none` never does,
     `gzip` requires it. What a gzip stream may inflate to is capped at `inflate_limit`.
     """
 
+    stored: Source
     compression: PayloadCompression = "auto"
     backend: str = "zlib"
     inflate_limit: int | None = None
 
+    @property
+    def label(self) -> str:
+        return self.stored.label
+
+    @property
+    def path(self) -> Path | None:
+        return self.stored.path
+
+    @property
+    def detail(self) -> str:
+        return self.stored.detail
+
+    def size(self) -> int | None:
+        return self.stored.size()
+
+    def identity(self) -> tuple[int, int]:
+        return self.stored.identity()
+
+    def is_gzip(self) -> bool:
+        """Whether it is read as gzip (its first bytes, unless `compression` is `none`)."""
+        if self.compression == "none":
+            return False
+        with self.stored.open() as f:
+            return f.read(len(GZIP_MAGIC)) == GZIP_MAGIC  # type: ignore[no-any-return]
+
     def open(self) -> BinaryIO:
+        raw = self.stored.open()
         stream, compressed = _opened(
             "opening",
-            self.file,
-            lambda: gzip_stream.open_source(
-                self.file,
+            self.label,
+            lambda: gzip_stream.open_stream(
+                raw,
+                self.label,
                 detect_gzip=self.compression != "none",
                 require_gzip=self.compression == "gzip",
                 backend=self.backend,
             ),
         )
-        return Inflating(stream, self.inflate_limit, self.file) if compressed else stream  # type: ignore[return-value]
+        return Inflating(stream, self.inflate_limit, self.label, raw) if compressed else stream  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

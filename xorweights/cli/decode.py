@@ -68,6 +68,12 @@ from ._render import emit_json, print_decode
     help="Hash outputs already in place again (by default they are kept when size, mtime and ctime are "
     "as recorded).",
 )
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="With a repo id: read the payload's weight files over HTTP as they are decoded, never writing "
+    "them to disk (each checked against the Hub's sha256 in the same pass; a dropped connection resumes).",
+)
 @download_options
 @jobs_option
 @quiet_option
@@ -85,6 +91,7 @@ def decode_cmd(
     gzip_backend: str | None,
     payload_compression: str,
     verify: bool,
+    stream: bool,
     revision: str | None,
     token: str | None,
     cache_dir: Path | None,
@@ -99,7 +106,8 @@ def decode_cmd(
 
     PAYLOAD is a payload folder or a Hugging Face repo id (OWNER/NAME[@REVISION][:SUBFOLDER]); a
     repo's payload files are downloaded (HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE and the Hub cache
-    apply) and checked against the sha256 the Hub reports before they are read.
+    apply) and checked against the sha256 the Hub reports before they are read; with --stream they
+    are read as they are decoded instead, and only the outputs touch the disk.
     """
     report = decode(
         payload,
@@ -122,6 +130,7 @@ def decode_cmd(
         revision=revision,
         subfolder=subfolder,
         progress=not quiet,
+        stream=stream,
     )
     if as_json:
         emit_json(report.to_dict())

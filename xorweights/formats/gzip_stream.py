@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import gzip
+import io
 import logging
 import os
 import struct
@@ -467,18 +468,63 @@ def open_source(
     Raises:
         `FormatError`: `require_gzip` and the file does not start with the gzip magic bytes.
     """
-    f = open(path, "rb")  # noqa: SIM115 (the caller owns the stream)
+    return open_stream(
+        open(path, "rb"), path, detect_gzip=detect_gzip, backend=backend, require_gzip=require_gzip
+    )
+
+
+def open_stream(
+    f: Any, where: Path | str, *, detect_gzip: bool, backend: str = "zlib", require_gzip: bool = False
+) -> tuple[BinaryIO, bool]:
+    """`open_source` of an opened stream `f` (a file, or a payload read from the Hub), which the
+    returned stream owns. A stream that cannot seek back gets its first bytes replayed."""
     try:
         head = f.read(len(GZIP_MAGIC)) if detect_gzip or require_gzip else b""
-        f.seek(0)
+        if head:
+            if isinstance(f, io.IOBase):
+                f.seek(0)
+            else:
+                f = _Replayed(head, f)
         if require_gzip:
-            check_gzip_head(path, head)
+            check_gzip_head(Path(where), head)
     except BaseException:
         f.close()
         raise
     if head != GZIP_MAGIC:
         return f, False
     return GzipReader(f, backend), True  # type: ignore[return-value]  # a reader: readinto, fileno, close
+
+
+class _Replayed:
+    """A stream whose first bytes were read already: `head`, then the rest of `raw`."""
+
+    def __init__(self, head: bytes, raw: Any) -> None:
+        self.head, self.raw = memoryview(head), raw
+
+    def readinto(self, b: Any) -> int:
+        if not len(self.head):
+            return int(self.raw.readinto(b))
+        view = memoryview(b).cast("B")
+        n = min(len(view), len(self.head))
+        view[:n] = self.head[:n]
+        self.head = self.head[n:]
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        buf = bytearray(n if n >= 0 else 1 << 20)
+        return bytes(buf[: self.readinto(buf)])
+
+    def tell(self) -> int:
+        return int(self.raw.tell()) - len(self.head)
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self) -> _Replayed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def check_gzip_head(path: Path, head: bytes) -> None:

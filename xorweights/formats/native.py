@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import _cancel
 from .._line_endings import line_ending_hint
@@ -23,6 +24,9 @@ from ..checksums import ChecksumManifest, FileDigest, hash_file
 from ..errors import BaseMismatchError, FormatError, InputError, MissingFileError
 from ..pipeline import Step
 from ..sources import BaseImageSource, FileSource, FramedSource, Source
+
+if TYPE_CHECKING:
+    from ..hub.stream import HubFileSource
 from ..tensors.safetensors_header import SafetensorsHeader, read_header, read_header_from
 from ..tensors.store import StoredTensor, TensorStore, castable, nbytes_of
 from .delta_frames import FrameReader
@@ -191,15 +195,28 @@ def check_base(
             )
 
 
-def check_payload_files(manifest: NativeManifest, payload_dir: Path) -> None:
-    """Every payload file is present with the size the manifest gives (cheap, before anything else)."""
-    missing = [f.name for f in manifest.files if not check_regular_file(payload_dir / f.name, payload_dir)]
+def check_payload_files(
+    manifest: NativeManifest, payload_dir: Path, remote: Mapping[str, HubFileSource] | None = None
+) -> None:
+    """Every payload file is present with the size the manifest gives (cheap, before anything else);
+    one read from the Hub (`remote`) must be listed there with the manifest's size and sha256."""
+    remote = remote or {}
+    for f in manifest.files:
+        listed = remote[f.name].listed if f.name in remote else None
+        if listed is not None and (listed.size, listed.sha256) != (f.payload_size, f.payload_sha256):
+            raise FormatError(
+                f"payload file {remote[f.name].label}: the Hub lists {listed.size} bytes, sha256 "
+                f"{listed.sha256}, but {MANIFEST_NAME} gives {f.payload_size}, {f.payload_sha256}",
+                path=remote[f.name].label,
+            )
+    local = [f for f in manifest.files if f.name not in remote]
+    missing = [f.name for f in local if not check_regular_file(payload_dir / f.name, payload_dir)]
     if missing:
         raise MissingFileError(
             f"payload file{'s' if len(missing) > 1 else ''} missing in {payload_dir}: {', '.join(missing)}",
             path=payload_dir / missing[0],
         )
-    for f in manifest.files:
+    for f in local:
         size = (payload_dir / f.name).stat().st_size
         if size != f.payload_size:
             hint = line_ending_hint(
@@ -226,9 +243,11 @@ def payload_header(source: Source, entry: FileEntry) -> SafetensorsHeader:
     """The header of a payload file's output, which must list exactly the manifest's tensors: the
     file's own header, or a compressed file's first (stored) frames."""
     path = source.label
-    if entry.compression is None:
-        assert source.path is not None
+    if entry.compression is None and source.path is not None:
         header = read_header(source.path)
+    elif entry.compression is None:
+        with source.open() as stream:
+            header = read_header_from(stream, entry.payload_size, path)
     else:
         with FrameReader(source.open(), _Zeros(), path) as frames:
             header = read_header_from(frames, entry.size, path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -40,7 +40,7 @@ from ..errors import (
 )
 from ..pipeline import Step, output_digests
 from ..pipeline.job import converted
-from ..sources import FileSource, GeneratedSource, PayloadSource
+from ..sources import FileSource, GeneratedSource, PayloadSource, Source
 from . import plausible
 from .delta_frames import starts_with_frame
 from .gzip_stream import check_gzip_head
@@ -136,10 +136,12 @@ def plan(
     generated: GeneratedBase | None = None,
     only: Collection[str] | None = None,
     encoding: bool = False,
+    remote: Mapping[str, Source] | None = None,
 ) -> list[Step]:
     """Plan every output of a decode (or encode): XOR with the same-named base file, or copy.
 
-    `only` limits the plan to those names (a Hub download lists its payload files). Files of
+    `only` limits the plan to those names (a Hub download lists its payload files); `remote`
+    gives payload files read from elsewhere than `source_dir` (the Hub, as they are decoded). Files of
     `LEGACY_RAW_FILES` follow `raw_rule_action`, with the base folder's own file (never a
     generated one).
 
@@ -152,7 +154,8 @@ def plan(
     if not base_dir.is_dir():
         raise InputError(f"base must be a folder, got a file: {base_dir}", path=base_dir)
     raw_patterns = tuple(raw_patterns)
-    names = [n for n in _files(source_dir) if only is None or n in only]
+    remote = remote or {}
+    names = sorted({n for n in [*_files(source_dir), *remote] if only is None or n in only})
     if not names:
         raise InputError(f"no files to process in {source_dir}", path=source_dir)
     skipped = [e.name for e in os.scandir(source_dir) if e.is_dir() and not e.name.startswith(".")]
@@ -162,8 +165,12 @@ def plan(
     steps: list[Step] = []
     missing: list[str] = []
     for name in names:
-        check_not_escaping_link(source_dir / name, source_dir)
-        data = FileSource(source_dir / name)
+        data: Source
+        if name in remote:
+            data = remote[name]
+        else:
+            check_not_escaping_link(source_dir / name, source_dir)
+            data = FileSource(source_dir / name)
         if follows_raw_rule(name, raw_patterns):
             action = raw_rule_action(source_dir / name, base_dir / name, encoding=encoding)
             logger.info("%s: %s", name, "XOR-ed with the base's" if action == "xor" else "stored raw")
@@ -176,7 +183,7 @@ def plan(
             missing.append(name)
         else:
             if encoding:
-                _warn_unmasked_tail(data.file, base_dir / name)
+                _warn_unmasked_tail(source_dir / name, base_dir / name)
             steps.append(Step(name, data, FileSource(base_dir / name)))
     if missing:
         raise MissingFileError(
@@ -279,7 +286,9 @@ def check_base_sizes(steps: Sequence[Step], release: str) -> None:
             )
 
 
-def generated_base(payload_dir: Path, base_dir: Path, raw: Sequence[str], mode: str) -> GeneratedBase | None:
+def generated_base(
+    payload_dir: Path, base_dir: Path, raw: Sequence[str], mode: str, remote: Collection[str] = ()
+) -> GeneratedBase | None:
     """The generated base to decode against, or None to use the base folder's files.
 
     Raises:
@@ -296,7 +305,8 @@ def generated_base(payload_dir: Path, base_dir: Path, raw: Sequence[str], mode: 
             raise InputError(f"{base_dir} holds no LLaMA weights to generate a base from", path=base_dir)
         return None
     if mode == "auto":
-        needed = [e.name for e in os.scandir(payload_dir) if e.is_file() and not is_raw(e.name, raw)]
+        here = [e.name for e in os.scandir(payload_dir) if e.is_file()]
+        needed = [n for n in [*here, *remote] if not is_raw(n, raw)]
         if all((base_dir / n).is_file() for n in needed if not n.startswith(".")):
             return None
     logger.info("generating the base from the LLaMA weights in %s", base_dir)

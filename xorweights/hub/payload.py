@@ -9,7 +9,7 @@ import glob
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from .checksum_sources import (
 from .download import download_files, download_kwargs, recorded_commit, recorded_etag, snapshot
 from .model_card import CARD_NAME
 from .repo_spec import RepoSpec, is_repo_spec, parse_payload_spec
+from .stream import HubFileSource
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class HubPayload:
     """The repo's README.md, when it has one."""
     checksums: ChecksumManifest | None = None
     """The release's checksums (given, bundled for the repo id, or from the card), if any."""
+    streamed: Mapping[str, HubFileSource] = field(default_factory=dict)
+    """Payload files read from the Hub as they are decoded (`stream`), by payload name: not on disk."""
 
     @property
     def source(self) -> str:
@@ -99,6 +102,7 @@ def fetch(
     subfolder: str | None = None,
     checksums: ChecksumManifest | None = None,
     progress: bool = False,
+    stream: bool = False,
 ) -> HubPayload:
     """Download the payload files of a Hub repo (only those), and check the small ones.
 
@@ -117,6 +121,8 @@ def fetch(
         revision, subfolder: as the CLI's `--revision`/`--subfolder` (must agree with `spec`).
         checksums: the release's checksums, when the caller has them.
         progress: show download progress.
+        stream: download only the files outside LFS (manifest, configs, card); the LFS files are
+            listed in `streamed`, to be read from the Hub as they are decoded.
 
     Raises:
         `HubError`: unknown repo or revision, no access, or the Hub unreachable (or offline)
@@ -131,6 +137,9 @@ def fetch(
     api = hf.HfApi(endpoint=access.endpoint, token=access.token)
     where = f"{repo_id}@{revision}"
     offline = offline_default() if access.offline is None else access.offline
+    if stream and offline:
+        raise InputError(f"{spec}: --stream reads the payload from the Hub, which offline mode forbids; "
+                         "decode from the cache without --stream", path=spec)  # fmt: skip
     kw = download_kwargs(access, progress)
     local = access.local_dir is not None
     choose = f"{repo_id}{'@' + rs.revision if rs.revision else ''}:SUBFOLDER (or --subfolder SUBFOLDER)"
@@ -157,15 +166,48 @@ def fetch(
                 root = download_files(hf, repo_id, revision, [CARD_NAME], **kw)
                 found = card_checksums(root / CARD_NAME, root, repo_id)
             sub, paths = _payload_paths(listing, where, hints(found), card=card)
+            remote = _streamed(paths, listing, sub) if stream else []
+            local_paths = [p for p in paths if p not in remote]
             logger.info("%s: downloading %d files of %s (commit %s)", repo_id, len(paths), sub or "/", commit)
-            root = download_files(hf, repo_id, revision, paths, **kw)
-            got = recorded_commit(root, local, paths[0])
+            root = (
+                download_files(hf, repo_id, revision, local_paths, **kw)
+                if local_paths
+                else _empty_snapshot(hf, repo_id, commit, kw)
+            )
+            got = recorded_commit(root, local, local_paths[0]) if local_paths else None
             if got is not None and got != commit:  # the branch moved between listing and download
                 commit, listing = list_repo(api, repo_id, got)
                 sub, paths = _payload_paths(listing, where, hints(found), card=card)
-            files = {p: listing[p] for p in paths}
-            return _checked(repo_id, revision, commit, root, sub, files, found)
+                remote = _streamed(paths, listing, sub) if stream else []
+            files = {p: listing[p] for p in paths if p not in remote}
+            if remote:  # every payload file may be streamed: the folder is then made here
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            fetched = _checked(repo_id, revision, commit, root, sub, files, found)
+            prefix = f"{sub}/" if sub else ""
+            streamed = {
+                p[len(prefix) :]: HubFileSource(repo_id, p, commit, listing[p], api.endpoint, access.token)
+                for p in remote
+            }  # fmt: skip
+            return replace(fetched, streamed=streamed)
     return _from_cache(hf, rs, kw, local, unreachable, checksums, hints)
+
+
+def _empty_snapshot(hf: Any, repo_id: str, commit: str, kw: Mapping[str, Any]) -> Path:
+    """The folder a download would have used, for a streamed payload with no file to download."""
+    if "local_dir" in kw:
+        root = Path(kw["local_dir"])
+    else:
+        cache = Path(kw.get("cache_dir") or hf.constants.HF_HUB_CACHE)
+        root = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / commit
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _streamed(paths: Iterable[str], listing: Mapping[str, HubFile], sub: str) -> list[str]:
+    """The payload files a streaming decode reads from the Hub: those in LFS (the weights), but
+    never the payload's manifest, which is read before anything else."""
+    skip = {f"{sub}/{MANIFEST_NAME}" if sub else MANIFEST_NAME, CARD_NAME}
+    return [p for p in paths if listing[p].sha256 and p not in skip]
 
 
 def locate_payload(
@@ -177,6 +219,7 @@ def locate_payload(
     checksums: ChecksumManifest | None = None,
     progress: bool = False,
     apart: Mapping[str, os.PathLike[str] | str] | None = None,
+    stream: bool = False,
 ) -> tuple[Path, HubPayload | None]:
     """The payload folder of a local folder, or of a repo id (then fetched, and its
     `xorweights.json`, if any, checked against the Hub's sha256 before it is read).
@@ -206,13 +249,15 @@ def locate_payload(
             subfolder=subfolder,
             checksums=checksums,
             progress=progress,
+            stream=stream,
         )
         check_lfs_files(fetched, [MANIFEST_NAME], jobs=1, progress=False)
         return fetched.payload_dir, fetched
-    if revision is not None:
-        raise InputError(
-            f"--revision applies to a Hub repo id, not to the local folder {payload}", path=payload
-        )
+    for option, given in (("--revision", revision is not None), ("--stream", stream)):
+        if given:
+            raise InputError(
+                f"{option} applies to a Hub repo id, not to the local folder {payload}", path=payload
+            )
     return find_payload_dir(payload, PayloadHints(subfolder, checksum_names(checksums))), None
 
 
@@ -301,7 +346,7 @@ def _checked(
                     + (f"; {hint}" if hint else ""),
                     path=local, expected=f.blob_id, actual=actual, algorithm="git-sha1", stage="payload",
                 )  # fmt: skip
-    named = {p[len(prefix) :]: f for p, f in files.items() if p != CARD_NAME or sub}
+    named = {p[len(prefix) :]: f for p, f in files.items() if p.startswith(prefix) and p != CARD_NAME}
     card = root / CARD_NAME if CARD_NAME in files else None
     return HubPayload(
         repo_id=repo_id,
@@ -330,7 +375,11 @@ def check_lfs_files(payload: HubPayload, names: Iterable[str], *, jobs: int, pro
     Raises:
         `PayloadMismatchError`: naming the file, the repo commit, and both digests.
     """
-    todo = {n: payload.payload_dir / n for n in names if n in payload.files and payload.files[n].sha256}
+    todo = {
+        n: payload.payload_dir / n
+        for n in names
+        if n in payload.files and payload.files[n].sha256 and n not in payload.streamed
+    }
     for name, got in hash_files(todo, ("sha256",), jobs=jobs, progress=progress, desc="check payload"):
         want, actual = payload.files[name].sha256, got["sha256"]
         if actual != want:

@@ -25,7 +25,7 @@ from .._display import shown
 from .._outdir import OutputFolder
 from .._progress import byte_bar
 from .._space import check_outputs
-from ..constants import GZIP_MAGIC, PIPELINE_DEPTH, PIPELINE_SLOTS, STAGING_DIR, default_jobs
+from ..constants import PIPELINE_DEPTH, PIPELINE_SLOTS, STAGING_DIR, default_jobs
 from ..errors import ImplausibleOutputError, IOFailure
 from ..reports import FileReport
 from ..sources import PayloadSource
@@ -158,12 +158,11 @@ def _size_bound(step: Step) -> int:
         return step.expect_out.size
     size = step.data.size() or 0
     data = step.data
-    if isinstance(data, PayloadSource) and data.compression != "none" and step.base is not None:
+    if isinstance(data, PayloadSource) and step.base is not None:
         try:
-            with open(data.file, "rb") as f:
-                gzip = f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+            gzip = data.is_gzip()
         except OSError as e:
-            raise IOFailure("reading", data.file, e) from e
+            raise IOFailure("reading", data.label, e) from e
         if gzip:
             size = max(size, step.base.size() or 0)
     return size

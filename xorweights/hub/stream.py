@@ -1,0 +1,221 @@
+"""Reading a Hub file over HTTP as it downloads, never writing it to disk (`decode --stream`).
+
+`HubStream` is a pull reader over huggingface_hub's own HTTP helpers: the file's URL at a pinned
+commit (`hf_hub_url`), its headers (`build_hf_headers`: token, user agent), its session with
+backoff on connection errors, 429 and 5xx, and its error classes (`hf_raise_for_status`), so
+endpoints, mirrors, tokens and offline mode behave as for any download. A dropped connection is
+reopened with `Range: bytes=<received>-` (a few times in a row without progress, then the error).
+It hashes what it reads and, at the end, requires the size and sha256 the Hub lists (the git blob
+id for a file outside LFS): a file that differs raises `PayloadMismatchError` before its last
+byte is handed over, so no output made from it is ever committed.
+
+`HubFileSource` is the `sources.Source` of such a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from ..errors import IOFailure, PayloadMismatchError
+from .access import HubFile, hf_lib
+
+logger = logging.getLogger(__name__)
+
+#: Reconnects in a row without a byte received before a dropped connection is an error.
+MAX_REOPENS = 5
+
+
+class _ShortBody(Exception):
+    """The body ended before the listed size."""
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What a dropped or stalled connection raises in this huggingface_hub's HTTP client (not its
+    HTTP status errors, which are `OSError`s too and are never retried here)."""
+    if hf_lib().__version__.startswith("0."):
+        import requests
+        import urllib3
+
+        return (
+            requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout,
+            urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, _ShortBody,
+        )  # fmt: skip
+    try:
+        import httpx2 as httpx  # huggingface_hub 2.x
+    except ImportError:
+        import httpx  # 1.x
+    return (httpx.TransportError, _ShortBody)
+
+
+class HubStream:
+    """One file of a repo at a commit, read front to back (`readinto`), checked at its end."""
+
+    def __init__(self, repo_id: str, path: str, commit: str, listed: HubFile, *, endpoint: str | None,
+                 token: str | bool | None, label: str) -> None:  # fmt: skip
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers
+
+        self.url = hf_hub_url(repo_id, path, revision=commit, endpoint=endpoint)
+        self.headers = build_hf_headers(token=token, library_name="xorweights")
+        self.listed, self.label = listed, label
+        self.pos = 0
+        self.reopens = 0
+        self._hash = hashlib.sha256() if listed.sha256 else hashlib.sha1(b"blob %d\0" % listed.size)
+        self._stack = contextlib.ExitStack()
+        self._chunks: Any = None
+        self._raw: Any = None
+        self._left = memoryview(b"")
+        self._errors = _network_errors()
+        self._v0 = hf_lib().__version__.startswith("0.")
+
+    def _connect(self) -> None:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import hf_raise_for_status
+
+        self._disconnect()
+        headers = dict(self.headers)
+        if self.pos:
+            headers["Range"] = f"bytes={self.pos}-"
+        timeout = constants.HF_HUB_DOWNLOAD_TIMEOUT
+        if self._v0:
+            from huggingface_hub.utils import http_backoff
+
+            r = http_backoff("GET", self.url, headers=headers, stream=True, timeout=timeout)
+            self._stack.callback(r.close)
+        else:
+            from huggingface_hub.utils import http_stream_backoff
+
+            r = self._stack.enter_context(
+                http_stream_backoff("GET", self.url, headers=headers, timeout=timeout)
+            )
+        hf_raise_for_status(r)
+        if self.pos and r.status_code != 206:
+            raise IOFailure(
+                "reading", self.label, OSError(f"the server ignored Range (HTTP {r.status_code})")
+            )
+        if self._v0:
+            r.raw.decode_content = True
+            self._raw = r.raw
+        else:
+            self._chunks = r.iter_bytes()
+
+    def _disconnect(self) -> None:
+        self._chunks = self._raw = None
+        self._left = memoryview(b"")
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+
+    def _some(self, n: int) -> bytes | memoryview:
+        """Up to `n` bytes from the open connection; empty at the end of its body."""
+        if not len(self._left):
+            if self._raw is not None:
+                return self._raw.read(n)  # type: ignore[no-any-return]
+            self._left = memoryview(next(self._chunks, b""))
+        out, self._left = self._left[:n], self._left[n:]
+        return out
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        want = min(len(view), self.listed.size - self.pos)
+        if want <= 0:
+            self._finish()
+            return 0
+        fails = 0
+        while True:
+            try:
+                if self._chunks is None and self._raw is None:
+                    self._connect()
+                got = self._some(want)
+                if not len(got):
+                    raise _ShortBody(f"the body ended at byte {self.pos} of {self.listed.size}")
+                break
+            except self._errors as e:
+                fails += 1
+                self._disconnect()
+                if fails > MAX_REOPENS:
+                    raise IOFailure("reading", self.label, OSError(str(e) or type(e).__name__)) from e
+                self.reopens += 1
+                logger.info("%s: connection lost at byte %d (%s); resuming", self.label, self.pos, e)
+                time.sleep(min(0.5 * 2 ** (fails - 1), 8))
+        n = len(got)
+        view[:n] = got
+        self._hash.update(got)
+        self.pos += n
+        return n
+
+    def _finish(self) -> None:
+        """At the listed size: the digest must be the listed one."""
+        self._disconnect()
+        want = self.listed.sha256 or self.listed.blob_id
+        actual = self._hash.hexdigest()
+        if want is not None and actual != want:
+            algo = "sha256" if self.listed.sha256 else "git-sha1"
+            raise PayloadMismatchError(
+                f"payload file {self.label}: {algo} {actual} as received, but the Hub lists {want}; "
+                "nothing made from it was kept",
+                path=self.label, expected=want, actual=actual, algorithm=algo, stage="payload",
+            )  # fmt: skip
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (all the rest when negative); fewer only at the end."""
+        n = self.listed.size - self.pos if n < 0 else n
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n and (k := self.readinto(view[got:])):
+            got += k
+        return bytes(buf[:got])
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        self._disconnect()
+
+    def __enter__(self) -> HubStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class HubFileSource:
+    """A payload file read from the Hub as it is decoded (never on disk)."""
+
+    repo_id: str
+    repo_path: str
+    commit: str
+    listed: HubFile
+    endpoint: str | None = None
+    token: str | bool | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo_id}@{self.commit[:12]}:{self.repo_path}"
+
+    @property
+    def path(self) -> None:
+        return None
+
+    @property
+    def detail(self) -> str:
+        return ""
+
+    def open(self) -> BinaryIO:
+        return HubStream(  # type: ignore[return-value]
+            self.repo_id, self.repo_path, self.commit, self.listed, endpoint=self.endpoint, token=self.token,
+            label=self.label,
+        )  # fmt: skip
+
+    def size(self) -> int:
+        return self.listed.size
+
+    def identity(self) -> tuple[int, int]:
+        """Its size and digest: what a resumed decode compares with its records."""
+        digest = self.listed.sha256 or self.listed.blob_id or ""
+        return self.listed.size, int(digest[:15] or "0", 16)
