@@ -12,7 +12,8 @@ It speaks the part of the Hub's API that `huggingface_hub` uses to download and 
 Xet storage is not served (clients are run with `HF_HUB_DISABLE_XET=1`, and downloads fall back to
 plain HTTP because no `X-Xet-Hash` header is sent). Private repos need `Authorization: Bearer <token>`.
 Faults for tests: `cut_after[path] = n` closes the connection after `n` body bytes of the next GET of
-`path` from its start that gets that far (a client that hangs up earlier leaves it armed); `tamper(repo, path)` changes the served bytes while the listing keeps the original sha256.
+`path` from its start that gets that far (a client that hangs up earlier leaves it armed);
+`tamper(repo, path)` changes the served bytes while the listing keeps the original sha256.
 Namespaces in `HubState.foreign` belong to someone else: the token may read their public repos but
 not create or write there (403, as the Hub answers).
 """

@@ -16,64 +16,14 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
-from safetensors.torch import save_file
 
 import xorweights
 from tests.conftest import legacy_folders, random_bytes, tree, write_files
 from tests.hubserver import TOKEN, HubServer
-from tests.test_native import base_tensors, finetune, save_bin_shards
 from xorweights import publish
 from xorweights.constants import STATE_FILE
 from xorweights.errors import HubError, PayloadMismatchError, UnsafePathError
 from xorweights.hub import model_card
-
-
-@pytest.fixture(scope="module")
-def native_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A small LLaMA-shaped fine-tune in safetensors, its base as .bin shards, and the native payload."""
-    root = tmp_path_factory.mktemp("hub-native")
-    base_sd = base_tensors()
-    ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}  # nothing stored raw
-    names = list(base_sd)
-    save_bin_shards(base_sd, root / "base", [names[:3], names[3:]])
-    (root / "base" / "tokenizer.model").write_bytes(random_bytes(3000, 7))
-    ft = root / "finetuned"
-    ft.mkdir()
-    save_file({n: t.contiguous() for n, t in ft_sd.items()}, str(ft / "model.safetensors"))
-    (ft / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 104}))
-    tok = bytearray((root / "base" / "tokenizer.model").read_bytes())
-    tok[:4] = b"tune"
-    (ft / "tokenizer.model").write_bytes(bytes(tok))
-    xorweights.encode(ft, base=root / "base", out=root / "payload")
-    return {"base": root / "base", "ft": ft, "payload": root / "payload"}
-
-
-@pytest.fixture(scope="module")
-def legacy_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A file-level (oasst) release whose first shard is 24 MB: big enough to cut a download midway."""
-    root = tmp_path_factory.mktemp("hub-legacy")
-    base = write_files(
-        root / "base",
-        {
-            "pytorch_model-00001-of-00002.bin": random_bytes(24_000_000, 11),
-            "pytorch_model-00002-of-00002.bin": random_bytes(300_000, 12),
-            "config.json": b'{"vocab_size": 32000}\n',
-        },
-    )
-    ft = write_files(
-        root / "finetuned",
-        {
-            "pytorch_model-00001-of-00002.bin": random_bytes(24_000_208, 13),
-            "pytorch_model-00002-of-00002.bin": random_bytes(299_990, 14),
-            "config.json": b'{"vocab_size": 32016}\n',
-            "added_tokens.json": b'{"<|prompter|>": 32000}\n',
-        },
-    )
-    report = xorweights.encode(ft, base=base, out=root / "payload", format="oasst", with_checksums=True)
-    assert report.manifest is not None
-    manifest = root / "release.json"
-    manifest.write_text(json.dumps(report.manifest.to_json()))
-    return {"base": base, "ft": ft, "payload": root / "payload", "manifest": manifest}
 
 
 def nested_repo(folder: Path, payload: Path, name: str, *, decoy: bool = False) -> Path:

@@ -19,7 +19,6 @@ import pytest
 import xorweights
 from tests.conftest import random_bytes, tree, write_files
 from tests.hubserver import TOKEN, HubServer
-from tests.test_hub import legacy_release, native_release  # noqa: F401 (fixtures)
 from xorweights import publish
 from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME
 from xorweights.errors import InputError, PayloadMismatchError
@@ -43,6 +42,10 @@ def copies_on_disk(root: Path, payload: Path, *, skip: Path) -> list[Path]:
         for p in root.rglob("*")
         if p.is_file() and skip not in p.parents and hashlib.sha256(p.read_bytes()).hexdigest() in digests
     ]
+
+
+def publish_legacy(release: dict[str, Path], hub: HubServer, repo: str) -> None:
+    publish(release["payload"], repo, checksums=release["manifest"], endpoint=hub.url, token=TOKEN)
 
 
 def streamed_gets(hub: HubServer, path: str) -> list[dict[str, str]]:
@@ -83,8 +86,7 @@ def test_a_legacy_gzip_payload_streams_byte_exact(hub, tmp_path) -> None:
 
 
 def test_a_dropped_connection_mid_file_resumes_from_the_last_byte(legacy_release, hub, tmp_path) -> None:
-    publish(legacy_release["payload"], "org/legacy-xor", checksums=legacy_release["manifest"], endpoint=hub.url,
-            token=TOKEN)  # fmt: skip
+    publish_legacy(legacy_release, hub, "org/legacy-xor")
     shard = "payload/pytorch_model-00001-of-00002.bin"
     hub.state.cut_after[shard] = 15_000_000  # the connection drops after 15 MB of 24 MB
     out = tmp_path / "out"
@@ -104,8 +106,7 @@ def test_bytes_not_matching_the_listed_sha256_fail_before_commit(
         publish(native_release["payload"], "org/x", endpoint=hub.url, token=TOKEN)
         victim, base = "payload/model.safetensors", native_release["base"]
     else:
-        publish(legacy_release["payload"], "org/x", checksums=legacy_release["manifest"], endpoint=hub.url,
-                token=TOKEN)  # fmt: skip
+        publish_legacy(legacy_release, hub, "org/x")
         victim, base = "payload/pytorch_model-00002-of-00002.bin", legacy_release["base"]
     hub.state.tamper("org/x", victim)  # served bytes change; the listing keeps the original sha256
     out = tmp_path / "out"
@@ -119,8 +120,7 @@ def test_bytes_not_matching_the_listed_sha256_fail_before_commit(
 
 
 def test_a_killed_streaming_decode_resumes_keeping_what_it_finished(legacy_release, hub, tmp_path) -> None:
-    publish(legacy_release["payload"], "org/legacy-xor", checksums=legacy_release["manifest"], endpoint=hub.url,
-            token=TOKEN)  # fmt: skip
+    publish_legacy(legacy_release, hub, "org/legacy-xor")
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
     args = [sys.executable, "-m", "xorweights.cli", "decode", "org/legacy-xor", "--stream", "-j", "1", "-q",
             "--base", str(legacy_release["base"]), "--out", str(tmp_path / "out")]  # fmt: skip

@@ -105,11 +105,8 @@ def decode(
             payload, else the folder holding the files the checksums name, else the one named
             like the repo.
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
-        stream: with a repo id, read the payload's weight files (its LFS files) over HTTP as they
-            are decoded, never writing them to disk; each is checked against the sha256 the Hub
-            lists in the same pass, and an output is committed only when its payload file
-            matched. A dropped connection resumes where it stopped; small files are downloaded
-            (and cached) as usual.
+        stream: with a repo id, read the payload's LFS files over HTTP as they are decoded, never
+            on disk, each checked against the Hub's sha256 in the pass (see `hub.stream`).
 
     Returns:
         `DecodeReport` with every file's size and digests; `out_dir` holds the verified files.

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import logging
 import struct
 import threading
@@ -461,7 +462,9 @@ class FrameReader:
         where = self._frame_name()
         rest = self._take(head_size(first) - len(first), where)
         head = parse_head(first + rest, where)
-        planes = [self._take(n, where) for n in head.planes]
+        blob = memoryview(self._take(sum(head.planes), where))
+        cuts = [0, *itertools.accumulate(head.planes)]
+        planes = [blob[i:j] for i, j in itertools.pairwise(cuts)]
         ref = _read_or_fail(self.base, head.out_size, f"{where}: base image")
         self._ahead.put(_decode, head, planes, ref if head.transform != STORED else b"", where)
         self._frames += 1
@@ -496,13 +499,14 @@ class FrameReader:
         self.close()
 
 
-def _read_or_fail(stream: Any, n: int, where: str) -> bytes:
-    """Exactly `n` bytes (streams may return fewer per read), or a `FormatError` naming `where`."""
-    parts, got = [], 0
+def _read_or_fail(stream: Any, n: int, where: str) -> bytearray:
+    """Exactly `n` bytes (streams may return fewer per read), or a `FormatError` naming `where`.
+    Read into one new buffer (`readinto`), which the caller may hand to another thread."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
     while got < n:
-        data = stream.read(n - got)
-        if not data:
+        k = stream.readinto(view[got:])
+        if not k:
             raise FormatError(f"{where}: truncated ({got} of {n} bytes)", path=where)
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)
+        got += k
+    return buf

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _cancel
 from .._line_endings import line_ending_hint
@@ -232,8 +232,12 @@ def check_payload_files(
 
 
 class _Zeros:
-    def read(self, n: int) -> bytes:
-        return bytes(n)
+    """A base image of zeros: enough to read a compressed file's header (stored frames)."""
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        view[:] = bytes(len(view))
+        return len(view)
 
     def close(self) -> None:
         pass
