@@ -84,8 +84,8 @@ def decode(
         force: overwrite files already in `out`.
         fsync: make each output durable before it is renamed into place (off: faster, but a
             power failure may leave a final name over missing data).
-        drop_cache: drop inputs' and outputs' cached pages behind the cursor, so a 65 GB decode
-            does not evict the machine's page cache.
+        drop_cache: drop inputs' and outputs' cached pages behind the cursor (a 65 GB decode
+            then leaves the page cache alone).
         gzip_backend: `auto` (python-isal when installed), `isal` or `zlib`.
         payload_compression: legacy payloads only: `auto` reads a file starting with `1f 8b 08`
             as gzip; `none` never decompresses (a plain XOR that happens to start that way);
@@ -94,16 +94,13 @@ def decode(
             base folder as LLaMA weights in any form (Meta's original, any HF copy) and streams
             the pinned conversion's files from it into the XOR pass; `auto` generates when the
             folder lacks files the payload needs and holds LLaMA weights.
-        verify: outputs already in place (an earlier run's, recorded in the folder's state
-            file with unchanged size, modification and change time) are kept unread; with
-            `verify` they are hashed again too, and remade if they no longer match.
+        verify: hash again the outputs an earlier run left in place (kept unread otherwise, when
+            size, modification and change time are as recorded); remake those that differ.
         local_dir (alias `download_dir`), cache_dir, endpoint, token, offline: Hub access for a
             repo id (defaults: the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
         revision: the repo's branch, tag or commit (or `owner/name@revision`).
         subfolder: the payload folder, when several folders of the repo (or local folder) hold
-            model files (or `owner/name:subfolder`). Otherwise the payload is the one native
-            payload, else the folder holding the files the checksums name, else the one named
-            like the repo.
+            model files (or `owner/name:subfolder`); else see the README (which folder).
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
         stream: with a repo id, read the payload's LFS files over HTTP as they are decoded, never
             on disk, each checked against the Hub's sha256 in the pass (see `hub.stream`).
