@@ -113,8 +113,9 @@ class HubStream:
     def _some(self, n: int) -> bytes | memoryview:
         """Up to `n` bytes from the open connection; empty at the end of its body."""
         if not len(self._left):
-            if self._raw is not None:
-                return self._raw.read(n)  # type: ignore[no-any-return]
+            if self._raw is not None:  # what has arrived: a cut body loses nothing already received
+                read1 = getattr(self._raw, "read1", None)
+                return read1(n) if read1 is not None else self._raw.read(min(n, 1 << 16))  # type: ignore[no-any-return]
             self._left = memoryview(next(self._chunks, b""))
         out, self._left = self._left[:n], self._left[n:]
         return out
