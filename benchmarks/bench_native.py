@@ -150,6 +150,73 @@ def compressed(folder: Path, levels: list[int]) -> dict[str, int]:
     return out
 
 
+def minilm(workdir: Path, repeat: int) -> None:
+    """Payload sizes and decode times on all-MiniLM-L6-v2 fine-tuned for 1,000 and 10 AdamW steps
+    (`minilm_pair.py`), fp16, bf16 and fp32, next to zstd and ZipNN (`zipnn_sizes.py`)."""
+    import zstandard
+
+    from benchmarks.minilm_pair import make_pair, venv_python
+    from benchmarks.zipnn_sizes import zipnn_xor_sizes
+
+    pairs = make_pair(workdir)
+    zipnn_py = venv_python(workdir / "venv")
+    cli = [sys.executable, "-m", "xorweights.cli"]
+    scratch = Path(tempfile.mkdtemp(prefix="bench-minilm-"))
+    modes = ("zstd", "zstd-grouped", "none")
+    print(
+        f"{'dtype':<5} {'steps':>5} {'model MB':>8} {'zstd-1':>7} {'ZipNN':>7} {'ZipNN XOR':>9} "
+        + " ".join(f"{m:>13}" for m in modes)
+        + f" {'decode s':>8} {'v1 s':>6} {'cp s':>6} {'peak RSS':>9}"
+    )
+    try:
+        for dt, roles in pairs.items():
+            for role, steps in (("finetuned", 1000), ("light", 10)):
+                base, ft = roles["base"], roles[role]
+                model = ft / "model.safetensors"
+                size = model.stat().st_size
+                z = zipnn_xor_sizes(zipnn_py, base, ft)
+                zstd1 = len(zstandard.ZstdCompressor(level=1).compress(model.read_bytes())) / size
+                ratios = {}
+                for mode in modes:
+                    dest = scratch / f"{dt}-{role}-{mode}"
+                    encode = [*cli, "encode", str(ft), "--base", str(base), "--out", str(dest)]
+                    run([[*encode, "--compress", mode, "--quiet"]], scratch)
+                    ratios[mode] = (dest / "model.safetensors").stat().st_size / size
+                times: dict[str, list[float]] = {"zstd": [], "none": [], "cp": []}
+                peak = 0
+                for _ in range(repeat):
+                    for mode in times:
+                        out = scratch / "out"
+                        shutil.rmtree(out, ignore_errors=True)
+                        settle(False)
+                        cmd = (
+                            ["cp", "-r", str(ft), str(out)]
+                            if mode == "cp"
+                            else [*cli, "decode", str(scratch / f"{dt}-{role}-{mode}"), "--base", str(base),
+                                  "--out", str(out), "--quiet"]
+                        )  # fmt: skip
+                        secs, rss = run([cmd], scratch)
+                        times[mode].append(secs)
+                        if mode == "zstd":
+                            peak = max(peak, rss)
+                            assert (out / "model.safetensors").read_bytes() == model.read_bytes()
+                med = {m: statistics.median(t) for m, t in times.items()}
+                print(
+                    f"{dt:<5} {steps:>5} {size / 1e6:8.1f} {zstd1:7.3f} {z['zipnn_finetuned_ratio']:7.3f} "
+                    f"{z['zipnn_xor_ratio']:9.3f} "
+                    + " ".join(f"{ratios[m]:13.3f}" for m in modes)
+                    + f" {med['zstd']:8.2f} {med['none']:6.2f} {med['cp']:6.2f} {peak / 2**20:5.0f} MiB",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(
+        "sizes are of model.safetensors (payload / fine-tuned); ZipNN on the fine-tuned tensors and on "
+        "their XOR with the base, per tensor; decode s: median wall of the whole command, v1 = "
+        "--compress none; every compressed decode checked byte for byte"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dim", type=int, default=768)
@@ -161,7 +228,17 @@ def main() -> None:
     ap.add_argument("--zstd-levels", default="3,19", help="comma-separated zstd levels to report")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--shards", type=int, default=2, help="safetensors shards of the base and the fine-tune")
+    ap.add_argument(
+        "--minilm",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="instead: the real-model report (all-MiniLM-L6-v2 fine-tuned in DIR, see minilm_pair.py)",
+    )
     args = ap.parse_args()
+    if args.minilm is not None:
+        minilm(args.minilm, args.repeat)
+        return
     torch.manual_seed(0)
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="bench-native-", dir=args.workdir))
@@ -199,6 +276,7 @@ def main() -> None:
         encodes: dict[str, tuple[list[float], list[int]]] = {}
         for name, dest, extra in (
             ("native", work / "native", []),
+            ("native, --compress none", work / "native-v1", ["--compress", "none"]),
             ("legacy format (--format oasst)", work / "legacy",
              ["--format", "oasst", "--manifest", str(work / "legacy.json")]),
         ):  # fmt: skip
@@ -213,6 +291,7 @@ def main() -> None:
         columns = ["gzip -6", *(f"zstd -{v}" for v in args.zstd_levels.split(",") if v)]
         print(f"\n{'weights':<26} {'bytes':>12} " + " ".join(f"{k:>16}" for k in columns))
         for label, folder in (("fine-tuned model", ft), ("native payload", work / "native"),
+                              ("native, --compress none", work / "native-v1"),
                               ("legacy payload", work / "legacy")):  # fmt: skip
             sizes = compressed(folder, [int(v) for v in args.zstd_levels.split(",") if v])
             cells = " ".join(
@@ -251,6 +330,18 @@ def main() -> None:
                     "--quiet",
                 ]
             ],
+            "native v1 (--compress none)": lambda: [
+                [
+                    *cli,
+                    "decode",
+                    str(work / "native-v1"),
+                    "--base",
+                    str(base_st),
+                    "--out",
+                    str(out("nv1")),
+                    "--quiet",
+                ]
+            ],  # fmt: skip
             "native vs .bin base": lambda: [
                 [
                     *cli,
@@ -296,7 +387,7 @@ def main() -> None:
                 times.append(secs)
                 peak = max(peak, rss)
             results[name] = (statistics.median(times), peak)
-        for tag in ("nst", "nbin", "leg"):
+        for tag in ("nst", "nv1", "nbin", "leg"):
             same = subprocess.run(
                 ["diff", "-r", "-q", "-x", ".xorweights-state.json", str(ft), str(work / f"out-{tag}")],
                 capture_output=True,

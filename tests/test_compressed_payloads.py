@@ -119,3 +119,26 @@ def test_a_fine_tuned_file_changed_after_planning_is_refused(tmp_path: Path, mon
         xorweights.encode(ft, base=base, out=tmp_path / "payload")
     assert not (tmp_path / "payload" / "xorweights.json").exists()
     assert not (tmp_path / "payload" / "model.safetensors").exists()
+
+
+def test_frames_beyond_the_output_size_are_refused_before_they_are_read(tmp_path: Path) -> None:
+    """A hostile payload (manifest updated to match) cannot make more output than the manifest says."""
+    import hashlib
+
+    base, ft, _ = pair(tmp_path)
+    payload = tmp_path / "payload"
+    xorweights.encode(ft, base=base, out=payload)
+    extra = delta_frames.encode_frame(
+        bytes(1 << 20), b"", delta_frames.STORED, 1, "", delta_frames.compressor()
+    )
+    data = (payload / "model.safetensors").read_bytes() + extra * 8
+    (payload / "model.safetensors").write_bytes(data)
+    doc = json.loads((payload / "xorweights.json").read_text())
+    entry = next(f for f in doc["files"] if f["name"] == "model.safetensors")
+    entry.update(payload_size=len(data), payload_sha256=hashlib.sha256(data).hexdigest())
+    (payload / "xorweights.json").write_text(json.dumps(doc))
+    with pytest.raises(xorweights.FormatError, match=r"frame \d+ .*makes more than the output's \d+ bytes"):
+        xorweights.decode(payload, base=base, out=tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    with pytest.raises(xorweights.FormatError, match="makes more than the output's"):
+        dict(xorweights.iter_tensors(payload, base, framework="pt"))

@@ -191,3 +191,13 @@ def test_a_file_of_frames_round_trips_through_the_reader(tmp_path) -> None:
         reader = FrameReader(io.BytesIO(cut), io.BytesIO(base), "p.safetensors")
         while reader.readinto(chunk):
             pass
+
+
+def test_a_plane_longer_than_its_bytes_can_compress_to_is_refused_from_the_head() -> None:
+    """A hostile head cannot make a reader allocate gigabytes for a frame of a few bytes."""
+    from xorweights.formats.delta_frames import compressed_bound
+
+    head = struct.pack("<BBBBI", DELTA, 2, 0, 0, 4) + struct.pack("<2I", 2**32 - 1, 10)
+    with pytest.raises(FormatError, match="more than 4 bytes compress to"):
+        parse_head(head, "f")
+    assert compressed_bound(4) >= len(compressor().compress(b"abcd"))

@@ -318,6 +318,8 @@ class FramedSource:
     tensors: tuple[tuple[int, str], ...] = ()
     """`(offset, name)` of the output's tensors, so that errors name a bad frame's tensor."""
     workers: int = 1
+    out_size: int | None = None
+    """The output's size: frames beyond it are refused (a hostile file cannot fill the disk)."""
 
     @property
     def label(self) -> str:
@@ -339,7 +341,7 @@ class FramedSource:
             payload.close()
             raise
         return FrameReader(  # type: ignore[return-value]
-            payload, base, self.label, workers=self.workers, tensors=self.tensors
+            payload, base, self.label, workers=self.workers, tensors=self.tensors, limit=self.out_size
         )
 
     def size(self) -> int | None:

@@ -151,7 +151,17 @@ def parse_head(head: bytes, where: str) -> FrameHead:
     if len(head) < _HEAD.size + 4 * n_planes:
         raise FormatError(f"{where}: ends inside a frame head", path=where)
     planes = struct.unpack_from(f"<{n_planes}I", head, _HEAD.size)
+    if max(planes) > compressed_bound(count):
+        raise FormatError(
+            f"{where}: a plane of {max(planes)} bytes, more than {count} bytes compress to", path=where
+        )
     return FrameHead(transform, width, key, count, planes)
+
+
+def compressed_bound(n: int) -> int:
+    """The most bytes a zstd frame of `n` bytes takes (zstd's `ZSTD_compressBound`, with room for
+    the frame header and checksum)."""
+    return n + (n >> 8) + (((128 << 10) - n) >> 11 if n < (128 << 10) else 0) + 64
 
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -172,9 +182,17 @@ def head_size(first: bytes) -> int:
 
 
 def decode_frame(
-    head: FrameHead, planes: Sequence[bytes], base: memoryview | bytes, dctx: Any, where: str
+    head: FrameHead,
+    planes: Sequence[bytes | memoryview],
+    base: memoryview | bytes,
+    dctx: Any,
+    where: str,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The output bytes of a frame (a uint8 array), from its planes and the base bytes of its span.
+
+    `out` (uint8, at least the frame's output size) is written instead of a new array: reusing
+    buffers spares the page faults of fresh ones, which cost as much as the arithmetic.
 
     Raises:
         `FormatError`: a plane that is not one zstd frame of exactly `count` bytes.
@@ -185,21 +203,34 @@ def decode_frame(
     w = head.width
     if len(base) != n * w:
         raise FormatError(f"{where}: frame spans {n * w} bytes, base gave {len(base)}", path=where)
-    g = np.empty((n, w), np.uint8)
+    g = (out[: n * w] if out is not None else np.empty(n * w, np.uint8)).reshape(n, w)
     for j, blob in enumerate(planes):
         g[:, j] = np.frombuffer(_plane(blob, n, dctx, where), dtype=np.uint8)
     z = g.view(_UINT[w]).reshape(-1)
     b = np.frombuffer(base, dtype=_UINT[w])
     if head.transform == GROUPED:
-        u = np.empty_like(z)
+        u = _scratch("order", n * w).view(_UINT[w])
         u[_exponent_order(b, head.key)] = z
-        z = u
-    s = z & 1
+        z[:] = u
+    s = _scratch("sign", n * w).view(_UINT[w])
+    np.bitwise_and(z, 1, out=s)
     np.negative(s, out=s)
     z >>= 1
     z ^= s
     z += b
     return z.view(np.uint8)
+
+
+_scratches = threading.local()
+
+
+def _scratch(name: str, nbytes: int) -> np.ndarray:
+    """A uint8 buffer of `nbytes` kept per thread (the largest asked for), reused frame after frame."""
+    buf = getattr(_scratches, name, None)
+    if buf is None or buf.size < nbytes:
+        buf = np.empty(nbytes, np.uint8)
+        setattr(_scratches, name, buf)
+    return buf[:nbytes]
 
 
 def _plane(blob: bytes, n: int, dctx: Any, where: str) -> bytes:
@@ -404,8 +435,23 @@ def write_frames(out_bytes: Any, base: Any, spans: Sequence[Span], sink: Any, *,
     return written
 
 
-def _decode(head: FrameHead, planes: list[bytes], base: bytes, where: str) -> np.ndarray:
-    return decode_frame(head, planes, base, _dctx(), where)
+def _decode(
+    head: FrameHead, planes: list[memoryview], base: memoryview, where: str, out: np.ndarray
+) -> np.ndarray:
+    return decode_frame(head, planes, base, _dctx(), where, out)
+
+
+class _Slot:
+    """The buffers of one frame in flight (compressed planes, base bytes, output), reused."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, n: int) -> np.ndarray:
+        buf = self.bufs.get(name)
+        if buf is None or buf.size < n:
+            buf = self.bufs[name] = np.empty(n, np.uint8)
+        return buf[:n]
 
 
 class FrameReader:
@@ -414,7 +460,8 @@ class FrameReader:
     `payload` is the compressed file's stream, `base` the base image of the output (read in
     step: stored frames skip its bytes). Frames are decoded on `workers` threads, a few ahead
     (memory: about three frames per thread, each at most `MAX_FRAME_BYTES` of output).
-    `tensors` (`(offset, name)` in offset order) lets errors name the tensor of a bad frame.
+    `tensors` (`(offset, name)` in offset order) lets errors name the tensor of a bad frame;
+    `limit` is the output's size: frames that would make more are refused before being read.
     """
 
     def __init__(
@@ -425,8 +472,9 @@ class FrameReader:
         *,
         workers: int = 1,
         tensors: Sequence[tuple[int, str]] = (),
+        limit: int | None = None,
     ) -> None:
-        self.payload, self.base, self.where = payload, base, where
+        self.payload, self.base, self.where, self.limit = payload, base, where, limit
         self._ahead = _Ahead(workers)
         self._ready = memoryview(b"")
         self._frames = 0
@@ -434,6 +482,9 @@ class FrameReader:
         self._offsets = [t[0] for t in tensors]
         self._names = [t[1] for t in tensors]
         self._read = 0
+        self._slots: deque[_Slot] = deque()  # of the frames queued in `_ahead`, in order
+        self._free: list[_Slot] = []
+        self._current: _Slot | None = None
         self._eof = False
 
     def consumed(self) -> int:
@@ -447,10 +498,11 @@ class FrameReader:
             where += f" (tensor {self._names[i]})" if i >= 0 else " (header)"
         return where
 
-    def _take(self, n: int, where: str) -> bytes:
-        data = _read_or_fail(self.payload, n, where)
-        self._read += n
-        return data
+    def _take(self, buf: np.ndarray, where: str) -> memoryview:
+        view = memoryview(buf)  # type: ignore[arg-type]
+        _fill(self.payload, view, where)
+        self._read += len(view)
+        return view
 
     def _next(self) -> bool:
         """Read the next frame and queue its decoding; False at the payload's end."""
@@ -460,13 +512,20 @@ class FrameReader:
             return False
         self._read += len(first)
         where = self._frame_name()
-        rest = self._take(head_size(first) - len(first), where)
+        rest = _read_or_fail(self.payload, head_size(first) - len(first), where)
+        self._read += len(rest)
         head = parse_head(first + rest, where)
-        blob = memoryview(self._take(sum(head.planes), where))
+        if self.limit is not None and self._offset + head.out_size > self.limit:
+            raise FormatError(f"{where}: makes more than the output's {self.limit} bytes", path=where)
+        slot = self._free.pop() if self._free else _Slot()
+        blob = self._take(slot.get("planes", sum(head.planes)), where)
         cuts = [0, *itertools.accumulate(head.planes)]
         planes = [blob[i:j] for i, j in itertools.pairwise(cuts)]
-        ref = _read_or_fail(self.base, head.out_size, f"{where}: base image")
-        self._ahead.put(_decode, head, planes, ref if head.transform != STORED else b"", where)
+        ref = memoryview(slot.get("base", head.out_size))  # type: ignore[arg-type]
+        _fill(self.base, ref, f"{where}: base image")
+        base = ref if head.transform != STORED else memoryview(b"")
+        self._ahead.put(_decode, head, planes, base, where, slot.get("out", head.out_size))
+        self._slots.append(slot)
         self._frames += 1
         self._offset += head.out_size
         return True
@@ -474,11 +533,15 @@ class FrameReader:
     def readinto(self, b: Any) -> int:
         view = memoryview(b).cast("B")
         while not len(self._ready):
+            if self._current is not None:  # its output is handed over: its buffers are free again
+                self._free.append(self._current)
+                self._current = None
             while not self._eof and len(self._ahead) < self._ahead.limit:
                 self._next()
             if not len(self._ahead):
                 return 0
             self._ready = memoryview(self._ahead.get())
+            self._current = self._slots.popleft()
         n = min(len(view), len(self._ready))
         view[:n] = self._ready[:n]
         self._ready = self._ready[n:]
@@ -497,6 +560,16 @@ class FrameReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _fill(stream: Any, view: memoryview, where: str) -> None:
+    """Fill `view` from `stream`, or raise a `FormatError` naming `where`."""
+    got, n = 0, len(view)
+    while got < n:
+        k = stream.readinto(view[got:])
+        if not k:
+            raise FormatError(f"{where}: truncated ({got} of {n} bytes)", path=where)
+        got += k
 
 
 def _read_or_fail(stream: Any, n: int, where: str) -> bytearray:

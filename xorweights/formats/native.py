@@ -253,7 +253,7 @@ def payload_header(source: Source, entry: FileEntry) -> SafetensorsHeader:
         with source.open() as stream:
             header = read_header_from(stream, entry.payload_size, path)
     else:
-        with FrameReader(source.open(), _Zeros(), path) as frames:
+        with FrameReader(source.open(), _Zeros(), path, limit=entry.size) as frames:
             header = read_header_from(frames, entry.size, path)
     listed = {t.name: (t.dtype, t.shape) for t in entry.tensors}
     found = {t.name: (t.dtype, t.shape) for t in header.tensors.values()}
@@ -307,7 +307,7 @@ def decode_plan(
             if f.compression is None:
                 steps.append(Step(f.name, data, image))
                 continue
-            framed = FramedSource(data, image, tensor_offsets(header), workers=workers)
+            framed = FramedSource(data, image, tensor_offsets(header), workers, f.size)
             steps.append(Step(f.name, framed, options={"base": image.identity()}, masked=True))
         elif f.method == "file-xor":
             assert f.base_file is not None
