@@ -352,30 +352,17 @@ class FramedSource:
 
 
 @dataclass(frozen=True)
-class CompressingSource:
+class CompressingSource(FileSource):
     """A fine-tuned safetensors file read as the delta frames of its payload file, against its
     base image; the file must still hash to the `sha256` it had when the encode was planned."""
 
-    file: Path
     image: BaseImageSource
     spans: tuple[Span, ...]
     sha256: str
     workers: int = 1
 
-    @property
-    def label(self) -> str:
-        return str(self.file)
-
-    @property
-    def path(self) -> Path:
-        return self.file
-
-    @property
-    def detail(self) -> str:
-        return ""
-
     def open(self) -> BinaryIO:
-        data = _opened("opening", self.file, lambda: open(self.file, "rb"))  # noqa: SIM115
+        data = super().open()
         try:
             base = self.image.open()
         except BaseException:
@@ -384,9 +371,3 @@ class CompressingSource:
         return FrameWriter(  # type: ignore[return-value]
             data, base, self.spans, self.label, workers=self.workers, expect_sha256=self.sha256
         )
-
-    def size(self) -> int:
-        return self.file.stat().st_size
-
-    def identity(self) -> tuple[int, int]:
-        return file_id(self.file)

@@ -339,7 +339,62 @@ def _encode(data: bytes, base: bytes, span: Span) -> bytes:
     return encode_frame(data, base, span.transform, span.width, span.dtype, _cctx())
 
 
-class FrameWriter:
+class _FrameStream:
+    """What the frame writer and reader share: frames made on `workers` threads a few ahead
+    (`_next` queues one, False at the end), handed over in order through `readinto`."""
+
+    def __init__(self, streams: Sequence[Any], workers: int) -> None:
+        self._streams = streams
+        self._ahead = _Ahead(workers)
+        self._ready = memoryview(b"")
+        self._read = 0
+        self._ended = False
+
+    def consumed(self) -> int:
+        """Bytes of the stored input read so far (the progress of a pass)."""
+        return self._read
+
+    def _next(self) -> bool:
+        raise NotImplementedError
+
+    def _taken(self) -> None:
+        """The last frame handed over is fully copied out."""
+
+    def _produce(self) -> Any:
+        """The next frame's bytes, or None after the last."""
+        self._taken()
+        while not self._ended and len(self._ahead) < self._ahead.limit:
+            self._ended = not self._next()
+        return self._ahead.get() if len(self._ahead) else None
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        while not len(self._ready):
+            frame = self._produce()
+            if frame is None:
+                return 0
+            self._ready = memoryview(frame)
+        n = min(len(view), len(self._ready))
+        view[:n] = self._ready[:n]
+        self._ready = self._ready[n:]
+        return n
+
+    def fileno(self) -> int:
+        return int(self._streams[0].fileno())
+
+    def close(self) -> None:
+        self._ahead.close()
+        for stream in self._streams:
+            stream.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FrameWriter(_FrameStream):
     """The frames of a file, as a stream to read (`readinto`).
 
     Reads the output's bytes (`out_bytes`, e.g. the fine-tuned file) and its base image in step,
@@ -357,63 +412,31 @@ class FrameWriter:
         workers: int = 1,
         expect_sha256: str | None = None,
     ) -> None:
+        super().__init__((out_bytes, base), workers)
         self.out_bytes, self.base, self.where = out_bytes, base, where
         self._cuts = _cuts(spans)
-        self._ahead = _Ahead(workers)
-        self._ready = memoryview(b"")
         self._hash = hashlib.sha256() if expect_sha256 is not None else None
         self._expect = expect_sha256
-        self._read = 0
 
-    def consumed(self) -> int:
-        """Bytes of the output's stream read so far."""
-        return self._read
-
-    def _fill(self) -> None:
-        while len(self._ahead) < self._ahead.limit:
-            cut = next(self._cuts, None)
-            if cut is None:
-                return
-            n, span = cut
-            data = _read_or_fail(self.out_bytes, n, self.where)
-            if self._hash is not None:
-                self._hash.update(data)
-            ref = _read_or_fail(self.base, n, f"{self.where}: base image")
-            self._read += n
-            self._ahead.put(_encode, data, ref if span.transform != STORED else b"", span)
+    def _next(self) -> bool:
+        cut = next(self._cuts, None)
+        if cut is None:
+            self._finish()
+            return False
+        n, span = cut
+        data = _read_or_fail(self.out_bytes, n, self.where)
+        if self._hash is not None:
+            self._hash.update(data)
+        ref = _read_or_fail(self.base, n, f"{self.where}: base image")
+        self._read += n
+        self._ahead.put(_encode, data, ref if span.transform != STORED else b"", span)
+        return True
 
     def _finish(self) -> None:
         if self.out_bytes.read(1):
             raise FormatError(f"{self.where}: longer than its header says", path=self.where)
         if self._hash is not None and self._hash.hexdigest() != self._expect:
             raise InputChangedError(self.where, self._expect or "", self._hash.hexdigest(), measure="sha256")
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
-        while not len(self._ready):
-            self._fill()
-            if not len(self._ahead):
-                self._finish()
-                return 0
-            self._ready = memoryview(self._ahead.get())
-        n = min(len(view), len(self._ready))
-        view[:n] = self._ready[:n]
-        self._ready = self._ready[n:]
-        return n
-
-    def fileno(self) -> int:
-        return int(self.out_bytes.fileno())
-
-    def close(self) -> None:
-        self._ahead.close()
-        self.out_bytes.close()
-        self.base.close()
-
-    def __enter__(self) -> FrameWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def write_frames(out_bytes: Any, base: Any, spans: Sequence[Span], sink: Any, *, workers: int = 1) -> int:
@@ -454,7 +477,7 @@ class _Slot:
         return buf[:n]
 
 
-class FrameReader:
+class FrameReader(_FrameStream):
     """The output bytes of a compressed payload file, frame by frame: `readinto` like a file.
 
     `payload` is the compressed file's stream, `base` the base image of the output (read in
@@ -474,22 +497,15 @@ class FrameReader:
         tensors: Sequence[tuple[int, str]] = (),
         limit: int | None = None,
     ) -> None:
+        super().__init__((payload, base), workers)
         self.payload, self.base, self.where, self.limit = payload, base, where, limit
-        self._ahead = _Ahead(workers)
-        self._ready = memoryview(b"")
         self._frames = 0
         self._offset = 0
         self._offsets = [t[0] for t in tensors]
         self._names = [t[1] for t in tensors]
-        self._read = 0
         self._slots: deque[_Slot] = deque()  # of the frames queued in `_ahead`, in order
         self._free: list[_Slot] = []
         self._current: _Slot | None = None
-        self._eof = False
-
-    def consumed(self) -> int:
-        """Bytes of the payload read so far."""
-        return self._read
 
     def _frame_name(self) -> str:
         where = f"{self.where}: frame {self._frames}"
@@ -505,10 +521,8 @@ class FrameReader:
         return view
 
     def _next(self) -> bool:
-        """Read the next frame and queue its decoding; False at the payload's end."""
         first = self.payload.read(2)
         if not first:
-            self._eof = True
             return False
         self._read += len(first)
         where = self._frame_name()
@@ -530,36 +544,16 @@ class FrameReader:
         self._offset += head.out_size
         return True
 
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
-        while not len(self._ready):
-            if self._current is not None:  # its output is handed over: its buffers are free again
-                self._free.append(self._current)
-                self._current = None
-            while not self._eof and len(self._ahead) < self._ahead.limit:
-                self._next()
-            if not len(self._ahead):
-                return 0
-            self._ready = memoryview(self._ahead.get())
+    def _taken(self) -> None:
+        if self._current is not None:  # its output is copied out: its buffers are free again
+            self._free.append(self._current)
+            self._current = None
+
+    def _produce(self) -> Any:
+        frame = super()._produce()
+        if frame is not None:
             self._current = self._slots.popleft()
-        n = min(len(view), len(self._ready))
-        view[:n] = self._ready[:n]
-        self._ready = self._ready[n:]
-        return n
-
-    def fileno(self) -> int:
-        return int(self.payload.fileno())
-
-    def close(self) -> None:
-        self._ahead.close()
-        self.payload.close()
-        self.base.close()
-
-    def __enter__(self) -> FrameReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return frame
 
 
 def _fill(stream: Any, view: memoryview, where: str) -> None:
