@@ -261,7 +261,7 @@ def run_job(job: Job, bar: Any, stop: threading.Event, depth: int, folder: Outpu
         action=step.action,
         size=size,
         compressed=transcoding(data) or step.sink.gzip_mtime is not None,
-        data_size=stats.size if step.sink.gzip_mtime is not None else None,
+        data_size=_data_size(job, data, stats),
         base_size=stats.base_read if base is not None else None,
         digests=digests,
         input_digests=dict(stats.digests.get("data", {})),
@@ -269,6 +269,13 @@ def run_job(job: Job, bar: Any, stop: threading.Event, depth: int, folder: Outpu
         verified=out_ok,
         base_verified=base_ok,
     )
+
+
+def _data_size(job: Job, data: Any, stats: XorStats) -> int | None:
+    """The model bytes an encode passed through, when not the size written (gzip, delta frames)."""
+    if job.step.sink.gzip_mtime is not None:
+        return stats.size
+    return int(data.consumed()) if job.verb == "encode" and transcoding(data) else None
 
 
 def _create(out: Path) -> AtomicFile:
