@@ -59,6 +59,7 @@ def test_a_native_payload_streams_byte_exact_with_no_payload_file_on_disk(
     out = tmp_path / "out"
     report = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, **kw(hub, tmp_path))
     assert tree(out) == tree(native_release["ft"]) and all(f.verified for f in report.files)
+    assert report.streamed == ("model.safetensors", "tokenizer.model")  # the LFS files; config.json cached
     assert copies_on_disk(tmp_path, native_release["payload"], skip=tmp_path / "hub-server") == []
     cached = {p.name for p in (tmp_path / "hf-cache").rglob("*") if p.is_file() and not p.is_symlink()}
     assert "model.safetensors" not in cached and "tokenizer.model" not in cached

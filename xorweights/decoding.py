@@ -377,5 +377,6 @@ def _report(where: _Located, started: float, files: Sequence[FileReport], **fiel
         out_dir=str(where.out_dir),
         release=where.checksums.release if where.checksums else None,
         source=where.fetched.source if where.fetched else None,
+        streamed=tuple(sorted(where.fetched.streamed)) if where.fetched else (),
         **fields,
     )

@@ -81,6 +81,8 @@ class DecodeReport(_Report):
     """`xorweights` (native, tensor-level) or `oasst` (legacy, file-level)."""
     source: str | None = None
     """The Hub repo and commit the payload came from (`owner/name@commit`), if any."""
+    streamed: tuple[str, ...] = ()
+    """Payload files read from the Hub as they were decoded (`stream`), never on disk."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,7 @@ class DecodeReport(_Report):
             "format": self.format,
             "payload_dir": self.payload_dir,
             "source": self.source,
+            "streamed": list(self.streamed),
             "base_dir": self.base_dir,
             "out_dir": self.out_dir,
             "release": self.release,

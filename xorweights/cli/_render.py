@@ -32,10 +32,12 @@ def print_decode(report: DecodeReport) -> None:
     """Each file decoded, kept or copied, what proved it, and the totals."""
     if report.source:
         fresh = any(not f.kept for f in report.files)
-        click.echo(
-            f"payload {shown(report.source)}"
-            + (": files read were first checked against the sha256 the Hub reports" if fresh else "")
+        how = (
+            "streamed, checked against the sha256 the Hub reports as they were read"
+            if report.streamed
+            else "files read were first checked against the sha256 the Hub reports"
         )
+        click.echo(f"payload {shown(report.source)}" + (f": {how}" if fresh else ""))
     for f in report.files:
         how = "copied" if f.action == "copy" else ("xor, compressed" if f.compressed else "xor")
         how = "kept" if f.kept else how
