@@ -208,6 +208,8 @@ def _framed(
             if read_full(frames, memoryview(buf)) != info.nbytes:  # type: ignore[arg-type]
                 raise FormatError(f"payload file {path}: ends inside tensor {info.name}", path=path)
             yield by_name[info.name], buf
+        if frames.readinto(bytearray(1)):  # the limit refuses a frame past the output's end
+            raise FormatError(f"payload file {path}: frames go on past the output", path=path)
 
 
 def _skip(stream: Any, n: int, path: Path) -> None:

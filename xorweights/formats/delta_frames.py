@@ -31,6 +31,7 @@ after the last frame's planes that is not another frame.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -300,8 +301,12 @@ class _Ahead:
     def __len__(self) -> int:
         return len(self._queue)
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` (on a thread, or here): a future, not queued."""
+        return self._pool.submit(fn, *args) if self._pool is not None else _Done(fn(*args))
+
     def put(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._queue.append(self._pool.submit(fn, *args) if self._pool is not None else _Done(fn(*args)))
+        self._queue.append(self.submit(fn, *args))
 
     def get(self) -> Any:
         return self._queue.popleft().result()
@@ -357,12 +362,8 @@ class _FrameStream:
     def _next(self) -> bool:
         raise NotImplementedError
 
-    def _taken(self) -> None:
-        """The last frame handed over is fully copied out."""
-
     def _produce(self) -> Any:
         """The next frame's bytes, or None after the last."""
-        self._taken()
         while not self._ended and len(self._ahead) < self._ahead.limit:
             self._ended = not self._next()
         return self._ahead.get() if len(self._ahead) else None
@@ -481,10 +482,12 @@ class FrameReader(_FrameStream):
     """The output bytes of a compressed payload file, frame by frame: `readinto` like a file.
 
     `payload` is the compressed file's stream, `base` the base image of the output (read in
-    step: stored frames skip its bytes). Frames are decoded on `workers` threads, a few ahead
-    (memory: about three frames per thread, each at most `MAX_FRAME_BYTES` of output).
-    `tensors` (`(offset, name)` in offset order) lets errors name the tensor of a bad frame;
-    `limit` is the output's size: frames that would make more are refused before being read.
+    step: stored frames skip its bytes). Each `readinto` reads the frames its buffer holds and
+    has them decoded on `workers` threads straight into the buffer, a few at a time (memory: the
+    compressed planes and base bytes of those few); a frame that does not fit is decoded aside
+    and handed over across calls. `tensors` (`(offset, name)` in offset order) lets errors name
+    the tensor of a bad frame; `limit` is the output's size: frames that would make more are
+    refused before being read.
     """
 
     def __init__(
@@ -503,9 +506,8 @@ class FrameReader(_FrameStream):
         self._offset = 0
         self._offsets = [t[0] for t in tensors]
         self._names = [t[1] for t in tensors]
-        self._slots: deque[_Slot] = deque()  # of the frames queued in `_ahead`, in order
         self._free: list[_Slot] = []
-        self._current: _Slot | None = None
+        self._spilled: _Slot | None = None  # holds `_ready`, the rest of a frame decoded aside
 
     def _frame_name(self) -> str:
         where = f"{self.where}: frame {self._frames}"
@@ -520,10 +522,11 @@ class FrameReader(_FrameStream):
         self._read += len(view)
         return view
 
-    def _next(self) -> bool:
+    def _read_frame(self) -> tuple[FrameHead, list[memoryview], memoryview, str, _Slot] | None:
+        """The next frame's head, planes and base bytes (in a slot's buffers); None at the end."""
         first = self.payload.read(2)
         if not first:
-            return False
+            return None
         self._read += len(first)
         where = self._frame_name()
         rest = _read_or_fail(self.payload, head_size(first) - len(first), where)
@@ -537,23 +540,60 @@ class FrameReader(_FrameStream):
         planes = [blob[i:j] for i, j in itertools.pairwise(cuts)]
         ref = memoryview(slot.get("base", head.out_size))  # type: ignore[arg-type]
         _fill(self.base, ref, f"{where}: base image")
-        base = ref if head.transform != STORED else memoryview(b"")
-        self._ahead.put(_decode, head, planes, base, where, slot.get("out", head.out_size))
-        self._slots.append(slot)
         self._frames += 1
         self._offset += head.out_size
-        return True
+        return head, planes, ref if head.transform != STORED else memoryview(b""), where, slot
 
-    def _taken(self) -> None:
-        if self._current is not None:  # its output is copied out: its buffers are free again
-            self._free.append(self._current)
-            self._current = None
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        pos = min(len(view), len(self._ready))
+        view[:pos] = self._ready[:pos]
+        self._ready = self._ready[pos:]
+        if len(self._ready):
+            return pos
+        if self._spilled is not None:
+            self._free.append(self._spilled)
+            self._spilled = None
+        pending: deque[tuple[Any, _Slot, np.ndarray, int]] = deque()
+        try:
+            while pos < len(view) and not self._ended:
+                frame = self._read_frame()
+                if frame is None:
+                    self._ended = True
+                    break
+                head, planes, base, where, slot = frame
+                n = head.out_size
+                spill = pos + n > len(view)
+                out = slot.get("out", n) if spill else np.frombuffer(view[pos : pos + n], np.uint8)
+                pending.append((self._ahead.submit(_decode, head, planes, base, where, out), slot, out, pos))
+                pos = len(view) if spill else pos + n
+                while len(pending) >= self._ahead.limit:
+                    self._settle(pending.popleft(), view)
+            while pending:
+                self._settle(pending.popleft(), view)
+        except BaseException:
+            for fut, *_ in pending:  # no thread may still write into `b` once this returns
+                fut.cancel()
+            for fut, *_ in pending:
+                with contextlib.suppress(BaseException):
+                    fut.result()
+            raise
+        return pos
 
-    def _produce(self) -> Any:
-        frame = super()._produce()
-        if frame is not None:
-            self._current = self._slots.popleft()
-        return frame
+    def _settle(self, job: tuple[Any, _Slot, np.ndarray, int], view: memoryview) -> None:
+        """Wait for a frame: copy it in where it was not decoded in place; free or keep its slot."""
+        fut, slot, out, at = job
+        frame = fut.result()
+        n = len(frame)
+        if at + n <= len(view):
+            if frame.ctypes.data != out.ctypes.data:  # a stored frame: its plane is the output
+                view[at : at + n] = memoryview(frame)
+            self._free.append(slot)
+            return
+        k = len(view) - at
+        view[at:] = memoryview(frame)[:k]
+        self._ready = memoryview(frame)[k:]
+        self._spilled = slot
 
 
 def _fill(stream: Any, view: memoryview, where: str) -> None:
