@@ -145,3 +145,60 @@ def test_frames_beyond_the_output_size_are_refused_before_they_are_read(tmp_path
     assert not (tmp_path / "out" / "model.safetensors").exists()
     with pytest.raises(xorweights.FormatError, match="makes more than the output's"):
         dict(xorweights.iter_tensors(payload, base, framework="pt"))
+
+
+def test_named_tensors_load_without_the_base_tensors_of_the_others(tmp_path: Path) -> None:
+    """A user holding only part of the base can still load the tensors that part masks."""
+    from xorweights.tensors.safetensors_header import read_header
+
+    base, ft, tuned = pair(tmp_path)
+    xorweights.encode(ft, base=base, out=tmp_path / "payload")
+    header = read_header(base / "model.safetensors")
+    data = (base / "model.safetensors").read_bytes()
+    t = header.tensors["t.F16"]
+    (tmp_path / "part").mkdir()
+    write_safetensors(
+        tmp_path / "part" / "model.safetensors", {"t.F16": (t.dtype, t.shape, data[t.begin : t.end])}
+    )
+    got = dict(
+        xorweights.iter_tensors(tmp_path / "payload", tmp_path / "part", framework="pt", names=["t.F16"])
+    )
+    assert list(got) == ["t.F16"] and raw(got["t.F16"]) == tuned["t.F16"]
+
+
+def test_a_frame_with_a_lying_plane_length_is_the_one_named(tmp_path: Path, monkeypatch) -> None:
+    """Frames decode in parallel; the damaged frame, not the next one it misplaces, is reported."""
+    monkeypatch.setattr(delta_frames, "FRAME_ELEMENTS", 64)
+    base, ft, _ = pair(tmp_path)
+    xorweights.encode(ft, base=base, out=tmp_path / "payload")
+    target = tmp_path / "payload" / "model.safetensors"
+    data, pos, k = bytearray(target.read_bytes()), 0, 0
+    while True:
+        head = delta_frames.parse_head(bytes(data[pos : pos + 40]), "t")
+        if head.transform == delta_frames.DELTA and k > 3:
+            break
+        pos, k = pos + head.size, k + 1
+    struct.pack_into("<I", data, pos + 8, head.planes[0] + 5)  # its first plane "grows" by 5 bytes
+    target.write_bytes(bytes(data))
+    doc = json.loads((tmp_path / "payload" / "xorweights.json").read_text())
+    entry = next(f for f in doc["files"] if f["name"] == "model.safetensors")
+    entry["payload_sha256"] = __import__("hashlib").sha256(bytes(data)).hexdigest()
+    (tmp_path / "payload" / "xorweights.json").write_text(json.dumps(doc))
+    monkeypatch.undo()
+    for jobs in (1, 2):
+        with pytest.raises(xorweights.FormatError, match=rf"model.safetensors: frame {k} \(tensor "):
+            xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / f"out{jobs}", jobs=jobs)
+    with pytest.raises(xorweights.FormatError, match=rf"frame {k} \(tensor "):
+        dict(xorweights.iter_tensors(tmp_path / "payload", base, framework="pt"))
+
+
+def test_a_compressed_file_listed_as_uncompressed_is_named(tmp_path: Path) -> None:
+    base, ft, _ = pair(tmp_path)
+    xorweights.encode(ft, base=base, out=tmp_path / "payload")
+    doc = json.loads((tmp_path / "payload" / "xorweights.json").read_text())
+    next(f for f in doc["files"] if f["name"] == "model.safetensors").pop("compression")
+    (tmp_path / "payload" / "xorweights.json").write_text(json.dumps(doc))
+    with pytest.raises(
+        xorweights.FormatError, match="holds delta frames, but xorweights.json lists it uncompressed"
+    ):
+        xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")

@@ -32,6 +32,12 @@ def check() -> None:
         raise Cancelled()
 
 
+def pause(seconds: float) -> None:
+    """Sleep up to `seconds`; raise `Cancelled` as soon as the run is being stopped."""
+    if _event.wait(seconds):
+        raise Cancelled()
+
+
 @contextmanager
 def guard(pool: Executor) -> Iterator[Executor]:
     """On any exception in the block: stop the running jobs, drop the queued ones, wait for the

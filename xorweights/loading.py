@@ -188,8 +188,9 @@ def _framed(
     """The wanted tensors of a compressed payload file, decoded in file order (the others are
     decoded and dropped); the base tensors it uses are proven first."""
     header = payload_header(FileSource(path), f)
-    bases = {t.name: t.base for t in f.tensors}
-    needed = {b for n, b in bases.items() if b is not None and (wanted is None or n in wanted)}
+    # Tensors not wanted are decoded against zeros and dropped: their base need not be there.
+    bases = {t.name: t.base if wanted is None or t.name in wanted else None for t in f.tensors}
+    needed = {b for b in bases.values() if b is not None}
     if wanted is not None and not wanted & set(header.tensors):
         return
     check_base(manifest, store, base_dir, jobs=default_jobs(), names=needed, files=set())

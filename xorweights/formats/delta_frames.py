@@ -31,7 +31,6 @@ after the last frame's planes that is not another frame.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import itertools
 import logging
@@ -512,7 +511,9 @@ class FrameReader(_FrameStream):
     def _frame_name(self) -> str:
         where = f"{self.where}: frame {self._frames}"
         i = bisect.bisect_right(self._offsets, self._offset) - 1
-        if self._offsets:
+        if self.limit is not None and self._offset >= self.limit:
+            where += " (past the output's end)"
+        elif self._offsets:
             where += f" (tensor {self._names[i]})" if i >= 0 else " (header)"
         return where
 
@@ -571,12 +572,18 @@ class FrameReader(_FrameStream):
                     self._settle(pending.popleft(), view)
             while pending:
                 self._settle(pending.popleft(), view)
-        except BaseException:
-            for fut, *_ in pending:  # no thread may still write into `b` once this returns
-                fut.cancel()
+        except BaseException as e:
+            # No thread may still write into `b` once this returns; and an earlier frame's
+            # error is the one to report (a damaged plane also misplaces the next frame's head).
+            first: BaseException = e
             for fut, *_ in pending:
-                with contextlib.suppress(BaseException):
+                try:
                     fut.result()
+                except BaseException as earlier:  # noqa: BLE001 (re-raised below)
+                    if first is e and isinstance(earlier, FormatError):
+                        first = earlier
+            if first is not e:
+                raise first from None
             raise
         return pos
 

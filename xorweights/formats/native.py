@@ -27,9 +27,9 @@ from ..sources import BaseImageSource, FileSource, FramedSource, Source
 
 if TYPE_CHECKING:
     from ..hub.stream import HubFileSource
-from ..tensors.safetensors_header import SafetensorsHeader, read_header, read_header_from
+from ..tensors.safetensors_header import SafetensorsHeader, read_header_from
 from ..tensors.store import StoredTensor, TensorStore, castable, nbytes_of
-from .delta_frames import FrameReader
+from .delta_frames import FrameReader, starts_with_frame
 from .native_manifest import (
     MANIFEST_NAME,
     BaseTensor,
@@ -247,11 +247,19 @@ def payload_header(source: Source, entry: FileEntry) -> SafetensorsHeader:
     """The header of a payload file's output, which must list exactly the manifest's tensors: the
     file's own header, or a compressed file's first (stored) frames."""
     path = source.label
-    if entry.compression is None and source.path is not None:
-        header = read_header(source.path)
-    elif entry.compression is None:
-        with source.open() as stream:
-            header = read_header_from(stream, entry.payload_size, path)
+    if entry.compression is None:
+        try:
+            with source.open() as stream:
+                header = read_header_from(stream, entry.payload_size, path)
+        except FormatError:
+            with source.open() as stream:
+                if starts_with_frame(stream.read(16)):
+                    raise FormatError(
+                        f"payload file {path} holds delta frames, but {MANIFEST_NAME} lists it "
+                        'uncompressed (its entry lacks "compression")',
+                        path=path,
+                    ) from None
+            raise
     else:
         with FrameReader(source.open(), _Zeros(), path, limit=entry.size) as frames:
             header = read_header_from(frames, entry.size, path)

@@ -3,8 +3,10 @@
 `HubStream` is a pull reader over huggingface_hub's own HTTP helpers: the file's URL at a pinned
 commit (`hf_hub_url`), its headers (`build_hf_headers`: token, user agent), its session with
 backoff on connection errors, 429 and 5xx, and its error classes (`hf_raise_for_status`), so
-endpoints, mirrors, tokens and offline mode behave as for any download. A dropped connection is
-reopened with `Range: bytes=<received>-` (a few times in a row without progress, then the error).
+endpoints, mirrors, tokens and offline mode behave as for any download. A dropped connection (or
+a 429/5xx answer) is reopened with `Range: bytes=<received>-`, pausing 0.5, 1, 2, 4, 8 s: at most
+`MAX_REOPENS` times without 1 MiB received in between, then one error; an interrupt stops the
+wait at once.
 It hashes what it reads and, at the end, requires the size and sha256 the Hub lists (the git blob
 id for a file outside LFS): a file that differs raises `PayloadMismatchError` before its last
 byte is handed over, so no output made from it is ever committed.
@@ -17,21 +19,29 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..errors import IOFailure, PayloadMismatchError
-from .access import HubFile, hf_lib
+from .. import _cancel
+from ..errors import HubError, IOFailure, PayloadMismatchError
+from .access import HubFile, hf_lib, short_error
 
 logger = logging.getLogger(__name__)
 
-#: Reconnects in a row without a byte received before a dropped connection is an error.
+#: Reconnects without `PROGRESS` bytes received in between before a dropped connection is an error.
 MAX_REOPENS = 5
+PROGRESS = 1 << 20
+_RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+#: huggingface_hub's session, without its own retries (and their warnings): `HubStream` retries.
+_NO_RETRY: dict[str, Any] = {"max_retries": 0, "retry_on_exceptions": (), "retry_on_status_codes": ()}
 
 
 class _ShortBody(Exception):
     """The body ended before the listed size."""
+
+
+class _Retry(Exception):
+    """An answer worth asking again (429, 5xx), or a range the server did not honour."""
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -43,13 +53,13 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
         return (
             requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout,
-            urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, _ShortBody,
+            urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, _ShortBody, _Retry,
         )  # fmt: skip
     try:
         import httpx2 as httpx  # huggingface_hub 2.x
     except ImportError:
         import httpx  # 1.x
-    return (httpx.TransportError, _ShortBody)
+    return (httpx.TransportError, _ShortBody, _Retry)
 
 
 class HubStream:
@@ -65,6 +75,8 @@ class HubStream:
         self.listed, self.label = listed, label
         self.pos = 0
         self.reopens = 0
+        self._fails = 0
+        self._progress_at = 0
         self._hash = hashlib.sha256() if listed.sha256 else hashlib.sha1(b"blob %d\0" % listed.size)
         self._stack = contextlib.ExitStack()
         self._chunks: Any = None
@@ -85,19 +97,28 @@ class HubStream:
         if self._v0:
             from huggingface_hub.utils import http_backoff
 
-            r = http_backoff("GET", self.url, headers=headers, stream=True, timeout=timeout)
+            # No retries inside: this reader's own loop retries, interruptibly and bounded.
+            r = http_backoff("GET", self.url, headers=headers, stream=True, timeout=timeout, **_NO_RETRY)
             self._stack.callback(r.close)
         else:
             from huggingface_hub.utils import http_stream_backoff
 
             r = self._stack.enter_context(
-                http_stream_backoff("GET", self.url, headers=headers, timeout=timeout)
+                http_stream_backoff("GET", self.url, headers=headers, timeout=timeout, **_NO_RETRY)
             )
-        hf_raise_for_status(r)
+        if r.status_code in _RETRY_STATUS:
+            raise _Retry(f"HTTP {r.status_code}")
+        try:
+            hf_raise_for_status(r)
+        except Exception as e:
+            raise HubError(f"payload file {self.label}: {short_error(e)}", path=self.label) from None
         if self.pos and r.status_code != 206:
             raise IOFailure(
                 "reading", self.label, OSError(f"the server ignored Range (HTTP {r.status_code})")
             )
+        got = r.headers.get("Content-Range", "") if self.pos else f"bytes {self.pos}-"
+        if not got.startswith(f"bytes {self.pos}-"):
+            raise _Retry(f"asked for bytes {self.pos}- and was given {got or 'no Content-Range'}")
         if self._v0:
             r.raw.decode_content = True
             self._raw = r.raw
@@ -126,8 +147,8 @@ class HubStream:
         if want <= 0:
             self._finish()
             return 0
-        fails = 0
         while True:
+            _cancel.check()
             try:
                 if self._chunks is None and self._raw is None:
                     self._connect()
@@ -136,18 +157,29 @@ class HubStream:
                     raise _ShortBody(f"the body ended at byte {self.pos} of {self.listed.size}")
                 break
             except self._errors as e:
-                fails += 1
-                self._disconnect()
-                if fails > MAX_REOPENS:
-                    raise IOFailure("reading", self.label, OSError(str(e) or type(e).__name__)) from e
-                self.reopens += 1
-                logger.info("%s: connection lost at byte %d (%s); resuming", self.label, self.pos, e)
-                time.sleep(min(0.5 * 2 ** (fails - 1), 8))
+                self._lost(e)
         n = len(got)
         view[:n] = got
         self._hash.update(got)
         self.pos += n
         return n
+
+    def _lost(self, e: BaseException) -> None:
+        """A connection lost: pause, then let the caller reconnect; or give up with one error."""
+        self._disconnect()
+        if self.pos - self._progress_at >= PROGRESS:
+            self._fails = 0
+        self._progress_at = self.pos
+        self._fails += 1
+        why = short_error(e.args[0] if e.args and isinstance(e.args[0], str) else e) or type(e).__name__
+        if self._fails > MAX_REOPENS:
+            raise IOFailure(
+                "reading", self.label,
+                OSError(f"{why} (connection lost {self._fails} times without 1 MiB received in between)"),
+            ) from None  # fmt: skip
+        self.reopens += 1
+        logger.info("%s: connection lost at byte %d (%s); resuming", self.label, self.pos, why)
+        _cancel.pause(min(0.5 * 2 ** (self._fails - 1), 8))
 
     def _finish(self) -> None:
         """At the listed size: the digest must be the listed one."""

@@ -146,7 +146,7 @@ def read_header_from(stream: Any, size: int, source: str) -> SafetensorsHeader:
     `stream` (anything with `readinto`, e.g. a compressed payload's decoded bytes)."""
     raw = _read_some(stream, 8)
     if len(raw) < 8:
-        raise FormatError(f"{source}: too short for a safetensors file ({size} bytes)", path=source)
+        raise FormatError(f"{source}: too short for a safetensors file ({len(raw)} bytes)", path=source)
     (n,) = struct.unpack("<Q", raw)
     if n > MAX_HEADER_BYTES or 8 + n > size:
         raise FormatError(
