@@ -14,7 +14,7 @@ import torch
 import xorweights
 from tests.conftest import tree
 from xorweights.errors import InputChangedError
-from xorweights.formats import delta_frames
+from xorweights.formats import delta_frames, frame_stream
 from xorweights.formats.native_manifest import load_manifest
 from xorweights.tensors.dtypes import DTYPE_SIZES
 
@@ -61,8 +61,8 @@ def raw(tensor: torch.Tensor) -> bytes:
 @pytest.mark.parametrize("frames", ["whole", "tiny"])
 def test_every_dtype_round_trips_compressed(tmp_path: Path, monkeypatch, compress: str, frames: str) -> None:
     if frames == "tiny":  # many frames per tensor, the last one partial; the header over several
-        monkeypatch.setattr(delta_frames, "FRAME_ELEMENTS", 64)
-        monkeypatch.setattr(delta_frames, "STORED_FRAME_BYTES", 100)
+        monkeypatch.setattr(frame_stream, "FRAME_ELEMENTS", 64)
+        monkeypatch.setattr(frame_stream, "STORED_FRAME_BYTES", 100)
     base, ft, tuned = pair(tmp_path)
     report = xorweights.encode(ft, base=base, out=tmp_path / "payload", compress=compress)
     m = report.native_manifest
@@ -168,7 +168,7 @@ def test_named_tensors_load_without_the_base_tensors_of_the_others(tmp_path: Pat
 
 def test_a_frame_with_a_lying_plane_length_is_the_one_named(tmp_path: Path, monkeypatch) -> None:
     """Frames decode in parallel; the damaged frame, not the next one it misplaces, is reported."""
-    monkeypatch.setattr(delta_frames, "FRAME_ELEMENTS", 64)
+    monkeypatch.setattr(frame_stream, "FRAME_ELEMENTS", 64)
     base, ft, _ = pair(tmp_path)
     xorweights.encode(ft, base=base, out=tmp_path / "payload")
     target = tmp_path / "payload" / "model.safetensors"

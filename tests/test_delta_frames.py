@@ -165,7 +165,7 @@ def test_a_file_of_frames_round_trips_through_the_reader(tmp_path) -> None:
     frame, a raw tensor, an empty tensor; the reader yields the output byte for byte."""
     import io
 
-    from xorweights.formats.delta_frames import FrameReader, Span, write_frames
+    from xorweights.formats.frame_stream import FrameReader, Span, write_frames
 
     header = b"H" * 37
     out_t, base_t = _pair("F16", (1 << 20) + 5, seed=1)

@@ -21,7 +21,7 @@ from . import hub
 from ._paths import check_regular_file
 from .constants import TORCH_SUFFIXES, default_jobs
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
-from .formats.delta_frames import FrameReader
+from .formats.frame_stream import FrameReader
 from .formats.native import (
     check_base,
     check_payload_files,

@@ -25,7 +25,7 @@ from ._outdir import file_id
 from .constants import CHUNK_SIZE, GZIP_MAGIC
 from .errors import FormatError, IOFailure
 from .formats import gzip_stream
-from .formats.delta_frames import FrameReader, FrameWriter, Span
+from .formats.frame_stream import FrameReader, FrameWriter, Span
 
 if TYPE_CHECKING:
     from .llama.base import GeneratedBase

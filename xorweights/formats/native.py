@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from ..hub.stream import HubFileSource
 from ..tensors.safetensors_header import SafetensorsHeader, read_header_from
 from ..tensors.store import StoredTensor, TensorStore, castable, nbytes_of
-from .delta_frames import FrameReader, starts_with_frame
+from .delta_frames import starts_with_frame
+from .frame_stream import FrameReader
 from .native_manifest import (
     MANIFEST_NAME,
     BaseTensor,

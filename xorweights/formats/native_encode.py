@@ -29,7 +29,8 @@ from ..sources import BaseImageSource, CompressingSource, FileSource
 from ..tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES
 from ..tensors.safetensors_header import SafetensorsHeader, read_header
 from ..tensors.store import TensorStore, nbytes_of
-from .delta_frames import DELTA, FRAME_ELEMENTS, GROUP_KEYS, GROUPED, STORED, Span
+from .delta_frames import DELTA, GROUP_KEYS, GROUPED, STORED
+from .frame_stream import FRAME_ELEMENTS, Span
 from .native import hash_all, segments
 from .native_manifest import (
     COMPRESSION,
