@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xorweights.llama.torch_save import TensorSpec, record_order, save_state_dict  # noqa: E402
+from xorweights.llama.torch_save import record_order, save_state_dict  # noqa: E402
+from xorweights.tensors.spec import TensorSpec  # noqa: E402
 from xorweights.tensors.torch_zip import read_checkpoint  # noqa: E402
 
 OLD = """

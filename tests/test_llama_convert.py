@@ -21,7 +21,8 @@ from xorweights.llama.convert import (
     open_base,
     write_shards,
 )
-from xorweights.llama.torch_save import TensorSpec, save_state_dict
+from xorweights.llama.torch_save import save_state_dict
+from xorweights.tensors.spec import TensorSpec
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = ["llama-tiny-1shard", "llama-tiny-2shard", "llama-tiny-4shard"]

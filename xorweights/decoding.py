@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import hub
 from ._display import shown
@@ -21,6 +21,10 @@ from .formats.native_manifest import MANIFEST_NAME, is_native, load_manifest
 from .pipeline import Options, Plan, Step, run
 from .reports import DecodeReport, FileReport
 from .sources import FileSource, PayloadCompression, PayloadSource
+
+if TYPE_CHECKING:
+    from .delta.decode import DeltaOptions
+    from .delta.registry import DeltaRelease
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ def decode(
     subfolder: str | None = None,
     local_dir: os.PathLike[str] | str | None = None,
     stream: bool = False,
+    recipe: str | None = None,
+    output_format: Literal["safetensors", "bin"] = "safetensors",
 ) -> DecodeReport:
     """Rebuild fine-tuned files from an XOR payload and the base they were made against.
 
@@ -104,6 +110,11 @@ def decode(
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
         stream: with a repo id, read the payload's LFS files over HTTP as they are decoded, never
             on disk, each checked against the Hub's sha256 in the pass (see `hub.stream`).
+        recipe: the payload is an additive delta (not an XOR payload) made by this recipe:
+            `fastchat`, `fastchat-v0`, `llava`, `alpaca` or `koala` (see the README). Picked
+            automatically for a known delta release (a repo id, or `checksums` naming it).
+        output_format: a delta recovery's weight files: `safetensors` (as current transformers'
+            `save_pretrained` writes them) or `bin` (the 2023 `pytorch_model*.bin` layout).
 
     Returns:
         `DecodeReport` with every file's size and digests; `out_dir` holds the verified files.
@@ -127,11 +138,24 @@ def decode(
         local_dir=local_dir if local_dir is not None else download_dir,
         cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline,
     )  # fmt: skip
+    options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
+    release = _delta_release(payload, checksums)
+    if recipe is not None or release is not None:
+        if stream:
+            raise InputError("--stream applies to XOR payloads; a delta is downloaded, then recovered")
+        where = _locate(
+            payload, base, out, None, access, revision=revision, subfolder=subfolder, progress=progress,
+            stream=False,
+        )  # fmt: skip
+        from .delta.decode import DeltaOptions
+
+        return _decode_delta(
+            where, options, DeltaOptions(recipe, output_format, None, release), force, verify
+        )
     where = _locate(
         payload, base, out, checksums, access, revision=revision, subfolder=subfolder, progress=progress,
         stream=stream,
     )  # fmt: skip
-    options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
     if _is_native(where.payload_dir, format, payload_compression):
         return _decode_native(where, started, options, force=force, verify=verify)
     legacy_options = _LegacyOptions(payload_compression, gzip_stream.gzip_backend(gzip_backend), base_mode)
@@ -366,6 +390,36 @@ def _decode_native(
     made = [replace(f, base_verified=f.action == "xor") for f in outcome.made]
     files = sorted([*made, *outcome.kept], key=lambda f: f.name)
     return _report(where, started, files, format="xorweights")
+
+
+# --- additive deltas ------------------------------------------------------------------------------
+
+
+def _delta_release(payload: os.PathLike[str] | str, checksums: object) -> DeltaRelease | None:
+    """The known delta release `payload` (a repo id) or `checksums` (a release name) names."""
+    from .delta.registry import find_delta_release
+
+    if hub.is_repo_spec(payload):
+        found = find_delta_release(str(payload))
+        if found is not None:
+            return found
+    return find_delta_release(checksums) if isinstance(checksums, str) else None
+
+
+def _decode_delta(
+    where: _Located, options: Options, delta_options: DeltaOptions, force: bool, verify: bool
+) -> DecodeReport:
+    """Recover a model from an additive delta (weight files checked against the Hub's sha256 first)."""
+    from .delta.decode import decode_delta
+
+    fetched = where.fetched
+    if fetched is not None:
+        names = sorted(n for n in fetched.files if n.endswith(WEIGHT_SUFFIXES))
+        hub.check_lfs_files(fetched, names, jobs=options.jobs or default_jobs(), progress=options.progress)
+    return decode_delta(
+        where.payload_dir, where.base_dir, where.out_dir, delta_options, options, force=force, verify=verify,
+        source=fetched.source if fetched else None,
+    )  # fmt: skip
 
 
 def _report(where: _Located, started: float, files: Sequence[FileReport], **fields: Any) -> DecodeReport:

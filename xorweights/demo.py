@@ -25,9 +25,10 @@ from .constants import CHUNK_SIZE
 from .decoding import decode
 from .encoding import encode
 from .formats.native_manifest import MANIFEST_NAME
-from .llama.torch_save import TensorSpec, record_order, save_state_dict
+from .llama.torch_save import record_order, save_state_dict
 from .loading import load_state_dict
 from .reports import DecodeReport, EncodeReport
+from .tensors.spec import TensorSpec
 from .tensors.store import TensorStore
 
 logger = logging.getLogger(__name__)

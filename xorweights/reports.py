@@ -78,11 +78,17 @@ class DecodeReport(_Report):
     gzip_backend: str | None = None
     """The decompressor used, when any payload file was gzip (`isal` or `zlib`)."""
     format: str = "oasst"
-    """`xorweights` (native, tensor-level) or `oasst` (legacy, file-level)."""
+    """`xorweights` (native, tensor-level), `oasst` (legacy, file-level) or `delta:RECIPE`."""
     source: str | None = None
     """The Hub repo and commit the payload came from (`owner/name@commit`), if any."""
     streamed: tuple[str, ...] = ()
     """Payload files read from the Hub as they were decoded (`stream`), never on disk."""
+    tensor_manifest: str | None = None
+    """A delta recovery's per-tensor digests (`xorweights-tensors.json` in the output folder)."""
+    model_sum: float | None = None
+    """The sum of every recovered weight, when the recipe or release has such a check (Alpaca)."""
+    model_sum_expected: float | None = None
+    """The sum the release publishes (checked before the outputs were moved into place)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +102,9 @@ class DecodeReport(_Report):
             "release": self.release,
             "gzip_backend": self.gzip_backend,
             "unverified": list(self.unverified),
+            "tensor_manifest": self.tensor_manifest,
+            "model_sum": self.model_sum,
+            "model_sum_expected": self.model_sum_expected,
             **self._summary(),
         }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,35 @@ class GeneratedSource:
 
     def identity(self) -> tuple[int, int]:
         return self.base.identity()
+
+
+@dataclass(frozen=True)
+class BytesSource:
+    """A small file made in memory (an index, a manifest)."""
+
+    name: str
+    data: bytes
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (generated)"
+
+    @property
+    def path(self) -> None:
+        return None
+
+    @property
+    def detail(self) -> str:
+        return ""
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self.data)
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def identity(self) -> tuple[int, int]:
+        return len(self.data), zlib.crc32(self.data)
 
 
 @dataclass(frozen=True)

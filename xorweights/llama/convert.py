@@ -26,10 +26,11 @@ from .. import _json
 from .._paths import check_regular_file
 from ..errors import FormatError, MissingFileError
 from ..tensors.dtypes import NUMPY_DTYPES
+from ..tensors.spec import TensorSpec
 from ..tensors.store import StoredTensor, index_tensors
 from ..tensors.torch_zip import TorchCheckpoint, read_checkpoint
 from .layout import LlamaLayout
-from .torch_save import TensorSpec, record_order, save_state_dict
+from .torch_save import record_order, save_state_dict
 
 logger = logging.getLogger(__name__)
 

@@ -22,15 +22,14 @@ The layout (read off real files, and checked byte for byte against them by the t
 from __future__ import annotations
 
 import io
-import math
 import pickle
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..tensors.dtypes import DTYPE_SIZES, STORAGE_TYPES
+from ..tensors.dtypes import STORAGE_TYPES
+from ..tensors.spec import TensorSpec
 
 ALIGNMENT = 64
 _U32 = 0xFFFFFFFF
@@ -136,31 +135,6 @@ _STORAGE_GLOBALS = {dt: _Global("torch", cls) for dt, cls in STORAGE_TYPES.items
 # torch's persistent_id returns these two literals, so the pickle memoizes them once.
 _STORAGE_TAG = "storage"
 _CPU = "cpu"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A tensor to save: name, dtype (safetensors name) and shape; C-contiguous."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * DTYPE_SIZES[self.dtype]
-
-    @property
-    def stride(self) -> tuple[int, ...]:
-        out, acc = [], 1
-        for d in reversed(self.shape):
-            out.append(acc)
-            acc *= d
-        return tuple(reversed(out))
 
 
 class _Storage:

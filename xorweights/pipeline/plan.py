@@ -97,6 +97,9 @@ class Plan:
     """Files of a staged plan's folder removed just before the staged outputs move into place (a
     finished folder's record, which `finish` writes again last: a half-made folder never passes
     for a finished one)."""
+    approve: Callable[[Path, Sequence[FileReport]], None] | None = None
+    """A staged plan's last check: called with the staging folder and every file's report once all
+    are made, before any moves into place; what it raises discards them."""
     reuse: Reuse | None = None
     """Called first, under the lock: the reports of a finished output folder to keep whole, or None."""
     finish: Finish | None = None

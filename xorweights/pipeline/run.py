@@ -139,6 +139,8 @@ def _run_staged(
             # Staged files are ours whatever their records say (force): only complete ones are kept.
             todo, staged = triage(todo, inputs, stage, force=True, rehash=False)
             made = _make(plan, options, stage, todo, inputs)
+            if plan.approve is not None:
+                plan.approve(stage.path, [*kept, *staged, *made])
             _publish_staged(stage, folder, [*staged, *made], inputs, retire=plan.retire)
             outcome = Outcome(tuple(made), (*kept, *staged))
             if plan.finish is not None:

@@ -85,6 +85,21 @@ class StoredTensor:
         return nbytes_of(self.dtype, self.shape)
 
 
+def tensor_array(t: StoredTensor) -> np.ndarray:
+    """The tensor as an array: a read-only memory map of its file, or computed (one tensor)."""
+    if t.compute is not None:
+        a = t.compute()
+    elif t.nbytes == 0:  # nothing to map (mmap refuses empty ranges)
+        a = np.empty(t.shape, dtype=NUMPY_DTYPES[t.dtype])
+    else:
+        a = np.memmap(t.source, dtype=NUMPY_DTYPES[t.dtype], mode="r", offset=t.begin or 0, shape=t.shape)
+    if a.shape != t.shape:
+        raise FormatError(
+            f"{t.source}: tensor {t.name} came out {a.shape}, expected {t.shape}", path=t.source
+        )
+    return a
+
+
 class TensorReader(io.RawIOBase):
     """A read-only stream of one tensor's bytes, optionally cast to another float dtype."""
 
@@ -112,16 +127,7 @@ class TensorReader(io.RawIOBase):
             self._chunks = self._cast_chunks(chunk_size)
 
     def _array(self) -> np.ndarray:
-        t = self.tensor
-        if t.compute is not None:
-            a = t.compute()
-        else:
-            a = np.memmap(t.source, dtype=NUMPY_DTYPES[t.dtype], mode="r", offset=t.begin or 0, shape=t.shape)
-        if a.shape != t.shape:
-            raise FormatError(
-                f"{t.source}: tensor {t.name} came out {a.shape}, expected {t.shape}", path=t.source
-            )
-        return a
+        return tensor_array(self.tensor)
 
     def _cast_chunks(self, chunk_size: int) -> Iterator[memoryview]:
         a = self._array()

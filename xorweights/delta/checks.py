@@ -1,0 +1,165 @@
+"""Pair a delta's tensors with the base's, and refuse a base that cannot be the right one, naming
+the likely cause, before anything is written."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import _json
+from ..errors import BaseMismatchError, FormatError
+from ..tensors.store import StoredTensor, TensorStore
+from .recipes import VOCAB_TENSORS, Recipe
+
+logger = logging.getLogger(__name__)
+
+#: Buffers, not weights: current transformers neither saves nor loads them; 2023 copies differ.
+SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
+#: LLaMA-1 sizes by hidden width, for messages.
+_LLAMA_SIZES = {4096: "7B", 5120: "13B", 6656: "30B", 8192: "65B"}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One output tensor: the delta's tensor and the base's (None: taken from the delta as is)."""
+
+    delta: StoredTensor
+    base: StoredTensor | None
+
+    @property
+    def name(self) -> str:
+        return self.delta.name
+
+
+def skipped(name: str) -> bool:
+    return name.endswith(SKIPPED_SUFFIXES)
+
+
+def pair_tensors(recipe: Recipe, delta: TensorStore, base: TensorStore) -> list[Pair]:
+    """The output tensors in the delta's order, each with its base tensor.
+
+    Raises:
+        `BaseMismatchError`: the base lacks tensors the delta has, holds tensors the recipe's peer
+            refused, or has other shapes; the message names the likely cause.
+    """
+    _refuse_llama2(delta.folder, base.folder)
+    pairs: list[Pair] = []
+    missing: list[str] = []
+    for name, t in delta.tensors.items():
+        if skipped(name):
+            continue
+        b = base.get(name)
+        if b is None:
+            if name in recipe.delta_only:
+                pairs.append(Pair(t, None))
+            else:
+                missing.append(name)
+            continue
+        if name in recipe.delta_only and b.shape != t.shape:
+            pairs.append(Pair(t, None))  # a projector of another shape in the base: the delta's is kept
+            continue
+        _check_shape(recipe, t, b, base.folder)
+        pairs.append(Pair(t, b))
+    if missing:
+        raise BaseMismatchError(_missing_cause(missing, base), path=base.folder, stage="base")
+    extra = sorted(n for n in base.tensors if n not in delta.tensors and not skipped(n))
+    if extra and not recipe.base_extra_ok:
+        raise BaseMismatchError(
+            f"{base.folder} holds {len(extra)} tensors the delta {delta.folder} lacks ({extra[0]}, ...); "
+            f"the {recipe.name} recipe adds every base tensor, so the base is another model",
+            path=base.folder,
+            stage="base",
+        )
+    for p in pairs:
+        if p.delta.dtype not in ("F16", "BF16", "F32", "F64"):
+            raise FormatError(
+                f"{p.delta.source}: tensor {p.name} is {p.delta.dtype}; a delta holds floating-point tensors",
+                path=p.delta.source,
+            )
+    return pairs
+
+
+def _check_shape(recipe: Recipe, t: StoredTensor, b: StoredTensor, base_dir: Path) -> None:
+    if t.shape == b.shape:
+        return
+    grown = (
+        t.name in VOCAB_TENSORS
+        and len(t.shape) == 2
+        and len(b.shape) == 2
+        and t.shape[1] == b.shape[1]
+        and t.shape[0] > b.shape[0]
+    )
+    if grown and recipe.grown != "refuse":
+        return
+    raise BaseMismatchError(f"{b.source}: {t.name} {_shape_cause(recipe, t, b)}", path=base_dir, stage="base")
+
+
+def _shape_cause(recipe: Recipe, t: StoredTensor, b: StoredTensor) -> str:
+    """Why the base's tensor has another shape than the delta's, as far as the shapes tell."""
+    shapes = f"is {list(b.shape)} in the base, {list(t.shape)} in the delta"
+    if t.name in VOCAB_TENSORS and len(t.shape) == len(b.shape) == 2 and t.shape[1] == b.shape[1]:
+        rows_t, rows_b = t.shape[0], b.shape[0]
+        if rows_t > rows_b:
+            hint = {"fastchat": "fastchat-v0 (Vicuna v0) or llava"}.get(recipe.name, "another recipe")
+            return (
+                f"{shapes}: the delta's vocabulary is {rows_t} = {rows_b} + {rows_t - rows_b} added tokens, "
+                f"which the {recipe.name} recipe does not grow into; try --recipe {hint}"
+            )
+        return (
+            f"{shapes}: the base's vocabulary ({rows_b}) is larger than the delta's ({rows_t}); the base "
+            "is not the original LLaMA (a fine-tuned or resized copy?)"
+        )
+    widths = {len(s) and s[-1] for s in (t.shape, b.shape)}
+    if len(widths) == 2 or t.shape[0] != b.shape[0]:
+        size_b = _LLAMA_SIZES.get(b.shape[-1]) if len(b.shape) else None
+        size_t = _LLAMA_SIZES.get(t.shape[-1]) if len(t.shape) else None
+        if size_b and size_t and size_b != size_t:
+            return f"{shapes}: the base is LLaMA-{size_b}, the delta is for LLaMA-{size_t}"
+    return f"{shapes}: the base is another model, or a conversion that changed this tensor"
+
+
+def _missing_cause(missing: list[str], base: TensorStore) -> str:
+    first = ", ".join(missing[:2]) + (", ..." if len(missing) > 2 else "")
+    have = list(base.tensors)
+    if have and not any(n.startswith("model.") for n in have):
+        return (
+            f"{base.folder} lacks {len(missing)} of the delta's tensors ({first}); its tensors have other "
+            f"names ({have[0]}, ...): a conversion that renamed them, or not an HF LLaMA copy"
+        )
+    return (
+        f"{base.folder} lacks {len(missing)} of the delta's tensors ({first}): a conversion that dropped "
+        "them, a partial copy, or another model"
+    )
+
+
+def _refuse_llama2(delta_dir: Path, base_dir: Path) -> None:
+    """A LLaMA-2 base has LLaMA-1's shapes (7B, 13B): only its config tells them apart."""
+    base = _config(base_dir)
+    delta = _config(delta_dir)
+    if base is None:
+        return
+    positions = base.get("max_position_embeddings")
+    eps = base.get("rms_norm_eps", base.get("norm_eps"))
+    looks_2 = positions == 4096 or (isinstance(eps, float) and eps == 1e-5 and "norm_eps" in base)
+    if looks_2 and (delta is None or delta.get("max_position_embeddings", 2048) == 2048):
+        raise BaseMismatchError(
+            f"{base_dir} looks like LLaMA-2 (max_position_embeddings {positions}, norm eps {eps}); this "
+            "delta was made against LLaMA-1 (2048 positions): the output would be wrong with no error",
+            path=base_dir,
+            stage="base",
+        )
+
+
+def _config(folder: Path) -> dict[str, Any] | None:
+    """The folder's `config.json` (HF) or `params.json` (Meta), or None."""
+    for name in ("config.json", "params.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                doc = _json.loads(path.read_bytes(), str(path))
+            except (OSError, FormatError):
+                return None
+            return doc if isinstance(doc, dict) else None
+    return None

@@ -1,0 +1,111 @@
+"""`decode(..., recipe=...)` for additive-delta releases: check, plan, recover, report."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._paths import check_out_dir
+from ..errors import ChecksumMismatchError, InputError, MissingFileError
+from ..pipeline import Options
+from ..reports import DecodeReport
+from .recipes import recipe as find_recipe
+from .recover import OutputFormat, plan_recovery, run_recovery
+from .registry import DeltaRelease
+from .tensor_plan import TensorResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeltaOptions:
+    """How a delta is recovered, beyond where from and to."""
+
+    recipe: str | None = None
+    output_format: OutputFormat = "safetensors"
+    max_shard_bytes: int | None = None
+    release: DeltaRelease | None = None
+
+
+def decode_delta(
+    delta_dir: Path,
+    base_dir: Path,
+    out_dir: Path,
+    delta_options: DeltaOptions,
+    options: Options,
+    *,
+    force: bool,
+    verify: bool,
+    source: str | None = None,
+) -> DecodeReport:
+    """Recover the fine-tuned model from an additive delta and its base (see `xorweights.decode`)."""
+    started = time.perf_counter()
+    release = delta_options.release
+    name = delta_options.recipe or (release.recipe if release else None)
+    if name is None:
+        raise InputError(f"{delta_dir}: which recipe made this delta? give --recipe (fastchat, llava, ...)")
+    recipe = find_recipe(name)
+    if release is not None and release.recipe != recipe.name:
+        logger.warning(
+            "%s was made with recipe %s; recovering with %s as asked", release.repo_id, release.recipe, name
+        )
+    if delta_options.output_format not in ("safetensors", "bin"):
+        raise InputError(
+            f"unknown output format {delta_options.output_format!r}; expected safetensors or bin"
+        )
+    for folder, what in ((delta_dir, "delta"), (base_dir, "base")):
+        if not folder.is_dir():
+            raise MissingFileError(f"{what} folder not found: {folder}", path=folder)
+    check_out_dir(out_dir, {"delta": delta_dir, "base": base_dir})
+    expected_sum = release.model_sum if release else None
+    recovery = plan_recovery(
+        recipe, delta_dir, base_dir, fmt=delta_options.output_format,
+        max_shard_bytes=delta_options.max_shard_bytes, workers=options.jobs,
+        sums=expected_sum is not None or recipe.name == "alpaca",
+    )  # fmt: skip
+    info: dict[str, Any] = {
+        "recipe": recipe.name,
+        "release": release.repo_id if release else None,
+        "delta": str(delta_dir),
+        "base": str(base_dir),
+    }
+
+    def approve(results: dict[str, TensorResult]) -> None:
+        if expected_sum is None:
+            return
+        total = model_sum(results)
+        if not math.isclose(total, expected_sum[0], rel_tol=0.0, abs_tol=expected_sum[1]):
+            raise ChecksumMismatchError(
+                f"{out_dir}: the recovered weights sum to {total:.4f}, {release.repo_id if release else ''} "
+                f"publishes {expected_sum[0]} (+-{expected_sum[1]}): the base is not the LLaMA the delta "
+                "was made against",
+                path=out_dir,
+                expected=str(expected_sum[0]),
+                actual=f"{total:.4f}",
+                stage="decoded",
+            )
+
+    result = run_recovery(recovery, out_dir, options, force=force, verify=verify, info=info, approve=approve)
+    sums = [r.total for r in result.tensors.values() if r.total is not None]
+    return DecodeReport(
+        files=tuple(result.files),
+        seconds=time.perf_counter() - started,
+        payload_dir=str(delta_dir),
+        base_dir=str(base_dir),
+        out_dir=str(out_dir),
+        release=release.repo_id if release else None,
+        format=f"delta:{recipe.name}",
+        source=source,
+        tensor_manifest=str(result.manifest_path),
+        model_sum=model_sum(result.tensors) if sums else None,
+        model_sum_expected=expected_sum[0] if expected_sum else None,
+    )
+
+
+def model_sum(results: dict[str, TensorResult]) -> float:
+    """The sum of every weight of the recovered model (Alpaca's integrity figure)."""
+    return math.fsum(r.total or 0.0 for r in results.values())

@@ -1,0 +1,101 @@
+"""The recipes of additive-delta releases: the arithmetic each peer script performed, exactly.
+
+A recipe says in which dtype base and delta are added, what the output is stored as, and what the
+base contributes where the delta's tensor is larger (grown vocabulary rows): nothing the peer
+computed is approximated, and torch is never needed (the CPU's fp16 add and fp32-add-then-round
+agree bit for bit on every pair of values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import InputError
+from ..tensors.dtypes import NUMPY_DTYPES
+from ..tensors.store import cast
+
+Grown = Literal["refuse", "zero", "delta", "mean"]
+"""Where the delta's tensor extends past the base's: `refuse` (shapes must match), `zero` (the
+base was resized with zero rows, then added), `delta` (the delta's own values, unchanged), `mean`
+(the base was resized with rows equal to the mean of its rows, computed as torch computes it)."""
+
+#: The tensors a grown vocabulary changes (rows), in HF LLaMA names.
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one family of releases was made and is recovered."""
+
+    name: str
+    peer: str
+    """The peer script whose arithmetic this is."""
+    compute: str
+    """The dtype the addition happens in: `F16` (rounded as torch's fp16 add) or `F32`."""
+    output: str
+    """The dtype of the recovered tensors."""
+    grown: Grown
+    delta_only: tuple[str, ...] = ()
+    """Tensors that only the delta holds, taken as they are (LLaVA's projector)."""
+    base_extra_ok: bool = False
+    """Base tensors the delta lacks are ignored (else the peer refused them)."""
+
+    def add(self, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """`base + delta` as the peer computed it, in the output dtype (both already in `compute`)."""
+        if self.compute == "F16":
+            wide = base.astype(np.float32)
+            np.add(wide, delta, out=wide)
+            return wide.astype(np.float16)
+        total = np.add(base, delta, dtype=np.float32)
+        return cast(total, "F32", self.output) if self.output != "F32" else total
+
+    def taken(self, delta: np.ndarray) -> np.ndarray:
+        """A delta value the base does not touch, in the output dtype."""
+        if self.compute == self.output:
+            return delta
+        return cast(np.ascontiguousarray(delta), self.compute, self.output)
+
+    @property
+    def numpy_output(self) -> Any:
+        return NUMPY_DTYPES[self.output]
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("fastchat", "FastChat apply_delta (Vicuna v1.1, gorilla)", "F16", "F16", "refuse"),
+        Recipe("fastchat-v0", "FastChat apply_delta, v0 era (Vicuna v0, StableVicuna)", "F16", "F16", "zero"),
+        Recipe(
+            "llava",
+            "LLaVA apply_delta (LLaVA v0, LLaVA-Med)",
+            "F16",
+            "F16",
+            "delta",
+            delta_only=("model.mm_projector.weight", "model.mm_projector.bias"),
+            base_extra_ok=True,
+        ),  # fmt: skip
+        Recipe(
+            "alpaca",
+            "Stanford Alpaca weight_diff.py (Alpaca, AlpacaFarm, WizardLM v1.0)",
+            "F32",
+            "F32",
+            "mean",
+        ),
+        Recipe("koala", "EasyLM diff_checkpoint (Koala)", "F32", "BF16", "refuse"),
+    )
+}
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe called `name`.
+
+    Raises:
+        `InputError`: no such recipe (the known ones are listed).
+    """
+    found = RECIPES.get(name)
+    if found is None:
+        raise InputError(f"unknown recipe {name!r}; expected one of {', '.join(RECIPES)}")
+    return found

@@ -1,0 +1,291 @@
+"""Recover a model from an additive delta and its base, as one plan of generated output files.
+
+Each output shard is generated as it is written (never held whole): its tensors are computed
+block by block from the memory-mapped delta and base on a few threads, hashed one by one (the
+container-independent digests of `tensor_manifest`), and streamed through the pipeline, which
+commits the file only once complete. Config and tokenizer files are copied from the delta.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+
+from ..constants import default_jobs
+from ..errors import FormatError
+from ..llama.convert import GeneratedFile
+from ..llama.torch_save import record_order, save_state_dict
+from ..pipeline import Options, Plan, Step, run
+from ..reports import FileReport
+from ..sources import FileSource
+from ..tensors import safetensors_write as st
+from ..tensors.spec import TensorSpec
+from ..tensors.store import TensorStore, cast, index_tensors, tensor_array
+from .checks import pair_tensors
+from .recipes import Recipe
+from .tensor_plan import TensorPlan, TensorResult, stream_blocks
+from .torch_mean import torch_column_mean
+
+logger = logging.getLogger(__name__)
+
+OutputFormat = Literal["safetensors", "bin"]
+#: `save_pretrained`'s default `max_shard_size` in current transformers ("50GB").
+SAFETENSORS_SHARD_BYTES = 50 * 10**9
+#: The 2023 (`.bin`) default ("10GB").
+BIN_SHARD_BYTES = 10 * 10**9
+#: Files copied from the delta folder as they are (what the peers' `save_pretrained` of the delta
+#: model and tokenizer wrote).
+SMALL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+def mean_rows(base: np.ndarray) -> np.ndarray:
+    """The mean of a base tensor's rows in float32, as torch's CPU `mean(dim=0)` gives it."""
+    return torch_column_mean(base)
+
+
+@dataclass
+class ShardFile:
+    """One output weight file: its tensors in state-dict order, and what writing them proved."""
+
+    name: str
+    plans: list[TensorPlan]
+    fmt: OutputFormat
+    workers: int
+    sums: bool
+    results: dict[str, TensorResult] = field(default_factory=dict)
+
+    @property
+    def specs(self) -> list[TensorSpec]:
+        return [p.spec for p in self.plans]
+
+    def size(self) -> int:
+        data = sum(s.nbytes for s in self.specs)
+        if self.fmt == "safetensors":
+            return len(st.header_bytes(self.specs)) + data
+        return data + 4096 * (len(self.specs) + 4)  # zip records and the pickle: a bound, for space checks
+
+    def write(self, out: BinaryIO) -> None:
+        """Write the file to `out`, recording every tensor's digest in `results`."""
+        self.results.clear()
+        if self.fmt == "safetensors":
+            out.write(st.header_bytes(self.specs))
+            for _name, chunks in self._tensors(st.file_order(self.specs)):
+                for chunk in chunks:
+                    out.write(chunk)
+            return
+        stem = Path(self.name).stem
+        save_state_dict(out, stem, self.specs, self._tensors(record_order(self.specs)))
+
+    def _tensors(self, order: Sequence[TensorSpec]) -> Iterator[tuple[str, Iterator[memoryview]]]:
+        by_name = {p.name: p for p in self.plans}
+        blocks = stream_blocks([by_name[s.name] for s in order], self.workers)
+        for spec in order:
+            yield spec.name, self._chunks(spec, blocks)
+
+    def _chunks(
+        self, spec: TensorSpec, blocks: Iterator[tuple[TensorPlan, np.ndarray | None]]
+    ) -> Iterator[memoryview]:
+        h = hashlib.sha256()
+        total = 0.0
+        for plan, arr in blocks:
+            if plan.name != spec.name:
+                raise AssertionError(f"block of {plan.name} where {spec.name} was due")
+            if arr is None:
+                break
+            if self.sums and arr.size:
+                total += float(np.sum(_wide(arr, spec.dtype), dtype=np.float64))
+            view = memoryview(np.ascontiguousarray(arr)).cast("B")
+            h.update(view)
+            yield view
+        self.results[spec.name] = TensorResult(spec, h.hexdigest(), total if self.sums else None)
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """An output weight file generated from the delta and the base as it is read."""
+
+    shard: ShardFile
+    delta_dir: Path
+    base_dir: Path
+    inputs: tuple[int, int]
+
+    @property
+    def label(self) -> str:
+        return f"{self.shard.name} recovered from {self.delta_dir} and {self.base_dir}"
+
+    @property
+    def path(self) -> None:
+        return None
+
+    @property
+    def detail(self) -> str:
+        p = self.shard.plans
+        return f"it holds {p[0].name} ... {p[-1].name} ({len(p)} tensors)" if p else "it holds no tensor"
+
+    def open(self) -> BinaryIO:
+        return GeneratedFile(self.shard.write, self.shard.name)  # type: ignore[return-value]
+
+    def size(self) -> int:
+        return self.shard.size()
+
+    def identity(self) -> tuple[int, int]:
+        return self.inputs
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The planned outputs of one recovery."""
+
+    recipe: Recipe
+    shards: list[ShardFile]
+    steps: tuple[Step, ...]
+    index: str | None
+
+
+def plan_recovery(
+    recipe: Recipe,
+    delta_dir: Path,
+    base_dir: Path,
+    *,
+    fmt: OutputFormat = "safetensors",
+    max_shard_bytes: int | None = None,
+    workers: int | None = None,
+    sums: bool = False,
+) -> Recovery:
+    """Pair the tensors (refusing a wrong base first), split them into files, make the steps."""
+    delta = TensorStore.open(delta_dir)
+    base = TensorStore.open(base_dir)
+    pairs = pair_tensors(recipe, delta, base)
+    plans = [TensorPlan(p, recipe, mean_rows) for p in pairs]
+    limit = max_shard_bytes or (SAFETENSORS_SHARD_BYTES if fmt == "safetensors" else BIN_SHARD_BYTES)
+    groups = st.split_shards([p.spec for p in plans], limit)
+    stem, suffix = ("model", ".safetensors") if fmt == "safetensors" else ("pytorch_model", ".bin")
+    names = st.shard_file_names(len(groups), stem=stem, suffix=suffix)
+    by_name = {p.name: p for p in plans}
+    threads = workers or default_jobs()
+    shards = [
+        ShardFile(n, [by_name[s.name] for s in g], fmt, threads, sums)
+        for n, g in zip(names, groups, strict=True)
+    ]
+    inputs = _combined(delta.identity(), base.identity())
+    options = {"recipe": (list_index(recipe), 0 if fmt == "safetensors" else 1)}
+    steps = [Step(s.name, ShardSource(s, delta_dir, base_dir, inputs), options=options) for s in shards]
+    index = None
+    if len(shards) > 1:
+        index = f"{stem}{suffix}.index.json"
+    for name in SMALL_FILES:
+        if (delta_dir / name).is_file():
+            steps.append(Step(name, FileSource(delta_dir / name)))
+    return Recovery(recipe, shards, tuple(steps), index)
+
+
+def list_index(recipe: Recipe) -> int:
+    from .recipes import RECIPES
+
+    return list(RECIPES).index(recipe.name)
+
+
+def _combined(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    return a[0] + b[0], max(a[1], b[1])
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    """What `run_recovery` made: every file's report, and every tensor's digest (and sum)."""
+
+    files: list[FileReport]
+    tensors: dict[str, TensorResult]
+    manifest_path: Path
+
+
+def run_recovery(
+    recovery: Recovery,
+    out_dir: Path,
+    options: Options,
+    *,
+    force: bool,
+    verify: bool,
+    info: dict[str, Any],
+    approve: Callable[[dict[str, TensorResult]], None] | None = None,
+) -> RecoveryResult:
+    """Make the outputs in a staging folder (kept ones stay), collect every tensor's digest (made
+    now, or hashed again from a kept file), let `approve` check them, move the outputs into place,
+    and write the tensor manifest beside them."""
+    from .._atomic import AtomicFile
+    from ..sources import BytesSource
+    from ..tensor_manifest import TENSORS_NAME, TensorDigest, TensorManifest
+
+    steps = list(recovery.steps)
+    if recovery.index is not None:
+        data = st.index_json([s.specs for s in recovery.shards], [s.name for s in recovery.shards])
+        steps.append(Step(recovery.index, BytesSource(recovery.index, data)))
+    results: dict[str, TensorResult] = {}
+
+    def collect(stage_dir: Path, reports: Sequence[FileReport]) -> None:
+        made = {f.name for f in reports if not f.kept}
+        for shard in recovery.shards:
+            if shard.name not in made or len(shard.results) != len(shard.plans):
+                where = stage_dir / shard.name
+                shard.results.update(_rehash(where if where.is_file() else out_dir / shard.name, shard))
+            results.update(shard.results)
+        if approve is not None:
+            approve(results)
+
+    plan = Plan(
+        tuple(steps), out_dir, "decode", release=info.get("release") or "", force=force, rehash=verify,
+        staged=True, approve=collect,
+    )  # fmt: skip
+    outcome = run(plan, options)
+    if not results:  # every output was kept: nothing was staged
+        collect(out_dir, outcome.files)
+    order = [p.name for s in recovery.shards for p in s.plans]
+    digests = {
+        n: TensorDigest(results[n].spec.dtype, results[n].spec.shape, results[n].sha256) for n in order
+    }
+    path = out_dir / TENSORS_NAME
+    with AtomicFile(path) as f:
+        f.write(TensorManifest(digests, info).dumps())
+        f.commit(durable=options.fsync)
+    return RecoveryResult(outcome.files, results, path)
+
+
+def _rehash(path: Path, shard: ShardFile) -> dict[str, TensorResult]:
+    tensors = index_tensors([path])
+    out: dict[str, TensorResult] = {}
+    for p in shard.plans:
+        t = tensors.get(p.name)
+        if t is None or t.dtype != p.spec.dtype or t.shape != p.spec.shape:
+            raise FormatError(
+                f"{path}: does not hold {p.name} as {p.spec.dtype}{list(p.spec.shape)}; remove the file "
+                "and run again",
+                path=path,
+            )
+        h = hashlib.sha256()
+        total = 0.0
+        arr = tensor_array(t).reshape(-1)
+        step = max(1, (16 << 20) // max(1, arr.itemsize))
+        for i in range(0, arr.size, step):
+            part = np.ascontiguousarray(arr[i : i + step])
+            h.update(memoryview(part).cast("B"))
+            if shard.sums and part.size:
+                total += float(np.sum(_wide(part, t.dtype), dtype=np.float64))
+        out[p.name] = TensorResult(p.spec, h.hexdigest(), total if shard.sums else None)
+    return out
+
+
+def _wide(a: np.ndarray, dtype: str) -> np.ndarray:
+    return cast(a, "BF16", "F32") if dtype == "BF16" else a

@@ -1,0 +1,174 @@
+"""Per-tensor digests: a model's identity whatever its container, sharding or tensor order.
+
+`xorweights-tensors.json` (format `xorweights-tensors/1`) maps each tensor name to its dtype
+(safetensors name), shape and the sha256 of its C-order little-endian bytes. A recovery writes one
+beside its output; `verify --checksums` checks any copy of the model against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _json
+from .checksum_types import Mismatch
+from .constants import CHUNK_SIZE, HEX_LENGTH
+from .errors import FormatError, MissingFileError
+from .tensors.dtypes import DTYPE_SIZES
+from .tensors.store import TensorStore, cast, castable, tensor_array
+
+logger = logging.getLogger(__name__)
+
+TENSORS_FORMAT = "xorweights-tensors/1"
+TENSORS_NAME = "xorweights-tensors.json"
+_MAX_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class TensorDigest:
+    """One tensor's identity."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape), "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class TensorManifest:
+    """The digests of every tensor of a model, and what they came from."""
+
+    tensors: Mapping[str, TensorDigest]
+    info: Mapping[str, Any] = field(default_factory=dict)
+    """Free-form provenance (recipe, delta, base, sums)."""
+    path: str | None = None
+
+    def dumps(self) -> bytes:
+        doc = {
+            "format": TENSORS_FORMAT,
+            **dict(self.info),
+            "tensors": {n: d.to_json() for n, d in self.tensors.items()},
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+
+def is_tensor_manifest(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("format") == TENSORS_FORMAT
+
+
+def parse_tensor_manifest(doc: Any, source: str) -> TensorManifest:
+    """A manifest from its parsed JSON; every entry checked.
+
+    Raises:
+        `FormatError`: not a tensor manifest, or an entry is malformed (named).
+    """
+    if not is_tensor_manifest(doc):
+        raise FormatError(f"{source}: not a {TENSORS_FORMAT} manifest", path=source)
+    raw = doc.get("tensors")
+    if not isinstance(raw, dict) or not raw:
+        raise FormatError(f"{source}: `tensors` must be a non-empty object", path=source)
+    tensors: dict[str, TensorDigest] = {}
+    for name, entry in raw.items():
+        where = f"{source}: tensor {name!r}"
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "sha256"}:
+            raise FormatError(f"{where}: expected dtype, shape and sha256", path=source)
+        dtype, shape, sha = entry["dtype"], entry["shape"], entry["sha256"]
+        if dtype not in DTYPE_SIZES:
+            raise FormatError(f"{where}: unknown dtype {dtype!r}", path=source)
+        if (
+            not isinstance(shape, list)
+            or not all(type(d) is int and d >= 0 for d in shape)
+            or len(shape) > 64
+        ):
+            raise FormatError(f"{where}: shape must be a list of non-negative integers", path=source)
+        if not isinstance(sha, str) or len(sha) != HEX_LENGTH["sha256"] or not _is_hex(sha):
+            raise FormatError(f"{where}: sha256 must be 64 hex digits", path=source)
+        tensors[name] = TensorDigest(dtype, tuple(shape), sha.lower())
+    info = {k: v for k, v in doc.items() if k not in ("format", "tensors")}
+    return TensorManifest(tensors, info, source)
+
+
+def load_tensor_manifest(path: os.PathLike[str] | str) -> TensorManifest:
+    """Read a manifest file (refused above 64 MiB, before reading)."""
+    p = Path(path)
+    if not p.is_file():
+        raise MissingFileError(f"tensor manifest not found: {p}", path=p)
+    if p.stat().st_size > _MAX_BYTES:
+        raise FormatError(f"{p}: larger than a tensor manifest can be", path=p)
+    return parse_tensor_manifest(_json.loads(p.read_bytes(), str(p)), str(p))
+
+
+def _is_hex(s: str) -> bool:
+    try:
+        int(s, 16)
+    except ValueError:
+        return False
+    return True
+
+
+def tensor_sha256(store: TensorStore, name: str, dtype: str | None = None) -> tuple[str, bool]:
+    """sha256 of tensor `name` as `dtype` (default: as stored), and whether the values survive the
+    cast exactly (a float copy in another dtype is compared by its values, never rounded into a match)."""
+    t = store.tensors[name]
+    want = dtype or t.dtype
+    if not castable(t.dtype, want):
+        return "", False
+    flat = tensor_array(t).reshape(-1)
+    step = max(1, CHUNK_SIZE // DTYPE_SIZES[t.dtype])
+    h = hashlib.sha256()
+    exact = True
+    for i in range(0, flat.size, step):
+        part = np.asarray(flat[i : i + step])
+        out = np.ascontiguousarray(cast(part, t.dtype, want))
+        if want != t.dtype and exact:
+            back = cast(out, want, t.dtype)
+            exact = bool(np.array_equal(back.view(np.uint8), np.ascontiguousarray(part).view(np.uint8)))
+        h.update(memoryview(out).cast("B"))
+    return h.hexdigest(), exact
+
+
+def verify_tensors(
+    folder: os.PathLike[str] | str,
+    manifest: TensorManifest,
+    on_tensor: Callable[[str], None] | None = None,
+) -> tuple[list[str], list[Mismatch], list[str]]:
+    """Check every tensor of the model in `folder` (any container and sharding) against `manifest`.
+
+    Returns `(matched, mismatched, missing)`; tensors of the folder the manifest does not list
+    (buffers such as `rotary_emb.inv_freq`) are logged and not counted.
+    """
+    store = TensorStore.open(folder)
+    matched: list[str] = []
+    bad: list[Mismatch] = []
+    missing: list[str] = []
+    for name, want in manifest.tensors.items():
+        if on_tensor is not None:
+            on_tensor(name)
+        t = store.get(name)
+        if t is None:
+            missing.append(name)
+            continue
+        if t.shape != want.shape:
+            bad.append(Mismatch(name, "shape", "x".join(map(str, want.shape)), "x".join(map(str, t.shape))))
+            continue
+        got, exact = tensor_sha256(store, name, want.dtype)
+        if not exact:
+            bad.append(Mismatch(name, "dtype", want.dtype, f"{t.dtype} (values {want.dtype} cannot hold)"))
+        elif got != want.sha256:
+            bad.append(Mismatch(name, "sha256", want.sha256, got))
+        else:
+            matched.append(name)
+    extra = sorted(set(store.tensors) - set(manifest.tensors))
+    if extra:
+        logger.info("%s: %d tensors not in the manifest, not checked (%s, ...)", folder, len(extra), extra[0])
+    return matched, bad, missing

@@ -1,0 +1,78 @@
+"""Write safetensors files the way the reference library does, and shard them as `save_pretrained`.
+
+Header: `{"__metadata__": ..., name: {"dtype", "shape", "data_offsets"}, ...}` as compact JSON,
+tensors ordered by descending dtype (the library's enum order) then by name, data laid out in the
+same order, the header padded with spaces to a multiple of 8 bytes. Sharding follows
+huggingface_hub's `split_state_dict_into_shards_factory`: greedy in state-dict order; a tensor
+larger than the limit gets a shard of its own, placed before the shard being filled.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+
+from .spec import TensorSpec
+
+#: The safetensors library's dtype enum order (a header lists higher ones first).
+_DTYPE_ORDER = (
+    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16",
+    "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64",
+)  # fmt: skip
+_RANK = {d: i for i, d in enumerate(_DTYPE_ORDER)}
+#: The metadata transformers' `save_pretrained` writes into every safetensors file.
+PT_METADATA = {"format": "pt"}
+
+
+def file_order(specs: Iterable[TensorSpec]) -> list[TensorSpec]:
+    """The order tensors take in a file: descending dtype, then name."""
+    return sorted(specs, key=lambda s: (-_RANK[s.dtype], s.name))
+
+
+def header_bytes(specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = PT_METADATA) -> bytes:
+    """The 8-byte length and the padded JSON header of a file holding `specs` (in `file_order`)."""
+    doc: dict[str, object] = {}
+    if metadata:
+        doc["__metadata__"] = dict(metadata)
+    offset = 0
+    for s in file_order(specs):
+        doc[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
+        offset += s.nbytes
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def split_shards(specs: Sequence[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:
+    """Tensors per shard, in state-dict order, split as huggingface_hub splits a state dict."""
+    shards: list[list[TensorSpec]] = []
+    current: list[TensorSpec] = []
+    size = 0
+    for s in specs:
+        if s.nbytes > max_bytes:
+            shards.append([s])
+            continue
+        if size + s.nbytes > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(s)
+        size += s.nbytes
+    if current:
+        shards.append(current)
+    return [s for s in shards if s] or [[]]
+
+
+def shard_file_names(n: int, *, stem: str = "model", suffix: str = ".safetensors") -> list[str]:
+    """`model.safetensors` alone, else `model-00001-of-0000N.safetensors` ..."""
+    if n == 1:
+        return [f"{stem}{suffix}"]
+    return [f"{stem}-{i:05d}-of-{n:05d}{suffix}" for i in range(1, n + 1)]
+
+
+def index_json(shards: Sequence[Sequence[TensorSpec]], names: Sequence[str]) -> bytes:
+    """The `*.index.json` of a sharded save: total size and the file of every tensor."""
+    weight_map = {s.name: f for f, shard in zip(names, shards, strict=True) for s in shard}
+    total = sum(s.nbytes for shard in shards for s in shard)
+    doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
