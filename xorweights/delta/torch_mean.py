@@ -27,8 +27,8 @@ What torch computes (ported from torch 2.x; checked against 2.0.1 and 2.13):
 * aten/src/ATen/TensorIteratorReduce.cpp, ``parallel_dim_reduction``: with ``T > 1`` threads
   and ``n * C >= 32768``, the columns (never the rows) are split into ``ceil(C / T)``-column
   chunks whose bounds are rounded down to multiples of 32 (the last end stays ``C``), and each
-  chunk is summed as above. So the thread count matters only when ``C`` is not a multiple
-  of 32 (LLaMA's 4096, 5120 and 6656 are).
+  chunk is summed as above. With 8-float vectors the thread count matters only when ``C`` is
+  not a multiple of 32 (LLaMA's 4096, 5120 and 6656 are), and then only from 5 threads on.
 * A single column is a contiguous "inner" reduction (``vectorized_inner_sum``); with threads
   and ``n >= 32768`` it is a ``two_pass_reduction`` over row ranges.
 """
@@ -152,8 +152,9 @@ def torch_column_mean(a: np.ndarray, *, num_threads: int = 1, vector_width: int 
     """Mean over axis 0 of a 2-D C-contiguous float32 array, bit for bit as
     `torch.from_numpy(a).mean(dim=0)` computes it on the CPU.
 
-    ``num_threads`` is ``torch.get_num_threads()`` of the run to match; it matters only when
-    the column count is not a multiple of 32. ``vector_width`` is 16 only for an AVX512 sum
+    ``num_threads`` is ``torch.get_num_threads()`` of the run to match; it matters only for
+    some column counts that are not multiples of 32 (with 5+ threads) and for one column of
+    32768+ rows. ``vector_width`` is 16 only for an AVX512 sum
     kernel (torch 1.12-2.0 run with ``ATEN_CPU_CAPABILITY=avx512``); the thread count then
     matters for LLaMA widths too. A float16 input is upcast exactly first (the
     result is then that of ``torch.from_numpy(a).float().mean(dim=0)``), one column block at
