@@ -93,7 +93,9 @@ def verify(
 
     Args:
         folder: the folder holding the files.
-        checksums: a release name or repo id, a manifest or line file, or a loaded manifest.
+        checksums: a release name or repo id, a manifest or line file, or a loaded manifest; or a
+            per-tensor manifest (`xorweights-tensors.json`): then every tensor of the model in
+            `folder` is checked, whatever its container, sharding or file names.
         stage: `decoded`, `hf_base` or `meta_original`.
         jobs: files hashed at once (default: number of cores).
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
@@ -108,6 +110,12 @@ def verify(
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(f"folder not found: {folder}", path=folder)
+    if not isinstance(checksums, ChecksumManifest):
+        from .tensor_manifest import tensor_manifest_at, verify_tensors
+
+        tensors = tensor_manifest_at(checksums)
+        if tensors is not None:
+            return verify_tensors(folder, tensors)
     manifest = checksums if isinstance(checksums, ChecksumManifest) else load_checksums(checksums)
     entries = manifest.stage(stage)
     if not entries:

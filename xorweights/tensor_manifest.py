@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _json
-from .checksum_types import Mismatch
+from .checksum_types import Mismatch, VerifyReport
 from .constants import CHUNK_SIZE, HEX_LENGTH
 from .errors import FormatError, MissingFileError
 from .tensors.dtypes import DTYPE_SIZES
@@ -137,23 +137,32 @@ def tensor_sha256(store: TensorStore, name: str, dtype: str | None = None) -> tu
     return h.hexdigest(), exact
 
 
-def verify_tensors(
-    folder: os.PathLike[str] | str,
-    manifest: TensorManifest,
-    on_tensor: Callable[[str], None] | None = None,
-) -> tuple[list[str], list[Mismatch], list[str]]:
+def tensor_manifest_at(path: os.PathLike[str] | str) -> TensorManifest | None:
+    """The tensor manifest at `path` if it is one (a small JSON file saying so), else None."""
+    p = Path(path)
+    try:
+        if not p.is_file() or p.stat().st_size > _MAX_BYTES:
+            return None
+        with open(p, "rb") as f:
+            if TENSORS_FORMAT.encode() not in f.read(4096):
+                return None
+    except OSError:
+        return None
+    return load_tensor_manifest(p)
+
+
+def verify_tensors(folder: os.PathLike[str] | str, manifest: TensorManifest) -> VerifyReport:
     """Check every tensor of the model in `folder` (any container and sharding) against `manifest`.
 
-    Returns `(matched, mismatched, missing)`; tensors of the folder the manifest does not list
-    (buffers such as `rotary_emb.inv_freq`) are logged and not counted.
+    Tensors of the folder the manifest does not list (buffers such as `rotary_emb.inv_freq`) are
+    reported as extra. A tensor stored in another float dtype is compared by its values, cast
+    exactly (one that the manifest's dtype cannot hold is a mismatch, never rounded into a match).
     """
     store = TensorStore.open(folder)
     matched: list[str] = []
     bad: list[Mismatch] = []
     missing: list[str] = []
     for name, want in manifest.tensors.items():
-        if on_tensor is not None:
-            on_tensor(name)
         t = store.get(name)
         if t is None:
             missing.append(name)
@@ -169,6 +178,9 @@ def verify_tensors(
         else:
             matched.append(name)
     extra = sorted(set(store.tensors) - set(manifest.tensors))
-    if extra:
-        logger.info("%s: %d tensors not in the manifest, not checked (%s, ...)", folder, len(extra), extra[0])
-    return matched, bad, missing
+    checked = [n for n in manifest.tensors if n not in missing]
+    return VerifyReport(
+        folder=str(folder), stage="tensors", release=manifest.path or TENSORS_NAME, checked=tuple(checked),
+        matched=tuple(matched), mismatches=tuple(bad), missing=tuple(missing), extra=tuple(extra),
+        digests={n: {"sha256": manifest.tensors[n].sha256} for n in matched},
+    )  # fmt: skip

@@ -67,6 +67,24 @@ def print_decode(report: DecodeReport) -> None:
             f"verified against {manifest}: {n_ok} outputs (sha256), "
             "every base tensor and base file they use checked before writing"
         )
+    elif report.format.startswith("delta:"):
+        recipe = report.format.split(":", 1)[1]
+        click.echo(
+            f"recovered with recipe {recipe}"
+            + (f" ({shown(report.release)})" if report.release else "")
+            + f"; every tensor's sha256 is in {shown(report.tensor_manifest or '')} "
+            "(check any copy with `xorweights verify DIR --checksums` that file)"
+        )
+        if report.model_sum is not None:
+            published = report.model_sum_expected
+            click.echo(
+                f"sum of all weights {report.model_sum:.4f}"
+                + (
+                    f", published {published}: ok"
+                    if published is not None
+                    else " (no published sum to check)"
+                )
+            )
     elif report.release:
         n_ok = sum(f.verified for f in report.files)
         n_base = sum(f.base_verified for f in report.files)
@@ -143,12 +161,13 @@ def print_convert(report: BaseReport) -> None:
 def print_verify(report: VerifyReport) -> None:
     """One line a file (ok, MISMATCH, MISSING, extra), then the verdict."""
     bad = {m.name: m for m in report.mismatches}
+    tensors = report.stage == "tensors"
     for name in report.checked:
         if name in bad:
             m = bad[name]
             hint = f"; {m.hint}" if m.hint else ""
             click.echo(f"MISMATCH {shown(name)}: {m.algorithm} {m.actual}, expected {m.expected}{hint}")
-        else:
+        elif not tensors:  # hundreds of tensors: only the failures are listed
             click.echo(f"ok       {shown(name)}")
     for name in report.missing:
         click.echo(f"MISSING  {shown(name)}")
@@ -156,7 +175,8 @@ def print_verify(report: VerifyReport) -> None:
         click.echo(f"extra    {shown(name)} (not listed)")
     verdict = "OK" if report.ok else "FAILED"
     click.echo(
-        f"{verdict}: {len(report.matched)}/{len(report.checked) + len(report.missing)} files of "
+        f"{verdict}: {len(report.matched)}/{len(report.checked) + len(report.missing)} "
+        f"{'tensors' if tensors else 'files'} of "
         f"{shown(report.release)} [{report.stage}] match"
     )
 

@@ -74,6 +74,21 @@ from ._render import emit_json, print_decode
     help="With a repo id: read the payload's weight files over HTTP as they are decoded, never writing "
     "them to disk (each checked against the Hub's sha256 in the same pass; a dropped connection resumes).",
 )
+@click.option(
+    "--recipe",
+    type=click.Choice(["fastchat", "fastchat-v0", "llava", "alpaca", "koala"]),
+    default=None,
+    help="PAYLOAD is an additive delta made by this recipe (see the README); picked automatically for a "
+    "known delta release (`xorweights releases`).",
+)
+@click.option(
+    "--output-format",
+    type=click.Choice(["safetensors", "bin"]),
+    default="safetensors",
+    show_default=True,
+    help="A delta recovery's weight files: safetensors shards as current transformers write them, or the "
+    "2023 pytorch_model*.bin layout.",
+)
 @download_options
 @jobs_option
 @quiet_option
@@ -92,6 +107,8 @@ def decode_cmd(
     payload_compression: str,
     verify: bool,
     stream: bool,
+    recipe: str | None,
+    output_format: str,
     revision: str | None,
     token: str | None,
     cache_dir: Path | None,
@@ -131,6 +148,8 @@ def decode_cmd(
         subfolder=subfolder,
         progress=not quiet,
         stream=stream,
+        recipe=recipe,
+        output_format=output_format,  # type: ignore[arg-type]
     )
     if as_json:
         emit_json(report.to_dict())

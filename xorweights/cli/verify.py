@@ -21,7 +21,8 @@ from ._render import emit_json, print_sum_lines, print_verify
     "--checksums",
     required=True,
     help="A manifest or md5sum/sha256sum file, a known release, or any repo id OWNER/NAME[@REVISION] "
-    "(the bundled manifest, else the checksum block of the repo's model card).",
+    "(the bundled manifest, else the checksum block of the repo's model card); or a per-tensor manifest "
+    "(xorweights-tensors.json): every tensor is checked, whatever the container and sharding.",
 )
 @click.option("--stage", type=click.Choice(STAGES), default="decoded", show_default=True)
 @hub_options
@@ -41,10 +42,15 @@ def verify_cmd(
 ) -> int:
     """Check the files in FOLDER against published checksums."""
     from ..hub import HubAccess
+    from ..tensor_manifest import tensor_manifest_at
 
-    access = HubAccess(cache_dir=cache_dir, token=token)
-    manifest = load_checksums(checksums, access=access, revision=revision)
-    report = verify(folder, manifest, stage=stage, jobs=jobs, progress=not quiet)
+    tensors = tensor_manifest_at(checksums)
+    if tensors is not None:  # per-tensor digests: any container, any sharding
+        report = verify(folder, checksums, jobs=jobs, progress=not quiet)
+    else:
+        access = HubAccess(cache_dir=cache_dir, token=token)
+        manifest = load_checksums(checksums, access=access, revision=revision)
+        report = verify(folder, manifest, stage=stage, jobs=jobs, progress=not quiet)
     if as_json:
         emit_json(report.to_dict())
     else:

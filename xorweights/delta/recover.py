@@ -231,7 +231,11 @@ def run_recovery(
 
     steps = list(recovery.steps)
     if recovery.index is not None:
-        data = st.index_json([s.specs for s in recovery.shards], [s.name for s in recovery.shards])
+        data = st.index_json(
+            [s.specs for s in recovery.shards],
+            [s.name for s in recovery.shards],
+            total_parameters=recovery.shards[0].fmt == "safetensors",
+        )
         steps.append(Step(recovery.index, BytesSource(recovery.index, data)))
     results: dict[str, TensorResult] = {}
 

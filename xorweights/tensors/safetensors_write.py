@@ -70,9 +70,14 @@ def shard_file_names(n: int, *, stem: str = "model", suffix: str = ".safetensors
     return [f"{stem}-{i:05d}-of-{n:05d}{suffix}" for i in range(1, n + 1)]
 
 
-def index_json(shards: Sequence[Sequence[TensorSpec]], names: Sequence[str]) -> bytes:
-    """The `*.index.json` of a sharded save: total size and the file of every tensor."""
+def index_json(
+    shards: Sequence[Sequence[TensorSpec]], names: Sequence[str], *, total_parameters: bool = True
+) -> bytes:
+    """The `*.index.json` of a sharded save: sizes and the file of every tensor (current
+    transformers also record the parameter count; the 2023 `.bin` layout did not)."""
     weight_map = {s.name: f for f, shard in zip(names, shards, strict=True) for s in shard}
-    total = sum(s.nbytes for shard in shards for s in shard)
-    doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    metadata: dict[str, int] = {"total_size": sum(s.nbytes for shard in shards for s in shard)}
+    if total_parameters:
+        metadata["total_parameters"] = sum(s.numel for shard in shards for s in shard)
+    doc = {"metadata": metadata, "weight_map": weight_map}
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")

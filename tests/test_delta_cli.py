@@ -1,0 +1,98 @@
+"""`xorweights decode --recipe` and `xorweights verify --checksums xorweights-tensors.json` from the
+command line: a recovery, a third-party copy in another container checked tensor by tensor, and
+bad inputs as one line each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.delta_models import VOCAB, llama_state, perturbed, save_model
+from xorweights.cli import main
+from xorweights.tensor_manifest import TENSORS_NAME
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def recovered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, dict[str, torch.Tensor]]:
+    base = llama_state()
+    target = {k: v.half() for k, v in perturbed(base, VOCAB, 7).items()}
+    delta = {k: target[k] - base[k].half() for k in target}
+    save_model(tmp_path / "base", base)
+    save_model(tmp_path / "delta", delta, shards=2)
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out", out,
+                            "--recipe", "fastchat", "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert "recovered with recipe fastchat" in stdout
+    assert (out / "model.safetensors").is_file() and (out / TENSORS_NAME).is_file()
+    expected = {k: base[k].half() + delta[k] for k in delta if not k.endswith("inv_freq")}
+    return out, expected
+
+
+def test_verify_a_copy_in_another_container(tmp_path, capsys, recovered) -> None:
+    out, expected = recovered
+    # A third party's merge: fp32 upcast (exact), `.bin`, three shards, extra buffers.
+    copy = {**expected, "model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(2)}
+    save_model(tmp_path / "copy", copy, dtype=torch.float32, shards=3)
+    code, stdout, _ = run(capsys, "verify", tmp_path / "copy", "--checksums", out / TENSORS_NAME, "--quiet")
+    assert code == 0, stdout
+    assert f"OK: {len(expected)}/{len(expected)} tensors" in stdout
+
+
+def test_verify_names_the_tensor_that_differs(tmp_path, capsys, recovered) -> None:
+    out, expected = recovered
+    bad = dict(expected)
+    bad["model.layers.1.mlp.up_proj.weight"] = bad["model.layers.1.mlp.up_proj.weight"].clone()
+    bad["model.layers.1.mlp.up_proj.weight"][3, 2] += 1
+    del bad["model.norm.weight"]
+    save_model(tmp_path / "copy", bad, container="safetensors")
+    code, stdout, _ = run(capsys, "verify", tmp_path / "copy", "--checksums", out / TENSORS_NAME, "--quiet")
+    assert code == 1
+    assert "MISMATCH model.layers.1.mlp.up_proj.weight: sha256" in stdout
+    assert "MISSING  model.norm.weight" in stdout
+    assert "ok " not in stdout  # tensors that match are counted, not listed
+
+
+def test_verify_refuses_a_rounded_copy(tmp_path, capsys, recovered) -> None:
+    out, expected = recovered
+    rounded = {k: v.float() + 1e-6 for k, v in expected.items()}  # fp32 values fp16 cannot hold
+    save_model(tmp_path / "copy", rounded, dtype=torch.float32, container="safetensors")
+    code, stdout, _ = run(capsys, "verify", tmp_path / "copy", "--checksums", out / TENSORS_NAME, "--quiet")
+    assert code == 1
+    assert "MISMATCH model.embed_tokens.weight: dtype F32 (values F16 cannot hold), expected F16" in stdout
+
+
+def test_json_report_and_rerun_keeps_outputs(tmp_path, capsys, recovered) -> None:
+    out, _ = recovered
+    before = (out / TENSORS_NAME).read_bytes()
+    code, stdout, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out", out,
+                            "--recipe", "fastchat", "--quiet", "--json")  # fmt: skip
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["format"] == "delta:fastchat"
+    assert all(f["kept"] for f in report["files"])
+    assert (out / TENSORS_NAME).read_bytes() == before  # digests of the kept files, hashed again
+
+
+def test_wrong_base_is_one_line_and_writes_nothing(tmp_path, capsys) -> None:
+    base = llama_state()
+    save_model(tmp_path / "base", base)
+    save_model(tmp_path / "delta", {k: v.half() for k, v in perturbed(base, VOCAB + 3, 8).items()})
+    code, stdout, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out",
+                            tmp_path / "out", "--recipe", "fastchat-v0", "--quiet")  # fmt: skip
+    assert code == 0, err  # v0 grows any number of rows
+    code, stdout, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out",
+                            tmp_path / "out2", "--recipe", "fastchat", "--quiet")  # fmt: skip
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1
+    assert "model.embed_tokens.weight is [40, 8] in the base, [43, 8] in the delta" in err
+    assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").glob("*.safetensors"))
