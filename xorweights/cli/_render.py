@@ -225,6 +225,19 @@ def print_releases(docs: list[dict[str, Any]]) -> None:
         click.echo("")
 
 
+def print_delta_releases(docs: list[dict[str, Any]]) -> None:
+    """Each additive-delta release: its recipe, base and published sum."""
+    for d in docs:
+        click.echo(f"{d['release']}  ({d['repo_id']})")
+        click.echo(f"  {d['description']}")
+        click.echo(f"  recipe {d['recipe']}; base: {d['base']}")
+        total = d["model_sum"]
+        if total:
+            where = total["value"] if total["value"] is not None else f"the repo's {total['file']}"
+            click.echo(f"  published sum of all weights: {where}")
+        click.echo("")
+
+
 def _done(r: EncodeReport | DecodeReport) -> str:
     rate = human_rate(r.bytes_written, r.seconds)
     return f"{len(r.files)} files, {_human(r.bytes_written)} in {r.seconds:.2f} s ({rate})"

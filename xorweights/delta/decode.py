@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._paths import check_out_dir
-from ..errors import ChecksumMismatchError, InputError, MissingFileError
+from ..errors import ChecksumMismatchError, FormatError, InputError, MissingFileError
 from ..pipeline import Options
 from ..reports import DecodeReport
 from .recipes import recipe as find_recipe
@@ -61,7 +61,7 @@ def decode_delta(
         if not folder.is_dir():
             raise MissingFileError(f"{what} folder not found: {folder}", path=folder)
     check_out_dir(out_dir, {"delta": delta_dir, "base": base_dir})
-    expected_sum = release.model_sum if release else None
+    expected_sum = _expected_sum(release, delta_dir, recipe.name)
     recovery = plan_recovery(
         recipe, delta_dir, base_dir, fmt=delta_options.output_format,
         max_shard_bytes=delta_options.max_shard_bytes, workers=options.jobs,
@@ -78,16 +78,14 @@ def decode_delta(
         if expected_sum is None:
             return
         total = model_sum(results)
-        if not math.isclose(total, expected_sum[0], rel_tol=0.0, abs_tol=expected_sum[1]):
+        want, atol, rtol = expected_sum
+        if not math.isclose(total, want, rel_tol=rtol, abs_tol=atol):
             raise ChecksumMismatchError(
-                f"{out_dir}: the recovered weights sum to {total:.4f}, {release.repo_id if release else ''} "
-                f"publishes {expected_sum[0]} (+-{expected_sum[1]}): the base is not the LLaMA the delta "
-                "was made against",
-                path=out_dir,
-                expected=str(expected_sum[0]),
-                actual=f"{total:.4f}",
-                stage="decoded",
-            )
+                f"{out_dir}: the recovered weights sum to {total:.4f}; {info['release'] or delta_dir} "
+                f"publishes {want} (atol {atol}, rtol {rtol}): the base is not the LLaMA the delta was made "
+                "against; nothing was moved into place",
+                path=out_dir, expected=str(want), actual=f"{total:.4f}", stage="decoded",
+            )  # fmt: skip
 
     result = run_recovery(recovery, out_dir, options, force=force, verify=verify, info=info, approve=approve)
     sums = [r.total for r in result.tensors.values() if r.total is not None]
@@ -104,6 +102,34 @@ def decode_delta(
         model_sum=model_sum(result.tensors) if sums else None,
         model_sum_expected=expected_sum[0] if expected_sum else None,
     )
+
+
+#: Where a folder of an Alpaca-recipe delta holds its published sum (AlpacaFarm), and the tolerance.
+_SUM_FILE, _SUM_RTOL = "model_sum.txt", 1e-5
+
+
+def _expected_sum(
+    release: DeltaRelease | None, delta_dir: Path, recipe: str
+) -> tuple[float, float, float] | None:
+    """The published sum of all weights, its absolute and relative tolerance, or None."""
+    published = release.model_sum if release else None
+    if published is not None and published.value is not None:
+        return published.value, published.atol, published.rtol
+    name = published.file if published and published.file else _SUM_FILE
+    path = delta_dir / name
+    if not path.is_file():
+        if published is not None:
+            logger.warning("%s: not found; the sum of the recovered weights is not checked", path)
+        return None
+    if recipe != "alpaca" and published is None:
+        return None
+    try:
+        value = float(path.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FormatError(f"{path}: expected one number (the sum of all weights): {e}", path=path) from None
+    if not math.isfinite(value):
+        raise FormatError(f"{path}: expected a finite number, got {value}", path=path)
+    return value, published.atol if published else 0.0, published.rtol if published else _SUM_RTOL
 
 
 def model_sum(results: dict[str, TensorResult]) -> float:

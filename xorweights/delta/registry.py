@@ -21,6 +21,18 @@ DELTA_FORMAT = "xorweights-delta-release/1"
 
 
 @dataclass(frozen=True)
+class ModelSum:
+    """A published sum of every recovered weight: the value (or the repo file holding it) and the
+    tolerance its publisher checks it with."""
+
+    value: float | None = None
+    file: str | None = None
+    """A file of the delta's repo holding the value (AlpacaFarm's `model_sum.txt`)."""
+    atol: float = 0.0
+    rtol: float = 0.0
+
+
+@dataclass(frozen=True)
 class DeltaRelease:
     """One published delta and how it is recovered."""
 
@@ -28,12 +40,18 @@ class DeltaRelease:
     repo_id: str
     recipe: str
     base: str
-    """The base it was made against, in words (e.g. LLaMA-7B converted to HF format)."""
+    """The base it was made against, in words."""
     description: str = ""
-    model_sum: tuple[float, float] | None = None
-    """The published sum of every recovered weight, and the tolerance the publisher checks it with."""
+    model_sum: ModelSum | None = None
     source: str = ""
     """Where the recipe and the figures come from."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "release": self.name, "repo_id": self.repo_id, "kind": "additive delta", "recipe": self.recipe,
+            "base": self.base, "description": self.description, "source": self.source,
+            "model_sum": None if self.model_sum is None else self.model_sum.__dict__,
+        }  # fmt: skip
 
 
 def _parse(doc: Any, source: str) -> DeltaRelease:
@@ -44,13 +62,20 @@ def _parse(doc: Any, source: str) -> DeltaRelease:
         if recipe not in RECIPES:
             raise FormatError(f"{source}: unknown recipe {recipe!r}", path=source)
         total = doc.get("model_sum")
-        model_sum = None if total is None else (float(total["value"]), float(total["atol"]))
+        model_sum = None
+        if total is not None:
+            model_sum = ModelSum(
+                value=None if "value" not in total else float(total["value"]),
+                file=None if "file" not in total else str(total["file"]),
+                atol=float(total.get("atol", 0.0)),
+                rtol=float(total.get("rtol", 0.0)),
+            )
         return DeltaRelease(
             name=str(doc["release"]), repo_id=str(doc["repo_id"]), recipe=recipe, base=str(doc["base"]),
             description=str(doc.get("description", "")), model_sum=model_sum,
             source=str(doc.get("source", "")),
         )  # fmt: skip
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise FormatError(f"{source}: malformed delta release entry ({e})", path=source) from None
 
 
