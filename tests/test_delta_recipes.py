@@ -162,3 +162,114 @@ def test_manifest_digests_are_container_independent(tmp_path: Path) -> None:
     import hashlib
 
     assert a[first]["sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+def meta_to_hf(folder: Path) -> dict[str, torch.Tensor]:
+    """The HF tensors of Meta's model-parallel checkpoint, converted here with torch as
+    transformers' convert_llama_weights_to_hf does (concatenation, rotary permutation)."""
+    params = json.loads((folder / "params.json").read_text())
+    shards = [torch.load(p, weights_only=True) for p in sorted(folder.glob("consolidated.*.pth"))]
+    dim, heads = params["dim"], params["n_heads"]
+
+    def cat(name: str, axis: int) -> torch.Tensor:
+        return torch.cat([s[name] for s in shards], dim=axis)
+
+    def permute(w: torch.Tensor) -> torch.Tensor:
+        return w.view(heads, dim // heads // 2, 2, dim).transpose(1, 2).reshape(dim, dim)
+
+    hf = {"model.embed_tokens.weight": cat("tok_embeddings.weight", 1)}
+    for i in range(params["n_layers"]):
+        m, h = f"layers.{i}.", f"model.layers.{i}."
+        hf[f"{h}self_attn.q_proj.weight"] = permute(cat(f"{m}attention.wq.weight", 0))
+        hf[f"{h}self_attn.k_proj.weight"] = permute(cat(f"{m}attention.wk.weight", 0))
+        hf[f"{h}self_attn.v_proj.weight"] = cat(f"{m}attention.wv.weight", 0)
+        hf[f"{h}self_attn.o_proj.weight"] = cat(f"{m}attention.wo.weight", 1)
+        hf[f"{h}mlp.gate_proj.weight"] = cat(f"{m}feed_forward.w1.weight", 0)
+        hf[f"{h}mlp.down_proj.weight"] = cat(f"{m}feed_forward.w2.weight", 1)
+        hf[f"{h}mlp.up_proj.weight"] = cat(f"{m}feed_forward.w3.weight", 0)
+        hf[f"{h}input_layernorm.weight"] = shards[0][f"{m}attention_norm.weight"]
+        hf[f"{h}post_attention_layernorm.weight"] = shards[0][f"{m}ffn_norm.weight"]
+    hf["model.norm.weight"] = shards[0]["norm.weight"]
+    hf["lm_head.weight"] = cat("output.weight", 0)
+    return hf
+
+
+def test_meta_original_base(tmp_path: Path) -> None:
+    meta = Path(__file__).parent / "golden" / "llama-tiny-2shard" / "meta"
+    hf = meta_to_hf(meta)
+    g = torch.Generator().manual_seed(11)
+    delta = {k: (torch.randn(v.shape, generator=g) * 0.01).half() for k, v in hf.items()}
+    save_model(tmp_path / "delta", delta, hidden_size=16)
+    xorweights.decode(
+        tmp_path / "delta", base=meta, out=tmp_path / "out", recipe="fastchat", output_format="bin"
+    )
+    got = torch.load(tmp_path / "out" / "pytorch_model.bin", weights_only=True)
+    assert set(got) == set(hf)
+    for k, v in hf.items():
+        assert same_bits(got[k], v.half() + delta[k]), k
+
+
+def easylm_file(path: Path, params: dict[tuple[str, ...], torch.Tensor]) -> None:
+    """An EasyLM streaming checkpoint as EasyLM writes one: msgpack `(key, to_bytes(array))` records,
+    `to_bytes` being flax's ext type 1 of `(shape, dtype name, raw bytes)`."""
+    import msgpack
+
+    names = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+    packer = msgpack.Packer()
+    with open(path, "wb") as f:
+        for key, t in params.items():
+            raw = t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            record = msgpack.packb((list(t.shape), names[t.dtype], raw), use_bin_type=True)
+            f.write(packer.pack((key, msgpack.packb(msgpack.ExtType(1, record)))))
+
+
+def test_koala_easylm_diff(tmp_path: Path) -> None:
+    base = weights(llama_state())
+    heads, dim = 2, 8
+    g = torch.Generator().manual_seed(12)
+    to_hf = {  # EasyLM key -> (HF name, kernel stored transposed, q/k permuted)
+        ("transformer", "wte", "embedding"): ("model.embed_tokens.weight", False, False),
+        ("transformer", "ln_f", "kernel"): ("model.norm.weight", False, False),
+        ("lm_head", "kernel"): ("lm_head.weight", True, False),
+    }
+    parts = {"wq": ("attention", "self_attn.q_proj"), "wk": ("attention", "self_attn.k_proj"),
+             "wv": ("attention", "self_attn.v_proj"), "wo": ("attention", "self_attn.o_proj"),
+             "w1": ("feed_forward", "mlp.gate_proj"), "w2": ("feed_forward", "mlp.down_proj"),
+             "w3": ("feed_forward", "mlp.up_proj")}  # fmt: skip
+    for i in range(2):
+        for w, (group, hf) in parts.items():
+            to_hf[("transformer", "h", str(i), group, w, "kernel")] = (
+                f"model.layers.{i}.{hf}.weight",
+                True,
+                w in "wqwk",
+            )
+        to_hf[("transformer", "h", str(i), "attention_norm", "kernel")] = (
+            f"model.layers.{i}.input_layernorm.weight",
+            False,
+            False,
+        )
+        to_hf[("transformer", "h", str(i), "ffn_norm", "kernel")] = (
+            f"model.layers.{i}.post_attention_layernorm.weight",
+            False,
+            False,
+        )
+
+    def permute(w: torch.Tensor) -> torch.Tensor:  # convert_easylm_to_hf's
+        return w.view(heads, dim // heads // 2, 2, dim).transpose(1, 2).reshape(dim, dim)
+
+    diff, expected = {}, {}
+    for key, (name, transposed, rotary) in sorted(to_hf.items()):  # diff_checkpoint writes sorted keys
+        hf_shape = base[name].shape
+        meta = (torch.randn(hf_shape, generator=g) * 0.01).bfloat16()  # Meta's layout, bf16 diff
+        diff[key] = meta.T.contiguous() if transposed else meta
+        hf_diff = permute(meta) if rotary else meta
+        # diff_checkpoint: fp16 base + bf16 diff in fp32, saved bf16; the layout change moves values only.
+        expected[name] = (base[name].half().float() + hf_diff.float()).bfloat16()
+    easylm_file(tmp_path / "koala_7b_diff_v2", diff)
+    save_model(tmp_path / "base", base, num_attention_heads=heads)
+    xorweights.decode(
+        tmp_path / "koala_7b_diff_v2", base=tmp_path / "base", out=tmp_path / "out", recipe="koala"
+    )
+    check(tmp_path / "out", expected)
+    got = load_out(tmp_path / "out")
+    assert got["model.embed_tokens.weight"].dtype == torch.bfloat16

@@ -23,7 +23,6 @@ from .reports import DecodeReport, FileReport
 from .sources import FileSource, PayloadCompression, PayloadSource
 
 if TYPE_CHECKING:
-    from .delta.decode import DeltaOptions
     from .delta.registry import DeltaRelease
 
 logger = logging.getLogger(__name__)
@@ -88,33 +87,24 @@ def decode(
         jobs: files decoded at once (default: the cores, at most 4). Memory does not grow with file
             size: one job uses 4 slots of 32 MiB, 2-4 jobs share 8, more jobs take 2 each.
         force: overwrite files already in `out`.
-        fsync: make each output durable before it is renamed into place (off: faster, but a
-            power failure may leave a final name over missing data).
-        drop_cache: drop inputs' and outputs' cached pages behind the cursor (a 65 GB decode
-            then leaves the page cache alone).
-        gzip_backend: `auto` (python-isal when installed), `isal` or `zlib`.
-        payload_compression: legacy payloads only: `auto` reads a file starting with `1f 8b 08`
-            as gzip; `none` never decompresses (a plain XOR that happens to start that way);
-            `gzip` requires every XOR-ed payload file to be gzip.
-        base_mode: `files` XORs with the base folder's files as they are; `generate` treats the
-            base folder as LLaMA weights in any form (Meta's original, any HF copy) and streams
-            the pinned conversion's files from it into the XOR pass; `auto` generates when the
-            folder lacks files the payload needs and holds LLaMA weights.
-        verify: hash again the outputs an earlier run left in place (kept unread otherwise, when
-            size, modification and change time are as recorded); remake those that differ.
+        fsync, drop_cache: fsync each output before its rename; drop cached pages behind the cursor.
+        gzip_backend: `auto` (isal when installed), `isal` or `zlib`.
+        payload_compression: legacy payloads: `auto` reads a file starting `1f 8b 08` as gzip;
+            `none` never decompresses; `gzip` requires every XOR-ed payload file to be gzip.
+        base_mode: `files` XORs with the base folder's files; `generate` streams the pinned
+            conversion's files from LLaMA weights in any form (Meta's original, any HF copy);
+            `auto` generates when files the payload needs are missing and LLaMA weights are there.
+        verify: hash again the outputs an earlier run left in place; remake those that differ.
         local_dir (alias `download_dir`), cache_dir, endpoint, token, offline: Hub access for a
             repo id (defaults: the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
         revision: the repo's branch, tag or commit (or `owner/name@revision`).
-        subfolder: the payload folder, when several folders of the repo (or local folder) hold
-            model files (or `owner/name:subfolder`); else see the README (which folder).
+        subfolder: the payload folder when several hold model files (or `owner/name:subfolder`).
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
         stream: with a repo id, read the payload's LFS files over HTTP as they are decoded, never
             on disk, each checked against the Hub's sha256 in the pass (see `hub.stream`).
-        recipe: the payload is an additive delta (not an XOR payload) made by this recipe:
-            `fastchat`, `fastchat-v0`, `llava`, `alpaca` or `koala` (see the README). Picked
-            automatically for a known delta release (a repo id, or `checksums` naming it).
-        output_format: a delta recovery's weight files: `safetensors` (as current transformers'
-            `save_pretrained` writes them) or `bin` (the 2023 `pytorch_model*.bin` layout).
+        recipe: the payload is an additive delta made by this recipe (`fastchat`, `fastchat-v0`,
+            `llava`, `alpaca`, `koala`; README), picked for a known delta release (repo id or checksums).
+        output_format: a delta recovery's weight files: `safetensors` or `bin` (2023 layout).
 
     Returns:
         `DecodeReport` with every file's size and digests; `out_dir` holds the verified files.
@@ -141,17 +131,8 @@ def decode(
     options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
     release = _delta_release(payload, checksums)
     if recipe is not None or release is not None:
-        if stream:
-            raise InputError("--stream applies to XOR payloads; a delta is downloaded, then recovered")
-        where = _locate(
-            payload, base, out, None, access, revision=revision, subfolder=subfolder, progress=progress,
-            stream=False,
-        )  # fmt: skip
-        from .delta.decode import DeltaOptions
-
-        return _decode_delta(
-            where, options, DeltaOptions(recipe, output_format, None, release), force, verify
-        )
+        delta = _DeltaCall(recipe, output_format, release, revision, subfolder, progress, stream)
+        return _decode_delta(payload, base, out, access, options, delta, force=force, verify=verify)
     where = _locate(
         payload, base, out, checksums, access, revision=revision, subfolder=subfolder, progress=progress,
         stream=stream,
@@ -406,18 +387,48 @@ def _delta_release(payload: os.PathLike[str] | str, checksums: object) -> DeltaR
     return find_delta_release(checksums) if isinstance(checksums, str) else None
 
 
-def _decode_delta(
-    where: _Located, options: Options, delta_options: DeltaOptions, force: bool, verify: bool
-) -> DecodeReport:
-    """Recover a model from an additive delta (weight files checked against the Hub's sha256 first)."""
-    from .delta.decode import decode_delta
+@dataclass(frozen=True)
+class _DeltaCall:
+    recipe: str | None
+    output_format: Literal["safetensors", "bin"]
+    release: DeltaRelease | None
+    revision: str | None
+    subfolder: str | None
+    progress: bool
+    stream: bool
 
+
+def _decode_delta(
+    payload: os.PathLike[str] | str,
+    base: os.PathLike[str] | str,
+    out: os.PathLike[str] | str,
+    access: hub.HubAccess,
+    options: Options,
+    call: _DeltaCall,
+    *,
+    force: bool,
+    verify: bool,
+) -> DecodeReport:
+    """Recover a model from an additive delta: a folder (downloaded first for a repo id, its weight
+    files checked against the Hub's sha256) or an EasyLM diff file (Koala)."""
+    from .delta.decode import DeltaOptions, decode_delta
+
+    if call.stream:
+        raise InputError("--stream applies to XOR payloads; a delta is downloaded, then recovered")
+    if Path(payload).is_file():
+        where = _Located(Path(payload), Path(base), Path(out), None, None)
+    else:
+        where = _locate(
+            payload, base, out, None, access, revision=call.revision, subfolder=call.subfolder,
+            progress=call.progress, stream=False,
+        )  # fmt: skip
     fetched = where.fetched
     if fetched is not None:
         names = sorted(n for n in fetched.files if n.endswith(WEIGHT_SUFFIXES))
         hub.check_lfs_files(fetched, names, jobs=options.jobs or default_jobs(), progress=options.progress)
+    how = DeltaOptions(call.recipe, call.output_format, None, call.release)
     return decode_delta(
-        where.payload_dir, where.base_dir, where.out_dir, delta_options, options, force=force, verify=verify,
+        where.payload_dir, where.base_dir, where.out_dir, how, options, force=force, verify=verify,
         source=fetched.source if fetched else None,
     )  # fmt: skip
 

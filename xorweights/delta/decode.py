@@ -57,9 +57,10 @@ def decode_delta(
         raise InputError(
             f"unknown output format {delta_options.output_format!r}; expected safetensors or bin"
         )
-    for folder, what in ((delta_dir, "delta"), (base_dir, "base")):
-        if not folder.is_dir():
-            raise MissingFileError(f"{what} folder not found: {folder}", path=folder)
+    if not (delta_dir.is_dir() or (recipe.name == "koala" and delta_dir.is_file())):
+        raise MissingFileError(f"delta not found: {delta_dir}", path=delta_dir)
+    if not base_dir.is_dir():
+        raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
     check_out_dir(out_dir, {"delta": delta_dir, "base": base_dir})
     expected_sum = _expected_sum(release, delta_dir, recipe.name)
     recovery = plan_recovery(

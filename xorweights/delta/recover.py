@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 
 from ..constants import default_jobs
-from ..errors import FormatError
+from ..errors import FormatError, InputError, MissingFileError
 from ..llama.convert import GeneratedFile
 from ..llama.torch_save import record_order, save_state_dict
 from ..pipeline import Options, Plan, Step, run
@@ -167,8 +167,8 @@ def plan_recovery(
     sums: bool = False,
 ) -> Recovery:
     """Pair the tensors (refusing a wrong base first), split them into files, make the steps."""
-    delta = TensorStore.open(delta_dir)
     base = TensorStore.open(base_dir)
+    delta = open_delta(recipe, delta_dir, base_dir)
     pairs = pair_tensors(recipe, delta, base)
     plans = [TensorPlan(p, recipe, mean_rows) for p in pairs]
     limit = max_shard_bytes or (SAFETENSORS_SHARD_BYTES if fmt == "safetensors" else BIN_SHARD_BYTES)
@@ -188,9 +188,48 @@ def plan_recovery(
     if len(shards) > 1:
         index = f"{stem}{suffix}.index.json"
     for name in SMALL_FILES:
-        if (delta_dir / name).is_file():
+        if delta_dir.is_dir() and (delta_dir / name).is_file():
             steps.append(Step(name, FileSource(delta_dir / name)))
     return Recovery(recipe, shards, tuple(steps), index)
+
+
+def open_delta(recipe: Recipe, path: Path, base_dir: Path) -> TensorStore:
+    """The delta's tensors: an HF folder (any container), or for `koala` an EasyLM diff file (or
+    the one such file in a folder), seen in HF names and layout.
+
+    Raises:
+        `MissingFileError`: no delta there. `FormatError`: not readable as the recipe's delta.
+    """
+    if recipe.name != "koala":
+        return TensorStore.open(path)
+    from .checks import _config
+    from .easylm import open_easylm_delta
+
+    config = _config(base_dir) or {}
+    heads = config.get("num_attention_heads", config.get("n_heads"))
+    if not isinstance(heads, int) or heads <= 0:
+        raise FormatError(
+            f"{base_dir}: no head count in config.json or params.json (needed for q/k)", path=base_dir
+        )
+    return open_easylm_delta(easylm_file(path), heads)
+
+
+def easylm_file(path: Path) -> Path:
+    """`path` itself, or the one EasyLM streaming checkpoint in the folder `path`."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise MissingFileError(f"delta not found: {path}", path=path)
+    found = []
+    for p in sorted(path.iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            with open(p, "rb") as f:
+                if f.read(2) in (b"\x92\x96", b"\x92\x93", b"\x92\x94", b"\x92\x92"):
+                    found.append(p)
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        raise InputError(f"{path}: give the path of one EasyLM diff file (found: {names})", path=path)
+    return found[0]
 
 
 def list_index(recipe: Recipe) -> int:

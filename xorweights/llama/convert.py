@@ -89,6 +89,15 @@ class MetaCheckpoint:
         return np.memmap(ck.path, dtype=dtype, mode="r", offset=begin, shape=ref.shape)
 
 
+def rotary_permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """A q or k weight of Meta's interleaved rotary layout in HF's half-split layout (the
+    conversion's `permute`)."""
+    d = w.shape[0]
+    return np.ascontiguousarray(
+        w.reshape(heads, d // heads // 2, 2, w.shape[1]).transpose(0, 2, 1, 3).reshape(d, -1)
+    )
+
+
 def converted_tensors(meta: MetaCheckpoint) -> dict[str, Callable[[], np.ndarray]]:
     """Every converted tensor, by name, as a function computing it (one at a time)."""
     layout = meta.layout()
@@ -100,7 +109,7 @@ def converted_tensors(meta: MetaCheckpoint) -> dict[str, Callable[[], np.ndarray
         return parts[0] if n == 1 else np.concatenate(parts, axis=axis)
 
     def permute(w: np.ndarray) -> np.ndarray:
-        return w.reshape(heads, hd // 2, 2, d).transpose(0, 2, 1, 3).reshape(d, d)
+        return rotary_permute(w, heads)
 
     out: dict[str, Callable[[], np.ndarray]] = {
         "model.embed_tokens.weight": lambda: cat("tok_embeddings.weight", 1),
