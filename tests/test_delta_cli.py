@@ -96,3 +96,43 @@ def test_wrong_base_is_one_line_and_writes_nothing(tmp_path, capsys) -> None:
     assert len(err.strip().splitlines()) == 1
     assert "model.embed_tokens.weight is [40, 8] in the base, [43, 8] in the delta" in err
     assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").glob("*.safetensors"))
+
+
+def test_a_killed_recovery_resumes_and_ends_as_an_uninterrupted_one(tmp_path, capsys) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import tree
+    from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME
+
+    base = llama_state()
+    save_model(tmp_path / "base", base)
+    save_model(tmp_path / "delta", {k: v.half() for k, v in perturbed(base, VOCAB, 13).items()})
+    common = [
+        "--base",
+        tmp_path / "base",
+        "--recipe",
+        "fastchat",
+        "--max-shard-size",
+        "1000",
+        "-j",
+        "1",
+        "-q",
+    ]
+    code, _, err = run(capsys, "decode", tmp_path / "delta", "--out", tmp_path / "ref", *common)
+    assert code == 0, err
+    shards = sorted(p.name for p in (tmp_path / "ref").glob("model-*.safetensors"))
+    assert len(shards) >= 3
+    args = [sys.executable, "-m", "xorweights.cli", "decode", str(tmp_path / "delta"), "--out", str(tmp_path / "out"),
+            *map(str, common)]  # fmt: skip
+    killed = subprocess.run(args, env={**os.environ, ENV_TEST_DIE_AFTER_RENAME: "2"}, capture_output=True)
+    assert killed.returncode == 9
+    assert not list((tmp_path / "out").glob("model*.safetensors"))  # staged: nothing is in place yet
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+
+    def visible(folder: Path) -> dict[str, bytes]:  # the folder's own records differ (times, order)
+        return {n: b for n, b in tree(folder).items() if not n.startswith(".")}
+
+    assert visible(tmp_path / "out") == visible(tmp_path / "ref")

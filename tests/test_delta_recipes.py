@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 import xorweights
 from tests.delta_models import VOCAB, llama_state, perturbed, save_model
+from xorweights.delta import recipes
 from xorweights.errors import BaseMismatchError
 from xorweights.tensor_manifest import TENSORS_NAME, load_tensor_manifest
 
@@ -44,8 +45,12 @@ def check(out_dir: Path, expected: dict[str, torch.Tensor]) -> None:
     assert set(manifest.tensors) == set(expected)
 
 
+@pytest.mark.parametrize("use_torch", [True, False], ids=["torch-add", "numpy-add"])
 @pytest.mark.parametrize("base_dtype", [torch.float16, torch.float32, torch.bfloat16])
-def test_fastchat_fp16_add(tmp_path: Path, base_dtype: torch.dtype) -> None:
+def test_fastchat_fp16_add(
+    tmp_path: Path, base_dtype: torch.dtype, use_torch: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recipes, "USE_TORCH", use_torch)
     base = llama_state()
     target = {k: v.half() for k, v in perturbed(base, VOCAB, 1).items()}
     delta = {k: target[k] - base[k].half() for k in target}  # FastChat make_delta: fp16 subtract
@@ -65,7 +70,8 @@ def test_fastchat_fp16_add(tmp_path: Path, base_dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("grow", [1, 3])
-def test_fastchat_v0_zero_rows(tmp_path: Path, grow: int) -> None:
+def test_fastchat_v0_zero_rows(tmp_path: Path, grow: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recipes, "USE_TORCH", grow == 3)  # both fp16 paths see -0 + 0
     base = llama_state()
     target = {k: v.half() for k, v in perturbed(base, VOCAB + grow, 2).items()}
     resized = {k: v.half() for k, v in base.items()}
@@ -273,3 +279,17 @@ def test_koala_easylm_diff(tmp_path: Path) -> None:
     check(tmp_path / "out", expected)
     got = load_out(tmp_path / "out")
     assert got["model.embed_tokens.weight"].dtype == torch.bfloat16
+
+
+def test_fp16_add_numpy_and_torch_agree_on_every_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    every = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    partners = (
+        np.random.default_rng(0).integers(0, 65536, 256, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    )
+    a = np.repeat(every, partners.size).reshape(-1, partners.size)
+    b = np.broadcast_to(partners, a.shape)
+    monkeypatch.setattr(recipes, "USE_TORCH", True)
+    with_torch = recipes.fp16_add(a, b)
+    monkeypatch.setattr(recipes, "USE_TORCH", False)
+    with_numpy = recipes.fp16_add(a, b)
+    assert np.array_equal(with_torch.view(np.uint16), with_numpy.view(np.uint16))

@@ -48,3 +48,32 @@ def human_duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{round(seconds / 60)} min"
     return f"{seconds / 3600:.1f} h"
+
+
+_SIZE_UNITS = {
+    "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}  # fmt: skip
+
+
+def parse_size(text: str | int) -> int:
+    """A size as transformers' `max_shard_size` takes it: bytes, or `5GB` (10^9), `5GiB` (2^30), ...
+
+    Raises:
+        `ValueError`: not a positive size.
+    """
+    if isinstance(text, int):
+        value = text
+    else:
+        s = text.strip().upper().replace(" ", "")
+        digits = s.rstrip("KMGTIB")
+        unit = s[len(digits) :]
+        if unit not in _SIZE_UNITS or not digits:
+            raise ValueError(f"{text!r} is not a size (e.g. 5GB, 500MB, 2GiB or a byte count)")
+        try:
+            value = int(float(digits) * _SIZE_UNITS[unit])
+        except ValueError:
+            raise ValueError(f"{text!r} is not a size (e.g. 5GB, 500MB, 2GiB or a byte count)") from None
+    if value <= 0:
+        raise ValueError(f"{text!r}: a size must be positive")
+    return value

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import hub
 from ._display import shown
 from ._paths import check_out_dir, check_regular_file
+from ._units import parse_size
 from .checksums import ChecksumManifest, FileDigest, load_checksums
 from .constants import INFLATE_SLACK, WEIGHT_SUFFIXES, default_jobs
 from .errors import InputError, MissingFileError
@@ -68,6 +69,7 @@ def decode(
     stream: bool = False,
     recipe: str | None = None,
     output_format: Literal["safetensors", "bin"] = "safetensors",
+    max_shard_size: int | str | None = None,
 ) -> DecodeReport:
     """Rebuild fine-tuned files from an XOR payload and the base they were made against.
 
@@ -104,7 +106,8 @@ def decode(
             on disk, each checked against the Hub's sha256 in the pass (see `hub.stream`).
         recipe: the payload is an additive delta made by this recipe (`fastchat`, `fastchat-v0`,
             `llava`, `alpaca`, `koala`; README), picked for a known delta release (repo id or checksums).
-        output_format: a delta recovery's weight files: `safetensors` or `bin` (2023 layout).
+        output_format, max_shard_size: a delta recovery's weight files: `safetensors` or `bin`
+            (2023 layout), split at `max_shard_size` (`5GB`; default 50GB, bin 10GB).
 
     Returns:
         `DecodeReport` with every file's size and digests; `out_dir` holds the verified files.
@@ -131,7 +134,9 @@ def decode(
     options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
     release = _delta_release(payload, checksums)
     if recipe is not None or release is not None:
-        delta = _DeltaCall(recipe, output_format, release, revision, subfolder, progress, stream)
+        delta = _DeltaCall(
+            recipe, output_format, max_shard_size, release, revision, subfolder, progress, stream
+        )
         return _decode_delta(payload, base, out, access, options, delta, force=force, verify=verify)
     where = _locate(
         payload, base, out, checksums, access, revision=revision, subfolder=subfolder, progress=progress,
@@ -391,6 +396,7 @@ def _delta_release(payload: os.PathLike[str] | str, checksums: object) -> DeltaR
 class _DeltaCall:
     recipe: str | None
     output_format: Literal["safetensors", "bin"]
+    max_shard_size: int | str | None
     release: DeltaRelease | None
     revision: str | None
     subfolder: str | None
@@ -426,7 +432,11 @@ def _decode_delta(
     if fetched is not None:
         names = sorted(n for n in fetched.files if n.endswith(WEIGHT_SUFFIXES))
         hub.check_lfs_files(fetched, names, jobs=options.jobs or default_jobs(), progress=options.progress)
-    how = DeltaOptions(call.recipe, call.output_format, None, call.release)
+    try:
+        limit = None if call.max_shard_size is None else parse_size(call.max_shard_size)
+    except ValueError as e:
+        raise InputError(f"max shard size: {e}") from None
+    how = DeltaOptions(call.recipe, call.output_format, limit, call.release)
     return decode_delta(
         where.payload_dir, where.base_dir, where.out_dir, how, options, force=force, verify=verify,
         source=fetched.source if fetched else None,

@@ -89,6 +89,12 @@ from ._render import emit_json, print_decode
     help="A delta recovery's weight files: safetensors shards as current transformers write them, or the "
     "2023 pytorch_model*.bin layout.",
 )
+@click.option(
+    "--max-shard-size",
+    default=None,
+    help="A delta recovery's largest weight file (5GB = 5*10^9 bytes, 2GiB, or bytes) "
+    "[default: 50GB; bin: 10GB].",
+)
 @download_options
 @jobs_option
 @quiet_option
@@ -109,6 +115,7 @@ def decode_cmd(
     stream: bool,
     recipe: str | None,
     output_format: str,
+    max_shard_size: str | None,
     revision: str | None,
     token: str | None,
     cache_dir: Path | None,
@@ -150,6 +157,7 @@ def decode_cmd(
         stream=stream,
         recipe=recipe,
         output_format=output_format,  # type: ignore[arg-type]
+        max_shard_size=max_shard_size,
     )
     if as_json:
         emit_json(report.to_dict())

@@ -8,6 +8,7 @@ agree bit for bit on every pair of values).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,10 +47,9 @@ class Recipe:
     def add(self, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """`base + delta` as the peer computed it, in the output dtype (both already in `compute`)."""
         if self.compute == "F16":
-            wide = base.astype(np.float32)
-            np.add(wide, delta, out=wide)
-            return wide.astype(np.float16)
-        total = np.add(base, delta, dtype=np.float32)
+            return fp16_add(base, delta)
+        with np.errstate(invalid="ignore", over="ignore"):
+            total = np.add(base, delta, dtype=np.float32)
         return cast(total, "F32", self.output) if self.output != "F32" else total
 
     def taken(self, delta: np.ndarray) -> np.ndarray:
@@ -61,6 +61,44 @@ class Recipe:
     @property
     def numpy_output(self) -> Any:
         return NUMPY_DTYPES[self.output]
+
+
+#: Whether fp16 additions run on torch's CPU kernel (5x faster than numpy's casts here, and the
+#: peers' own operation): None decides by whether torch imports; tests set False for numpy's path.
+USE_TORCH: bool | None = None
+_torch_module: Any = None
+_torch_lock = threading.Lock()
+
+
+def torch_or_none() -> Any:
+    """torch, imported once (it is optional), or None where it is not installed or not wanted."""
+    global _torch_module
+    if USE_TORCH is False:
+        return None
+    with _torch_lock:
+        if _torch_module is None:
+            try:
+                import torch
+            except ImportError:
+                torch = False  # type: ignore[assignment]
+            _torch_module = torch
+    return _torch_module or None
+
+
+def fp16_add(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """The IEEE fp16 sum, element by element: torch's CPU add when torch is there, else exactly
+    the same bits from numpy (fp32 sum rounded to fp16: 24 bits are enough for no double rounding)."""
+    torch = torch_or_none()
+    if torch is not None:
+        out = np.empty(base.shape, np.float16)
+        a = torch.from_numpy(np.array(base, dtype=np.float16, copy=True))  # writable (a map is not)
+        b = torch.from_numpy(np.array(delta, dtype=np.float16, copy=True))
+        torch.add(a, b, out=torch.from_numpy(out))
+        return out
+    wide = base.astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, big sums are inf: as in torch
+        np.add(wide, delta.astype(np.float32), out=wide)
+        return wide.astype(np.float16)
 
 
 RECIPES: dict[str, Recipe] = {

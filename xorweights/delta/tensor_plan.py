@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from .._cancel import check as check_cancelled
+from ..errors import FormatError
+from ..tensors.dtypes import NUMPY_DTYPES
 from ..tensors.spec import TensorSpec
-from ..tensors.store import cast, tensor_array
+from ..tensors.store import StoredTensor, cast, tensor_array
 from .checks import Pair
 from .recipes import Recipe
 
@@ -44,7 +46,8 @@ class TensorPlan:
         self.base_rows, self.base_cols = _as_2d(pair.base.shape) if pair.base is not None else (0, 0)
         self._mean_rows = mean_rows
         self._lock = threading.Lock()
-        self._arrays: tuple[np.ndarray, np.ndarray | None] | None = None
+        self._delta = Rows(pair.delta, self.rows, self.cols)
+        self._base = Rows(pair.base, self.base_rows, self.base_cols) if pair.base is not None else None
         self._mean: np.ndarray | None = None
 
     @property
@@ -57,48 +60,37 @@ class TensorPlan:
         step = max(1, BLOCK_BYTES // per_row)
         return [(r, min(r + step, self.rows)) for r in range(0, self.rows, step)] or [(0, 0)]
 
-    def _inputs(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The delta's and the base's tensors as 2-D arrays (mapped, or computed once)."""
-        with self._lock:
-            if self._arrays is None:
-                d = tensor_array(self.pair.delta).reshape(self.rows, self.cols)
-                b = None
-                if self.pair.base is not None:
-                    b = tensor_array(self.pair.base).reshape(self.base_rows, self.base_cols)
-                self._arrays = (d, b)
-            return self._arrays
-
-    def _grown_base(self, base: np.ndarray) -> np.ndarray:
+    def _grown_base(self) -> np.ndarray:
         """The base's row for the rows it lacks (`mean`: the mean of its rows, as torch computes it)."""
         with self._lock:
             if self._mean is None:
-                self._mean = self._mean_rows(base)
+                assert self._base is not None
+                self._mean = self._mean_rows(self._base.whole())
             return self._mean
 
     def block(self, r0: int, r1: int) -> np.ndarray:
         """Rows `r0:r1` of the output tensor, C-contiguous, in the output dtype."""
         check_cancelled()
         recipe, compute = self.recipe, self.recipe.compute
-        d_all, b_all = self._inputs()
-        d = cast(np.asarray(d_all[r0:r1]), self.pair.delta.dtype, compute)
-        if b_all is None:
+        d = cast(self._delta.get(r0, r1), self.pair.delta.dtype, compute)
+        if self._base is None or self.pair.base is None:
             return np.ascontiguousarray(recipe.taken(d))
-        base_dtype = self.pair.base.dtype if self.pair.base is not None else compute
+        base_dtype = self.pair.base.dtype
         top = max(0, min(r1, self.base_rows) - r0)
         bc = self.base_cols
         if top == r1 - r0 and bc == self.cols:
-            return np.ascontiguousarray(recipe.add(cast(np.asarray(b_all[r0:r1]), base_dtype, compute), d))
+            return np.ascontiguousarray(recipe.add(cast(self._base.get(r0, r1), base_dtype, compute), d))
         out = np.empty((r1 - r0, self.cols), dtype=recipe.numpy_output)
         if top:
-            b = cast(np.asarray(b_all[r0 : r0 + top]), base_dtype, compute)
+            b = cast(self._base.get(r0, r0 + top), base_dtype, compute)
             out[:top, :bc] = recipe.add(b, np.ascontiguousarray(d[:top, :bc]))
             if bc < self.cols:  # columns only the delta has (top-left recipes)
                 out[:top, bc:] = recipe.taken(np.ascontiguousarray(d[:top, bc:]))
         if top < r1 - r0:
-            out[top:] = self._grown(d[top:], b_all)
+            out[top:] = self._grown(d[top:])
         return out
 
-    def _grown(self, d: np.ndarray, base: np.ndarray) -> np.ndarray:
+    def _grown(self, d: np.ndarray) -> np.ndarray:
         """Output rows past the base's, as the recipe says."""
         recipe = self.recipe
         d = np.ascontiguousarray(d)
@@ -107,15 +99,54 @@ class TensorPlan:
         if recipe.grown == "zero":
             return recipe.add(np.zeros_like(d), d)
         if recipe.grown == "mean":
-            row = self._grown_base(base)
+            row = self._grown_base()
             return recipe.add(np.broadcast_to(row.astype(d.dtype), d.shape), d)
         raise AssertionError(f"{self.name}: rows past the base's under recipe {recipe.name}")
 
     def release(self) -> None:
-        """Drop the mapped or computed inputs (the tensor is written)."""
+        """Drop what was computed for the tensor (it is written)."""
+        self._delta.release()
+        if self._base is not None:
+            self._base.release()
         with self._lock:
-            self._arrays = None
             self._mean = None
+
+
+class Rows:
+    """Rows of one stored tensor seen as 2-D: read from its file block by block (no mapping stays
+    resident), or sliced from the tensor computed once (Meta's permuted or concatenated weights)."""
+
+    def __init__(self, tensor: StoredTensor, rows: int, cols: int) -> None:
+        self.tensor, self.rows, self.cols = tensor, rows, cols
+        self._lock = threading.Lock()
+        self._array: np.ndarray | None = None
+
+    def whole(self) -> np.ndarray:
+        """The whole tensor (mapped, or computed)."""
+        return tensor_array(self.tensor).reshape(self.rows, self.cols)
+
+    def get(self, r0: int, r1: int) -> np.ndarray:
+        t = self.tensor
+        if t.begin is None:
+            with self._lock:
+                if self._array is None:
+                    self._array = self.whole()
+                return self._array[r0:r1]
+        out = np.empty((r1 - r0, self.cols), dtype=NUMPY_DTYPES[t.dtype])
+        view = memoryview(out).cast("B")
+        with open(t.source, "rb", buffering=0) as f:
+            f.seek(t.begin + r0 * self.cols * out.itemsize)
+            done = 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise FormatError(f"{t.source}: file ends inside tensor {t.name}", path=t.source)
+                done += n
+        return out
+
+    def release(self) -> None:
+        with self._lock:
+            self._array = None
 
 
 @dataclass
