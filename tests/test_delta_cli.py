@@ -124,8 +124,17 @@ def test_a_killed_recovery_resumes_and_ends_as_an_uninterrupted_one(tmp_path, ca
     assert code == 0, err
     shards = sorted(p.name for p in (tmp_path / "ref").glob("model-*.safetensors"))
     assert len(shards) >= 3
-    args = [sys.executable, "-m", "xorweights.cli", "decode", str(tmp_path / "delta"), "--out", str(tmp_path / "out"),
-            *map(str, common)]  # fmt: skip
+    out = str(tmp_path / "out")
+    args = [
+        sys.executable,
+        "-m",
+        "xorweights.cli",
+        "decode",
+        str(tmp_path / "delta"),
+        "--out",
+        out,
+        *map(str, common),
+    ]
     killed = subprocess.run(args, env={**os.environ, ENV_TEST_DIE_AFTER_RENAME: "2"}, capture_output=True)
     assert killed.returncode == 9
     assert not list((tmp_path / "out").glob("model*.safetensors"))  # staged: nothing is in place yet
