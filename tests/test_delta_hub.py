@@ -3,7 +3,6 @@ weight files are checked against the Hub's sha256, a published sum is checked be
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ def alpaca_farm_delta(tmp_path: Path, published_sum: float | None) -> tuple[Path
     diff = {k: target[k] - raw[k] for k in target}
     save_model(tmp_path / "base", base)
     save_model(tmp_path / "delta", diff, dtype=torch.float32)
-    total = math.fsum(float((diff[k] + raw[k]).double().sum()) for k in diff if not k.endswith("inv_freq"))
+    total = float(sum((diff[k] + raw[k]).sum() for k in diff))  # as AlpacaFarm sums: buffers included
     value = total if published_sum is None else published_sum
     (tmp_path / "delta" / "model_sum.txt").write_text(f"{value}\n")
     return tmp_path / "delta", total
@@ -45,7 +44,7 @@ def test_a_known_release_by_repo_id_checks_its_published_sum(hub, tmp_path) -> N
     hub.state.add_folder(repo, delta)
     report = xorweights.decode(repo, base=tmp_path / "base", out=tmp_path / "out", **kw(hub, tmp_path))
     assert report.format == "delta:alpaca" and report.release == repo
-    assert report.model_sum == pytest.approx(total, rel=1e-12)
+    assert report.model_sum == pytest.approx(total, rel=1e-6)
     assert report.model_sum_expected == pytest.approx(total)
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert report.source and report.source.startswith(repo + "@")

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._paths import check_out_dir
 from ..errors import ChecksumMismatchError, FormatError, InputError, MissingFileError
 from ..pipeline import Options
 from ..reports import DecodeReport
 from .recipes import recipe as find_recipe
-from .recover import OutputFormat, plan_recovery, run_recovery
+from .recover import OutputFormat, Recovery, plan_recovery, run_recovery
 from .registry import DeltaRelease
 from .tensor_plan import TensorResult
 
@@ -78,7 +80,7 @@ def decode_delta(
     def approve(results: dict[str, TensorResult]) -> None:
         if expected_sum is None:
             return
-        total = model_sum(results)
+        total = model_sum(results, recovery)
         want, atol, rtol = expected_sum
         if not math.isclose(total, want, rel_tol=rtol, abs_tol=atol):
             raise ChecksumMismatchError(
@@ -100,7 +102,7 @@ def decode_delta(
         format=f"delta:{recipe.name}",
         source=source,
         tensor_manifest=str(result.manifest_path),
-        model_sum=model_sum(result.tensors) if sums else None,
+        model_sum=model_sum(result.tensors, recovery) if sums else None,
         model_sum_expected=expected_sum[0] if expected_sum else None,
     )
 
@@ -133,6 +135,13 @@ def _expected_sum(
     return value, published.atol if published else 0.0, published.rtol if published else _SUM_RTOL
 
 
-def model_sum(results: dict[str, TensorResult]) -> float:
-    """The sum of every weight of the recovered model (Alpaca's integrity figure)."""
-    return math.fsum(r.total or 0.0 for r in results.values())
+def model_sum(results: dict[str, TensorResult], recovery: Recovery) -> float:
+    """The sum of all weights as the peers computed it: each tensor's sum in float32, added in
+    float32 in state-dict order, the 2023 `inv_freq` buffers included."""
+    total = np.float32(0)
+    for name in recovery.state_order:
+        r = results.get(name)
+        part = r.total if r is not None else recovery.buffer_sums.get(name)
+        if part is not None:
+            total = np.float32(total + np.float32(part))
+    return float(total)

@@ -27,7 +27,7 @@ from ..sources import FileSource
 from ..tensors import safetensors_write as st
 from ..tensors.spec import TensorSpec
 from ..tensors.store import TensorStore, cast, index_tensors, tensor_array
-from .checks import pair_tensors
+from .checks import pair_tensors, skipped
 from .recipes import Recipe
 from .tensor_plan import TensorPlan, TensorResult, stream_blocks
 from .torch_mean import torch_column_mean
@@ -154,6 +154,10 @@ class Recovery:
     shards: list[ShardFile]
     steps: tuple[Step, ...]
     index: str | None
+    state_order: tuple[str, ...] = ()
+    """The delta's tensor names in order, buffers included (the order the peers summed in)."""
+    buffer_sums: dict[str, float] = field(default_factory=dict)
+    """Sums of the recovered buffers the output leaves out (`inv_freq`), for the 2023 sum."""
 
 
 def plan_recovery(
@@ -190,7 +194,23 @@ def plan_recovery(
     for name in SMALL_FILES:
         if delta_dir.is_dir() and (delta_dir / name).is_file():
             steps.append(Step(name, FileSource(delta_dir / name)))
-    return Recovery(recipe, shards, tuple(steps), index)
+    buffers = _buffer_sums(delta, base) if sums else {}
+    return Recovery(recipe, shards, tuple(steps), index, tuple(delta.tensors), buffers)
+
+
+def _buffer_sums(delta: TensorStore, base: TensorStore) -> dict[str, float]:
+    """The sums of the `inv_freq` buffers as a 2023 recovery held them (delta + base, fp32): the
+    published sums of all weights were taken over state dicts that still had them."""
+    out: dict[str, float] = {}
+    for name, t in delta.tensors.items():
+        if not skipped(name):
+            continue
+        value = cast(tensor_array(t).reshape(-1), t.dtype, "F32")
+        b = base.get(name)
+        if b is not None and b.shape == t.shape:
+            value = value + cast(tensor_array(b).reshape(-1), b.dtype, "F32")
+        out[name] = float(np.sum(value, dtype=np.float64))
+    return out
 
 
 def open_delta(recipe: Recipe, path: Path, base_dir: Path) -> TensorStore:
