@@ -152,7 +152,12 @@ def native_pair(root: Path, mib: int = 1) -> tuple[Path, Path]:
 @pytest.mark.parametrize(
     ("compress", "code", "said"),
     [
-        ("none", 1, "looks like a model (or a native payload missing its xorweights.json)"),
+        (
+            "none",
+            1,
+            "looks like a model (an additive delta? give --recipe; or a native payload missing its "
+            "xorweights.json)",
+        ),
         ("zstd", 2, "holds delta frames (a compressed native payload), but"),
     ],
 )

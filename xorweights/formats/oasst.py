@@ -237,8 +237,8 @@ def refuse_plain_payload(payload_dir: Path, raw: Sequence[str], only: Collection
         if plain:
             raise ImplausibleOutputError(
                 f"payload file {entry.path} is a valid {plausible.kind(name)} as it is, so it was not "
-                f"XOR-ed: {payload_dir} looks like a model (or a native payload missing its "
-                f"{MANIFEST_NAME}), not a payload",
+                f"XOR-ed: {payload_dir} looks like a model (an additive delta? give --recipe; or a native "
+                f"payload missing its {MANIFEST_NAME}), not an XOR payload",
                 path=entry.path,
                 algorithm="plausibility",
                 stage="payload",
