@@ -9,6 +9,7 @@ agree bit for bit on every pair of values).
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -81,6 +82,8 @@ def torch_or_none() -> Any:
                 import torch
             except ImportError:
                 torch = False  # type: ignore[assignment]
+            else:  # inputs are only read: a read-only map needs no copy
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             _torch_module = torch
     return _torch_module or None
 
@@ -91,9 +94,8 @@ def fp16_add(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
     torch = torch_or_none()
     if torch is not None:
         out = np.empty(base.shape, np.float16)
-        a = torch.from_numpy(np.array(base, dtype=np.float16, copy=True))  # writable (a map is not)
-        b = torch.from_numpy(np.array(delta, dtype=np.float16, copy=True))
-        torch.add(a, b, out=torch.from_numpy(out))
+        a, b = (np.ascontiguousarray(x, dtype=np.float16) for x in (base, delta))
+        torch.add(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))  # inputs only read
         return out
     wide = base.astype(np.float32)
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, big sums are inf: as in torch
