@@ -56,7 +56,8 @@ def save_model(
     """Write `sd` as an HF folder: `pytorch_model*.bin` (torch.save, sharded) or `model.safetensors`."""
     folder.mkdir(parents=True, exist_ok=True)
     cast = {k: (v if k.endswith("inv_freq") else v.to(dtype)).contiguous() for k, v in sd.items()}
-    vocab = sd["model.embed_tokens.weight"].shape[0]
+    embed = sd.get("model.embed_tokens.weight")
+    vocab = VOCAB if embed is None else embed.shape[0]
     (folder / "config.json").write_text(json.dumps(config(vocab, **config_extra), indent=2))
     (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer"}\n')
     if container == "safetensors":

@@ -161,7 +161,7 @@ def print_convert(report: BaseReport) -> None:
 def print_verify(report: VerifyReport) -> None:
     """One line a file (ok, MISMATCH, MISSING, extra), then the verdict."""
     bad = {m.name: m for m in report.mismatches}
-    tensors = report.stage == "tensors"
+    tensors = report.stage == "tensors"  # tensor_manifest.TENSORS_STAGE (not imported: CLI start-up)
     for name in report.checked:
         if name in bad:
             m = bad[name]

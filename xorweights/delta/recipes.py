@@ -9,7 +9,6 @@ agree bit for bit on every pair of values).
 from __future__ import annotations
 
 import threading
-import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -82,8 +81,6 @@ def torch_or_none() -> Any:
                 import torch
             except ImportError:
                 torch = False  # type: ignore[assignment]
-            else:  # inputs are only read: a read-only map needs no copy
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             _torch_module = torch
     return _torch_module or None
 
@@ -94,13 +91,20 @@ def fp16_add(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
     torch = torch_or_none()
     if torch is not None:
         out = np.empty(base.shape, np.float16)
-        a, b = (np.ascontiguousarray(x, dtype=np.float16) for x in (base, delta))
-        torch.add(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))  # inputs only read
+        a, b = (_tensor_ready(x) for x in (base, delta))
+        torch.add(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
         return out
     wide = base.astype(np.float32)
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, big sums are inf: as in torch
         np.add(wide, delta.astype(np.float32), out=wide)
         return wide.astype(np.float16)
+
+
+def _tensor_ready(a: np.ndarray) -> np.ndarray:
+    """`a` as torch takes it without a warning: contiguous fp16, writable (blocks read from files
+    are; a read-only map of a Meta tensor is copied)."""
+    a = np.ascontiguousarray(a, dtype=np.float16)
+    return a if a.flags.writeable else a.copy()
 
 
 RECIPES: dict[str, Recipe] = {
