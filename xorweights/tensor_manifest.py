@@ -182,7 +182,7 @@ def verify_tensors(folder: os.PathLike[str] | str, manifest: TensorManifest) -> 
     extra = sorted(set(store.tensors) - set(manifest.tensors))
     checked = [n for n in manifest.tensors if n not in missing]
     return VerifyReport(
-        folder=str(folder), stage=TENSORS_STAGE, release=manifest.path or TENSORS_NAME, checked=tuple(checked),
-        matched=tuple(matched), mismatches=tuple(bad), missing=tuple(missing), extra=tuple(extra),
-        digests={n: {"sha256": manifest.tensors[n].sha256} for n in matched},
+        folder=str(folder), stage=TENSORS_STAGE, release=manifest.path or TENSORS_NAME,
+        checked=tuple(checked), matched=tuple(matched), mismatches=tuple(bad), missing=tuple(missing),
+        extra=tuple(extra), digests={n: {"sha256": manifest.tensors[n].sha256} for n in matched},
     )  # fmt: skip
