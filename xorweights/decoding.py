@@ -74,20 +74,16 @@ def decode(
     """Rebuild fine-tuned files from an XOR payload and the base they were made against.
 
     Args:
-        payload: the payload folder (or a repo download holding it a few levels down), or a Hub
-            repo `owner/name[@revision][:subfolder]`: then only the payload's files are downloaded
-            (Hub cache or `local_dir`), each one decoded is checked against the sha256 the Hub
-            reports before it is read, and the checksums come from `checksums/` (by repo id)
-            or from the repo's model card.
+        payload: the payload folder (or a download holding it a few levels down), or a Hub repo
+            `owner/name[@revision][:subfolder]`: only its files are downloaded, each checked against
+            the Hub's sha256 before it is read; checksums come from `checksums/` or the model card.
         base: the folder with the base files, named as in the payload.
         out: where the decoded files go; created if needed.
-        checksums (*optional*): a release name, repo id, manifest or `md5sum` file. Every base
-            file is checked against its `hf_base` digest and every output against its `decoded`
-            digest in the same pass; an output is renamed into place only when both match. An
-            `md5sum`/`sha256sum` line file lists the decoded outputs.
+        checksums (*optional*): a release name, repo id, manifest or `md5sum` file (the decoded
+            outputs). Base files are checked against `hf_base` and outputs against `decoded` in the
+            same pass; an output is renamed into place only when both match.
         format: `auto` or `oasst` (the legacy file-level XOR; gzip payloads recognised).
-        jobs: files decoded at once (default: the cores, at most 4). Memory does not grow with file
-            size: one job uses 4 slots of 32 MiB, 2-4 jobs share 8, more jobs take 2 each.
+        jobs: files decoded at once (default: the cores, at most 4); memory does not grow with size.
         force: overwrite files already in `out`.
         fsync, drop_cache: fsync each output before its rename; drop cached pages behind the cursor.
         gzip_backend: `auto` (isal when installed), `isal` or `zlib`.
@@ -113,8 +109,7 @@ def decode(
         `DecodeReport` with every file's size and digests; `out_dir` holds the verified files.
 
     Raises:
-        `MissingFileError`: the payload, the base folder or a base file is missing (named,
-            before anything is written).
+        `MissingFileError`: the payload, the base folder or a base file is missing (named, first).
         `HubError`: the repo cannot be fetched (unknown, no access, offline without a cache).
         `PayloadMismatchError`: a downloaded payload file differs from the Hub's sha256.
         `BaseMismatchError`: a base file is not the one the release was made against.
