@@ -145,3 +145,40 @@ def test_a_killed_recovery_resumes_and_ends_as_an_uninterrupted_one(tmp_path, ca
         return {n: b for n, b in tree(folder).items() if not n.startswith(".")}
 
     assert visible(tmp_path / "out") == visible(tmp_path / "ref")
+
+
+def test_checksums_given_as_a_tensor_manifest_are_met_before_commit(tmp_path, capsys, recovered) -> None:
+    out, _ = recovered
+    args = ["decode", tmp_path / "delta", "--base", tmp_path / "base", "--recipe", "fastchat", "--quiet"]
+    code, _, err = run(capsys, *args, "--out", tmp_path / "again", "--checksums", out / TENSORS_NAME)
+    assert code == 0, err
+    other = json.loads((out / TENSORS_NAME).read_text())
+    other["tensors"]["model.norm.weight"]["sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    code, _, err = run(capsys, *args, "--out", tmp_path / "wrong", "--checksums", tmp_path / "other.json")
+    assert code == 1 and "1 tensors differ" in err and "model.norm.weight" in err
+    assert not list((tmp_path / "wrong").glob("*.safetensors"))
+    code, _, err = run(capsys, *args, "--out", tmp_path / "bad", "--checksums", "oasst-sft-6-llama-30b")
+    assert code == 2 and "a delta recovery takes" in err
+
+
+def test_another_base_of_the_same_size_is_not_kept(tmp_path, capsys, recovered) -> None:
+    out, _ = recovered
+    before = json.loads((out / TENSORS_NAME).read_text())["tensors"]
+    other = llama_state(seed=99)  # same shapes and sizes, other values
+    save_model(tmp_path / "base2", other)
+    code, _, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base2", "--out", out,
+                       "--recipe", "fastchat", "--quiet")  # fmt: skip
+    assert code == 0, err
+    after = json.loads((out / TENSORS_NAME).read_text())
+    assert after["base"] == str(tmp_path / "base2")
+    assert after["tensors"]["model.norm.weight"] != before["model.norm.weight"]
+    code, stdout, _ = run(capsys, "verify", out, "--checksums", out / TENSORS_NAME, "--quiet")
+    assert code == 0, stdout
+
+
+def test_an_output_folder_of_another_layout_is_refused(tmp_path, capsys, recovered) -> None:
+    out, _ = recovered
+    code, _, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out", out,
+                       "--recipe", "fastchat", "--max-shard-size", "1000", "--quiet")  # fmt: skip
+    assert code == 2 and "model.safetensors" in err and "another layout" in err

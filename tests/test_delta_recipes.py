@@ -30,7 +30,11 @@ def load_out(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    )
 
 
 def weights(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -340,3 +344,47 @@ def test_a_wrong_base_is_named_before_writing(tmp_path: Path, change: str, said:
     with pytest.raises(BaseMismatchError, match=re.escape(said)):
         xorweights.decode(tmp_path / "delta", base=tmp_path / "base", out=tmp_path / "out", recipe="fastchat")
     assert not list((tmp_path / "out").glob("*.safetensors"))
+
+
+def test_empty_and_scalar_tensors(tmp_path: Path) -> None:
+    base = llama_state()
+    base["extra.weight"] = torch.zeros(0, 8)
+    base["scale"] = torch.tensor(1.5)
+    delta = {k: (v * 0.25).half() for k, v in base.items()}
+    save_model(tmp_path / "base", base, container="safetensors")
+    save_model(tmp_path / "delta", delta)
+    xorweights.decode(tmp_path / "delta", base=tmp_path / "base", out=tmp_path / "out", recipe="fastchat")
+    check(tmp_path / "out", {k: base[k].half() + delta[k] for k in weights(delta)})
+
+
+def test_alpaca_with_a_bf16_base(tmp_path: Path) -> None:
+    base = weights(llama_state(vocab=300))
+    raw = {k: v.bfloat16().float() for k, v in base.items()}  # the peer loads the bf16 copy as fp32
+    for k in GROWN:
+        raw[k] = torch.cat([raw[k], raw[k].mean(dim=0, keepdim=True)])
+    delta = {k: t - raw[k] for k, t in perturbed(base, 301, 14).items()}
+    save_model(tmp_path / "base", base, dtype=torch.bfloat16, container="safetensors")
+    save_model(tmp_path / "delta", delta, dtype=torch.float32)
+    xorweights.decode(tmp_path / "delta", base=tmp_path / "base", out=tmp_path / "out", recipe="alpaca")
+    check(tmp_path / "out", {k: delta[k] + raw[k] for k in delta})
+
+
+@pytest.mark.parametrize(
+    ("params", "llama2"),
+    [
+        ({"dim": 4096, "n_heads": 32, "n_layers": 32, "norm_eps": 1e-06}, False),  # LLaMA-1 7B
+        ({"dim": 8192, "n_heads": 64, "n_layers": 80, "norm_eps": 1e-05}, False),  # LLaMA-1 65B
+        ({"dim": 4096, "n_heads": 32, "n_layers": 32, "norm_eps": 1e-05}, True),  # LLaMA-2 7B
+        ({"dim": 8192, "n_heads": 64, "n_kv_heads": 8, "n_layers": 80, "norm_eps": 1e-05}, True),  # 70B
+    ],
+)
+def test_llama2_is_told_from_meta_params(tmp_path: Path, params: dict[str, object], llama2: bool) -> None:
+    from xorweights.delta.checks import _refuse_llama2
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "params.json").write_text(json.dumps(params))
+    if llama2:
+        with pytest.raises(BaseMismatchError, match="looks like LLaMA-2"):
+            _refuse_llama2(tmp_path, tmp_path / "base")
+    else:
+        _refuse_llama2(tmp_path, tmp_path / "base")

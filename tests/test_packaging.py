@@ -32,9 +32,13 @@ def test_wheel_ships_the_manifests(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    shipped = {n.split("/")[-1] for n in names if n.startswith("xorweights/checksums/")}
-    assert shipped == {p.name for p in (ROOT / "checksums").glob("*.json")}
-    assert len(shipped) == 4
+    shipped = {
+        n.removeprefix("xorweights/checksums/") for n in names if n.startswith("xorweights/checksums/")
+    }
+    in_tree = {str(p.relative_to(ROOT / "checksums")) for p in (ROOT / "checksums").rglob("*.json")}
+    assert shipped == in_tree
+    assert len([n for n in shipped if "/" not in n]) == 4  # the XOR releases
+    assert len([n for n in shipped if n.startswith("deltas/")]) == 24  # the additive-delta registry
     assert "xorweights = xorweights.cli:main" in entry_points
     assert "xorweights/py.typed" in names
 

@@ -25,6 +25,7 @@ from .sources import FileSource, PayloadCompression, PayloadSource
 
 if TYPE_CHECKING:
     from .delta.registry import DeltaRelease
+    from .tensor_manifest import TensorManifest
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def decode(
     release = _delta_release(payload, checksums)
     if recipe is not None or release is not None:
         delta = _DeltaCall(
-            recipe, output_format, max_shard_size, release, revision, subfolder, progress, stream
+            recipe, output_format, max_shard_size, release, checksums, revision, subfolder, progress, stream
         )
         return _decode_delta(payload, base, out, access, options, delta, force=force, verify=verify)
     where = _locate(
@@ -387,12 +388,36 @@ def _delta_release(payload: os.PathLike[str] | str, checksums: object) -> DeltaR
     return find_delta_release(checksums) if isinstance(checksums, str) else None
 
 
+def _delta_checksums(checksums: object, release: DeltaRelease | None) -> TensorManifest | None:
+    """What `--checksums` holds for a delta: per-tensor digests to meet, or the release's name.
+
+    Raises:
+        `InputError`: anything else (an XOR release's manifest checks no delta recovery).
+    """
+    from .tensor_manifest import tensor_manifest_at
+
+    if checksums is None:
+        return None
+    if isinstance(checksums, (str, os.PathLike)):
+        found = tensor_manifest_at(checksums)
+        if found is not None:
+            return found
+        if release is not None and str(checksums).lower() in (release.name.lower(), release.repo_id.lower()):
+            return None
+    raise InputError(
+        f"--checksums {checksums}: a delta recovery takes a delta release's name or repo id, or an "
+        "xorweights-tensors.json to meet tensor by tensor",
+        path=str(checksums),
+    )
+
+
 @dataclass(frozen=True)
 class _DeltaCall:
     recipe: str | None
     output_format: Literal["safetensors", "bin"]
     max_shard_size: int | str | None
     release: DeltaRelease | None
+    checksums: os.PathLike[str] | str | ChecksumManifest | None
     revision: str | None
     subfolder: str | None
     progress: bool
@@ -416,6 +441,14 @@ def _decode_delta(
 
     if call.stream:
         raise InputError("--stream applies to XOR payloads; a delta is downloaded, then recovered")
+    koala = (call.recipe or (call.release.recipe if call.release else None)) == "koala"
+    if koala and hub.is_repo_spec(payload):
+        raise InputError(
+            f"{payload} holds several EasyLM diff files (koala_7b_diff_v2, koala_13b_diff_v2, ...): "
+            f"download the one you want (`hf download {payload} koala_13b_diff_v2 --local-dir koala`) "
+            "and give its path"
+        )
+    expect = _delta_checksums(call.checksums, call.release)
     if Path(payload).is_file():
         where = _Located(Path(payload), Path(base), Path(out), None, None)
     else:
@@ -431,7 +464,7 @@ def _decode_delta(
         limit = None if call.max_shard_size is None else parse_size(call.max_shard_size)
     except ValueError as e:
         raise InputError(f"max shard size: {e}") from None
-    how = DeltaOptions(call.recipe, call.output_format, limit, call.release)
+    how = DeltaOptions(call.recipe, call.output_format, limit, call.release, expect)
     return decode_delta(
         where.payload_dir, where.base_dir, where.out_dir, how, options, force=force, verify=verify,
         source=fetched.source if fetched else None,

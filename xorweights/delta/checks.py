@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 #: Buffers, not weights: current transformers neither saves nor loads them; 2023 copies differ.
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
+_FLOATS = ("F16", "BF16", "F32", "F64")
 #: LLaMA-1 sizes by hidden width, for messages.
 _LLAMA_SIZES = {4096: "7B", 5120: "13B", 6656: "30B", 8192: "65B"}
 
@@ -73,11 +74,12 @@ def pair_tensors(recipe: Recipe, delta: TensorStore, base: TensorStore) -> list[
             stage="base",
         )
     for p in pairs:
-        if p.delta.dtype not in ("F16", "BF16", "F32", "F64"):
-            raise FormatError(
-                f"{p.delta.source}: tensor {p.name} is {p.delta.dtype}; a delta holds floating-point tensors",
-                path=p.delta.source,
-            )
+        for t, what in ((p.delta, "a delta"), (p.base, "a base")):
+            if t is not None and t.dtype not in _FLOATS:
+                raise FormatError(
+                    f"{t.source}: tensor {p.name} is {t.dtype}; {what} holds floating-point tensors",
+                    path=t.source,
+                )
     return pairs
 
 
@@ -142,7 +144,10 @@ def _refuse_llama2(delta_dir: Path, base_dir: Path) -> None:
         return
     positions = base.get("max_position_embeddings")
     eps = base.get("rms_norm_eps", base.get("norm_eps"))
-    looks_2 = positions == 4096 or (isinstance(eps, float) and eps == 1e-5 and "norm_eps" in base)
+    # Meta's params.json: LLaMA-2 7B/13B have norm eps 1e-5 (LLaMA-1's 1e-6, but 65B's is 1e-5 too),
+    # 70B has grouped keys and values (n_kv_heads).
+    meta_2 = "norm_eps" in base and ("n_kv_heads" in base or (eps == 1e-5 and base.get("dim") != 8192))
+    looks_2 = positions == 4096 or meta_2
     if looks_2 and (delta is None or delta.get("max_position_embeddings", 2048) == 2048):
         raise BaseMismatchError(
             f"{base_dir} looks like LLaMA-2 (max_position_embeddings {positions}, norm eps {eps}); this "

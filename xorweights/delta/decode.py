@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from ..reports import DecodeReport
 from .recipes import recipe as find_recipe
 from .recover import OutputFormat, Recovery, plan_recovery, run_recovery
 from .registry import DeltaRelease
+
+if TYPE_CHECKING:
+    from ..tensor_manifest import TensorManifest
 from .tensor_plan import TensorResult
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,8 @@ class DeltaOptions:
     output_format: OutputFormat = "safetensors"
     max_shard_bytes: int | None = None
     release: DeltaRelease | None = None
+    expect: TensorManifest | None = None
+    """Per-tensor digests every output tensor must meet before anything is moved into place."""
 
 
 def decode_delta(
@@ -78,6 +83,8 @@ def decode_delta(
     }
 
     def approve(results: dict[str, TensorResult]) -> None:
+        if delta_options.expect is not None:
+            _meet(delta_options.expect, results, out_dir)
         if expected_sum is None:
             return
         total = model_sum(results, recovery)
@@ -133,6 +140,36 @@ def _expected_sum(
     if not math.isfinite(value):
         raise FormatError(f"{path}: expected a finite number, got {value}", path=path)
     return value, published.atol if published else 0.0, published.rtol if published else _SUM_RTOL
+
+
+def _meet(expect: TensorManifest, results: dict[str, TensorResult], out_dir: Path) -> None:
+    """Every tensor as `expect` lists it, and no other.
+
+    Raises:
+        `ChecksumMismatchError`: the first tensor that differs, is missing or is extra (and how many).
+    """
+    bad = []
+    for name, want in expect.tensors.items():
+        got = results.get(name)
+        if got is None:
+            bad.append((name, "missing", want.sha256, "-"))
+        elif (got.spec.dtype, got.spec.shape, got.sha256) != (want.dtype, want.shape, want.sha256):
+            bad.append(
+                (
+                    name,
+                    "sha256",
+                    f"{want.dtype}{list(want.shape)} {want.sha256}",
+                    f"{got.spec.dtype}{list(got.spec.shape)} {got.sha256}",
+                )
+            )
+    bad += [(n, "extra", "-", r.sha256) for n, r in results.items() if n not in expect.tensors]
+    if bad:
+        name, what, want, got = bad[0]
+        raise ChecksumMismatchError(
+            f"{out_dir}: {len(bad)} tensors differ from {expect.path}: {name} ({what}: {got}, expected "
+            f"{want}); nothing was moved into place",
+            path=out_dir, expected=want, actual=got, algorithm="sha256", stage="decoded",
+        )  # fmt: skip
 
 
 def model_sum(results: dict[str, TensorResult], recovery: Recovery) -> float:

@@ -68,11 +68,18 @@ def open_easylm_delta(path: Path, heads: int) -> TensorStore:
             raise FormatError(
                 f"{path}: {'/'.join(t.key)} is not a LLaMA parameter of EasyLM", path=path
             ) from None
+        if name in tensors:
+            raise FormatError(f"{path}: {'/'.join(t.key)} is {name} a second time", path=path)
         if not transposed:
             tensors[name] = StoredTensor(name, t.dtype, t.shape, str(path), begin=t.offset)
             continue
         shape = (t.shape[1], t.shape[0]) if len(t.shape) == 2 else t.shape
         rotary = name.endswith(("q_proj.weight", "k_proj.weight"))
+        if rotary and (len(shape) != 2 or shape[0] % (2 * heads)):
+            raise FormatError(
+                f"{path}: {'/'.join(t.key)} is {list(t.shape)}, which {heads} attention heads do not divide",
+                path=path,
+            )
         tensors[name] = StoredTensor(
             name, t.dtype, shape, str(path), compute=_hf_layout(path, t, rotary, heads)
         )

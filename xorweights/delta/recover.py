@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,11 @@ SMALL_FILES = (
 )
 
 
-def mean_rows(base: np.ndarray) -> np.ndarray:
-    """The mean of a base tensor's rows in float32, as torch's CPU `mean(dim=0)` gives it."""
+def mean_rows(base: np.ndarray, dtype: str) -> np.ndarray:
+    """The mean of a base tensor's rows (stored as `dtype`) in float32, as torch's CPU `mean(dim=0)`
+    of its float32 copy gives it (a bf16 or fp64 base is converted whole first)."""
+    if dtype not in ("F16", "F32"):
+        base = cast(np.ascontiguousarray(base), dtype, "F32")
     return torch_column_mean(base)
 
 
@@ -108,7 +112,9 @@ class ShardFile:
                 break
             if self.sums and arr.size:
                 total += float(np.sum(_wide(arr, spec.dtype), dtype=np.float64))
-            view = memoryview(np.ascontiguousarray(arr)).cast("B")
+            if not arr.size:
+                continue
+            view = memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B")
             h.update(view)
             yield view
         self.results[spec.name] = TensorResult(spec, h.hexdigest(), total if self.sums else None)
@@ -174,6 +180,10 @@ def plan_recovery(
     base = TensorStore.open(base_dir)
     delta = open_delta(recipe, delta_dir, base_dir)
     pairs = pair_tensors(recipe, delta, base)
+    if not pairs:
+        raise FormatError(
+            f"{delta_dir}: the delta holds no weights (only buffers, or nothing)", path=delta_dir
+        )
     plans = [TensorPlan(p, recipe, mean_rows) for p in pairs]
     limit = max_shard_bytes or (SAFETENSORS_SHARD_BYTES if fmt == "safetensors" else BIN_SHARD_BYTES)
     groups = st.split_shards([p.spec for p in plans], limit)
@@ -185,9 +195,12 @@ def plan_recovery(
         ShardFile(n, [by_name[s.name] for s in g], fmt, threads, sums)
         for n, g in zip(names, groups, strict=True)
     ]
-    inputs = _combined(delta.identity(), base.identity())
-    options = {"recipe": (list_index(recipe), 0 if fmt == "safetensors" else 1)}
-    steps = [Step(s.name, ShardSource(s, delta_dir, base_dir, inputs), options=options) for s in shards]
+    # What a kept output must have been made from: the delta, the base, the recipe and the layout.
+    layout = (zlib.crc32(f"{recipe.name}:{fmt}".encode()), limit)
+    options = {"base": base.identity(), "recipe": layout}
+    steps = [
+        Step(s.name, ShardSource(s, delta_dir, base_dir, delta.identity()), options=options) for s in shards
+    ]
     index = None
     if len(shards) > 1:
         index = f"{stem}{suffix}.index.json"
@@ -252,19 +265,10 @@ def easylm_file(path: Path) -> Path:
     return found[0]
 
 
-def list_index(recipe: Recipe) -> int:
-    from .recipes import RECIPES
-
-    return list(RECIPES).index(recipe.name)
-
-
-def _combined(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
-    return a[0] + b[0], max(a[1], b[1])
-
-
 @dataclass(frozen=True)
 class RecoveryResult:
-    """What `run_recovery` made: every file's report, and every tensor's digest (and sum)."""
+    """What `run_recovery` made: every file's report, every tensor's digest (and sum), and where
+    the manifest is."""
 
     files: list[FileReport]
     tensors: dict[str, TensorResult]
@@ -282,8 +286,13 @@ def run_recovery(
     approve: Callable[[dict[str, TensorResult]], None] | None = None,
 ) -> RecoveryResult:
     """Make the outputs in a staging folder (kept ones stay), collect every tensor's digest (made
-    now, or hashed again from a kept file), let `approve` check them, move the outputs into place,
-    and write the tensor manifest beside them."""
+    now, else from the manifest a finished run left, else hashed again from the kept file), let
+    `approve` check them, move the outputs into place, and write the tensor manifest last (the old
+    one is removed first: a manifest always describes the files beside it).
+
+    Raises:
+        `InputError`: `out_dir` holds weight files of another layout (an earlier shard size or format).
+    """
     from .._atomic import AtomicFile
     from ..sources import BytesSource
     from ..tensor_manifest import TENSORS_NAME, TensorDigest, TensorManifest
@@ -296,34 +305,78 @@ def run_recovery(
             total_parameters=recovery.shards[0].fmt == "safetensors",
         )
         steps.append(Step(recovery.index, BytesSource(recovery.index, data)))
+    _refuse_other_layouts(out_dir, {s.name for s in steps})
+    previous = {} if verify else _previous_digests(out_dir / TENSORS_NAME, info)
     results: dict[str, TensorResult] = {}
 
     def collect(stage_dir: Path, reports: Sequence[FileReport]) -> None:
         made = {f.name for f in reports if not f.kept}
         for shard in recovery.shards:
             if shard.name not in made or len(shard.results) != len(shard.plans):
-                where = stage_dir / shard.name
-                shard.results.update(_rehash(where if where.is_file() else out_dir / shard.name, shard))
+                known = {p.name: previous[p.name] for p in shard.plans if p.name in previous}
+                if not shard.sums and all(
+                    p.name in known and known[p.name].spec == p.spec for p in shard.plans
+                ):
+                    shard.results.update(known)
+                else:
+                    where = stage_dir / shard.name
+                    shard.results.update(_rehash(where if where.is_file() else out_dir / shard.name, shard))
             results.update(shard.results)
         if approve is not None:
             approve(results)
 
+    def finish(files: Sequence[FileReport], reused: bool) -> None:
+        order = [p.name for s in recovery.shards for p in s.plans]
+        digests = {
+            n: TensorDigest(results[n].spec.dtype, results[n].spec.shape, results[n].sha256) for n in order
+        }
+        with AtomicFile(out_dir / TENSORS_NAME) as f:
+            f.write(TensorManifest(digests, info).dumps())
+            f.commit(durable=options.fsync)
+
     plan = Plan(
         tuple(steps), out_dir, "decode", release=info.get("release") or "", force=force, rehash=verify,
-        staged=True, approve=collect,
+        staged=True, approve=collect, retire=(TENSORS_NAME,), finish=finish,
     )  # fmt: skip
     outcome = run(plan, options)
-    if not results:  # every output was kept: nothing was staged
-        collect(out_dir, outcome.files)
-    order = [p.name for s in recovery.shards for p in s.plans]
-    digests = {
-        n: TensorDigest(results[n].spec.dtype, results[n].spec.shape, results[n].sha256) for n in order
-    }
-    path = out_dir / TENSORS_NAME
-    with AtomicFile(path) as f:
-        f.write(TensorManifest(digests, info).dumps())
-        f.commit(durable=options.fsync)
-    return RecoveryResult(outcome.files, results, path)
+    return RecoveryResult(outcome.files, results, out_dir / TENSORS_NAME)
+
+
+#: Weight files and indexes a recovery writes (any layout).
+_LAYOUT_GLOBS = (
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _refuse_other_layouts(out_dir: Path, names: set[str]) -> None:
+    if not out_dir.is_dir():
+        return
+    stale = sorted({p.name for g in _LAYOUT_GLOBS for p in out_dir.glob(g)} - names)
+    if stale:
+        raise InputError(
+            f"{out_dir} holds weight files this recovery does not write ({', '.join(stale[:3])}"
+            f"{', ...' if len(stale) > 3 else ''}): another layout (shard size or format) or another model; "
+            "remove them or choose another --out",
+            path=out_dir / stale[0],
+        )
+
+
+def _previous_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResult]:
+    """The digests a finished recovery of the same delta, base and recipe recorded, if any."""
+    from ..tensor_manifest import load_tensor_manifest
+
+    if not path.is_file():
+        return {}
+    try:
+        manifest = load_tensor_manifest(path)
+    except (FormatError, OSError):
+        return {}
+    if any(manifest.info.get(k) != info.get(k) for k in ("recipe", "release", "delta", "base")):
+        return {}
+    return {n: TensorResult(TensorSpec(n, d.dtype, d.shape), d.sha256) for n, d in manifest.tensors.items()}
 
 
 def _rehash(path: Path, shard: ShardFile) -> dict[str, TensorResult]:

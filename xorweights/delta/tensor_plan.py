@@ -38,7 +38,9 @@ def _as_2d(shape: tuple[int, ...]) -> tuple[int, int]:
 class TensorPlan:
     """How one output tensor is made; `block(r0, r1)` gives its rows `r0:r1` in the output dtype."""
 
-    def __init__(self, pair: Pair, recipe: Recipe, mean_rows: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(
+        self, pair: Pair, recipe: Recipe, mean_rows: Callable[[np.ndarray, str], np.ndarray]
+    ) -> None:
         self.pair = pair
         self.recipe = recipe
         self.spec = TensorSpec(pair.name, recipe.output, pair.delta.shape)
@@ -64,8 +66,8 @@ class TensorPlan:
         """The base's row for the rows it lacks (`mean`: the mean of its rows, as torch computes it)."""
         with self._lock:
             if self._mean is None:
-                assert self._base is not None
-                self._mean = self._mean_rows(self._base.whole())
+                assert self._base is not None and self.pair.base is not None
+                self._mean = self._mean_rows(self._base.whole(), self.pair.base.dtype)
             return self._mean
 
     def block(self, r0: int, r1: int) -> np.ndarray:
@@ -133,7 +135,9 @@ class Rows:
                     self._array = self.whole()
                 return self._array[r0:r1]
         out = np.empty((r1 - r0, self.cols), dtype=NUMPY_DTYPES[t.dtype])
-        view = memoryview(out).cast("B")
+        if not out.size:
+            return out
+        view = memoryview(out.reshape(-1)).cast("B")
         with open(t.source, "rb", buffering=0) as f:
             f.seek(t.begin + r0 * self.cols * out.itemsize)
             done = 0
