@@ -72,7 +72,7 @@ def decode_delta(
     expected_sum = _expected_sum(release, delta_dir, recipe.name)
     recovery = plan_recovery(
         recipe, delta_dir, base_dir, fmt=delta_options.output_format,
-        max_shard_bytes=delta_options.max_shard_bytes, workers=options.jobs,
+        max_shard_bytes=delta_options.max_shard_bytes,
         sums=expected_sum is not None or recipe.name == "alpaca",
     )  # fmt: skip
     info: dict[str, Any] = {

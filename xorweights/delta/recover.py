@@ -190,6 +190,8 @@ def plan_recovery(
     stem, suffix = ("model", ".safetensors") if fmt == "safetensors" else ("pytorch_model", ".bin")
     names = st.shard_file_names(len(groups), stem=stem, suffix=suffix)
     by_name = {p.name: p for p in plans}
+    # Blocks are computed on every core whatever `--jobs` (files at once) says: one worker beside
+    # torch's own threads leaves them spinning against the hashing (2.6x slower here).
     threads = workers or default_jobs()
     shards = [
         ShardFile(n, [by_name[s.name] for s in g], fmt, threads, sums)
