@@ -182,3 +182,11 @@ def test_an_output_folder_of_another_layout_is_refused(tmp_path, capsys, recover
     code, _, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out", out,
                        "--recipe", "fastchat", "--max-shard-size", "1000", "--quiet")  # fmt: skip
     assert code == 2 and "model.safetensors" in err and "another layout" in err
+
+
+def test_the_cli_offers_every_recipe() -> None:
+    from xorweights.cli.decode import decode_cmd
+    from xorweights.delta.recipes import RECIPES
+
+    (option,) = [p for p in decode_cmd.params if p.name == "recipe"]
+    assert list(option.type.choices) == list(RECIPES)  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ import numpy as np
 from ..constants import default_jobs
 from ..errors import FormatError, InputError, MissingFileError
 from ..llama.convert import GeneratedFile
+from ..llama.layout import MAX_SHARD_BYTES as BIN_SHARD_BYTES  # the 2023 default ("10GB")
 from ..llama.torch_save import record_order, save_state_dict
 from ..pipeline import Options, Plan, Step, run
 from ..reports import FileReport
@@ -38,8 +39,6 @@ logger = logging.getLogger(__name__)
 OutputFormat = Literal["safetensors", "bin"]
 #: `save_pretrained`'s default `max_shard_size` in current transformers ("50GB").
 SAFETENSORS_SHARD_BYTES = 50 * 10**9
-#: The 2023 (`.bin`) default ("10GB").
-BIN_SHARD_BYTES = 10 * 10**9
 #: Files copied from the delta folder as they are (what the peers' `save_pretrained` of the delta
 #: model and tokenizer wrote).
 SMALL_FILES = (
