@@ -13,7 +13,7 @@ from .._display import escaped, json_safe, needs_escape, shown
 from .._units import human_bytes as _human
 from .._units import human_rate
 from ..checksums import ChecksumManifest, ChecksumReport, VerifyReport
-from ..constants import STAGES
+from ..constants import STAGES, WEIGHT_SUFFIXES
 from ..formats.raw_storage import manifest_items
 from ..reports import DecodeReport, EncodeReport
 
@@ -38,8 +38,11 @@ def print_decode(report: DecodeReport) -> None:
             else "files read were first checked against the sha256 the Hub reports"
         )
         click.echo(f"payload {shown(report.source)}" + (f": {how}" if fresh else ""))
+    delta = report.format.startswith("delta:")
     for f in report.files:
         how = "copied" if f.action == "copy" else ("xor, compressed" if f.compressed else "xor")
+        if delta and f.name.endswith(WEIGHT_SUFFIXES):
+            how = "recovered"
         how = "kept" if f.kept else how
         proof = []
         if f.base_verified:
