@@ -115,7 +115,7 @@ def verify(
 
         tensors = tensor_manifest_at(checksums)
         if tensors is not None:
-            return verify_tensors(folder, tensors)
+            return verify_tensors(folder, tensors, jobs=jobs, progress=progress)
     manifest = checksums if isinstance(checksums, ChecksumManifest) else load_checksums(checksums)
     entries = manifest.stage(stage)
     if not entries:

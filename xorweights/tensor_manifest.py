@@ -11,7 +11,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from . import _json
+from ._progress import byte_bar
 from .checksum_types import Mismatch, VerifyReport
-from .constants import CHUNK_SIZE, HEX_LENGTH
+from .constants import CHUNK_SIZE, HEX_LENGTH, default_jobs
 from .errors import FormatError, MissingFileError
 from .tensors.dtypes import DTYPE_SIZES
 from .tensors.store import TensorStore, cast, castable, tensor_array
@@ -118,7 +120,9 @@ def _is_hex(s: str) -> bool:
     return True
 
 
-def tensor_sha256(store: TensorStore, name: str, dtype: str | None = None) -> tuple[str, bool]:
+def tensor_sha256(
+    store: TensorStore, name: str, dtype: str | None = None, on_progress: Callable[[int], None] | None = None
+) -> tuple[str, bool]:
     """sha256 of tensor `name` as `dtype` (default: as stored), and whether the values survive the
     cast exactly (a float copy in another dtype is compared by its values, never rounded into a match)."""
     t = store.tensors[name]
@@ -136,6 +140,8 @@ def tensor_sha256(store: TensorStore, name: str, dtype: str | None = None) -> tu
             back = cast(out, want, t.dtype)
             exact = bool(np.array_equal(back.view(np.uint8), np.ascontiguousarray(part).view(np.uint8)))
         h.update(memoryview(out).cast("B"))
+        if on_progress is not None:
+            on_progress(part.nbytes)
     return h.hexdigest(), exact
 
 
@@ -153,36 +159,53 @@ def tensor_manifest_at(path: os.PathLike[str] | str) -> TensorManifest | None:
     return load_tensor_manifest(p)
 
 
-def verify_tensors(folder: os.PathLike[str] | str, manifest: TensorManifest) -> VerifyReport:
-    """Check every tensor of the model in `folder` (any container and sharding) against `manifest`.
+def verify_tensors(
+    folder: os.PathLike[str] | str,
+    manifest: TensorManifest,
+    *,
+    jobs: int | None = None,
+    progress: bool = False,
+) -> VerifyReport:
+    """Check every tensor of the model in `folder` (any container and sharding) against `manifest`,
+    `jobs` tensors at once.
 
     Tensors of the folder the manifest does not list (buffers such as `rotary_emb.inv_freq`) are
     reported as extra. A tensor stored in another float dtype is compared by its values, cast
     exactly (one that the manifest's dtype cannot hold is a mismatch, never rounded into a match).
     """
     store = TensorStore.open(folder)
-    matched: list[str] = []
     bad: list[Mismatch] = []
-    missing: list[str] = []
+    missing = [n for n in manifest.tensors if store.get(n) is None]
+    todo = []
     for name, want in manifest.tensors.items():
         t = store.get(name)
-        if t is None:
-            missing.append(name)
-            continue
-        if t.shape != want.shape:
+        if t is not None and t.shape != want.shape:
             bad.append(Mismatch(name, "shape", "x".join(map(str, want.shape)), "x".join(map(str, t.shape))))
-            continue
-        got, exact = tensor_sha256(store, name, want.dtype)
+        elif t is not None:
+            todo.append(name)
+    total = sum(store.tensors[n].nbytes for n in todo)
+    with (
+        byte_bar(total, "verify tensors", enabled=progress) as bar,
+        ThreadPoolExecutor(jobs or default_jobs()) as pool,
+    ):
+        hashed = pool.map(lambda n: tensor_sha256(store, n, manifest.tensors[n].dtype, bar.update), todo)
+        digests = dict(zip(todo, hashed, strict=True))
+    matched = []
+    for name in todo:
+        want, (got, exact), stored = manifest.tensors[name], digests[name], store.tensors[name].dtype
         if not exact:
-            bad.append(Mismatch(name, "dtype", want.dtype, f"{t.dtype} (values {want.dtype} cannot hold)"))
+            bad.append(Mismatch(name, "dtype", want.dtype, f"{stored} (values {want.dtype} cannot hold)"))
         elif got != want.sha256:
             bad.append(Mismatch(name, "sha256", want.sha256, got))
         else:
             matched.append(name)
     extra = sorted(set(store.tensors) - set(manifest.tensors))
     checked = [n for n in manifest.tensors if n not in missing]
+    order = {n: i for i, n in enumerate(manifest.tensors)}
+    bad.sort(key=lambda m: order[m.name])
     return VerifyReport(
         folder=str(folder), stage=TENSORS_STAGE, release=manifest.path or TENSORS_NAME,
         checked=tuple(checked), matched=tuple(matched), mismatches=tuple(bad), missing=tuple(missing),
-        extra=tuple(extra), digests={n: {"sha256": manifest.tensors[n].sha256} for n in matched},
+        extra=tuple(extra),
+        digests={n: {"sha256": manifest.tensors[n].sha256} for n in matched},
     )  # fmt: skip
