@@ -190,3 +190,10 @@ def test_the_cli_offers_every_recipe() -> None:
 
     (option,) = [p for p in decode_cmd.params if p.name == "recipe"]
     assert list(option.type.choices) == list(RECIPES)  # type: ignore[attr-defined]
+
+
+def test_an_easylm_diff_under_another_recipe_is_told(tmp_path, capsys) -> None:
+    golden = Path(__file__).parent / "golden"
+    code, _, err = run(capsys, "decode", golden / "delta" / "koala" / "delta", "--base",
+                       golden / "llama-tiny-1shard" / "meta", "--out", tmp_path / "out", "--recipe", "fastchat")  # fmt: skip
+    assert code == 2 and err.strip().endswith("it holds an EasyLM diff: --recipe koala?")

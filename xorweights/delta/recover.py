@@ -235,7 +235,12 @@ def open_delta(recipe: Recipe, path: Path, base_dir: Path) -> TensorStore:
         `MissingFileError`: no delta there. `FormatError`: not readable as the recipe's delta.
     """
     if recipe.name != "koala":
-        return TensorStore.open(path)
+        try:
+            return TensorStore.open(path)
+        except MissingFileError as e:
+            if path.is_dir() and _easylm_files(path):
+                raise MissingFileError(f"{e}; it holds an EasyLM diff: --recipe koala?", path=path) from None
+            raise
     from .checks import _config
     from .easylm import open_easylm_delta
 
@@ -254,16 +259,22 @@ def easylm_file(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise MissingFileError(f"delta not found: {path}", path=path)
-    found = []
-    for p in sorted(path.iterdir()):
-        if p.is_file() and not p.name.startswith("."):
-            with open(p, "rb") as f:
-                if f.read(2) in (b"\x92\x96", b"\x92\x93", b"\x92\x94", b"\x92\x92"):
-                    found.append(p)
+    found = _easylm_files(path)
     if len(found) != 1:
         names = ", ".join(p.name for p in found) or "none"
         raise InputError(f"{path}: give the path of one EasyLM diff file (found: {names})", path=path)
     return found[0]
+
+
+def _easylm_files(folder: Path) -> list[Path]:
+    """Files of `folder` that start as an EasyLM record does (a msgpack pair whose key is a list)."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            with open(p, "rb") as f:
+                if f.read(2) in (b"\x92\x96", b"\x92\x93", b"\x92\x94", b"\x92\x92"):
+                    found.append(p)
+    return found
 
 
 @dataclass(frozen=True)
