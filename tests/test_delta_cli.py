@@ -194,6 +194,9 @@ def test_the_cli_offers_every_recipe() -> None:
 
 def test_an_easylm_diff_under_another_recipe_is_told(tmp_path, capsys) -> None:
     golden = Path(__file__).parent / "golden"
-    code, _, err = run(capsys, "decode", golden / "delta" / "koala" / "delta", "--base",
-                       golden / "llama-tiny-1shard" / "meta", "--out", tmp_path / "out", "--recipe", "fastchat")  # fmt: skip
+    base = golden / "llama-tiny-1shard" / "meta"
+    delta = golden / "delta" / "koala" / "delta"
+    code, _, err = run(
+        capsys, "decode", delta, "--base", base, "--out", tmp_path / "out", "--recipe", "fastchat"
+    )
     assert code == 2 and err.strip().endswith("it holds an EasyLM diff: --recipe koala?")
