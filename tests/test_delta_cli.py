@@ -200,3 +200,50 @@ def test_an_easylm_diff_under_another_recipe_is_told(tmp_path, capsys) -> None:
         capsys, "decode", delta, "--base", base, "--out", tmp_path / "out", "--recipe", "fastchat"
     )
     assert code == 2 and err.strip().endswith("it holds an EasyLM diff: --recipe koala?")
+
+
+def test_a_hand_edited_manifest_is_not_trusted_on_a_rerun(tmp_path, capsys, recovered) -> None:
+    out, _ = recovered
+    good = (out / TENSORS_NAME).read_bytes()
+    doc = json.loads(good)
+    doc["tensors"]["model.norm.weight"]["sha256"] = "0" * 64
+    (out / TENSORS_NAME).write_text(json.dumps(doc, indent=2) + "\n")
+    code, _, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out", out,
+                       "--recipe", "fastchat", "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / TENSORS_NAME).read_bytes())["tensors"] == json.loads(good)["tensors"]
+
+
+def test_shards_staged_by_an_interrupted_run_are_hashed_not_taken_from_the_old_manifest(
+    tmp_path, capsys
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME
+
+    base = llama_state()
+    save_model(tmp_path / "base", base)
+    save_model(tmp_path / "delta", {k: v.half() for k, v in perturbed(base, VOCAB, 15).items()})
+    common = ["--recipe", "fastchat", "--max-shard-size", "1000", "-j", "1", "-q"]
+    out = tmp_path / "out"
+    code, _, err = run(
+        capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out", out, *common
+    )
+    assert code == 0, err
+    save_model(tmp_path / "base", llama_state(seed=5))  # the same files, other values, in place
+    save_model(tmp_path / "ref-base", llama_state(seed=5))
+    code, _, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "ref-base", "--out",
+                       tmp_path / "ref", *common)  # fmt: skip
+    assert code == 0, err
+    args = [sys.executable, "-m", "xorweights.cli", "decode", str(tmp_path / "delta"), "--base",
+            str(tmp_path / "base"), "--out", str(out), *common]  # fmt: skip
+    killed = subprocess.run(args, env={**os.environ, ENV_TEST_DIE_AFTER_RENAME: "3"}, capture_output=True)
+    assert killed.returncode == 9
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    got = json.loads((out / TENSORS_NAME).read_text())["tensors"]
+    assert got == json.loads((tmp_path / "ref" / TENSORS_NAME).read_text())["tensors"]
+    code, stdout, _ = run(capsys, "verify", out, "--checksums", out / TENSORS_NAME, "--quiet")
+    assert code == 0, stdout

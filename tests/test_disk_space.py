@@ -250,3 +250,15 @@ def test_check_free_message() -> None:
     _space.check_free("/", 0, "nothing")
     with pytest.raises(NoSpaceError, match=r"^not enough free space in /: .* needed for 5 outputs, .* free$"):
         _space.check_free("/", 1 << 62, "5 outputs")
+
+
+def test_staged_outputs_count_the_files_they_replace(tmp_path: Path) -> None:
+    from xorweights._space import needed_bytes
+
+    for name in ("a.bin", "b.bin"):
+        (tmp_path / name).write_bytes(b"x" * 1_000_000)
+    sizes = {"a.bin": 1_000_000, "b.bin": 1_000_000}
+    in_place = needed_bytes(tmp_path, sizes)
+    staged = needed_bytes(tmp_path, sizes, staged=True)
+    # Renamed one by one, all but the largest old file are freed on the way; staged, old and new coexist.
+    assert staged - in_place >= 1_000_000

@@ -31,12 +31,13 @@ def free_bytes(folder: os.PathLike[str] | str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def needed_bytes(folder: os.PathLike[str] | str, sizes: Mapping[str, int]) -> int:
+def needed_bytes(folder: os.PathLike[str] | str, sizes: Mapping[str, int], *, staged: bool = False) -> int:
     """Bytes that writing `sizes` (output name -> size) into `folder` takes.
 
     Each size is rounded up to the file system's block; files now under those names are freed when
     their replacement is renamed over them, so what they occupy is subtracted, except the largest
-    (it and its replacement coexist while that one is written). A margin for the state file is added.
+    (it and its replacement coexist while that one is written); not when the outputs are `staged`
+    (all made beside the old ones before any moves). A margin for the state file is added.
     """
     folder = Path(folder)
     try:
@@ -53,7 +54,7 @@ def needed_bytes(folder: os.PathLike[str] | str, sizes: Mapping[str, int]) -> in
             continue
         if stat.S_ISREG(st.st_mode):
             replaced.append(getattr(st, "st_blocks", 0) * 512 or st.st_size)
-    if replaced:
+    if replaced and not staged:
         total -= sum(replaced) - max(replaced)
     return max(total, 0)
 
@@ -82,9 +83,9 @@ def check_free(folder: os.PathLike[str] | str, needed: int, what: str) -> None:
     )
 
 
-def check_outputs(folder: os.PathLike[str] | str, sizes: Mapping[str, int]) -> None:
+def check_outputs(folder: os.PathLike[str] | str, sizes: Mapping[str, int], *, staged: bool = False) -> None:
     """`check_free` for the outputs `sizes` (name -> size) still to write into `folder`."""
     if not sizes:
         return
     n = len(sizes)
-    check_free(folder, needed_bytes(folder, sizes), f"{n} output{'s' if n != 1 else ''}")
+    check_free(folder, needed_bytes(folder, sizes, staged=staged), f"{n} output{'s' if n != 1 else ''}")

@@ -9,6 +9,7 @@ commits the file only once complete. Config and tokenizer files are copied from 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -325,14 +326,17 @@ def run_recovery(
         made = {f.name for f in reports if not f.kept}
         for shard in recovery.shards:
             if shard.name not in made or len(shard.results) != len(shard.plans):
+                staged = stage_dir / shard.name
                 known = {p.name: previous[p.name] for p in shard.plans if p.name in previous}
-                if not shard.sums and all(
-                    p.name in known and known[p.name].spec == p.spec for p in shard.plans
+                # The manifest describes the files in place, never one an interrupted run staged.
+                if (
+                    not staged.is_file()
+                    and not shard.sums
+                    and all(p.name in known and known[p.name].spec == p.spec for p in shard.plans)
                 ):
                     shard.results.update(known)
                 else:
-                    where = stage_dir / shard.name
-                    shard.results.update(_rehash(where if where.is_file() else out_dir / shard.name, shard))
+                    shard.results.update(_rehash(staged if staged.is_file() else out_dir / shard.name, shard))
             results.update(shard.results)
         if approve is not None:
             approve(results)
@@ -342,13 +346,17 @@ def run_recovery(
         digests = {
             n: TensorDigest(results[n].spec.dtype, results[n].spec.shape, results[n].sha256) for n in order
         }
+        text = TensorManifest(digests, info).dumps()
         with AtomicFile(out_dir / TENSORS_NAME) as f:
-            f.write(TensorManifest(digests, info).dumps())
+            f.write(text)
+            f.commit(durable=options.fsync)
+        with AtomicFile(out_dir / SEAL_NAME) as f:
+            f.write(seal(text, {s.name: _file_id(out_dir / s.name) for s in recovery.shards}))
             f.commit(durable=options.fsync)
 
     plan = Plan(
         tuple(steps), out_dir, "decode", release=info.get("release") or "", force=force, rehash=verify,
-        staged=True, approve=collect, retire=(TENSORS_NAME,), finish=finish,
+        staged=True, approve=collect, retire=(TENSORS_NAME, SEAL_NAME), finish=finish,
     )  # fmt: skip
     outcome = run(plan, options)
     return RecoveryResult(outcome.files, results, out_dir / TENSORS_NAME)
@@ -376,15 +384,38 @@ def _refuse_other_layouts(out_dir: Path, names: set[str]) -> None:
         )
 
 
+#: Beside the manifest, what ties it to the files it was written with (not part of the manifest,
+#: which is meant to be shared): their sizes and modification times, and a sha256 of both.
+SEAL_NAME = ".xorweights-tensors.seal"
+
+
+def seal(manifest: bytes, files: dict[str, list[int]]) -> bytes:
+    """The seal of a manifest written beside `files` (name: [size, mtime_ns])."""
+    digest = hashlib.sha256(manifest + json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return (json.dumps({"files": files, "sha256": digest}, sort_keys=True) + "\n").encode()
+
+
+def _file_id(path: Path) -> list[int]:
+    st_ = path.stat()
+    return [st_.st_size, st_.st_mtime_ns]
+
+
 def _previous_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResult]:
-    """The digests a finished recovery of the same delta, base and recipe recorded, if any."""
+    """The digests a finished recovery of the same delta, base and recipe recorded, when its seal
+    holds and the files it describes are unchanged since (else none: they are hashed again; a
+    hand-edited manifest is never carried over)."""
     from ..tensor_manifest import load_tensor_manifest
 
-    if not path.is_file():
-        return {}
     try:
+        text = path.read_bytes()
+        sealed = json.loads((path.parent / SEAL_NAME).read_bytes())
+        files = sealed["files"]
+        if seal(text, files) != (path.parent / SEAL_NAME).read_bytes():
+            return {}
+        if any(_file_id(path.parent / name) != list(ident) for name, ident in files.items()):
+            return {}
         manifest = load_tensor_manifest(path)
-    except (FormatError, OSError):
+    except (FormatError, OSError, TypeError, ValueError, KeyError, AttributeError):
         return {}
     if any(manifest.info.get(k) != info.get(k) for k in ("recipe", "release", "delta", "base")):
         return {}

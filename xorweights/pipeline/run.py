@@ -100,7 +100,7 @@ def _make(
     plan: Plan, options: Options, folder: OutputFolder, todo: Sequence[Step], inputs: Mapping[str, Inputs]
 ) -> list[FileReport]:
     """Check space and the pre-flight, then run the steps into `folder`."""
-    check_outputs(plan.out_dir, {s.name: _size_bound(s) for s in todo})
+    check_outputs(plan.out_dir, {s.name: _size_bound(s) for s in todo}, staged=plan.staged)
     if plan.preflight is not None:
         plan.preflight(todo)
     jobs = [
