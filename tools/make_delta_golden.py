@@ -93,6 +93,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from llama_spm import LLAMA_TRAINER  # beside this tool (run as tools/make_delta_golden.py)
 
 try:
     import transformers
@@ -139,24 +140,6 @@ PEERS = {
 CLIP_NAME = "openai/clip-vit-large-patch14"
 MM_HIDDEN = 32
 LLAVA_TOKENS = ["<im_patch>", "<im_start>", "<im_end>"]
-
-LLAMA_TRAINER = {  # as tools/make_tokenizer_golden.py
-    "model_type": "bpe",
-    "byte_fallback": True,
-    "split_digits": True,
-    "add_dummy_prefix": True,
-    "remove_extra_whitespaces": False,
-    "normalization_rule_name": "identity",
-    "allow_whitespace_only_pieces": True,
-    "unk_id": 0,
-    "bos_id": 1,
-    "eos_id": 2,
-    "pad_id": -1,
-    "character_coverage": 0.99995,
-    "max_sentencepiece_length": 16,
-    "num_threads": 1,
-    "minloglevel": 2,
-}
 
 
 # ---------------------------------------------------------------- tokenizer and base
@@ -423,12 +406,16 @@ def publish(delta: Path, dest: Path, drop: tuple[str, ...] = ()) -> None:
 # ---------------------------------------------------------------- recipes
 
 
-def recipe_fastchat(ctx, v0: bool) -> None:
-    recipe = "fastchat-v0" if v0 else "fastchat"
-    peer = ctx.peers / recipe
-    w = ctx.work / recipe
+def fresh_dir(w: Path) -> Path:
+    """`w`, emptied (a recipe's working folder)."""
     shutil.rmtree(w, ignore_errors=True)
     w.mkdir(parents=True)
+    return w
+
+
+def recipe_fastchat(ctx, v0: bool) -> None:
+    recipe = "fastchat-v0" if v0 else "fastchat"
+    peer, w = ctx.peers / recipe, fresh_dir(ctx.work / recipe)
     rng = np.random.default_rng(11 if v0 else 10)
     notes: list[str] = []
     vocab = 32001 if v0 else 32000
@@ -464,10 +451,7 @@ def recipe_fastchat(ctx, v0: bool) -> None:
 
 def recipe_llava(ctx) -> None:
     recipe = "llava"
-    peer = ctx.peers / "llava"
-    w = ctx.work / recipe
-    shutil.rmtree(w, ignore_errors=True)
-    w.mkdir(parents=True)
+    peer, w = ctx.peers / recipe, fresh_dir(ctx.work / recipe)
     make_clip(w)
     sys.path.insert(0, str(peer))
     from llava.model.llava import LlavaConfig, LlavaLlamaForCausalLM  # the peer's model class
@@ -529,10 +513,7 @@ def recipe_llava(ctx) -> None:
 
 def recipe_alpaca(ctx) -> None:
     recipe = "alpaca"
-    peer = ctx.peers / "alpaca"
-    w = ctx.work / recipe
-    shutil.rmtree(w, ignore_errors=True)
-    w.mkdir(parents=True)
+    peer, w = ctx.peers / recipe, fresh_dir(ctx.work / recipe)
     rng = np.random.default_rng(13)
     notes: list[str] = []
     base32 = {k: v.float() for k, v in ctx.base_sd.items()}
@@ -646,9 +627,7 @@ def koala_helper(args: list[str]) -> None:
 
 def recipe_koala(ctx) -> None:
     recipe = "koala"
-    w = ctx.work / recipe
-    shutil.rmtree(w, ignore_errors=True)
-    w.mkdir(parents=True)
+    w = fresh_dir(ctx.work / recipe)
     env = dict(os.environ, PYTHONPATH=str(ctx.peers / "easylm"), JAX_PLATFORMS="cpu")
 
     def helper(*a: str) -> str:

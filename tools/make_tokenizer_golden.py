@@ -26,25 +26,8 @@ from pathlib import Path
 import sentencepiece as spm
 import tokenizers
 import transformers
+from llama_spm import LLAMA_TRAINER  # beside this tool (run as tools/make_tokenizer_golden.py)
 from transformers.models.llama import convert_llama_weights_to_hf as convert
-
-LLAMA_TRAINER = {
-    "model_type": "bpe",
-    "byte_fallback": True,
-    "split_digits": True,
-    "add_dummy_prefix": True,
-    "remove_extra_whitespaces": False,
-    "normalization_rule_name": "identity",
-    "allow_whitespace_only_pieces": True,
-    "unk_id": 0,
-    "bos_id": 1,
-    "eos_id": 2,
-    "pad_id": -1,
-    "character_coverage": 0.99995,
-    "max_sentencepiece_length": 16,
-    "num_threads": 1,
-    "minloglevel": 2,
-}
 
 MULTILINGUAL = [
     "Der schnelle braune Fuchs springt über den faulen Hund. Größe, Maß, Straße.",

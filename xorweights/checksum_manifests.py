@@ -48,7 +48,7 @@ def known_releases() -> list[ChecksumManifest]:
 _MAX_SIZE = 2**63 - 1
 
 
-def _check_hex(value: Any, algorithm: str, where: str, source: str) -> str:
+def check_hex(value: Any, algorithm: str, where: str, source: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(f"[0-9a-fA-F]{{{HEX_LENGTH[algorithm]}}}", value):
         raise FormatError(
             f"{where}: {algorithm} must be {HEX_LENGTH[algorithm]} hex digits, got {quoted(value)}",
@@ -72,8 +72,8 @@ def _parse_entry(value: Any, where: str, source: str) -> FileDigest:
     if md5 is None and sha is None:
         raise FormatError(f"{where}: needs md5 or sha256", path=source)
     return FileDigest(
-        md5=None if md5 is None else _check_hex(md5, "md5", where, source),
-        sha256=None if sha is None else _check_hex(sha, "sha256", where, source),
+        md5=None if md5 is None else check_hex(md5, "md5", where, source),
+        sha256=None if sha is None else check_hex(sha, "sha256", where, source),
         size=size,
     )
 

@@ -21,11 +21,13 @@ import numpy as np
 
 from . import _json
 from ._progress import byte_bar
+from .checksum_manifests import check_hex
 from .checksum_types import Mismatch, VerifyReport
-from .constants import CHUNK_SIZE, HEX_LENGTH, default_jobs
+from .constants import CHUNK_SIZE, default_jobs
 from .errors import FormatError, MissingFileError
 from .tensors.dtypes import DTYPE_SIZES
-from .tensors.store import TensorStore, cast, castable, tensor_array
+from .tensors.safetensors_header import MAX_DIMS
+from .tensors.store import StoredTensor, TensorStore, cast, castable, tensor_array
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +89,15 @@ def parse_tensor_manifest(doc: Any, source: str) -> TensorManifest:
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "sha256"}:
             raise FormatError(f"{where}: expected dtype, shape and sha256", path=source)
         dtype, shape, sha = entry["dtype"], entry["shape"], entry["sha256"]
-        if dtype not in DTYPE_SIZES:
-            raise FormatError(f"{where}: unknown dtype {dtype!r}", path=source)
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+            raise FormatError(f"{where}: unknown dtype {str(dtype)[:20]!r}", path=source)
         if (
             not isinstance(shape, list)
             or not all(type(d) is int and d >= 0 for d in shape)
-            or len(shape) > 64
+            or len(shape) > MAX_DIMS
         ):
             raise FormatError(f"{where}: shape must be a list of non-negative integers", path=source)
-        if not isinstance(sha, str) or len(sha) != HEX_LENGTH["sha256"] or not _is_hex(sha):
-            raise FormatError(f"{where}: sha256 must be 64 hex digits", path=source)
-        tensors[name] = TensorDigest(dtype, tuple(shape), sha.lower())
+        tensors[name] = TensorDigest(dtype, tuple(shape), check_hex(sha, "sha256", where, source))
     info = {k: v for k, v in doc.items() if k not in ("format", "tensors")}
     return TensorManifest(tensors, info, source)
 
@@ -112,20 +112,12 @@ def load_tensor_manifest(path: os.PathLike[str] | str) -> TensorManifest:
     return parse_tensor_manifest(_json.loads(p.read_bytes(), str(p)), str(p))
 
 
-def _is_hex(s: str) -> bool:
-    try:
-        int(s, 16)
-    except ValueError:
-        return False
-    return True
-
-
 def tensor_sha256(
-    store: TensorStore, name: str, dtype: str | None = None, on_progress: Callable[[int], None] | None = None
+    t: StoredTensor, dtype: str | None = None, on_chunk: Callable[[np.ndarray], None] | None = None
 ) -> tuple[str, bool]:
-    """sha256 of tensor `name` as `dtype` (default: as stored), and whether the values survive the
-    cast exactly (a float copy in another dtype is compared by its values, never rounded into a match)."""
-    t = store.tensors[name]
+    """sha256 of tensor `t` as `dtype` (default: as stored), and whether the values survive the
+    cast exactly (a float copy in another dtype is compared by its values, never rounded into a
+    match). `on_chunk` sees each chunk as stored, in order."""
     want = dtype or t.dtype
     if not castable(t.dtype, want):
         return "", False
@@ -140,8 +132,8 @@ def tensor_sha256(
             back = cast(out, want, t.dtype)
             exact = bool(np.array_equal(back.view(np.uint8), np.ascontiguousarray(part).view(np.uint8)))
         h.update(memoryview(out).cast("B"))
-        if on_progress is not None:
-            on_progress(part.nbytes)
+        if on_chunk is not None:
+            on_chunk(part)
     return h.hexdigest(), exact
 
 
@@ -188,7 +180,12 @@ def verify_tensors(
         byte_bar(total, "verify tensors", enabled=progress) as bar,
         ThreadPoolExecutor(jobs or default_jobs()) as pool,
     ):
-        hashed = pool.map(lambda n: tensor_sha256(store, n, manifest.tensors[n].dtype, bar.update), todo)
+        hashed = pool.map(
+            lambda n: tensor_sha256(
+                store.tensors[n], manifest.tensors[n].dtype, lambda p: bar.update(p.nbytes)
+            ),
+            todo,
+        )
         digests = dict(zip(todo, hashed, strict=True))
     matched = []
     for name in todo:

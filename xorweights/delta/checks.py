@@ -138,8 +138,8 @@ def _missing_cause(missing: list[str], base: TensorStore) -> str:
 
 def _refuse_llama2(delta_dir: Path, base_dir: Path) -> None:
     """A LLaMA-2 base has LLaMA-1's shapes (7B, 13B): only its config tells them apart."""
-    base = _config(base_dir)
-    delta = _config(delta_dir)
+    base = model_config(base_dir)
+    delta = model_config(delta_dir)
     if base is None:
         return
     positions = base.get("max_position_embeddings")
@@ -157,7 +157,7 @@ def _refuse_llama2(delta_dir: Path, base_dir: Path) -> None:
         )
 
 
-def _config(folder: Path) -> dict[str, Any] | None:
+def model_config(folder: Path) -> dict[str, Any] | None:
     """The folder's `config.json` (HF) or `params.json` (Meta), or None."""
     for name in ("config.json", "params.json"):
         path = folder / name

@@ -70,10 +70,11 @@ def decode_delta(
         raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
     check_out_dir(out_dir, {"delta": delta_dir, "base": base_dir})
     expected_sum = _expected_sum(release, delta_dir, recipe.name)
+    sums = expected_sum is not None or recipe.name == "alpaca"
     recovery = plan_recovery(
         recipe, delta_dir, base_dir, fmt=delta_options.output_format,
         max_shard_bytes=delta_options.max_shard_bytes,
-        sums=expected_sum is not None or recipe.name == "alpaca",
+        sums=sums,
     )  # fmt: skip
     info: dict[str, Any] = {
         "recipe": recipe.name,
@@ -98,7 +99,6 @@ def decode_delta(
             )  # fmt: skip
 
     result = run_recovery(recovery, out_dir, options, force=force, verify=verify, info=info, approve=approve)
-    sums = [r.total for r in result.tensors.values() if r.total is not None]
     return DecodeReport(
         files=tuple(result.files),
         seconds=time.perf_counter() - started,

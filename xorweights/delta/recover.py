@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,18 +20,20 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from .._atomic import AtomicFile
 from ..constants import default_jobs
 from ..errors import FormatError, InputError, MissingFileError
-from ..llama.convert import GeneratedFile
+from ..generated_file import GeneratedFile
 from ..llama.layout import MAX_SHARD_BYTES as BIN_SHARD_BYTES  # the 2023 default ("10GB")
 from ..llama.torch_save import record_order, save_state_dict
 from ..pipeline import Options, Plan, Step, run
 from ..reports import FileReport
-from ..sources import FileSource
+from ..sources import BytesSource, FileSource
+from ..tensor_manifest import TENSORS_NAME, TensorDigest, TensorManifest, load_tensor_manifest, tensor_sha256
 from ..tensors import safetensors_write as st
 from ..tensors.spec import TensorSpec
 from ..tensors.store import TensorStore, cast, index_tensors, tensor_array
-from .checks import pair_tensors, skipped
+from .checks import model_config, pair_tensors, skipped
 from .recipes import Recipe
 from .tensor_plan import TensorPlan, TensorResult, stream_blocks
 from .torch_mean import torch_column_mean
@@ -104,20 +107,20 @@ class ShardFile:
         self, spec: TensorSpec, blocks: Iterator[tuple[TensorPlan, np.ndarray | None]]
     ) -> Iterator[memoryview]:
         h = hashlib.sha256()
-        total = 0.0
+        sums: list[float] = []
         for plan, arr in blocks:
             if plan.name != spec.name:
                 raise AssertionError(f"block of {plan.name} where {spec.name} was due")
             if arr is None:
                 break
             if self.sums and arr.size:
-                total += float(np.sum(_wide(arr, spec.dtype), dtype=np.float64))
+                sums.append(_sum(arr, spec.dtype))
             if not arr.size:
                 continue
             view = memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B")
             h.update(view)
             yield view
-        self.results[spec.name] = TensorResult(spec, h.hexdigest(), total if self.sums else None)
+        self.results[spec.name] = TensorResult(spec, h.hexdigest(), math.fsum(sums) if self.sums else None)
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,6 @@ class ShardSource:
 class Recovery:
     """The planned outputs of one recovery."""
 
-    recipe: Recipe
     shards: list[ShardFile]
     steps: tuple[Step, ...]
     index: str | None
@@ -210,7 +212,7 @@ def plan_recovery(
         if delta_dir.is_dir() and (delta_dir / name).is_file():
             steps.append(Step(name, FileSource(delta_dir / name)))
     buffers = _buffer_sums(delta, base) if sums else {}
-    return Recovery(recipe, shards, tuple(steps), index, tuple(delta.tensors), buffers)
+    return Recovery(shards, tuple(steps), index, tuple(delta.tensors), buffers)
 
 
 def _buffer_sums(delta: TensorStore, base: TensorStore) -> dict[str, float]:
@@ -242,10 +244,9 @@ def open_delta(recipe: Recipe, path: Path, base_dir: Path) -> TensorStore:
             if path.is_dir() and _easylm_files(path):
                 raise MissingFileError(f"{e}; it holds an EasyLM diff: --recipe koala?", path=path) from None
             raise
-    from .checks import _config
     from .easylm import open_easylm_delta
 
-    config = _config(base_dir) or {}
+    config = model_config(base_dir) or {}
     heads = config.get("num_attention_heads", config.get("n_heads"))
     if not isinstance(heads, int) or heads <= 0:
         raise FormatError(
@@ -306,9 +307,6 @@ def run_recovery(
     Raises:
         `InputError`: `out_dir` holds weight files of another layout (an earlier shard size or format).
     """
-    from .._atomic import AtomicFile
-    from ..sources import BytesSource
-    from ..tensor_manifest import TENSORS_NAME, TensorDigest, TensorManifest
 
     steps = list(recovery.steps)
     if recovery.index is not None:
@@ -404,7 +402,6 @@ def _previous_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResul
     """The digests a finished recovery of the same delta, base and recipe recorded, when its seal
     holds and the files it describes are unchanged since (else none: they are hashed again; a
     hand-edited manifest is never carried over)."""
-    from ..tensor_manifest import load_tensor_manifest
 
     try:
         text = path.read_bytes()
@@ -433,18 +430,13 @@ def _rehash(path: Path, shard: ShardFile) -> dict[str, TensorResult]:
                 "and run again",
                 path=path,
             )
-        h = hashlib.sha256()
-        total = 0.0
-        arr = tensor_array(t).reshape(-1)
-        step = max(1, (16 << 20) // max(1, arr.itemsize))
-        for i in range(0, arr.size, step):
-            part = np.ascontiguousarray(arr[i : i + step])
-            h.update(memoryview(part).cast("B"))
-            if shard.sums and part.size:
-                total += float(np.sum(_wide(part, t.dtype), dtype=np.float64))
-        out[p.name] = TensorResult(p.spec, h.hexdigest(), total if shard.sums else None)
+        sums: list[float] = []
+        add = (lambda part, t=t, sums=sums: sums.append(_sum(part, t.dtype))) if shard.sums else None
+        digest, _ = tensor_sha256(t, on_chunk=add)
+        out[p.name] = TensorResult(p.spec, digest, math.fsum(sums) if shard.sums else None)
     return out
 
 
-def _wide(a: np.ndarray, dtype: str) -> np.ndarray:
-    return cast(a, "BF16", "F32") if dtype == "BF16" else a
+def _sum(a: np.ndarray, dtype: str) -> float:
+    """The sum of a chunk of values stored as `dtype`, in float64."""
+    return float(np.sum(cast(a, "BF16", "F32") if dtype == "BF16" else a, dtype=np.float64))

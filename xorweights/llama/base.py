@@ -21,7 +21,8 @@ from .. import _json
 from .._paths import check_out_dir
 from ..checksums import ChecksumManifest, load_checksums
 from ..errors import FormatError, InputError
-from .convert import GeneratedFile, open_base, write_shard
+from ..generated_file import GeneratedFile
+from .convert import open_base, write_shard
 from .layout import LlamaLayout
 from .tokenizer import derive_tokenizer_json
 

@@ -124,12 +124,9 @@ class LlamaLayout:
         return blocks
 
     def shard_names(self, max_bytes: int = MAX_SHARD_BYTES) -> list[str]:
-        n = len(self.shards(max_bytes))
-        return (
-            [f"pytorch_model-{i:05d}-of-{n:05d}.bin" for i in range(1, n + 1)]
-            if n > 1
-            else ["pytorch_model.bin"]
-        )
+        from ..tensors.safetensors_write import shard_file_names
+
+        return shard_file_names(len(self.shards(max_bytes)), stem="pytorch_model", suffix=".bin")
 
     def total_size(self) -> int:
         return sum(math.prod(s) * (4 if dt == "F32" else 2) for _, dt, s in self.tensors())

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 #: The reference implementation refuses headers above 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100_000_000
-_MAX_DIMS = 64
+MAX_DIMS = 64
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,7 @@ def parse_header(header: bytes, file_size: int, source: str) -> SafetensorsHeade
             raise FormatError(f"{where}: dtype must be a string, got {type(dtype).__name__}", path=source)
         if dtype not in DTYPE_SIZES:
             raise FormatError(f"{where}: unknown dtype {dtype[:20]!r}", path=source)
-        if (
-            not isinstance(shape, list)
-            or len(shape) > _MAX_DIMS
-            or not all(_int(d) and d >= 0 for d in shape)
-        ):
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_int(d) and d >= 0 for d in shape):
             raise FormatError(f"{where}: shape must be a list of non-negative integers", path=source)
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_int(o) for o in offsets)):
             raise FormatError(f"{where}: data_offsets must be [begin, end]", path=source)
