@@ -12,6 +12,8 @@ any of the package's code runs.
 from __future__ import annotations
 
 import os
+import re
+import selectors
 import shutil
 import signal
 import subprocess
@@ -23,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tree
+from xorweights.cli._signals import INTERRUPTED
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/fd")
 
@@ -250,3 +253,83 @@ def test_decode_interrupted_while_downloading(release: dict[str, Path], hub, tmp
     ok(args, env)
     assert tree(out) == tree(release["tuned"])
     assert not list(home.rglob("*.incomplete"))
+
+
+def _read_until(proc: subprocess.Popen[bytes], lines: tuple[int, int]) -> tuple[bytes, bytes]:
+    """Read the process's stdout and stderr until they hold `lines` (complete lines on each) or end;
+    returns what was read (a 60 s safety net)."""
+    got = {proc.stdout: b"", proc.stderr: b""}
+    sel = selectors.DefaultSelector()
+    for f in got:
+        sel.register(f, selectors.EVENT_READ)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 60
+    try:
+        while sel.get_map() and (got[proc.stdout].count(b"\n"), got[proc.stderr].count(b"\n")) < lines:
+            assert time.monotonic() < deadline, "the process neither printed nor ended"
+            for key, _ in sel.select(timeout=1):
+                chunk = os.read(key.fd, 1 << 16)
+                if chunk:
+                    got[key.fileobj] += chunk  # type: ignore[index]
+                else:
+                    sel.unregister(key.fileobj)
+    finally:
+        sel.close()
+    return got[proc.stdout], got[proc.stderr]
+
+
+def _lines(output: bytes, out_dir: Path) -> list[str]:
+    """The output's lines, the measured times and rates and the output folder left out."""
+    text = re.sub(r"in [0-9.]+ s \([^)]*\)", "in T", output.decode()).replace(str(out_dir), "OUT")
+    return text.splitlines()
+
+
+def test_interrupted_while_finishing(model_pair, tmp_path: Path) -> None:
+    """A signal once the command has printed its result, up to the end of the process (Python's own
+    shutdown included: worker threads, `atexit` callbacks, modules torn down): either the process is
+    already gone (exit 0, its normal output) or it exits 130/143 with the one line after what it had
+    printed. Never "Exception ignored", a traceback, an exit 0 after the line, or death by the signal.
+    Sent when the first result line, the last result line and the last warning line are out."""
+    import xorweights
+
+    base, ft = model_pair()
+    payload = tmp_path / "payload"
+    xorweights.encode(ft, base=base, out=payload, format="oasst")
+
+    def cmd(name: str) -> list[str]:
+        return _cli("decode", payload, "--base", base, "--out", tmp_path / name, "-j", "2")
+
+    normal = subprocess.run(cmd("reference"), capture_output=True, timeout=60)
+    assert normal.returncode == 0, normal.stderr
+    want_out, want_err = (
+        _lines(normal.stdout, tmp_path / "reference"),
+        _lines(normal.stderr, tmp_path / "reference"),
+    )
+    assert want_out and want_err  # the result, then a warning (no --checksums given)
+    moments = [(1, 0), (len(want_out), 0), (len(want_out), len(want_err))]
+    seen = set()
+    for i in range(18):
+        sig = "int" if i % 2 == 0 else "term"
+        signum, code = SIGNALS[sig]
+        proc = subprocess.Popen(cmd(f"out-{i}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            head_out, head_err = _read_until(proc, moments[i % len(moments)])
+            proc.send_signal(signum)
+            rest_out, rest_err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out, err = (
+            _lines(head_out + rest_out, tmp_path / f"out-{i}"),
+            _lines(head_err + rest_err, tmp_path / f"out-{i}"),
+        )
+        what = (i, sig, proc.returncode, out, err)
+        assert "Traceback" not in "\n".join(err) and "Exception ignored" not in "\n".join(err), what
+        if proc.returncode == 0:  # gone before the signal
+            assert (out, err) == (want_out, want_err), what
+        else:
+            assert proc.returncode == code, what
+            assert err[-1] == INTERRUPTED and err[:-1] == want_err[: len(err) - 1], what
+            assert out == want_out[: len(out)], what
+        seen.add(proc.returncode)
+    print(f"exit codes seen: {sorted(seen)}")  # noqa: T201

@@ -14,8 +14,10 @@ _signals.install_early()
 
 import logging  # noqa: E402
 import signal  # noqa: E402
-import sys  # noqa: E402
+import traceback  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
+
+import click  # noqa: E402
 
 from .._units import human_bytes as _human  # noqa: E402
 from . import base, decode, demo, encode, publish, releases, verify  # noqa: E402, F401 (register the commands)
@@ -42,16 +44,27 @@ __all__ = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `xorweights` command; returns (and exits with) the exit code."""
+    """Entry point of the `xorweights` command: runs it and exits with its exit code; with `argv`
+    (called in-process), returns the exit code instead."""
     previous = _signals.install_signal_handlers()
-    if previous:
+    if argv is not None:  # called in-process (tests, scripts): give the caller its handlers back
         previous.update(_signals.EARLY)  # the handlers from before the CLI was loaded
-    try:
-        code = run(argv)
-    finally:
-        if argv is not None:  # called in-process (tests, scripts): give the caller its handlers back
+        try:
+            return run(argv)
+        finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
-    if argv is None:
-        sys.exit(code)
-    return code
+    # The program: from the moment the result is out until the process is gone, a signal still
+    # ends it with the one line and 128 + signum (see `_signals.exit_now`).
+    try:
+        code = run(None)
+        _signals.finishing(code)
+    except Interrupted as e:  # after the command's own boundary (its result printed), before the exit
+        click.echo(INTERRUPTED, err=True)
+        code = e.code
+        _signals.finishing(code)  # no second `Interrupted`: the handler takes one signal only
+    except Exception:  # a bug: the traceback, as Python would print it, and exit 1
+        traceback.print_exc()
+        code = 1
+        _signals.finishing(code)
+    _signals.exit_now(code)
