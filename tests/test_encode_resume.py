@@ -10,7 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME, STAGING_DIR, TEMP_PR
 from xorweights.hub import publishing
 
 from .conftest import random_bytes, tree, write_files
+from .process_states import signal_stopped, step_until
 
 MIB = 1 << 20
 SHARDS = 4
@@ -104,19 +105,22 @@ def rerun_after(cmd: list[str], out: Path, reference: dict[str, bytes]) -> tuple
     return len(kept), len(files) - len(kept)
 
 
-@pytest.fixture(params=["xorweights", "oasst"])
-def setup(request: pytest.FixtureRequest, tmp_path: Path):
-    fmt = request.param
-    base, ft = (native_folders if fmt == "xorweights" else legacy_big_folders)(tmp_path)
+def make_setup(fmt: str, tmp_path: Path, mib: int):
+    base, ft = (native_folders if fmt == "xorweights" else legacy_big_folders)(tmp_path, mib=mib)
     ref_out = tmp_path / "reference"
-    t0 = time.monotonic()
     res = run(encode_cmd(ft, base, ref_out, fmt))
     assert res.returncode == 0, res.stderr
-    return fmt, ft, base, payload(ref_out), time.monotonic() - t0, tmp_path
+    return fmt, ft, base, payload(ref_out), tmp_path
+
+
+@pytest.fixture(params=["xorweights", "oasst"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path):
+    """Both formats, files of 1 MiB: the size proves nothing where the kill point is a rename."""
+    return make_setup(request.param, tmp_path, mib=1)
 
 
 def test_rerun_after_a_kill_at_each_rename_keeps_what_was_finished(setup) -> None:
-    fmt, ft, base, reference, _, tmp_path = setup
+    fmt, ft, base, reference, tmp_path = setup
     renames = SHARDS + 1 + (SHARDS + 1 if fmt == "xorweights" else 0)  # native: staged, then moved
     kept_some = False
     for n in range(1, renames + 1):
@@ -132,29 +136,46 @@ def test_rerun_after_a_kill_at_each_rename_keeps_what_was_finished(setup) -> Non
     assert kept_some
 
 
-def test_rerun_after_sigkill_at_several_instants(setup) -> None:
-    fmt, ft, base, reference, seconds, tmp_path = setup
-    outcomes = []
-    # Fixed instants, then more late ones until a kill has come after some files were finished
-    # (the run is timed by the reference encode; a loaded machine shifts it).
-    fracs = [0.2, 0.4, 0.55, 0.7, 0.85, 1.0, 0.75, 0.8, 0.9, 0.95, 1.1, 1.3]
-    for i, frac in enumerate(fracs):
-        if i >= 6 and any(code == -signal.SIGKILL and kept for code, kept, _ in outcomes):
-            break
-        out = tmp_path / f"out-k{i}"
+def _making(out: Path, done: int) -> Callable[[int], bool]:
+    """A state: `done` payload files finished and the next one being made (its temporary there)."""
+
+    def state(_pid: int) -> bool:
+        temps = [
+            p
+            for folder in (out, out / STAGING_DIR)
+            if folder.is_dir()
+            for p in folder.iterdir()
+            if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX)
+        ]
+        return bool(temps) and len(complete_files(out)) == done
+
+    return state
+
+
+@pytest.mark.parametrize("fmt", ["xorweights", "oasst"])
+def test_rerun_after_sigkill_at_several_instants(fmt: str, tmp_path: Path) -> None:
+    """SIGKILL while the first file is being made, and while each later one is (the ones before
+    finished): the rerun keeps exactly the finished files and makes the rest."""
+    _, ft, base, reference, _ = make_setup(fmt, tmp_path, mib=4)
+    for done in range(SHARDS):
+        out = tmp_path / f"out-k{done}"
         cmd = encode_cmd(ft, base, out, fmt)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(seconds * frac)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        outcomes.append((proc.returncode, *rerun_after(cmd, out, reference)))
-    # Killed runs whose finished files were kept (fewer files made again), and ones killed earlier.
-    assert any(code == -signal.SIGKILL and kept for code, kept, _ in outcomes), outcomes
-    assert any(code == -signal.SIGKILL and made for code, _, made in outcomes), outcomes
+        try:
+            caught = step_until(proc, _making(out, done))
+            assert caught, f"finished before {done} files were made and the next begun"
+            signal_stopped(proc, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        kept, made = rerun_after(cmd, out, reference)
+        assert kept == done and made > 0, (done, kept, made)  # kept: exactly the finished files
 
 
 def test_rerun_of_a_finished_encode_keeps_everything(setup) -> None:
-    fmt, ft, base, reference, _, tmp_path = setup
+    fmt, ft, base, reference, tmp_path = setup
     out = tmp_path / "reference"
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
     res = run(encode_cmd(ft, base, out, fmt))
@@ -178,7 +199,7 @@ def test_rerun_of_a_finished_encode_keeps_everything(setup) -> None:
 
 
 def test_publish_of_a_resumed_payload_sends_no_state(setup) -> None:
-    fmt, ft, base, reference, _, tmp_path = setup
+    fmt, ft, base, reference, tmp_path = setup
     out = tmp_path / "out"
     cmd = encode_cmd(ft, base, out, fmt)
     if fmt == "oasst":  # the killed run computed the checksums too (else its files are made again)
