@@ -490,7 +490,7 @@ def test_gzip_readers_dropped_unclosed_leave_no_thread_and_no_open_file(big_gzip
                 assert _gzip_threads() >= 1  # the thread runs (and soon waits on a full hand-off)
         del stream, buf
         gc.collect()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a safety net: the threads go as soon as the readers are collected
     while (threading.active_count() > threads or _gzip_threads()) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert threading.active_count() == threads and _gzip_threads() == 0
@@ -506,10 +506,13 @@ def test_gzip_reader_close_stops_a_thread_waiting_on_a_full_hand_off(big_gzip: P
     stream, _ = _gzip.open_source(big_gzip, detect_gzip=True, backend=backend)
     assert threading.active_count() == threads  # the thread starts with the first read
     assert stream.readinto(bytearray(10)) == 10
-    time.sleep(0.3)  # the thread fills the hand-off and waits for the reader
-    start = time.monotonic()
+    channel = stream._channel  # the hand-off between the thread and the reader
+    deadline = time.monotonic() + 60  # a safety net: the thread fills the hand-off in milliseconds
+    while len(channel.items) < channel.depth:  # until the thread has filled it and waits there
+        assert time.monotonic() < deadline and channel.thread is not None and channel.thread.is_alive()
+        time.sleep(0.001)
+    assert not channel.done  # it waits, the stream not inflated to its end
     stream.close()
-    assert time.monotonic() - start < 1.0
     assert threading.active_count() == threads  # stopped and joined by close
     assert stream.closed
     with pytest.raises(ValueError):
