@@ -9,8 +9,8 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,9 @@ from safetensors.torch import save, save_file
 
 import xorweights
 from tests.conftest import random_bytes, tree, write_files, zip_checkpoint
+from tests.process_states import signal_stopped, step_until
 from xorweights.cli import main
-from xorweights.constants import STAGING_DIR, STATE_FILE
+from xorweights.constants import STAGING_DIR, STATE_FILE, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.errors import ImplausibleOutputError
 from xorweights.formats import plausible
 
@@ -189,9 +190,31 @@ def test_native_encode_stages_files_and_writes_the_manifest_last(tmp_path: Path)
     assert tree(tmp_path / "out") == tree(ft)
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.3, 0.6, 1.0, 1.5])
-def test_killed_native_encode_never_looks_finished(tmp_path: Path, delay: float) -> None:
-    ft, base = native_pair(tmp_path, mib=24)
+def _encode_moment(payload: Path, moment: str) -> Callable[[int], bool]:
+    """Moments of a native encode: just started; files being made in the staging folder; files
+    moving into place (some there, no manifest yet); the manifest written."""
+    if moment == "started":
+        return lambda pid: True
+    staging = payload / STAGING_DIR
+    if moment == "staging":
+        return lambda pid: (
+            staging.is_dir()
+            and any(
+                p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX) for p in staging.iterdir()
+            )
+        )
+    if moment == "moving":
+        return lambda pid: (
+            payload.is_dir()
+            and not (payload / "xorweights.json").exists()
+            and any(p.suffix == ".safetensors" for p in payload.iterdir())
+        )
+    return lambda pid: (payload / "xorweights.json").exists()
+
+
+@pytest.mark.parametrize("moment", ["started", "staging", "moving", "manifest written"])
+def test_killed_native_encode_never_looks_finished(tmp_path: Path, moment: str) -> None:
+    ft, base = native_pair(tmp_path, mib=4)
     payload = tmp_path / "payload"
     cmd = [
         sys.executable,
@@ -204,10 +227,14 @@ def test_killed_native_encode_never_looks_finished(tmp_path: Path, delay: float)
         "--out",
         str(payload),
     ]
-    proc = subprocess.Popen([*cmd, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc = subprocess.Popen([*cmd, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert step_until(proc, _encode_moment(payload, moment)), f"finished before {moment}"
+        signal_stopped(proc, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
     out = tmp_path / "out"
     if (payload / "xorweights.json").exists():  # finished before the kill: a complete payload
         xorweights.decode(payload, base=base, out=out)
