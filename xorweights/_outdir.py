@@ -57,8 +57,10 @@ _INT64 = 1 << 63
 _HEX = re.compile(r"[0-9a-f]+")
 #: What every output's record holds even with no published digest: a CRC-32 of its bytes (with
 #: its size), taken as it is written. Enough to recognise our own file after a crash and to notice
-#: an output that changed; proving an output is the published digests' job. (A sha256 in the same
-#: pass costs more than the decode itself on two cores: 1 GiB in 1.3 s against 0.8 s.)
+#: an output that changed by accident, never proof against a deliberate edit (4 bytes make any CRC
+#: match): proving an output is the md5/sha256's job, and `--verify` makes one with only a CRC-32
+#: again to compare (`pipeline.resume`). (A sha256 in the same pass costs more than the decode
+#: itself on two cores: 1 GiB in 1.3 s against 0.8 s.)
 STATE_DIGEST = "crc32"
 _STATE_HEX = {**HEX_LENGTH, STATE_DIGEST: 8}
 

@@ -93,7 +93,7 @@ def decode(
         base_mode: `files` XORs with the base folder's files; `generate` streams the pinned
             conversion's files from LLaMA weights in any form (Meta's original, any HF copy);
             `auto` generates when files the payload needs are missing and LLaMA weights are there.
-        verify: hash again the outputs an earlier run left in place; remake those that differ.
+        verify: prove outputs in place (md5/sha256, else made again in memory); remake any that differ.
         local_dir (alias `download_dir`), cache_dir, endpoint, token, offline: Hub access for a
             repo id (defaults: the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
         revision: the repo's branch, tag or commit (or `owner/name@revision`).

@@ -65,8 +65,9 @@ from ._render import emit_json, print_decode
 @click.option(
     "--verify",
     is_flag=True,
-    help="Hash outputs already in place again (by default they are kept when size, mtime and ctime are "
-    "as recorded).",
+    help="Prove outputs already in place against their published or recorded md5/sha256 (one with only "
+    "a CRC-32 recorded is made again in memory and compared); any that differs is made again. By default "
+    "they are kept when size, mtime and ctime are as recorded.",
 )
 @click.option(
     "--stream",

@@ -98,7 +98,10 @@ def decode_delta(
                 path=out_dir, expected=str(want), actual=f"{total:.4f}", stage="decoded",
             )  # fmt: skip
 
-    result = run_recovery(recovery, out_dir, options, force=force, verify=verify, info=info, approve=approve)
+    result = run_recovery(
+        recovery, out_dir, options, force=force, verify=verify, info=info, approve=approve,
+        expect=delta_options.expect,
+    )  # fmt: skip
     return DecodeReport(
         files=tuple(result.files),
         seconds=time.perf_counter() - started,

@@ -27,6 +27,7 @@ from ..generated_file import GeneratedFile
 from ..llama.layout import MAX_SHARD_BYTES as BIN_SHARD_BYTES  # the 2023 default ("10GB")
 from ..llama.torch_save import record_order, save_state_dict
 from ..pipeline import Options, Plan, Step, run
+from ..pipeline.plan import Confirm
 from ..reports import FileReport
 from ..sources import BytesSource, FileSource
 from ..tensor_manifest import TENSORS_NAME, TensorDigest, TensorManifest, load_tensor_manifest, tensor_sha256
@@ -298,11 +299,14 @@ def run_recovery(
     verify: bool,
     info: dict[str, Any],
     approve: Callable[[dict[str, TensorResult]], None] | None = None,
+    expect: TensorManifest | None = None,
 ) -> RecoveryResult:
     """Make the outputs in a staging folder (kept ones stay), collect every tensor's digest (made
     now, else from the manifest a finished run left, else hashed again from the kept file), let
     `approve` check them, move the outputs into place, and write the tensor manifest last (the old
-    one is removed first: a manifest always describes the files beside it).
+    one is removed first: a manifest always describes the files beside it). A weight file in place
+    whose stamps changed is kept only if its tensors are those the manifest in place (and `expect`,
+    the digests asked for) lists; else it is made again.
 
     Raises:
         `InputError`: `out_dir` holds weight files of another layout (an earlier shard size or format).
@@ -319,6 +323,7 @@ def run_recovery(
     _refuse_other_layouts(out_dir, {s.name for s in steps})
     previous = {} if verify else _previous_digests(out_dir / TENSORS_NAME, info)
     results: dict[str, TensorResult] = {}
+    confirm, proven = _confirm_by_tensors(recovery, out_dir, info, expect)
 
     def collect(stage_dir: Path, reports: Sequence[FileReport]) -> None:
         made = {f.name for f in reports if not f.kept}
@@ -327,7 +332,11 @@ def run_recovery(
                 staged = stage_dir / shard.name
                 known = {p.name: previous[p.name] for p in shard.plans if p.name in previous}
                 # The manifest describes the files in place, never one an interrupted run staged.
-                if (
+                if not staged.is_file() and shard.name in proven:
+                    shard.results.update(proven[shard.name])
+                elif verify and not staged.is_file() and len(shard.results) == len(shard.plans):
+                    pass  # kept by `--verify`: made again in memory, byte-identical; these are its digests
+                elif (
                     not staged.is_file()
                     and not shard.sums
                     and all(p.name in known and known[p.name].spec == p.spec for p in shard.plans)
@@ -354,7 +363,7 @@ def run_recovery(
 
     plan = Plan(
         tuple(steps), out_dir, "decode", release=info.get("release") or "", force=force, rehash=verify,
-        staged=True, approve=collect, retire=(TENSORS_NAME, SEAL_NAME), finish=finish,
+        staged=True, approve=collect, retire=(TENSORS_NAME, SEAL_NAME), finish=finish, confirm=confirm,
     )  # fmt: skip
     outcome = run(plan, options)
     return RecoveryResult(outcome.files, results, out_dir / TENSORS_NAME)
@@ -394,8 +403,9 @@ def seal(manifest: bytes, files: dict[str, list[int]]) -> bytes:
 
 
 def _file_id(path: Path) -> list[int]:
+    """Size, modification and inode change time (the change time cannot be set back by `touch`)."""
     st_ = path.stat()
-    return [st_.st_size, st_.st_mtime_ns]
+    return [st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns]
 
 
 def _previous_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResult]:
@@ -411,12 +421,61 @@ def _previous_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResul
             return {}
         if any(_file_id(path.parent / name) != list(ident) for name, ident in files.items()):
             return {}
+    except (OSError, TypeError, ValueError, KeyError, AttributeError):
+        return {}
+    return _recorded_digests(path, info)
+
+
+def _recorded_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResult]:
+    """The digests the manifest in place lists, when a recovery of the same delta, base and recipe
+    wrote it (sealed or not), else none."""
+    try:
         manifest = load_tensor_manifest(path)
-    except (FormatError, OSError, TypeError, ValueError, KeyError, AttributeError):
+    except (FormatError, MissingFileError, OSError):
         return {}
     if any(manifest.info.get(k) != info.get(k) for k in ("recipe", "release", "delta", "base")):
         return {}
     return {n: TensorResult(TensorSpec(n, d.dtype, d.shape), d.sha256) for n, d in manifest.tensors.items()}
+
+
+def _confirm_by_tensors(
+    recovery: Recovery, out_dir: Path, info: dict[str, Any], expect: TensorManifest | None
+) -> tuple[Confirm, dict[str, dict[str, TensorResult]]]:
+    """The check of a weight file in place that changed stamps but still matches its CRC-32: its
+    tensors hashed again (sha256) must be those the manifest in place records (and `expect`
+    lists), else it is made again (the manifest is never rewritten to match a changed file). Also
+    returns the digests it took, by file, for the new manifest."""
+    shards = {s.name: s for s in recovery.shards}
+    proven: dict[str, dict[str, TensorResult]] = {}
+    against: dict[str, dict[str, TensorResult]] = {}
+
+    def confirm(step: Step, path: Path) -> bool:
+        shard = shards.get(step.name)
+        if shard is None:
+            return True
+        if not against:
+            against[str(out_dir / TENSORS_NAME)] = _recorded_digests(out_dir / TENSORS_NAME, info)
+            if expect is not None:
+                against[expect.path or "the digests asked for"] = {
+                    n: TensorResult(TensorSpec(n, d.dtype, d.shape), d.sha256)
+                    for n, d in expect.tensors.items()
+                }
+        try:
+            got = _rehash(path, shard)
+        except (FormatError, OSError) as e:
+            logger.warning("%s: cannot be read as written (%s); making it again", step.name, e)
+            return False
+        for where, was in against.items():
+            bad = [
+                n for n, r in got.items() if n in was and (was[n].spec, was[n].sha256) != (r.spec, r.sha256)
+            ]
+            if bad:
+                logger.warning("%s: tensor %s differs from %s; making it again", step.name, bad[0], where)
+                return False
+        proven[step.name] = got
+        return True
+
+    return confirm, proven
 
 
 def _rehash(path: Path, shard: ShardFile) -> dict[str, TensorResult]:

@@ -71,6 +71,9 @@ class Step:
 
 
 Reuse = Callable[[], "Sequence[FileReport] | None"]
+Confirm = Callable[[Step, Path], bool]
+"""Whether an output in place that was hashed (its stamps changed) and matched its record may be
+kept: a plan's own check beyond the record's digests (a delta's tensor digests)."""
 Finish = Callable[["Sequence[FileReport]", bool], None]
 
 
@@ -102,5 +105,8 @@ class Plan:
     are made, before any moves into place; what it raises discards them."""
     reuse: Reuse | None = None
     """Called first, under the lock: the reports of a finished output folder to keep whole, or None."""
+    confirm: Confirm | None = None
+    """Called for each output in place that was hashed and matched its record, under the lock:
+    False makes it again (see `Confirm`)."""
     finish: Finish | None = None
     """Called last, under the lock, with every file's report and whether `reuse` supplied them."""

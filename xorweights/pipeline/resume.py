@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from .._outdir import STATE_DIGEST, Done, OutputFolder, hash_path
 from .._paths import check_not_escaping_link
-from ..errors import OutputExistsError
+from ..errors import OutputExistsError, XorWeightsError
 from ..reports import FileReport
-from .plan import Step
+from .job import same_output
+from .plan import Confirm, Step
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +21,7 @@ Inputs = Mapping[str, tuple[int, int]]
 
 def _keep(
     folder: OutputFolder,
-    name: str,
+    step: Step,
     inputs: Inputs,
     want: Mapping[str, str],
     size: int | None,
@@ -27,15 +29,19 @@ def _keep(
     force: bool,
     rehash: bool,
     also: Sequence[str] = (),
+    confirm: Confirm | None = None,
 ) -> Done | None:
     """The record of an output in place that can be kept, else None (it is made again).
 
     Kept unread: what an earlier run recorded and nothing has touched since (`OutputFolder.kept`;
     never with `rehash`). Otherwise the file is hashed and kept if it matches its published
-    digests or, with none, the digests recorded from the same inputs. A file no run recorded is
-    hashed only against published digests, and not with `force`; it is hashed for `also` too (the
-    digests its record must hold).
+    digests or, with none, the digests recorded from the same inputs (and `confirm` agrees). With
+    `rehash`, a CRC-32 alone proves nothing (a deliberate edit can be made to match it): an output
+    with no published or recorded md5/sha256 is made again from its sources in memory and kept
+    only if byte-identical. A file no run recorded is hashed only against published digests, and
+    not with `force`; it is hashed for `also` too (the digests its record must hold).
     """
+    name = step.name
     if not rehash:
         done = folder.kept(name, inputs, want, size)
         if done is not None:
@@ -48,13 +54,32 @@ def _keep(
     st = os.lstat(final) if final.is_file() and not final.is_symlink() else None
     if not compare or st is None or (size is not None and st.st_size != size):
         return None
-    got = hash_path(final, sorted({*compare, *also, STATE_DIGEST}))
-    if any(got[a] != d for a, d in compare.items()):
-        if record is not None:
-            source = "published" if want else "recorded"
-            logger.warning("%s: no longer matches its %s digests; making it again", name, source)
-        return None
+    algorithms = sorted({*compare, *also, STATE_DIGEST})
+    if rehash and set(compare) <= {STATE_DIGEST}:
+        got = _remade_in_memory(step, final, algorithms)
+        if got is None:
+            logger.warning("%s: differs from what its sources make; making it again", name)
+            return None
+    else:
+        got = hash_path(final, algorithms)
+        if any(got[a] != d for a, d in compare.items()):
+            if record is not None:
+                source = "published" if want else "recorded"
+                logger.warning("%s: no longer matches its %s digests; making it again", name, source)
+            return None
+        if confirm is not None and not confirm(step, final):
+            return None
     return folder.record(name, got, inputs, record.sources if record is not None else None)
+
+
+def _remade_in_memory(step: Step, final: Path, algorithms: Sequence[str]) -> dict[str, str] | None:
+    """`same_output`, with a failure to make the output counted as a difference (making it for
+    real then reports the failure)."""
+    try:
+        return same_output(step, final, algorithms)
+    except (XorWeightsError, OSError) as e:
+        logger.debug("%s: could not be made again to compare (%s)", step.name, e)
+        return None
 
 
 def _complete(done: Done, step: Step) -> bool:
@@ -67,14 +92,21 @@ def _complete(done: Done, step: Step) -> bool:
 
 
 def triage(
-    steps: Sequence[Step], inputs: Mapping[str, Inputs], folder: OutputFolder, *, force: bool, rehash: bool
+    steps: Sequence[Step],
+    inputs: Mapping[str, Inputs],
+    folder: OutputFolder,
+    *,
+    force: bool,
+    rehash: bool,
+    confirm: Confirm | None = None,
 ) -> tuple[list[Step], list[FileReport]]:
     """Split the steps into those to run and outputs already in place that can be kept.
 
     Kept (see `_keep`): outputs a previous run recorded and nothing touched since, and outputs
     that hash to their expected (or, for ours, recorded) digests; with `rehash`, every output is
-    hashed. Files in the way that are neither ours nor proven are refused unless `force`; a
-    symlink out of the folder is always refused.
+    hashed (one with only a CRC-32 to meet is made again in memory and compared). Files in the
+    way that are neither ours nor proven are refused unless `force`; a symlink out of the folder
+    is always refused.
 
     Raises:
         `OutputExistsError`: files in the way (all named), before anything is written.
@@ -89,8 +121,8 @@ def triage(
         digests = {a: want.get(a) or "" for a in want.algorithms()} if want is not None else {}
         size = want.size if want is not None else None
         done = _keep(
-            folder, step.name, inputs[step.name], digests, size, force=force, rehash=rehash,
-            also=step.sink.hash_written if step.sink.gzip_mtime is None else (),
+            folder, step, inputs[step.name], digests, size, force=force, rehash=rehash,
+            also=step.sink.hash_written if step.sink.gzip_mtime is None else (), confirm=confirm,
         )  # fmt: skip
         if done is not None and _complete(done, step):
             logger.info("%s: already in place and %s; kept", step.name, "verified" if digests else "complete")

@@ -84,7 +84,9 @@ def run(plan: Plan, options: Options = Options()) -> Outcome:
                 plan.finish(outcome.files, True)
         else:
             inputs = {s.name: s.inputs() for s in plan.steps}
-            todo, kept = triage(plan.steps, inputs, folder, force=plan.force, rehash=plan.rehash)
+            todo, kept = triage(
+                plan.steps, inputs, folder, force=plan.force, rehash=plan.rehash, confirm=plan.confirm
+            )
             if plan.staged:
                 outcome = _run_staged(plan, options, folder, todo, kept, inputs)
             else:
