@@ -20,7 +20,6 @@ import sys
 import time
 import warnings
 import zipfile
-from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -679,7 +678,7 @@ def test_mutated_inputs_get_a_result_or_a_typed_error(
 
     @settings(
         max_examples=500,
-        deadline=timedelta(seconds=5),
+        deadline=None,  # a hung read is caught by run_one(limit=HANG); durations decide nothing
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         database=None,
     )
