@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,51 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+#: What the suite may leave in pytest's temporary folder after a run, failed or not.
+KEEP_AT_MOST = 100 * 1024 * 1024
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Failed tests keep their folders (pyproject.toml), but some tests work on models of hundreds
+    of MB: after the run, the largest folders go until at most `KEEP_AT_MOST` bytes are left."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    if basetemp is None or getattr(factory, "_given_basetemp", None) is not None or not basetemp.is_dir():
+        return  # none made, or a folder the user chose (--basetemp): theirs to keep
+    sizes = sorted(
+        ((_size(p), p) for p in basetemp.iterdir() if p.is_dir() and not p.is_symlink()), reverse=True
+    )
+    total = sum(n for n, _ in sizes)
+    removed = []
+    for n, path in sizes:
+        if total <= KEEP_AT_MOST:
+            break
+        shutil.rmtree(path, ignore_errors=True)
+        total -= n
+        removed.append(path.name)
+    if removed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(
+                f"removed {len(removed)} large temporary folders of failed tests from {basetemp} "
+                f"({', '.join(removed[:5])}{', ...' if len(removed) > 5 else ''}); "
+                f"{total / 2**20:.0f} MiB kept"
+            )
 
 
 @pytest.fixture(autouse=True)
