@@ -18,7 +18,7 @@ memory-mapped scratch file, so the maker's own memory stays small.
 Then it times, one process at a time, each started by GNU time (wall, CPU = user + system of the
 process tree, peak RSS of the largest process), after a `sync` and a read of every input file (the
 page cache holds all inputs for every contender: warm cache for all, nothing dropped):
-  - `xorweights decode DELTA --base BASE --out OUT --recipe fastchat --quiet` (.venv-test);
+  - `xorweights decode DELTA --base BASE --out OUT --recipe fastchat --quiet` (next to python);
   - FastChat `python3 -m fastchat.model.apply_delta --base-model-path BASE --target-model-path OUT
     --delta-path DELTA` (both models loaded whole, then `save_pretrained`);
   - the same with `--low-cpu-mem` (inputs re-split into 4 GB temporary pieces, then added piece by
@@ -283,7 +283,7 @@ def main() -> None:
     ap.add_argument("--shard-gb", type=float, default=10.0, help="largest .bin shard, GB (1e9 bytes)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-delta"), help="models (kept) and outputs")
     ap.add_argument("--peer-python", default="/tmp/venv-fastchat/bin/python", help="python with fschat")
-    ap.add_argument("--xorweights", default=str(ROOT / ".venv-test" / "bin" / "xorweights"))
+    ap.add_argument("--xorweights", default=str(Path(sys.executable).parent / "xorweights"))
     ap.add_argument("--save", type=Path, default=None, help="also write the report to this file")
     ap.add_argument("--append", action="store_true", help="with --save: add to the end of the file")
     args = ap.parse_args()
