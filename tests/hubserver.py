@@ -13,7 +13,11 @@ Xet storage is not served (clients are run with `HF_HUB_DISABLE_XET=1`, and down
 plain HTTP because no `X-Xet-Hash` header is sent). Private repos need `Authorization: Bearer <token>`.
 Faults for tests: `cut_after[path] = n` closes the connection after `n` body bytes of the next GET of
 `path` from its start that gets that far (a client that hangs up earlier leaves it armed);
-`tamper(repo, path)` changes the served bytes while the listing keeps the original sha256.
+`tamper(repo, path)` changes the served bytes while the listing keeps the original sha256;
+`faults[suffix] = Fault(kind, value)` answers every request whose path ends with `suffix` brokenly
+(a `Retry-After`, a trickled body, a redirect loop, a corrupt gzip body, a dropped connection, an
+illegal status line), and `faulted` is set once the server has met a request that way (`trickling`
+once the first trickled byte is sent): states tests wait for.
 Namespaces in `HubState.foreign` belong to someone else: the token may read their public repos but
 not create or write there (403, as the Hub answers).
 """
@@ -24,6 +28,8 @@ import base64
 import hashlib
 import json
 import re
+import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +62,28 @@ class Entry:
         return self.sha256 if self.lfs else self.oid
 
 
+@dataclass(frozen=True)
+class Fault:
+    """A broken answer (see `HubState.faults`); `value` is what the kind needs.
+
+    - `retry_after`: HTTP 429 with `Retry-After: value` (seconds), to every method.
+    - `trickle`: a GET's headers, then one byte of the body every `value` seconds, for as long as
+      the client listens (a HEAD is answered normally).
+    - `redirect_loop`: HTTP 302 back to the same URL, to every method.
+    - `bad_gzip`: a GET answered `Content-Encoding: gzip` with bytes that are no gzip stream.
+    - `drop`: a GET's headers and `value` bytes of the body (from the range asked), then the
+      connection closed, every time.
+    - `bad_status`: an illegal status line, then the connection closed, to every method.
+    - `hang`: no answer at all until the client hangs up, to every method.
+    """
+
+    kind: str
+    value: float = 0
+
+    def applies_to(self, method: str) -> bool:
+        return method == "GET" or self.kind in ("retry_after", "redirect_loop", "bad_status", "hang")
+
+
 @dataclass
 class Repo:
     repo_id: str
@@ -80,6 +108,12 @@ class HubState:
         """Bytes per second at most for each file download (None: unthrottled)."""
         self.foreign: set[str] = set()
         """Namespaces the token's user may not create or write repos in."""
+        self.faults: dict[str, Fault] = {}
+        """Broken answers, by the suffix of the request paths they apply to."""
+        self.faulted = threading.Event()
+        """Set once a request has been answered by a fault."""
+        self.trickling = threading.Event()
+        """Set once a trickled body has sent its first byte."""
         self._n = 0
 
     def put_blob(self, data: bytes) -> str:
@@ -212,6 +246,10 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path, query = url.path, parse_qs(url.query)
         self.state.requests.append((self.command, path, dict(self.headers)))
+        fault = next((f for k, f in self.state.faults.items() if path.endswith(k)), None)
+        if fault is not None and fault.applies_to(self.command) and fault.kind not in ("trickle", "drop"):
+            self._fault(fault)
+            return
         for pattern, method, handler in _ROUTES:
             m = re.fullmatch(pattern, path)
             if m and method == self.command or (m and method == "GET" and self.command == "HEAD"):
@@ -220,6 +258,37 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, None, f"no route for {self.command} {path}")
 
     do_GET = do_HEAD = do_POST = do_PUT = _route
+
+    def _fault(self, fault: Fault) -> None:
+        """Answer with `fault` (every kind but `trickle` and `drop`, which `resolve` serves)."""
+        self._body()
+        self.state.faulted.set()
+        if fault.kind not in ("retry_after", "redirect_loop"):
+            self.close_connection = True
+        if fault.kind == "retry_after":
+            self._error(429, None, "Too many requests", {"Retry-After": str(int(fault.value))})
+        elif fault.kind == "redirect_loop":
+            self._send(302, b"", {"Location": self.path})
+        elif fault.kind == "bad_gzip":
+            body = b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4
+            self._send(200, body, {"Content-Encoding": "gzip", "Connection": "close"})
+        elif fault.kind == "hang":
+            while self.connection.recv(1 << 16):  # until the client hangs up
+                pass
+        elif fault.kind == "bad_status":
+            self.wfile.write(b"HTTP/1.1 2OO NOT OK\r\nContent-Length: 0\r\n\r\n")
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            raise ValueError(f"unknown fault {fault.kind!r}")
+
+    def _trickle(self, data: Any, interval: float) -> None:
+        """Send `data` (an open file) one byte every `interval` seconds until the client hangs up."""
+        while byte := data.read(1):
+            self.wfile.write(byte)
+            self.wfile.flush()
+            self.state.trickling.set()
+            time.sleep(interval)
 
     # --- read API ----------------------------------------------------------------------------
 
@@ -311,8 +380,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         cut = self.state.cut_after.get(name) if start == 0 else None
+        here = urlsplit(self.path).path
+        fault = next((f for k, f in self.state.faults.items() if here.endswith(k)), None)
+        if fault is not None and fault.kind in ("trickle", "drop"):
+            self.state.faulted.set()
+            self.close_connection = True
+        if fault is not None and fault.kind == "drop":
+            cut = int(fault.value)
         with open(self.state.blobs / entry.sha256, "rb") as f:
             f.seek(start)
+            if fault is not None and fault.kind == "trickle":
+                self._trickle(f, fault.value)
+                return
             left = (end - start) if cut is None else min(cut, end - start)
             while left > 0:
                 chunk = f.read(min(left, 1 << 20))
@@ -321,7 +400,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if self.state.rate:
                     time.sleep(len(chunk) / self.state.rate)
         if cut is not None:
-            self.state.cut_after.pop(name, None)
+            if fault is None or fault.kind != "drop":
+                self.state.cut_after.pop(name, None)
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(2)
@@ -481,6 +561,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     state: HubState
     url: str
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (as faults make them do) is no server error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class HubServer:

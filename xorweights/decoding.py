@@ -19,6 +19,7 @@ from .constants import INFLATE_SLACK, WEIGHT_SUFFIXES, default_jobs
 from .errors import InputError, MissingFileError
 from .formats import gzip_stream, native, oasst
 from .formats.native_manifest import MANIFEST_NAME, is_native, load_manifest
+from .hub.stream import mismatch_over_format_error
 from .pipeline import Options, Plan, Step, run
 from .reports import DecodeReport, FileReport
 from .sources import FileSource, PayloadCompression, PayloadSource
@@ -138,10 +139,11 @@ def decode(
         payload, base, out, checksums, access, revision=revision, subfolder=subfolder, progress=progress,
         stream=stream,
     )  # fmt: skip
-    if _is_native(where.payload_dir, format, payload_compression):
-        return _decode_native(where, started, options, force=force, verify=verify)
-    legacy_options = _LegacyOptions(payload_compression, gzip_stream.gzip_backend(gzip_backend), base_mode)
-    return _decode_legacy(where, started, options, legacy_options, force=force, verify=verify)
+    with mismatch_over_format_error(where.fetched.streamed if where.fetched else {}):  # Hub bytes first
+        if _is_native(where.payload_dir, format, payload_compression):
+            return _decode_native(where, started, options, force=force, verify=verify)
+        legacy = _LegacyOptions(payload_compression, gzip_stream.gzip_backend(gzip_backend), base_mode)
+        return _decode_legacy(where, started, options, legacy, force=force, verify=verify)
 
 
 def _is_native(payload_dir: Path, format: Format, compression: PayloadCompression) -> bool:

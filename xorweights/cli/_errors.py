@@ -63,11 +63,32 @@ def run(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(cli.main(args=args or ["--help"], prog_name="xorweights", standalone_mode=False) or 0)
-    except _REPORTED as e:
+    except BaseException as e:
+        if not isinstance(e, _REPORTED) and not _from_the_network(e):
+            raise
         code, message = _failure(e)
         if _wants_json(args):
             emit_json(_error_doc(e, message, code))
         return code
+
+
+#: The HTTP clients huggingface_hub uses: an error of theirs that reached here is the network's.
+_NETWORK_MODULES = (
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "h11",
+    "requests",
+    "urllib3",
+    "huggingface_hub",
+)
+
+
+def _from_the_network(e: BaseException) -> bool:
+    """Whether `e` is an error of the HTTP client or of huggingface_hub (the library turns those it
+    expects into `HubError`s; any other is still one line)."""
+    return type(e).__module__.split(".")[0] in _NETWORK_MODULES
 
 
 def _failure(e: BaseException) -> tuple[int, str]:

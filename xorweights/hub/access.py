@@ -13,6 +13,7 @@ from typing import Any
 
 from .._display import quoted
 from ..errors import HubError
+from .watch import HTTP_MODULES, Watch
 
 logger = logging.getLogger(__name__)
 
@@ -92,21 +93,23 @@ def is_unreachable(e: BaseException) -> bool:
     return isinstance(e, OSError) or module in _HTTP_MODULES or (type(e).__name__ == "OfflineModeIsEnabled")
 
 
-#: The HTTP clients huggingface_hub uses (by version): their errors are the network's.
-_HTTP_MODULES = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+_HTTP_MODULES = HTTP_MODULES
 
 
 def list_repo(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile]]:
     """The commit a revision points to and every file at it, with the Hub's digests."""
     from huggingface_hub.hf_api import RepoFile
 
-    commit = api.repo_info(repo_id, revision=revision).sha
-    files = {}
-    for f in api.list_repo_tree(repo_id, revision=commit, recursive=True):
-        if isinstance(f, RepoFile):  # names are checked where used (`find_payload_in_listing`, `_checked`)
-            lfs = f.lfs  # a dict in huggingface_hub < 0.21, an object since
-            sha256 = (lfs.get("sha256") if isinstance(lfs, dict) else lfs.sha256) if lfs else None
-            files[f.path] = HubFile(f.size, f.blob_id, sha256)
+    with Watch(f"{repo_id}@{revision} (listing)").active():  # waits asked for, stalls: bounded
+        commit = api.repo_info(repo_id, revision=revision).sha
+        files = {}
+        for f in api.list_repo_tree(repo_id, revision=commit, recursive=True):
+            if isinstance(
+                f, RepoFile
+            ):  # names are checked where used (`find_payload_in_listing`, `_checked`)
+                lfs = f.lfs  # a dict in huggingface_hub < 0.21, an object since
+                sha256 = (lfs.get("sha256") if isinstance(lfs, dict) else lfs.sha256) if lfs else None
+                files[f.path] = HubFile(f.size, f.blob_id, sha256)
     return commit, files
 
 

@@ -19,6 +19,7 @@ from .._cancel import Cancelled
 from .._paths import check_regular_file
 from .._progress import bars_shown, tqdm_class
 from .access import _HTTP_MODULES, HubAccess, short_error
+from .watch import Watch, network_error, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
     huggingface_hub; after `_STOP_GRACE` seconds (a slow link) the wait ends anyway, and the
     partial file is removed here. The next run downloads that file again.
 
+    Every request runs under a `watch.Watch`: a wait asked for beyond `MAX_RETRY_AFTER`, or a
+    connection stalled or dropped `MAX_REOPENS` times over, fails the file with one `HubError`, and
+    an interrupt shuts the connection down. A network error is a `HubError` naming the file.
+
     An older huggingface_hub whose `hf_hub_download` takes no `tqdm_class` (0.x, 1.0) gets no stop
     hook: the running file is left to its thread and its partial file removed after `_STOP_GRACE`;
     a silent `tqdm_class` becomes huggingface_hub's own switch for its download bars. Versions
@@ -81,24 +86,30 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
     done: list[str] = []
     failed: list[BaseException] = []
 
+    watch = Watch(repo_id, stop)
+    resumes = _resumes_itself(hf)
+
     def get(path: str) -> str:
         bars = {"tqdm_class": StoppableTqdm} if hook else {}
+        label = f"{repo_id}@{revision}:{path}"
+        watch.name(label)
         attempt = 0
         while True:
             try:
                 return str(hf.hf_hub_download(repo_id, path, revision=revision, **bars, **kw))
             except Exception as e:
                 attempt += 1
-                if attempt > _RESUME_TRIES or not _broke_off(e) or stop.wait(1):
-                    raise
+                if attempt > _RESUME_TRIES or not _broke_off(e, resumes) or stop.wait(1):
+                    raise network_error(e, label) from e
                 logger.warning("%s: %s broke off (%s); asking for it again", repo_id, path, short_error(e))
 
     def run() -> None:
         try:
-            for p in paths:
-                if stop.is_set() or _cancel.requested():
-                    raise Cancelled()
-                done.append(get(p))
+            with watch.active():
+                for p in paths:
+                    if stop.is_set() or _cancel.requested():
+                        raise Cancelled()
+                    done.append(get(p))
         except BaseException as e:  # handed to the waiting thread
             failed.append(e)
         finally:
@@ -110,10 +121,8 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
     with hub_bars_off() if not hook and not bars_shown(base.enabled) else contextlib.nullcontext():
         threading.Thread(target=run, name=f"xorweights-download-{repo_id}", daemon=True).start()
         try:
-            while not finished.wait(0.05):
-                pass
+            wait_for(finished, watch)
         except BaseException:
-            stop.set()
             if not finished.wait(_STOP_GRACE):
                 _remove_own_partials()
             raise
@@ -128,14 +137,23 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
 _RESUME_TRIES = 3
 
 
-def _broke_off(e: BaseException) -> bool:
-    """Whether a download failed on its way over the network (worth asking again): a connection
-    error or a 5xx answer; not a local error (a full disk, a file in the way), nor the want of a
-    cached copy offline."""
+def _broke_off(e: BaseException, resumes: bool) -> bool:
+    """Whether a download failed on its way over the network (worth asking again): a 5xx answer,
+    or a connection error when huggingface_hub does not resume a broken download itself; not a
+    local error (a full disk, a file in the way), nor the want of a cached copy offline."""
     status = getattr(getattr(e, "response", None), "status_code", None)
     if isinstance(status, int):
         return status >= 500
-    return type(e).__module__.split(".")[0] in _HTTP_MODULES
+    return not resumes and type(e).__module__.split(".")[0] in _HTTP_MODULES
+
+
+def _resumes_itself(hf: Any) -> bool:
+    """Whether this huggingface_hub resumes a connection closed midway itself (1.20 and later)."""
+    try:
+        major, minor = (int(x) for x in hf.__version__.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= (1, 20)
 
 
 def _takes(fn: Any, name: str) -> bool:

@@ -41,6 +41,7 @@ from .download import download_files, download_kwargs, recorded_commit, recorded
 from .model_card import CARD_NAME
 from .repo_spec import RepoSpec, is_repo_spec, parse_payload_spec
 from .stream import HubFileSource
+from .watch import describe
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def fetch(
                 raise err from e
             if not is_unreachable(e):
                 raise
-            logger.warning("cannot reach %s (%s); looking in the local cache", api.endpoint, short_error(e))
+            logger.info("cannot reach %s (%s); looking in the local cache", api.endpoint, short_error(e))
             unreachable = e
         else:
             found = checksums or bundled_checksums(repo_id)
@@ -275,7 +276,7 @@ def _from_cache(
     where = f"{repo_id}@{revision}"
     why = "offline mode (HF_HUB_OFFLINE)"
     if unreachable is not None:
-        why = f"the Hub is unreachable ({short_error(unreachable)})"
+        why = f"the Hub is unreachable ({describe(unreachable)})"
     kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")}
     try:
         root = snapshot(hf, repo_id, revision, [], local_files_only=True, **kw)
@@ -310,7 +311,9 @@ def _from_cache(
         lfs = etag is not None and len(etag) == 64
         files[p] = HubFile(size, None if lfs else etag, etag if lfs else None)
     commit = recorded_commit(root, local, paths[0]) if paths else None
-    logger.info("%s: using the cached copy at %s (%s)", repo_id, root, why)
+    (logger.warning if unreachable is not None else logger.info)(
+        "%s: using the cached copy at %s (%s)", repo_id, root, why
+    )
     return _checked(repo_id, revision, commit, root, sub, files, found)
 
 

@@ -1,0 +1,176 @@
+"""A broken Hub never hangs a run: how long each faulty `decode REPO` takes to end by itself, and
+how long it takes to stop after Ctrl-C in each network state.
+
+Usage: python benchmarks/bench_hub_faults.py [--timeout 10] [--trickle 9] [--only NAME] [--save FILE]
+
+Serves a small native release from `tests/hubserver.py` (in this process, on 127.0.0.1) and runs
+`python -m xorweights decode REPO --base B --out O -q` (and with `--stream`) as its own process,
+with `HF_HUB_DOWNLOAD_TIMEOUT=--timeout` and each fault of the server in turn:
+
+  - ends by itself: a `Retry-After` of a day, a body trickling a byte every `--trickle` s, a
+    redirect loop, a corrupt `Content-Encoding: gzip` (weights, model card), connections dropped
+    after 100 bytes, an illegal status line, a redirect loop on the listing. Reported: the exit
+    code, the seconds from start to exit, the number of stderr lines, and that line.
+  - Ctrl-C: SIGINT (once, then twice in a row) once the run is in a network state, a state the
+    server reports, never a delay: connecting (the server holds the request unanswered), waiting on
+    a `Retry-After: 30`, a trickling body (its first byte sent), the reopen backoff after a dropped
+    connection (the dropped request seen). Reported: seconds from the signal to the exit, the exit
+    code and the stderr lines.
+
+The bounds these figures stay within (T = HF_HUB_DOWNLOAD_TIMEOUT, `watch.MAX_REOPENS` = 5):
+a trickled download (MAX_REOPENS + 1) x T plus huggingface_hub's 1 s pause before each resume;
+a trickled stream (MAX_REOPENS + 1) x T; dropped connections on a stream the reopen pauses
+0.5 + 1 + 2 + 4 + 8 s; a wait asked beyond `watch.MAX_RETRY_AFTER` (60 s) at once. Stops: 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # the test server speaks no Xet
+
+from tests.hubserver import TOKEN, Fault, HubServer  # noqa: E402
+
+REPO = "org/faulty-xor"
+WEIGHTS = "payload/model.safetensors"
+
+
+def make_release(root: Path) -> dict[str, Path]:
+    """The small LLaMA-shaped release of the Hub tests (tests/conftest.py's `native_release`)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    import xorweights
+    from tests.conftest import random_bytes
+    from tests.test_native import base_tensors, finetune, save_bin_shards
+
+    base_sd = base_tensors()
+    ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}
+    names = list(base_sd)
+    save_bin_shards(base_sd, root / "base", [names[:3], names[3:]])
+    (root / "base" / "tokenizer.model").write_bytes(random_bytes(3000, 7))
+    ft = root / "finetuned"
+    ft.mkdir()
+    save_file({n: t.contiguous() for n, t in ft_sd.items()}, str(ft / "model.safetensors"))
+    (ft / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 104}))
+    tok = bytearray((root / "base" / "tokenizer.model").read_bytes())
+    tok[:4] = b"tune"
+    (ft / "tokenizer.model").write_bytes(bytes(tok))
+    xorweights.encode(ft, base=root / "base", out=root / "payload")
+    return {"base": root / "base", "payload": root / "payload"}
+
+
+def start(
+    hub: HubServer, release: dict[str, Path], work: Path, timeout: float, stream: bool
+) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": TOKEN,
+        "HF_HOME": str(work / "hf-home"),
+        "HF_HUB_DOWNLOAD_TIMEOUT": str(timeout),
+    }
+    args = ["decode", REPO, "--base", str(release["base"]), "--out", str(work / "out"), "-q"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "xorweights", *args, *(["--stream"] if stream else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+def serve(root: Path, release: dict[str, Path], suffix: str, fault: Fault) -> HubServer:
+    from xorweights import publish
+
+    hub = HubServer(root, token=TOKEN).__enter__()
+    publish(release["payload"], REPO, endpoint=hub.url, token=TOKEN)
+    hub.state.faults[suffix] = fault
+    return hub
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--timeout", type=float, default=10.0, help="HF_HUB_DOWNLOAD_TIMEOUT (s)")
+    ap.add_argument("--trickle", type=float, default=9.0, help="seconds between trickled bytes")
+    ap.add_argument("--only", default="", help="run only the scenarios whose name holds this")
+    ap.add_argument("--save", type=Path)
+    opts = ap.parse_args()
+    ends = {
+        "retry-after-a-day": (WEIGHTS, Fault("retry_after", 86_400)),
+        "trickle": (WEIGHTS, Fault("trickle", opts.trickle)),
+        "redirect-loop": (WEIGHTS, Fault("redirect_loop")),
+        "gzip-weights": (WEIGHTS, Fault("bad_gzip")),
+        "gzip-card": ("README.md", Fault("bad_gzip")),
+        "dropped": (WEIGHTS, Fault("drop", 100)),
+        "bad-status-line": (WEIGHTS, Fault("bad_status")),
+        "listing-redirect-loop": (f"/api/models/{REPO}/revision/main", Fault("redirect_loop")),
+    }
+    states = {
+        "connecting": (WEIGHTS, Fault("hang"), "faulted"),
+        "retry-after-30": (WEIGHTS, Fault("retry_after", 30), "faulted"),
+        "trickling": (WEIGHTS, Fault("trickle", opts.trickle), "trickling"),
+        "reopen-backoff": (WEIGHTS, Fault("drop", 100), "faulted"),
+    }
+    lines = [f"HF_HUB_DOWNLOAD_TIMEOUT={opts.timeout:g} s, trickle: a byte every {opts.trickle:g} s", ""]
+
+    def say(text: str) -> None:
+        print(text, flush=True)  # noqa: T201
+        lines.append(text)
+
+    with tempfile.TemporaryDirectory(prefix="bench-hub-faults-") as tmp:
+        release = make_release(Path(tmp) / "release")
+        say(f"{'ends by itself':32} {'exit':>4} {'seconds':>8} {'lines':>5}  the line")
+        n = 0
+        for name, (suffix, fault) in ends.items():
+            for stream in (False, True):
+                label = f"{name} {'--stream' if stream else 'download'}"
+                if opts.only not in label:
+                    continue
+                n += 1
+                work = Path(tmp) / f"run{n}"
+                hub = serve(work / "hub", release, suffix, fault)
+                began = time.monotonic()
+                proc = start(hub, release, work, opts.timeout, stream)
+                _, err = proc.communicate()
+                took = time.monotonic() - began
+                hub.__exit__()
+                got = [line for line in err.splitlines() if line.strip()]
+                say(f"{label:32} {proc.returncode:>4} {took:8.2f} {len(got):>5}  {(got or [''])[-1][:150]}")
+        say("")
+        say(f"{'Ctrl-C':40} {'exit':>4} {'s to stop':>9} {'lines':>5}")
+        for name, (suffix, fault, event) in states.items():
+            for stream in (False, True):
+                for times in (1, 2):
+                    label = f"{name} {'--stream' if stream else 'download'} x{times}"
+                    if opts.only not in label:
+                        continue
+                    n += 1
+                    work = Path(tmp) / f"run{n}"
+                    hub = serve(work / "hub", release, suffix, fault)
+                    proc = start(hub, release, work, opts.timeout, stream)
+                    if not getattr(hub.state, event).wait(600):
+                        say(f"{label:40} the server never saw the request")
+                        proc.kill()
+                        continue
+                    sent = time.monotonic()
+                    for _ in range(times):
+                        proc.send_signal(signal.SIGINT)
+                    _, err = proc.communicate()
+                    took = time.monotonic() - sent
+                    hub.__exit__()
+                    got = [line for line in err.splitlines() if line.strip()]
+                    say(f"{label:40} {proc.returncode:>4} {took:9.3f} {len(got):>5}")
+    if opts.save:
+        opts.save.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
