@@ -115,7 +115,9 @@ def test_bin_finetune_without_base_file_is_refused_or_allowed_by_name(tmp_path: 
     save_bin_shards(ft_sd, ft, [list(ft_sd)])
     save_bin_shards(base_sd, base, [list(base_sd)])
     (base / "pytorch_model-00001-of-00001.bin").rename(base / "renamed.bin")
-    with pytest.raises(RawStorageError, match=r"1 weight file .* pytorch_model-00001-of-00001\.bin"):
+    with pytest.raises(
+        RawStorageError, match=r"1 file that may hold weights .* pytorch_model-00001-of-00001\.bin"
+    ):
         xorweights.encode(ft, base=base, out=tmp_path / "p1")
     assert not (tmp_path / "p1").exists()
     report = xorweights.encode(ft, base=base, out=tmp_path / "p2", allow_raw=["pytorch_model-*.bin"])
@@ -133,7 +135,7 @@ def test_other_weight_containers_without_base_file_are_raw(tmp_path: Path, name:
     size = 64 * 1024 * 1024 + 1 if name == "big.dat" else 1000
     with open(ft / name, "wb") as f:
         f.truncate(size)
-    with pytest.raises(RawStorageError, match=f"1 weight file .*{name}"):
+    with pytest.raises(RawStorageError, match=f"1 file that may hold weights .*{name}"):
         xorweights.encode(ft, base=base, out=tmp_path / "p1")
     report = xorweights.encode(ft, base=base, out=tmp_path / "p2", allow_raw=[name])
     raw = report.native_manifest.file(name).raw
@@ -280,7 +282,7 @@ def test_a_shorter_base_tensor_is_raw_unless_allowed(tmp_path: Path, base_t: tor
 def test_weight_files_are_found_by_any_suffix_or_by_content(tmp_path: Path, name: str, data: bytes) -> None:
     ft, base = make_pair(tmp_path)
     (ft / name).write_bytes(data)
-    with pytest.raises(RawStorageError, match="1 weight file"):
+    with pytest.raises(RawStorageError, match="1 file that may hold weights"):
         xorweights.encode(ft, base=base, out=tmp_path / "p")
 
 

@@ -42,8 +42,22 @@ OPAQUE_WEIGHT_SUFFIXES = (
 )  # fmt: skip
 #: Every suffix of a file that holds model weights.
 WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES, *OPAQUE_WEIGHT_SUFFIXES)
-#: Small text files of a model folder that hold no weights (configs, cards, code, templates).
-TEXT_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".py", ".jinja")
+#: Small text files of a model folder that hold no weights (configs, cards, code, templates,
+#: vocabularies); with `TEXT_NAMES` and `TOKENIZER_MODELS`, the files a payload may copy as they are.
+TEXT_SUFFIXES = (
+    ".json", ".txt", ".md", ".yaml", ".yml", ".py", ".jinja", ".toml", ".cfg", ".ini", ".rst", ".cff",
+    ".vocab", ".tiktoken",
+)  # fmt: skip
+#: Text files of a model folder named without a suffix (any case).
+TEXT_NAMES = ("license", "licence", "notice", "copying", "readme", "authors", "citation")
+#: Sentencepiece models (fnmatch, lower case): binary, but vocabularies, not weights.
+TOKENIZER_MODELS = ("*tokenizer*.model", "spiece.model", "sentencepiece*.model", "*.spm")
+#: A text file larger than this is not copied as it is where it would be stored unmasked: configs,
+#: cards and code are far smaller, so a larger one is more likely a dump than a config.
+TEXT_FILE_LIMIT = 16 * 1024 * 1024
+#: Tokenizer files (names with `tokenizer`, `vocab` or `merges`, sentencepiece models) may be this
+#: large: the largest, a 256k-token tokenizer.json, is about 33 MiB.
+TOKENIZER_FILE_LIMIT = 64 * 1024 * 1024
 #: JSON files of a model folder larger than this are not parsed (the largest, a tokenizer.json, is a
 #: few tens of MiB): a plausibility check leaves them unchecked, the legacy raw rule takes them as not JSON.
 MAX_JSON_FILE_BYTES = 64 * 1024 * 1024

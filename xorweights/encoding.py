@@ -17,7 +17,7 @@ from ._paths import check_out_dir
 from .checksums import ChecksumManifest, FileDigest
 from .constants import default_jobs
 from .errors import InputError, MissingFileError, OutputExistsError, XorWeightsError
-from .formats import native_encode, oasst
+from .formats import native_encode, oasst, raw_storage
 from .formats.native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, load_manifest
 from .pipeline import Options, Plan, Sink, Step, run
 from .reports import EncodeReport, FileReport
@@ -252,6 +252,7 @@ def _encode_native(
         made = native_encode.build_manifest(
             prep, files, src_dir, base_dir, out_dir, encoder=f"xorweights {_version()}"
         )
+        raw_storage.check_frames(made, out_dir)  # the frames are what the manifest says: checked first
         new = replace(old if old is not None else made, base_model=base_name)
         with AtomicFile(out_dir / MANIFEST_NAME) as atomic:
             atomic.write(new.dumps())
@@ -309,4 +310,10 @@ def _recognise_payload(
         new = native_encode.build_manifest(prep, reports, src_dir, base_dir, out_dir, encoder=old.encoder)
     except OSError:
         return None
-    return (reports, old) if replace(new, base_model=old.base_model) == old else None
+    if replace(new, base_model=old.base_model) != old:
+        return None
+    try:
+        raw_storage.check_frames(old, out_dir)  # stored frames where it masks: remade, never kept
+    except XorWeightsError:
+        return None
+    return reports, old

@@ -58,16 +58,6 @@ class UnsafePathError(XorWeightsError, ValueError):
     """A name or link from outside would reach beyond the folder it belongs to."""
 
 
-class NotRegularFileError(UnsafePathError):
-    """A file to be read is a FIFO, a device, a socket or a folder: refused before any read (a FIFO
-    would block, a device never end)."""
-
-
-class FileTooLargeError(FormatError):
-    """A file is larger than any file of its kind may be; refused unread. `expected` is the bound in
-    bytes, `actual` the file's size."""
-
-
 class FolderLockedError(XorWeightsError, BlockingIOError):
     """Another xorweights process is writing into the same folder."""
 
@@ -119,6 +109,11 @@ class RawStorageError(InputError):
         super().__init__(message, path=path)
         self.items = items
         self.nbytes = nbytes
+
+
+class UnmaskedFrameError(RawStorageError):
+    """A compressed payload file holds a tensor that `xorweights.json` masks by a base tensor in
+    stored frames (its fine-tuned bytes as they are). `items` names `file:tensor` of each."""
 
 
 class NoSpaceError(InputError):

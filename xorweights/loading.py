@@ -27,6 +27,7 @@ from .formats.native import (
     check_payload_files,
     digest_mismatch,
     layout_mismatch,
+    masked_spans,
     open_store,
     payload_header,
     segments,
@@ -198,8 +199,9 @@ def _framed(
     by_name = {t.name: t for t in f.tensors}
     payload = open(path, "rb")  # noqa: SIM115 (the reader closes it)
     with FrameReader(
-        payload, image, str(path), workers=default_jobs(), tensors=tensor_offsets(header), limit=f.size
-    ) as frames:
+        payload, image, str(path), workers=default_jobs(), tensors=tensor_offsets(header), limit=f.size,
+        masked=masked_spans(header, f),
+    ) as frames:  # fmt: skip
         _skip(frames, header.data_start, path)
         for info in sorted(header.tensors.values(), key=lambda t: t.begin):
             if wanted is not None and info.name not in wanted:

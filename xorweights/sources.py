@@ -26,6 +26,7 @@ from ._outdir import file_id
 from .constants import CHUNK_SIZE, GZIP_MAGIC
 from .errors import FormatError, IOFailure
 from .formats import gzip_stream
+from .formats.delta_frames import MaskedSpans
 from .formats.frame_stream import FrameReader, FrameWriter, Span
 
 if TYPE_CHECKING:
@@ -350,6 +351,8 @@ class FramedSource:
     workers: int = 1
     out_size: int | None = None
     """The output's size: frames beyond it are refused (a hostile file cannot fill the disk)."""
+    masked: MaskedSpans | None = None
+    """Where the output MUST come from delta frames (the tensors masked by a base tensor)."""
 
     @property
     def label(self) -> str:
@@ -371,8 +374,9 @@ class FramedSource:
             payload.close()
             raise
         return FrameReader(  # type: ignore[return-value]
-            payload, base, self.label, workers=self.workers, tensors=self.tensors, limit=self.out_size
-        )
+            payload, base, self.label, workers=self.workers, tensors=self.tensors, limit=self.out_size,
+            masked=self.masked,
+        )  # fmt: skip
 
     def size(self) -> int | None:
         return self.payload.size()

@@ -30,10 +30,11 @@ bytes, and any byte after the last frame's planes that is not another frame.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -170,6 +171,40 @@ def head_size(first: bytes) -> int:
         return _HEAD.size
     transform, width = first[0], first[1]
     return _HEAD.size + 4 * (1 if transform == STORED else max(1, width))
+
+
+class MaskedSpans:
+    """The output bytes a compressed file MUST hold in delta frames: each tensor its manifest masks
+    by a base tensor (`(begin, end, tensor)`, absolute offsets). A stored frame there is the
+    fine-tuned bytes as they are."""
+
+    def __init__(self, spans: Iterable[tuple[int, int, str]] = ()) -> None:
+        self.spans = sorted(s for s in spans if s[1] > s[0])
+        self._ends = [s[1] for s in self.spans]
+
+    def hit(self, start: int, end: int) -> str | None:
+        """The first masked tensor that output bytes `start:end` overlap, or None."""
+        i = bisect.bisect_right(self._ends, start)
+        return self.spans[i][2] if end > start and i < len(self.spans) and self.spans[i][0] < end else None
+
+
+def frame_heads(stream: Any, size: int, where: str) -> Iterator[tuple[int, int, FrameHead]]:
+    """Index, output offset and head of each frame of a seekable compressed file of `size` bytes,
+    seeking past the planes: nothing is decompressed (a publisher checks every frame this way).
+
+    Raises:
+        `FormatError`: a head out of range, or the file ending inside a frame, naming the frame.
+    """
+    index = offset = 0
+    while first := stream.read(2):
+        at = f"{where}: frame {index}"
+        head = parse_head(first + stream.read(head_size(first) - len(first)), at)
+        pos = stream.seek(sum(head.planes), 1)
+        if pos > size:
+            raise FormatError(f"{at}: the file ends inside its planes ({pos - size} bytes short)", path=where)
+        yield index, offset, head
+        index += 1
+        offset += head.out_size
 
 
 def decode_frame(

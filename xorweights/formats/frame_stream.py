@@ -19,6 +19,7 @@ from ..errors import FormatError, InputChangedError
 from .delta_frames import (
     STORED,
     FrameHead,
+    MaskedSpans,
     compressor,
     decode_frame,
     decompressor,
@@ -257,7 +258,8 @@ class FrameReader(_FrameStream):
     compressed planes and base bytes of those few); a frame that does not fit is decoded aside
     and handed over across calls. `tensors` (`(offset, name)` in offset order) lets errors name
     the tensor of a bad frame; `limit` is the output's size: frames that would make more are
-    refused before being read.
+    refused before being read; a stored frame over `masked` (tensors masked by a base tensor) is
+    refused before its planes are read.
     """
 
     def __init__(
@@ -269,9 +271,11 @@ class FrameReader(_FrameStream):
         workers: int = 1,
         tensors: Sequence[tuple[int, str]] = (),
         limit: int | None = None,
+        masked: MaskedSpans | None = None,
     ) -> None:
         super().__init__((payload, base), workers)
         self.payload, self.base, self.where, self.limit = payload, base, where, limit
+        self.masked = masked
         self._frames = 0
         self._offset = 0
         self._offsets = [t[0] for t in tensors]
@@ -306,6 +310,15 @@ class FrameReader(_FrameStream):
         head = parse_head(first + rest, where)
         if self.limit is not None and self._offset + head.out_size > self.limit:
             raise FormatError(f"{where}: makes more than the output's {self.limit} bytes", path=where)
+        if head.transform == STORED and self.masked is not None:
+            tensor = self.masked.hit(self._offset, self._offset + head.out_size)
+            if tensor is not None:
+                raise FormatError(
+                    f"{where}: a stored frame (fine-tuned bytes in the clear) in tensor {tensor}, which "
+                    "the manifest masks by a base tensor; the payload is not what its manifest says "
+                    "(altered?): get it again from its publisher",
+                    path=where,
+                )
         slot = self._free.pop() if self._free else _Slot()
         blob = self._take(slot.get("planes", sum(head.planes)), where)
         cuts = [0, *itertools.accumulate(head.planes)]

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _cancel
-from .._display import abridged
 from .._line_endings import line_ending_hint
-from .._paths import check_regular_file, is_regular
+from .._paths import check_regular_file
 from .._progress import byte_bar
 from ..checksums import ChecksumManifest, FileDigest, hash_file
 from ..errors import BaseMismatchError, FormatError, InputError, MissingFileError
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from ..hub.stream import HubFileSource
 from ..tensors.safetensors_header import SafetensorsHeader, read_header_from
 from ..tensors.store import StoredTensor, TensorStore, castable, nbytes_of
-from .delta_frames import starts_with_frame
+from .delta_frames import MaskedSpans, starts_with_frame
 from .frame_stream import FrameReader
 from .native_manifest import (
     MANIFEST_NAME,
@@ -45,6 +44,13 @@ logger = logging.getLogger(__name__)
 def tensor_offsets(header: SafetensorsHeader) -> tuple[tuple[int, str], ...]:
     """`(offset, name)` of each tensor in file order, for messages naming a frame's tensor."""
     return tuple((t.begin, t.name) for t in sorted(header.tensors.values(), key=lambda t: t.begin))
+
+
+def masked_spans(header: SafetensorsHeader, entry: FileEntry) -> MaskedSpans:
+    """Where a compressed payload file MUST hold delta frames: the tensors its entry masks by a
+    base tensor (a stored frame there would be the fine-tuned bytes in the clear)."""
+    masked = {t.name for t in entry.tensors if t.base is not None}
+    return MaskedSpans((t.begin, t.end, t.name) for t in header.tensors.values() if t.name in masked)
 
 
 def segments(
@@ -131,7 +137,7 @@ def check_base(
     """Prove every base tensor and base file the manifest needs, before any output is written.
 
     Raises:
-        `MissingFileError`: a base tensor or base file is absent (the first few named, and how many).
+        `MissingFileError`: a base tensor or base file is absent (all are named).
         `BaseMismatchError`: one differs in shape, dtype or sha256 (tensor, file, expected, actual).
     """
     wanted = {t.base for f in manifest.files for t in f.tensors if t.base is not None}
@@ -140,7 +146,8 @@ def check_base(
     missing = sorted(n for n in wanted if store is None or store.get(n) is None)
     if missing:
         raise MissingFileError(
-            f"base tensor{'s' if len(missing) > 1 else ''} missing in {base_dir}: {abridged(missing)}",
+            f"base tensor{'s' if len(missing) > 1 else ''} missing in {base_dir}: {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
             path=base_dir,
         )
     work: list[tuple[str, Callable[[Callable[[int], None]], str], int]] = []
@@ -161,7 +168,7 @@ def check_base(
     for f in files_:
         assert f.base_file is not None
         path = base_dir / f.base_file.name
-        if not is_regular(path):
+        if not path.is_file():
             raise MissingFileError(f"base file missing in {base_dir}: {f.base_file.name}", path=path)
         if path.stat().st_size != f.base_file.size:
             raise BaseMismatchError(
@@ -214,8 +221,7 @@ def check_payload_files(
     missing = [f.name for f in local if not check_regular_file(payload_dir / f.name, payload_dir)]
     if missing:
         raise MissingFileError(
-            f"{len(missing)} payload file{'s' if len(missing) > 1 else ''} missing in {payload_dir}: "
-            f"{abridged(missing)}; an incomplete download or copy? fetch them and run again",
+            f"payload file{'s' if len(missing) > 1 else ''} missing in {payload_dir}: {', '.join(missing)}",
             path=payload_dir / missing[0],
         )
     for f in local:
@@ -296,11 +302,11 @@ def decode_plan(
     missing = [
         f.base_file.name
         for f in manifest.files
-        if f.base_file and not is_regular(base_dir / f.base_file.name)
+        if f.base_file and not (base_dir / f.base_file.name).is_file()
     ]
     if missing:
         raise MissingFileError(
-            f"base file{'s' if len(missing) > 1 else ''} missing in {base_dir}: {abridged(missing)} "
+            f"base file{'s' if len(missing) > 1 else ''} missing in {base_dir}: {', '.join(missing)} "
             "(XOR-ed by file, so the same-named base file is needed)",
             path=base_dir / missing[0],
         )
@@ -317,7 +323,8 @@ def decode_plan(
             if f.compression is None:
                 steps.append(Step(f.name, data, image))
                 continue
-            framed = FramedSource(data, image, tensor_offsets(header), workers, f.size)
+            masked = masked_spans(header, f)
+            framed = FramedSource(data, image, tensor_offsets(header), workers, f.size, masked)
             steps.append(Step(f.name, framed, options={"base": image.identity()}, masked=True))
         elif f.method == "file-xor":
             assert f.base_file is not None

@@ -1,10 +1,11 @@
 """Native encode: plan a payload of a fine-tuned folder against its base, and its manifest.
 
-Each fine-tuned file gets a method (`tensor-xor` for safetensors, `file-xor` for other files with
-a same-named base file, `copy` for configs), every item no base masks is refused unless an
-`allow_raw` pattern names it, and the base tensors used and every fine-tuned tensor are hashed
-before the pass. A tensor-xor file is then written as delta frames (`zstd`, format version 2)
-or as a safetensors file of XOR-ed tensors (`none`, format version 1).
+Each fine-tuned file gets a method (`tensor-xor` for safetensors, `copy` for text files known to
+hold no weights, `file-xor` for other files with a same-named base file, `copy` for a tokenizer
+model without one), every item no base masks is refused unless an `allow_raw` pattern names it,
+and the base tensors used and every fine-tuned tensor are hashed before the pass. A tensor-xor
+file is then written as delta frames (`zstd`, format version 2) or as a safetensors file of
+XOR-ed tensors (`none`, format version 1).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .. import _cancel
 from .._display import shown
 from .._paths import check_regular_file
 from .._progress import byte_bar
-from ..constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TEXT_SUFFIXES, TORCH_SUFFIXES
+from ..constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TORCH_SUFFIXES
 from ..errors import FormatError, InputError
 from ..pipeline import Step
 from ..sources import BaseImageSource, CompressingSource, FileSource
@@ -47,7 +48,8 @@ from .raw_storage import (
     GROWN_ROWS,
     NameHints,
     RawItem,
-    file_weights_reason,
+    copy_kind,
+    copy_refusal,
     notes,
     refuse_unallowed,
     unmasked_bytes,
@@ -118,22 +120,23 @@ def _plan_files(src_dir: Path, base_dir: Path) -> tuple[dict[str, Method], list[
         if low.endswith(".safetensors"):
             methods[n] = "tensor-xor"
             continue
-        reason = "its name marks a weights file" if low.endswith(OTHER_WEIGHTS) else None
-        reason = reason or file_weights_reason(src_dir / n, n)
-        if reason is not None and has_safetensors and low.endswith(OTHER_WEIGHTS):
+        if has_safetensors and low.endswith(OTHER_WEIGHTS):
             omitted.append(n)
-        elif reason is None and low.endswith(TEXT_SUFFIXES):
+            continue
+        # An allow-list: only files known to hold no weights are copied as they are.
+        reason = copy_refusal(src_dir / n, n)
+        if reason is None and copy_kind(n) == "text":
             methods[n] = "copy"  # configs and the like: base copies differ in them freely
         elif base.is_file():
             methods[n] = "file-xor"
             short = size - base.stat().st_size
-            if reason is not None and short > 0:
+            if short > 0 and reason is not None:  # the tail past the base file is in the clear
                 raw.append(RawItem(n, None, short, f"its base file is {short} bytes shorter"))
         elif reason is not None:
             methods[n] = "copy"
             raw.append(RawItem(n, None, size, f"no same-named base file, and {reason}"))
         else:
-            methods[n] = "copy"
+            methods[n] = "copy"  # a tokenizer model the base lacks
     if omitted:
         logger.warning(
             "%s: left out of the payload (the safetensors files hold the weights): %s",

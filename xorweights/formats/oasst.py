@@ -17,9 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .._display import abridged, shown
+from .._display import shown
 from .._json import loads as json_loads
-from .._paths import check_name, check_not_escaping_link, check_regular_file, is_regular, read_bounded
+from .._paths import check_name, check_not_escaping_link, check_regular_file
 from ..constants import (
     GZIP_MAGIC,
     INFLATE_SLACK,
@@ -37,6 +37,7 @@ from ..errors import (
     InputError,
     IOFailure,
     MissingFileError,
+    RawStorageError,
 )
 from ..pipeline import Step, output_digests
 from ..pipeline.job import converted
@@ -46,6 +47,7 @@ from .delta_frames import starts_with_frame
 from .gzip_stream import check_gzip_head
 from .native_manifest import MANIFEST_NAME
 from .payload_folder import left_by_us
+from .raw_storage import copy_refusal
 
 if TYPE_CHECKING:
     from ..llama.base import GeneratedBase
@@ -103,11 +105,11 @@ def raw_rule(name: str) -> str:
 def parses_as_json(path: Path) -> bool:
     """Whether the file is strict JSON (files over 64 MiB are not read and count as not JSON)."""
     try:
-        json_loads(read_bounded(path, MAX_JSON_FILE_BYTES, "a JSON file"), str(path))
-    except FormatError:  # FileTooLargeError included
+        if path.stat().st_size > MAX_JSON_FILE_BYTES:
+            return False
+        json_loads(path.read_bytes(), str(path))
+    except FormatError:
         return False
-    except MissingFileError:
-        raise
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}", path=path) from e
     return True
@@ -121,7 +123,7 @@ def raw_rule_action(source: Path, base: Path, *, encoding: bool) -> Action:
     JSON is copied, any other is XOR-ed when the base has the file (`decode` lets a published
     digest overrule this).
     """
-    if not is_regular(base):
+    if not base.is_file():
         return "copy"
     if encoding:
         return "xor"
@@ -173,13 +175,15 @@ def plan(
             data = FileSource(source_dir / name)
         if follows_raw_rule(name, raw_patterns):
             action = raw_rule_action(source_dir / name, base_dir / name, encoding=encoding)
+            if encoding and action == "copy":
+                _refuse_unknown_raw(source_dir / name)
             logger.info("%s: %s", name, "XOR-ed with the base's" if action == "xor" else "stored raw")
             steps.append(Step(name, data, FileSource(base_dir / name) if action == "xor" else None))
         elif is_raw(name, raw_patterns):
             steps.append(Step(name, data))
         elif generated is not None and generated.opener(name) is not None:
             steps.append(Step(name, data, GeneratedSource(generated, name)))
-        elif not is_regular(base_dir / name):
+        elif not (base_dir / name).is_file():
             missing.append(name)
         else:
             if encoding:
@@ -188,11 +192,26 @@ def plan(
     if missing:
         raise MissingFileError(
             f"base file{'s' if len(missing) > 1 else ''} missing in {base_dir}: "
-            + abridged(missing)
+            + ", ".join(missing)
             + f" (every payload file except {', '.join(LEGACY_RAW_FILES)} needs its base counterpart)",
             path=base_dir / missing[0],
         )
     return steps
+
+
+def _refuse_unknown_raw(source: Path) -> None:
+    """Refuse to copy a file of `LEGACY_RAW_FILES` as it is unless it is known to hold no weights
+    (text within its size bound, as `raw_storage.copy_refusal` says)."""
+    why = copy_refusal(source, source.name)
+    if why is not None:
+        raise RawStorageError(
+            f"refusing to store {shown(source.name)} in the clear: the base has no file of its name to "
+            f"XOR it with, and {why}; give the base that file, or use the native format "
+            "(--format xorweights) with --allow-raw",
+            path=source,
+            items=[source.name],
+            nbytes=source.stat().st_size,
+        )
 
 
 def _warn_unmasked_tail(source: Path, base: Path) -> None:
@@ -307,7 +326,7 @@ def generated_base(
     if mode == "auto":
         here = [e.name for e in os.scandir(payload_dir) if e.is_file()]
         needed = [n for n in [*here, *remote] if not is_raw(n, raw)]
-        if all(is_regular(base_dir / n) for n in needed if not n.startswith(".")):
+        if all((base_dir / n).is_file() for n in needed if not n.startswith(".")):
             return None
     logger.info("generating the base from the LLaMA weights in %s", base_dir)
     return GeneratedBase(base_dir)
@@ -338,7 +357,7 @@ def settle_by_digest(
     readings = [step]
     if step.base is not None:
         readings.append(remake(replace(step, base=None)))
-    elif is_regular(base_file):
+    elif base_file.is_file():
         readings.append(remake(replace(step, base=FileSource(base_file))))
     tried: list[tuple[Step, dict[str, str]]] = []
     for reading in readings:

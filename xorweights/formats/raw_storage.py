@@ -2,11 +2,12 @@
 
 A fine-tuned byte is masked only where a base byte is XOR-ed onto it. It stays in the clear when
 the tensor has no base tensor, when the base tensor is shorter (zero padding masks nothing), when a
-weight file is copied because the base has no file of its name, or when its base file is shorter.
-Encoding refuses every such item unless an `allow_raw` pattern (fnmatch, case-sensitive, on the
-tensor name or, for a file, the file name) names it; the manifest records each raw item and the
-pattern that allowed it, and publishing recomputes the items from the manifest and the payload
-files and asks for the same patterns again.
+file not known to hold no weights (an allow-list: `copy_refusal`) is copied because the base has
+no file of its name, or when its base file is shorter. Encoding refuses every such item unless an
+`allow_raw` pattern (fnmatch, case-sensitive, on the tensor name or, for a file, the file name)
+names it; the manifest records each raw item and the pattern that allowed it, and publishing
+recomputes the items from the manifest and the payload files, every frame of a compressed file
+included (`check_frames`), and asks for the same patterns again.
 
 One exception is made, and recorded: a tensor that grew by whole rows (a vocabulary grown for new
 tokens, by at most a quarter) has its new rows unmasked, as every release of this kind has; they
@@ -15,18 +16,30 @@ are counted and shown on the card, but need no pattern.
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from .._units import human_bytes
-from ..constants import RAW_FILE_LIMIT, TEXT_SUFFIXES
-from ..errors import IOFailure, RawStorageError
+from ..constants import (
+    RAW_FILE_LIMIT,
+    TEXT_FILE_LIMIT,
+    TEXT_NAMES,
+    TEXT_SUFFIXES,
+    TOKENIZER_FILE_LIMIT,
+    TOKENIZER_MODELS,
+)
+from ..errors import FormatError, IOFailure, RawStorageError, UnmaskedFrameError
+from ..sources import FileSource
 from ..tensors.store import nbytes_of
-from .native_manifest import FileEntry, NativeManifest, RawNote
+from .delta_frames import STORED, frame_heads
+from .native import masked_spans, payload_header
+from .native_manifest import MANIFEST_NAME, FileEntry, NativeManifest, RawNote
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +56,8 @@ WEIGHT_PARTS = frozenset(
     "safetensors bin pt pth ckpt pt2 gguf ggml msgpack h5 hdf5 keras onnx npz npy pkl pickle joblib "
     "tflite pb tar zip ot params mlmodel caffemodel nemo".split()
 )
+#: Words in a file name that give it the tokenizer files' size bound (`copy_limit`).
+_TOKENIZER_WORDS = ("tokenizer", "vocab", "merges", "spiece", "sentencepiece")
 #: First bytes of containers that hold weights (or hide them: compressed streams).
 _MAGIC = (
     (b"GGUF", "a GGUF file"),
@@ -81,15 +96,72 @@ def weights_reason(name: str, size: int, head: bytes) -> str | None:
     return None
 
 
-def file_weights_reason(path: Path, name: str) -> str | None:
-    """`weights_reason` of a file on disk."""
+def copy_kind(name: str) -> Literal["text", "tokenizer"] | None:
+    """What a file is by its name, when its kind holds no weights: text (configs, cards, code,
+    templates, vocabularies, licences) or a tokenizer model (sentencepiece or tiktoken)."""
+    low = name.lower()
+    if low.endswith(TEXT_SUFFIXES) or low in TEXT_NAMES:
+        return "text"
+    if any(fnmatch.fnmatchcase(low, p) for p in TOKENIZER_MODELS):
+        return "tokenizer"
+    return None
+
+
+def copy_limit(name: str) -> int:
+    """The size bound of a file copied as it is: larger for tokenizer files."""
+    low = name.lower()
+    tokenizer = any(k in low for k in _TOKENIZER_WORDS) or low.endswith((".tiktoken", ".spm", ".vocab"))
+    return TOKENIZER_FILE_LIMIT if tokenizer else TEXT_FILE_LIMIT
+
+
+def name_refusal(name: str, size: int) -> str | None:
+    """Why a file may hold weights, by its name and size alone (`copy_refusal` without its content)."""
+    reason = weights_reason(name, size, b"")
+    if reason is None and copy_kind(name) is None:
+        reason = "its name is not one of a config, tokenizer or text file"
+    if reason is None and size > copy_limit(name):
+        reason = f"it is over {human_bytes(copy_limit(name))}"
+    return reason
+
+
+def copy_refusal(path: Path, name: str) -> str | None:
+    """Why a file may not be stored as it is (it may hold weights), or None: its name says it holds
+    none (`copy_kind`), it is within its size bound (`copy_limit`), and its bytes agree: text (UTF-8,
+    no NUL byte) or a sentencepiece model (a protobuf starting with its pieces).
+
+    Raises:
+        `IOFailure`: the file cannot be read.
+    """
     try:
         with open(path, "rb") as f:
-            head = f.read(512)
             size = os.fstat(f.fileno()).st_size
+            head = f.read(512)
+            reason = weights_reason(name, size, head) or name_refusal(name, size)
+            if reason is not None or (copy_kind(name) == "tokenizer" and head[:1] == b"\n"):
+                return reason
+            f.seek(0)
+            return _not_text(f, size)
     except OSError as e:
         raise IOFailure("reading", path, e) from e
-    return weights_reason(name, size, head)
+
+
+def _not_text(f: Any, size: int) -> str | None:
+    """Why the bytes of `f` (`size` of them) are not UTF-8 text, or None."""
+    decoder, at = codecs.getincrementaldecoder("utf-8")(), 0
+    while at < size and (chunk := f.read(min(1 << 20, size - at))):
+        nul = chunk.find(b"\0")
+        try:
+            decoder.decode(chunk[: nul if nul >= 0 else len(chunk)], final=nul >= 0)
+        except UnicodeDecodeError as e:
+            return f"it is not text (not UTF-8 at byte {at + e.start})"
+        if nul >= 0:
+            return f"it is not text (a NUL byte at byte {at + nul})"
+        at += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return "it is not text (it ends inside a UTF-8 character)"
+    return None
 
 
 def unmasked_bytes(
@@ -175,20 +247,73 @@ class NameHints:
 
 def _file_items(f: FileEntry, payload_dir: Path) -> list[RawItem]:
     if f.method == "copy":
-        reason = file_weights_reason(payload_dir / f.name, f.name)  # a copy: the payload is the file
+        reason = copy_refusal(payload_dir / f.name, f.name)  # a copy: the payload is the file
         if reason is not None or f.raw is not None:
             return [RawItem(f.name, None, f.size, reason or "noted raw", note=f.raw)]
     elif f.method == "file-xor" and f.base_file is not None and f.base_file.size < f.size:
-        reason = file_weights_reason(payload_dir / f.name, f.name)
+        reason = name_refusal(f.name, f.size)  # XOR-ed: only the name tells what the file is
         if reason is not None or f.raw is not None:
             left = f.size - f.base_file.size
             return [RawItem(f.name, None, left, f"its base file is {left} bytes shorter", note=f.raw)]
     return []
 
 
-def manifest_items(manifest: NativeManifest, payload_dir: Path) -> list[RawItem]:
+def check_frames(manifest: NativeManifest, payload_dir: Path, *, publishing: bool = False) -> int:
+    """Check every frame of every compressed payload file against the manifest: a tensor masked by
+    a base tensor MUST be in delta frames, stored frames are for the header and raw tensors. Reads
+    frame heads only (and the stored header), nothing else is decompressed. Returns the frames checked.
+
+    Raises:
+        `UnmaskedFrameError`: stored frames over masked tensors, naming file, tensor and frame.
+        `FormatError`: a frame head out of range, or frames not making the output's size.
+    """
+    bad: list[tuple[str, str, int]] = []
+    nbytes = frames = 0
+    for f in manifest.files:
+        if f.compression is None:
+            continue
+        path = payload_dir / f.name
+        spans = masked_spans(payload_header(FileSource(path), f), f)
+        end = 0
+        try:
+            with open(path, "rb") as stream:
+                for index, offset, head in frame_heads(stream, os.fstat(stream.fileno()).st_size, str(path)):
+                    frames, end = frames + 1, offset + head.out_size
+                    tensor = spans.hit(offset, end) if head.transform == STORED else None
+                    if tensor is not None:
+                        bad.append((f.name, tensor, index))
+                        nbytes += head.out_size
+        except OSError as e:
+            raise IOFailure("reading", path, e) from e
+        if end != f.size:
+            raise FormatError(
+                f"payload file {path}: its frames make {end} bytes, {MANIFEST_NAME} gives {f.size}; "
+                "the payload is not what its manifest says: encode it again",
+                path=path,
+            )
+    if bad:
+        shown = ", ".join(f"{n} frame {i} (tensor {t})" for n, t, i in bad[:SHOWN])
+        more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        raise UnmaskedFrameError(
+            f"{'refusing to publish: ' if publishing else ''}{payload_dir} holds {len(bad)} stored "
+            f"frame{'s' if len(bad) != 1 else ''} ({human_bytes(nbytes)} of fine-tuned bytes in the clear) "
+            f"in tensors {MANIFEST_NAME} masks by a base tensor: {shown}{more}; the payload is not what "
+            "its manifest says (altered, or not made by xorweights encode): encode it again",
+            path=payload_dir,
+            items=sorted({f"{n}:{t}" for n, t, _ in bad}),
+            nbytes=nbytes,
+        )
+    return frames
+
+
+def manifest_items(manifest: NativeManifest, payload_dir: Path, *, publishing: bool = False) -> list[RawItem]:
     """Every fine-tuned item a native payload stores unmasked, from its manifest and payload files,
-    whatever the manifest's notes say (an edited manifest cannot hide one)."""
+    whatever the manifest's notes say (an edited manifest cannot hide one).
+
+    Raises:
+        `UnmaskedFrameError`: a compressed file holds a masked tensor in stored frames (`check_frames`).
+    """
+    check_frames(manifest, payload_dir, publishing=publishing)
     out: list[RawItem] = []
     for f in manifest.files:
         out += _file_items(f, payload_dir)
@@ -240,7 +365,7 @@ def refuse_unallowed(
         s
         for s in (
             f"{tensors} fine-tuned tensor{'s' if tensors != 1 else ''}" if tensors else "",
-            f"{files} weight file{'s' if files != 1 else ''}" if files else "",
+            f"{files} file{'s' if files != 1 else ''} that may hold weights" if files else "",
         )
         if s
     )
@@ -257,8 +382,9 @@ def refuse_unallowed(
     else:
         if files:
             cause = (
-                "weights that are not safetensors are XOR-ed by file, with the same-named base file "
-                "(give the base file that name, or convert the fine-tuned model to safetensors)"
+                "only config, tokenizer and text files are copied as they are, others are XOR-ed whole "
+                "with the same-named base file (give the base file that name, or convert the fine-tuned "
+                "model to safetensors)"
             )
         elif any(i.hint for i in refused):
             cause = "the tensor names differ from the base's (see the closest base tensors)"

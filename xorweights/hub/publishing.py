@@ -127,7 +127,7 @@ def _release(
         for f in manifest.files:  # the tensors the manifest lists are the ones the payload holds
             if f.method == "tensor-xor":
                 native.payload_header(FileSource(payload_dir / f.name), f)
-        raw = manifest_items(manifest, payload_dir)
+        raw = manifest_items(manifest, payload_dir, publishing=True)  # every frame checked, too
         refuse_unallowed(raw, allow_raw, where=payload_dir / MANIFEST_NAME, publishing=True)
         release = manifest.to_checksums(
             repo_id.split("/")[-1],
@@ -210,7 +210,8 @@ def publish(
 
     Raises:
         `RawStorageError`: the payload stores fine-tuned tensors unmasked that `allow_raw` does
-            not name (nothing is uploaded).
+            not name (nothing is uploaded); `UnmaskedFrameError`, a compressed file holds a tensor
+            its manifest masks in stored frames.
         `MissingFileError`: the folder or a payload file is missing.
         `ChecksumMismatchError`: a payload file differs from xorweights.json, or the Hub lists
             another sha256 after the upload.
