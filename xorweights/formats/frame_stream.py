@@ -56,6 +56,9 @@ class _Done:
     def result(self) -> Any:
         return self.value
 
+    def exception(self) -> BaseException | None:
+        return None  # a task run inline raised where it was submitted
+
     def cancel(self) -> bool:
         return False
 
@@ -283,6 +286,13 @@ class FrameReader(_FrameStream):
         self._free: list[_Slot] = []
         self._spilled: _Slot | None = None  # holds `_ready`, the rest of a frame decoded aside
 
+    def close(self) -> None:
+        """Stop the threads, close the streams and drop the frame buffers."""
+        super().close()
+        self._free.clear()
+        self._spilled = None
+        self._ready = memoryview(b"")
+
     def _frame_name(self) -> str:
         where = f"{self.where}: frame {self._frames}"
         i = bisect.bisect_right(self._offsets, self._offset) - 1
@@ -356,24 +366,34 @@ class FrameReader(_FrameStream):
                     self._settle(pending.popleft(), view)
             while pending:
                 self._settle(pending.popleft(), view)
-        except BaseException as e:
+        except BaseException:
             # No thread may still write into `b` once this returns; and an earlier frame's
             # error is the one to report (a damaged plane also misplaces the next frame's head).
-            first: BaseException = e
-            for fut, *_ in pending:
-                try:
-                    fut.result()
-                except BaseException as earlier:  # noqa: BLE001 (re-raised below)
-                    if first is e and isinstance(earlier, FormatError):
-                        first = earlier
-            if first is not e:
-                raise first from None
-            raise
+            # Errors are taken from the futures, not raised through this frame (which would hold
+            # them, and the buffers their tracebacks reach, in a reference cycle).
+            earlier = [x for x in (job[0].exception() for job in pending) if isinstance(x, FormatError)]
+            pending.clear()
+            if not earlier:
+                raise
+            error = earlier.pop(0)
+            del earlier
+            try:
+                raise error from None
+            finally:
+                del error
         return pos
 
     def _settle(self, job: tuple[Any, _Slot, np.ndarray, int], view: memoryview) -> None:
         """Wait for a frame: copy it in where it was not decoded in place; free or keep its slot."""
         fut, slot, out, at = job
+        del job
+        error = fut.exception()
+        if error is not None:
+            del fut  # holds the error: no cycle through this frame
+            try:
+                raise error
+            finally:
+                del error
         frame = fut.result()
         n = len(frame)
         if at + n <= len(view):

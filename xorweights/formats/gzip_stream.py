@@ -24,6 +24,7 @@ thread at once (it is woken even when blocked on a full hand-off) and closes the
 from __future__ import annotations
 
 import collections
+import copy
 import gzip
 import io
 import logging
@@ -84,6 +85,10 @@ class _Source:
         if self.view is None:
             self.view = memoryview(bytearray(self.block))
         return self.view[: self.raw.readinto(self.view)]  # type: ignore[attr-defined]
+
+    def release(self) -> None:
+        """Drop the buffers (the end of the file, or a failure)."""
+        self.view, self.buf, self.pos = None, b"", 0
 
     def _fill(self) -> bool:
         data = self._read()
@@ -263,10 +268,13 @@ def inflate(
     crc32 = library(backend).crc32
     src = _Source(raw, block, stop)
     first = True
-    while first or not src.only_padding_left():
-        _read_header(src, crc32)
-        yield from _inflate_member(src, backend, block)
-        first = False
+    try:
+        while first or not src.only_padding_left():
+            _read_header(src, crc32)
+            yield from _inflate_member(src, backend, block)
+            first = False
+    finally:
+        src.release()  # an error raised here may be kept, with this frame: not the buffer
 
 
 _END = object()
@@ -382,7 +390,7 @@ class GzipReader:
             if not self._close.alive:
                 raise ValueError("I/O operation on closed gzip reader")
             if self._end is not None:
-                raise self._end
+                raise copy.copy(self._end)
             if self._ended:
                 return 0
             if self._channel.thread is None:
@@ -391,7 +399,13 @@ class GzipReader:
             if item is _END:
                 self._ended = True
             elif isinstance(item, BaseException):
-                self._end = item
+                # Later reads raise a copy: the reader keeps no error whose traceback holds it
+                # (through the frames of its callers), and this frame keeps no error at all.
+                self._end = copy.copy(item)
+                try:
+                    raise item
+                finally:
+                    del item
             else:
                 self._piece = memoryview(item)
         view = b if isinstance(b, memoryview) and b.format == "B" else memoryview(b).cast("B")

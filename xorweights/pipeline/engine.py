@@ -26,7 +26,9 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 
 from .. import _oscache
+from .._buffers import work_buffer
 from .._cancel import Cancelled
+from .._tracebacks import drop_locals
 from ..constants import CHUNK_SIZE, PIPELINE_DEPTH, WRITEBACK_WINDOW
 
 logger = logging.getLogger(__name__)
@@ -91,10 +93,10 @@ class _Slot:
     """One chunk in flight: data (XOR-ed into `out`), base, and how many lanes still hold it."""
 
     def __init__(self, chunk_size: int, with_base: bool, separate_out: bool) -> None:
-        self.a = np.empty(chunk_size, dtype=np.uint8)
-        self.b = np.empty(chunk_size, dtype=np.uint8) if with_base else None
+        self.a = work_buffer(chunk_size)
+        self.b = work_buffer(chunk_size) if with_base else None
         # In place unless the data itself is hashed (its lane must see it before the XOR).
-        self.o = np.empty(chunk_size, dtype=np.uint8) if separate_out else self.a
+        self.o = work_buffer(chunk_size) if separate_out else self.a
         self.av, self.ov = memoryview(self.a), memoryview(self.o)
         self.bv = memoryview(self.b) if self.b is not None else None
         self.n = 0  # data bytes in this slot
@@ -265,6 +267,12 @@ class _Pass:
             if n < self.chunk_size:
                 return
 
+    def release(self) -> None:
+        """Drop the slots' buffers (the lanes are closed): a traceback through this pass, kept by
+        the caller, keeps none of them."""
+        while not self.free.empty():
+            self.free.get_nowait()
+
     def hash_base_tail(self) -> None:
         """Base longer than the data: its tail is not used, but its digest covers it."""
         free, lanes, base = self.free, self.lanes, self.base
@@ -326,10 +334,21 @@ def xor_stream(
         run.xor_chunks(should_stop)
         if not run.base_done and run.base_q and not run.lanes.failure and not run.stopped:
             run.hash_base_tail()
+    except BaseException as e:
+        drop_locals(e)  # the frames it passed through hold slots and the readers' buffers
+        raise
     finally:
         run.lanes.close()
+        run.release()
     if run.lanes.failure:
-        raise run.lanes.failure[0]
+        # Taken out of the lanes first: the error's traceback holds this frame, and so `run`.
+        error = run.lanes.failure[0]
+        run.lanes.failure.clear()
+        drop_locals(error)
+        try:
+            raise error
+        finally:
+            del error
     if run.stopped:
         raise Cancelled()
     digests = {role: {a: h.hexdigest() for a, h in hs.items()} for role, hs in hashers.items()}

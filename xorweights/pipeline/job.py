@@ -308,11 +308,28 @@ def _pass(
         if gz is not None:
             gz.close()
         written.flush()
+        return stats
     except StreamError as e:
-        raise _stream_failure(e, job) from e.cause
+        error = _failure(e, job)
     except OSError as e:  # closing the gzip writer flushes its last block
         raise IOFailure("writing", job.out, e) from e
-    return stats
+    try:
+        raise error
+    finally:
+        del error
+
+
+def _failure(e: StreamError, job: Job) -> BaseException:
+    """The error to raise for a failed pass (see `_stream_failure`), caused by the stream's own.
+
+    Callers raise it outside their handler, and with no local left holding it: an error whose
+    context leads back to it (it may be the stream's cause itself), or whose traceback holds a frame
+    that holds it, is a reference cycle, keeping the pass's buffers until a garbage collection.
+    """
+    error = _stream_failure(e, job)
+    if error is not e.cause:
+        error.__cause__ = e.cause
+    return error
 
 
 def _check_pass(job: Job, data: Any, base: Any, stats: XorStats) -> tuple[bool, bool]:
@@ -460,6 +477,10 @@ def output_digests(step: Step, algorithms: Sequence[str], out: Path) -> dict[str
             stats = xor_stream(
                 data, base, _Discard(), hashes={"out": algorithms}, chunk_size=1 << 20, depth=2
             )  # type: ignore[arg-type]
+            return dict(stats.digests.get("out", {}))
         except StreamError as e:
-            raise _stream_failure(e, job) from e.cause
-    return dict(stats.digests.get("out", {}))
+            error = _failure(e, job)
+        try:
+            raise error
+        finally:
+            del error

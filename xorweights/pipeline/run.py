@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,27 +192,44 @@ def _run_jobs(jobs: list[Job], folder: OutputFolder, options: Options, *, desc: 
     ):
         futures = [pool.submit(run_job, j, bar, stop, depth, folder) for j in jobs]
         try:
-            for fut in as_completed(futures):
-                if fut.cancelled():
-                    continue
-                try:
-                    results.append(fut.result())
-                except Cancelled:
-                    continue
-                except BaseException as e:  # noqa: BLE001 (re-raised below, after the others stop)
-                    if not errors:
-                        stop.set()
-                        for other in futures:  # queued jobs are not started
-                            other.cancel()
-                    errors.append(e)
+            _collect(futures, stop, results, errors)
         except BaseException:
             stop.set()
             raise
-    if errors:
-        for extra in errors[1:]:
-            logger.debug("also failed: %s", extra)
-        raise errors[0]
-    return results
+        # The futures hold the errors, and an error raised here holds this frame: drop them first.
+        del futures
+    if not errors:
+        return results
+    for extra in errors[1:]:
+        logger.debug("also failed: %s", extra)
+    error = errors[0]
+    errors.clear()
+    try:
+        raise error
+    finally:
+        del error
+
+
+def _collect(
+    futures: list[Future[FileReport]],
+    stop: threading.Event,
+    results: list[FileReport],
+    errors: list[BaseException],
+) -> None:
+    """Wait for the jobs: reports into `results`, failures into `errors`, where the first failure
+    stops the others. Errors are taken, not raised, here (no frame of this loop joins their tracebacks)."""
+    for fut in as_completed(futures):
+        if fut.cancelled():
+            continue
+        error = fut.exception()
+        if error is None:
+            results.append(fut.result())
+        elif not isinstance(error, Cancelled):
+            if not errors:
+                stop.set()
+                for other in futures:  # queued jobs are not started
+                    other.cancel()
+            errors.append(error)
 
 
 # --- the staging folder ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import _cancel
+from .._buffers import work_buffer
 from ..constants import CHUNK_SIZE
 from ..errors import FormatError, MissingFileError
 from .dtypes import DTYPE_SIZES, FLOAT_DTYPES, NUMPY_DTYPES
@@ -236,7 +237,7 @@ class TensorStore:
     ) -> str:
         """sha256 of tensor `name`'s bytes as `dtype`."""
         h = hashlib.sha256()
-        buf = bytearray(CHUNK_SIZE)
+        buf = work_buffer(CHUNK_SIZE)  # its pages are touched only as far as the tensor goes
         with self.reader(name, dtype) as r:
             while n := r.readinto(buf):
                 _cancel.check()
