@@ -214,7 +214,8 @@ def test_meta_original_base(tmp_path: Path) -> None:
     hf = meta_to_hf(meta)
     g = torch.Generator().manual_seed(11)
     delta = {k: (torch.randn(v.shape, generator=g) * 0.01).half() for k, v in hf.items()}
-    save_model(tmp_path / "delta", delta, hidden_size=16)
+    inter = hf["model.layers.0.mlp.gate_proj.weight"].shape[0]
+    save_model(tmp_path / "delta", delta, hidden_size=16, intermediate_size=inter)
     xorweights.decode(
         tmp_path / "delta", base=meta, out=tmp_path / "out", recipe="fastchat", output_format="bin"
     )

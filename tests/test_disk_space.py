@@ -262,3 +262,68 @@ def test_staged_outputs_count_the_files_they_replace(tmp_path: Path) -> None:
     staged = needed_bytes(tmp_path, sizes, staged=True)
     # Renamed one by one, all but the largest old file are freed on the way; staged, old and new coexist.
     assert staged - in_place >= 1_000_000
+
+
+# --- compressed outputs: their size is known only once written -----------------------------------
+
+
+def compressible_pair(root: Path, mib: int) -> tuple[Path, Path]:
+    """A base and a fine-tune of `mib` MiB of float16 whose XOR compresses to about an eighth."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(3)
+    base = {f"t{i}": rng.standard_normal(mib * MiB // 4).astype(np.float16) for i in range(2)}
+    tuned = {}
+    for name, t in base.items():
+        bits = t.view(np.uint16).copy()
+        flip = rng.random(bits.size) < 0.2
+        bits[flip] ^= rng.integers(1, 4, int(flip.sum()), dtype=np.uint16)
+        tuned[name] = bits.view(np.float16)
+    for folder, tensors in (("base", base), ("ft", tuned)):
+        write_files(root / folder, {"config.json": b'{"hidden": 3}\n'})
+        save_file(tensors, str(root / folder / "model.safetensors"))
+    return root / "base", root / "ft"
+
+
+def test_a_compressed_output_counts_nothing_up_front(tmp_path: Path) -> None:
+    from xorweights.formats.native_encode import prepare_encode
+    from xorweights.pipeline.run import size_bound, sized_as_written
+
+    base, ft = compressible_pair(tmp_path, 1)
+    weights = (ft / "model.safetensors").stat().st_size
+    for compress, expected in (("zstd", 0), ("none", weights)):
+        plan = prepare_encode(ft, base, jobs=1, progress=False, compress=compress)  # type: ignore[arg-type]
+        steps = {s.name: s for s in plan.steps}
+        assert sized_as_written(steps["model.safetensors"]) is (compress == "zstd")
+        assert size_bound(steps["model.safetensors"]) == expected
+        assert size_bound(steps["config.json"]) == 14
+
+
+def test_a_compressed_encode_is_refused_only_when_its_output_does_not_fit(
+    tmpfs, tmp_path: Path, capsys
+) -> None:
+    base, ft = compressible_pair(tmp_path, 16)  # 32 MiB of weights, about 4 MiB once compressed
+    out = tmpfs(8) / "payload"
+    assert main(["encode", str(ft), "--base", str(base), "--out", str(out), "-q"]) == 0
+    assert sorted(finals(out)) == ["config.json", "model.safetensors", "xorweights.json"]
+    assert 1 * MiB < (out / "model.safetensors").stat().st_size < 8 * MiB
+    capsys.readouterr()
+    out = tmpfs(1) / "payload"
+    assert main(["encode", str(ft), "--base", str(base), "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"Error: not enough free space in {out}: the disk filled up while writing model.safetensors, "
+    ), err
+    assert err[0].endswith("free some space or choose another --out, and run again")
+    assert not out.exists() or [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_the_space_watch_stops_before_the_disk_is_full(tmpfs) -> None:
+    disk = tmpfs(1)
+    watch = _space.SpaceWatch(disk, "model.safetensors", disk)
+    watch.wrote(4096)  # room enough
+    fill(disk)
+    watch = _space.SpaceWatch(disk, "model.safetensors", disk)
+    with pytest.raises(NoSpaceError, match=f"^not enough free space in {disk}: the disk filled up while "):
+        watch.wrote(4096)

@@ -9,6 +9,7 @@ any escape also gets its backslashes doubled, so the escaped form is unambiguous
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 _SIMPLE = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
@@ -45,6 +46,18 @@ def shown(name: object) -> str:
     """`name` as it may be printed: unchanged when harmless, else `escaped`."""
     text = str(name)
     return escaped(text) if needs_escape(text) else text
+
+
+#: How many names a message lists before "and N more".
+SHOWN = 5
+
+
+def abridged(names: Iterable[object], limit: int = SHOWN) -> str:
+    """The first `limit` names, each `shown`, then how many more: `a, b, c and 59997 more`
+    (a message names a few, never thousands)."""
+    items = list(names)
+    first = ", ".join(shown(n) for n in items[:limit])
+    return first + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def quoted(value: object, limit: int = 80) -> str:

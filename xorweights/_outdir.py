@@ -39,7 +39,7 @@ from typing import Any
 
 from ._atomic import AtomicFile, fsync_dir
 from ._json import loads
-from ._paths import check_name
+from ._paths import check_name, read_bounded
 from .constants import (
     HEX_LENGTH,
     MAX_MANIFEST_BYTES,
@@ -235,18 +235,7 @@ def hash_path(path: Path, algorithms: Sequence[str]) -> dict[str, str]:
 
 def _read_state(path: Path, limit: int = MAX_MANIFEST_BYTES) -> bytes:
     """The state file's bytes: a regular file (never a link, FIFO or device) of bounded size."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_size > limit:
-            raise ValueError("too large")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(limit + 1)
-    finally:
-        os.close(fd)
+    return read_bounded(path, limit, "a state file", follow=False)
 
 
 class OutputFolder:

@@ -4,7 +4,8 @@ A name is a relative path inside a folder: no absolute paths, no drive letters, 
 empty or `.` parts, no NUL or control characters, no part named like xorweights' own files
 (`.xorweights-...`), and at most 255 bytes per part. A file read from a folder must be a regular
 file that resolves inside it (`check_regular_file`): a link out of it, a FIFO, a device or a
-socket is refused before anything opens it, so no read can block or leak.
+socket is refused before anything opens it, so no read can block or leak. A file read whole is read
+with `read_bounded`: a regular file no larger than the bound of its kind, checked on the open file.
 """
 
 from __future__ import annotations
@@ -14,8 +15,17 @@ import re
 import stat
 from pathlib import Path
 
+from ._units import human_bytes
 from .constants import TEMP_PREFIX
-from .errors import FormatError, InputError, UnsafePathError
+from .errors import (
+    FileTooLargeError,
+    FormatError,
+    InputError,
+    IOFailure,
+    MissingFileError,
+    NotRegularFileError,
+    UnsafePathError,
+)
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -134,8 +144,84 @@ def check_regular_file(path: Path, folder: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     if not stat.S_ISREG(mode):
-        raise UnsafePathError(f"{path} is {_kind(mode)}, not a regular file; refusing to read it", path=path)
+        raise _not_regular(path, mode)
     return True
+
+
+def _not_regular(path: os.PathLike[str] | str, mode: int) -> NotRegularFileError:
+    return NotRegularFileError(
+        f"{os.fspath(path)} is {_kind(mode)}, not a regular file; refusing to read it", path=path
+    )
+
+
+def is_regular(path: Path) -> bool:
+    """Whether a regular file is at `path` (False: nothing there); only metadata is read.
+
+    Raises:
+        `NotRegularFileError`: something else is there (a FIFO, a device, a socket, a folder).
+    """
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if not stat.S_ISREG(mode):
+        raise _not_regular(path, mode)
+    return True
+
+
+def read_bounded(
+    path: os.PathLike[str] | str, limit: int, what: str = "file", *, follow: bool = True
+) -> bytes:
+    """The whole content of the regular file at `path`, refused unread when larger than `limit`.
+
+    The file is opened without blocking and checked on the open descriptor (`fstat`): a FIFO, a
+    device, or a file swapped in after a check by name is refused, and one that grows while it
+    is read stops at `limit` + 1 bytes and is refused too.
+
+    Args:
+        what: what the file is, for the message (`a checksum file`, `config.json`).
+        follow: follow a symlink at `path` (else one is refused, as `O_NOFOLLOW` does).
+
+    Raises:
+        `MissingFileError`: nothing there. `NotRegularFileError`: not a regular file.
+        `FileTooLargeError`: larger than `limit`. `IOFailure`: it cannot be read.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise MissingFileError(f"{os.fspath(path)}: not found", path=path) from None
+    except OSError as e:
+        raise IOFailure("opening", path, e) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        _check_size(path, st.st_size, limit, what)
+        chunks, got = [], 0
+        while got <= limit:
+            chunk = os.read(fd, min(limit + 1 - got, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        _check_size(path, got, limit, what)
+        return b"".join(chunks)
+    except OSError as e:
+        raise IOFailure("reading", path, e) from None
+    finally:
+        os.close(fd)
+
+
+def _check_size(path: os.PathLike[str] | str, size: int, limit: int, what: str) -> None:
+    if size > limit:
+        raise FileTooLargeError(
+            f"{os.fspath(path)}: {human_bytes(size)} ({size} bytes), more than {what} may be "
+            f"({human_bytes(limit)} at most); check that it is the right file",
+            path=path, expected=limit, actual=size,
+        )  # fmt: skip
 
 
 def check_folder_inside(path: Path, root: Path) -> None:

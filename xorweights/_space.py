@@ -4,6 +4,10 @@ Called once per command after triage, so only the outputs still to make count. T
 the file system's free space for unprivileged users (`statvfs` `f_bavail`); where it cannot be
 read, nothing is refused (a full disk during the run still fails cleanly, naming the file).
 `XORWEIGHTS_SKIP_SPACE_CHECK=1` skips the check (a file system whose free figure is wrong).
+
+An output whose size is known only once written (a compressed payload file) counts nothing up front:
+`SpaceWatch` checks the free space as it is written instead, and running out is a `NoSpaceError`
+(its temporary removed), never a refusal of what would have fitted.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from .errors import NoSpaceError
 ENV_SKIP_SPACE_CHECK = "XORWEIGHTS_SKIP_SPACE_CHECK"
 STATE_SLACK = 64 * 1024
 """Room kept for what is written beside the outputs: the state file, a manifest."""
+WATCH_BYTES = 8 * 1024 * 1024
+"""`SpaceWatch` looks at the free space after this many bytes at most (more often as it shrinks)."""
 
 
 def free_bytes(folder: os.PathLike[str] | str) -> int | None:
@@ -81,6 +87,51 @@ def check_free(folder: os.PathLike[str] | str, needed: int, what: str) -> None:
         expected=needed,
         actual=free,
     )
+
+
+class SpaceWatch:
+    """The free space of an output's file system, checked as the output is written (its size is
+    not known in advance): `wrote(n)` after each write raises `NoSpaceError` once less than
+    `STATE_SLACK` is left, the room the records written after the outputs need.
+
+    Checks come every `WATCH_BYTES` at most, and more often as the free space shrinks (after half
+    of what is left above the slack), so that the refusal comes before the disk is full.
+    """
+
+    def __init__(self, folder: os.PathLike[str] | str, name: str, shown_as: os.PathLike[str] | str) -> None:
+        self.folder, self.name, self.shown_as = folder, name, shown_as
+        self.written = 0
+        self._next = 0
+        self._skip = env_flag(ENV_SKIP_SPACE_CHECK)
+
+    def wrote(self, n: int) -> None:
+        """Count `n` bytes written; check the free space when due.
+
+        Raises:
+            `NoSpaceError`: less than `STATE_SLACK` is free.
+        """
+        self.written += n
+        if self._skip or self.written < self._next:
+            return
+        free = free_bytes(self.folder)
+        if free is None:
+            self._skip = True
+            return
+        if free < STATE_SLACK:
+            raise self.error(free)
+        self._next = self.written + max(min(WATCH_BYTES, (free - STATE_SLACK) // 2), 4096)
+
+    def error(self, free: int | None = None) -> NoSpaceError:
+        """The error for having run out of room (also when a write failed with ENOSPC)."""
+        free = free_bytes(self.folder) if free is None else free
+        left = f", {human_bytes(free)} free" if free is not None else ""
+        return NoSpaceError(
+            f"not enough free space in {os.fspath(self.shown_as)}: the disk filled up while writing "
+            f"{self.name}{left} (a compressed output's size is known only as it is written; the partial "
+            "file is removed): free some space or choose another --out, and run again",
+            path=self.shown_as,
+            actual=free,
+        )
 
 
 def check_outputs(folder: os.PathLike[str] | str, sizes: Mapping[str, int], *, staged: bool = False) -> None:

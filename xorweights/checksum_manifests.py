@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _json
 from ._display import quoted
-from ._paths import check_listed_name
+from ._paths import check_listed_name, read_bounded
 from .checksum_lines import parse_sum_lines
 from .checksum_types import ChecksumManifest, FileDigest
 from .constants import HEX_LENGTH, MANIFEST_FORMAT, MAX_MANIFEST_BYTES, STAGES
@@ -168,14 +168,8 @@ def load_manifest_file(path: os.PathLike[str] | str) -> ChecksumManifest:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise FormatError(
-                f"{path}: {size} bytes is too large for a checksum file (limit {MAX_MANIFEST_BYTES})",
-                path=path,
-            )
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        raw = read_bounded(path, MAX_MANIFEST_BYTES, "a checksum file")
+    except MissingFileError:
         raise MissingFileError(f"checksum file not found: {path}", path=path) from None
     except OSError as e:
         raise InputError(f"cannot read checksum file {path}: {e.strerror}", path=path) from e

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import hub
-from ._display import shown
+from ._display import abridged
 from ._paths import check_out_dir, check_regular_file
 from ._units import parse_size
 from .checksums import ChecksumManifest, FileDigest, load_checksums
@@ -218,16 +218,15 @@ def _check_listed(
     if not set(listed) & (weights or names):
         raise InputError(
             f"none of the payload's {'weight ' if weights else ''}files "
-            f"({', '.join(sorted(weights or names)[:3])}, ...) is listed in the checksums of "
+            f"({abridged(sorted(weights or names), 3)}) is listed in the checksums of "
             f"{published.release}; wrong release?",
             path=published.path or published.release,
         )
     absent = sorted(set(decoded) - names)
     if absent:
-        first = ", ".join(shown(n) for n in absent[:3]) + (", ..." if len(absent) > 3 else "")
         raise MissingFileError(
             f"the checksums of {published.release} list {len(absent)} outputs that {where} has no "
-            f"payload file for ({first}); an incomplete download or copy?",
+            f"payload file for ({abridged(absent, 3)}); an incomplete download or copy?",
             path=where / absent[0],
         )
 

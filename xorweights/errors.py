@@ -58,6 +58,16 @@ class UnsafePathError(XorWeightsError, ValueError):
     """A name or link from outside would reach beyond the folder it belongs to."""
 
 
+class NotRegularFileError(UnsafePathError):
+    """A file to be read is a FIFO, a device, a socket or a folder: refused before any read (a FIFO
+    would block, a device never end)."""
+
+
+class FileTooLargeError(FormatError):
+    """A file is larger than any file of its kind may be; refused unread. `expected` is the bound in
+    bytes, `actual` the file's size."""
+
+
 class FolderLockedError(XorWeightsError, BlockingIOError):
     """Another xorweights process is writing into the same folder."""
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import _json
+from ._paths import read_bounded
 from ._progress import byte_bar
 from .checksum_manifests import check_hex
 from .checksum_types import Mismatch, VerifyReport
@@ -35,7 +36,8 @@ TENSORS_FORMAT = "xorweights-tensors/1"
 TENSORS_NAME = "xorweights-tensors.json"
 #: The `stage` of a `VerifyReport` made against per-tensor digests (not a release stage).
 TENSORS_STAGE = "tensors"
-_MAX_BYTES = 64 << 20
+#: Tensor manifests larger than this are refused unread.
+MAX_TENSOR_MANIFEST_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,11 @@ def parse_tensor_manifest(doc: Any, source: str) -> TensorManifest:
 def load_tensor_manifest(path: os.PathLike[str] | str) -> TensorManifest:
     """Read a manifest file (refused above 64 MiB, before reading)."""
     p = Path(path)
-    if not p.is_file():
-        raise MissingFileError(f"tensor manifest not found: {p}", path=p)
-    if p.stat().st_size > _MAX_BYTES:
-        raise FormatError(f"{p}: larger than a tensor manifest can be", path=p)
-    return parse_tensor_manifest(_json.loads(p.read_bytes(), str(p)), str(p))
+    try:
+        raw = read_bounded(p, MAX_TENSOR_MANIFEST_BYTES, "a tensor manifest")
+    except MissingFileError:
+        raise MissingFileError(f"tensor manifest not found: {p}", path=p) from None
+    return parse_tensor_manifest(_json.loads(raw, str(p)), str(p))
 
 
 def tensor_sha256(
@@ -141,7 +143,7 @@ def tensor_manifest_at(path: os.PathLike[str] | str) -> TensorManifest | None:
     """The tensor manifest at `path` if it is one (a small JSON file saying so), else None."""
     p = Path(path)
     try:
-        if not p.is_file() or p.stat().st_size > _MAX_BYTES:
+        if not p.is_file() or p.stat().st_size > MAX_TENSOR_MANIFEST_BYTES:
             return None
         with open(p, "rb") as f:
             if TENSORS_FORMAT.encode() not in f.read(4096):

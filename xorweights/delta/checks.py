@@ -1,14 +1,19 @@
 """Pair a delta's tensors with the base's, and refuse a base that cannot be the right one, naming
-the likely cause, before anything is written."""
+the likely cause, before anything is written; refuse a delta whose `config.json` (copied into the
+recovered model) does not describe its tensors."""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import _json
+from .._display import abridged, quoted
+from .._paths import is_regular, read_bounded
+from ..constants import MAX_JSON_FILE_BYTES
 from ..errors import BaseMismatchError, FormatError
 from ..tensors.store import StoredTensor, TensorStore
 from .recipes import VOCAB_TENSORS, Recipe
@@ -123,7 +128,7 @@ def _shape_cause(recipe: Recipe, t: StoredTensor, b: StoredTensor) -> str:
 
 
 def _missing_cause(missing: list[str], base: TensorStore) -> str:
-    first = ", ".join(missing[:2]) + (", ..." if len(missing) > 2 else "")
+    first = abridged(missing, 2)
     have = list(base.tensors)
     if have and not any(n.startswith("model.") for n in have):
         return (
@@ -158,13 +163,69 @@ def _refuse_llama2(delta_dir: Path, base_dir: Path) -> None:
 
 
 def model_config(folder: Path) -> dict[str, Any] | None:
-    """The folder's `config.json` (HF) or `params.json` (Meta), or None."""
+    """The folder's `config.json` (HF) or `params.json` (Meta), or None (neither there).
+
+    Raises:
+        `FormatError`: the file is not a JSON object (or larger than any config).
+        `NotRegularFileError`: a FIFO, a device or a folder under that name.
+    """
     for name in ("config.json", "params.json"):
         path = folder / name
-        if path.is_file():
-            try:
-                doc = _json.loads(path.read_bytes(), str(path))
-            except (OSError, FormatError):
-                return None
-            return doc if isinstance(doc, dict) else None
+        if not is_regular(path):
+            continue
+        raw = read_bounded(path, MAX_JSON_FILE_BYTES, f"a {name}")
+        try:
+            doc = _json.loads(raw, str(path))
+        except FormatError as e:
+            raise FormatError(f"{e.message}; {_GET_IT_AGAIN}", path=path) from None
+        if not isinstance(doc, dict):
+            raise FormatError(f"{path}: not a JSON object but {quoted(doc)}; {_GET_IT_AGAIN}", path=path)
+        return doc
     return None
+
+
+_GET_IT_AGAIN = "download or copy the model's own file again"
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def _dims(delta: TensorStore) -> dict[str, tuple[int, str]]:
+    """What the delta's tensors say of the model, by config key, with the tensors that say it."""
+    out: dict[str, tuple[int, str]] = {}
+    embed = next((t for n in VOCAB_TENSORS if (t := delta.get(n)) is not None and len(t.shape) == 2), None)
+    if embed is not None:
+        out["vocab_size"] = (embed.shape[0], f"{embed.name} has {embed.shape[0]} rows")
+        out["hidden_size"] = (embed.shape[1], f"{embed.name} is {list(embed.shape)}")
+    layers = {int(m.group(1)) for n in delta.tensors if (m := _LAYER.match(n))}
+    if layers:
+        last = max(layers)
+        out["num_hidden_layers"] = (last + 1, f"the delta's tensors have layers 0 ... {last}")
+    gate = delta.get("model.layers.0.mlp.gate_proj.weight")
+    if gate is not None and len(gate.shape) == 2:
+        out["intermediate_size"] = (gate.shape[0], f"{gate.name} is {list(gate.shape)}")
+    return out
+
+
+def check_delta_config(delta: TensorStore, delta_dir: Path) -> None:
+    """The delta's `config.json`, which the recovered model gets as it is, describes the delta's
+    tensors: its hidden size, number of layers, vocabulary and intermediate sizes, where it gives them.
+
+    Raises:
+        `FormatError`: it is not a JSON object, or one of those sizes differs (key, both values, and
+            the tensor that tells), before anything is written.
+    """
+    path = delta_dir / "config.json"
+    if not is_regular(path):
+        return
+    config = model_config(delta_dir) or {}
+    wrong = [
+        (key, config[key], want, why)
+        for key, (want, why) in _dims(delta).items()
+        if key in config and (type(config[key]) is not int or config[key] != want)
+    ]
+    if wrong:
+        listed = ", ".join(f"{key} {quoted(got)} where {why}" for key, got, _, why in wrong)
+        raise FormatError(
+            f"{path} describes another model than the delta's tensors ({listed}); it would be copied "
+            "into the recovered model as it is; download or copy the delta's own config.json again",
+            path=path, expected={k: w for k, _, w, _ in wrong}, actual={k: g for k, g, _, _ in wrong},
+        )  # fmt: skip

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._paths import check_out_dir
+from .._display import quoted
+from .._paths import check_out_dir, is_regular, read_bounded
 from ..errors import ChecksumMismatchError, FormatError, InputError, MissingFileError
 from ..pipeline import Options
 from ..reports import DecodeReport
@@ -119,6 +120,8 @@ def decode_delta(
 
 #: Where a folder of an Alpaca-recipe delta holds its published sum (AlpacaFarm), and the tolerance.
 _SUM_FILE, _SUM_RTOL = "model_sum.txt", 1e-5
+#: A sum file holds one number: anything longer is not one.
+_SUM_FILE_BYTES = 4096
 
 
 def _expected_sum(
@@ -130,16 +133,19 @@ def _expected_sum(
         return published.value, published.atol, published.rtol
     name = published.file if published and published.file else _SUM_FILE
     path = delta_dir / name
-    if not path.is_file():
+    if not is_regular(path):
         if published is not None:
             logger.warning("%s: not found; the sum of the recovered weights is not checked", path)
         return None
     if recipe != "alpaca" and published is None:
         return None
+    text = read_bounded(path, _SUM_FILE_BYTES, "a file of one number").decode("utf-8", "replace").strip()
     try:
-        value = float(path.read_text(encoding="utf-8").strip())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise FormatError(f"{path}: expected one number (the sum of all weights): {e}", path=path) from None
+        value = float(text)
+    except ValueError:
+        raise FormatError(
+            f"{path}: expected one number (the sum of all weights), got {quoted(text, 40)}", path=path
+        ) from None
     if not math.isfinite(value):
         raise FormatError(f"{path}: expected a finite number, got {value}", path=path)
     return value, published.atol if published else 0.0, published.rtol if published else _SUM_RTOL

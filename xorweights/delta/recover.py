@@ -21,7 +21,9 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 
 from .._atomic import AtomicFile
-from ..constants import default_jobs
+from .._display import abridged
+from .._paths import is_regular, read_bounded
+from ..constants import MAX_MANIFEST_BYTES, default_jobs
 from ..errors import FormatError, InputError, MissingFileError
 from ..generated_file import GeneratedFile
 from ..llama.layout import MAX_SHARD_BYTES as BIN_SHARD_BYTES  # the 2023 default ("10GB")
@@ -30,11 +32,18 @@ from ..pipeline import Options, Plan, Step, run
 from ..pipeline.plan import Confirm
 from ..reports import FileReport
 from ..sources import BytesSource, FileSource
-from ..tensor_manifest import TENSORS_NAME, TensorDigest, TensorManifest, load_tensor_manifest, tensor_sha256
+from ..tensor_manifest import (
+    MAX_TENSOR_MANIFEST_BYTES,
+    TENSORS_NAME,
+    TensorDigest,
+    TensorManifest,
+    load_tensor_manifest,
+    tensor_sha256,
+)
 from ..tensors import safetensors_write as st
 from ..tensors.spec import TensorSpec
 from ..tensors.store import TensorStore, cast, index_tensors, tensor_array
-from .checks import model_config, pair_tensors, skipped
+from .checks import check_delta_config, model_config, pair_tensors, skipped
 from .recipes import Recipe
 from .tensor_plan import TensorPlan, TensorResult, stream_blocks
 from .torch_mean import torch_column_mean
@@ -182,6 +191,8 @@ def plan_recovery(
     """Pair the tensors (refusing a wrong base first), split them into files, make the steps."""
     base = TensorStore.open(base_dir)
     delta = open_delta(recipe, delta_dir, base_dir)
+    if delta_dir.is_dir():  # its config.json is copied into the output
+        check_delta_config(delta, delta_dir)
     pairs = pair_tensors(recipe, delta, base)
     if not pairs:
         raise FormatError(
@@ -210,7 +221,7 @@ def plan_recovery(
     if len(shards) > 1:
         index = f"{stem}{suffix}.index.json"
     for name in SMALL_FILES:
-        if delta_dir.is_dir() and (delta_dir / name).is_file():
+        if delta_dir.is_dir() and is_regular(delta_dir / name):
             steps.append(Step(name, FileSource(delta_dir / name)))
     buffers = _buffer_sums(delta, base) if sums else {}
     return Recovery(shards, tuple(steps), index, tuple(delta.tensors), buffers)
@@ -264,7 +275,7 @@ def easylm_file(path: Path) -> Path:
         raise MissingFileError(f"delta not found: {path}", path=path)
     found = _easylm_files(path)
     if len(found) != 1:
-        names = ", ".join(p.name for p in found) or "none"
+        names = abridged(p.name for p in found) or "none"
         raise InputError(f"{path}: give the path of one EasyLM diff file (found: {names})", path=path)
     return found[0]
 
@@ -384,8 +395,8 @@ def _refuse_other_layouts(out_dir: Path, names: set[str]) -> None:
     stale = sorted({p.name for g in _LAYOUT_GLOBS for p in out_dir.glob(g)} - names)
     if stale:
         raise InputError(
-            f"{out_dir} holds weight files this recovery does not write ({', '.join(stale[:3])}"
-            f"{', ...' if len(stale) > 3 else ''}): another layout (shard size or format) or another model; "
+            f"{out_dir} holds weight files this recovery does not write ({abridged(stale, 3)}): "
+            "another layout (shard size or format) or another model; "
             "remove them or choose another --out",
             path=out_dir / stale[0],
         )
@@ -414,10 +425,10 @@ def _previous_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResul
     hand-edited manifest is never carried over)."""
 
     try:
-        text = path.read_bytes()
-        sealed = json.loads((path.parent / SEAL_NAME).read_bytes())
-        files = sealed["files"]
-        if seal(text, files) != (path.parent / SEAL_NAME).read_bytes():
+        text = read_bounded(path, MAX_TENSOR_MANIFEST_BYTES, "a tensor manifest")
+        sealed = read_bounded(path.parent / SEAL_NAME, MAX_MANIFEST_BYTES, "a seal")
+        files = json.loads(sealed)["files"]
+        if seal(text, files) != sealed:
             return {}
         if any(_file_id(path.parent / name) != list(ident) for name, ident in files.items()):
             return {}

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import _json
+from .._paths import read_bounded
 from ..checksum_manifests import manifests_dir
+from ..constants import MAX_MANIFEST_BYTES
 from ..errors import FormatError
 from .recipes import RECIPES
 
@@ -83,7 +85,10 @@ def _parse(doc: Any, source: str) -> DeltaRelease:
 def delta_releases() -> tuple[DeltaRelease, ...]:
     """Every bundled delta release, by name."""
     folder = manifests_dir() / "deltas"
-    found = [_parse(_json.loads(p.read_bytes(), str(p)), str(p)) for p in sorted(folder.glob("*.json"))]
+    found = [
+        _parse(_json.loads(read_bounded(p, MAX_MANIFEST_BYTES, "a delta release entry"), str(p)), str(p))
+        for p in sorted(folder.glob("*.json"))
+    ]
     return tuple(sorted(found, key=lambda r: r.name))
 
 

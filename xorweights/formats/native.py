@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _cancel
+from .._display import abridged
 from .._line_endings import line_ending_hint
-from .._paths import check_regular_file
+from .._paths import check_regular_file, is_regular
 from .._progress import byte_bar
 from ..checksums import ChecksumManifest, FileDigest, hash_file
 from ..errors import BaseMismatchError, FormatError, InputError, MissingFileError
@@ -137,7 +138,7 @@ def check_base(
     """Prove every base tensor and base file the manifest needs, before any output is written.
 
     Raises:
-        `MissingFileError`: a base tensor or base file is absent (all are named).
+        `MissingFileError`: a base tensor or base file is absent (the first few named, and how many).
         `BaseMismatchError`: one differs in shape, dtype or sha256 (tensor, file, expected, actual).
     """
     wanted = {t.base for f in manifest.files for t in f.tensors if t.base is not None}
@@ -146,8 +147,7 @@ def check_base(
     missing = sorted(n for n in wanted if store is None or store.get(n) is None)
     if missing:
         raise MissingFileError(
-            f"base tensor{'s' if len(missing) > 1 else ''} missing in {base_dir}: {', '.join(missing[:5])}"
-            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
+            f"base tensor{'s' if len(missing) > 1 else ''} missing in {base_dir}: {abridged(missing)}",
             path=base_dir,
         )
     work: list[tuple[str, Callable[[Callable[[int], None]], str], int]] = []
@@ -168,7 +168,7 @@ def check_base(
     for f in files_:
         assert f.base_file is not None
         path = base_dir / f.base_file.name
-        if not path.is_file():
+        if not is_regular(path):
             raise MissingFileError(f"base file missing in {base_dir}: {f.base_file.name}", path=path)
         if path.stat().st_size != f.base_file.size:
             raise BaseMismatchError(
@@ -221,7 +221,8 @@ def check_payload_files(
     missing = [f.name for f in local if not check_regular_file(payload_dir / f.name, payload_dir)]
     if missing:
         raise MissingFileError(
-            f"payload file{'s' if len(missing) > 1 else ''} missing in {payload_dir}: {', '.join(missing)}",
+            f"{len(missing)} payload file{'s' if len(missing) > 1 else ''} missing in {payload_dir}: "
+            f"{abridged(missing)}; an incomplete download or copy? fetch them and run again",
             path=payload_dir / missing[0],
         )
     for f in local:
@@ -302,11 +303,11 @@ def decode_plan(
     missing = [
         f.base_file.name
         for f in manifest.files
-        if f.base_file and not (base_dir / f.base_file.name).is_file()
+        if f.base_file and not is_regular(base_dir / f.base_file.name)
     ]
     if missing:
         raise MissingFileError(
-            f"base file{'s' if len(missing) > 1 else ''} missing in {base_dir}: {', '.join(missing)} "
+            f"base file{'s' if len(missing) > 1 else ''} missing in {base_dir}: {abridged(missing)} "
             "(XOR-ed by file, so the same-named base file is needed)",
             path=base_dir / missing[0],
         )

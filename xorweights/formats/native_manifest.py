@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import _json
 from .._display import quoted, shown
-from .._paths import check_name
+from .._paths import check_name, read_bounded
 from ..constants import MAX_MANIFEST_BYTES
-from ..errors import FormatError, InputError, IOFailure, MissingFileError
+from ..errors import FormatError, InputError, MissingFileError
 from ..tensors.dtypes import DTYPE_SIZES
 
 if TYPE_CHECKING:
@@ -237,14 +237,9 @@ def load_manifest(path: os.PathLike[str] | str) -> NativeManifest:
     if path.is_dir():
         path = path / MANIFEST_NAME
     try:
-        size = path.stat().st_size
-        if size > MAX_NATIVE_MANIFEST_BYTES:
-            raise FormatError(f"{path}: {size} bytes, more than a manifest may be", path=path)
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        raw = read_bounded(path, MAX_NATIVE_MANIFEST_BYTES, f"an {MANIFEST_NAME}")
+    except MissingFileError:
         raise MissingFileError(f"no {MANIFEST_NAME} at {path}", path=path) from None
-    except OSError as e:
-        raise IOFailure("reading", path, e) from None
     return parse_manifest(_json.loads(raw, str(path)), str(path))
 
 

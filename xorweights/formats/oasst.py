@@ -17,9 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .._display import shown
+from .._display import abridged, shown
 from .._json import loads as json_loads
-from .._paths import check_name, check_not_escaping_link, check_regular_file
+from .._paths import check_name, check_not_escaping_link, check_regular_file, is_regular, read_bounded
 from ..constants import (
     GZIP_MAGIC,
     INFLATE_SLACK,
@@ -105,11 +105,11 @@ def raw_rule(name: str) -> str:
 def parses_as_json(path: Path) -> bool:
     """Whether the file is strict JSON (files over 64 MiB are not read and count as not JSON)."""
     try:
-        if path.stat().st_size > MAX_JSON_FILE_BYTES:
-            return False
-        json_loads(path.read_bytes(), str(path))
-    except FormatError:
+        json_loads(read_bounded(path, MAX_JSON_FILE_BYTES, "a JSON file"), str(path))
+    except FormatError:  # FileTooLargeError included
         return False
+    except MissingFileError:
+        raise
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}", path=path) from e
     return True
@@ -123,7 +123,7 @@ def raw_rule_action(source: Path, base: Path, *, encoding: bool) -> Action:
     JSON is copied, any other is XOR-ed when the base has the file (`decode` lets a published
     digest overrule this).
     """
-    if not base.is_file():
+    if not is_regular(base):
         return "copy"
     if encoding:
         return "xor"
@@ -183,7 +183,7 @@ def plan(
             steps.append(Step(name, data))
         elif generated is not None and generated.opener(name) is not None:
             steps.append(Step(name, data, GeneratedSource(generated, name)))
-        elif not (base_dir / name).is_file():
+        elif not is_regular(base_dir / name):
             missing.append(name)
         else:
             if encoding:
@@ -192,7 +192,7 @@ def plan(
     if missing:
         raise MissingFileError(
             f"base file{'s' if len(missing) > 1 else ''} missing in {base_dir}: "
-            + ", ".join(missing)
+            + abridged(missing)
             + f" (every payload file except {', '.join(LEGACY_RAW_FILES)} needs its base counterpart)",
             path=base_dir / missing[0],
         )
@@ -326,7 +326,7 @@ def generated_base(
     if mode == "auto":
         here = [e.name for e in os.scandir(payload_dir) if e.is_file()]
         needed = [n for n in [*here, *remote] if not is_raw(n, raw)]
-        if all((base_dir / n).is_file() for n in needed if not n.startswith(".")):
+        if all(is_regular(base_dir / n) for n in needed if not n.startswith(".")):
             return None
     logger.info("generating the base from the LLaMA weights in %s", base_dir)
     return GeneratedBase(base_dir)
@@ -357,7 +357,7 @@ def settle_by_digest(
     readings = [step]
     if step.base is not None:
         readings.append(remake(replace(step, base=None)))
-    elif base_file.is_file():
+    elif is_regular(base_file):
         readings.append(remake(replace(step, base=FileSource(base_file))))
     tried: list[tuple[Step, dict[str, str]]] = []
     for reading in readings:

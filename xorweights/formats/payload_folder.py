@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._display import quoted
+from .._display import abridged, quoted
 from .._paths import check_folder_inside, check_name, check_regular_file
 from ..constants import STAGING_DIR, STATE_FILE, STATE_JOURNAL, TEMP_PREFIX, TEMP_SUFFIX
 from ..errors import InputError, MissingFileError
@@ -152,7 +152,7 @@ def find_payload_in_listing(paths: Iterable[str], where: str, hints: PayloadHint
         if sub:
             check_name(sub, where)
         if not by_dir.get(sub):
-            listed = ", ".join(_label(c) for c in candidates)
+            listed = abridged(_label(c) for c in candidates)
             raise InputError(
                 f"{where} has no files in {_label(sub)}"
                 + (f"; folders with model files: {listed}" if candidates else ""),
@@ -172,7 +172,7 @@ def find_payload_in_listing(paths: Iterable[str], where: str, hints: PayloadHint
     if chosen is not None:
         logger.info("payload files found in %s/%s", where, chosen)
         return chosen
-    listed = ", ".join(_label(c) for c in candidates)
+    listed = abridged(_label(c) for c in candidates)
     raise InputError(
         f"{where} holds several folders with model files ({listed}); choose the payload with {hints.choose}",
         path=where,

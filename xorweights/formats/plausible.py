@@ -14,8 +14,9 @@ import zipfile
 from pathlib import Path
 
 from .. import _json
+from .._paths import read_bounded
 from ..constants import MAX_JSON_FILE_BYTES, TORCH_SUFFIXES
-from ..errors import FormatError
+from ..errors import FileTooLargeError, FormatError
 from ..tensors.safetensors_header import read_header
 
 logger = logging.getLogger(__name__)
@@ -42,10 +43,12 @@ def problem(path: Path, name: str) -> str | None:
     what = kind(name)
     try:
         if what == "JSON file":
-            if path.stat().st_size > MAX_JSON_FILE_BYTES:
+            try:
+                raw = read_bounded(path, MAX_JSON_FILE_BYTES, "a JSON file")
+            except FileTooLargeError:
                 logger.info("%s: over %d MiB, not parsed", name, MAX_JSON_FILE_BYTES >> 20)
                 return None
-            _json.loads(path.read_bytes(), name)
+            _json.loads(raw, name)
         elif what == "safetensors file":
             read_header(path)
         elif what == "torch checkpoint":

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import _json
-from .._paths import check_out_dir
+from .._paths import check_out_dir, read_bounded
 from ..checksums import ChecksumManifest, load_checksums
+from ..constants import MAX_JSON_FILE_BYTES
 from ..errors import FormatError, InputError
 from ..generated_file import GeneratedFile
 from .convert import open_base, write_shard
@@ -182,7 +183,8 @@ class GeneratedBase:
         if not (any(f.glob("*.safetensors")) or any(f.glob("pytorch_model*.bin"))):
             return False
         try:
-            config = _json.loads((f / "config.json").read_bytes(), str(f / "config.json"))
+            path = f / "config.json"
+            config = _json.loads(read_bounded(path, MAX_JSON_FILE_BYTES, "a model config"), str(path))
         except (OSError, FormatError):
             return False
         keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")

@@ -20,7 +20,8 @@ from typing import BinaryIO
 import numpy as np
 
 from .. import _json
-from .._paths import check_regular_file
+from .._paths import check_regular_file, is_regular, read_bounded
+from ..constants import MAX_JSON_FILE_BYTES
 from ..errors import FormatError, MissingFileError
 from ..tensors.dtypes import NUMPY_DTYPES
 from ..tensors.spec import TensorSpec
@@ -56,9 +57,10 @@ class MetaCheckpoint:
     def open(cls, folder: os.PathLike[str] | str) -> MetaCheckpoint:
         folder = Path(folder)
         params_path = folder / "params.json"
-        if not params_path.is_file():
+        if not is_regular(params_path):
             raise MissingFileError(f"{folder}: no params.json (not a Meta LLaMA folder)", path=params_path)
-        params = _json.loads(params_path.read_bytes(), str(params_path))
+        raw = read_bounded(params_path, MAX_JSON_FILE_BYTES, "a params.json")
+        params = _json.loads(raw, str(params_path))
         names = sorted(p.name for p in folder.iterdir() if re.fullmatch(r"consolidated\.\d\d\.pth", p.name))
         if not names or names != [f"consolidated.{i:02d}.pth" for i in range(len(names))]:
             raise FormatError(
@@ -142,12 +144,13 @@ class HFCheckpoint:
     def __init__(self, folder: os.PathLike[str] | str) -> None:
         self.folder = Path(folder)
         config_path = self.folder / "config.json"
-        if not config_path.is_file():
+        if not is_regular(config_path):
             raise MissingFileError(
                 f"{self.folder}: no config.json (not an HF model folder)", path=config_path
             )
+        raw = read_bounded(config_path, MAX_JSON_FILE_BYTES, "a model config")
+        self.config = _json.loads(raw, str(config_path))
         try:
-            self.config = _json.loads(config_path.read_bytes(), str(config_path))
             self.layout = LlamaLayout(
                 dim=int(self.config["hidden_size"]),
                 n_layers=int(self.config["num_hidden_layers"]),

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._paths import read_bounded
 from ..errors import FormatError
 
 logger = logging.getLogger(__name__)
@@ -207,11 +208,6 @@ def tokenizer_json(data: bytes, what: str = "tokenizer.model") -> bytes:
 def derive_tokenizer_json(path: os.PathLike[str] | str) -> bytes:
     """Read the sentencepiece model at `path` and return the pinned conversion's `tokenizer.json`."""
     p = Path(path)
-    size = p.stat().st_size
-    if size > MAX_MODEL_BYTES:
-        raise FormatError(
-            f"{p}: {size} bytes, more than a sentencepiece model ({MAX_MODEL_BYTES} at most)", path=p
-        )
-    data = p.read_bytes()
-    logger.debug("deriving tokenizer.json from %s (%d bytes)", p, size)
+    data = read_bounded(p, MAX_MODEL_BYTES, "a sentencepiece model")
+    logger.debug("deriving tokenizer.json from %s (%d bytes)", p, len(data))
     return tokenizer_json(data, str(p))

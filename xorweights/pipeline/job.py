@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
 import threading
+import zlib
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from .. import _cancel
 from .._atomic import AtomicFile, HashingWriter
 from .._line_endings import line_ending_hint
 from .._outdir import STATE_DIGEST, Crc32, OutputFolder
+from .._space import SpaceWatch
 from ..checksums import FileDigest
 from ..constants import ENV_TEST_DIE_AFTER_RENAME, GZIP_MAGIC
 from ..errors import (
@@ -47,6 +50,8 @@ class Job:
     release: str
     fsync: bool = True
     drop_cache: bool = False
+    space: SpaceWatch | None = None
+    """Watches the free space as the output is written, when its size was not known in advance."""
 
     def hashes(self) -> dict[str, Sequence[str]]:
         """What the pass hashes, by role. The output's digests include those of the bytes written
@@ -147,21 +152,50 @@ def _stream_failure(e: StreamError, job: Job) -> BaseException:
         and isinstance(cause, gzip_stream.GZIP_ERRORS)
         and isinstance(step.data, PayloadSource)
     ):
-        hint = (
-            "; if the file is a plain XOR that merely begins with 1f 8b 08, decode with "
-            '--payload-compression none (payload_compression="none")'
-            if step.data.compression == "auto"
-            else ""
-        )
         return FormatError(
-            f"payload {step.data.label}: gzip stream is corrupt or truncated ({cause}){hint}",
+            f"payload {step.data.label}: gzip stream is corrupt or truncated ({cause}); "
+            + _gzip_advice(step.data),
             path=step.data.path,
         )
     source = {"data": step.data, "base": step.base}.get(e.role)
     where = job.out if e.role == "out" else (source.path or source.label) if source is not None else None
+    if isinstance(cause, OSError) and e.role == "out" and e.op == "write":
+        return _write_error(job, cause)
     if isinstance(cause, OSError) and where is not None:
         return IOFailure("writing" if e.op == "write" else "reading", where, cause)
     return cause
+
+
+def _write_error(job: Job, e: OSError) -> XorWeightsError:
+    """A failed write of the output; a full disk while writing one of unknown size is a `NoSpaceError`."""
+    if e.errno == errno.ENOSPC and job.space is not None:
+        return job.space.error()
+    return IOFailure("writing", job.out, e)
+
+
+def _gzip_advice(data: PayloadSource) -> str:
+    """What to do about a payload file whose gzip stream fails. One whose first bytes inflate is
+    gzip: it changed or was damaged since it was made (a resumed download that got other bytes,
+    a truncated copy). One that fails at once may be a plain XOR that begins like gzip."""
+    damaged = f"the file changed or is damaged since it was published: download {data.label} again"
+    if data.compression == "auto" and data.path is not None and not _inflates_at_first(data.path):
+        return (
+            "if it is a plain XOR that merely begins with 1f 8b 08, decode with --payload-compression none "
+            f'(payload_compression="none"); else {damaged}'
+        )
+    return damaged
+
+
+def _inflates_at_first(path: Path) -> bool:
+    """Whether the file's first 64 KiB inflate as gzip into 4 KiB or more (or a whole stream):
+    random bytes after the magic bytes (a plain XOR) fail long before that."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        inflater = zlib.decompressobj(31)
+        return len(inflater.decompress(head, 1 << 16)) >= 4096 or inflater.eof
+    except (OSError, zlib.error):
+        return False
 
 
 def _check_unchanged(
@@ -210,11 +244,14 @@ class _CrcFile(io.BufferedWriter):
     """The output file, taking the CRC-32 every output's record holds (`STATE_DIGEST`) as bytes
     are written. A `BufferedWriter` itself, so the engine still starts writeback behind it."""
 
-    def __init__(self, atomic: AtomicFile) -> None:
+    def __init__(self, atomic: AtomicFile, space: SpaceWatch | None = None) -> None:
         super().__init__(atomic.file.raw)  # type: ignore[attr-defined]
         self.crc = Crc32()
+        self.space = space
 
     def write(self, data: Any) -> int:
+        if self.space is not None:
+            self.space.wrote(memoryview(data).nbytes)
         self.crc.update(data)
         return super().write(data)
 
@@ -239,7 +276,7 @@ def run_job(job: Job, bar: Any, stop: threading.Event, depth: int, folder: Outpu
         data = _enter(stack, step.data)
         base = _enter(stack, step.base)
         atomic = stack.enter_context(_create(job.out))
-        out_file = _CrcFile(atomic)
+        out_file = _CrcFile(atomic, job.space)
         gzip = step.sink.gzip_mtime is not None
         written = (
             HashingWriter(out_file, step.sink.hash_written) if gzip and step.sink.hash_written else out_file
@@ -312,7 +349,7 @@ def _pass(
     except StreamError as e:
         error = _failure(e, job)
     except OSError as e:  # closing the gzip writer flushes its last block
-        raise IOFailure("writing", job.out, e) from e
+        raise _write_error(job, e) from e
     try:
         raise error
     finally:
@@ -371,7 +408,7 @@ def _commit(
         atomic.file.flush()
         size = os.fstat(atomic.file.fileno()).st_size
     except OSError as e:
-        raise IOFailure("writing", job.out, e) from e
+        raise _write_error(job, e) from e
     # An encode keeps the digests of what it read: a later run that keeps this payload file
     # needs them for the manifest.
     sources = {r: dict(stats.digests.get(r, {})) for r in ("data", "base")} if job.verb == "encode" else None

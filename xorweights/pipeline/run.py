@@ -24,11 +24,11 @@ from .._cancel import Cancelled
 from .._display import shown
 from .._outdir import OutputFolder
 from .._progress import byte_bar
-from .._space import check_outputs
+from .._space import SpaceWatch, check_outputs
 from ..constants import PIPELINE_DEPTH, PIPELINE_SLOTS, STAGING_DIR, default_jobs
 from ..errors import ImplausibleOutputError, IOFailure
 from ..reports import FileReport
-from ..sources import PayloadSource
+from ..sources import CompressingSource, PayloadSource
 from .job import Job, die_after_rename_for_tests, run_job
 from .plan import Plan, Step
 from .resume import Inputs, triage
@@ -102,7 +102,7 @@ def _make(
     plan: Plan, options: Options, folder: OutputFolder, todo: Sequence[Step], inputs: Mapping[str, Inputs]
 ) -> list[FileReport]:
     """Check space and the pre-flight, then run the steps into `folder`."""
-    check_outputs(plan.out_dir, {s.name: _size_bound(s) for s in todo}, staged=plan.staged)
+    check_outputs(plan.out_dir, {s.name: size_bound(s) for s in todo}, staged=plan.staged)
     if plan.preflight is not None:
         plan.preflight(todo)
     jobs = [
@@ -114,6 +114,7 @@ def _make(
             release=plan.release,
             fsync=options.fsync,
             drop_cache=options.drop_cache,
+            space=SpaceWatch(folder.path, s.name, plan.out_dir) if sized_as_written(s) else None,
         )  # fmt: skip
         for s in todo
     ]
@@ -154,10 +155,20 @@ def _run_staged(
     return outcome
 
 
-def _size_bound(step: Step) -> int:
-    """What an output may take: its expected size; else its data's (an XOR output is as long as
-    its payload file); for a gzip payload file the larger of it and its base, since what it
-    inflates to is known only once read."""
+def sized_as_written(step: Step) -> bool:
+    """Whether the output's size is known only once it is written: a compressed payload file (delta
+    frames), anywhere from a few bytes to more than the fine-tuned file."""
+    return isinstance(step.data, CompressingSource)
+
+
+def size_bound(step: Step) -> int:
+    """What an output may take, for the free-space check before anything is written: its expected
+    size; else its data's (an XOR output is as long as its payload file); for a gzip payload file
+    the larger of it and its base, since what it inflates to is known only once read. An output
+    `sized_as_written` counts nothing (any bound would refuse runs that fit): its writer watches
+    the free space instead (`SpaceWatch`)."""
+    if sized_as_written(step):
+        return 0
     if step.expect_out is not None and step.expect_out.size is not None:
         return step.expect_out.size
     size = step.data.size() or 0

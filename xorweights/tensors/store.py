@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import _cancel
 from .._buffers import work_buffer
+from .._paths import is_regular
 from ..constants import CHUNK_SIZE
 from ..errors import FormatError, MissingFileError
 from .dtypes import DTYPE_SIZES, FLOAT_DTYPES, NUMPY_DTYPES
@@ -36,6 +37,12 @@ from .torch_zip import read_checkpoint
 logger = logging.getLogger(__name__)
 
 _WEIGHT_GLOBS = ("*.bin", "*.pt")
+
+
+def _weight_file(path: Path) -> bool:
+    """Whether `path`, named like a weight file, is one: a regular file (a folder is skipped, and
+    a FIFO or a device is refused as `NotRegularFileError` rather than taken for no file at all)."""
+    return not path.is_dir() and is_regular(path)
 
 
 def nbytes_of(dtype: str, shape: tuple[int, ...]) -> int:
@@ -192,11 +199,12 @@ class TensorStore:
         Raises:
             `MissingFileError`: no such folder, or no tensor files in it.
             `FormatError`: a malformed file, or one tensor name in two files (`index_tensors`).
+            `NotRegularFileError`: a file named like weights is a FIFO, a device or a socket.
         """
         folder = Path(folder)
         if not folder.is_dir():
             raise MissingFileError(f"base folder not found: {folder}", path=folder)
-        if (folder / "params.json").is_file() and any(folder.glob("consolidated.*.pth")):
+        if is_regular(folder / "params.json") and any(folder.glob("consolidated.*.pth")):
             from ..llama.convert import open_base
 
             layout, compute = open_base(folder)
@@ -208,7 +216,7 @@ class TensorStore:
             files = sorted(folder.glob("consolidated.*.pth")) + [folder / "params.json"]
             return cls(folder, found, "meta", files)
         # The safetensors files when there are any (a folder often holds a .bin copy of the same weights).
-        safetensors = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+        safetensors = sorted(p for p in folder.glob("*.safetensors") if _weight_file(p))
         if safetensors:
             others = [p.name for g in _WEIGHT_GLOBS for p in folder.glob(g)]
             if others:
@@ -216,7 +224,7 @@ class TensorStore:
                     "%s: reading the safetensors files; ignoring %s", folder, ", ".join(sorted(others))
                 )
             return cls(folder, index_tensors(safetensors), "safetensors", safetensors)
-        checkpoints = sorted({p for g in _WEIGHT_GLOBS for p in folder.glob(g) if p.is_file()})
+        checkpoints = sorted({p for g in _WEIGHT_GLOBS for p in folder.glob(g) if _weight_file(p)})
         if not checkpoints:
             raise MissingFileError(
                 f"no tensors in {folder}: looked for *.safetensors, *.bin, *.pt, or Meta's "
