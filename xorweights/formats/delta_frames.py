@@ -23,9 +23,10 @@ is zeros where the output holds its header or a tensor stored raw):
   key 2 with w = 2 or 4).
 
 Writers cut frames at tensor boundaries, at most `frame_stream.FRAME_ELEMENTS` elements (stored
-frames: `frame_stream.STORED_FRAME_BYTES` bytes). Readers refuse a frame of over `MAX_FRAME_BYTES`
-bytes of output, a reserved field that is not 0, a plane that is not one zstd frame of exactly n
-bytes, and any byte after the last frame's planes that is not another frame.
+frames: `frame_stream.STORED_FRAME_BYTES` bytes), and never make a frame of no element. Readers
+refuse a frame of over `MAX_FRAME_BYTES` bytes of output, a reserved field that is not 0, a plane
+that is not one zstd frame of exactly n bytes, and any byte after the last frame's planes that is
+not another frame; a file's reader (`frame_stream.FrameReader`) also refuses a frame of no element.
 """
 
 from __future__ import annotations

@@ -318,6 +318,12 @@ class FrameReader(_FrameStream):
         rest = _read_or_fail(self.payload, head_size(first) - len(first), where)
         self._read += len(rest)
         head = parse_head(first + rest, where)
+        if not head.count:  # else a file of tiny heads would make the reader work per frame, going nowhere
+            raise FormatError(
+                f"{where}: a frame of no bytes, which no writer makes; the payload file is damaged or "
+                "altered: get it again from its publisher",
+                path=where,
+            )
         if self.limit is not None and self._offset + head.out_size > self.limit:
             raise FormatError(f"{where}: makes more than the output's {self.limit} bytes", path=where)
         if head.transform == STORED and self.masked is not None:
