@@ -78,7 +78,7 @@ def start(
         "HF_ENDPOINT": hub.url,
         "HF_TOKEN": TOKEN,
         "HF_HOME": str(work / "hf-home"),
-        "HF_HUB_DOWNLOAD_TIMEOUT": str(timeout),
+        "HF_HUB_DOWNLOAD_TIMEOUT": str(int(timeout)),  # huggingface_hub reads an int
     }
     args = ["decode", REPO, "--base", str(release["base"]), "--out", str(work / "out"), "-q"]
     return subprocess.Popen(
@@ -98,7 +98,7 @@ def serve(root: Path, release: dict[str, Path], suffix: str, fault: Fault) -> Hu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--timeout", type=float, default=10.0, help="HF_HUB_DOWNLOAD_TIMEOUT (s)")
+    ap.add_argument("--timeout", type=int, default=10, help="HF_HUB_DOWNLOAD_TIMEOUT (s)")
     ap.add_argument("--trickle", type=float, default=9.0, help="seconds between trickled bytes")
     ap.add_argument("--only", default="", help="run only the scenarios whose name holds this")
     ap.add_argument("--save", type=Path)

@@ -182,3 +182,27 @@ def test_a_few_dropped_connections_are_resumed(
     code, _, err = finish(start(served, native_release, tmp_path, "--stream"))
     assert code == 0, err
     assert tree(tmp_path / "out") == tree(native_release["ft"])
+
+
+@pytest.mark.parametrize(
+    ("suffix", "fault", "words"),
+    [
+        ("/preupload/main", Fault("retry_after", 86_400), "asks to wait 86400 s"),
+        ("/commit/main", Fault("redirect_loop"), "redirect"),
+        ("/commit/main", Fault("bad_status"), "publishing to org/pub-xor"),
+    ],
+    ids=["retry-after-a-day", "redirect-loop", "bad-status-line"],
+)
+def test_publish_against_a_broken_hub_ends_with_one_line(
+    native_release: dict[str, Path], hub: HubServer, tmp_path: Path, suffix: str, fault: Fault, words: str
+) -> None:
+    hub.state.faults[suffix] = fault
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "xorweights", "publish", str(native_release["payload"]), "org/pub-xor", "-q"],
+        capture_output=True, text=True, env={**env, "HF_HUB_DOWNLOAD_TIMEOUT": "1"}, timeout=SAFETY,
+    )  # fmt: skip
+    line = one_line(proc.stderr)
+    assert proc.returncode == 2 and words in line, line
+    made = hub.state.repos.get("org/pub-xor")
+    assert made is None or len(made.commits) == 1  # the repo's first commit only: nothing published

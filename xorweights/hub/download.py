@@ -18,6 +18,7 @@ from .. import _cancel
 from .._cancel import Cancelled
 from .._paths import check_regular_file
 from .._progress import bars_shown, tqdm_class
+from ..errors import HubError
 from .access import _HTTP_MODULES, HubAccess, short_error
 from .watch import Watch, network_error, wait_for
 
@@ -97,11 +98,16 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
         while True:
             try:
                 return str(hf.hf_hub_download(repo_id, path, revision=revision, **bars, **kw))
+            except RecursionError as e:  # huggingface_hub 0.x follows relative redirects recursively
+                raise HubError(f"{label}: redirects without end (a redirect loop); try again later",
+                               path=label) from e  # fmt: skip
             except Exception as e:
                 attempt += 1
                 if attempt > _RESUME_TRIES or not _broke_off(e, resumes) or stop.wait(1):
-                    raise network_error(e, label) from e
-                logger.warning("%s: %s broke off (%s); asking for it again", repo_id, path, short_error(e))
+                    if (err := network_error(e, label)) is e:
+                        raise
+                    raise err from e
+                logger.info("%s: %s broke off (%s); asking for it again", repo_id, path, short_error(e))
 
     def run() -> None:
         try:
@@ -144,6 +150,8 @@ def _broke_off(e: BaseException, resumes: bool) -> bool:
     status = getattr(getattr(e, "response", None), "status_code", None)
     if isinstance(status, int):
         return status >= 500
+    if type(e).__name__ in ("TooManyRedirects", "DecodingError", "ContentDecodingError", "DecodeError"):
+        return False  # asking again gets the same answer
     return not resumes and type(e).__module__.split(".")[0] in _HTTP_MODULES
 
 

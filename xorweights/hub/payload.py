@@ -41,7 +41,7 @@ from .download import download_files, download_kwargs, recorded_commit, recorded
 from .model_card import CARD_NAME
 from .repo_spec import RepoSpec, is_repo_spec, parse_payload_spec
 from .stream import HubFileSource
-from .watch import describe
+from .watch import describe, network_error
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,9 @@ def fetch(
             if err is not None:
                 raise err from e
             if not is_unreachable(e):
-                raise
+                if (err := network_error(e, f"{repo_id}@{revision} on {api.endpoint}")) is e:
+                    raise
+                raise err from e
             logger.info("cannot reach %s (%s); looking in the local cache", api.endpoint, short_error(e))
             unreachable = e
         else:

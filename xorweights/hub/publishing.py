@@ -42,6 +42,7 @@ from .download import hub_bars_off
 from .model_card import CARD_NAME
 from .payload import git_blob_id
 from .repo_spec import validate_repo_id, validate_revision
+from .watch import Watch
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +240,9 @@ def publish(
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=endpoint, token=token)
-    sent = _send(
-        api, repo_id, branch, payload_dir, sizes, sha256, card, message, private=private, progress=progress
-    )
+    with Watch(f"{repo_id}@{branch}").active():  # waits the Hub asks for: 60 s at most
+        sent = _send(api, repo_id, branch, payload_dir, sizes, sha256, card, message,
+                     private=private, progress=progress)  # fmt: skip
     _check_listing(repo_id, sent.commit, sent.listed, payload_dir, sizes, sha256)
     logger.info("published %s files to %s@%s", len(names), repo_id, sent.commit)
     return PublishReport(

@@ -301,6 +301,7 @@ class _WatchedRaw:
 
     def __init__(self, raw: Any, watch: Watch, sock: socket.socket | None) -> None:
         self._raw, self._watch, self._sock = raw, watch, sock
+        self._attached = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._raw, name)
@@ -312,7 +313,9 @@ class _WatchedRaw:
             setattr(self._raw, name, value)
 
     def _call(self, read: Any, *args: Any, **kwargs: Any) -> bytes:
-        self._watch.attach(self._sock)
+        if not self._attached:
+            self._watch.attach(self._sock)
+            self._attached = True
         self._watch.waiting()
         try:
             data = read(*args, **kwargs)
@@ -398,6 +401,7 @@ def describe(e: BaseException) -> str:
 _KNOWN = {
     "TooManyRedirects": "too many redirects (a redirect loop)",
     "DecodingError": "the body does not decode as its Content-Encoding says",
+    "DecodeError": "the body does not decode as its Content-Encoding says",
     "ContentDecodingError": "the body does not decode as its Content-Encoding says",
     "RemoteProtocolError": "the server broke the HTTP protocol",
     "ChunkedEncodingError": "the connection broke off mid-body",
@@ -420,15 +424,20 @@ def wait_for(finished: threading.Event, watch: Watch) -> None:
 
 def network_error(e: BaseException, label: str) -> BaseException:
     """The error to report for `e`, raised while reaching `label` on the Hub: an error of the HTTP
-    client (a redirect loop, a body that does not decode, a protocol error, a timeout) becomes one
-    `HubError` naming it; ours (found in its chain too) and huggingface_hub's own stay as they are."""
+    client (a redirect loop, a body that does not decode, a protocol error, a timeout), or one of
+    huggingface_hub caused by such an error, becomes one `HubError` naming it; ours (found in its
+    chain too) and huggingface_hub's answers with a meaning (401, 404, ...) stay as they are."""
     seen: BaseException | None = e
+    network = None
     for _ in range(8):
         if seen is None:
             break
         if isinstance(seen, (XorWeightsError, Cancelled)):
             return seen
+        if network is None and type(seen).__module__.split(".")[0] in HTTP_MODULES:
+            network = seen
         seen = seen.__cause__ or seen.__context__
-    if type(e).__module__.split(".")[0] not in HTTP_MODULES:
-        return e
-    return HubError(f"{label}: {describe(e)}; try again later", path=label)
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if network is None or (isinstance(status, int) and 400 <= status < 500 and status != 429):
+        return e  # not the network's, or an answer that means something (401, 404, ...)
+    return HubError(f"{label}: {describe(network)}; try again later", path=label)
