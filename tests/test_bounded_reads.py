@@ -117,8 +117,6 @@ def _whole_file_reads(tree: ast.AST) -> list[int]:
 #: Whole-file reads left outside `read_bounded`, with why they need no bound.
 UNBOUNDED = {
     "demo.py": "copies a file the demo itself generated a moment before",
-    "hub/checksum_sources.py": "a downloaded model card, refused above its bound by its size first",
-    "hub/download.py": "huggingface_hub's own download record, in its cache",
 }
 
 

@@ -139,13 +139,7 @@ def check_regular_file(path: Path, folder: Path) -> bool:
             f"{path} resolves to {os.path.realpath(path)}, outside {folder.resolve()}; refusing to follow it",
             path=path,
         )
-    try:
-        mode = path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    if not stat.S_ISREG(mode):
-        raise _not_regular(path, mode)
-    return True
+    return is_regular(path)
 
 
 def _not_regular(path: os.PathLike[str] | str, mode: int) -> NotRegularFileError:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._display import quoted
-from .._paths import check_regular_file
+from .._paths import check_regular_file, read_bounded
 from ..checksums import ChecksumManifest, bundled_release
 from ..constants import MAX_MANIFEST_BYTES
-from ..errors import FormatError, HubError, InputError, XorWeightsError
+from ..errors import HubError, InputError, XorWeightsError
 from . import model_card
 from .access import (
     HubAccess,
@@ -64,9 +64,8 @@ def card_checksums(card: Path, root: Path, repo_id: str) -> ChecksumManifest | N
     """
     if not check_regular_file(card, root):
         return None
-    if card.stat().st_size > MAX_MANIFEST_BYTES:
-        raise FormatError(f"{card}: {card.stat().st_size} bytes is too large for a model card", path=card)
-    found = model_card.parse(card.read_text(encoding="utf-8", errors="replace"), str(card))
+    text = read_bounded(card, MAX_MANIFEST_BYTES, "a model card").decode("utf-8", errors="replace")
+    found = model_card.parse(text, str(card))
     if found is not None:
         logger.info("%s: checksums from its model card", repo_id)
     return found

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import _cancel
 from .._cancel import Cancelled
-from .._paths import check_regular_file
+from .._paths import check_regular_file, read_bounded
 from .._progress import bars_shown, tqdm_class
 from ..errors import HubError
 from .access import _HTTP_MODULES, HubAccess, short_error
@@ -228,11 +228,15 @@ def _remove_own_partials() -> None:
             pass
 
 
+#: A download record holds a commit, an ETag and a time: a few lines.
+_RECORD_BYTES = 64 * 1024
+
+
 def _read_record(meta: Path, root: Path) -> str:
     """A download record of huggingface_hub, once it is known to be a regular file in `root`."""
     if not check_regular_file(meta, root):
         raise FileNotFoundError(meta)
-    return meta.read_text()
+    return read_bounded(meta, _RECORD_BYTES, "a download record").decode("utf-8")
 
 
 def recorded_commit(root: Path, local: bool, some_file: str) -> str | None:
