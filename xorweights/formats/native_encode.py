@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import _cancel
-from .._display import shown
+from .._display import abridged, shown
 from .._paths import check_regular_file
 from .._progress import byte_bar
 from ..constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TORCH_SUFFIXES
@@ -141,7 +141,7 @@ def _plan_files(src_dir: Path, base_dir: Path) -> tuple[dict[str, Method], list[
         logger.warning(
             "%s: left out of the payload (the safetensors files hold the weights): %s",
             src_dir,
-            ", ".join(shown(n) for n in omitted),
+            abridged(omitted),
         )
     return methods, omitted, raw
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .._display import abridged
 from .._units import human_bytes
 from ..constants import (
     RAW_FILE_LIMIT,
@@ -43,8 +44,6 @@ from .native_manifest import MANIFEST_NAME, FileEntry, NativeManifest, RawNote
 
 logger = logging.getLogger(__name__)
 
-#: How many raw items an error message names before "and N more".
-SHOWN = 5
 #: The `allowed_by` of grown vocabulary rows: allowed by this rule, not by a pattern.
 GROWN_ROWS = "(grown rows)"
 #: A tensor may grow by at most this fraction of its base rows to count as grown rows.
@@ -292,12 +291,11 @@ def check_frames(manifest: NativeManifest, payload_dir: Path, *, publishing: boo
                 path=path,
             )
     if bad:
-        shown = ", ".join(f"{n} frame {i} (tensor {t})" for n, t, i in bad[:SHOWN])
-        more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        listed = abridged(f"{n} frame {i} (tensor {t})" for n, t, i in bad)
         raise UnmaskedFrameError(
             f"{'refusing to publish: ' if publishing else ''}{payload_dir} holds {len(bad)} stored "
             f"frame{'s' if len(bad) != 1 else ''} ({human_bytes(nbytes)} of fine-tuned bytes in the clear) "
-            f"in tensors {MANIFEST_NAME} masks by a base tensor: {shown}{more}; the payload is not what "
+            f"in tensors {MANIFEST_NAME} masks by a base tensor: {listed}; the payload is not what "
             "its manifest says (altered, or not made by xorweights encode): encode it again",
             path=payload_dir,
             items=sorted({f"{n}:{t}" for n, t, _ in bad}),
@@ -369,11 +367,7 @@ def refuse_unallowed(
         )
         if s
     )
-    shown = []
-    for i in refused[:SHOWN]:
-        hint = f"; closest base tensor {i.hint}" if i.hint else ""
-        shown.append(f"{i.label} ({human_bytes(i.nbytes)}: {i.reason}{hint})")
-    listed = ", ".join(shown) + (f" and {len(refused) - SHOWN} more" if len(refused) > SHOWN else "")
+    listed = abridged(map(_described, refused))
     if publishing:
         message = (
             f"refusing to publish: {where} stores {what} ({human_bytes(nbytes)}) in the clear: {listed}; "
@@ -396,6 +390,11 @@ def refuse_unallowed(
             "--allow-raw PATTERN"
         )
     raise RawStorageError(message, path=where, items=[i.label for i in refused], nbytes=nbytes)
+
+
+def _described(item: RawItem) -> str:
+    hint = f"; closest base tensor {item.hint}" if item.hint else ""
+    return f"{item.label} ({human_bytes(item.nbytes)}: {item.reason}{hint})"
 
 
 def notes(items: Sequence[RawItem], allowed: dict[str, str]) -> dict[str, RawNote]:

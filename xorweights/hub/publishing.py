@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._display import abridged
 from .._paths import check_regular_file
 from .._progress import bars_shown
 from ..checksums import ChecksumManifest, git_blob_hasher, hash_files, list_files, load_checksums
@@ -155,7 +156,7 @@ def _release(
     unlisted = [n for n in names if n not in decoded]
     if unlisted or not names:
         raise InputError(
-            f"{payload_dir}: {', '.join(unlisted) or 'no files'} not in the decoded checksums of "
+            f"{payload_dir}: {abridged(unlisted) or 'no files'} not in the decoded checksums of "
             f"{given.release}; wrong manifest?",
             path=payload_dir,
         )

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .._display import abridged
 from .._outdir import STATE_DIGEST, Done, OutputFolder, hash_path
 from .._paths import check_not_escaping_link
 from ..errors import OutputExistsError, XorWeightsError
@@ -134,7 +135,7 @@ def triage(
     if taken:
         expected = any(s.expect_out is not None for s in steps)
         raise OutputExistsError(
-            f"{folder.path} already holds {', '.join(taken)}, not made by xorweights"
+            f"{folder.path} already holds {abridged(taken)}, not made by xorweights"
             + (" and not matching the published checksums" if expected else "")
             + "; refusing to overwrite (use --force)",
             path=folder.path / taken[0],
