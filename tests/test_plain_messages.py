@@ -129,6 +129,17 @@ def test_a_fifo_base_file_of_a_native_payload(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_fifo_base_file_at_native_encode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], native_release
+) -> None:
+    base = Path(shutil.copytree(native_release["base"], tmp_path / "base"))
+    pipe = fifo_in(base, "tokenizer.model")  # not taken for a missing base file
+    out = tmp_path / "payload"
+    code, err = run(capsys, "encode", native_release["ft"], "--base", base, "--out", out, "-q")
+    assert (code, err) == (2, [f"Error: {pipe} is a FIFO, not a regular file; refusing to read it"])
+    assert not out.exists()
+
+
 def test_a_fifo_base_file_of_a_legacy_payload(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], model_pair
 ) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from .. import _cancel
 from .._display import abridged, shown
-from .._paths import check_regular_file
+from .._paths import check_regular_file, is_regular
 from .._progress import byte_bar
 from ..constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TORCH_SUFFIXES
 from ..errors import FormatError, InputError
@@ -127,7 +127,7 @@ def _plan_files(src_dir: Path, base_dir: Path) -> tuple[dict[str, Method], list[
         reason = copy_refusal(src_dir / n, n)
         if reason is None and copy_kind(n) == "text":
             methods[n] = "copy"  # configs and the like: base copies differ in them freely
-        elif base.is_file():
+        elif is_regular(base):  # a FIFO or a device there is refused, not taken for no file
             methods[n] = "file-xor"
             short = size - base.stat().st_size
             if short > 0 and reason is not None:  # the tail past the base file is in the clear
