@@ -28,8 +28,24 @@ def _state(pid: int) -> str:
         return ""
 
 
+def _all_stopped(pid: int) -> bool:
+    """Whether every thread of the process is stopped (or gone): none can change its state."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t", "Z", "X"):
+                    return False
+        except (OSError, IndexError):
+            pass  # a thread that ended
+    return True
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> bool:
-    """Stop the process and wait until it is stopped; False if it ended instead."""
+    """Stop the process and wait until all its threads are; False if it ended instead."""
     try:
         proc.send_signal(signal.SIGSTOP)
     except ProcessLookupError:
@@ -37,7 +53,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> bool:
     deadline = time.monotonic() + SAFETY
     while True:
         state = _state(proc.pid)
-        if state in ("T", "t"):
+        if state in ("T", "t") and _all_stopped(proc.pid):
             return True
         if state in ("", "Z", "X") or proc.poll() is not None:
             return False
