@@ -91,6 +91,9 @@ TEMP_SUFFIX = ".part"
 #: the encode's records live there (`.payload-state/`), so that a killed encode resumes.
 STAGING_DIR = TEMP_PREFIX + "staging"
 
+#: The HTTP clients huggingface_hub uses (by version): their errors are the network's.
+HTTP_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "h11", "requests", "urllib3")
+
 #: Checksum algorithms understood everywhere, with the hex length that identifies them.
 ALGORITHMS = ("md5", "sha256")
 HEX_LENGTH = {"md5": 32, "sha256": 64}

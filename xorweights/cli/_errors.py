@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .._display import shown
-from ..constants import ENV_DEBUG, env_flag
+from ..constants import ENV_DEBUG, HTTP_MODULES, env_flag
 from ..errors import ChecksumMismatchError, XorWeightsError
 from ._group import cli
 from ._render import emit_json
@@ -72,17 +72,8 @@ def run(argv: Sequence[str] | None) -> int:
         return code
 
 
-#: The HTTP clients huggingface_hub uses: an error of theirs that reached here is the network's.
-_NETWORK_MODULES = (
-    "httpx",
-    "httpx2",
-    "httpcore",
-    "httpcore2",
-    "h11",
-    "requests",
-    "urllib3",
-    "huggingface_hub",
-)
+#: The HTTP clients and huggingface_hub: an error of theirs that reached here is the network's.
+_NETWORK_MODULES = (*HTTP_MODULES, "huggingface_hub")
 
 
 def _from_the_network(e: BaseException) -> bool:

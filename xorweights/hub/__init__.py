@@ -3,6 +3,8 @@
 - `repo_spec`: repo ids, revisions and `owner/name[@revision][:subfolder]`, validated.
 - `access`: `HubAccess` (where files go, how the Hub is reached), a repo's listing, and what
   the Hub's errors mean.
+- `watch`: the rules every Hub request runs under (bounded waits, a minimum progress rate, a stop
+  at once), and network errors as one `HubError`.
 - `download`: interruptible, retried file downloads and huggingface_hub's download records.
 - `checksum_sources`: a release's checksums: given, bundled for its repo id, or its model card's.
 - `payload`: `fetch`/`locate_payload` a payload and check its files against the Hub's digests.

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._display import quoted
 from ..errors import HubError
-from .watch import HTTP_MODULES, Watch
+from .watch import Watch, from_http_client
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +89,7 @@ def is_unreachable(e: BaseException) -> bool:
     status = getattr(getattr(e, "response", None), "status_code", None)
     if isinstance(status, int):
         return status >= 500
-    module = type(e).__module__.split(".")[0]
-    return isinstance(e, OSError) or module in _HTTP_MODULES or (type(e).__name__ == "OfflineModeIsEnabled")
-
-
-_HTTP_MODULES = HTTP_MODULES
+    return isinstance(e, OSError) or from_http_client(e) or type(e).__name__ == "OfflineModeIsEnabled"
 
 
 def list_repo(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile]]:
@@ -104,9 +100,8 @@ def list_repo(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, Hub
         commit = api.repo_info(repo_id, revision=revision).sha
         files = {}
         for f in api.list_repo_tree(repo_id, revision=commit, recursive=True):
-            if isinstance(
-                f, RepoFile
-            ):  # names are checked where used (`find_payload_in_listing`, `_checked`)
+            # Names are checked where used (`find_payload_in_listing`, `_checked`).
+            if isinstance(f, RepoFile):
                 lfs = f.lfs  # a dict in huggingface_hub < 0.21, an object since
                 sha256 = (lfs.get("sha256") if isinstance(lfs, dict) else lfs.sha256) if lfs else None
                 files[f.path] = HubFile(f.size, f.blob_id, sha256)

@@ -19,8 +19,8 @@ from .._cancel import Cancelled
 from .._paths import check_regular_file, read_bounded
 from .._progress import bars_shown, tqdm_class
 from ..errors import HubError
-from .access import _HTTP_MODULES, HubAccess, short_error
-from .watch import Watch, network_error, wait_for
+from .access import HubAccess, short_error
+from .watch import Watch, from_http_client, network_error, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _broke_off(e: BaseException, resumes: bool) -> bool:
         return status >= 500
     if type(e).__name__ in ("TooManyRedirects", "DecodingError", "ContentDecodingError", "DecodeError"):
         return False  # asking again gets the same answer
-    return not resumes and type(e).__module__.split(".")[0] in _HTTP_MODULES
+    return not resumes and from_http_client(e)
 
 
 def _resumes_itself(hf: Any) -> bool:

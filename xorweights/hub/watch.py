@@ -31,6 +31,7 @@ from typing import Any
 
 from .. import _cancel
 from .._cancel import Cancelled
+from ..constants import HTTP_MODULES
 from ..errors import HubError, XorWeightsError
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ MAX_REOPENS = 5
 PROGRESS = 1 << 20
 #: How often the waiting thread looks at the reading one, in seconds.
 POLL = 0.05
-#: The HTTP clients huggingface_hub uses (by version): their errors are the network's.
-HTTP_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "h11", "requests", "urllib3")
 #: Statuses huggingface_hub retries after the wait the answer asks for.
 _WAIT_STATUS = (408, 429, 500, 502, 503, 504)
 
@@ -422,6 +421,11 @@ def wait_for(finished: threading.Event, watch: Watch) -> None:
         raise
 
 
+def from_http_client(e: BaseException) -> bool:
+    """Whether `e` is an error of the HTTP client (`HTTP_MODULES`): the network's."""
+    return type(e).__module__.split(".")[0] in HTTP_MODULES
+
+
 def network_error(e: BaseException, label: str) -> BaseException:
     """The error to report for `e`, raised while reaching `label` on the Hub: an error of the HTTP
     client (a redirect loop, a body that does not decode, a protocol error, a timeout), or one of
@@ -434,7 +438,7 @@ def network_error(e: BaseException, label: str) -> BaseException:
             break
         if isinstance(seen, (XorWeightsError, Cancelled)):
             return seen
-        if network is None and type(seen).__module__.split(".")[0] in HTTP_MODULES:
+        if network is None and from_http_client(seen):
             network = seen
         seen = seen.__cause__ or seen.__context__
     status = getattr(getattr(e, "response", None), "status_code", None)
