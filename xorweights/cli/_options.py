@@ -97,6 +97,6 @@ allow_raw_option = click.option(
     "allow_raw",
     multiple=True,
     metavar="PATTERN",
-    help="Allow fine-tuned tensors (or weight files) with no base counterpart, named by this fnmatch "
-    "pattern, to be stored unmasked (repeatable). Anything else stored raw is refused.",
+    help="Allow fine-tuned tensors (or files that may hold weights) with no base counterpart, named by "
+    "this fnmatch pattern, to be stored unmasked (repeatable). Anything else stored raw is refused.",
 )

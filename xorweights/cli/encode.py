@@ -72,8 +72,9 @@ def encode_cmd(
 ) -> int:
     """Make an XOR payload from a FINETUNED folder and its --base.
 
-    Every fine-tuned tensor must have a base counterpart: one without would be stored in the clear,
-    so the encode refuses it unless an --allow-raw pattern names it.
+    Every fine-tuned tensor must have a base counterpart, and every file one of its name unless it
+    is a config, tokenizer or text file: one without would be stored in the clear, so the encode
+    refuses it unless an --allow-raw pattern names it.
     """
     if manifest is not None:
         _check_manifest_path(manifest, {"fine-tuned": finetuned, "base": base, "out": out}, force=force)
