@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -485,20 +485,10 @@ def same_output(step: Step, path: Path, algorithms: Sequence[str]) -> dict[str, 
     Raises:
         What making the output raises (a corrupt payload, a failed read).
     """
-    job = Job(step=step, out=path, inputs={}, verb="decode", release="")
-    with ExitStack() as stack:
-        data = _enter(stack, step.data)
-        base = _enter(stack, step.base)
-        file = stack.enter_context(open(path, "rb"))
+    with open(path, "rb") as file:
         sink = _Compare(file)
         hashes = [a for a in algorithms if a != STATE_DIGEST]
-        try:
-            stats = xor_stream(
-                data, base, sink, hashes={"out": hashes}, chunk_size=1 << 20, depth=2,
-                should_stop=_cancel.requested,
-            )  # type: ignore[arg-type]  # fmt: skip
-        except StreamError as e:
-            raise _stream_failure(e, job) from e.cause
+        stats = _make_into(sink, step, path, hashes, should_stop=_cancel.requested)
         if not sink.same or file.read(1):
             return None
     return {**stats.digests.get("out", {}), STATE_DIGEST: sink.crc.hexdigest()}
@@ -506,18 +496,25 @@ def same_output(step: Step, path: Path, algorithms: Sequence[str]) -> dict[str, 
 
 def output_digests(step: Step, algorithms: Sequence[str], out: Path) -> dict[str, str]:
     """The digests of the output `step` would make, computed without writing it."""
+    return dict(_make_into(_Discard(), step, out, algorithms).digests.get("out", {}))
+
+
+def _make_into(
+    sink: Any, step: Step, out: Path, algorithms: Sequence[str], should_stop: Callable[[], bool] | None = None
+) -> XorStats:
+    """Make the output of `step` into `sink` instead of a file (`out` names it in errors), hashing it."""
     job = Job(step=step, out=out, inputs={}, verb="decode", release="")
     with ExitStack() as stack:
         data = _enter(stack, step.data)
         base = _enter(stack, step.base)
         try:
-            stats = xor_stream(
-                data, base, _Discard(), hashes={"out": algorithms}, chunk_size=1 << 20, depth=2
-            )  # type: ignore[arg-type]
-            return dict(stats.digests.get("out", {}))
+            return xor_stream(
+                data, base, sink, hashes={"out": algorithms}, chunk_size=1 << 20, depth=2,
+                should_stop=should_stop,
+            )  # type: ignore[arg-type]  # fmt: skip
         except StreamError as e:
             error = _failure(e, job)
-        try:
-            raise error
-        finally:
-            del error
+    try:
+        raise error
+    finally:
+        del error
