@@ -5,6 +5,7 @@ were, and a valid decode still works afterwards under an address-space limit."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -17,7 +18,9 @@ import pytest
 import xorweights
 from tests.conftest import legacy_folders
 from tests.test_compressed_payloads import pair
+from xorweights.errors import IOFailure
 from xorweights.formats import delta_frames
+from xorweights.formats.gzip_stream import GzipReader
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILURES = 200
@@ -178,3 +181,25 @@ def test_a_kept_error_holds_no_buffers(tmp_path: Path, kind: str) -> None:
         frames, tb = frames + 1, tb.tb_next
     assert frames > 5  # the traceback is still there, its lines too
     assert _big_buffers(info.value) == []
+
+
+class _Dropping(io.RawIOBase):
+    """A raw stream that fails as `HubStream` does once its connection is lost for good."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        raise IOFailure("reading", "me/x@abc:p.bin", OSError("connection lost 6 times"))
+
+
+@pytest.mark.parametrize("backend", ["zlib", "isal"])
+def test_a_gzip_reader_raises_the_same_typed_error_again(backend: str) -> None:
+    """An error of the package whose `__init__` takes other arguments than its message (here
+    `IOFailure`) is raised again as itself by every later read, not as a `TypeError` of a copy."""
+    reader = GzipReader(_Dropping(), backend)
+    for _ in range(3):
+        with pytest.raises(IOFailure) as caught:
+            reader.readinto(bytearray(16))
+        assert "me/x@abc:p.bin" in str(caught.value) and "connection lost 6 times" in str(caught.value)
+    reader.close()

@@ -37,3 +37,14 @@ def drop_locals(error: BaseException) -> None:
                     pass
             tb = tb.tb_next
         todo += [e.__cause__, e.__context__]
+
+
+def detached(error: BaseException) -> BaseException:
+    """A new error of the same type, message, attributes and cause as `error`, without its
+    traceback: what a reader may keep to raise again later. Built without calling `__init__`
+    (whose signature differs among the package's errors, so `copy.copy` cannot rebuild them)."""
+    twin = type(error).__new__(type(error), *error.args)
+    twin.args = error.args
+    twin.__dict__.update(error.__dict__)
+    twin.__cause__, twin.__suppress_context__ = error.__cause__, error.__suppress_context__
+    return twin

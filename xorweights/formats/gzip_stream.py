@@ -24,7 +24,6 @@ thread at once (it is woken even when blocked on a full hand-off) and closes the
 from __future__ import annotations
 
 import collections
-import copy
 import gzip
 import io
 import logging
@@ -37,6 +36,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .._tracebacks import detached
 from ..constants import ENV_GZIP_BACKEND, GZIP_BACKENDS, GZIP_MAGIC
 from ..errors import FormatError, InputError
 
@@ -390,7 +390,7 @@ class GzipReader:
             if not self._close.alive:
                 raise ValueError("I/O operation on closed gzip reader")
             if self._end is not None:
-                raise copy.copy(self._end)
+                raise detached(self._end)
             if self._ended:
                 return 0
             if self._channel.thread is None:
@@ -401,7 +401,7 @@ class GzipReader:
             elif isinstance(item, BaseException):
                 # Later reads raise a copy: the reader keeps no error whose traceback holds it
                 # (through the frames of its callers), and this frame keeps no error at all.
-                self._end = copy.copy(item)
+                self._end = detached(item)
                 try:
                     raise item
                 finally:
