@@ -122,14 +122,16 @@ def finishing(code: int) -> None:
 
 
 def exit_now(code: int) -> NoReturn:
-    """End the process with `code` after `finishing(code)`: output flushed, `atexit` callbacks run
-    (logging's flush among them), then `os._exit`, skipping the rest of Python's shutdown.
+    """End the process with `code` after `finishing(code)`: output flushed, worker threads joined
+    and `atexit` callbacks run (logging's flush among them) as Python's own exit does, then
+    `os._exit`, skipping the rest of Python's shutdown.
 
-    That rest (joining worker threads, tearing modules down: tens of ms with numpy and torch
-    loaded) is where a signal would otherwise get neither the code nor the line: the handler it
-    meets in an `atexit` callback is reported as "Exception ignored" and the exit code stays 0, and
-    once Python restores the default handlers the process dies by the signal, silently. The
-    command is over: nothing it made depends on that shutdown (files are closed and renamed).
+    Python's own exit has moments where a signal gets neither the code nor the line: a handler
+    that raises runs inside an `atexit` callback ("Exception ignored", exit code 0), and once
+    Python restores the default handlers to tear modules down (tens of ms with numpy and torch
+    loaded), the process dies by the signal, silently. Here the handler `finishing` installed ends
+    the process at any of these moments, and the teardown is skipped: nothing the command made
+    depends on it (files are closed and renamed).
     """
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -137,6 +139,11 @@ def exit_now(code: int) -> NoReturn:
                 stream.flush()
         except (OSError, ValueError):  # a closed pipe: exit 120 as Python does when its flush fails
             code = code or 120
+    # As Python's own exit does first: worker threads still running (an interrupted command's)
+    # finish, removing their temporaries, and idle thread pools are woken to end.
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
