@@ -78,6 +78,9 @@ def tampered(tmp_path: Path) -> dict[str, Path]:
     return {"ft": ft, "base": base, "honest": honest, "payload": payload}
 
 
+#: A real sentencepiece model (a BPE tokenizer of the golden fixtures).
+SPM_MODEL = Path(__file__).parent / "golden" / "tokenizers" / "bpe-1000" / "tokenizer.model"
+
 _NAMED = r"model\.safetensors:? frame \d+ \(tensor lm_head\.weight\)"
 
 
@@ -215,7 +218,7 @@ def test_publish_refuses_an_unnamed_copy_of_an_unknown_file(tmp_path: Path, hub)
 
 def test_known_files_are_still_copied(tmp_path: Path) -> None:
     ft, base = make_pair(tmp_path)
-    (ft / "tokenizer.model").write_bytes(b"\n\x0b\n\x05<unk>\x15\x00\x00\x00\x00" + bytes(range(256)) * 64)
+    (ft / "tokenizer.model").write_bytes(SPM_MODEL.read_bytes())  # a real sentencepiece model
     (ft / "LICENSE").write_text("Apache License\n")
     (ft / "tokenizer.json").write_bytes(b'{"model": "' + b"x" * (20 << 20) + b'"}')  # 20 MiB: a tokenizer may
     report = xorweights.encode(ft, base=base, out=tmp_path / "p")
@@ -231,6 +234,10 @@ def test_known_files_are_still_copied(tmp_path: Path) -> None:
         ("embeddings.txt", _floats(4, 4096), r"it is not text \((a NUL byte|not UTF-8) at byte \d+\)"),
         ("notes.json", b"{}" + b" " * (16 << 20), r"it is over 16\.0 MiB"),
         ("tokenizer.model", b"\x00\x01" + _floats(5, 4096), "it is not text"),  # not sentencepiece
+        # a sentencepiece start (one piece) with weights after it: every byte must be the model's
+        ("tokenizer.model", b"\n\x0b\n\x05<unk>\x15\x00\x00\x00\x00" + _floats(5, 4096),
+         r"it is not a sentencepiece model \("),
+        ("spiece.model", b"\n" + _floats(8, 200_000), r"it is not a sentencepiece model \("),
     ],
 )
 def test_known_names_with_other_contents_are_refused(

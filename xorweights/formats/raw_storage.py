@@ -36,6 +36,7 @@ from ..constants import (
     TOKENIZER_MODELS,
 )
 from ..errors import FormatError, IOFailure, RawStorageError, UnmaskedFrameError
+from ..llama.tokenizer import model_refusal
 from ..sources import FileSource
 from ..tensors.store import nbytes_of
 from .delta_frames import STORED, frame_heads
@@ -126,7 +127,7 @@ def name_refusal(name: str, size: int) -> str | None:
 def copy_refusal(path: Path, name: str) -> str | None:
     """Why a file may not be stored as it is (it may hold weights), or None: its name says it holds
     none (`copy_kind`), it is within its size bound (`copy_limit`), and its bytes agree: text (UTF-8,
-    no NUL byte) or a sentencepiece model (a protobuf starting with its pieces).
+    no NUL byte) or a sentencepiece model (a protobuf of its pieces and specs, nothing else).
 
     Raises:
         `IOFailure`: the file cannot be read.
@@ -136,9 +137,11 @@ def copy_refusal(path: Path, name: str) -> str | None:
             size = os.fstat(f.fileno()).st_size
             head = f.read(512)
             reason = weights_reason(name, size, head) or name_refusal(name, size)
-            if reason is not None or (copy_kind(name) == "tokenizer" and head[:1] == b"\n"):
+            if reason is not None:
                 return reason
             f.seek(0)
+            if copy_kind(name) == "tokenizer" and head[:1] == b"\n":
+                return model_refusal(f.read(size), name)
             return _not_text(f, size)
     except OSError as e:
         raise IOFailure("reading", path, e) from e

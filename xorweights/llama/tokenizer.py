@@ -91,6 +91,35 @@ def _text(value: Any, what: str) -> str:
         raise FormatError(f"{what}: a piece is not valid UTF-8", path=what) from exc
 
 
+#: Fields of a sentencepiece `ModelProto` (pieces, trainer, normalizer, self-test and denormalizer
+#: specs) and of one of its pieces (a string, a float score, a type): a file holding anything else
+#: is not only a tokenizer.
+_MODEL_FIELDS = frozenset({1, 2, 3, 4, 5})
+_PIECE_FIELDS = frozenset({(1, 2), (2, 5), (3, 0)})
+
+
+def model_refusal(data: bytes, what: str = "tokenizer.model") -> str | None:
+    """Why `data` is not a sentencepiece model and nothing else, or None: every byte belongs to a
+    field the proto defines, each spec is a message, each piece a UTF-8 string with its score and
+    type. What `encode` requires of a tokenizer model it stores as it is."""
+    try:
+        fields = _fields(data, what)
+        for number, wire, value in fields:
+            if number not in _MODEL_FIELDS or wire != 2:
+                return f"it is not a sentencepiece model (field {number} of wire type {wire})"
+            inner = _fields(value, what)
+            for n, w, v in inner if number == 1 else ():
+                if (n, w) not in _PIECE_FIELDS:
+                    return f"it is not a sentencepiece model (a piece with field {n} of wire type {w})"
+                if n == 1:
+                    _text(v, what)
+    except FormatError as e:
+        return f"it is not a sentencepiece model ({str(e).removeprefix(what + ': ')})"
+    if not any(number == 1 for number, _, _ in fields):
+        return "it is not a sentencepiece model (no pieces)"
+    return None
+
+
 def parse_model(data: bytes, what: str = "tokenizer.model") -> SentencePieceModel:
     """Parse a serialised sentencepiece `ModelProto` (field 1 pieces, field 2 trainer spec)."""
     pieces: list[tuple[str, float]] = []
