@@ -79,20 +79,23 @@ def _mid_run(out: Path, done: int, inside: bool) -> Callable[[int], bool]:
     return state
 
 
-def _kill_and_resume(release, out: Path, rng: random.Random) -> int:
-    """SIGKILL a decode in a state drawn by `rng`, then resume it; returns the outputs kept."""
+def _kill_and_resume(release, out: Path, rng: random.Random) -> tuple[int, bool]:
+    """SIGKILL a decode in a state drawn by `rng`, then resume it; returns the outputs kept and
+    whether the kill landed (a state late in the run, the last small file being made, may pass
+    unseen: the run then ends by itself)."""
     payload, base, manifest, expected = release
     args = ("decode", payload, "--base", base, "--out", out, "--checksums", manifest, "-q", "--jobs", "2")
     proc = cli(*args)
     state = _mid_run(out, done=rng.randrange(len(expected)), inside=rng.random() < 0.5)
     try:
-        assert step_until(proc, state), "the decode finished before the state was reached"
-        signal_stopped(proc, signal.SIGKILL)
+        if step_until(proc, state):
+            signal_stopped(proc, signal.SIGKILL)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode in (-signal.SIGKILL, 0)
+    killed = proc.returncode == -signal.SIGKILL
     # Whatever sits under a final name is complete and right.
     before = finals(out) if out.exists() else {}
     for name, data in before.items():
@@ -108,21 +111,23 @@ def _kill_and_resume(release, out: Path, rng: random.Random) -> int:
     assert kept == set(before), "outputs completed before the kill are kept, the rest redone"
     for name in kept:
         assert (out / name).stat().st_mtime_ns == stamps[name], f"{name} was rewritten"
-    return len(before)
+    return len(before), killed
 
 
 def _trials(release, tmp_path: Path, n: int, seed: int) -> None:
     rng = random.Random(seed)
-    kept_total = 0
+    kept_total = interrupted = 0
     for i in range(n):
-        kept_total += _kill_and_resume(release, tmp_path / f"out{i}", rng)
+        kept, killed = _kill_and_resume(release, tmp_path / f"out{i}", rng)
+        kept_total += kept
+        interrupted += killed
         shutil.rmtree(tmp_path / f"out{i}")
-    # Every trial above was killed mid-run and ended byte-exact with no stray file: bytes lost is
-    # zero by assertion.
+    # Every trial above ended byte-exact with no stray file: bytes lost is zero by assertion.
     print(  # noqa: T201 (the summary the closing note reports; shown with -s)
-        f"\nkill/resume: {n} trials, {n} killed mid-run, {kept_total} finished outputs kept "
+        f"\nkill/resume: {n} trials, {interrupted} killed mid-run, {kept_total} finished outputs kept "
         f"across resumes, 0 bytes lost, 0 stray files"
     )
+    assert interrupted > 0, "no kill landed mid-run: the trials proved nothing"
 
 
 def test_killed_decodes_resume_byte_exact(release, tmp_path: Path) -> None:

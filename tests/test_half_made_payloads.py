@@ -229,12 +229,14 @@ def test_killed_native_encode_never_looks_finished(tmp_path: Path, moment: str) 
     ]
     proc = subprocess.Popen([*cmd, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert step_until(proc, _encode_moment(payload, moment)), f"finished before {moment}"
-        signal_stopped(proc, signal.SIGKILL)
+        if step_until(proc, _encode_moment(payload, moment)):
+            signal_stopped(proc, signal.SIGKILL)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+    # The manifest is written last: the run may end before its state is seen; earlier ones may not.
+    assert proc.returncode == -signal.SIGKILL or (moment == "manifest written" and proc.returncode == 0)
     out = tmp_path / "out"
     if (payload / "xorweights.json").exists():  # finished before the kill: a complete payload
         xorweights.decode(payload, base=base, out=out)
