@@ -9,8 +9,10 @@ with `HF_HUB_DOWNLOAD_TIMEOUT=--timeout` and each fault of the server in turn:
 
   - ends by itself: a `Retry-After` of a day, a body trickling a byte every `--trickle` s, a
     redirect loop, a corrupt `Content-Encoding: gzip` (weights, model card), connections dropped
-    after 100 bytes, an illegal status line, a redirect loop on the listing. Reported: the exit
-    code, the seconds from start to exit, the number of stderr lines, and that line.
+    after 100 bytes, an illegal status line, a redirect loop on the listing, a `Retry-After: 59` on
+    every answer, and a server that never answers (listing, model card, weights: HEAD, or GET with
+    `--stream`). Reported: the exit code, the seconds from start to exit, the number of stderr
+    lines, and that line.
   - Ctrl-C: SIGINT (once, then twice in a row) once the run is in a network state, a state the
     server reports, never a delay: connecting (the server holds the request unanswered), waiting on
     a `Retry-After: 30`, a trickling body (its first byte sent), the reopen backoff after a dropped
@@ -20,7 +22,9 @@ with `HF_HUB_DOWNLOAD_TIMEOUT=--timeout` and each fault of the server in turn:
 The bounds these figures stay within (T = HF_HUB_DOWNLOAD_TIMEOUT, `watch.MAX_REOPENS` = 5):
 a trickled download (MAX_REOPENS + 1) x T plus huggingface_hub's 1 s pause before each resume;
 a trickled stream (MAX_REOPENS + 1) x T; dropped connections on a stream the reopen pauses
-0.5 + 1 + 2 + 4 + 8 s; a wait asked beyond `watch.MAX_RETRY_AFTER` (60 s) at once. Stops: 1 s.
+0.5 + 1 + 2 + 4 + 8 s; a wait asked beyond `watch.MAX_RETRY_AFTER` (60 s) at once, waits made
+beyond it in all at the next ask; a Hub that never answers `watch.MAX_UNANSWERED` (3) x T plus
+huggingface_hub's pauses between retries (1 + 2 s), a silent listing T. Stops: 1 s.
 """
 
 from __future__ import annotations
@@ -112,6 +116,10 @@ def main() -> None:
         "dropped": (WEIGHTS, Fault("drop", 100)),
         "bad-status-line": (WEIGHTS, Fault("bad_status")),
         "listing-redirect-loop": (f"/api/models/{REPO}/revision/main", Fault("redirect_loop")),
+        "retry-after-59": (WEIGHTS, Fault("retry_after", 59)),
+        "hang-listing": (f"/api/models/{REPO}/revision/main", Fault("hang")),
+        "hang-card": ("README.md", Fault("hang")),
+        "hang-weights": (WEIGHTS, Fault("hang")),
     }
     states = {
         "connecting": (WEIGHTS, Fault("hang"), "faulted"),

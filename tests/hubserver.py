@@ -581,7 +581,8 @@ class HubServer:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.state = self.state
         self.url = self._server.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll: `shutdown` waits for the serving loop to look (0.5 s by default).
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> HubServer:
         self._thread.start()

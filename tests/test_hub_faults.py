@@ -10,7 +10,9 @@ recorded (`-s` prints them); benchmarks/bench_hub_faults.py measures them.
 Bounds (documented in the README, `watch` and `stream`): with T = HF_HUB_DOWNLOAD_TIMEOUT, a
 trickled download ends within (MAX_REOPENS + 1) x T + MAX_REOPENS x 1 s (huggingface_hub's pause
 before resuming), a trickled stream within (MAX_REOPENS + 1) x T, dropped connections on a stream
-within the reopen pauses 0.5 + 1 + 2 + 4 + 8 s, a `Retry-After` beyond `MAX_RETRY_AFTER` at once.
+within the reopen pauses 0.5 + 1 + 2 + 4 + 8 s, a `Retry-After` beyond `MAX_RETRY_AFTER` at once,
+a Hub that never answers within MAX_UNANSWERED x T plus huggingface_hub's pauses between retries
+(1 + 2 s; the listing, asked once, within T), a publish within MAX_UNANSWERED x PUBLISH_ANSWER x T.
 """
 
 from __future__ import annotations
@@ -86,31 +88,43 @@ def served(native_release: dict[str, Path], hub: HubServer) -> HubServer:
     return hub
 
 
+LISTING = f"/api/models/{REPO}/revision/main"
+SILENT = "no answer from the Hub within 1 s, 3 times"
 # name: (request path suffix, fault, words the one line must hold)
 FAULTS = {
     "retry-after-a-day": (WEIGHTS, Fault("retry_after", 86_400), "asks to wait 86400 s"),
     "trickle": (WEIGHTS, Fault("trickle", 0.9), "lost 6 times"),
     "redirect-loop": (WEIGHTS, Fault("redirect_loop"), "redirect"),
     "gzip-weights": (WEIGHTS, Fault("bad_gzip"), "does not decode"),
-    "gzip-card": ("README.md", Fault("bad_gzip"), "does not decode"),
     "dropped": (WEIGHTS, Fault("drop", 100), "model.safetensors"),
     "bad-status-line": (WEIGHTS, Fault("bad_status"), "model.safetensors"),
-    "listing-redirect-loop": (f"/api/models/{REPO}/revision/main", Fault("redirect_loop"), REPO),
+    "hang-weights": (WEIGHTS, Fault("hang"), f"model.safetensors: {SILENT}"),  # HEAD; --stream: GET
+}
+# Requests made alike in both modes (listing, card): one mode is enough.
+ONCE = {
+    "gzip-card": ("README.md", Fault("bad_gzip"), "README.md: the body does not decode"),
+    "listing-redirect-loop": (LISTING, Fault("redirect_loop"), f"{REPO}@main on http"),
+    "listing-retry-after-a-day": (LISTING, Fault("retry_after", 86_400), "(listing): the Hub asks to wait"),
+    "hang-listing": (LISTING, Fault("hang"), "the Hub is unreachable (no answer in time)"),
+    "hang-card": ("README.md", Fault("hang"), f"README.md: {SILENT}"),
 }
 
 
-@pytest.mark.parametrize("mode", ["download", "stream"])
-@pytest.mark.parametrize("name", list(FAULTS))
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [(n, m) for n in FAULTS for m in ("download", "stream")] + [(n, "download") for n in ONCE],
+)
 def test_a_broken_hub_ends_the_run_by_itself_with_one_line(
     served: HubServer, native_release: dict[str, Path], tmp_path: Path, name: str, mode: str, record_property
 ) -> None:
-    suffix, fault, words = FAULTS[name]
+    suffix, fault, words = {**FAULTS, **ONCE}[name]
     served.state.faults[suffix] = fault
     began = time.monotonic()
     code, out, err = finish(start(served, native_release, tmp_path, *STREAM[mode]))
     record_property("seconds_to_end", round(time.monotonic() - began, 2))  # recorded, never asserted
     line = one_line(err)
     assert code in (1, 2) and line.startswith("Error: ") and words in line, line
+    assert "Error (" not in line  # no type name of ours in the text
     assert served.state.faulted.is_set()
     nothing_wrong(tmp_path, native_release)
 
@@ -190,8 +204,9 @@ def test_a_few_dropped_connections_are_resumed(
         ("/preupload/main", Fault("retry_after", 86_400), "asks to wait 86400 s"),
         ("/commit/main", Fault("redirect_loop"), "redirect"),
         ("/commit/main", Fault("bad_status"), "publishing to org/pub-xor"),
+        ("/commit/main", Fault("hang"), "publishing to org/pub-xor on http"),
     ],
-    ids=["retry-after-a-day", "redirect-loop", "bad-status-line"],
+    ids=["retry-after-a-day", "redirect-loop", "bad-status-line", "hang"],
 )
 def test_publish_against_a_broken_hub_ends_with_one_line(
     native_release: dict[str, Path], hub: HubServer, tmp_path: Path, suffix: str, fault: Fault, words: str
@@ -204,5 +219,7 @@ def test_publish_against_a_broken_hub_ends_with_one_line(
     )  # fmt: skip
     line = one_line(proc.stderr)
     assert proc.returncode == 2 and words in line, line
+    if fault.kind == "hang":
+        assert "no answer in time; try again later" in line, line
     made = hub.state.repos.get("org/pub-xor")
     assert made is None or len(made.commits) == 1  # the repo's first commit only: nothing published

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._display import quoted
-from ..errors import HubError
+from ..errors import HubError, XorWeightsError
 from .watch import Watch, from_http_client
 
 logger = logging.getLogger(__name__)
@@ -85,11 +85,18 @@ def hub_error(
 
 
 def is_unreachable(e: BaseException) -> bool:
-    """Whether an error means the Hub could not be asked (then the cache may answer instead)."""
+    """Whether an error means the Hub could not be asked (then the cache may answer instead); not
+    our own (a `HubError` of the watch: the Hub answered, asking to wait too long, say)."""
+    if isinstance(e, XorWeightsError) or type(e).__name__ in _ANSWERED:
+        return False
     status = getattr(getattr(e, "response", None), "status_code", None)
     if isinstance(status, int):
         return status >= 500
     return isinstance(e, OSError) or from_http_client(e) or type(e).__name__ == "OfflineModeIsEnabled"
+
+
+#: Errors of the HTTP client about an answer the Hub gave (a redirect loop, a body that does not decode).
+_ANSWERED = ("TooManyRedirects", "DecodingError", "DecodeError", "ContentDecodingError")
 
 
 def list_repo(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, HubFile]]:

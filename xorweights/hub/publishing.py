@@ -43,7 +43,7 @@ from .download import hub_bars_off
 from .model_card import CARD_NAME
 from .payload import git_blob_id
 from .repo_spec import validate_repo_id, validate_revision
-from .watch import Watch
+from .watch import PUBLISH_ANSWER, Watch, describe, from_http_client, stall_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +241,8 @@ def publish(
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=endpoint, token=token)
-    with Watch(f"{repo_id}@{branch}").active():  # waits the Hub asks for: 60 s at most
+    # Waits the Hub asks for: 60 s at most; a silent Hub: PUBLISH_ANSWER x T per request, 3 requests.
+    with Watch(f"{repo_id}@{branch}", answer=PUBLISH_ANSWER * stall_timeout()).active():
         sent = _send(api, repo_id, branch, payload_dir, sizes, sha256, card, message,
                      private=private, progress=progress)  # fmt: skip
     _check_listing(repo_id, sent.commit, sent.listed, payload_dir, sizes, sha256)
@@ -347,14 +348,14 @@ def _send(
     except XorWeightsError:
         raise
     except Exception as e:  # huggingface_hub's errors, its HTTP client's, or reading a file
-        hint = ""
+        hint, said = "", short_error(e)
+        if from_http_client(e):  # the network's: in words
+            hint, said = "; try again later", describe(e)
         if _status(e) in (401, 403):
             hint = "; check HF_TOKEN (a write token is needed)"
             if existed:
                 hint = f"; {repo_id} exists, but this token may not write to it (someone else's?){hint}"
-        raise HubError(
-            f"publishing to {repo_id} on {api.endpoint} failed: {short_error(e)}{hint}", path=repo_id
-        ) from e
+        raise HubError(f"publishing to {repo_id} on {api.endpoint} failed: {said}{hint}", path=repo_id) from e
 
 
 def _upload_release(

@@ -8,13 +8,18 @@
   socket is shut down and the read fails as a timeout, which huggingface_hub resumes with a range
   request (`HubStream` reopens it likewise). After `MAX_REOPENS` losses without `PROGRESS` bytes
   in between, the file fails with one `HubError`.
+- A bounded silence: no request waits more than `answer` seconds (`HF_HUB_DOWNLOAD_TIMEOUT`;
+  less where huggingface_hub asks for less) to connect or for the next bytes of an answer, and
+  after `MAX_UNANSWERED` requests left unanswered that long the file fails with one `HubError`
+  (huggingface_hub would retry a silent Hub five times, for up to 60 s each).
 - A stop at once: when the watch is stopped (or the run cancelled) its socket is shut down, so a
   read blocked on the network returns at once and raises `Cancelled`.
 
 The rules apply only to requests made by a thread inside `Watch.active()`; any other request of
-the process passes untouched. They reach huggingface_hub's client through a response hook, added to
-the shared httpx client (huggingface_hub >= 1) or to each thread's requests session (0.x), and to
-every client its session factory makes from then on. The thread that waits for the reading one
+the process passes untouched. They reach huggingface_hub's client through a response hook and a
+wrapper of its transports (requests' adapters), added to the shared httpx client (huggingface_hub
+>= 1) or to each thread's requests session (0.x), and to every client its session factory makes
+from then on. The thread that waits for the reading one
 calls `Watch.poll()` every `POLL` seconds: that is what notices a stall or a stop.
 """
 
@@ -43,6 +48,10 @@ MIN_PROGRESS = 16 * 1024
 #: Connections lost (dropped, stalled) without `PROGRESS` bytes received in between before a file fails.
 MAX_REOPENS = 5
 PROGRESS = 1 << 20
+#: Requests of one file left unanswered (no connection, or no answer within `Watch.answer`) before it fails.
+MAX_UNANSWERED = 3
+#: A publish waits this many times `HF_HUB_DOWNLOAD_TIMEOUT` for each answer (a commit may take a while).
+PUBLISH_ANSWER = 6
 #: How often the waiting thread looks at the reading one, in seconds.
 POLL = 0.05
 #: Statuses huggingface_hub retries after the wait the answer asks for.
@@ -66,12 +75,17 @@ def current() -> Watch | None:
 class Watch:
     """The rules for the requests of one reader (one file at a time), and what its waiter polls."""
 
-    def __init__(self, label: str, stop: threading.Event | None = None) -> None:
+    def __init__(self, label: str, stop: threading.Event | None = None, answer: float | None = None) -> None:
         self.label = label
         self.stop = stop or threading.Event()
         self.timeout = stall_timeout()
+        self.answer = answer or self.timeout
+        """The longest a request waits to connect or for the next bytes of an answer, in seconds."""
         self.waited = 0.0
+        """Seconds actually waited before retries the Hub asked to wait for (this file)."""
+        self.unanswered = 0
         self.losses = 0
+        self._asked: float | None = None
         self.stalled = False
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -92,6 +106,7 @@ class Watch:
     def name(self, label: str) -> None:
         """The file the next requests are for: a new budget of waits and losses."""
         self.label, self.waited, self.losses, self._since_loss = label, 0.0, 0, 0
+        self.unanswered, self._asked = 0, None
 
     def stopped(self) -> bool:
         return self.stop.is_set() or _cancel.requested()
@@ -124,7 +139,7 @@ class Watch:
             self._window, self._window_bytes = time.monotonic(), 0
         self._since_loss += n
         if self._since_loss >= PROGRESS:
-            self.losses = 0
+            self.losses = self.unanswered = 0
 
     def failure(
         self, e: BaseException, timeout: Callable[[str], BaseException], timeouts: tuple[type, ...]
@@ -178,7 +193,8 @@ class Watch:
     # --- waits ---------------------------------------------------------------------------------
 
     def allow_wait(self, seconds: float) -> None:
-        """Grant a wait the Hub asks for, or raise `HubError` when it is too long."""
+        """Grant a wait the Hub asks for, or raise `HubError` when it is too long: alone, or with
+        the waits made before this file's earlier retries (counted by `sending`)."""
         if seconds > MAX_RETRY_AFTER:
             raise HubError(
                 f"{self.label}: the Hub asks to wait {seconds:g} s before retrying (more than "
@@ -188,10 +204,38 @@ class Watch:
         if self.waited + seconds > MAX_RETRY_AFTER:
             raise HubError(
                 f"{self.label}: the Hub asks to wait {seconds:g} s more before retrying, after "
-                f"{self.waited:g} s (more than {MAX_RETRY_AFTER:g} s in all): try again later",
+                f"{self.waited:.0f} s of waits already (more than {MAX_RETRY_AFTER:g} s in all): "
+                "try again later",
                 path=self.label,
             )
-        self.waited += seconds
+        self._asked = time.monotonic()
+
+    def sending(self) -> None:
+        """A request starts: the time since an answer asked to wait counts as waited."""
+        if self._asked is not None:
+            self.waited += time.monotonic() - self._asked
+            self._asked = None
+
+    def silent(self, e: BaseException, timeouts: tuple[type, ...]) -> BaseException:
+        """What a request that got no answer (it raised `e`) raises: `Cancelled` when stopped; a
+        `HubError` at the `MAX_UNANSWERED`th timeout of this file; else `e` (the client may retry)."""
+        if self.stopped():
+            return Cancelled()
+        if not isinstance(e, timeouts):
+            return e
+        self.unanswered += 1
+        if self.unanswered < MAX_UNANSWERED:
+            logger.info("%s: no answer within %g s (%s)", self.label, self.answer, describe(e))
+            return e
+        return HubError(
+            f"{self.label}: no answer from the Hub within {self.answer:g} s, {self.unanswered} times; "
+            "try again later",
+            path=self.label,
+        )
+
+    def bounded(self, timeout: float | None) -> float:
+        """A request's timeout (None: none) cut to `answer`."""
+        return self.answer if timeout is None else min(float(timeout), self.answer)
 
 
 def requested_wait(status: int, headers: Mapping[str, str]) -> float | None:
@@ -377,22 +421,78 @@ def _quieted(record: logging.LogRecord) -> bool:
 
 
 def _hooked(client: Any) -> Any:
-    """`client` (an httpx client or a requests session) with the response hook."""
+    """`client` (an httpx client or a requests session) with the response hook, its transports
+    (adapters) sending through `_send_watched`."""
     if hasattr(client, "event_hooks"):  # httpx
         hooks = client.event_hooks
         if _on_response not in hooks["response"]:
             client.event_hooks = {**hooks, "response": [*hooks["response"], _on_response]}
+        module = importlib.import_module(type(client).__module__.split(".")[0])
+        transports = [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]
+        for transport in transports:
+            _wrap(transport, "handle_request", module.TimeoutException, _httpx_timeouts)
     else:
         hooks = client.hooks.setdefault("response", [])
         if _on_response not in hooks:
             hooks.append(_on_response)
+        from requests.exceptions import Timeout
+
+        for adapter in client.adapters.values():
+            _wrap(adapter, "send", Timeout, _requests_timeouts)
     return client
+
+
+def _wrap(
+    sender: Any, method: str, timeouts: type, bound: Callable[[Watch, Any, dict[str, Any]], None]
+) -> None:
+    """Make `sender.method(request, **kw)` (an httpx transport's, a requests adapter's) send under
+    the calling thread's watch: timeouts cut by `bound`, a wait asked before counted, silence counted."""
+    if sender is None or getattr(sender, "_xorweights_watched", False):
+        return
+    send = getattr(sender, method)
+
+    def watched(request: Any, *args: Any, **kwargs: Any) -> Any:
+        watch = current()
+        if watch is None:
+            return send(request, *args, **kwargs)
+        bound(watch, request, kwargs)
+        watch.sending()
+        try:
+            return send(request, *args, **kwargs)
+        except Exception as e:
+            if (err := watch.silent(e, (timeouts,))) is e:
+                raise
+            raise err from e
+
+    setattr(sender, method, watched)
+    sender._xorweights_watched = True
+
+
+def _httpx_timeouts(watch: Watch, request: Any, kwargs: dict[str, Any]) -> None:
+    """Cut an httpx request's timeouts (the `timeout` extension) to the watch's `answer`."""
+    given = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {
+        k: watch.bounded(given.get(k)) for k in ("connect", "read", "write", "pool")
+    }
+
+
+def _requests_timeouts(watch: Watch, request: Any, kwargs: dict[str, Any]) -> None:
+    """Cut a requests request's timeout (a number, a (connect, read) pair, None) to the watch's `answer`."""
+    given = kwargs.get("timeout")
+    if given is None or isinstance(given, (int, float)):
+        kwargs["timeout"] = watch.bounded(given)
+    elif isinstance(given, tuple) and len(given) == 2:
+        kwargs["timeout"] = (watch.bounded(given[0]), watch.bounded(given[1]))
 
 
 def describe(e: BaseException) -> str:
     """A network error in words, on one line: what happened, then the client's own message."""
     text = " ".join(str(e).split())[:200]
+    if isinstance(e, XorWeightsError):  # ours says it all
+        return text
     what = _KNOWN.get(type(e).__name__, type(e).__name__)
+    if type(e).__name__ in _SAID_ALL:  # a timeout's text adds nothing (requests': a whole repr)
+        return what
     return f"{what} ({text})" if text else what
 
 
@@ -410,11 +510,18 @@ _KNOWN = {
 }
 
 
-def wait_for(finished: threading.Event, watch: Watch) -> None:
-    """Wait for `finished` in steps of `POLL`, polling `watch`; an interrupt stops the watch."""
+#: Network errors whose words in `_KNOWN` say all there is.
+_SAID_ALL = ("ReadTimeout", "ConnectTimeout")
+
+
+def wait_for(finished: threading.Event, watch: Watch, each: Callable[[], object] | None = None) -> None:
+    """Wait for `finished` in steps of `POLL`, polling `watch` (and calling `each`); an interrupt
+    stops the watch."""
     try:
         while not finished.wait(POLL):
             watch.poll()
+            if each is not None:
+                each()
     except BaseException:
         watch.stop.set()
         watch.shutdown()
