@@ -126,11 +126,12 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
     # Without the hook, huggingface_hub draws its own bars: only on a terminal (they redraw with \r).
     with hub_bars_off() if not hook and not bars_shown(base.enabled) else contextlib.nullcontext():
         threading.Thread(target=run, name=f"xorweights-download-{repo_id}", daemon=True).start()
+        partials: set[str] = set()  # seen open while the thread ran: closed by the time it stops
         try:
-            wait_for(finished, watch)
+            wait_for(finished, watch, lambda: partials.update(_own_partials()))
         except BaseException:
-            if not finished.wait(_STOP_GRACE):
-                _remove_own_partials()
+            finished.wait(_STOP_GRACE)
+            _remove_partials(partials | _own_partials())
             raise
     if failed:
         raise failed[0]
@@ -209,19 +210,31 @@ def hub_bars_off(group: str | None = _HTTP_GET_BARS) -> Iterator[None]:
         states.update(before)
 
 
-def _remove_own_partials() -> None:
-    """Remove the `.incomplete` files this process holds open (Linux; elsewhere they stay behind).
-
-    huggingface_hub names them uniquely per download and never resumes them (older versions
-    would, but the thread left running may still be writing to it)."""
+def _own_partials() -> set[str]:
+    """The `.incomplete` files this process holds open (Linux; elsewhere none are seen)."""
     try:
         fds = os.listdir("/proc/self/fd")
     except OSError:
-        return
+        return set()
+    found = set()
     for fd in fds:
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
-            if target.endswith(".incomplete") and os.path.isfile(target):
+        except OSError:
+            continue
+        if target.endswith(".incomplete"):
+            found.add(target)
+    return found
+
+
+def _remove_partials(paths: set[str]) -> None:
+    """Remove the partial downloads of an interrupted run (`_own_partials`, as they were seen).
+
+    huggingface_hub 1.x names them uniquely per download and never resumes them; 0.x would resume
+    one, but the thread left running may still be writing to it, so it goes too."""
+    for target in paths:
+        try:
+            if os.path.isfile(target):
                 os.unlink(target)
                 logger.debug("removed the partial download %s", target)
         except OSError:

@@ -523,6 +523,8 @@ def wait_for(finished: threading.Event, watch: Watch, each: Callable[[], object]
             if each is not None:
                 each()
     except BaseException:
+        if each is not None:  # once more, as things are before the connection is shut down
+            each()
         watch.stop.set()
         watch.shutdown()
         raise
