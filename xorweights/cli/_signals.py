@@ -7,11 +7,10 @@ CLI needs, so that a signal while the rest loads already gets the one line and t
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` itself loads `enum` first (several ms of start-up)
 import atexit
 import os
-import signal
 import sys
-import threading
 
 TYPE_CHECKING = False  # not `typing`'s: this module loads before anything else
 if TYPE_CHECKING:
@@ -35,11 +34,13 @@ def install_early() -> None:
     the one line, before `main` installs the handlers that stop a running command cleanly."""
     global EARLY
     if (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
         and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     ):
-        EARLY = {sig: signal.signal(sig, _exit_at_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            EARLY = {sig: signal.signal(sig, _exit_at_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread (`threading` is not loaded this early: 6 ms)
+            EARLY = {}
 
 
 def _started_as_program() -> bool:
@@ -78,7 +79,9 @@ class Interrupted(BaseException):
     """
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
+        import signal as signals  # loaded by then (numpy, asyncio, ...): names the signal
+
+        super().__init__(signals.Signals(signum).name)
         self.code = 128 + signum
 
 
@@ -92,6 +95,8 @@ def install_signal_handlers() -> dict[int, Any]:
     A second signal while the first is being handled (running jobs stopping, temporaries being
     removed, well under a second) is ignored, so that the clean-up runs to its end.
     """
+    import threading  # loaded by then
+
     if threading.current_thread() is not threading.main_thread():
         return {}
     seen: list[int] = []
@@ -109,6 +114,8 @@ def finishing(code: int) -> None:
     """The command's result is out (`code`): from now on a signal ends the process at once, with the
     one line and 128 + signum, or, when `code` already says the command was interrupted (its line
     printed), silently with `code`."""
+    import threading  # loaded by then
+
     if threading.current_thread() is not threading.main_thread():
         return
 
@@ -141,6 +148,8 @@ def exit_now(code: int) -> NoReturn:
             code = code or 120
     # As Python's own exit does first: worker threads still running (an interrupted command's)
     # finish, removing their temporaries, and idle thread pools are woken to end.
+    import threading
+
     shutdown = getattr(threading, "_shutdown", None)
     if shutdown is not None:
         shutdown()
