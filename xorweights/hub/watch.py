@@ -507,6 +507,8 @@ _KNOWN = {
     "ReadTimeout": "no answer in time",
     "ConnectTimeout": "no connection in time",
     "ConnectError": "cannot connect",
+    "ProtocolError": "the connection broke off",  # urllib3's (requests)
+    "ConnectionError": "the connection failed",
 }
 
 
