@@ -50,28 +50,9 @@ WEIGHTS = "payload/model.safetensors"
 
 def make_release(root: Path) -> dict[str, Path]:
     """The small LLaMA-shaped release of the Hub tests (tests/conftest.py's `native_release`)."""
-    import json
+    from tests.conftest import make_native_release
 
-    from safetensors.torch import save_file
-
-    import xorweights
-    from tests.conftest import random_bytes
-    from tests.test_native import base_tensors, finetune, save_bin_shards
-
-    base_sd = base_tensors()
-    ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}
-    names = list(base_sd)
-    save_bin_shards(base_sd, root / "base", [names[:3], names[3:]])
-    (root / "base" / "tokenizer.model").write_bytes(random_bytes(3000, 7))
-    ft = root / "finetuned"
-    ft.mkdir()
-    save_file({n: t.contiguous() for n, t in ft_sd.items()}, str(ft / "model.safetensors"))
-    (ft / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 104}))
-    tok = bytearray((root / "base" / "tokenizer.model").read_bytes())
-    tok[:4] = b"tune"
-    (ft / "tokenizer.model").write_bytes(bytes(tok))
-    xorweights.encode(ft, base=root / "base", out=root / "payload")
-    return {"base": root / "base", "payload": root / "payload"}
+    return make_native_release(root)
 
 
 def start(
@@ -87,8 +68,11 @@ def start(
     args = ["decode", REPO, "--base", str(release["base"]), "--out", str(work / "out"), "-q"]
     return subprocess.Popen(
         [sys.executable, "-m", "xorweights", *args, *(["--stream"] if stream else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def serve(root: Path, release: dict[str, Path], suffix: str, fault: Fault) -> HubServer:

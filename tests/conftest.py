@@ -208,14 +208,13 @@ def hub(tmp_path: Path):
 # --- releases served by the test Hub (tests/test_hub*.py) ---------------------------------------
 
 
-@pytest.fixture(scope="module")
-def native_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A small LLaMA-shaped fine-tune in safetensors, its base as .bin shards, and the native payload."""
+def make_native_release(root: Path) -> dict[str, Path]:
+    """A small LLaMA-shaped fine-tune in safetensors, its base as .bin shards, and the native payload
+    (nothing stored raw), made under `root`."""
     from safetensors.torch import save_file
 
     from tests.test_native import base_tensors, finetune, save_bin_shards
 
-    root = tmp_path_factory.mktemp("hub-native")
     base_sd = base_tensors()
     ft_sd = {n: t for n, t in finetune(base_sd).items() if n in base_sd}  # nothing stored raw
     names = list(base_sd)
@@ -230,6 +229,12 @@ def native_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (ft / "tokenizer.model").write_bytes(bytes(tok))
     xorweights.encode(ft, base=root / "base", out=root / "payload")
     return {"base": root / "base", "ft": ft, "payload": root / "payload"}
+
+
+@pytest.fixture(scope="module")
+def native_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`make_native_release` once per test module."""
+    return make_native_release(tmp_path_factory.mktemp("hub-native"))
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +263,15 @@ def legacy_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     manifest = root / "release.json"
     manifest.write_text(json.dumps(report.manifest.to_json()))
     return {"base": base, "ft": ft, "payload": root / "payload", "manifest": manifest}
+
+
+@pytest.fixture
+def delta_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A small fp16 additive delta (fastchat recipe) and its base, as safetensors folders."""
+    from tests.delta_models import VOCAB, llama_state, perturbed, save_model
+
+    base = llama_state()
+    target = {k: v.half() for k, v in perturbed(base, VOCAB, 7).items()}
+    save_model(tmp_path / "base", base)
+    save_model(tmp_path / "delta", {k: target[k] - base[k].half() for k in target})
+    return tmp_path / "delta", tmp_path / "base"

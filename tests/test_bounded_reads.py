@@ -133,17 +133,6 @@ def test_every_whole_file_read_goes_through_read_bounded() -> None:
 # --- delta side files from the command line ---------------------------------------------------
 
 
-@pytest.fixture
-def delta_pair(tmp_path: Path) -> tuple[Path, Path]:
-    from tests.delta_models import VOCAB, llama_state, perturbed, save_model
-
-    base = llama_state()
-    target = {k: v.half() for k, v in perturbed(base, VOCAB, 7).items()}
-    save_model(tmp_path / "base", base)
-    save_model(tmp_path / "delta", {k: target[k] - base[k].half() for k in target})
-    return tmp_path / "delta", tmp_path / "base"
-
-
 @pytest.mark.parametrize(
     ("name", "recipe", "what"),
     [("config.json", "fastchat", "a config.json"), ("model_sum.txt", "alpaca", "a file of one number")],

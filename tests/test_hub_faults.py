@@ -184,9 +184,14 @@ def test_a_tampered_compressed_stream_is_the_hubs_mismatch_not_a_malformed_frame
     nothing_wrong(tmp_path, native_release)
     with pytest.raises(PayloadMismatchError, match="differs from the sha256 the Hub lists"):
         xorweights.decode(
-            REPO, base=native_release["base"], out=tmp_path / "lib", endpoint=served.url, token=TOKEN,
-            cache_dir=tmp_path / "cache", stream=True,
-        )  # fmt: skip
+            REPO,
+            base=native_release["base"],
+            out=tmp_path / "lib",
+            endpoint=served.url,
+            token=TOKEN,
+            cache_dir=tmp_path / "cache",
+            stream=True,
+        )
 
 
 def test_a_few_dropped_connections_are_resumed(
@@ -215,8 +220,11 @@ def test_publish_against_a_broken_hub_ends_with_one_line(
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
     proc = subprocess.run(
         [sys.executable, "-m", "xorweights", "publish", str(native_release["payload"]), "org/pub-xor", "-q"],
-        capture_output=True, text=True, env={**env, "HF_HUB_DOWNLOAD_TIMEOUT": "1"}, timeout=SAFETY,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={**env, "HF_HUB_DOWNLOAD_TIMEOUT": "1"},
+        timeout=SAFETY,
+    )
     line = one_line(proc.stderr)
     assert proc.returncode == 2 and words in line, line
     if fault.kind == "hang":

@@ -132,8 +132,17 @@ def _delta(root: Path, container: str) -> tuple[tuple[object, ...], str]:
         else "pytorch_model-00001-of-00002.bin"
     )
     fmt = ("--output-format", container)
-    return ("decode", root / "delta", "--base", root / "base", "--recipe", "fastchat", *fmt,
-            "--max-shard-size", "3KB"), name  # fmt: skip
+    return (
+        "decode",
+        root / "delta",
+        "--base",
+        root / "base",
+        "--recipe",
+        "fastchat",
+        *fmt,
+        "--max-shard-size",
+        "3KB",
+    ), name
 
 
 KINDS = ["legacy", "native", "delta", "delta-bin"]

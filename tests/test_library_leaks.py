@@ -135,8 +135,12 @@ def test_failed_decodes_leave_no_threads_and_no_memory(tmp_path: Path) -> None:
     env = {**os.environ, "XORWEIGHTS_DISABLE_PROGRESS_BARS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", code, json.dumps(kinds), str(out), str(FAILURES), str(3 << 30)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     start = report["start"]

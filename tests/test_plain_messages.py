@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import xorweights
-from tests.delta_models import VOCAB, llama_state, perturbed, save_model
 from tests.test_paths_output_state import within
 from xorweights._display import abridged
 from xorweights.cli import main
@@ -65,10 +64,16 @@ def test_sixty_thousand_missing_payload_files_make_one_short_line(
 ) -> None:
     empty = hashlib.sha256(b"").hexdigest()
     files = [
-        {"name": f"f{i:05d}.txt", "method": "copy", "size": 0, "sha256": empty, "payload_size": 0,
-         "payload_sha256": empty}
+        {
+            "name": f"f{i:05d}.txt",
+            "method": "copy",
+            "size": 0,
+            "sha256": empty,
+            "payload_size": 0,
+            "payload_sha256": empty,
+        }
         for i in range(60_000)
-    ]  # fmt: skip
+    ]
     payload = tmp_path / "payload"
     payload.mkdir()
     (payload / "f00003.txt").write_bytes(b"")  # one is there
@@ -91,15 +96,6 @@ def fifo_in(folder: Path, name: str) -> Path:
     (folder / name).unlink()
     os.mkfifo(folder / name)
     return folder / name
-
-
-@pytest.fixture
-def delta_pair(tmp_path: Path) -> tuple[Path, Path]:
-    base = llama_state()
-    target = {k: v.half() for k, v in perturbed(base, VOCAB, 7).items()}
-    save_model(tmp_path / "base", base)
-    save_model(tmp_path / "delta", {k: target[k] - base[k].half() for k in target})
-    return tmp_path / "delta", tmp_path / "base"
 
 
 @pytest.mark.parametrize(

@@ -214,8 +214,10 @@ def _check_size(path: os.PathLike[str] | str, size: int, limit: int, what: str) 
         raise FileTooLargeError(
             f"{os.fspath(path)}: {human_bytes(size)} ({size} bytes), more than {what} may be "
             f"({human_bytes(limit)} at most); check that it is the right file",
-            path=path, expected=limit, actual=size,
-        )  # fmt: skip
+            path=path,
+            expected=limit,
+            actual=size,
+        )
 
 
 def check_folder_inside(path: Path, root: Path) -> None:

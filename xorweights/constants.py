@@ -44,10 +44,8 @@ OPAQUE_WEIGHT_SUFFIXES = (
 WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES, *OPAQUE_WEIGHT_SUFFIXES)
 #: Small text files of a model folder that hold no weights (configs, cards, code, templates,
 #: vocabularies); with `TEXT_NAMES` and `TOKENIZER_MODELS`, the files a payload may copy as they are.
-TEXT_SUFFIXES = (
-    ".json", ".txt", ".md", ".yaml", ".yml", ".py", ".jinja", ".toml", ".cfg", ".ini", ".rst", ".cff",
-    ".vocab", ".tiktoken",
-)  # fmt: skip
+_TEXT = "json txt md yaml yml py jinja toml cfg ini rst cff vocab tiktoken"
+TEXT_SUFFIXES = tuple(f".{s}" for s in _TEXT.split())
 #: Text files of a model folder named without a suffix (any case).
 TEXT_NAMES = ("license", "licence", "notice", "copying", "readme", "authors", "citation")
 #: Sentencepiece models (fnmatch, lower case): binary, but vocabularies, not weights.

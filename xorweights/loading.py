@@ -199,9 +199,14 @@ def _framed(
     by_name = {t.name: t for t in f.tensors}
     payload = open(path, "rb")  # noqa: SIM115 (the reader closes it)
     with FrameReader(
-        payload, image, str(path), workers=default_jobs(), tensors=tensor_offsets(header), limit=f.size,
+        payload,
+        image,
+        str(path),
+        workers=default_jobs(),
+        tensors=tensor_offsets(header),
+        limit=f.size,
         masked=masked_spans(header, f),
-    ) as frames:  # fmt: skip
+    ) as frames:
         _skip(frames, header.data_start, path)
         for info in sorted(header.tensors.values(), key=lambda t: t.begin):
             if wanted is not None and info.name not in wanted:

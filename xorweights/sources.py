@@ -374,9 +374,14 @@ class FramedSource:
             payload.close()
             raise
         return FrameReader(  # type: ignore[return-value]
-            payload, base, self.label, workers=self.workers, tensors=self.tensors, limit=self.out_size,
+            payload,
+            base,
+            self.label,
+            workers=self.workers,
+            tensors=self.tensors,
+            limit=self.out_size,
             masked=self.masked,
-        )  # fmt: skip
+        )
 
     def size(self) -> int | None:
         return self.payload.size()

@@ -227,5 +227,7 @@ def check_delta_config(delta: TensorStore, delta_dir: Path) -> None:
         raise FormatError(
             f"{path} describes another model than the delta's tensors ({listed}); it would be copied "
             "into the recovered model as it is; download or copy the delta's own config.json again",
-            path=path, expected={k: w for k, _, w, _ in wrong}, actual={k: g for k, g, _, _ in wrong},
-        )  # fmt: skip
+            path=path,
+            expected={k: w for k, _, w, _ in wrong},
+            actual={k: g for k, g, _, _ in wrong},
+        )

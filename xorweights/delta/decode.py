@@ -100,9 +100,15 @@ def decode_delta(
             )  # fmt: skip
 
     result = run_recovery(
-        recovery, out_dir, options, force=force, verify=verify, info=info, approve=approve,
+        recovery,
+        out_dir,
+        options,
+        force=force,
+        verify=verify,
+        info=info,
+        approve=approve,
         expect=delta_options.expect,
-    )  # fmt: skip
+    )
     return DecodeReport(
         files=tuple(result.files),
         seconds=time.perf_counter() - started,

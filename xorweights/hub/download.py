@@ -99,8 +99,9 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
             try:
                 return str(hf.hf_hub_download(repo_id, path, revision=revision, **bars, **kw))
             except RecursionError as e:  # huggingface_hub 0.x follows relative redirects recursively
-                raise HubError(f"{label}: redirects without end (a redirect loop); try again later",
-                               path=label) from e  # fmt: skip
+                raise HubError(
+                    f"{label}: redirects without end (a redirect loop); try again later", path=label
+                ) from e
             except Exception as e:
                 attempt += 1
                 if attempt > _RESUME_TRIES or not _broke_off(e, resumes) or stop.wait(1):

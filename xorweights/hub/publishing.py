@@ -243,8 +243,7 @@ def publish(
     api = HfApi(endpoint=endpoint, token=token)
     # Waits the Hub asks for: 60 s at most; a silent Hub: PUBLISH_ANSWER x T per request, 3 requests.
     with Watch(f"{repo_id}@{branch}", answer=PUBLISH_ANSWER * stall_timeout()).active():
-        sent = _send(api, repo_id, branch, payload_dir, sizes, sha256, card, message,
-                     private=private, progress=progress)  # fmt: skip
+        sent = _send(api, repo_id, branch, payload_dir, sizes, sha256, card, message, private, progress)
     _check_listing(repo_id, sent.commit, sent.listed, payload_dir, sizes, sha256)
     logger.info("published %s files to %s@%s", len(names), repo_id, sent.commit)
     return PublishReport(
@@ -322,7 +321,6 @@ def _send(
     sha256: Mapping[str, str],
     card: str,
     message: str,
-    *,
     private: bool,
     progress: bool,
 ) -> _Sent:

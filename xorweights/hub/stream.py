@@ -151,8 +151,12 @@ class HubStream:
             raise PayloadMismatchError(
                 f"payload file {self.label} differs from the {algo} the Hub lists ({actual} as received, "
                 f"but the Hub lists {want}); nothing made from it was kept",
-                path=self.label, expected=want, actual=actual, algorithm=algo, stage="payload",
-            )  # fmt: skip
+                path=self.label,
+                expected=want,
+                actual=actual,
+                algorithm=algo,
+                stage="payload",
+            )
 
     def read(self, n: int = -1) -> bytes:
         """Up to `n` bytes (all the rest when negative); fewer only at the end."""
@@ -368,6 +372,10 @@ def mismatch_over_format_error(remote: Mapping[str, HubFileSource]) -> Iterator[
         if found is None:
             raise
         raise PayloadMismatchError(
-            f"{found.message} (decoding it met: {short_error(e, 160)})", path=found.path,
-            expected=found.expected, actual=found.actual, algorithm=found.algorithm, stage="payload",
-        ) from e  # fmt: skip
+            f"{found.message} (decoding it met: {short_error(e, 160)})",
+            path=found.path,
+            expected=found.expected,
+            actual=found.actual,
+            algorithm=found.algorithm,
+            stage="payload",
+        ) from e

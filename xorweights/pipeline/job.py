@@ -509,9 +509,14 @@ def _make_into(
         base = _enter(stack, step.base)
         try:
             return xor_stream(
-                data, base, sink, hashes={"out": algorithms}, chunk_size=1 << 20, depth=2,
+                data,
+                base,
+                sink,
+                hashes={"out": algorithms},
+                chunk_size=1 << 20,
+                depth=2,
                 should_stop=should_stop,
-            )  # type: ignore[arg-type]  # fmt: skip
+            )  # type: ignore[arg-type]
         except StreamError as e:
             error = _failure(e, job)
     try:
