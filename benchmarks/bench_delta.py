@@ -304,14 +304,33 @@ def main() -> None:
     tmp = work / "tmp"
     fc = [args.peer_python, "-m", "fastchat.model.apply_delta", "--base-model-path", str(base)]
     contenders = [
-        ("xorweights decode", "xorweights",
-         [args.xorweights, "decode", str(delta), "--base", str(base), "--out", str(outs["xorweights"]),
-          "--recipe", "fastchat", "--quiet"]),
-        ("FastChat apply_delta", "fastchat",
-         [*fc, "--target-model-path", str(outs["fastchat"]), "--delta-path", str(delta)]),
-        ("FastChat --low-cpu-mem", "low",
-         [*fc, "--target-model-path", str(outs["low"]), "--delta-path", str(delta), "--low-cpu-mem"]),
-    ]  # fmt: skip
+        (
+            "xorweights decode",
+            "xorweights",
+            [
+                args.xorweights,
+                "decode",
+                str(delta),
+                "--base",
+                str(base),
+                "--out",
+                str(outs["xorweights"]),
+                "--recipe",
+                "fastchat",
+                "--quiet",
+            ],
+        ),
+        (
+            "FastChat apply_delta",
+            "fastchat",
+            [*fc, "--target-model-path", str(outs["fastchat"]), "--delta-path", str(delta)],
+        ),
+        (
+            "FastChat --low-cpu-mem",
+            "low",
+            [*fc, "--target-model-path", str(outs["low"]), "--delta-path", str(delta), "--low-cpu-mem"],
+        ),
+    ]
     env = {**os.environ, "TMPDIR": str(tmp), "HF_HOME": str(work / "hf-home"), "HF_HUB_OFFLINE": "1"}
     env["TRANSFORMERS_OFFLINE"] = "1"
     load = [os.getloadavg()[0]]
@@ -327,8 +346,11 @@ def main() -> None:
         load.append(os.getloadavg()[0])
         output = disk_bytes(outs[key])
         rows[label] = (secs, cpu, rss, wrote, cancelled, output)
-        print(f"{label:<24} {secs:8.2f} s {cpu:8.2f} CPU s {rss / 2**20:7.0f} MiB "
-              f"{wrote / 1e6:9.1f} MB written {output / 1e6:9.1f} MB out", flush=True)  # fmt: skip
+        print(
+            f"{label:<24} {secs:8.2f} s {cpu:8.2f} CPU s {rss / 2**20:7.0f} MiB "
+            f"{wrote / 1e6:9.1f} MB written {output / 1e6:9.1f} MB out",
+            flush=True,
+        )
         if key != "xorweights":
             checks.append(f"{label}: {compare(outs['xorweights'], outs[key])}")
             print(checks[-1], flush=True)

@@ -154,14 +154,19 @@ def compare_rates(
             assert same_files(ref, out), f"{out} differs from {ref}"
             cut, pos = hangups(work / "server.log", pos)
             runs.append(RateRun(mbps, mode, secs, rss, wrote, cancelled, left, cut))
-            print(f"{mbps:g} MB/s {mode:<16} {secs:8.2f} s {rss / 2**20:7.0f} MiB "
-                  f"{wrote / 1e6:8.0f} MB written {left / 1e6:8.0f} MB left", flush=True)  # fmt: skip
+            print(
+                f"{mbps:g} MB/s {mode:<16} {secs:8.2f} s {rss / 2**20:7.0f} MiB "
+                f"{wrote / 1e6:8.0f} MB written {left / 1e6:8.0f} MB left",
+                flush=True,
+            )
             shutil.rmtree(home)
             shutil.rmtree(out)
     set_rate(server, 0)
     outputs = files_bytes(ref)
-    lines = [f"{'rate MB/s':>9} {'mode':<16} {'wall s':>8} {'peak RSS':>10} {'written MB':>11} "
-             f"{'cancel kB':>9} {'left MB':>8} {'x out':>6} {'hang-ups':>8}"]  # fmt: skip
+    lines = [
+        f"{'rate MB/s':>9} {'mode':<16} {'wall s':>8} {'peak RSS':>10} {'written MB':>11} "
+        f"{'cancel kB':>9} {'left MB':>8} {'x out':>6} {'hang-ups':>8}"
+    ]
     for r in runs:
         lines.append(
             f"{_rate(r.mbps):>9} {r.mode:<16} {r.secs:8.2f} {r.rss / 2**20:6.0f} MiB {r.written / 1e6:11.1f} "
@@ -236,8 +241,11 @@ def main() -> None:
         server_log = open(work / "server.log", "wb")
         server = subprocess.Popen(
             [py, "-c", SERVE.format(root=str(ROOT), store=str(work / "store"))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=server_log, text=True,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=server_log,
+            text=True,
+        )
         url = server.stdout.readline().strip()  # type: ignore[union-attr]
         env = {**os.environ, "HF_ENDPOINT": url, "HF_TOKEN": "hf_bench", "HF_HUB_DISABLE_XET": "1"}
         env["HF_HOME"] = str(work / "hf-home")
@@ -250,9 +258,22 @@ def main() -> None:
             ("decode repo id (download)", [[*dec, str(work / "out1")]]),
             ("decode again (in place)", [[*dec, str(work / "out1")]]),
             ("decode offline (check+decode)", [["env", "HF_HUB_OFFLINE=1", *dec, str(work / "out2")]]),
-            ("decode local folder", [[*xw, "decode", str(work / "payload"), "--base", str(base), "-q",
-                                      "--out", str(work / "out3")]]),
-        ]  # fmt: skip
+            (
+                "decode local folder",
+                [
+                    [
+                        *xw,
+                        "decode",
+                        str(work / "payload"),
+                        "--base",
+                        str(base),
+                        "-q",
+                        "--out",
+                        str(work / "out3"),
+                    ]
+                ],
+            ),
+        ]
         results: dict[str, tuple[float, int]] = {}
         for name, cmds in steps:
             settle(False)
@@ -277,8 +298,11 @@ def main() -> None:
                 f"{name:<32} {secs:8.2f} {size / secs / 1e6:8.0f} {rss / 2**20:7.0f} MiB {secs / cp_s:6.2f}"
             )
         check = results["decode offline (check+decode)"][0] - results["decode local folder"][0]
-        lines += ["", f"sha256 check of the payload against the Hub's digests: {check:.2f} s "
-                      f"({size / max(check, 1e-9) / 1e6:.0f} MB/s)"]  # fmt: skip
+        lines += [
+            "",
+            f"sha256 check of the payload against the Hub's digests: {check:.2f} s "
+            f"({size / max(check, 1e-9) / 1e6:.0f} MB/s)",
+        ]
         if rate_lines:
             lines += [
                 "",

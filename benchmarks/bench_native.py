@@ -192,9 +192,17 @@ def minilm(workdir: Path, repeat: int) -> None:
                         cmd = (
                             ["cp", "-r", str(ft), str(out)]
                             if mode == "cp"
-                            else [*cli, "decode", str(scratch / f"{dt}-{role}-{mode}"), "--base", str(base),
-                                  "--out", str(out), "--quiet"]
-                        )  # fmt: skip
+                            else [
+                                *cli,
+                                "decode",
+                                str(scratch / f"{dt}-{role}-{mode}"),
+                                "--base",
+                                str(base),
+                                "--out",
+                                str(out),
+                                "--quiet",
+                            ]
+                        )
                         secs, rss = run([cmd], scratch)
                         times[mode].append(secs)
                         if mode == "zstd":
@@ -277,9 +285,12 @@ def main() -> None:
         for name, dest, extra in (
             ("native", work / "native", []),
             ("native, --compress none", work / "native-v1", ["--compress", "none"]),
-            ("legacy format (--format oasst)", work / "legacy",
-             ["--format", "oasst", "--manifest", str(work / "legacy.json")]),
-        ):  # fmt: skip
+            (
+                "legacy format (--format oasst)",
+                work / "legacy",
+                ["--format", "oasst", "--manifest", str(work / "legacy.json")],
+            ),
+        ):
             encodes[name] = ([], [])
             for _ in range(args.repeat):
                 shutil.rmtree(dest, ignore_errors=True)
@@ -290,9 +301,12 @@ def main() -> None:
         size = folder_bytes(ft)
         columns = ["gzip -6", *(f"zstd -{v}" for v in args.zstd_levels.split(",") if v)]
         print(f"\n{'weights':<26} {'bytes':>12} " + " ".join(f"{k:>16}" for k in columns))
-        for label, folder in (("fine-tuned model", ft), ("native payload", work / "native"),
-                              ("native, --compress none", work / "native-v1"),
-                              ("legacy payload", work / "legacy")):  # fmt: skip
+        for label, folder in (
+            ("fine-tuned model", ft),
+            ("native payload", work / "native"),
+            ("native, --compress none", work / "native-v1"),
+            ("legacy payload", work / "legacy"),
+        ):
             sizes = compressed(folder, [int(v) for v in args.zstd_levels.split(",") if v])
             cells = " ".join(
                 f"{sizes[k] / 2**20:8.1f} MiB {folder_bytes(folder) / sizes[k]:4.1f}x"
@@ -341,7 +355,7 @@ def main() -> None:
                     str(out("nv1")),
                     "--quiet",
                 ]
-            ],  # fmt: skip
+            ],
             "native vs .bin base": lambda: [
                 [
                     *cli,
@@ -367,7 +381,7 @@ def main() -> None:
                     str(work / "legacy.json"),
                     "--quiet",
                 ]
-            ],  # fmt: skip
+            ],
             "legacy 4 KiB algorithm": lambda: [
                 [
                     py,
@@ -376,7 +390,7 @@ def main() -> None:
                         root=str(ROOT), dst=str(out("l4k")), payload=str(work / "legacy"), base=str(base_st)
                     ),
                 ]
-            ],  # fmt: skip
+            ],
         }
         results: dict[str, tuple[float, int]] = {}
         for name, make in contenders.items():

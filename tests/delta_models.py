@@ -37,11 +37,18 @@ def llama_state(vocab: int = VOCAB, seed: int = 0, *, inv_freq: bool = True) -> 
 
 def config(vocab: int, **extra: object) -> dict[str, object]:
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": DIM,
-        "intermediate_size": INTER, "num_attention_heads": 2, "num_hidden_layers": LAYERS,
-        "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "vocab_size": vocab, "torch_dtype": "float16",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": DIM,
+        "intermediate_size": INTER,
+        "num_attention_heads": 2,
+        "num_hidden_layers": LAYERS,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "vocab_size": vocab,
+        "torch_dtype": "float16",
         **extra,
-    }  # fmt: skip
+    }
 
 
 def save_model(

@@ -309,11 +309,24 @@ class _Handler(BaseHTTPRequestHandler):
         stamp = "2026-01-01T00:00:00.000Z"
         self._json(
             200,
-            {"_id": repo_id, "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0], "sha": sha,
-             "private": repo.private, "disabled": False, "gated": False, "downloads": 0, "likes": 0,
-             "lastModified": stamp, "createdAt": stamp, "tags": [], "library_name": None,
-             "siblings": siblings},
-        )  # fmt: skip
+            {
+                "_id": repo_id,
+                "id": repo_id,
+                "modelId": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": sha,
+                "private": repo.private,
+                "disabled": False,
+                "gated": False,
+                "downloads": 0,
+                "likes": 0,
+                "lastModified": stamp,
+                "createdAt": stamp,
+                "tags": [],
+                "library_name": None,
+                "siblings": siblings,
+            },
+        )
 
     def tree(self, repo_id: str, revision: str, sub: str | None, *, query: dict[str, list[str]]) -> None:
         found = self._at(repo_id, revision)

@@ -95,8 +95,9 @@ def test_compressed_and_uncompressed_payloads_decode_to_the_same_files(tmp_path:
     for mode in ("zstd", "none"):
         report = xorweights.encode(ft, base=base, out=tmp_path / f"p-{mode}", compress=mode)
         assert report.bytes_processed == sum(p.stat().st_size for p in ft.iterdir())  # the model's bytes
-        assert report.bytes_written == sum(p.stat().st_size for p in (tmp_path / f"p-{mode}").iterdir()
-                                           if p.name != "xorweights.json")  # fmt: skip
+        assert report.bytes_written == sum(
+            p.stat().st_size for p in (tmp_path / f"p-{mode}").iterdir() if p.name != "xorweights.json"
+        )
         xorweights.decode(tmp_path / f"p-{mode}", base=base, out=tmp_path / f"out-{mode}")
     assert tree(tmp_path / "out-zstd") == tree(tmp_path / "out-none") == tree(ft)
     v1, v2 = load_manifest(tmp_path / "p-none"), load_manifest(tmp_path / "p-zstd")

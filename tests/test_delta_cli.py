@@ -29,8 +29,18 @@ def recovered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path,
     save_model(tmp_path / "base", base)
     save_model(tmp_path / "delta", delta, shards=2)
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out", out,
-                            "--recipe", "fastchat", "--quiet")  # fmt: skip
+    code, stdout, err = run(
+        capsys,
+        "decode",
+        tmp_path / "delta",
+        "--base",
+        tmp_path / "base",
+        "--out",
+        out,
+        "--recipe",
+        "fastchat",
+        "--quiet",
+    )
     assert code == 0, err
     assert "recovered with recipe fastchat" in stdout
     assert (out / "model.safetensors").is_file() and (out / TENSORS_NAME).is_file()
@@ -74,8 +84,19 @@ def test_verify_refuses_a_rounded_copy(tmp_path, capsys, recovered) -> None:
 def test_json_report_and_rerun_keeps_outputs(tmp_path, capsys, recovered) -> None:
     out, _ = recovered
     before = (out / TENSORS_NAME).read_bytes()
-    code, stdout, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out", out,
-                            "--recipe", "fastchat", "--quiet", "--json")  # fmt: skip
+    code, stdout, err = run(
+        capsys,
+        "decode",
+        tmp_path / "delta",
+        "--base",
+        tmp_path / "base",
+        "--out",
+        out,
+        "--recipe",
+        "fastchat",
+        "--quiet",
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(stdout)
     assert report["format"] == "delta:fastchat"
@@ -87,11 +108,31 @@ def test_wrong_base_is_one_line_and_writes_nothing(tmp_path, capsys) -> None:
     base = llama_state()
     save_model(tmp_path / "base", base)
     save_model(tmp_path / "delta", {k: v.half() for k, v in perturbed(base, VOCAB + 3, 8).items()})
-    code, stdout, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out",
-                            tmp_path / "out", "--recipe", "fastchat-v0", "--quiet")  # fmt: skip
+    code, stdout, err = run(
+        capsys,
+        "decode",
+        tmp_path / "delta",
+        "--base",
+        tmp_path / "base",
+        "--out",
+        tmp_path / "out",
+        "--recipe",
+        "fastchat-v0",
+        "--quiet",
+    )
     assert code == 0, err  # v0 grows any number of rows
-    code, stdout, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out",
-                            tmp_path / "out2", "--recipe", "fastchat", "--quiet")  # fmt: skip
+    code, stdout, err = run(
+        capsys,
+        "decode",
+        tmp_path / "delta",
+        "--base",
+        tmp_path / "base",
+        "--out",
+        tmp_path / "out2",
+        "--recipe",
+        "fastchat",
+        "--quiet",
+    )
     assert code == 1
     assert len(err.strip().splitlines()) == 1
     assert "model.embed_tokens.weight is [40, 8] in the base, [43, 8] in the delta" in err
@@ -167,8 +208,18 @@ def test_another_base_of_the_same_size_is_not_kept(tmp_path, capsys, recovered) 
     before = json.loads((out / TENSORS_NAME).read_text())["tensors"]
     other = llama_state(seed=99)  # same shapes and sizes, other values
     save_model(tmp_path / "base2", other)
-    code, _, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base2", "--out", out,
-                       "--recipe", "fastchat", "--quiet")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "decode",
+        tmp_path / "delta",
+        "--base",
+        tmp_path / "base2",
+        "--out",
+        out,
+        "--recipe",
+        "fastchat",
+        "--quiet",
+    )
     assert code == 0, err
     after = json.loads((out / TENSORS_NAME).read_text())
     assert after["base"] == str(tmp_path / "base2")
@@ -179,8 +230,20 @@ def test_another_base_of_the_same_size_is_not_kept(tmp_path, capsys, recovered) 
 
 def test_an_output_folder_of_another_layout_is_refused(tmp_path, capsys, recovered) -> None:
     out, _ = recovered
-    code, _, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out", out,
-                       "--recipe", "fastchat", "--max-shard-size", "1000", "--quiet")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "decode",
+        tmp_path / "delta",
+        "--base",
+        tmp_path / "base",
+        "--out",
+        out,
+        "--recipe",
+        "fastchat",
+        "--max-shard-size",
+        "1000",
+        "--quiet",
+    )
     assert code == 2 and "model.safetensors" in err and "another layout" in err
 
 
@@ -208,8 +271,18 @@ def test_a_hand_edited_manifest_is_not_trusted_on_a_rerun(tmp_path, capsys, reco
     doc = json.loads(good)
     doc["tensors"]["model.norm.weight"]["sha256"] = "0" * 64
     (out / TENSORS_NAME).write_text(json.dumps(doc, indent=2) + "\n")
-    code, _, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "base", "--out", out,
-                       "--recipe", "fastchat", "--quiet")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "decode",
+        tmp_path / "delta",
+        "--base",
+        tmp_path / "base",
+        "--out",
+        out,
+        "--recipe",
+        "fastchat",
+        "--quiet",
+    )
     assert code == 0, err
     assert json.loads((out / TENSORS_NAME).read_bytes())["tensors"] == json.loads(good)["tensors"]
 
@@ -234,11 +307,29 @@ def test_shards_staged_by_an_interrupted_run_are_hashed_not_taken_from_the_old_m
     assert code == 0, err
     save_model(tmp_path / "base", llama_state(seed=5))  # the same files, other values, in place
     save_model(tmp_path / "ref-base", llama_state(seed=5))
-    code, _, err = run(capsys, "decode", tmp_path / "delta", "--base", tmp_path / "ref-base", "--out",
-                       tmp_path / "ref", *common)  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "decode",
+        tmp_path / "delta",
+        "--base",
+        tmp_path / "ref-base",
+        "--out",
+        tmp_path / "ref",
+        *common,
+    )
     assert code == 0, err
-    args = [sys.executable, "-m", "xorweights.cli", "decode", str(tmp_path / "delta"), "--base",
-            str(tmp_path / "base"), "--out", str(out), *common]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "xorweights.cli",
+        "decode",
+        str(tmp_path / "delta"),
+        "--base",
+        str(tmp_path / "base"),
+        "--out",
+        str(out),
+        *common,
+    ]
     killed = subprocess.run(args, env={**os.environ, ENV_TEST_DIE_AFTER_RENAME: "3"}, capture_output=True)
     assert killed.returncode == 9
     again = subprocess.run(args, capture_output=True, text=True)

@@ -54,9 +54,14 @@ def easylm_layout(hf: dict[str, np.ndarray], heads: int) -> dict[str, np.ndarray
         "lm_head/kernel": hf["lm_head.weight"].T,
     }
     parts = {
-        "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
-        "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj", "w3": "mlp.up_proj",
-    }  # fmt: skip
+        "wq": "self_attn.q_proj",
+        "wk": "self_attn.k_proj",
+        "wv": "self_attn.v_proj",
+        "wo": "self_attn.o_proj",
+        "w1": "mlp.gate_proj",
+        "w2": "mlp.down_proj",
+        "w3": "mlp.up_proj",
+    }
     layers = {int(n.split(".")[2]) for n in hf if n.startswith("model.layers.")}
     for i in layers:
         for w, name in parts.items():

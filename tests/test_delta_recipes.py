@@ -248,10 +248,15 @@ def test_koala_easylm_diff(tmp_path: Path) -> None:
         ("transformer", "ln_f", "kernel"): ("model.norm.weight", False, False),
         ("lm_head", "kernel"): ("lm_head.weight", True, False),
     }
-    parts = {"wq": ("attention", "self_attn.q_proj"), "wk": ("attention", "self_attn.k_proj"),
-             "wv": ("attention", "self_attn.v_proj"), "wo": ("attention", "self_attn.o_proj"),
-             "w1": ("feed_forward", "mlp.gate_proj"), "w2": ("feed_forward", "mlp.down_proj"),
-             "w3": ("feed_forward", "mlp.up_proj")}  # fmt: skip
+    parts = {
+        "wq": ("attention", "self_attn.q_proj"),
+        "wk": ("attention", "self_attn.k_proj"),
+        "wv": ("attention", "self_attn.v_proj"),
+        "wo": ("attention", "self_attn.o_proj"),
+        "w1": ("feed_forward", "mlp.gate_proj"),
+        "w2": ("feed_forward", "mlp.down_proj"),
+        "w3": ("feed_forward", "mlp.up_proj"),
+    }
     for i in range(2):
         for w, (group, hf) in parts.items():
             to_hf[("transformer", "h", str(i), group, w, "kernel")] = (

@@ -180,8 +180,14 @@ def test_native_encode_stages_files_and_writes_the_manifest_last(tmp_path: Path)
     xorweights.encode(ft, base=base, out=payload)
     assert not (payload / STAGING_DIR).exists()
     names = sorted(p.name for p in payload.iterdir())
-    assert names == ["config.json", "model-0.safetensors", "model-1.safetensors", "model-2.safetensors",
-                     "model-3.safetensors", "xorweights.json"]  # fmt: skip
+    assert names == [
+        "config.json",
+        "model-0.safetensors",
+        "model-1.safetensors",
+        "model-2.safetensors",
+        "model-3.safetensors",
+        "xorweights.json",
+    ]
     # An earlier manifest is gone before new files take final names: a re-encode of other weights
     # killed midway cannot leave the old manifest beside the new files.
     (payload / "model-0.safetensors").write_bytes(b"stale")

@@ -179,9 +179,12 @@ def test_offline_uses_a_complete_cache_or_says_what_is_missing(native_release, h
     cold = r"no local folder 'org/ft-xor', and org/ft-xor@main is not fully in the Hub cache: offline mode"
     with pytest.raises(HubError, match=cold):
         xorweights.decode(
-            "org/ft-xor", base=native_release["base"], out=tmp_path / "c", offline=True,
+            "org/ft-xor",
+            base=native_release["base"],
+            out=tmp_path / "c",
+            offline=True,
             **{**kw, "cache_dir": tmp_path / "empty-cache"},
-        )  # fmt: skip
+        )
 
 
 def test_download_dir_instead_of_the_cache(native_release, hub, tmp_path) -> None:
@@ -236,9 +239,11 @@ def test_publish_private_to_a_branch_needs_the_token(native_release, hub, tmp_pa
     assert tree(out) == tree(native_release["ft"])
     with pytest.raises(HubError, match="HF_TOKEN"):
         xorweights.decode(
-            "me/secret-xor@v2", base=native_release["base"], out=tmp_path / "o2",
+            "me/secret-xor@v2",
+            base=native_release["base"],
+            out=tmp_path / "o2",
             **{**kw, "token": False, "cache_dir": tmp_path / "c2"},
-        )  # fmt: skip
+        )
     with pytest.raises(HubError, match="HF_TOKEN"):
         publish(native_release["payload"], "me/other-xor", endpoint=hub.url, token="hf_wrong")
 
@@ -339,9 +344,12 @@ def test_legacy_base_name_goes_through_the_checksum_manifest(hub, tmp_path) -> N
     # Only the card changes: one commit, and no payload bytes sent again.
     puts = len([r for r in hub.state.requests if r[0] == "PUT"])
     second = publish(
-        tmp_path / "payload", "me/legacy-card-xor", checksums=manifest, base_name="huggyllama/llama-7b",
+        tmp_path / "payload",
+        "me/legacy-card-xor",
+        checksums=manifest,
+        base_name="huggyllama/llama-7b",
         **_pub(hub),
-    )  # fmt: skip
+    )
     assert not second.unchanged and second.commit != first.commit and second.removed == ()
     assert len([r for r in hub.state.requests if r[0] == "PUT"]) == puts
     assert card_of(hub, "me/legacy-card-xor", tmp_path).data.base_model == "huggyllama/llama-7b"

@@ -123,8 +123,21 @@ def test_bytes_not_matching_the_listed_sha256_fail_before_commit(
 def test_a_killed_streaming_decode_resumes_keeping_what_it_finished(legacy_release, hub, tmp_path) -> None:
     publish_legacy(legacy_release, hub, "org/legacy-xor")
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
-    args = [sys.executable, "-m", "xorweights.cli", "decode", "org/legacy-xor", "--stream", "-j", "1", "-q",
-            "--base", str(legacy_release["base"]), "--out", str(tmp_path / "out")]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "xorweights.cli",
+        "decode",
+        "org/legacy-xor",
+        "--stream",
+        "-j",
+        "1",
+        "-q",
+        "--base",
+        str(legacy_release["base"]),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     killed = subprocess.run(
         args, env={**env, ENV_TEST_DIE_AFTER_RENAME: "1"}, capture_output=True, timeout=300
     )
@@ -147,5 +160,6 @@ def test_stream_needs_a_repo_id_and_the_network(native_release, hub, tmp_path) -
         )
     publish(native_release["payload"], "org/ft-xor", endpoint=hub.url, token=TOKEN)
     with pytest.raises(InputError, match="--stream reads the payload from the Hub"):
-        xorweights.decode("org/ft-xor", base=native_release["base"], out=tmp_path / "o",
-                          **kw(hub, tmp_path, offline=True))  # fmt: skip
+        xorweights.decode(
+            "org/ft-xor", base=native_release["base"], out=tmp_path / "o", **kw(hub, tmp_path, offline=True)
+        )

@@ -235,8 +235,11 @@ def test_known_files_are_still_copied(tmp_path: Path) -> None:
         ("notes.json", b"{}" + b" " * (16 << 20), r"it is over 16\.0 MiB"),
         ("tokenizer.model", b"\x00\x01" + _floats(5, 4096), "it is not text"),  # not sentencepiece
         # a sentencepiece start (one piece) with weights after it: every byte must be the model's
-        ("tokenizer.model", b"\n\x0b\n\x05<unk>\x15\x00\x00\x00\x00" + _floats(5, 4096),
-         r"it is not a sentencepiece model \("),
+        (
+            "tokenizer.model",
+            b"\n\x0b\n\x05<unk>\x15\x00\x00\x00\x00" + _floats(5, 4096),
+            r"it is not a sentencepiece model \(",
+        ),
         ("spiece.model", b"\n" + _floats(8, 200_000), r"it is not a sentencepiece model \("),
     ],
 )

@@ -367,9 +367,14 @@ def test_encode_oasst_writes_what_the_published_script_writes(
     ref.xor_dir(str(expected), str(tuned), str(base), decode=False, compress=compress is not None)
     ours = tmp_path / "ours"
     report = xorweights.encode(
-        tuned, format="oasst", base=base, out=ours, compress=compress, gzip_mtime=ref.FIXED_MTIME,
+        tuned,
+        format="oasst",
+        base=base,
+        out=ours,
+        compress=compress,
+        gzip_mtime=ref.FIXED_MTIME,
         with_checksums=True,
-    )  # fmt: skip
+    )
     assert tree(ours) == tree(expected)
     assert {f.name: f.action for f in report.files}["added_tokens.json"] == ("xor" if base_tokens else "copy")
     assert report.manifest is not None

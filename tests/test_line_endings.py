@@ -251,8 +251,10 @@ def test_decode_names_a_converted_raw_payload_file(tmp_path: Path, model_pair, c
         xorweights.decode(payload, base=base, out=tmp_path / "out", checksums=tmp_path / "m.json")
     assert f"Payload file {payload / 'added_tokens.json'}: {TO_CRLF} (nothing written)" in str(e.value)
 
-    code = main(["decode", str(payload), "--base", str(base), "--out", str(tmp_path / "out2")]
-                + ["--checksums", str(tmp_path / "m.json"), "--quiet"])  # fmt: skip
+    code = main(
+        ["decode", str(payload), "--base", str(base), "--out", str(tmp_path / "out2")]
+        + ["--checksums", str(tmp_path / "m.json"), "--quiet"]
+    )
     assert code == 1 and TO_CRLF in capsys.readouterr().err
 
 

@@ -43,9 +43,13 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def _card(hub: HubServer, release: dict[str, object], tmp_path: Path) -> str:
     """The model card `publish` writes for the release (with its checksum block)."""
     report = publish(
-        release["payload"], "scratch/card-source", checksums=str(release["manifest"]), endpoint=hub.url,
-        token=TOKEN, progress=False,
-    )  # fmt: skip
+        release["payload"],
+        "scratch/card-source",
+        checksums=str(release["manifest"]),
+        endpoint=hub.url,
+        token=TOKEN,
+        progress=False,
+    )
     return report.card
 
 
@@ -182,9 +186,13 @@ def test_verify_by_repo_id_reads_the_model_card(release, hub, tmp_path) -> None:
         assert "asking for it again" not in cold.stderr and "Retrying" not in cold.stderr
     dl = tmp_path / "dl"  # the payload's download folder: the checksums' card does not go there
     report = xorweights.decode(
-        release["payload"], base=release["base"], out=tmp_path / "o9", checksums="me/carded", local_dir=dl,
+        release["payload"],
+        base=release["base"],
+        out=tmp_path / "o9",
+        checksums="me/carded",
+        local_dir=dl,
         **_kw(hub, tmp_path),
-    )  # fmt: skip
+    )
     assert all(f.verified for f in report.files) and not dl.exists()
     typo = _cli("verify", decoded, "--checksums", "sums/typo.md5", env=env)
     assert typo.returncode == 2
@@ -330,13 +338,38 @@ def test_no_carriage_returns_off_a_terminal_through_publish_and_download(release
     log = tmp_path / "stderr.log"
     with open(log, "w") as err:
         pub = subprocess.run(
-            [sys.executable, "-m", "xorweights", "publish", release["payload"], "me/quiet-ci", "--checksums",
-             release["manifest"]], stderr=err, stdout=subprocess.PIPE, env=env, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "xorweights",
+                "publish",
+                release["payload"],
+                "me/quiet-ci",
+                "--checksums",
+                release["manifest"],
+            ],
+            stderr=err,
+            stdout=subprocess.PIPE,
+            env=env,
+            timeout=300,
+        )
         dec = subprocess.run(
-            [sys.executable, "-m", "xorweights", "decode", "me/quiet-ci", "--base", release["base"], "--out",
-             tmp_path / "o"], stderr=err, stdout=subprocess.PIPE, env=env, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "xorweights",
+                "decode",
+                "me/quiet-ci",
+                "--base",
+                release["base"],
+                "--out",
+                tmp_path / "o",
+            ],
+            stderr=err,
+            stdout=subprocess.PIPE,
+            env=env,
+            timeout=300,
+        )
     assert pub.returncode == dec.returncode == 0, log.read_text()
     assert tree(tmp_path / "o") == release["expected"]
     assert b"\r" not in log.read_bytes() and "%|" not in log.read_text()

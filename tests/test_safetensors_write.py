@@ -24,9 +24,15 @@ _TORCH = {
 def test_file_bytes_equal_the_reference_library(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     shapes = {
-        "b.weight": ("F16", (3, 5)), "a.weight": ("F16", (7,)), "z": ("BF16", (2, 2)), "m": ("F32", (3,)),
-        "ids": ("I64", (4,)), "mask": ("U8", (3,)), "empty": ("F16", (0, 4)), "scalar": ("F32", ()),
-    }  # fmt: skip
+        "b.weight": ("F16", (3, 5)),
+        "a.weight": ("F16", (7,)),
+        "z": ("BF16", (2, 2)),
+        "m": ("F32", (3,)),
+        "ids": ("I64", (4,)),
+        "mask": ("U8", (3,)),
+        "empty": ("F16", (0, 4)),
+        "scalar": ("F32", ()),
+    }
     tensors = {n: (torch.randn(s, generator=g) * 100).to(_TORCH[dt]) for n, (dt, s) in shapes.items()}
     ref = tmp_path / "ref.safetensors"
     save_file(tensors, str(ref), metadata={"format": "pt"})

@@ -125,18 +125,32 @@ def native_manifest() -> NativeManifest:
     )
     files = (
         FileEntry(
-            name="config.json", method="copy", size=20, sha256=_sha("f1"), payload_size=20,
+            name="config.json",
+            method="copy",
+            size=20,
+            sha256=_sha("f1"),
+            payload_size=20,
             payload_sha256=_sha("f1"),
         ),
         FileEntry(
-            name="model.safetensors", method="tensor-xor", size=200, sha256=_sha("f2"), payload_size=200,
-            payload_sha256=_sha("p2"), tensors=tensors,
+            name="model.safetensors",
+            method="tensor-xor",
+            size=200,
+            sha256=_sha("f2"),
+            payload_size=200,
+            payload_sha256=_sha("p2"),
+            tensors=tensors,
         ),
         FileEntry(
-            name="tokenizer.model", method="file-xor", size=50, sha256=_sha("f3"), payload_size=50,
-            payload_sha256=_sha("p3"), base_file=BaseFile(name="tokenizer.model", size=48, sha256=_sha("b3")),
+            name="tokenizer.model",
+            method="file-xor",
+            size=50,
+            sha256=_sha("f3"),
+            payload_size=50,
+            payload_sha256=_sha("p3"),
+            base_file=BaseFile(name="tokenizer.model", size=48, sha256=_sha("b3")),
         ),
-    )  # fmt: skip
+    )
     return NativeManifest(encoder="xorweights fuzz", files=files, base_tensors=bases)
 
 
@@ -173,16 +187,61 @@ def seed_card() -> bytes:
 
 #: JSON texts that break readers: wrong types, non-finite and huge numbers, lone surrogates, depth.
 HOSTILE_JSON = [
-    "{}", "[]", "null", "true", "false", "-1", "0", "1.5", "1e999", "-1e999", "NaN", "Infinity",
-    "-Infinity", '"\\ud800"', '"a\\udfffb"', '""', '"' + "a" * 3000 + '"', "9" * 5000, "9" * 41,
-    str(2**64), str(2**63), "-" + "9" * 30, "[" * 3000 + "]" * 3000, '{"a":' * 90 + "1" + "}" * 90,
-    '"\\u0000"', '"x\\ny"', '"../../etc/passwd"', '"F16"', '"\\u001b[31m"', '["F16"]', "[1, 2]",
-    "[-1]", "[1e999]", '{"": 1}', '"' + "0" * 64 + '\\n"', '"' + "0" * 32 + '"',
-]  # fmt: skip
+    "{}",
+    "[]",
+    "null",
+    "true",
+    "false",
+    "-1",
+    "0",
+    "1.5",
+    "1e999",
+    "-1e999",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    '"\\ud800"',
+    '"a\\udfffb"',
+    '""',
+    '"' + "a" * 3000 + '"',
+    "9" * 5000,
+    "9" * 41,
+    str(2**64),
+    str(2**63),
+    "-" + "9" * 30,
+    "[" * 3000 + "]" * 3000,
+    '{"a":' * 90 + "1" + "}" * 90,
+    '"\\u0000"',
+    '"x\\ny"',
+    '"../../etc/passwd"',
+    '"F16"',
+    '"\\u001b[31m"',
+    '["F16"]',
+    "[1, 2]",
+    "[-1]",
+    "[1e999]",
+    '{"": 1}',
+    '"' + "0" * 64 + '\\n"',
+    '"' + "0" * 32 + '"',
+]
 INTERESTING_BYTES = [
-    b"\x00", b"\xff", b"\x80", b"\xed\xa0\x80", b"\xc3", b"\x1b", b"\r", b"\n", b"\\", b'"', b"{", b"[",
-    b"\t", b"\x7f", b"9" * 50, b"\xef\xbb\xbf",
-]  # fmt: skip
+    b"\x00",
+    b"\xff",
+    b"\x80",
+    b"\xed\xa0\x80",
+    b"\xc3",
+    b"\x1b",
+    b"\r",
+    b"\n",
+    b"\\",
+    b'"',
+    b"{",
+    b"[",
+    b"\t",
+    b"\x7f",
+    b"9" * 50,
+    b"\xef\xbb\xbf",
+]
 _SENTINEL = "\x00fuzz{}\x00"
 
 

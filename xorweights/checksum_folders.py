@@ -142,10 +142,13 @@ def verify(
     algorithms = sorted({a for n in sized for a in entries[n].algorithms()})
     digests = dict(
         hash_files(
-            {n: folder / n for n in sized}, algorithms, jobs=jobs or default_jobs(), progress=progress,
+            {n: folder / n for n in sized},
+            algorithms,
+            jobs=jobs or default_jobs(),
+            progress=progress,
             desc=f"verify {stage}",
         )
-    )  # fmt: skip
+    )
     for name in sized:
         for algo, actual in digests[name].items():
             expected = entries[name].get(algo)

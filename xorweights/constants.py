@@ -37,9 +37,19 @@ INFLATE_SLACK = 64 * 1024 * 1024
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 #: Other containers that hold weights (GGUF, Flax, TF/Keras, ONNX, numpy, pickles).
 OPAQUE_WEIGHT_SUFFIXES = (
-    ".gguf", ".ggml", ".msgpack", ".h5", ".keras", ".onnx", ".npz", ".npy", ".pkl", ".pickle", ".joblib",
+    ".gguf",
+    ".ggml",
+    ".msgpack",
+    ".h5",
+    ".keras",
+    ".onnx",
+    ".npz",
+    ".npy",
+    ".pkl",
+    ".pickle",
+    ".joblib",
     ".tflite",
-)  # fmt: skip
+)
 #: Every suffix of a file that holds model weights.
 WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES, *OPAQUE_WEIGHT_SUFFIXES)
 #: Small text files of a model folder that hold no weights (configs, cards, code, templates,

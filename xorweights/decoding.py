@@ -126,8 +126,11 @@ def decode(
         raise InputError("local_dir and download_dir (its old name) name different folders", path=local_dir)
     access = hub.HubAccess(
         local_dir=local_dir if local_dir is not None else download_dir,
-        cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline,
-    )  # fmt: skip
+        cache_dir=cache_dir,
+        endpoint=endpoint,
+        token=token,
+        offline=offline,
+    )
     options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
     release = _delta_release(payload, checksums)
     if recipe is not None or release is not None:
@@ -136,9 +139,16 @@ def decode(
         )
         return _decode_delta(payload, base, out, access, options, delta, force=force, verify=verify)
     where = _locate(
-        payload, base, out, checksums, access, revision=revision, subfolder=subfolder, progress=progress,
+        payload,
+        base,
+        out,
+        checksums,
+        access,
+        revision=revision,
+        subfolder=subfolder,
+        progress=progress,
         stream=stream,
-    )  # fmt: skip
+    )
     with mismatch_over_format_error(where.fetched.streamed if where.fetched else {}):  # Hub bytes first
         if _is_native(where.payload_dir, format, payload_compression):
             return _decode_native(where, started, options, force=force, verify=verify)
@@ -192,9 +202,15 @@ def _locate(
         else load_checksums(checksums, access=access)
     )
     payload_dir, fetched = hub.locate_payload(
-        payload, access, revision=revision, subfolder=subfolder, checksums=manifest, progress=progress,
-        apart={"base": base, "out": out}, stream=stream,
-    )  # fmt: skip
+        payload,
+        access,
+        revision=revision,
+        subfolder=subfolder,
+        checksums=manifest,
+        progress=progress,
+        apart={"base": base, "out": out},
+        stream=stream,
+    )
     if fetched is not None:
         manifest = manifest or fetched.checksums  # bundled for the repo id, or the card's: found by fetch
     check_regular_file(payload_dir / MANIFEST_NAME, payload_dir)  # a link out, or a FIFO: refused unread
@@ -295,9 +311,14 @@ def _decode_legacy(
     if legacy_options.compression == "gzip":
         oasst.require_gzip(steps)
     plan = Plan(
-        tuple(steps), where.out_dir, "decode", release=release, force=force, rehash=verify,
+        tuple(steps),
+        where.out_dir,
+        "decode",
+        release=release,
+        force=force,
+        rehash=verify,
         preflight=_hub_check(where, options.jobs, options.progress),
-    )  # fmt: skip
+    )
     files = run(plan, options).files
     unverified = tuple(f.name for f in files if manifest is not None and not f.verified)
     for name in unverified:
@@ -351,7 +372,7 @@ def _decode_native(
             store,
             workers=options.jobs or default_jobs(),
             open_payload=lambda f: remote.get(f.name) or FileSource(payload_dir / f.name),
-        )  # fmt: skip
+        )
     ]
     hub_check = _hub_check(where, options.jobs, options.progress)
 
@@ -361,14 +382,24 @@ def _decode_native(
             hub_check(todo)
         needed = {t.base for f in manifest.files if f.name in names for t in f.tensors if t.base}
         native.check_base(
-            manifest, store, base_dir, jobs=options.jobs or default_jobs(), progress=options.progress,
-            names=needed, files=names,
-        )  # fmt: skip
+            manifest,
+            store,
+            base_dir,
+            jobs=options.jobs or default_jobs(),
+            progress=options.progress,
+            names=needed,
+            files=names,
+        )
 
     plan = Plan(
-        tuple(steps), where.out_dir, "decode", release=str(payload_dir / MANIFEST_NAME), force=force,
-        rehash=verify, preflight=preflight,
-    )  # fmt: skip
+        tuple(steps),
+        where.out_dir,
+        "decode",
+        release=str(payload_dir / MANIFEST_NAME),
+        force=force,
+        rehash=verify,
+        preflight=preflight,
+    )
     outcome = run(plan, options)
     made = [replace(f, base_verified=f.action == "xor") for f in outcome.made]
     files = sorted([*made, *outcome.kept], key=lambda f: f.name)
@@ -454,9 +485,16 @@ def _decode_delta(
         where = _Located(Path(payload), Path(base), Path(out), None, None)
     else:
         where = _locate(
-            payload, base, out, None, access, revision=call.revision, subfolder=call.subfolder,
-            progress=call.progress, stream=False,
-        )  # fmt: skip
+            payload,
+            base,
+            out,
+            None,
+            access,
+            revision=call.revision,
+            subfolder=call.subfolder,
+            progress=call.progress,
+            stream=False,
+        )
     fetched = where.fetched
     if fetched is not None:
         names = sorted(n for n in fetched.files if n.endswith(WEIGHT_SUFFIXES))
@@ -467,9 +505,15 @@ def _decode_delta(
         raise InputError(f"max shard size: {e}") from None
     how = DeltaOptions(call.recipe, call.output_format, limit, call.release, expect)
     return decode_delta(
-        where.payload_dir, where.base_dir, where.out_dir, how, options, force=force, verify=verify,
+        where.payload_dir,
+        where.base_dir,
+        where.out_dir,
+        how,
+        options,
+        force=force,
+        verify=verify,
         source=fetched.source if fetched else None,
-    )  # fmt: skip
+    )
 
 
 def _report(where: _Located, started: float, files: Sequence[FileReport], **fields: Any) -> DecodeReport:

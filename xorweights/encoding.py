@@ -90,18 +90,29 @@ def encode(
     options = Options(jobs=jobs, progress=progress)
     if format == "xorweights":
         files, native_manifest = _encode_native(
-            src_dir, base_dir, out_dir, options, force=force, allow_raw=allow_raw, base_name=base_name,
+            src_dir,
+            base_dir,
+            out_dir,
+            options,
+            force=force,
+            allow_raw=allow_raw,
+            base_name=base_name,
             compress=compress or "zstd",
-        )  # fmt: skip
+        )
         published = None
         if with_checksums:
             description = "checksums written by xorweights encode (native payload)"
             published = native_manifest.to_checksums(release or out_dir.resolve().name, description)
         return EncodeReport(
-            files=tuple(files), seconds=time.perf_counter() - started, finetuned_dir=str(src_dir),
-            base_dir=str(base_dir), out_dir=str(out_dir), manifest=published, format="xorweights",
+            files=tuple(files),
+            seconds=time.perf_counter() - started,
+            finetuned_dir=str(src_dir),
+            base_dir=str(base_dir),
+            out_dir=str(out_dir),
+            manifest=published,
+            format="xorweights",
             native_manifest=native_manifest,
-        )  # fmt: skip
+        )
     algos = ("md5", "sha256") if with_checksums else ()
     gzip = compress == "gzip"
     steps, files = _encode_legacy(src_dir, base_dir, out_dir, options, force, gzip, gzip_mtime, algos)
@@ -109,9 +120,14 @@ def encode(
     if with_checksums:
         manifest = _legacy_checksums(steps, files, release or out_dir.resolve().name, base_name)
     return EncodeReport(
-        files=tuple(files), seconds=time.perf_counter() - started, finetuned_dir=str(src_dir),
-        base_dir=str(base_dir), out_dir=str(out_dir), compress="gzip" if gzip else None, manifest=manifest,
-    )  # fmt: skip
+        files=tuple(files),
+        seconds=time.perf_counter() - started,
+        finetuned_dir=str(src_dir),
+        base_dir=str(base_dir),
+        out_dir=str(out_dir),
+        compress="gzip" if gzip else None,
+        manifest=manifest,
+    )
 
 
 def _check_options(
@@ -162,7 +178,7 @@ def _encode_legacy(
             sink=xor_sink if s.base is not None else Sink(hash_written=written),
             hash_inputs=algos,
             options={"gzip": (1, gzip_mtime)} if gzip and s.base is not None else {},
-        )  # fmt: skip
+        )
         for s in planned
     ]
     plan = Plan(tuple(steps), out_dir, "encode", force=force, payload_folder=True)
@@ -221,9 +237,13 @@ def _encode_native(
         raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
     check_out_dir(out_dir, {"fine-tuned": src_dir, "base": base_dir})
     prep = native_encode.prepare_encode(
-        src_dir, base_dir, jobs=options.jobs or default_jobs(), progress=options.progress,
-        allow_raw=allow_raw, compress=compress,
-    )  # fmt: skip
+        src_dir,
+        base_dir,
+        jobs=options.jobs or default_jobs(),
+        progress=options.progress,
+        allow_raw=allow_raw,
+        compress=compress,
+    )
     steps = tuple(
         replace(s, sink=Sink(hash_written=("sha256",)), hash_inputs=() if s.masked else ("sha256",))
         for s in prep.steps
@@ -260,9 +280,16 @@ def _encode_native(
         result[:] = [new]
 
     plan = Plan(
-        steps, out_dir, "encode", force=force, payload_folder=True, staged=True,
-        retire=(MANIFEST_NAME,), reuse=reuse, finish=finish,
-    )  # fmt: skip
+        steps,
+        out_dir,
+        "encode",
+        force=force,
+        payload_folder=True,
+        staged=True,
+        retire=(MANIFEST_NAME,),
+        reuse=reuse,
+        finish=finish,
+    )
     outcome = run(plan, options)
     return outcome.files, result[0]
 
@@ -305,7 +332,7 @@ def _recognise_payload(
                     input_digests={"sha256": entry.sha256},
                     base_digests=base,
                     kept=True,
-                )  # fmt: skip
+                )
             )
         new = native_encode.build_manifest(prep, reports, src_dir, base_dir, out_dir, encoder=old.encoder)
     except OSError:

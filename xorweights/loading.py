@@ -279,7 +279,16 @@ def load_state_dict(
     See `iter_tensors` for the arguments (a Hub repo id too) and errors.
     """
     tensors = iter_tensors(
-        payload, base, framework=framework, names=names, revision=revision, subfolder=subfolder, token=token,
-        cache_dir=cache_dir, local_dir=local_dir, endpoint=endpoint, offline=offline,
-    )  # fmt: skip
+        payload,
+        base,
+        framework=framework,
+        names=names,
+        revision=revision,
+        subfolder=subfolder,
+        token=token,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+        endpoint=endpoint,
+        offline=offline,
+    )
     return dict(tensors)

@@ -203,8 +203,13 @@ def verify_tensors(
     order = {n: i for i, n in enumerate(manifest.tensors)}
     bad.sort(key=lambda m: order[m.name])
     return VerifyReport(
-        folder=str(folder), stage=TENSORS_STAGE, release=manifest.path or TENSORS_NAME,
-        checked=tuple(checked), matched=tuple(matched), mismatches=tuple(bad), missing=tuple(missing),
+        folder=str(folder),
+        stage=TENSORS_STAGE,
+        release=manifest.path or TENSORS_NAME,
+        checked=tuple(checked),
+        matched=tuple(matched),
+        mismatches=tuple(bad),
+        missing=tuple(missing),
         extra=tuple(extra),
         digests={n: {"sha256": manifest.tensors[n].sha256} for n in matched},
-    )  # fmt: skip
+    )

@@ -73,10 +73,13 @@ def decode_delta(
     expected_sum = _expected_sum(release, delta_dir, recipe.name)
     sums = expected_sum is not None or recipe.name == "alpaca"
     recovery = plan_recovery(
-        recipe, delta_dir, base_dir, fmt=delta_options.output_format,
+        recipe,
+        delta_dir,
+        base_dir,
+        fmt=delta_options.output_format,
         max_shard_bytes=delta_options.max_shard_bytes,
         sums=sums,
-    )  # fmt: skip
+    )
     info: dict[str, Any] = {
         "recipe": recipe.name,
         "release": release.repo_id if release else None,
@@ -96,8 +99,11 @@ def decode_delta(
                 f"{out_dir}: the recovered weights sum to {total:.4f}; {info['release'] or delta_dir} "
                 f"publishes {want} (atol {atol}, rtol {rtol}): the base is not the LLaMA the delta was made "
                 "against; nothing was moved into place",
-                path=out_dir, expected=str(want), actual=f"{total:.4f}", stage="decoded",
-            )  # fmt: skip
+                path=out_dir,
+                expected=str(want),
+                actual=f"{total:.4f}",
+                stage="decoded",
+            )
 
     result = run_recovery(
         recovery,
@@ -183,8 +189,12 @@ def _meet(expect: TensorManifest, results: dict[str, TensorResult], out_dir: Pat
         raise ChecksumMismatchError(
             f"{out_dir}: {len(bad)} tensors differ from {expect.path}: {name} ({what}: {got}, expected "
             f"{want}); nothing was moved into place",
-            path=out_dir, expected=want, actual=got, algorithm="sha256", stage="decoded",
-        )  # fmt: skip
+            path=out_dir,
+            expected=want,
+            actual=got,
+            algorithm="sha256",
+            stage="decoded",
+        )
 
 
 def model_sum(results: dict[str, TensorResult], recovery: Recovery) -> float:

@@ -120,7 +120,7 @@ RECIPES: dict[str, Recipe] = {
             "delta",
             delta_only=("model.mm_projector.weight", "model.mm_projector.bias"),
             base_extra_ok=True,
-        ),  # fmt: skip
+        ),
         Recipe(
             "alpaca",
             "Stanford Alpaca weight_diff.py (Alpaca, AlpacaFarm, WizardLM v1.0)",

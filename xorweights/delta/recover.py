@@ -373,9 +373,18 @@ def run_recovery(
             f.commit(durable=options.fsync)
 
     plan = Plan(
-        tuple(steps), out_dir, "decode", release=info.get("release") or "", force=force, rehash=verify,
-        staged=True, approve=collect, retire=(TENSORS_NAME, SEAL_NAME), finish=finish, confirm=confirm,
-    )  # fmt: skip
+        tuple(steps),
+        out_dir,
+        "decode",
+        release=info.get("release") or "",
+        force=force,
+        rehash=verify,
+        staged=True,
+        approve=collect,
+        retire=(TENSORS_NAME, SEAL_NAME),
+        finish=finish,
+        confirm=confirm,
+    )
     outcome = run(plan, options)
     return RecoveryResult(outcome.files, results, out_dir / TENSORS_NAME)
 

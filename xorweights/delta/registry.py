@@ -50,10 +50,15 @@ class DeltaRelease:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "release": self.name, "repo_id": self.repo_id, "kind": "additive delta", "recipe": self.recipe,
-            "base": self.base, "description": self.description, "source": self.source,
+            "release": self.name,
+            "repo_id": self.repo_id,
+            "kind": "additive delta",
+            "recipe": self.recipe,
+            "base": self.base,
+            "description": self.description,
+            "source": self.source,
             "model_sum": None if self.model_sum is None else self.model_sum.__dict__,
-        }  # fmt: skip
+        }
 
 
 def _parse(doc: Any, source: str) -> DeltaRelease:
@@ -73,10 +78,14 @@ def _parse(doc: Any, source: str) -> DeltaRelease:
                 rtol=float(total.get("rtol", 0.0)),
             )
         return DeltaRelease(
-            name=str(doc["release"]), repo_id=str(doc["repo_id"]), recipe=recipe, base=str(doc["base"]),
-            description=str(doc.get("description", "")), model_sum=model_sum,
+            name=str(doc["release"]),
+            repo_id=str(doc["repo_id"]),
+            recipe=recipe,
+            base=str(doc["base"]),
+            description=str(doc.get("description", "")),
+            model_sum=model_sum,
             source=str(doc.get("source", "")),
-        )  # fmt: skip
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise FormatError(f"{source}: malformed delta release entry ({e})", path=source) from None
 

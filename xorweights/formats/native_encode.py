@@ -276,9 +276,12 @@ def prepare_encode(
                 continue
             transform = _TRANSFORMS[compress]
             framed = CompressingSource(
-                src_dir / name, image, spans(headers[name], bases[name], transform), hashes[name][1],
+                src_dir / name,
+                image,
+                spans(headers[name], bases[name], transform),
+                hashes[name][1],
                 workers=max(1, jobs),
-            )  # fmt: skip
+            )
             options = {"base": image.identity(), "frames": (transform, FRAME_ELEMENTS)}
             steps.append(Step(name, framed, options=options, masked=True))
         elif method == "file-xor":

@@ -41,8 +41,12 @@ def card_readable(listing: Mapping[str, HubFile], repo_id: str) -> bool:
     if CARD_NAME not in listing:
         return False
     if listing[CARD_NAME].size > MAX_MANIFEST_BYTES:
-        logger.warning("%s: its %s is %d bytes, too large to read checksums from; not used", repo_id,
-                       CARD_NAME, listing[CARD_NAME].size)  # fmt: skip
+        logger.warning(
+            "%s: its %s is %d bytes, too large to read checksums from; not used",
+            repo_id,
+            CARD_NAME,
+            listing[CARD_NAME].size,
+        )
         return False
     return True
 
@@ -136,11 +140,15 @@ def remote_checksums(
                 unreachable = e
             else:
                 if CARD_NAME not in listing:
-                    raise HubError(f"{rs.repo_id}@{revision} on {endpoint} has no model card (README.md) to "
-                                   "read checksums from", path=spec)  # fmt: skip
+                    raise HubError(
+                        f"{rs.repo_id}@{revision} on {endpoint} has no model card (README.md) to "
+                        "read checksums from",
+                        path=spec,
+                    )
                 if not card_readable(listing, rs.repo_id):
-                    raise HubError(f"the model card of {rs.repo_id}@{revision} is too large to read",
-                                   path=spec)  # fmt: skip
+                    raise HubError(
+                        f"the model card of {rs.repo_id}@{revision} is too large to read", path=spec
+                    )
         if offline or unreachable is not None:  # the card cached by an earlier run, if any
             kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")} | {"local_files_only": True}
         root = download_files(hf, rs.repo_id, revision, [CARD_NAME], **kw)

@@ -86,10 +86,13 @@ def _payload_paths(
     sub = find_payload_in_listing(listing, where, hints)
     prefix = f"{sub}/" if sub else ""
     names = [
-        p for p in listing
-        if p.startswith(prefix) and "/" not in p[len(prefix):] and not p[len(prefix):].startswith(".")
+        p
+        for p in listing
+        if p.startswith(prefix)
+        and "/" not in p[len(prefix) :]
+        and not p[len(prefix) :].startswith(".")
         and (sub or not any(fnmatch.fnmatch(p, pat) for pat in _NOT_PAYLOAD_AT_TOP))
-    ]  # fmt: skip
+    ]
     if not names:
         raise InputError(f"{where}: no payload files in {sub or 'the top folder'}", path=where)
     return sub, sorted(names) + ([CARD_NAME] if card and CARD_NAME in listing else [])
@@ -139,8 +142,11 @@ def fetch(
     where = f"{repo_id}@{revision}"
     offline = offline_default() if access.offline is None else access.offline
     if stream and offline:
-        raise InputError(f"{spec}: --stream reads the payload from the Hub, which offline mode forbids; "
-                         "decode from the cache without --stream", path=spec)  # fmt: skip
+        raise InputError(
+            f"{spec}: --stream reads the payload from the Hub, which offline mode forbids; "
+            "decode from the cache without --stream",
+            path=spec,
+        )
     kw = download_kwargs(access, progress)
     local = access.local_dir is not None
     choose = f"{repo_id}{'@' + rs.revision if rs.revision else ''}:SUBFOLDER (or --subfolder SUBFOLDER)"
@@ -153,15 +159,7 @@ def fetch(
         try:
             commit, listing = list_repo(api, repo_id, revision)
         except Exception as e:  # huggingface_hub's errors, or its HTTP client's connection errors
-            err = hub_error(e, repo_id, revision, api.endpoint, spec=spec)
-            if err is not None:
-                raise err from e
-            if not is_unreachable(e):
-                if (err := network_error(e, f"{repo_id}@{revision} on {api.endpoint}")) is e:
-                    raise
-                raise err from e
-            logger.info("cannot reach %s (%s); looking in the local cache", api.endpoint, short_error(e))
-            unreachable = e
+            unreachable = _unreachable(e, repo_id, revision, api.endpoint, spec)
         else:
             found = checksums or bundled_checksums(repo_id)
             card = found is None and card_readable(listing, repo_id)
@@ -190,9 +188,22 @@ def fetch(
             streamed = {
                 p[len(prefix) :]: HubFileSource(repo_id, p, commit, listing[p], api.endpoint, access.token)
                 for p in remote
-            }  # fmt: skip
+            }
             return replace(fetched, streamed=streamed)
     return _from_cache(hf, rs, kw, local, unreachable, checksums, hints)
+
+
+def _unreachable(e: Exception, repo_id: str, revision: str, endpoint: str, spec: str) -> Exception:
+    """`e`, a failed listing, when the Hub is out of reach (the cache may serve); else its error, raised."""
+    err = hub_error(e, repo_id, revision, endpoint, spec=spec)
+    if err is not None:
+        raise err from e
+    if not is_unreachable(e):
+        if (err := network_error(e, f"{repo_id}@{revision} on {endpoint}")) is e:
+            raise e
+        raise err from e
+    logger.info("cannot reach %s (%s); looking in the local cache", endpoint, short_error(e))
+    return e
 
 
 def _empty_snapshot(hf: Any, repo_id: str, commit: str, kw: Mapping[str, Any]) -> Path:
@@ -340,8 +351,12 @@ def _checked(
             raise PayloadMismatchError(
                 f"{local}: {size} bytes, but {repo_id}@{commit} lists {f.size} for {path}"
                 + (f"; {hint}" if hint else ""),
-                path=local, expected=str(f.size), actual=str(size), algorithm="size", stage="payload",
-            )  # fmt: skip
+                path=local,
+                expected=str(f.size),
+                actual=str(size),
+                algorithm="size",
+                stage="payload",
+            )
         if f.sha256 is None and f.blob_id is not None:
             actual = git_blob_id(local)
             if actual != f.blob_id:
@@ -349,8 +364,12 @@ def _checked(
                 raise PayloadMismatchError(
                     f"{local}: git blob id {actual}, but {repo_id}@{commit} lists {f.blob_id} for {path}"
                     + (f"; {hint}" if hint else ""),
-                    path=local, expected=f.blob_id, actual=actual, algorithm="git-sha1", stage="payload",
-                )  # fmt: skip
+                    path=local,
+                    expected=f.blob_id,
+                    actual=actual,
+                    algorithm="git-sha1",
+                    stage="payload",
+                )
     named = {p[len(prefix) :]: f for p, f in files.items() if p.startswith(prefix) and p != CARD_NAME}
     card = root / CARD_NAME if CARD_NAME in files else None
     return HubPayload(
@@ -394,6 +413,10 @@ def check_lfs_files(payload: HubPayload, names: Iterable[str], *, jobs: int, pro
                 f"{path}: sha256 {actual}, but {payload.source} reports {want} for it"
                 + (f" ({hint})" if hint else "")
                 + f"; nothing was decoded. Delete {os.path.realpath(path)} and run again to fetch it afresh",
-                path=path, expected=want, actual=actual, algorithm="sha256", stage="payload",
-            )  # fmt: skip
+                path=path,
+                expected=want,
+                actual=actual,
+                algorithm="sha256",
+                stage="payload",
+            )
     logger.info("%d payload files match the sha256 the Hub reports", len(todo))

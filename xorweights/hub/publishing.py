@@ -233,9 +233,17 @@ def publish(
     payload_bytes = sum(sizes.values())
     branch = revision or "main"
     card = model_card.render(
-        repo_id, release, payload_format=rel.format, version=_version(), payload_bytes=payload_bytes,
-        native=rel.native, raw=rel.raw, revision=branch, base_model=release.base_model, license=license,
-    )  # fmt: skip
+        repo_id,
+        release,
+        payload_format=rel.format,
+        version=_version(),
+        payload_bytes=payload_bytes,
+        native=rel.native,
+        raw=rel.raw,
+        revision=branch,
+        base_model=release.base_model,
+        license=license,
+    )
     message = commit_message or f"Publish {repo_id.split('/')[-1]} with xorweights {_version()}"
 
     from huggingface_hub import HfApi
@@ -405,9 +413,12 @@ def _check_listing(
             raise ChecksumMismatchError(
                 f"{repo_id}@{commit}: {model_card.PAYLOAD_FOLDER}/{n} is listed with sha256 "
                 f"{got.sha256 if got else 'none (missing)'}, but the local file has {sha256[n]}",
-                path=payload_dir / n, expected=sha256[n], actual=got.sha256 if got else None,
-                algorithm="sha256", stage="payload",
-            )  # fmt: skip
+                path=payload_dir / n,
+                expected=sha256[n],
+                actual=got.sha256 if got else None,
+                algorithm="sha256",
+                stage="payload",
+            )
 
 
 def _status(e: BaseException) -> int | None:
@@ -507,8 +518,10 @@ def _upload_folder(
         logger.info(
             "huggingface_hub %s cannot read the commit URL %s returned (not on HF_ENDPOINT); "
             "taking the head of %s as the commit",
-            huggingface_hub.__version__, api.endpoint, branch,
-        )  # fmt: skip
+            huggingface_hub.__version__,
+            api.endpoint,
+            branch,
+        )
         return str(api.repo_info(repo_id, revision=branch).sha)
     return str(info.oid)
 
@@ -525,7 +538,11 @@ def _hash_all(
             raise ChecksumMismatchError(
                 f"{folder / n}: sha256 {got['sha256']}, but {MANIFEST_NAME} gives {expected}; "
                 "the payload changed since it was encoded, nothing was uploaded",
-                path=folder / n, expected=expected, actual=got["sha256"], algorithm="sha256", stage="payload",
-            )  # fmt: skip
+                path=folder / n,
+                expected=expected,
+                actual=got["sha256"],
+                algorithm="sha256",
+                stage="payload",
+            )
         out[n] = got["sha256"]
     return out

@@ -66,9 +66,14 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         import urllib3
 
         return (
-            requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout,
-            urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, _ShortBody, _Retry,
-        )  # fmt: skip
+            requests.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+            requests.Timeout,
+            urllib3.exceptions.ProtocolError,
+            urllib3.exceptions.ReadTimeoutError,
+            _ShortBody,
+            _Retry,
+        )
     try:
         import httpx2 as httpx  # huggingface_hub 2.x
     except ImportError:
@@ -79,8 +84,17 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 class HubStream:
     """One file of a repo at a commit, read front to back (`readinto`), checked at its end."""
 
-    def __init__(self, repo_id: str, path: str, commit: str, listed: HubFile, *, endpoint: str | None,
-                 token: str | bool | None, label: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        repo_id: str,
+        path: str,
+        commit: str,
+        listed: HubFile,
+        *,
+        endpoint: str | None,
+        token: str | bool | None,
+        label: str,
+    ) -> None:
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers
 
@@ -291,9 +305,10 @@ class HubStream:
         why = short_error(e.args[0] if e.args and isinstance(e.args[0], str) else e) or type(e).__name__
         if self._fails > MAX_REOPENS:
             raise IOFailure(
-                "reading", self.label,
+                "reading",
+                self.label,
                 OSError(f"{why} (connection lost {self._fails} times without 1 MiB received in between)"),
-            ) from None  # fmt: skip
+            ) from None
         self.reopens += 1
         logger.info("%s: connection lost at byte %d (%s); resuming", self.label, self._received, why)
         if "timeout" in type(e).__name__.lower():
@@ -330,9 +345,14 @@ class HubFileSource:
 
     def open(self) -> BinaryIO:
         return HubStream(  # type: ignore[return-value]
-            self.repo_id, self.repo_path, self.commit, self.listed, endpoint=self.endpoint, token=self.token,
+            self.repo_id,
+            self.repo_path,
+            self.commit,
+            self.listed,
+            endpoint=self.endpoint,
+            token=self.token,
             label=self.label,
-        )  # fmt: skip
+        )
 
     def size(self) -> int:
         return self.listed.size

@@ -136,7 +136,7 @@ def convert_base(
             expect_out=want.get(f),
             sink=Sink(hash_written=algos),
             cause=generated.cause(f),
-        )  # fmt: skip
+        )
         for f in generated.names()
     )
     plan = Plan(steps, out_dir, "base", release=release, force=force)

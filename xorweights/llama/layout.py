@@ -52,8 +52,14 @@ class LlamaLayout:
         Raises:
             `ValueError`: naming the field and its value.
         """
-        limits = {"dim": 1 << 16, "n_layers": MAX_LAYERS, "n_heads": 1 << 10, "intermediate": 1 << 18,
-                  "vocab": 1 << 22, "num_shards": 1 << 8}  # fmt: skip
+        limits = {
+            "dim": 1 << 16,
+            "n_layers": MAX_LAYERS,
+            "n_heads": 1 << 10,
+            "intermediate": 1 << 18,
+            "vocab": 1 << 22,
+            "num_shards": 1 << 8,
+        }
         for name, limit in limits.items():
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 < value <= limit:
@@ -139,14 +145,28 @@ class LlamaLayout:
         return _dump({"metadata": {"total_size": self.total_size()}, "weight_map": weight_map})
 
     def config_json(self, transformers_version: str = PINNED_TRANSFORMERS_VERSION) -> bytes:
-        return _dump({
-            "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
-            "hidden_size": self.dim, "initializer_range": 0.02, "intermediate_size": self.intermediate,
-            "max_position_embeddings": self.max_positions, "model_type": "llama",
-            "num_attention_heads": self.n_heads, "num_hidden_layers": self.n_layers, "pad_token_id": 0,
-            "rms_norm_eps": self.norm_eps, "tie_word_embeddings": False, "torch_dtype": "float16",
-            "transformers_version": transformers_version, "use_cache": True, "vocab_size": self.vocab,
-        })  # fmt: skip
+        return _dump(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+                "hidden_act": "silu",
+                "hidden_size": self.dim,
+                "initializer_range": 0.02,
+                "intermediate_size": self.intermediate,
+                "max_position_embeddings": self.max_positions,
+                "model_type": "llama",
+                "num_attention_heads": self.n_heads,
+                "num_hidden_layers": self.n_layers,
+                "pad_token_id": 0,
+                "rms_norm_eps": self.norm_eps,
+                "tie_word_embeddings": False,
+                "torch_dtype": "float16",
+                "transformers_version": transformers_version,
+                "use_cache": True,
+                "vocab_size": self.vocab,
+            }
+        )
 
     @staticmethod
     def generation_config_json(transformers_version: str = PINNED_TRANSFORMERS_VERSION) -> bytes:
@@ -166,11 +186,18 @@ class LlamaLayout:
 
     @staticmethod
     def tokenizer_config_json() -> bytes:
-        return _dump({
-            "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
-            "model_max_length": _MODEL_MAX_LENGTH, "pad_token": None, "sp_model_kwargs": {},
-            "tokenizer_class": "LlamaTokenizer", **{k: _token(c, typed=True) for k, c in _SPECIAL.items()},
-        })  # fmt: skip
+        return _dump(
+            {
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": _MODEL_MAX_LENGTH,
+                "pad_token": None,
+                "sp_model_kwargs": {},
+                "tokenizer_class": "LlamaTokenizer",
+                **{k: _token(c, typed=True) for k, c in _SPECIAL.items()},
+            }
+        )
 
     def small_files(self) -> dict[str, bytes]:
         """Every JSON file of the converted folder, as the pinned conversion wrote it."""

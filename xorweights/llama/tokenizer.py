@@ -169,9 +169,14 @@ def merges(vocab_scores: list[tuple[str, float]], pieces: list[str]) -> list[tup
 
 def _added(i: int, content: str) -> dict[str, Any]:
     return {
-        "id": i, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
-        "normalized": True, "special": True,
-    }  # fmt: skip
+        "id": i,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": True,
+        "special": True,
+    }
 
 
 def tokenizer_json(data: bytes, what: str = "tokenizer.model") -> bytes:

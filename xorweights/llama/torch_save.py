@@ -93,10 +93,28 @@ class ZipRecordWriter:
             self._write(struct.pack("<IIII", 0x08074B50, self._crc, size, size))
         extra = _zip64_extra(*([size, size] if big_size else []), *([header_at] if big_offset else []))
         self.central.append(
-            _CENTRAL.pack(0x02014B50, 0, 0, _FLAGS, 0, 0, 0, self._crc, min(size, _U32), min(size, _U32),
-                          len(raw), len(extra), 0, 0, 0, 0, min(header_at, _U32))
-            + raw + extra
-        )  # fmt: skip
+            _CENTRAL.pack(
+                0x02014B50,
+                0,
+                0,
+                _FLAGS,
+                0,
+                0,
+                0,
+                self._crc,
+                min(size, _U32),
+                min(size, _U32),
+                len(raw),
+                len(extra),
+                0,
+                0,
+                0,
+                0,
+                min(header_at, _U32),
+            )
+            + raw
+            + extra
+        )
         self._open = None
 
     def record(self, name: str, data: bytes) -> None:
@@ -113,8 +131,11 @@ class ZipRecordWriter:
         z64_at = self.offset
         self._write(_ZIP64_EOCD.pack(0x06064B50, 44, 0x031E, 45, 0, 0, n, n, cd_size, cd_at))
         self._write(_ZIP64_LOCATOR.pack(0x07064B50, 0, z64_at, 1))
-        self._write(_EOCD.pack(0x06054B50, 0, 0, min(n, 0xFFFF), min(n, 0xFFFF), min(cd_size, _U32),
-                               min(cd_at, _U32), 0))  # fmt: skip
+        self._write(
+            _EOCD.pack(
+                0x06054B50, 0, 0, min(n, 0xFFFF), min(n, 0xFFFF), min(cd_size, _U32), min(cd_at, _U32), 0
+            )
+        )
 
 
 # --- data.pkl --------------------------------------------------------------------------------

@@ -112,13 +112,21 @@ def out_mismatch(job: Job, algo: str, expected: str, actual: str) -> ChecksumMis
         return BaseMismatchError(
             f"generated base file {step.name}: {got}, but {job.release} hf_base expects "
             f"{expected}; {out_cause(step)}",
-            path=step.name, expected=expected, actual=actual, algorithm=algo, stage="hf_base",
-        )  # fmt: skip
+            path=step.name,
+            expected=expected,
+            actual=actual,
+            algorithm=algo,
+            stage="hf_base",
+        )
     return ChecksumMismatchError(
         f"decoded {step.name}: {got}, but {job.release} decoded expects {expected}; "
         f"{out_cause(step)} (output discarded)",
-        path=job.out, expected=expected, actual=actual, algorithm=algo, stage="decoded",
-    )  # fmt: skip
+        path=job.out,
+        expected=expected,
+        actual=actual,
+        algorithm=algo,
+        stage="decoded",
+    )
 
 
 def _check(kind: Literal["base", "out"], job: Job, got: Mapping[str, str]) -> bool:
@@ -137,9 +145,12 @@ def _check(kind: Literal["base", "out"], job: Job, got: Mapping[str, str]) -> bo
     raise BaseMismatchError(
         f"base file {step.base.label}: {algo} {actual}, but {job.release} hf_base expects "
         f"{expected}; {_base_cause(step)}",
-        path=step.base.path or step.base.label, expected=expected, actual=actual, algorithm=algo,
+        path=step.base.path or step.base.label,
+        expected=expected,
+        actual=actual,
+        algorithm=algo,
         stage="hf_base",
-    )  # fmt: skip
+    )
 
 
 def _stream_failure(e: StreamError, job: Job) -> BaseException:

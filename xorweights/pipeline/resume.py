@@ -122,9 +122,16 @@ def triage(
         digests = {a: want.get(a) or "" for a in want.algorithms()} if want is not None else {}
         size = want.size if want is not None else None
         done = _keep(
-            folder, step, inputs[step.name], digests, size, force=force, rehash=rehash,
-            also=step.sink.hash_written if step.sink.gzip_mtime is None else (), confirm=confirm,
-        )  # fmt: skip
+            folder,
+            step,
+            inputs[step.name],
+            digests,
+            size,
+            force=force,
+            rehash=rehash,
+            also=step.sink.hash_written if step.sink.gzip_mtime is None else (),
+            confirm=confirm,
+        )
         if done is not None and _complete(done, step):
             logger.info("%s: already in place and %s; kept", step.name, "verified" if digests else "complete")
             kept.append(_kept_report(step, done, verified=bool(digests)))

@@ -115,7 +115,7 @@ def _make(
             fsync=options.fsync,
             drop_cache=options.drop_cache,
             space=SpaceWatch(folder.path, s.name, plan.out_dir) if sized_as_written(s) else None,
-        )  # fmt: skip
+        )
         for s in todo
     ]
     try:

@@ -240,7 +240,7 @@ _DISPATCH: dict[int, Callable[[Any], None]] = {
             ("NEXT_BUFFER", pickle.NEXT_BUFFER),
             ("READONLY_BUFFER", pickle.READONLY_BUFFER),
         ]
-    },  # fmt: skip
+    },
     pickle.BUILD[0]: _load_build,
 }
 
