@@ -14,13 +14,13 @@ import pytest
 
 from tests.conftest import random_bytes, write_files
 from tests.test_paths_output_state import within
-from xorweights._paths import read_bounded
 from xorweights.checksum_manifests import load_checksums
 from xorweights.cli import main
 from xorweights.delta.checks import model_config
 from xorweights.errors import FileTooLargeError, MissingFileError, NotRegularFileError, UnsafePathError
 from xorweights.formats.native_manifest import load_manifest
 from xorweights.llama.tokenizer import derive_tokenizer_json
+from xorweights.outfolder.paths import read_bounded
 from xorweights.tensor_manifest import load_tensor_manifest
 
 GiB = 1 << 30
@@ -127,7 +127,7 @@ def test_every_whole_file_read_goes_through_read_bounded() -> None:
         lines = _whole_file_reads(ast.parse(path.read_text(encoding="utf-8")))
         if lines and rel not in UNBOUNDED:
             found[rel] = lines
-    assert found == {}, f"whole-file reads with no size bound (use _paths.read_bounded): {found}"
+    assert found == {}, f"whole-file reads with no size bound (use outfolder.paths.read_bounded): {found}"
 
 
 # --- delta side files from the command line ---------------------------------------------------

@@ -12,8 +12,8 @@ import pytest
 
 import xorweights
 from tests.conftest import tree
-from xorweights._outdir import STATE_DIGEST, OutputFolder
 from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME, STATE_FILE, STATE_JOURNAL
+from xorweights.outfolder.folder import STATE_DIGEST, OutputFolder
 
 
 def _cli(*args: object, die_after: int | None = None) -> subprocess.CompletedProcess[str]:

@@ -17,11 +17,11 @@ import pytest
 
 import xorweights
 from tests.conftest import encoded_release, write_files
-from xorweights import _space
-from xorweights._atomic import AtomicFile
 from xorweights.cli import main
 from xorweights.constants import STATE_FILE, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.errors import IOFailure, NoSpaceError
+from xorweights.outfolder import space as _space
+from xorweights.outfolder.atomic import AtomicFile
 
 MiB = 1024 * 1024
 
@@ -253,7 +253,7 @@ def test_check_free_message() -> None:
 
 
 def test_staged_outputs_count_the_files_they_replace(tmp_path: Path) -> None:
-    from xorweights._space import needed_bytes
+    from xorweights.outfolder.space import needed_bytes
 
     for name in ("a.bin", "b.bin"):
         (tmp_path / name).write_bytes(b"x" * 1_000_000)

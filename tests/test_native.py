@@ -413,7 +413,7 @@ def test_hostile_manifests_are_refused(release, tmp_path: Path, edit, message: s
     ],
 )
 def test_manifest_file_names_pass_the_one_strict_check(release, tmp_path: Path, edit, message: str) -> None:
-    """Every file name in xorweights.json goes through `_paths.check_name`; a refusal is one
+    """Every file name in xorweights.json goes through `outfolder.paths.check_name`; a refusal is one
     `UnsafePathError` line naming the manifest and the entry (its `path`: the manifest)."""
     doc = json.loads((release["payload"] / "xorweights.json").read_text())
     edit(doc)

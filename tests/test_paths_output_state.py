@@ -25,8 +25,6 @@ import xorweights
 from tests.conftest import random_bytes, tree, write_files
 from xorweights import hub
 from xorweights._display import needs_escape, shown
-from xorweights._outdir import OutputFolder
-from xorweights._paths import check_name, check_regular_file
 from xorweights.cli import _ShownFormatter, main
 from xorweights.constants import STATE_FILE, STATE_FORMAT, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.errors import UnsafePathError
@@ -34,6 +32,8 @@ from xorweights.formats import oasst as legacy
 from xorweights.formats import payload_folder
 from xorweights.formats.native_manifest import MANIFEST_NAME
 from xorweights.hub import payload as hub_payload
+from xorweights.outfolder.folder import OutputFolder
+from xorweights.outfolder.paths import check_name, check_regular_file
 from xorweights.pipeline import resume
 
 EXE = Path(sys.executable).with_name("xorweights")

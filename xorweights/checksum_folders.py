@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from . import _cancel
-from ._atomic import AtomicFile
 from ._line_endings import line_ending_hint
 from ._progress import byte_bar
 from .checksum_manifests import load_checksums
 from .checksum_types import ChecksumManifest, ChecksumReport, Mismatch, VerifyReport
 from .constants import ALGORITHMS, CHUNK_SIZE, TEMP_PREFIX, default_jobs
 from .errors import InputError, MissingFileError
+from .outfolder.atomic import AtomicFile
 
 logger = logging.getLogger("xorweights.checksums")  # the name it logged under before the split
 

@@ -10,8 +10,8 @@ import re
 from collections.abc import Mapping
 
 from ._display import quoted
-from ._paths import CONTROL, check_listed_name
 from .errors import ChecksumMismatchError, FormatError
+from .outfolder.paths import CONTROL, check_listed_name
 
 _LINE = re.compile(r"^(\\?)([0-9a-fA-F]+) [ *](.*)$")
 #: Lone surrogates other than the escapes of bytes 0x80-0xff (`surrogateescape`).
@@ -35,7 +35,7 @@ def _unescape(name: str) -> str:
 def parse_sum_lines(text: str, *, source: str = "<text>") -> tuple[str, dict[str, str]]:
     """Parse `md5sum`/`sha256sum` output (text or `*binary` mode, escaped names).
 
-    Every name must pass `_paths.check_name`, as a payload's names do: an escaped name that
+    Every name must pass `outfolder.paths.check_name`, as a payload's names do: an escaped name that
     unescapes to a newline or carriage return is refused like any other control character.
     A name listed twice with the same digest counts once; with different digests no file can
     pass (`md5sum -c` checks every line), so that is reported as a mismatch straight away. A name

@@ -4,7 +4,7 @@
 A manifest (`checksums/<release>.json`) lists digests per stage: `meta_original` (Meta's files),
 `hf_base` (the pinned HF conversion the XOR was made against) and `decoded` (the fine-tuned
 result). A line file holds one stage without saying which, so it applies to whichever is asked.
-Every file name goes through `_paths.check_name`. `xorweights.checksums` re-exports all of this.
+Every file name goes through `outfolder.paths.check_name`. `xorweights.checksums` re-exports all of this.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import _json
 from ._display import quoted
-from ._paths import check_listed_name, read_bounded
 from .checksum_lines import parse_sum_lines
 from .checksum_types import ChecksumManifest, FileDigest
 from .constants import HEX_LENGTH, MANIFEST_FORMAT, MAX_MANIFEST_BYTES, STAGES
 from .errors import FormatError, InputError, MissingFileError, UnknownReleaseError
+from .outfolder.paths import check_listed_name, read_bounded
 
 if TYPE_CHECKING:
     from .hub import HubAccess

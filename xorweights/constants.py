@@ -80,7 +80,7 @@ LINE_ENDING_CHECK_LIMIT = 64 * 1024 * 1024
 #: (stock LLaMA has no such file, so the OA releases carry it raw); see `formats.oasst.raw_rule`.
 LEGACY_RAW_FILES = ("added_tokens.json",)
 
-#: Record of finished outputs in an output folder (hidden; see `_outdir.py`).
+#: Record of finished outputs in an output folder (hidden; see `outfolder/folder.py`).
 STATE_FILE = ".xorweights-state.json"
 STATE_FORMAT = "xorweights-state/1"
 #: Append-only journal of the current (or a killed) run, one JSON object a line: an `intent`

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import hub
 from ._display import abridged
-from ._paths import check_out_dir, check_regular_file
 from ._units import parse_size
 from .checksums import ChecksumManifest, FileDigest, load_checksums
 from .constants import INFLATE_SLACK, WEIGHT_SUFFIXES, default_jobs
@@ -20,6 +19,7 @@ from .errors import InputError, MissingFileError
 from .formats import gzip_stream, native, oasst
 from .formats.native_manifest import MANIFEST_NAME, is_native, load_manifest
 from .hub.stream import mismatch_over_format_error
+from .outfolder.paths import check_out_dir, check_regular_file
 from .pipeline import Options, Plan, Step, run
 from .reports import DecodeReport, FileReport
 from .sources import FileSource, PayloadCompression, PayloadSource

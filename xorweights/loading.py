@@ -18,7 +18,6 @@ from typing import Any, Literal
 import numpy as np
 
 from . import hub
-from ._paths import check_regular_file
 from .constants import TORCH_SUFFIXES, default_jobs
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
 from .formats.frame_stream import FrameReader
@@ -34,6 +33,7 @@ from .formats.native import (
     tensor_offsets,
 )
 from .formats.native_manifest import MANIFEST_NAME, FileEntry, NativeManifest, load_manifest
+from .outfolder.paths import check_regular_file
 from .pipeline.engine import read_full
 from .sources import BaseImage, FileSource
 from .tensors.dtypes import NUMPY_DTYPES, TORCH_DTYPES

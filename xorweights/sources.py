@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
-from ._outdir import file_id
 from .constants import CHUNK_SIZE, GZIP_MAGIC
 from .errors import FormatError, IOFailure
 from .formats import gzip_stream
 from .formats.delta_frames import MaskedSpans
 from .formats.frame_stream import FrameReader, FrameWriter, Span
+from .outfolder.folder import file_id
 
 if TYPE_CHECKING:
     from .llama.base import GeneratedBase

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from . import _json
-from ._paths import read_bounded
 from ._progress import byte_bar
 from .checksum_manifests import check_hex
 from .checksum_types import Mismatch, VerifyReport
 from .constants import CHUNK_SIZE, default_jobs
 from .errors import FormatError, MissingFileError
+from .outfolder.paths import read_bounded
 from .tensors.dtypes import DTYPE_SIZES
 from .tensors.safetensors_header import MAX_DIMS
 from .tensors.store import StoredTensor, TensorStore, cast, castable, tensor_array

@@ -93,7 +93,7 @@ def encode_cmd(
         progress=not quiet,
     )
     if manifest is not None and report.manifest is not None:
-        from .._atomic import AtomicFile
+        from ..outfolder.atomic import AtomicFile
 
         with AtomicFile(manifest) as f:
             f.write((json.dumps(report.manifest.to_json(), indent=2) + "\n").encode())

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._display import quoted
-from .._paths import check_out_dir, is_regular, read_bounded
 from ..errors import ChecksumMismatchError, FormatError, InputError, MissingFileError
+from ..outfolder.paths import check_out_dir, is_regular, read_bounded
 from ..pipeline import Options
 from ..reports import DecodeReport
 from .recipes import recipe as find_recipe

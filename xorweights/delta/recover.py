@@ -20,14 +20,14 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from .._atomic import AtomicFile
 from .._display import abridged
-from .._paths import is_regular, read_bounded
 from ..constants import MAX_MANIFEST_BYTES, default_jobs
 from ..errors import FormatError, InputError, MissingFileError
 from ..generated_file import GeneratedFile
 from ..llama.layout import MAX_SHARD_BYTES as BIN_SHARD_BYTES  # the 2023 default ("10GB")
 from ..llama.torch_save import record_order, save_state_dict
+from ..outfolder.atomic import AtomicFile
+from ..outfolder.paths import is_regular, read_bounded
 from ..pipeline import Options, Plan, Step, run
 from ..pipeline.plan import Confirm
 from ..reports import FileReport

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import _json
-from .._paths import read_bounded
 from ..checksum_manifests import manifests_dir
 from ..constants import MAX_MANIFEST_BYTES
 from ..errors import FormatError
+from ..outfolder.paths import read_bounded
 from .recipes import RECIPES
 
 DELTA_FORMAT = "xorweights-delta-release/1"

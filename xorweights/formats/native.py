@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from .. import _cancel
 from .._display import abridged
 from .._line_endings import line_ending_hint
-from .._paths import check_regular_file, is_regular
 from .._progress import byte_bar
 from ..checksums import ChecksumManifest, FileDigest, hash_file
 from ..errors import BaseMismatchError, FormatError, InputError, MissingFileError
+from ..outfolder.paths import check_regular_file, is_regular
 from ..pipeline import Step
 from ..sources import BaseImageSource, FileSource, FramedSource, Source
 

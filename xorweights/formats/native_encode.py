@@ -21,10 +21,10 @@ from typing import Any, Literal
 
 from .. import _cancel
 from .._display import abridged, shown
-from .._paths import check_regular_file, is_regular
 from .._progress import byte_bar
 from ..constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TORCH_SUFFIXES
 from ..errors import FormatError, InputError
+from ..outfolder.paths import check_regular_file, is_regular
 from ..pipeline import Step
 from ..sources import BaseImageSource, CompressingSource, FileSource
 from ..tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES

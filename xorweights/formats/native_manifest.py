@@ -1,7 +1,7 @@
 """`xorweights.json`, the manifest of a native payload: what each output file is, how it is made,
 and the sha256 of every output file, output tensor and base tensor it depends on.
 
-Validated strictly on reading: every file name goes through `_paths.check_name`, every digest is 64
+Validated strictly on reading: every file name goes through `outfolder.paths.check_name`, every digest is 64
 hex digits, every size and shape a non-negative integer, and each file's method one of
 `tensor-xor`, `file-xor`, `copy`. Version 2 adds `compression` (`delta-frames`) to
 tensor-xor files whose payload file holds delta frames. The optional `base_model` names the base
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import _json
 from .._display import quoted, shown
-from .._paths import check_name, read_bounded
 from ..constants import MAX_MANIFEST_BYTES
 from ..errors import FormatError, InputError, MissingFileError
+from ..outfolder.paths import check_name, read_bounded
 from ..tensors.dtypes import DTYPE_SIZES
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ def load_manifest(path: os.PathLike[str] | str) -> NativeManifest:
         `MissingFileError`: no manifest there.
         `IOFailure`: it cannot be read.
         `FormatError`: anything malformed (strict JSON, see `_json`), named with the file and the field.
-        `UnsafePathError`: a file name `_paths.check_name` refuses.
+        `UnsafePathError`: a file name `outfolder.paths.check_name` refuses.
     """
     path = Path(path)
     if path.is_dir():
@@ -286,7 +286,7 @@ class _Fields:
         return v
 
     def file_name(self, v: Any, what: str) -> str:
-        """A file name, by the one set of rules (`_paths.check_name`; refused as `UnsafePathError`)."""
+        """A file name, by the one set of rules (`outfolder.paths.check_name`, as `UnsafePathError`)."""
         return check_name(v, f"{self.where}: {what}", path=self.where)
 
     def raw_note(self, v: Any, what: str) -> RawNote | None:
@@ -304,7 +304,7 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
 
     Raises:
         `FormatError`: anything malformed, on one line naming `where` and the field.
-        `UnsafePathError`: a file name `_paths.check_name` refuses, named with `where` and the entry.
+        `UnsafePathError`: a file name `outfolder.paths.check_name` refuses, named with `where` and the entry.
     """
     c = _Fields(where)
     d = c.obj(doc, "the manifest")

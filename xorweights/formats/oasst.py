@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Literal
 
 from .._display import abridged, shown
 from .._json import loads as json_loads
-from .._paths import check_name, check_not_escaping_link, check_regular_file, is_regular, read_bounded
 from ..constants import (
     GZIP_MAGIC,
     INFLATE_SLACK,
@@ -38,6 +37,13 @@ from ..errors import (
     IOFailure,
     MissingFileError,
     RawStorageError,
+)
+from ..outfolder.paths import (
+    check_name,
+    check_not_escaping_link,
+    check_regular_file,
+    is_regular,
+    read_bounded,
 )
 from ..pipeline import Step, output_digests
 from ..pipeline.job import converted

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._display import abridged, quoted
-from .._paths import check_folder_inside, check_name, check_regular_file
 from ..constants import STAGING_DIR, STATE_FILE, STATE_JOURNAL, TEMP_PREFIX, TEMP_SUFFIX
 from ..errors import InputError, MissingFileError
+from ..outfolder.paths import check_folder_inside, check_name, check_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def find_payload_in_listing(paths: Iterable[str], where: str, hints: PayloadHint
     Raises:
         `InputError`: no folder holds payload files, the chosen subfolder holds none, or several
             folders do and nothing tells them apart (the message lists them and how to choose).
-        `UnsafePathError`: a path is unsafe or reserved for our own files (`_paths.check_name`).
+        `UnsafePathError`: a path is unsafe or reserved for our own files (`outfolder.paths.check_name`).
     """
     hints = hints or PayloadHints()
     by_dir: dict[str, list[str]] = {}

@@ -14,9 +14,9 @@ import zipfile
 from pathlib import Path
 
 from .. import _json
-from .._paths import read_bounded
 from ..constants import MAX_JSON_FILE_BYTES, TORCH_SUFFIXES
 from ..errors import FileTooLargeError, FormatError
+from ..outfolder.paths import read_bounded
 from ..tensors.safetensors_header import read_header
 
 logger = logging.getLogger(__name__)

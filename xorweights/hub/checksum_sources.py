@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._display import quoted
-from .._paths import check_regular_file, read_bounded
 from ..checksums import ChecksumManifest, bundled_release
 from ..constants import MAX_MANIFEST_BYTES
 from ..errors import HubError, InputError, XorWeightsError
+from ..outfolder.paths import check_regular_file, read_bounded
 from . import model_card
 from .access import (
     HubAccess,

@@ -16,9 +16,9 @@ from typing import Any
 
 from .. import _cancel
 from .._cancel import Cancelled
-from .._paths import check_regular_file, read_bounded
 from .._progress import bars_shown, tqdm_class
 from ..errors import HubError
+from ..outfolder.paths import check_regular_file, read_bounded
 from .access import HubAccess, short_error
 from .watch import Watch, from_http_client, network_error, wait_for
 

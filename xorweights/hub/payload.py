@@ -15,11 +15,11 @@ from typing import Any
 
 from .._display import quoted
 from .._line_endings import line_ending_hint
-from .._paths import check_name, check_regular_file
 from ..checksums import ChecksumManifest, git_blob_hasher, hash_files
 from ..errors import HubError, InputError, PayloadMismatchError, XorWeightsError
 from ..formats.native_manifest import MANIFEST_NAME
 from ..formats.payload_folder import PayloadHints, files_below, find_payload_dir, find_payload_in_listing
+from ..outfolder.paths import check_name, check_regular_file
 from .access import (
     HubAccess,
     HubFile,

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from .._display import abridged
-from .._paths import check_regular_file
 from .._progress import bars_shown
 from ..checksums import ChecksumManifest, git_blob_hasher, hash_files, list_files, load_checksums
 from ..constants import default_jobs
@@ -36,6 +35,7 @@ from ..formats.native_manifest import (
     load_manifest,
 )
 from ..formats.raw_storage import RawItem, manifest_items, refuse_unallowed
+from ..outfolder.paths import check_regular_file
 from ..sources import FileSource
 from . import model_card
 from .access import HubFile, list_repo, short_error

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._display import quoted
-from .._paths import check_name
 from ..errors import InputError
+from ..outfolder.paths import check_name
 
 logger = logging.getLogger(__name__)
 

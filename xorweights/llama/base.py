@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import _json
-from .._paths import check_out_dir, read_bounded
 from ..checksums import ChecksumManifest, load_checksums
 from ..constants import MAX_JSON_FILE_BYTES
 from ..errors import FormatError, InputError
 from ..generated_file import GeneratedFile
+from ..outfolder.paths import check_out_dir, read_bounded
 from .convert import open_base, write_shard
 from .layout import LlamaLayout
 from .tokenizer import derive_tokenizer_json

@@ -20,9 +20,9 @@ from typing import BinaryIO
 import numpy as np
 
 from .. import _json
-from .._paths import check_regular_file, is_regular, read_bounded
 from ..constants import MAX_JSON_FILE_BYTES
 from ..errors import FormatError, MissingFileError
+from ..outfolder.paths import check_regular_file, is_regular, read_bounded
 from ..tensors.dtypes import NUMPY_DTYPES
 from ..tensors.spec import TensorSpec
 from ..tensors.store import StoredTensor, index_tensors

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._paths import read_bounded
 from ..errors import FormatError
+from ..outfolder.paths import read_bounded
 
 logger = logging.getLogger(__name__)
 

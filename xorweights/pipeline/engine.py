@@ -25,11 +25,11 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from .. import _oscache
 from .._buffers import work_buffer
 from .._cancel import Cancelled
 from .._tracebacks import drop_locals
 from ..constants import CHUNK_SIZE, PIPELINE_DEPTH, WRITEBACK_WINDOW
+from ..outfolder import oscache
 
 logger = logging.getLogger(__name__)
 
@@ -177,11 +177,11 @@ class _Writer:
         self.out.write(slot.ov[:n])
         if self.fd is not None:
             self.out.flush()
-            _oscache.start_writeback(self.fd, self.offset, n)
+            oscache.start_writeback(self.fd, self.offset, n)
             behind = self.offset + n - WRITEBACK_WINDOW
             if self.drop_cache and behind > self.synced:
-                _oscache.finish_writeback(self.fd, self.synced, behind - self.synced)
-                _oscache.drop(self.fd, behind)
+                oscache.finish_writeback(self.fd, self.synced, behind - self.synced)
+                oscache.drop(self.fd, behind)
                 self.synced = behind
         self.offset += n
         if self.on_progress is not None:
@@ -214,7 +214,7 @@ class _Pass:
 
         self.fds = [fd for fd in (_fd(data), _fd(base)) if fd is not None]
         for fd in self.fds:
-            _oscache.advise_sequential(fd)
+            oscache.advise_sequential(fd)
 
         self.lanes = _Lanes(self.free)
 
@@ -263,7 +263,7 @@ class _Pass:
             self.base_read += m
             if self.drop_cache:
                 for fd in self.fds:
-                    _oscache.drop(fd, os.lseek(fd, 0, os.SEEK_CUR) - self.chunk_size)
+                    oscache.drop(fd, os.lseek(fd, 0, os.SEEK_CUR) - self.chunk_size)
             if n < self.chunk_size:
                 return
 

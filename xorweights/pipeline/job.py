@@ -15,10 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import _cancel
-from .._atomic import AtomicFile, HashingWriter
 from .._line_endings import line_ending_hint
-from .._outdir import STATE_DIGEST, Crc32, OutputFolder
-from .._space import SpaceWatch
 from ..checksums import FileDigest
 from ..constants import ENV_TEST_DIE_AFTER_RENAME, GZIP_MAGIC
 from ..errors import (
@@ -31,6 +28,9 @@ from ..errors import (
     XorWeightsError,
 )
 from ..formats import gzip_stream, plausible
+from ..outfolder.atomic import AtomicFile, HashingWriter
+from ..outfolder.folder import STATE_DIGEST, Crc32, OutputFolder
+from ..outfolder.space import SpaceWatch
 from ..reports import FileReport
 from ..sources import GeneratedSource, PayloadSource, Source, transcoding
 from .engine import StreamError, XorStats, xor_stream

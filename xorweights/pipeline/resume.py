@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .._display import abridged
-from .._outdir import STATE_DIGEST, Done, OutputFolder, hash_path
-from .._paths import check_not_escaping_link
 from ..errors import OutputExistsError, XorWeightsError
+from ..outfolder.folder import STATE_DIGEST, Done, OutputFolder, hash_path
+from ..outfolder.paths import check_not_escaping_link
 from ..reports import FileReport
 from .job import same_output
 from .plan import Confirm, Step

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _cancel
-from .._atomic import fsync_dir
 from .._cancel import Cancelled
 from .._display import shown
-from .._outdir import OutputFolder
 from .._progress import byte_bar
-from .._space import SpaceWatch, check_outputs
 from ..constants import PIPELINE_DEPTH, PIPELINE_SLOTS, STAGING_DIR, default_jobs
 from ..errors import ImplausibleOutputError, IOFailure
+from ..outfolder.atomic import fsync_dir
+from ..outfolder.folder import OutputFolder
+from ..outfolder.space import SpaceWatch, check_outputs
 from ..reports import FileReport
 from ..sources import CompressingSource, PayloadSource
 from .job import Job, die_after_rename_for_tests, run_job

@@ -27,9 +27,9 @@ import numpy as np
 
 from .. import _cancel
 from .._buffers import work_buffer
-from .._paths import is_regular
 from ..constants import CHUNK_SIZE
 from ..errors import FormatError, MissingFileError
+from ..outfolder.paths import is_regular
 from .dtypes import DTYPE_SIZES, FLOAT_DTYPES, NUMPY_DTYPES
 from .safetensors_header import read_header
 from .torch_zip import read_checkpoint

@@ -17,9 +17,9 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from ._units import human_bytes
-from .constants import env_flag
-from .errors import NoSpaceError
+from .._units import human_bytes
+from ..constants import env_flag
+from ..errors import NoSpaceError
 
 ENV_SKIP_SPACE_CHECK = "XORWEIGHTS_SKIP_SPACE_CHECK"
 STATE_SLACK = 64 * 1024

@@ -37,10 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._atomic import AtomicFile, fsync_dir
-from ._json import loads
-from ._paths import check_name, read_bounded
-from .constants import (
+from .._json import loads
+from ..constants import (
     HEX_LENGTH,
     MAX_MANIFEST_BYTES,
     STATE_FILE,
@@ -49,7 +47,9 @@ from .constants import (
     TEMP_PREFIX,
     TEMP_SUFFIX,
 )
-from .errors import FolderLockedError, InputError, IOFailure
+from ..errors import FolderLockedError, InputError, IOFailure
+from .atomic import AtomicFile, fsync_dir
+from .paths import check_name, read_bounded
 
 logger = logging.getLogger(__name__)
 

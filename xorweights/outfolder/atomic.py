@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .constants import TEMP_PREFIX, TEMP_SUFFIX
-from .errors import IOFailure, XorWeightsError
+from ..constants import TEMP_PREFIX, TEMP_SUFFIX
+from ..errors import IOFailure, XorWeightsError
 
 logger = logging.getLogger(__name__)
 

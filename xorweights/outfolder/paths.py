@@ -15,9 +15,9 @@ import re
 import stat
 from pathlib import Path
 
-from ._units import human_bytes
-from .constants import TEMP_PREFIX
-from .errors import (
+from .._units import human_bytes
+from ..constants import TEMP_PREFIX
+from ..errors import (
     FileTooLargeError,
     FormatError,
     InputError,
