@@ -121,19 +121,12 @@ __all__ = [
 ]
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("xorweights")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "0+unknown"
-
-
 def __getattr__(name: str) -> Any:
     """Import a public name's module on first use, and keep the name here."""
     if name == "__version__":
-        value: Any = _version()
+        from ._version import version
+
+        value: Any = version()
     elif name in _MODULES:
         value = getattr(importlib.import_module(f".{_MODULES[name]}", __name__), name)
     else:

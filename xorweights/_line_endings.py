@@ -46,7 +46,7 @@ def _restored(seg: bytes, form: str) -> bytes:
 
 
 def _hasher(algorithm: str, size: int) -> Any:
-    from .checksums import git_blob_hasher  # checksums reports its mismatches with this module
+    from .checksum_folders import git_blob_hasher  # checksum_folders reports its mismatches with this module
 
     return git_blob_hasher(size) if algorithm == "git-sha1" else hashlib.new(algorithm)
 

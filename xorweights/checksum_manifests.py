@@ -12,20 +12,18 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _json
 from ._display import quoted
 from .checksum_lines import parse_sum_lines
-from .checksum_types import ChecksumManifest, FileDigest
+from .checksum_types import BASE_MODEL_RULE, ChecksumManifest, FileDigest, is_base_model
 from .constants import HEX_LENGTH, MANIFEST_FORMAT, MAX_MANIFEST_BYTES, STAGES
 from .errors import FormatError, InputError, MissingFileError, UnknownReleaseError
 from .outfolder.paths import check_listed_name, read_bounded
-
-if TYPE_CHECKING:
-    from .hub import HubAccess
 
 logger = logging.getLogger("xorweights.checksums")  # the name it logged under before the split
 
@@ -137,8 +135,6 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
     repo_id = _str("repo_id")
     base_model = _str("base_model")
     if base_model is not None:
-        from .formats.native_manifest import BASE_MODEL_RULE, is_base_model
-
         if not is_base_model(base_model):
             raise FormatError(
                 f'{source}: "base_model" {quoted(base_model, 60)}: expected {BASE_MODEL_RULE}', path=source
@@ -197,8 +193,18 @@ def bundled_release(name: str) -> ChecksumManifest | None:
     return None
 
 
+RemoteChecksums = Callable[[str, Any, "str | None"], "ChecksumManifest | None"]
+"""Reads a repo's checksums from the Hub (its model card's block): `(spec, access, revision)` to
+the manifest, or None when `spec` is not a repo id. `xorweights.checksums.load_checksums` passes
+the Hub package's; this module imports no Hub code."""
+
+
 def load_checksums(
-    spec: os.PathLike[str] | str, *, access: HubAccess | None = None, revision: str | None = None
+    spec: os.PathLike[str] | str,
+    *,
+    access: Any = None,
+    revision: str | None = None,
+    remote: RemoteChecksums | None = None,
 ) -> ChecksumManifest:
     """Resolve `--checksums`: a file, a known release (name or repo id, `-xor` optional), or any
     Hub repo `owner/name[@revision]` whose model card holds a checksum block (`access`: how to
@@ -219,10 +225,9 @@ def load_checksums(
         if rev or revision:
             logger.warning("%s: the bundled manifest %s applies to every revision", spec, found.release)
         return found
-    from . import hub  # the Hub client loads only for a repo id
-
-    if hub.is_repo_spec(str(spec)):
-        return hub.remote_checksums(str(spec), access, revision=revision)
+    found = remote(str(spec), access, revision) if remote is not None else None
+    if found is not None:
+        return found
     raise UnknownReleaseError(
         f"no checksum file or known release named {quoted(str(spec))}; known releases: "
         + ", ".join(m.release for m in known_releases()),

@@ -5,6 +5,7 @@ the reports of checking a folder against them (`VerifyReport`, `Mismatch`) or ha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,18 @@ from typing import Any
 from .checksum_lines import format_sum_lines
 from .constants import ALGORITHMS, MANIFEST_FORMAT, STAGES
 from .errors import InputError
+
+BASE_MODEL_RULE = (
+    "a Hub repo id (owner/name) or a plain name: one line of at most 200 letters, digits, spaces "
+    "and ._-/()+:,@"
+)
+
+_BASE_MODEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._/()+:,@-]{0,198}[A-Za-z0-9._)+-])?")
+
+
+def is_base_model(name: object) -> bool:
+    """Whether `name` is a well-formed base model name (see `BASE_MODEL_RULE`)."""
+    return isinstance(name, str) and _BASE_MODEL.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

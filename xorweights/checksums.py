@@ -17,12 +17,15 @@ manifests.)
 
 from __future__ import annotations
 
-from .checksum_folders import checksum, git_blob_hasher, hash_file, hash_files, list_files, verify
+import os
+from typing import Any
+
+from . import checksum_folders, checksum_manifests
+from .checksum_folders import checksum, git_blob_hasher, hash_file, hash_files, list_files
 from .checksum_lines import format_sum_lines, parse_sum_lines
 from .checksum_manifests import (
     bundled_release,
     known_releases,
-    load_checksums,
     load_manifest_file,
     manifests_dir,
     parse_manifest,
@@ -50,3 +53,31 @@ __all__ = [
     "parse_sum_lines",
     "verify",
 ]
+
+
+def load_checksums(
+    spec: os.PathLike[str] | str, *, access: Any = None, revision: str | None = None
+) -> ChecksumManifest:
+    """`checksum_manifests.load_checksums`, reading a repo's model card from the Hub for a repo id
+    that is not a bundled release (`access`: how to reach it)."""
+    return checksum_manifests.load_checksums(spec, access=access, revision=revision, remote=_from_hub)
+
+
+def verify(
+    folder: os.PathLike[str] | str,
+    checksums: os.PathLike[str] | str | ChecksumManifest,
+    *,
+    stage: str = "decoded",
+    jobs: int | None = None,
+    progress: bool = False,
+) -> VerifyReport:
+    """`checksum_folders.verify`, with `checksums` resolved as `load_checksums` does."""
+    if not isinstance(checksums, ChecksumManifest):
+        checksums = load_checksums(checksums)
+    return checksum_folders.verify(folder, checksums, stage=stage, jobs=jobs, progress=progress)
+
+
+def _from_hub(spec: str, access: Any, revision: str | None) -> ChecksumManifest | None:
+    from .hub.checksum_sources import checksums_from_hub  # the Hub client loads only for a repo id
+
+    return checksums_from_hub(spec, access, revision)

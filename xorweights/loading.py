@@ -33,9 +33,10 @@ from .formats.native import (
     tensor_offsets,
 )
 from .formats.native_manifest import MANIFEST_NAME, FileEntry, NativeManifest, load_manifest
+from .formats.native_sources import BaseImage
 from .outfolder.paths import check_regular_file
+from .pipeline import FileSource
 from .pipeline.engine import read_full
-from .sources import BaseImage, FileSource
 from .tensors.dtypes import NUMPY_DTYPES, TORCH_DTYPES
 from .tensors.store import TensorStore
 

@@ -1,27 +1,24 @@
-"""`decode(..., recipe=...)` for additive-delta releases: check, plan, recover, report."""
+"""`decode(..., recipe=...)` for additive-delta releases: check, plan the recovery, say what to report."""
 
 from __future__ import annotations
 
 import logging
 import math
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .._display import quoted
 from ..errors import ChecksumMismatchError, FormatError, InputError, MissingFileError
 from ..outfolder.paths import check_out_dir, is_regular, read_bounded
-from ..pipeline import Options
-from ..reports import DecodeReport
+from ..pipeline import Outcome, Plan
+from ..tensor_manifest import TENSORS_NAME, TensorManifest
 from .recipes import recipe as find_recipe
-from .recover import OutputFormat, Recovery, plan_recovery, run_recovery
+from .recover import OutputFormat, Recovery, plan_recovery, recovery_plan
 from .registry import DeltaRelease
-
-if TYPE_CHECKING:
-    from ..tensor_manifest import TensorManifest
 from .tensor_plan import TensorResult
 
 logger = logging.getLogger(__name__)
@@ -39,19 +36,17 @@ class DeltaOptions:
     """Per-tensor digests every output tensor must meet before anything is moved into place."""
 
 
-def decode_delta(
+def plan_delta(
     delta_dir: Path,
     base_dir: Path,
     out_dir: Path,
     delta_options: DeltaOptions,
-    options: Options,
     *,
     force: bool,
     verify: bool,
-    source: str | None = None,
-) -> DecodeReport:
-    """Recover the fine-tuned model from an additive delta and its base (see `xorweights.decode`)."""
-    started = time.perf_counter()
+) -> tuple[Plan, Callable[[Outcome], dict[str, Any]]]:
+    """The plan recovering the fine-tuned model from an additive delta and its base (see
+    `xorweights.decode`), and the report's fields once it has run."""
     release = delta_options.release
     name = delta_options.recipe or (release.recipe if release else None)
     if name is None:
@@ -65,13 +60,13 @@ def decode_delta(
         raise InputError(
             f"unknown output format {delta_options.output_format!r}; expected safetensors or bin"
         )
-    if not (delta_dir.is_dir() or (recipe.name == "koala" and delta_dir.is_file())):
+    if not (delta_dir.is_dir() or (recipe.open_delta is not None and delta_dir.is_file())):
         raise MissingFileError(f"delta not found: {delta_dir}", path=delta_dir)
     if not base_dir.is_dir():
         raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)
     check_out_dir(out_dir, {"delta": delta_dir, "base": base_dir})
-    expected_sum = _expected_sum(release, delta_dir, recipe.name)
-    sums = expected_sum is not None or recipe.name == "alpaca"
+    expected_sum = _expected_sum(release, delta_dir, recipe.sum_file)
+    sums = expected_sum is not None or recipe.sum_file is not None
     recovery = plan_recovery(
         recipe,
         delta_dir,
@@ -105,51 +100,43 @@ def decode_delta(
                 stage="decoded",
             )
 
-    result = run_recovery(
-        recovery,
-        out_dir,
-        options,
-        force=force,
-        verify=verify,
-        info=info,
-        approve=approve,
-        expect=delta_options.expect,
-    )
-    return DecodeReport(
-        files=tuple(result.files),
-        seconds=time.perf_counter() - started,
-        payload_dir=str(delta_dir),
-        base_dir=str(base_dir),
-        out_dir=str(out_dir),
-        release=release.repo_id if release else None,
-        format=f"delta:{recipe.name}",
-        source=source,
-        tensor_manifest=str(result.manifest_path),
-        model_sum=model_sum(result.tensors, recovery) if sums else None,
-        model_sum_expected=expected_sum[0] if expected_sum else None,
+    plan, results = recovery_plan(
+        recovery, out_dir, force=force, verify=verify, info=info, approve=approve, expect=delta_options.expect
     )
 
+    def report(outcome: Outcome) -> dict[str, Any]:
+        return {
+            "release": release.repo_id if release else None,
+            "format": f"delta:{recipe.name}",
+            "tensor_manifest": str(out_dir / TENSORS_NAME),
+            "model_sum": model_sum(results, recovery) if sums else None,
+            "model_sum_expected": expected_sum[0] if expected_sum else None,
+        }
 
-#: Where a folder of an Alpaca-recipe delta holds its published sum (AlpacaFarm), and the tolerance.
-_SUM_FILE, _SUM_RTOL = "model_sum.txt", 1e-5
+    return plan, report
+
+
+#: The tolerance of a sum read from a recipe's sum file (AlpacaFarm's `model_sum.txt`).
+_SUM_RTOL = 1e-5
 #: A sum file holds one number: anything longer is not one.
 _SUM_FILE_BYTES = 4096
 
 
 def _expected_sum(
-    release: DeltaRelease | None, delta_dir: Path, recipe: str
+    release: DeltaRelease | None, delta_dir: Path, sum_file: str | None
 ) -> tuple[float, float, float] | None:
-    """The published sum of all weights, its absolute and relative tolerance, or None."""
+    """The published sum of all weights, its absolute and relative tolerance, or None: the release's,
+    else the number in its sum file or the recipe's (`sum_file`)."""
     published = release.model_sum if release else None
     if published is not None and published.value is not None:
         return published.value, published.atol, published.rtol
-    name = published.file if published and published.file else _SUM_FILE
+    name = published.file if published and published.file else sum_file
+    if name is None:
+        return None
     path = delta_dir / name
     if not is_regular(path):
         if published is not None:
             logger.warning("%s: not found; the sum of the recovered weights is not checked", path)
-        return None
-    if recipe != "alpaca" and published is None:
         return None
     text = read_bounded(path, _SUM_FILE_BYTES, "a file of one number").decode("utf-8", "replace").strip()
     try:

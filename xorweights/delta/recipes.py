@@ -1,22 +1,28 @@
 """The recipes of additive-delta releases: the arithmetic each peer script performed, exactly.
 
-A recipe says in which dtype base and delta are added, what the output is stored as, and what the
-base contributes where the delta's tensor is larger (grown vocabulary rows): nothing the peer
-computed is approximated, and torch is never needed (the CPU's fp16 add and fp32-add-then-round
-agree bit for bit on every pair of values).
+A recipe is one registry entry (`register`): data saying in which dtype base and delta are added,
+what the output is stored as, and what the base contributes where the delta's tensor is larger
+(grown vocabulary rows), plus at most one function where its arithmetic (`combine`) or its delta's
+layout (`open_delta`: Koala's EasyLM file) differs. Nothing the peer computed is approximated, and
+torch is never needed (the CPU's fp16 add and fp32-add-then-round agree bit for bit on every pair).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ..errors import InputError
 from ..tensors.dtypes import NUMPY_DTYPES
 from ..tensors.store import cast
+
+if TYPE_CHECKING:
+    from ..tensors.store import TensorStore
 
 Grown = Literal["refuse", "zero", "delta", "mean"]
 """Where the delta's tensor extends past the base's: `refuse` (shapes must match), `zero` (the
@@ -43,9 +49,20 @@ class Recipe:
     """Tensors that only the delta holds, taken as they are (LLaVA's projector)."""
     base_extra_ok: bool = False
     """Base tensors the delta lacks are ignored (else the peer refused them)."""
+    sum_file: str | None = None
+    """A file of the delta folder that may hold the published sum of all recovered weights."""
+    combine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    """The arithmetic, where it is not `base + delta`: `(base, delta)` in `compute` to the output dtype."""
+    open_delta: Callable[[Path, Path], TensorStore] | None = None
+    """How the delta is read, where it is not an HF folder: `(delta path, base folder)` to its tensors
+    in HF names and layout; the delta may then be one file."""
+    from_repo: str | None = None
+    """Why a repo id cannot be recovered as it is (None: it can), with what to do instead."""
 
     def add(self, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """`base + delta` as the peer computed it, in the output dtype (both already in `compute`)."""
+        if self.combine is not None:
+            return self.combine(base, delta)
         if self.compute == "F16":
             return fp16_add(base, delta)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -107,30 +124,20 @@ def _tensor_ready(a: np.ndarray) -> np.ndarray:
     return a if a.flags.writeable else a.copy()
 
 
-RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in (
-        Recipe("fastchat", "FastChat apply_delta (Vicuna v1.1, gorilla)", "F16", "F16", "refuse"),
-        Recipe("fastchat-v0", "FastChat apply_delta, v0 era (Vicuna v0, StableVicuna)", "F16", "F16", "zero"),
-        Recipe(
-            "llava",
-            "LLaVA apply_delta (LLaVA v0, LLaVA-Med)",
-            "F16",
-            "F16",
-            "delta",
-            delta_only=("model.mm_projector.weight", "model.mm_projector.bias"),
-            base_extra_ok=True,
-        ),
-        Recipe(
-            "alpaca",
-            "Stanford Alpaca weight_diff.py (Alpaca, AlpacaFarm, WizardLM v1.0)",
-            "F32",
-            "F32",
-            "mean",
-        ),
-        Recipe("koala", "EasyLM diff_checkpoint (Koala)", "F32", "BF16", "refuse"),
-    )
-}
+RECIPES: dict[str, Recipe] = {}
+"""The recipe registry, by name (`register`)."""
+
+
+def register(entry: Recipe) -> Recipe:
+    """Add a recipe to the registry (the CLI's `--recipe` choices, `decode(recipe=...)`).
+
+    Raises:
+        `InputError`: a recipe of that name is registered already.
+    """
+    if entry.name in RECIPES:
+        raise InputError(f"recipe {entry.name!r} is registered already")
+    RECIPES[entry.name] = entry
+    return entry
 
 
 def recipe(name: str) -> Recipe:
@@ -143,3 +150,27 @@ def recipe(name: str) -> Recipe:
     if found is None:
         raise InputError(f"unknown recipe {name!r}; expected one of {', '.join(RECIPES)}")
     return found
+
+
+for _entry in (
+    Recipe("fastchat", "FastChat apply_delta (Vicuna v1.1, gorilla)", "F16", "F16", "refuse"),
+    Recipe("fastchat-v0", "FastChat apply_delta, v0 era (Vicuna v0, StableVicuna)", "F16", "F16", "zero"),
+    Recipe(
+        "llava",
+        "LLaVA apply_delta (LLaVA v0, LLaVA-Med)",
+        "F16",
+        "F16",
+        "delta",
+        delta_only=("model.mm_projector.weight", "model.mm_projector.bias"),
+        base_extra_ok=True,
+    ),
+    Recipe(
+        "alpaca",
+        "Stanford Alpaca weight_diff.py (Alpaca, AlpacaFarm, WizardLM v1.0)",
+        "F32",
+        "F32",
+        "mean",
+        sum_file="model_sum.txt",
+    ),
+):
+    register(_entry)

@@ -26,12 +26,10 @@ from ..errors import FormatError, InputError, MissingFileError
 from ..generated_file import GeneratedFile
 from ..llama.layout import MAX_SHARD_BYTES as BIN_SHARD_BYTES  # the 2023 default ("10GB")
 from ..llama.torch_save import record_order, save_state_dict
-from ..outfolder.atomic import AtomicFile
 from ..outfolder.paths import is_regular, read_bounded
-from ..pipeline import Options, Plan, Step, run
-from ..pipeline.plan import Confirm
+from ..pipeline import BytesSource, FileSource, Plan, Sidecars, Staged, Step
+from ..pipeline.plan import Keep
 from ..reports import FileReport
-from ..sources import BytesSource, FileSource
 from ..tensor_manifest import (
     MAX_TENSOR_MANIFEST_BYTES,
     TENSORS_NAME,
@@ -43,7 +41,8 @@ from ..tensor_manifest import (
 from ..tensors import safetensors_write as st
 from ..tensors.spec import TensorSpec
 from ..tensors.store import TensorStore, cast, index_tensors, tensor_array
-from .checks import check_delta_config, model_config, pair_tensors, skipped
+from .checks import check_delta_config, pair_tensors, skipped
+from .koala import easylm_files
 from .recipes import Recipe
 from .tensor_plan import TensorPlan, TensorResult, stream_blocks
 from .torch_mean import torch_column_mean
@@ -243,81 +242,37 @@ def _buffer_sums(delta: TensorStore, base: TensorStore) -> dict[str, float]:
 
 
 def open_delta(recipe: Recipe, path: Path, base_dir: Path) -> TensorStore:
-    """The delta's tensors: an HF folder (any container), or for `koala` an EasyLM diff file (or
-    the one such file in a folder), seen in HF names and layout.
+    """The delta's tensors: an HF folder (any container), or as the recipe reads its delta.
 
     Raises:
         `MissingFileError`: no delta there. `FormatError`: not readable as the recipe's delta.
     """
-    if recipe.name != "koala":
-        try:
-            return TensorStore.open(path)
-        except MissingFileError as e:
-            if path.is_dir() and _easylm_files(path):
-                raise MissingFileError(f"{e}; it holds an EasyLM diff: --recipe koala?", path=path) from None
-            raise
-    from .easylm import open_easylm_delta
-
-    config = model_config(base_dir) or {}
-    heads = config.get("num_attention_heads", config.get("n_heads"))
-    if not isinstance(heads, int) or heads <= 0:
-        raise FormatError(
-            f"{base_dir}: no head count in config.json or params.json (needed for q/k)", path=base_dir
-        )
-    return open_easylm_delta(easylm_file(path), heads)
+    if recipe.open_delta is not None:
+        return recipe.open_delta(path, base_dir)
+    try:
+        return TensorStore.open(path)
+    except MissingFileError as e:
+        if path.is_dir() and easylm_files(path):
+            raise MissingFileError(f"{e}; it holds an EasyLM diff: --recipe koala?", path=path) from None
+        raise
 
 
-def easylm_file(path: Path) -> Path:
-    """`path` itself, or the one EasyLM streaming checkpoint in the folder `path`."""
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise MissingFileError(f"delta not found: {path}", path=path)
-    found = _easylm_files(path)
-    if len(found) != 1:
-        names = abridged(p.name for p in found) or "none"
-        raise InputError(f"{path}: give the path of one EasyLM diff file (found: {names})", path=path)
-    return found[0]
-
-
-def _easylm_files(folder: Path) -> list[Path]:
-    """Files of `folder` that start as an EasyLM record does (a msgpack pair whose key is a list)."""
-    found = []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith("."):
-            with open(p, "rb") as f:
-                if f.read(2) in (b"\x92\x96", b"\x92\x93", b"\x92\x94", b"\x92\x92"):
-                    found.append(p)
-    return found
-
-
-@dataclass(frozen=True)
-class RecoveryResult:
-    """What `run_recovery` made: every file's report, every tensor's digest (and sum), and where
-    the manifest is."""
-
-    files: list[FileReport]
-    tensors: dict[str, TensorResult]
-    manifest_path: Path
-
-
-def run_recovery(
+def recovery_plan(
     recovery: Recovery,
     out_dir: Path,
-    options: Options,
     *,
     force: bool,
     verify: bool,
     info: dict[str, Any],
     approve: Callable[[dict[str, TensorResult]], None] | None = None,
     expect: TensorManifest | None = None,
-) -> RecoveryResult:
-    """Make the outputs in a staging folder (kept ones stay), collect every tensor's digest (made
-    now, else from the manifest a finished run left, else hashed again from the kept file), let
-    `approve` check them, move the outputs into place, and write the tensor manifest last (the old
-    one is removed first: a manifest always describes the files beside it). A weight file in place
-    whose stamps changed is kept only if its tensors are those the manifest in place (and `expect`,
-    the digests asked for) lists; else it is made again.
+) -> tuple[Plan, dict[str, TensorResult]]:
+    """The plan that makes the outputs in a staging folder (kept ones stay), collects every tensor's
+    digest (made now, else from the manifest a finished run left, else hashed again from the kept
+    file) into the dict returned beside it, lets `approve` check them, moves the outputs into place,
+    and writes the tensor manifest last (the old one is removed first: a manifest always describes
+    the files beside it). A weight file in place whose stamps changed is kept only if its tensors
+    are those the manifest in place (and `expect`, the digests asked for) lists; else it is made again.
 
     Raises:
         `InputError`: `out_dir` holds weight files of another layout (an earlier shard size or format).
@@ -359,34 +314,25 @@ def run_recovery(
         if approve is not None:
             approve(results)
 
-    def finish(files: Sequence[FileReport], reused: bool) -> None:
+    def sidecars(files: Sequence[FileReport], reused: bool) -> dict[str, bytes]:
         order = [p.name for s in recovery.shards for p in s.plans]
         digests = {
             n: TensorDigest(results[n].spec.dtype, results[n].spec.shape, results[n].sha256) for n in order
         }
         text = TensorManifest(digests, info).dumps()
-        with AtomicFile(out_dir / TENSORS_NAME) as f:
-            f.write(text)
-            f.commit(durable=options.fsync)
-        with AtomicFile(out_dir / SEAL_NAME) as f:
-            f.write(seal(text, {s.name: _file_id(out_dir / s.name) for s in recovery.shards}))
-            f.commit(durable=options.fsync)
+        files_now = {s.name: _file_id(out_dir / s.name) for s in recovery.shards}
+        return {TENSORS_NAME: text, SEAL_NAME: seal(text, files_now)}
 
     plan = Plan(
         tuple(steps),
         out_dir,
         "decode",
+        commit=Staged(check=collect, sidecars=Sidecars((TENSORS_NAME, SEAL_NAME), sidecars), keep=confirm),
         release=info.get("release") or "",
         force=force,
         rehash=verify,
-        staged=True,
-        approve=collect,
-        retire=(TENSORS_NAME, SEAL_NAME),
-        finish=finish,
-        confirm=confirm,
     )
-    outcome = run(plan, options)
-    return RecoveryResult(outcome.files, results, out_dir / TENSORS_NAME)
+    return plan, results
 
 
 #: Weight files and indexes a recovery writes (any layout).
@@ -460,7 +406,7 @@ def _recorded_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResul
 
 def _confirm_by_tensors(
     recovery: Recovery, out_dir: Path, info: dict[str, Any], expect: TensorManifest | None
-) -> tuple[Confirm, dict[str, dict[str, TensorResult]]]:
+) -> tuple[Keep, dict[str, dict[str, TensorResult]]]:
     """The check of a weight file in place that changed stamps but still matches its CRC-32: its
     tensors hashed again (sha256) must be those the manifest in place records (and `expect`
     lists), else it is made again (the manifest is never rewritten to match a changed file). Also

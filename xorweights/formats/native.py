@@ -20,11 +20,12 @@ from .. import _cancel
 from .._display import abridged
 from .._line_endings import line_ending_hint
 from .._progress import byte_bar
-from ..checksums import ChecksumManifest, FileDigest, hash_file
+from ..checksum_folders import hash_file
+from ..checksum_types import ChecksumManifest, FileDigest
 from ..errors import BaseMismatchError, FormatError, InputError, MissingFileError
 from ..outfolder.paths import check_regular_file, is_regular
-from ..pipeline import Step
-from ..sources import BaseImageSource, FileSource, FramedSource, Source
+from ..pipeline import FileSource, Source, Step
+from .native_sources import BaseImageSource, FramedSource
 
 if TYPE_CHECKING:
     from ..hub.stream import HubFileSource

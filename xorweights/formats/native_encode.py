@@ -25,8 +25,7 @@ from .._progress import byte_bar
 from ..constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TORCH_SUFFIXES
 from ..errors import FormatError, InputError
 from ..outfolder.paths import check_regular_file, is_regular
-from ..pipeline import Step
-from ..sources import BaseImageSource, CompressingSource, FileSource
+from ..pipeline import FileSource, Step
 from ..tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES
 from ..tensors.safetensors_header import SafetensorsHeader, read_header
 from ..tensors.store import TensorStore, nbytes_of
@@ -44,6 +43,7 @@ from .native_manifest import (
     RawNote,
     TensorEntry,
 )
+from .native_sources import BaseImageSource, CompressingSource
 from .raw_storage import (
     GROWN_ROWS,
     NameHints,

@@ -16,17 +16,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from .. import _json
 from .._display import quoted, shown
+from ..checksum_types import BASE_MODEL_RULE, ChecksumManifest, FileDigest, is_base_model
 from ..constants import MAX_MANIFEST_BYTES
 from ..errors import FormatError, InputError, MissingFileError
 from ..outfolder.paths import check_name, read_bounded
 from ..tensors.dtypes import DTYPE_SIZES
-
-if TYPE_CHECKING:
-    from ..checksums import ChecksumManifest
 
 MANIFEST_NAME = "xorweights.json"
 FORMAT = "xorweights"
@@ -42,16 +40,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Sizes and dimensions are int64 wherever they are used.
 _MAX_INT = 2**63 - 1
 #: A base model name: a Hub repo id (`owner/name`) or a plain name, one line of at most 200 characters.
-_BASE_MODEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._/()+:,@-]{0,198}[A-Za-z0-9._)+-])?")
-BASE_MODEL_RULE = (
-    "a Hub repo id (owner/name) or a plain name: one line of at most 200 letters, digits, spaces "
-    "and ._-/()+:,@"
-)
-
-
-def is_base_model(name: object) -> bool:
-    """Whether `name` is a well-formed base model name (see `BASE_MODEL_RULE`)."""
-    return isinstance(name, str) and _BASE_MODEL.fullmatch(name) is not None
 
 
 def check_base_model(name: str) -> str:
@@ -147,7 +135,6 @@ class NativeManifest:
         self, release: str, description: str, *, repo_id: str | None = None, path: str | None = None
     ) -> ChecksumManifest:
         """The release's checksums: each output file's sha256 and size as the `decoded` stage."""
-        from ..checksums import ChecksumManifest, FileDigest
 
         decoded = {f.name: FileDigest(sha256=f.sha256, size=f.size) for f in self.files}
         return ChecksumManifest(

@@ -38,6 +38,7 @@ from ..errors import (
     MissingFileError,
     RawStorageError,
 )
+from ..llama.base import GeneratedSource
 from ..outfolder.paths import (
     check_name,
     check_not_escaping_link,
@@ -45,12 +46,12 @@ from ..outfolder.paths import (
     is_regular,
     read_bounded,
 )
-from ..pipeline import Step, output_digests
+from ..pipeline import FileSource, Source, Step, output_digests
 from ..pipeline.job import converted
-from ..sources import FileSource, GeneratedSource, PayloadSource, Source
 from . import plausible
 from .delta_frames import starts_with_frame
 from .gzip_stream import check_gzip_head
+from .legacy_source import PayloadSource
 from .native_manifest import MANIFEST_NAME
 from .payload_folder import left_by_us
 from .raw_storage import copy_refusal

@@ -66,3 +66,10 @@ def problem(path: Path, name: str) -> str | None:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
         return f"no readable zip central directory ({e})"
     return None
+
+
+def verdict(path: Path, name: str) -> str | None:
+    """What the file at `path` is not, as a decoded output called `name` ("not a valid ... (why)"),
+    or None when it is plausible (see `problem`)."""
+    why = problem(path, name)
+    return None if why is None else f"not a valid {kind(name)} ({why})"

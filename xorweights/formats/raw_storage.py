@@ -37,7 +37,7 @@ from ..constants import (
 )
 from ..errors import FormatError, IOFailure, RawStorageError, UnmaskedFrameError
 from ..llama.tokenizer import model_refusal
-from ..sources import FileSource
+from ..pipeline import FileSource
 from ..tensors.store import nbytes_of
 from .delta_frames import STORED, frame_heads
 from .native import masked_spans, payload_header

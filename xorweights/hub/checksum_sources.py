@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._display import quoted
-from ..checksums import ChecksumManifest, bundled_release
+from ..checksum_manifests import bundled_release
+from ..checksum_types import ChecksumManifest
 from ..constants import MAX_MANIFEST_BYTES
 from ..errors import HubError, InputError, XorWeightsError
 from ..outfolder.paths import check_regular_file, read_bounded
@@ -28,7 +29,7 @@ from .access import (
 )
 from .download import download_files, download_kwargs
 from .model_card import CARD_NAME
-from .repo_spec import parse_payload_spec
+from .repo_spec import is_repo_spec, parse_payload_spec
 
 if TYPE_CHECKING:
     from .payload import HubPayload
@@ -182,3 +183,8 @@ def remote_checksums(
             path=spec,
         )
     return found
+
+
+def checksums_from_hub(spec: str, access: HubAccess | None, revision: str | None) -> ChecksumManifest | None:
+    """`remote_checksums` for a repo id, None for anything else (see `checksum_manifests.RemoteChecksums`)."""
+    return remote_checksums(spec, access, revision=revision) if is_repo_spec(spec) else None

@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from .. import _json
 from .._display import quoted
 from .._units import human_bytes
-from ..checksums import ChecksumManifest, FileDigest, parse_manifest
+from ..checksum_manifests import parse_manifest
+from ..checksum_types import ChecksumManifest, FileDigest
 from ..constants import MAX_MANIFEST_BYTES
 from ..errors import FormatError, InputError
 from ..formats.native_manifest import MANIFEST_NAME, NativeManifest

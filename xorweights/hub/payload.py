@@ -15,7 +15,8 @@ from typing import Any
 
 from .._display import quoted
 from .._line_endings import line_ending_hint
-from ..checksums import ChecksumManifest, git_blob_hasher, hash_files
+from ..checksum_folders import git_blob_hasher, hash_files
+from ..checksum_types import ChecksumManifest
 from ..errors import HubError, InputError, PayloadMismatchError, XorWeightsError
 from ..formats.native_manifest import MANIFEST_NAME
 from ..formats.payload_folder import PayloadHints, files_below, find_payload_dir, find_payload_in_listing

@@ -23,7 +23,10 @@ from typing import Any
 
 from .._display import abridged
 from .._progress import bars_shown
-from ..checksums import ChecksumManifest, git_blob_hasher, hash_files, list_files, load_checksums
+from .._version import version
+from ..checksum_folders import git_blob_hasher, hash_files, list_files
+from ..checksum_manifests import load_checksums
+from ..checksum_types import ChecksumManifest
 from ..constants import default_jobs
 from ..errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
 from ..formats import native
@@ -36,9 +39,10 @@ from ..formats.native_manifest import (
 )
 from ..formats.raw_storage import RawItem, manifest_items, refuse_unallowed
 from ..outfolder.paths import check_regular_file
-from ..sources import FileSource
+from ..pipeline import FileSource
 from . import model_card
 from .access import HubFile, list_repo, short_error
+from .checksum_sources import checksums_from_hub
 from .download import hub_bars_off
 from .model_card import CARD_NAME
 from .payload import git_blob_id
@@ -94,9 +98,7 @@ class PublishReport:
 
 def _version() -> str:
     """The installed xorweights version (for the card and the commit message)."""
-    from .. import __version__
-
-    return __version__
+    return version()
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,11 @@ def _release(
             "`xorweights encode --manifest` wrote, so the card can carry the base and decoded checksums",
             path=payload_dir,
         )
-    given = checksums if isinstance(checksums, ChecksumManifest) else load_checksums(checksums)
+    given = (
+        checksums
+        if isinstance(checksums, ChecksumManifest)
+        else load_checksums(checksums, remote=checksums_from_hub)
+    )
     names = list_files(payload_dir)
     decoded = given.stage("decoded")
     unlisted = [n for n in names if n not in decoded]

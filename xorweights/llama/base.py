@@ -15,14 +15,17 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .. import _json
-from ..checksums import ChecksumManifest, load_checksums
+from ..checksum_manifests import load_checksums
+from ..checksum_types import ChecksumManifest
 from ..constants import MAX_JSON_FILE_BYTES
 from ..errors import FormatError, InputError
 from ..generated_file import GeneratedFile
 from ..outfolder.paths import check_out_dir, read_bounded
+from ..pipeline import Options, Plan, Sink, Step, run
+from ..pipeline.source import opened
 from .convert import open_base, write_shard
 from .layout import LlamaLayout
 from .tokenizer import derive_tokenizer_json
@@ -109,9 +112,6 @@ def convert_base(
             tensors it holds are named); nothing is left under its name.
         `OutputExistsError`: `out` holds files of these names that xorweights did not make.
     """
-    from ..pipeline import Options, Plan, Sink, Step, run
-    from ..sources import GeneratedSource
-
     started = time.perf_counter()
     src, out_dir = Path(source), Path(out)
     check_out_dir(out_dir, {"source": src})
@@ -259,3 +259,37 @@ class GeneratedBase:
             files.append(self._tokenizer)
         stats = [p.stat() for p in files]
         return sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)
+
+
+@dataclass(frozen=True)
+class GeneratedSource:
+    """A base file the pinned LLaMA conversion would have written, generated from the weights in
+    another form as it is read (never written to disk)."""
+
+    base: GeneratedBase
+    name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} generated from {self.base.folder}"
+
+    @property
+    def path(self) -> None:
+        return None
+
+    @property
+    def detail(self) -> str:
+        return self.base.detail(self.name)
+
+    def open(self) -> BinaryIO:
+        return opened("generating", self.label, self.base.opener(self.name))  # type: ignore[no-any-return]
+
+    def size(self) -> int:
+        """An estimate (a shard's tensor bytes, the tokenizer's JSON bounded): enough for space checks."""
+        return self.base.size_estimate(self.name)
+
+    def identity(self) -> tuple[int, int]:
+        return self.base.identity()
+
+    def mismatch_cause(self) -> str:
+        return f"{self.base.folder} is not the LLaMA copy the release was made from ({self.detail})"

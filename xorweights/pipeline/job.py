@@ -7,7 +7,6 @@ import io
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -16,25 +15,23 @@ from typing import Any, Literal
 
 from .. import _cancel
 from .._line_endings import line_ending_hint
-from ..checksums import FileDigest
-from ..constants import ENV_TEST_DIE_AFTER_RENAME, GZIP_MAGIC
+from ..checksum_types import FileDigest
+from ..constants import ENV_TEST_DIE_AFTER_RENAME
 from ..errors import (
     BaseMismatchError,
     ChecksumMismatchError,
-    FormatError,
     ImplausibleOutputError,
     InputChangedError,
     IOFailure,
     XorWeightsError,
 )
-from ..formats import gzip_stream, plausible
 from ..outfolder.atomic import AtomicFile, HashingWriter
 from ..outfolder.folder import STATE_DIGEST, Crc32, OutputFolder
 from ..outfolder.space import SpaceWatch
-from ..reports import FileReport
-from ..sources import GeneratedSource, PayloadSource, Source, transcoding
 from .engine import StreamError, XorStats, xor_stream
 from .plan import Step, Verb
+from .report import FileReport
+from .source import Source, explain, mismatch_cause, transcoding
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +49,8 @@ class Job:
     drop_cache: bool = False
     space: SpaceWatch | None = None
     """Watches the free space as the output is written, when its size was not known in advance."""
+    plausible: Callable[[Path, str], str | None] | None = None
+    """For a decode: why the finished file is not what its name says (see `Plan.plausible`)."""
 
     def hashes(self) -> dict[str, Sequence[str]]:
         """What the pass hashes, by role. The output's digests include those of the bytes written
@@ -64,7 +63,7 @@ class Job:
             "base": _union(base, s.hash_inputs if s.base.path is not None else ())
             if s.base is not None
             else (),
-            "out": _union(out, s.sink.hash_written if s.sink.gzip_mtime is None else ()),
+            "out": _union(out, s.sink.hash_written if s.sink.wrap is None else ()),
         }
 
 
@@ -96,11 +95,13 @@ def out_cause(step: Step) -> str:
 
 def _base_cause(step: Step) -> str:
     base = step.base
-    if isinstance(base, GeneratedSource):
-        return f"{base.base.folder} is not the LLaMA copy the release was made from ({base.detail})"
-    return converted(base, step.expect_base) or (
-        "the base must be the byte-exact output of the release's pinned conversion, or the "
-        "original LLaMA weights (see `xorweights releases`)"
+    return (
+        mismatch_cause(base)
+        or converted(base, step.expect_base)
+        or (
+            "the base must be the byte-exact output of the release's pinned conversion, or the "
+            "original LLaMA weights (see `xorweights releases`)"
+        )
     )
 
 
@@ -158,17 +159,10 @@ def _stream_failure(e: StreamError, job: Job) -> BaseException:
     step, cause = job.step, e.cause
     if isinstance(cause, XorWeightsError):
         return cause
-    if (
-        e.role == "data"
-        and isinstance(cause, gzip_stream.GZIP_ERRORS)
-        and isinstance(step.data, PayloadSource)
-    ):
-        return FormatError(
-            f"payload {step.data.label}: gzip stream is corrupt or truncated ({cause}); "
-            + _gzip_advice(step.data),
-            path=step.data.path,
-        )
     source = {"data": step.data, "base": step.base}.get(e.role)
+    own = explain(source, cause) if source is not None else None
+    if own is not None:
+        return own
     where = job.out if e.role == "out" else (source.path or source.label) if source is not None else None
     if isinstance(cause, OSError) and e.role == "out" and e.op == "write":
         return _write_error(job, cause)
@@ -182,31 +176,6 @@ def _write_error(job: Job, e: OSError) -> XorWeightsError:
     if e.errno == errno.ENOSPC and job.space is not None:
         return job.space.error()
     return IOFailure("writing", job.out, e)
-
-
-def _gzip_advice(data: PayloadSource) -> str:
-    """What to do about a payload file whose gzip stream fails. One whose first bytes inflate is
-    gzip: it changed or was damaged since it was made (a resumed download that got other bytes,
-    a truncated copy). One that fails at once may be a plain XOR that begins like gzip."""
-    damaged = f"the file changed or is damaged since it was published: download {data.label} again"
-    if data.compression == "auto" and data.path is not None and not _inflates_at_first(data.path):
-        return (
-            "if it is a plain XOR that merely begins with 1f 8b 08, decode with --payload-compression none "
-            f'(payload_compression="none"); else {damaged}'
-        )
-    return damaged
-
-
-def _inflates_at_first(path: Path) -> bool:
-    """Whether the file's first 64 KiB inflate as gzip into 4 KiB or more (or a whole stream):
-    random bytes after the magic bytes (a plain XOR) fail long before that."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-        inflater = zlib.decompressobj(31)
-        return len(inflater.decompress(head, 1 << 16)) >= 4096 or inflater.eof
-    except (OSError, zlib.error):
-        return False
 
 
 def _check_unchanged(
@@ -288,16 +257,19 @@ def run_job(job: Job, bar: Any, stop: threading.Event, depth: int, folder: Outpu
         base = _enter(stack, step.base)
         atomic = stack.enter_context(_create(job.out))
         out_file = _CrcFile(atomic, job.space)
-        gzip = step.sink.gzip_mtime is not None
+        wrapped = step.sink.wrap is not None
         written = (
-            HashingWriter(out_file, step.sink.hash_written) if gzip and step.sink.hash_written else out_file
+            HashingWriter(out_file, step.sink.hash_written)
+            if wrapped and step.sink.hash_written
+            else out_file
         )
         stats = _pass(job, data, base, written, bar, stop, depth)
         base_ok, out_ok = _check_pass(job, data, base, stats)
-        if step.sink.refuse_gzip_head:
-            _refuse_gzip_head(job, atomic)
-        if job.verb == "decode" and not out_ok:
-            _check_plausible(job, atomic.temp, atomic.file, stats.size)
+        if step.sink.check is not None:
+            _flushed(job, atomic)
+            step.sink.check(atomic.temp)
+        if job.plausible is not None and not out_ok:
+            _check_plausible(job, atomic, job.plausible)
         digests = {
             **stats.digests.get("out", {}),
             **(written.hexdigests() if isinstance(written, HashingWriter) else {}),
@@ -308,7 +280,7 @@ def run_job(job: Job, bar: Any, stop: threading.Event, depth: int, folder: Outpu
         name=step.name,
         action=step.action,
         size=size,
-        compressed=transcoding(data) or step.sink.gzip_mtime is not None,
+        compressed=transcoding(data) or wrapped,
         data_size=_data_size(job, data, stats),
         base_size=stats.base_read if base is not None else None,
         digests=digests,
@@ -321,7 +293,7 @@ def run_job(job: Job, bar: Any, stop: threading.Event, depth: int, folder: Outpu
 
 def _data_size(job: Job, data: Any, stats: XorStats) -> int | None:
     """The model bytes an encode passed through, when not the size written (gzip, delta frames)."""
-    if job.step.sink.gzip_mtime is not None:
+    if job.step.sink.wrap is not None:
         return stats.size
     return int(data.consumed()) if job.verb == "encode" and transcoding(data) else None
 
@@ -336,12 +308,8 @@ def _create(out: Path) -> AtomicFile:
 def _pass(
     job: Job, data: Any, base: Any, written: Any, bar: Any, stop: threading.Event, depth: int
 ) -> XorStats:
-    step = job.step
-    gz = (
-        gzip_stream.gzip_writer(written, step.name, mtime=step.sink.gzip_mtime)
-        if step.sink.gzip_mtime is not None
-        else None
-    )
+    wrap = job.step.sink.wrap
+    gz = wrap(written) if wrap is not None else None
     try:
         stats = xor_stream(
             data,
@@ -359,7 +327,7 @@ def _pass(
         return stats
     except StreamError as e:
         error = _failure(e, job)
-    except OSError as e:  # closing the gzip writer flushes its last block
+    except OSError as e:  # closing the wrapping writer flushes its last block
         raise _write_error(job, e) from e
     try:
         raise error
@@ -398,16 +366,11 @@ def _check_pass(job: Job, data: Any, base: Any, stats: XorStats) -> tuple[bool, 
     )
 
 
-def _refuse_gzip_head(job: Job, atomic: AtomicFile) -> None:
-    """Encoding: a plain payload that begins like gzip would be misread when decoded."""
-    atomic.file.flush()
-    with open(atomic.temp, "rb") as head:
-        if head.read(len(GZIP_MAGIC)) == GZIP_MAGIC:
-            raise FormatError(
-                f"payload {job.step.name} would start with the gzip magic bytes and be misread "
-                "when decoded; encode with --compress gzip",
-                path=job.step.data.path,
-            )
+def _flushed(job: Job, atomic: AtomicFile) -> None:
+    try:
+        atomic.file.flush()
+    except OSError as e:
+        raise _write_error(job, e) from e
 
 
 def _commit(
@@ -433,12 +396,13 @@ def _commit(
     return size
 
 
-def _check_plausible(job: Job, temp: Path, file: Any, size: int) -> None:
+def _check_plausible(job: Job, atomic: AtomicFile, plausible: Callable[[Path, str], str | None]) -> None:
     """Refuse a decoded file that is not what its name says (only outputs no digest vouches for)."""
     step = job.step
     try:
-        file.flush()
-        why = plausible.problem(temp, step.name)
+        atomic.file.flush()
+        size = os.fstat(atomic.file.fileno()).st_size
+        why = plausible(atomic.temp, step.name)
     except OSError as e:
         raise IOFailure("checking", job.out, e) from e
     if why is None:
@@ -452,8 +416,7 @@ def _check_plausible(job: Job, temp: Path, file: Any, size: int) -> None:
     else:
         cause = "payload and base are not the pair this release was made from"
     raise ImplausibleOutputError(
-        f"decoded {step.name} is not a valid {plausible.kind(step.name)} ({why}); likely cause: {cause} "
-        "(output discarded)",
+        f"decoded {step.name} is {why}; likely cause: {cause} (output discarded)",
         path=job.out,
         algorithm="plausibility",
         stage="decoded",

@@ -1,8 +1,10 @@
-"""What a command asks of the pipeline: a plan of steps, one per output file.
+"""What a command asks of the pipeline: a plan of steps, one per output file, and how they commit.
 
 A step names its output, the source of its data (payload or fine-tuned file), the source of its
-base (None: the data is copied), the digests expected of each, and what the sink does. Formats
-and commands only build plans; `pipeline.run` does the rest.
+base (None: the data is copied), the digests expected of each, and what the sink does. How the
+outputs reach their names is one value: `Immediate` (each renamed into place once made and
+verified) or `Staged` (all made in a staging folder, checked together, moved into place, then the
+plan's sidecar files written last). Codecs only build plans; `pipeline.run` does the rest.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
-from ..checksums import FileDigest
-from ..reports import FileReport
-from ..sources import Source
+from ..checksum_types import FileDigest
+from .report import FileReport
+from .source import Source
 
 Verb = Literal["decode", "encode", "base"]
 """What the outputs are: decoded files (checked for plausibility when no digest vouches for
@@ -26,12 +28,13 @@ them), payload files (their inputs' digests recorded for the manifest), or gener
 class Sink:
     """What happens to the bytes on their way to the output file."""
 
-    gzip_mtime: int | None = None
-    """Written as a gzip stream (the legacy `--compress`) with this header time; None: plain."""
+    wrap: Callable[[BinaryIO], BinaryIO] | None = None
+    """The writer the pass writes through (closed at the end of the pass), e.g. a gzip stream; the
+    output's digests are then of the bytes it writes (`hash_written`). None: written as they are."""
     hash_written: tuple[str, ...] = ()
-    """Digests of the bytes written (after gzip)."""
-    refuse_gzip_head: bool = False
-    """A plain legacy payload file may not begin with the gzip magic bytes (it would be misread)."""
+    """Digests of the bytes written (after `wrap`)."""
+    check: Callable[[Path], None] | None = None
+    """The format's last word on the finished temporary file, before it is committed (raises)."""
 
 
 PLAIN = Sink()
@@ -70,11 +73,45 @@ class Step:
         return {**ids, **self.options}
 
 
-Reuse = Callable[[], "Sequence[FileReport] | None"]
-Confirm = Callable[[Step, Path], bool]
+Keep = Callable[[Step, Path], bool]
 """Whether an output in place that was hashed (its stamps changed) and matched its record may be
 kept: a plan's own check beyond the record's digests (a delta's tensor digests)."""
-Finish = Callable[["Sequence[FileReport]", bool], None]
+
+
+@dataclass(frozen=True)
+class Immediate:
+    """Each output is renamed into place as soon as it is complete and verified."""
+
+    keep: Keep | None = None
+
+
+@dataclass(frozen=True)
+class Sidecars:
+    """Files written last, through the folder's journal, from every output's report: what describes
+    the outputs (a manifest, a seal). The files of these names are removed before any staged output
+    moves into place, so a half-made folder never passes for a finished one."""
+
+    names: tuple[str, ...]
+    make: Callable[[Sequence[FileReport], bool], Mapping[str, bytes]]
+    """Called with every file's report and whether `Staged.reuse` supplied them; returns the files
+    to write (a name of `names` it leaves out stays as it is)."""
+
+
+@dataclass(frozen=True)
+class Staged:
+    """The outputs are made in the hidden staging folder, checked together, moved into place
+    together, then the sidecars are written."""
+
+    check: Callable[[Path, Sequence[FileReport]], None] | None = None
+    """Called with the staging folder and every file's report once all are made, before any moves
+    into place; what it raises discards them."""
+    sidecars: Sidecars | None = None
+    reuse: Callable[[], Sequence[FileReport] | None] | None = None
+    """Called first, under the lock: the reports of a finished output folder to keep whole, or None."""
+    keep: Keep | None = None
+
+
+Commit = Immediate | Staged
 
 
 @dataclass(frozen=True)
@@ -84,29 +121,17 @@ class Plan:
     steps: tuple[Step, ...]
     out_dir: Path
     verb: Verb
+    commit: Commit = Immediate()
     release: str = ""
     """What the expected digests come from, for messages (a release, or a manifest's path)."""
     force: bool = False
     """Replace files in the way that no run of ours made."""
     rehash: bool = False
     """Hash outputs already in place even when their records say they are unchanged."""
-    payload_folder: bool = False
-    """The folder gets published as it is: its records live in a hidden folder inside it."""
-    staged: bool = False
-    """Outputs are made in the hidden staging folder, then moved into place together."""
+    published: bool = False
+    """The folder gets published as it is (a payload): its records live in a hidden folder inside it."""
     preflight: Callable[[Sequence[Step]], None] | None = None
     """Called with the steps still to run, before any runs: checks (a base proof, the Hub's sha256)."""
-    retire: tuple[str, ...] = ()
-    """Files of a staged plan's folder removed just before the staged outputs move into place (a
-    finished folder's record, which `finish` writes again last: a half-made folder never passes
-    for a finished one)."""
-    approve: Callable[[Path, Sequence[FileReport]], None] | None = None
-    """A staged plan's last check: called with the staging folder and every file's report once all
-    are made, before any moves into place; what it raises discards them."""
-    reuse: Reuse | None = None
-    """Called first, under the lock: the reports of a finished output folder to keep whole, or None."""
-    confirm: Confirm | None = None
-    """Called for each output in place that was hashed and matched its record, under the lock:
-    False makes it again (see `Confirm`)."""
-    finish: Finish | None = None
-    """Called last, under the lock, with every file's report and whether `reuse` supplied them."""
+    plausible: Callable[[Path, str], str | None] | None = None
+    """For a decode: why the finished temporary file is not what its name says, or None; asked of
+    outputs no digest vouches for."""

@@ -11,9 +11,9 @@ from .._display import abridged
 from ..errors import OutputExistsError, XorWeightsError
 from ..outfolder.folder import STATE_DIGEST, Done, OutputFolder, hash_path
 from ..outfolder.paths import check_not_escaping_link
-from ..reports import FileReport
 from .job import same_output
-from .plan import Confirm, Step
+from .plan import Keep, Step
+from .report import FileReport
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def _keep(
     force: bool,
     rehash: bool,
     also: Sequence[str] = (),
-    confirm: Confirm | None = None,
+    confirm: Keep | None = None,
 ) -> Done | None:
     """The record of an output in place that can be kept, else None (it is made again).
 
@@ -99,7 +99,7 @@ def triage(
     *,
     force: bool,
     rehash: bool,
-    confirm: Confirm | None = None,
+    confirm: Keep | None = None,
 ) -> tuple[list[Step], list[FileReport]]:
     """Split the steps into those to run and outputs already in place that can be kept.
 
@@ -129,7 +129,7 @@ def triage(
             size,
             force=force,
             rehash=rehash,
-            also=step.sink.hash_written if step.sink.gzip_mtime is None else (),
+            also=step.sink.hash_written if step.sink.wrap is None else (),
             confirm=confirm,
         )
         if done is not None and _complete(done, step):
@@ -155,7 +155,7 @@ def _kept_report(step: Step, done: Done, *, verified: bool) -> FileReport:
         name=step.name,
         action=step.action,
         size=done.size,
-        compressed=step.sink.gzip_mtime is not None,
+        compressed=step.sink.wrap is not None,
         digests=dict(done.digests),
         input_digests=dict(done.sources.get("data", {})),
         base_digests=dict(done.sources.get("base", {})),

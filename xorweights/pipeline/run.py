@@ -2,8 +2,9 @@
 
 Lock the folder and read its records, keep what can be kept, check free space and the plan's
 pre-flight checks, run the remaining steps in parallel (largest first; the first failure stops the
-others), and commit: each output renamed into place only once complete and verified (or, for a
-staged plan, all moved into place together, then the plan's `finish`).
+others), and commit as the plan says: each output renamed into place only once complete and
+verified (`Immediate`), or all made in the staging folder, checked, moved into place together and
+followed by the plan's sidecar files (`Staged`), every file through the folder's journal.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import _cancel
@@ -24,14 +25,14 @@ from .._display import shown
 from .._progress import byte_bar
 from ..constants import PIPELINE_DEPTH, PIPELINE_SLOTS, STAGING_DIR, default_jobs
 from ..errors import ImplausibleOutputError, IOFailure
-from ..outfolder.atomic import fsync_dir
-from ..outfolder.folder import OutputFolder
+from ..outfolder.atomic import AtomicFile, fsync_dir
+from ..outfolder.folder import STATE_DIGEST, Crc32, OutputFolder
 from ..outfolder.space import SpaceWatch, check_outputs
-from ..reports import FileReport
-from ..sources import CompressingSource, PayloadSource
 from .job import Job, die_after_rename_for_tests, run_job
-from .plan import Plan, Step
+from .plan import Plan, Sidecars, Staged, Step
+from .report import FileReport
 from .resume import Inputs, triage
+from .source import sized_as_written, space_bound
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class Outcome:
 
     made: tuple[FileReport, ...]
     kept: tuple[FileReport, ...]
+    sidecars: Mapping[str, bytes] = field(default_factory=dict)
+    """The sidecar files this run wrote (a staged plan's), by name."""
 
     @property
     def files(self) -> list[FileReport]:
@@ -70,29 +73,29 @@ def run(plan: Plan, options: Options = Options()) -> Outcome:
         `ChecksumMismatchError` (and its subclasses), `IOFailure`, `FormatError`: from a step; the
             output in question is discarded, others already committed stay (a rerun keeps them).
     """
-    out_dir = plan.out_dir
-    state_dir = out_dir / STAGING_DIR / PAYLOAD_STATE if plan.payload_folder else None
+    out_dir, commit = plan.out_dir, plan.commit
+    state_dir = out_dir / STAGING_DIR / PAYLOAD_STATE if plan.published else None
     with (
-        _drop_empty_staging(out_dir / STAGING_DIR, plan.payload_folder),
+        _drop_empty_staging(out_dir / STAGING_DIR, plan.published),
         OutputFolder(out_dir, state_dir=state_dir) as folder,
     ):
-        found = plan.reuse() if plan.reuse is not None else None
+        found = commit.reuse() if isinstance(commit, Staged) and commit.reuse is not None else None
         if found is not None:
             logger.info("%s already holds this payload, made from the same inputs; kept", out_dir)
             outcome = Outcome((), tuple(found))
-            if plan.finish is not None:
-                plan.finish(outcome.files, True)
+            if isinstance(commit, Staged) and commit.sidecars is not None:
+                outcome = _write_sidecars(folder, commit.sidecars, outcome, reused=True, fsync=options.fsync)
         else:
             inputs = {s.name: s.inputs() for s in plan.steps}
             todo, kept = triage(
-                plan.steps, inputs, folder, force=plan.force, rehash=plan.rehash, confirm=plan.confirm
+                plan.steps, inputs, folder, force=plan.force, rehash=plan.rehash, confirm=commit.keep
             )
-            if plan.staged:
-                outcome = _run_staged(plan, options, folder, todo, kept, inputs)
+            if isinstance(commit, Staged):
+                outcome = _run_staged(plan, commit, options, folder, todo, kept, inputs)
             else:
                 made = _make(plan, options, folder, todo, inputs)
                 outcome = Outcome(tuple(made), tuple(kept))
-        if plan.staged:
+        if isinstance(commit, Staged):
             folder.close_state()
             _remove(out_dir / STAGING_DIR)
     return outcome
@@ -102,7 +105,8 @@ def _make(
     plan: Plan, options: Options, folder: OutputFolder, todo: Sequence[Step], inputs: Mapping[str, Inputs]
 ) -> list[FileReport]:
     """Check space and the pre-flight, then run the steps into `folder`."""
-    check_outputs(plan.out_dir, {s.name: size_bound(s) for s in todo}, staged=plan.staged)
+    staged = isinstance(plan.commit, Staged)
+    check_outputs(plan.out_dir, {s.name: size_bound(s) for s in todo}, staged=staged)
     if plan.preflight is not None:
         plan.preflight(todo)
     jobs = [
@@ -114,7 +118,8 @@ def _make(
             release=plan.release,
             fsync=options.fsync,
             drop_cache=options.drop_cache,
-            space=SpaceWatch(folder.path, s.name, plan.out_dir) if sized_as_written(s) else None,
+            space=SpaceWatch(folder.path, s.name, plan.out_dir) if sized_as_written(s.data) else None,
+            plausible=plan.plausible if plan.verb == "decode" else None,
         )
         for s in todo
     ]
@@ -129,25 +134,28 @@ def _make(
 
 def _run_staged(
     plan: Plan,
+    commit: Staged,
     options: Options,
     folder: OutputFolder,
     todo: list[Step],
     kept: list[FileReport],
     inputs: Mapping[str, Inputs],
 ) -> Outcome:
-    """Make the outputs in the staging folder, move them all into place, then `finish`."""
+    """Make the outputs in the staging folder, check them, move them all into place, then write the
+    sidecars."""
     staging = _fresh_staging(folder.path)
+    retire = commit.sidecars.names if commit.sidecars is not None else ()
     try:
         with OutputFolder(staging) as stage:
             # Staged files are ours whatever their records say (force): only complete ones are kept.
             todo, staged = triage(todo, inputs, stage, force=True, rehash=False)
             made = _make(plan, options, stage, todo, inputs)
-            if plan.approve is not None:
-                plan.approve(stage.path, [*kept, *staged, *made])
-            _publish_staged(stage, folder, [*staged, *made], inputs, retire=plan.retire)
+            if commit.check is not None:
+                commit.check(stage.path, [*kept, *staged, *made])
+            _publish_staged(stage, folder, [*staged, *made], inputs, retire=retire)
             outcome = Outcome(tuple(made), (*kept, *staged))
-            if plan.finish is not None:
-                plan.finish(outcome.files, False)
+            if commit.sidecars is not None:
+                outcome = _write_sidecars(folder, commit.sidecars, outcome, reused=False, fsync=options.fsync)
     except Exception:  # a failure (not a kill or an interrupt): nothing half-made stays behind
         folder.close_state()
         shutil.rmtree(staging, ignore_errors=True)
@@ -155,32 +163,35 @@ def _run_staged(
     return outcome
 
 
-def sized_as_written(step: Step) -> bool:
-    """Whether the output's size is known only once it is written: a compressed payload file (delta
-    frames), anywhere from a few bytes to more than the fine-tuned file."""
-    return isinstance(step.data, CompressingSource)
+def _write_sidecars(
+    folder: OutputFolder, sidecars: Sidecars, outcome: Outcome, *, reused: bool, fsync: bool
+) -> Outcome:
+    """Write the plan's sidecar files last, each journaled before its rename and recorded after it."""
+    files = dict(sidecars.make(outcome.files, reused))
+    for name, data in files.items():
+        crc = Crc32()
+        crc.update(data)
+        digests = {STATE_DIGEST: crc.hexdigest()}
+        folder.intend(name, len(data), digests, {}, durable=fsync)
+        try:
+            with AtomicFile(folder.path / name) as f:
+                f.write(data)
+                f.commit(durable=fsync)
+        except OSError as e:
+            raise IOFailure("saving", folder.path / name, e) from e
+        folder.record(name, digests, {})
+    return Outcome(outcome.made, outcome.kept, files)
 
 
 def size_bound(step: Step) -> int:
     """What an output may take, for the free-space check before anything is written: its expected
-    size; else its data's (an XOR output is as long as its payload file); for a gzip payload file
-    the larger of it and its base, since what it inflates to is known only once read. An output
-    `sized_as_written` counts nothing (any bound would refuse runs that fit): its writer watches
-    the free space instead (`SpaceWatch`)."""
-    if sized_as_written(step):
+    size, else its data's own bound (see `source.space_bound`). An output `sized_as_written` counts
+    nothing (any bound would refuse runs that fit): its writer watches the free space instead."""
+    if sized_as_written(step.data):
         return 0
     if step.expect_out is not None and step.expect_out.size is not None:
         return step.expect_out.size
-    size = step.data.size() or 0
-    data = step.data
-    if isinstance(data, PayloadSource) and step.base is not None:
-        try:
-            gzip = data.is_gzip()
-        except OSError as e:
-            raise IOFailure("reading", data.label, e) from e
-        if gzip:
-            size = max(size, step.base.size() or 0)
-    return size
+    return space_bound(step.data, step.base)
 
 
 def _run_jobs(jobs: list[Job], folder: OutputFolder, options: Options, *, desc: str) -> list[FileReport]:

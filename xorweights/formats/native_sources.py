@@ -1,0 +1,174 @@
+"""The sources of a native payload's pass: a payload file's base image (the base tensors at the
+payload's offsets), a compressed payload file read as the output's bytes (`FramedSource` decodes
+its delta frames), and a fine-tuned file read as its payload's frames (`CompressingSource`)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ..constants import CHUNK_SIZE
+from ..pipeline.source import FileSource, Source
+from .delta_frames import MaskedSpans
+from .frame_stream import FrameReader, FrameWriter, Span
+
+if TYPE_CHECKING:
+    from ..tensors.store import TensorStore
+
+
+@dataclass(frozen=True)
+class BaseImageSource:
+    """A native payload file's base: the base tensors at the payload's offsets (`BaseImage`)."""
+
+    store: TensorStore | None
+    """None when the payload uses no base tensor (every tensor stored raw): the image is zeros."""
+    segments: tuple[tuple[int, str | None, str | None], ...]
+    label: str
+    detail: str = ""
+
+    @property
+    def path(self) -> None:
+        return None
+
+    def open(self) -> BinaryIO:
+        return BaseImage(self.store, self.segments)  # type: ignore[return-value]
+
+    def size(self) -> int:
+        return sum(s[0] for s in self.segments)
+
+    def identity(self) -> tuple[int, int]:
+        return self.store.identity() if self.store is not None else (0, 0)
+
+
+class BaseImage(io.RawIOBase):
+    """The base side of one tensor-xor file, as long as the payload file.
+
+    Zeros where the payload holds its header or a raw tensor; where it holds an XOR-ed tensor,
+    that base tensor's bytes (read as the manifest's dtype), zero-padded or truncated to the
+    payload tensor's size, so that a grown vocabulary works.
+    """
+
+    def __init__(
+        self, store: TensorStore | None, segments: Sequence[tuple[int, str | None, str | None]]
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self._segments = list(reversed(segments))  # (length, base tensor or None, dtype)
+        self._left = 0
+        self._reader: Any = None
+        self._zeros = bytes(min(CHUNK_SIZE, max((s[0] for s in segments), default=0)))
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        while self._segments:
+            length, name, dtype = self._segments.pop()
+            if length:
+                self._left = length
+                if name is not None and self.store is not None:
+                    self._reader = self.store.reader(name, dtype)
+                return True
+        return False
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        if not len(view):
+            return 0
+        if self._left == 0 and not self._next():
+            return 0
+        want = min(len(view), self._left)
+        n = self._reader.readinto(view[:want]) if self._reader is not None else 0
+        if not n:  # a raw tensor, the header, or the padding past a shorter base tensor
+            n = min(want, len(self._zeros))
+            view[:n] = self._zeros[:n]
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        super().close()
+
+
+@dataclass(frozen=True)
+class FramedSource:
+    """A compressed native payload file (delta frames), read as the output's bytes: its base image
+    is read inside, frame by frame (so the step has no separate base)."""
+
+    payload: Source
+    image: BaseImageSource
+    tensors: tuple[tuple[int, str], ...] = ()
+    """`(offset, name)` of the output's tensors, so that errors name a bad frame's tensor."""
+    workers: int = 1
+    out_size: int | None = None
+    """The output's size: frames beyond it are refused (a hostile file cannot fill the disk)."""
+    masked: MaskedSpans | None = None
+    """Where the output MUST come from delta frames (the tensors masked by a base tensor)."""
+
+    @property
+    def label(self) -> str:
+        return self.payload.label
+
+    @property
+    def path(self) -> Path | None:
+        return self.payload.path
+
+    @property
+    def detail(self) -> str:
+        return self.payload.detail
+
+    def open(self) -> BinaryIO:
+        payload = self.payload.open()
+        try:
+            base = self.image.open()
+        except BaseException:
+            payload.close()
+            raise
+        return FrameReader(  # type: ignore[return-value]
+            payload,
+            base,
+            self.label,
+            workers=self.workers,
+            tensors=self.tensors,
+            limit=self.out_size,
+            masked=self.masked,
+        )
+
+    def size(self) -> int | None:
+        return self.payload.size()
+
+    def identity(self) -> tuple[int, int]:
+        return self.payload.identity()
+
+
+@dataclass(frozen=True)
+class CompressingSource(FileSource):
+    """A fine-tuned safetensors file read as the delta frames of its payload file, against its
+    base image; the file must still hash to the `sha256` it had when the encode was planned."""
+
+    image: BaseImageSource
+    spans: tuple[Span, ...]
+    sha256: str
+    workers: int = 1
+
+    sized_as_written = True
+    """Anywhere from a few bytes to more than the fine-tuned file: its writer watches the free space."""
+
+    def open(self) -> BinaryIO:
+        data = super().open()
+        try:
+            base = self.image.open()
+        except BaseException:
+            data.close()
+            raise
+        return FrameWriter(  # type: ignore[return-value]
+            data, base, self.spans, self.label, workers=self.workers, expect_sha256=self.sha256
+        )
