@@ -267,8 +267,8 @@ def test_drop_cache_keeps_the_inputs_and_output_out_of_the_page_cache(tmp_path: 
 
 
 def test_gzip_progress_counts_stored_bytes(tmp_path: Path, model_pair) -> None:
-    from xorweights.pipeline.job import _stored_progress
     from xorweights.formats.legacy_source import Inflating
+    from xorweights.pipeline.job import _stored_progress
 
     base, tuned = model_pair()
     payload = legacy_payload(tmp_path, base, tuned, compress=True)

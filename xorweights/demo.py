@@ -25,6 +25,7 @@ from .constants import CHUNK_SIZE
 from .decoding import decode
 from .encoding import encode
 from .formats.native_manifest import MANIFEST_NAME
+from .llama.tensors import open_tensors
 from .llama.torch_save import record_order, save_state_dict
 from .loading import load_state_dict
 from .reports import DecodeReport, EncodeReport
@@ -247,7 +248,7 @@ def save_base_copy(base_dir: os.PathLike[str] | str, out_dir: os.PathLike[str] |
     """
     t0 = time.perf_counter()
     base_dir, out_dir = Path(base_dir), Path(out_dir)
-    store = TensorStore.open(base_dir)
+    store = open_tensors(base_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.bin"):  # shards of an earlier run would hold the same tensors
         stale.unlink()

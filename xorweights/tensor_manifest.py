@@ -25,10 +25,11 @@ from .checksum_manifests import check_hex
 from .checksum_types import Mismatch, VerifyReport
 from .constants import CHUNK_SIZE, default_jobs
 from .errors import FormatError, MissingFileError
+from .llama.tensors import open_tensors
 from .outfolder.paths import read_bounded
 from .tensors.dtypes import DTYPE_SIZES
 from .tensors.safetensors_header import MAX_DIMS
-from .tensors.store import StoredTensor, TensorStore, cast, castable, tensor_array
+from .tensors.store import StoredTensor, cast, castable, tensor_array
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def verify_tensors(
     reported as extra. A tensor stored in another float dtype is compared by its values, cast
     exactly (one that the manifest's dtype cannot hold is a mismatch, never rounded into a match).
     """
-    store = TensorStore.open(folder)
+    store = open_tensors(folder)
     bad: list[Mismatch] = []
     missing = [n for n in manifest.tensors if store.get(n) is None]
     todo = []

@@ -100,3 +100,41 @@ allow_raw_option = click.option(
     help="Allow fine-tuned tensors (or files that may hold weights) with no base counterpart, named by "
     "this fnmatch pattern, to be stored unmasked (repeatable). Anything else stored raw is refused.",
 )
+
+
+class RegistryChoice(click.Choice):
+    """A choice among what a registry holds when the command line is read (a recipe or format
+    registered after this module was imported is offered too)."""
+
+    def __init__(self, names: Any) -> None:
+        self._names = names
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:
+        pass
+
+
+def payload_formats() -> tuple[str, ...]:
+    """The payload formats (codecs that encode)."""
+    from ..codecs import encodable
+
+    return encodable()
+
+
+def compress_modes() -> tuple[str, ...]:
+    """Every `--compress` mode of any format, in registry order."""
+    from ..codecs import CODECS
+
+    return tuple(dict.fromkeys(m for c in CODECS.values() for m in c.compress_modes))
+
+
+def recipes() -> tuple[str, ...]:
+    """The registered recipes."""
+    from ..delta.recipes import RECIPES
+
+    return tuple(RECIPES)

@@ -9,7 +9,15 @@ import click
 from ..decoding import decode
 from ._errors import EXIT_OK
 from ._group import EXAMPLES, cli
-from ._options import download_options, jobs_option, json_option, quiet_option
+from ._options import (
+    RegistryChoice,
+    download_options,
+    jobs_option,
+    json_option,
+    payload_formats,
+    quiet_option,
+    recipes,
+)
 from ._render import emit_json, print_decode
 
 
@@ -23,7 +31,7 @@ from ._render import emit_json, print_decode
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["auto", "xorweights", "oasst"]),
+    type=RegistryChoice(lambda: ("auto", *payload_formats())),
     default="auto",
     show_default=True,
     help="auto: native when the payload has xorweights.json, else legacy (plain or gzip, told per file).",
@@ -77,7 +85,7 @@ from ._render import emit_json, print_decode
 )
 @click.option(
     "--recipe",
-    type=click.Choice(["fastchat", "fastchat-v0", "llava", "alpaca", "koala"]),
+    type=RegistryChoice(recipes),
     default=None,
     help="PAYLOAD is an additive delta made by this recipe (see the README); picked automatically for a "
     "known delta release (`xorweights releases`).",

@@ -11,7 +11,15 @@ import click
 from ..encoding import encode
 from ._errors import EXIT_OK
 from ._group import cli
-from ._options import allow_raw_option, jobs_option, json_option, quiet_option
+from ._options import (
+    RegistryChoice,
+    allow_raw_option,
+    compress_modes,
+    jobs_option,
+    json_option,
+    payload_formats,
+    quiet_option,
+)
 from ._render import emit_json, print_encode
 
 
@@ -22,7 +30,7 @@ from ._render import emit_json, print_encode
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["xorweights", "oasst"]),
+    type=RegistryChoice(payload_formats),
     default="xorweights",
     show_default=True,
     help="xorweights: tensor-level XOR, decodable against any copy of the base, with xorweights.json; "
@@ -30,7 +38,7 @@ from ._render import emit_json, print_encode
 )
 @click.option(
     "--compress",
-    type=click.Choice(["zstd", "zstd-grouped", "none", "gzip"]),
+    type=RegistryChoice(compress_modes),
     default=None,
     help="How payload files are stored. xorweights: zstd (default: delta frames, format 2), "
     "zstd-grouped (a few percent smaller, slower to decode), none (format 1). "

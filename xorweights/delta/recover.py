@@ -25,6 +25,7 @@ from ..constants import MAX_MANIFEST_BYTES, default_jobs
 from ..errors import FormatError, InputError, MissingFileError
 from ..generated_file import GeneratedFile
 from ..llama.layout import MAX_SHARD_BYTES as BIN_SHARD_BYTES  # the 2023 default ("10GB")
+from ..llama.tensors import open_tensors
 from ..llama.torch_save import record_order, save_state_dict
 from ..outfolder.paths import is_regular, read_bounded
 from ..pipeline import BytesSource, FileSource, Plan, Sidecars, Staged, Step
@@ -188,7 +189,7 @@ def plan_recovery(
     sums: bool = False,
 ) -> Recovery:
     """Pair the tensors (refusing a wrong base first), split them into files, make the steps."""
-    base = TensorStore.open(base_dir)
+    base = open_tensors(base_dir)
     delta = open_delta(recipe, delta_dir, base_dir)
     if delta_dir.is_dir():  # its config.json is copied into the output
         check_delta_config(delta, delta_dir)
@@ -250,7 +251,7 @@ def open_delta(recipe: Recipe, path: Path, base_dir: Path) -> TensorStore:
     if recipe.open_delta is not None:
         return recipe.open_delta(path, base_dir)
     try:
-        return TensorStore.open(path)
+        return open_tensors(path)
     except MissingFileError as e:
         if path.is_dir() and easylm_files(path):
             raise MissingFileError(f"{e}; it holds an EasyLM diff: --recipe koala?", path=path) from None

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import _cancel
 from .._display import abridged
@@ -23,12 +23,9 @@ from .._progress import byte_bar
 from ..checksum_folders import hash_file
 from ..checksum_types import ChecksumManifest, FileDigest
 from ..errors import BaseMismatchError, FormatError, InputError, MissingFileError
+from ..llama.tensors import open_tensors
 from ..outfolder.paths import check_regular_file, is_regular
 from ..pipeline import FileSource, Source, Step
-from .native_sources import BaseImageSource, FramedSource
-
-if TYPE_CHECKING:
-    from ..hub.stream import HubFileSource
 from ..tensors.safetensors_header import SafetensorsHeader, read_header_from
 from ..tensors.store import StoredTensor, TensorStore, castable, nbytes_of
 from .delta_frames import MaskedSpans, starts_with_frame
@@ -39,6 +36,7 @@ from .native_manifest import (
     FileEntry,
     NativeManifest,
 )
+from .native_sources import BaseImageSource, FramedSource
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +203,7 @@ def check_base(
 
 
 def check_payload_files(
-    manifest: NativeManifest, payload_dir: Path, remote: Mapping[str, HubFileSource] | None = None
+    manifest: NativeManifest, payload_dir: Path, remote: Mapping[str, Any] | None = None
 ) -> None:
     """Every payload file is present with the size the manifest gives (cheap, before anything else);
     one read from the Hub (`remote`) must be listed there with the manifest's size and sha256."""
@@ -355,4 +353,4 @@ def expected_outputs(manifest: NativeManifest, published: ChecksumManifest | Non
 def open_store(manifest: NativeManifest, base_dir: Path) -> TensorStore | None:
     if not manifest.base_tensors:
         return None
-    return TensorStore.open(base_dir)
+    return open_tensors(base_dir)

@@ -24,11 +24,12 @@ from .._display import abridged, shown
 from .._progress import byte_bar
 from ..constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TORCH_SUFFIXES
 from ..errors import FormatError, InputError
+from ..llama.tensors import open_tensors
 from ..outfolder.paths import check_regular_file, is_regular
 from ..pipeline import FileSource, Step
 from ..tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES
 from ..tensors.safetensors_header import SafetensorsHeader, read_header
-from ..tensors.store import TensorStore, nbytes_of
+from ..tensors.store import nbytes_of
 from .delta_frames import DELTA, GROUP_KEYS, GROUPED, STORED
 from .frame_stream import FRAME_ELEMENTS, Span
 from .native import hash_all, segments
@@ -223,7 +224,7 @@ def prepare_encode(
     """
     methods, omitted, raw_items = _plan_files(src_dir, base_dir)
     headers = {n: read_header(src_dir / n) for n, m in methods.items() if m == "tensor-xor"}
-    store = TensorStore.open(base_dir) if headers else None
+    store = open_tensors(base_dir) if headers else None
     hints = NameHints(store.tensors if store is not None else ())
     bases: dict[str, dict[str, str | None]] = {}
     dtypes: dict[str, str] = {}

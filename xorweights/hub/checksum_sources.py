@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .._display import quoted
 from ..checksum_manifests import bundled_release
@@ -30,9 +30,6 @@ from .access import (
 from .download import download_files, download_kwargs
 from .model_card import CARD_NAME
 from .repo_spec import is_repo_spec, parse_payload_spec
-
-if TYPE_CHECKING:
-    from .payload import HubPayload
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +81,7 @@ def checksum_names(manifest: ChecksumManifest | None) -> frozenset[str]:
     return frozenset(n for files in stages for n in files)
 
 
-def release_checksums(payload: HubPayload) -> ChecksumManifest | None:
+def release_checksums(payload: Any) -> ChecksumManifest | None:
     """The checksums of a fetched release: those it was fetched with, the bundled manifest for
     its repo id, else its card's.
 

@@ -204,17 +204,6 @@ class TensorStore:
         folder = Path(folder)
         if not folder.is_dir():
             raise MissingFileError(f"base folder not found: {folder}", path=folder)
-        if is_regular(folder / "params.json") and any(folder.glob("consolidated.*.pth")):
-            from ..llama.convert import open_base
-
-            layout, compute = open_base(folder)
-            shapes = {n: (dt, shape) for n, dt, shape in layout.tensors()}
-            found = {
-                n: StoredTensor(n, shapes[n][0], tuple(shapes[n][1]), str(folder), compute=fn)
-                for n, fn in compute.items()
-            }
-            files = sorted(folder.glob("consolidated.*.pth")) + [folder / "params.json"]
-            return cls(folder, found, "meta", files)
         # The safetensors files when there are any (a folder often holds a .bin copy of the same weights).
         safetensors = sorted(p for p in folder.glob("*.safetensors") if _weight_file(p))
         if safetensors:
