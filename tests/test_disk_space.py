@@ -288,14 +288,15 @@ def compressible_pair(root: Path, mib: int) -> tuple[Path, Path]:
 
 def test_a_compressed_output_counts_nothing_up_front(tmp_path: Path) -> None:
     from xorweights.formats.native_encode import prepare_encode
-    from xorweights.pipeline.run import size_bound, sized_as_written
+    from xorweights.pipeline.run import size_bound
+    from xorweights.pipeline.source import sized_as_written
 
     base, ft = compressible_pair(tmp_path, 1)
     weights = (ft / "model.safetensors").stat().st_size
     for compress, expected in (("zstd", 0), ("none", weights)):
         plan = prepare_encode(ft, base, jobs=1, progress=False, compress=compress)  # type: ignore[arg-type]
         steps = {s.name: s for s in plan.steps}
-        assert sized_as_written(steps["model.safetensors"]) is (compress == "zstd")
+        assert sized_as_written(steps["model.safetensors"].data) is (compress == "zstd")
         assert size_bound(steps["model.safetensors"]) == expected
         assert size_bound(steps["config.json"]) == 14
 

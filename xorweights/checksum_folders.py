@@ -16,7 +16,7 @@ from typing import Any
 from . import _cancel
 from ._line_endings import line_ending_hint
 from ._progress import byte_bar
-from .checksum_manifests import load_checksums
+from .checksum_manifests import RemoteChecksums, load_checksums
 from .checksum_types import ChecksumManifest, ChecksumReport, Mismatch, VerifyReport
 from .constants import ALGORITHMS, CHUNK_SIZE, TEMP_PREFIX, default_jobs
 from .errors import InputError, MissingFileError
@@ -88,6 +88,7 @@ def verify(
     stage: str = "decoded",
     jobs: int | None = None,
     progress: bool = False,
+    remote: RemoteChecksums | None = None,
 ) -> VerifyReport:
     """Check every file a manifest stage lists against the files in `folder`.
 
@@ -99,6 +100,7 @@ def verify(
         stage: `decoded`, `hf_base` or `meta_original`.
         jobs: files hashed at once (default: number of cores).
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
+        remote: reads a repo id's checksums from the Hub (see `checksum_manifests.load_checksums`).
 
     Returns:
         `VerifyReport`; its `ok` is false on any mismatch or missing file.
@@ -116,7 +118,9 @@ def verify(
         tensors = tensor_manifest_at(checksums)
         if tensors is not None:
             return verify_tensors(folder, tensors, jobs=jobs, progress=progress)
-    manifest = checksums if isinstance(checksums, ChecksumManifest) else load_checksums(checksums)
+    manifest = (
+        checksums if isinstance(checksums, ChecksumManifest) else load_checksums(checksums, remote=remote)
+    )
     entries = manifest.stage(stage)
     if not entries:
         raise InputError(

@@ -71,10 +71,10 @@ def verify(
     jobs: int | None = None,
     progress: bool = False,
 ) -> VerifyReport:
-    """`checksum_folders.verify`, with `checksums` resolved as `load_checksums` does."""
-    if not isinstance(checksums, ChecksumManifest):
-        checksums = load_checksums(checksums)
-    return checksum_folders.verify(folder, checksums, stage=stage, jobs=jobs, progress=progress)
+    """`checksum_folders.verify`, a repo id's checksums read as `load_checksums` does."""
+    return checksum_folders.verify(
+        folder, checksums, stage=stage, jobs=jobs, progress=progress, remote=_from_hub
+    )
 
 
 def _from_hub(spec: str, access: Any, revision: str | None) -> ChecksumManifest | None:

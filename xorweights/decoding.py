@@ -39,6 +39,8 @@ class _Located:
     payload_dir: Path
     checksums: ChecksumManifest | None
     fetched: hub.HubPayload | None
+    expect: TensorManifest | None = None
+    """A delta's per-tensor digests to meet (its `--checksums`)."""
 
 
 def decode(
@@ -143,16 +145,35 @@ def decode(
         output_format=output_format,
         max_shard_bytes=_shard_bytes(max_shard_size),
     )
-    if recipe is not None or ask.release is not None:
-        ask = replace(ask, expect=_delta_checksums(checksums, ask.release))
-        where = _locate_delta(payload, ask, access, revision, subfolder, stream)
-        chosen = CODECS["delta"]
-    else:
-        where = _locate(
-            payload, ask, checksums, access, revision=revision, subfolder=subfolder, stream=stream
-        )
-        chosen = _pick(where.payload_dir, format)
+    where = _locate_any(payload, ask, checksums, access, revision, subfolder, stream)
+    chosen = (
+        CODECS["delta"]
+        if ask.recipe is not None or ask.release is not None
+        else _pick(where.payload_dir, format)
+    )
+    if chosen is not CODECS["delta"]:
         ask = replace(ask, gzip_backend=pick_gzip_backend(gzip_backend))
+    return _run(chosen, ask, where, started)
+
+
+def _locate_any(
+    payload: os.PathLike[str] | str,
+    ask: DecodeRequest,
+    checksums: os.PathLike[str] | str | ChecksumManifest | None,
+    access: hub.HubAccess,
+    revision: str | None,
+    subfolder: str | None,
+    stream: bool,
+) -> _Located:
+    """Where the payload is: an additive delta's folder or file, or an XOR payload's folder."""
+    if ask.recipe is not None or ask.release is not None:
+        return _locate_delta(payload, ask, checksums, access, revision, subfolder, stream)
+    return _locate(payload, ask, checksums, access, revision=revision, subfolder=subfolder, stream=stream)
+
+
+def _run(chosen: Codec, ask: DecodeRequest, where: _Located, started: float) -> DecodeReport:
+    """Check, plan and run the decode with the chosen codec; the report."""
+    options = ask.options
     fetched = where.fetched
     request = replace(
         ask,
@@ -162,6 +183,7 @@ def decode(
         only=frozenset({*fetched.files, *fetched.streamed}) if fetched else None,
         hub_check=_hub_check(fetched, options),
         source=fetched.source if fetched else None,
+        expect=where.expect,
     )
     with mismatch_over_format_error(fetched.streamed if fetched else {}):  # Hub bytes first
         chosen.check(request)
@@ -291,6 +313,7 @@ def _delta_checksums(checksums: object, release: DeltaRelease | None) -> TensorM
 def _locate_delta(
     payload: os.PathLike[str] | str,
     ask: DecodeRequest,
+    checksums: object,
     access: hub.HubAccess,
     revision: str | None,
     subfolder: str | None,
@@ -304,12 +327,13 @@ def _locate_delta(
     known = find_recipe(name) if name is not None else None
     if known is not None and known.from_repo is not None and hub.is_repo_spec(payload):
         raise InputError(known.from_repo.format(repo=payload))
+    expect = _delta_checksums(checksums, ask.release)
     if Path(payload).is_file():
-        return _Located(Path(payload), None, None)
+        return _Located(Path(payload), None, None, expect)
     where = _locate(payload, ask, None, access, revision=revision, subfolder=subfolder, stream=False)
     fetched = where.fetched
     if fetched is not None:
         names = sorted(n for n in fetched.files if n.endswith(WEIGHT_SUFFIXES))
         options = ask.options
         hub.check_lfs_files(fetched, names, jobs=options.jobs or default_jobs(), progress=options.progress)
-    return where
+    return replace(where, checksums=None, expect=expect)
