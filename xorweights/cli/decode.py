@@ -79,7 +79,7 @@ from ._render import emit_json, print_decode
     "--recipe",
     type=click.Choice(["fastchat", "fastchat-v0", "llava", "alpaca", "koala"]),
     default=None,
-    help="PAYLOAD is an additive delta made by this recipe (see the README); picked automatically for a "
+    help="PAYLOAD is an additive delta made by this recipe (see docs/recipes.md); picked automatically for a "
     "known delta release (`xorweights releases`).",
 )
 @click.option(
