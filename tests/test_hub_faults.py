@@ -7,7 +7,7 @@ one stderr line and exit 1 or 2, nothing under a final name; SIGINT, sent once t
 the request (a state, not a duration), must stop it with exit 130 and one line. Durations are only
 recorded (`-s` prints them); benchmarks/bench_hub_faults.py measures them.
 
-Bounds (documented in the README, `watch` and `stream`): with T = HF_HUB_DOWNLOAD_TIMEOUT, a
+Bounds (documented in docs/hub.md, `watch` and `stream`): with T = HF_HUB_DOWNLOAD_TIMEOUT, a
 trickled download ends within (MAX_REOPENS + 1) x T + MAX_REOPENS x 1 s (huggingface_hub's pause
 before resuming), a trickled stream within (MAX_REOPENS + 1) x T, dropped connections on a stream
 within the reopen pauses 0.5 + 1 + 2 + 4 + 8 s, a `Retry-After` beyond `MAX_RETRY_AFTER` at once,

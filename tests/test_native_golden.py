@@ -76,7 +76,7 @@ GOLDEN_V2 = Path(__file__).parent / "golden" / "native-tiny-v2"
 
 
 def independent_decode(payload: bytes, base_image: bytes) -> bytes:
-    """The README's delta-frame layout, decoded with struct, zstandard and Python integers only."""
+    """The delta-frame layout of docs/formats.md, decoded with struct, zstandard and Python integers only."""
     import zstandard
 
     out, pos, at = bytearray(), 0, 0

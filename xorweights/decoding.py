@@ -102,7 +102,8 @@ def decode(
         stream: with a repo id, read the payload's LFS files over HTTP as they are decoded, never
             on disk, each checked against the Hub's sha256 in the pass (see `hub.stream`).
         recipe: the payload is an additive delta made by this recipe (`fastchat`, `fastchat-v0`,
-            `llava`, `alpaca`, `koala`; README), picked for a known delta release (repo id or checksums).
+            `llava`, `alpaca`, `koala`; docs/recipes.md), picked for a known delta release (repo id
+            or checksums).
         output_format, max_shard_size: a delta recovery's weight files: `safetensors` or `bin`
             (2023 layout), split at `max_shard_size` (`5GB`; default 50GB, bin 10GB).
 

@@ -87,7 +87,7 @@ from ._render import emit_json, print_decode
     "--recipe",
     type=RegistryChoice(recipes),
     default=None,
-    help="PAYLOAD is an additive delta made by this recipe (see the README); picked automatically for a "
+    help="PAYLOAD is an additive delta made by this recipe (see docs/recipes.md); picked automatically for a "
     "known delta release (`xorweights releases`).",
 )
 @click.option(

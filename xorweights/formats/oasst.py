@@ -1,6 +1,6 @@
 """The legacy OpenAssistant XOR payload format (`oasst`), file by file.
 
-Spec (also in the README): every payload file is the byte-wise XOR of the fine-tuned file and
+Spec (also in docs/formats.md): every payload file is the byte-wise XOR of the fine-tuned file and
 the same-named base file, exactly as long as the fine-tuned file (base zero-padded or truncated);
 `added_tokens.json` is stored raw, or XOR-ed when the encoder's base held one (`raw_rule`); a
 payload file MAY be a gzip stream of that XOR, recognised by its first bytes. This module finds

@@ -1,6 +1,6 @@
 """The model card (`README.md`) of a published release: written by `publish`, read back by `decode`.
 
-Card spec (also in the README): a card MUST hold exactly one block opened by the line
+Card spec (also in docs/formats.md): a card MUST hold exactly one block opened by the line
 `<!-- xorweights-checksums -->` followed by a fenced `json` code block; the JSON is a checksum
 manifest (`xorweights-checksums/1`, as in `checksums/`) with the `decoded` stage and, for file-level
 payloads, the `hf_base` stage. Everything else in the card is for people and MAY change.
