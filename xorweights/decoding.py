@@ -80,16 +80,14 @@ def decode(
             the Hub's sha256 before it is read; checksums come from `checksums/` or the model card.
         base: the folder with the base files, named as in the payload.
         out: where the decoded files go; created if needed.
-        checksums (*optional*): a release name, repo id, manifest or `md5sum` file (the decoded
-            outputs). Base files are checked against `hf_base` and outputs against `decoded` in the
-            same pass; an output is renamed into place only when both match.
+        checksums (*optional*): a release name, repo id, manifest or `md5sum` file; base files are
+            held to `hf_base` and outputs to `decoded` in the same pass, renamed in only if both match.
         format: `auto` or `oasst` (the legacy file-level XOR; gzip payloads recognised).
         jobs: files decoded at once (default: the cores, at most 4); memory does not grow with size.
         force: overwrite files already in `out`.
         fsync, drop_cache: fsync each output before its rename; drop cached pages behind the cursor.
         gzip_backend: `auto` (isal when installed), `isal` or `zlib`.
-        payload_compression: legacy payloads: `auto` reads a file starting `1f 8b 08` as gzip;
-            `none` never decompresses; `gzip` requires every XOR-ed payload file to be gzip.
+        payload_compression: legacy payloads: `auto` (gzip when a file starts `1f 8b 08`), `none`, `gzip`.
         base_mode: `files` XORs with the base folder's files; `generate` streams the pinned
             conversion's files from LLaMA weights in any form (Meta's original, any HF copy);
             `auto` generates when files the payload needs are missing and LLaMA weights are there.
@@ -99,11 +97,10 @@ def decode(
         revision: the repo's branch, tag or commit (or `owner/name@revision`).
         subfolder: the payload folder when several hold model files (or `owner/name:subfolder`).
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
-        stream: with a repo id, read the payload's LFS files over HTTP as they are decoded, never
-            on disk, each checked against the Hub's sha256 in the pass (see `hub.stream`).
-        recipe: the payload is an additive delta made by this recipe (`fastchat`, `fastchat-v0`,
-            `llava`, `alpaca`, `koala`; docs/recipes.md), picked for a known delta release (repo id
-            or checksums).
+        stream: with a repo id, read the payload's LFS files over HTTP as they are decoded (never
+            on disk), each checked against the Hub's sha256 in the pass.
+        recipe: the payload is an additive delta made by this registered recipe (docs/recipes.md),
+            picked for a known delta release (repo id or checksums).
         output_format, max_shard_size: a delta recovery's weight files: `safetensors` or `bin`
             (2023 layout), split at `max_shard_size` (`5GB`; default 50GB, bin 10GB).
 
@@ -112,24 +109,19 @@ def decode(
 
     Raises:
         `MissingFileError`: the payload, the base folder or a base file is missing (named, first).
-        `HubError`: the repo cannot be fetched (unknown, no access, offline without a cache).
+        `HubError`: the repo cannot be fetched. `FormatError`: a payload file is corrupt.
         `PayloadMismatchError`: a downloaded payload file differs from the Hub's sha256.
-        `BaseMismatchError`: a base file is not the one the release was made against.
-        `ChecksumMismatchError`: an output differs from its published digest.
+        `BaseMismatchError`, `ChecksumMismatchError`: a base file or an output is not the published one.
         `OutputExistsError`: `out` already holds an output file and `force` is false.
-        `FormatError`: a payload file is corrupt (e.g. a truncated gzip stream).
     """
     _check_choice("payload format", format, ("auto", *encodable()))
     _check_choice("payload compression", payload_compression, ("auto", "none", "gzip"))
     started = time.perf_counter()
     if local_dir is not None and download_dir is not None and Path(local_dir) != Path(download_dir):
         raise InputError("local_dir and download_dir (its old name) name different folders", path=local_dir)
+    local = local_dir if local_dir is not None else download_dir
     access = hub.HubAccess(
-        local_dir=local_dir if local_dir is not None else download_dir,
-        cache_dir=cache_dir,
-        endpoint=endpoint,
-        token=token,
-        offline=offline,
+        local_dir=local, cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline
     )
     options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
     ask = DecodeRequest(
@@ -147,14 +139,10 @@ def decode(
         max_shard_bytes=_shard_bytes(max_shard_size),
     )
     where = _locate_any(payload, ask, checksums, access, revision, subfolder, stream)
-    chosen = (
-        CODECS["delta"]
-        if ask.recipe is not None or ask.release is not None
-        else _pick(where.payload_dir, format)
-    )
-    if chosen is not CODECS["delta"]:
-        ask = replace(ask, gzip_backend=pick_gzip_backend(gzip_backend))
-    return _run(chosen, ask, where, started)
+    if ask.recipe is not None or ask.release is not None:
+        return _run(CODECS["delta"], ask, where, started)
+    ask = replace(ask, gzip_backend=pick_gzip_backend(gzip_backend))
+    return _run(_pick(where.payload_dir, format), ask, where, started)
 
 
 def _locate_any(
