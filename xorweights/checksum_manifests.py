@@ -217,7 +217,7 @@ def load_checksums(
     """
     if isinstance(spec, os.PathLike) or Path(spec).is_file():
         if revision is not None:
-            raise InputError(f"--revision applies to a Hub repo id, not to the file {spec}", path=spec)
+            raise InputError(f"`revision` applies to a Hub repo id, not to the file {spec}", path=spec)
         return load_manifest_file(spec)
     name, _, rev = str(spec).partition("@")
     found = bundled_release(name)

@@ -205,7 +205,7 @@ def _pick(payload_dir: Path, format: str) -> Codec:
     chosen = codec(format)
     if format == "xorweights" and not chosen.detect(payload_dir):
         raise InputError(
-            f"{payload_dir} has no {MANIFEST_NAME}: not a native payload (try --format auto)",
+            f"{payload_dir} has no {MANIFEST_NAME}: not a native payload (try `format='auto'`)",
             path=payload_dir,
         )
     return chosen
@@ -293,7 +293,7 @@ def _delta_checksums(checksums: object, release: DeltaRelease | None) -> TensorM
         if release is not None and str(checksums).lower() in (release.name.lower(), release.repo_id.lower()):
             return None
     raise InputError(
-        f"--checksums {checksums}: a delta recovery takes a delta release's name or repo id, or an "
+        f"`checksums` {checksums}: a delta recovery takes a delta release's name or repo id, or an "
         "xorweights-tensors.json to meet tensor by tensor",
         path=str(checksums),
     )
@@ -311,7 +311,7 @@ def _locate_delta(
     """An additive delta: a folder (downloaded first for a repo id, its weight files checked against
     the Hub's sha256) or, for a recipe that reads one, a file."""
     if stream:
-        raise InputError("--stream applies to XOR payloads; a delta is downloaded, then recovered")
+        raise InputError("`stream` applies to XOR payloads; a delta is downloaded, then recovered")
     name = ask.recipe or (ask.release.recipe if ask.release else None)
     known = find_recipe(name) if name is not None else None
     if known is not None and known.from_repo is not None and hub.is_repo_spec(payload):

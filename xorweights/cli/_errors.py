@@ -14,7 +14,7 @@ import click
 from .._display import shown
 from ..constants import ENV_DEBUG, HTTP_MODULES, env_flag
 from ..errors import ChecksumMismatchError, XorWeightsError
-from ._group import cli
+from ._group import as_flags, cli
 from ._render import emit_json
 from ._signals import INTERRUPTED, Interrupted
 
@@ -26,7 +26,7 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and not isinstance(e, XorWeightsError):
         where = f": {e.filename!s}" if e.filename else ""
         return shown(f"{e.strerror or e}{where}")
-    return shown(str(e))
+    return shown(as_flags(str(e)))
 
 
 def _wants_json(args: Sequence[str]) -> bool:

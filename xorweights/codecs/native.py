@@ -31,8 +31,8 @@ class NativeCodec:
     def check(self, request: DecodeRequest) -> None:
         if request.payload_compression == "gzip":
             raise InputError(
-                f"{request.payload_dir} is a native payload, never gzip; --payload-compression gzip applies "
-                "to legacy payloads",
+                f"{request.payload_dir} is a native payload, never gzip; `payload_compression='gzip'` "
+                "applies to legacy payloads",
                 path=request.payload_dir,
             )
 
@@ -124,7 +124,7 @@ class NativeCodec:
             if found is None and not request.force:
                 raise OutputExistsError(
                     f"{out_dir} already holds {MANIFEST_NAME}, not of a payload made from these "
-                    "inputs; refusing to overwrite (use --force)",
+                    "inputs; refusing to overwrite (use `force=True`)",
                     path=out_dir / MANIFEST_NAME,
                 )
             return found

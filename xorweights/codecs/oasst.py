@@ -93,7 +93,7 @@ class OasstCodec:
         if request.base_name is not None and not request.with_checksums:
             raise InputError(
                 "a legacy (oasst) payload records its base name in the checksum manifest: "
-                "pass --manifest too, or give the name to `publish --base-name`"
+                "pass `with_checksums=True` too, or give the name to publish (`base_name`)"
             )
         src_dir, base_dir, out_dir = request.src_dir, request.base_dir, request.out_dir
         planned = oasst.plan(src_dir, base_dir, encoding=True)
@@ -143,7 +143,7 @@ def _warn_json_payloads(outcome: Outcome, out_dir: Path) -> None:
         if oasst.follows_raw_rule(f.name) and f.action == "xor" and oasst.parses_as_json(out_dir / f.name):
             logger.warning(
                 "payload %s parses as JSON although it is XOR-ed: a decoder without its published digest "
-                "would take it as stored; publish the decoded checksums (--manifest)",
+                "would take it as stored; publish the decoded checksums (`with_checksums=True`)",
                 f.name,
             )
 

@@ -112,7 +112,7 @@ def _shape_cause(recipe: Recipe, t: StoredTensor, b: StoredTensor) -> str:
             hint = {"fastchat": "fastchat-v0 (Vicuna v0) or llava"}.get(recipe.name, "another recipe")
             return (
                 f"{shapes}: the delta's vocabulary is {rows_t} = {rows_b} + {rows_t - rows_b} added tokens, "
-                f"which the {recipe.name} recipe does not grow into; try --recipe {hint}"
+                f"which the {recipe.name} recipe does not grow into; try `recipe` {hint}"
             )
         return (
             f"{shapes}: the base's vocabulary ({rows_b}) is larger than the delta's ({rows_t}); the base "

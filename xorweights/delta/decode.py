@@ -50,7 +50,7 @@ def plan_delta(
     release = delta_options.release
     name = delta_options.recipe or (release.recipe if release else None)
     if name is None:
-        raise InputError(f"{delta_dir}: which recipe made this delta? give --recipe (fastchat, llava, ...)")
+        raise InputError(f"{delta_dir}: which recipe made this delta? give `recipe` (fastchat, llava, ...)")
     recipe = find_recipe(name)
     if release is not None and release.recipe != recipe.name:
         logger.warning(

@@ -254,7 +254,7 @@ def open_delta(recipe: Recipe, path: Path, base_dir: Path) -> TensorStore:
         return open_tensors(path)
     except MissingFileError as e:
         if path.is_dir() and easylm_files(path):
-            raise MissingFileError(f"{e}; it holds an EasyLM diff: --recipe koala?", path=path) from None
+            raise MissingFileError(f"{e}; it holds an EasyLM diff: `recipe='koala'`?", path=path) from None
         raise
 
 
@@ -353,7 +353,7 @@ def _refuse_other_layouts(out_dir: Path, names: set[str]) -> None:
         raise InputError(
             f"{out_dir} holds weight files this recovery does not write ({abridged(stale, 3)}): "
             "another layout (shard size or format) or another model; "
-            "remove them or choose another --out",
+            "remove them or choose another `out`",
             path=out_dir / stale[0],
         )
 

@@ -550,7 +550,7 @@ def check_gzip_head(path: Path, head: bytes) -> None:
     if head[: len(GZIP_MAGIC)] != GZIP_MAGIC:
         raise FormatError(
             f"payload {path} is not gzip (it starts with {head[: len(GZIP_MAGIC)].hex() or 'nothing'}, "
-            f"not {GZIP_MAGIC.hex()}), but --payload-compression gzip requires every XOR-ed payload file "
+            f"not {GZIP_MAGIC.hex()}), but `payload_compression='gzip'` requires every XOR-ed payload file "
             "to be gzip",
             path=path,
         )

@@ -142,7 +142,7 @@ class PayloadSource:
         if self.compression == "auto" and self.path is not None and not _inflates_at_first(self.path):
             return (
                 "if it is a plain XOR that merely begins with 1f 8b 08, decode with "
-                f'--payload-compression none (payload_compression="none"); else {damaged}'
+                f'`payload_compression="none"`; else {damaged}'
             )
         return damaged
 
@@ -165,6 +165,6 @@ def refuse_gzip_head(temp: Path, *, name: str, data: Path | None) -> None:
         if head.read(len(gzip_stream.GZIP_MAGIC)) == gzip_stream.GZIP_MAGIC:
             raise FormatError(
                 f"payload {name} would start with the gzip magic bytes and be misread "
-                "when decoded; encode with --compress gzip",
+                "when decoded; encode with `compress='gzip'`",
                 path=data,
             )

@@ -214,7 +214,7 @@ def _refuse_unknown_raw(source: Path) -> None:
         raise RawStorageError(
             f"refusing to store {shown(source.name)} in the clear: the base has no file of its name to "
             f"XOR it with, and {why}; give the base that file, or use the native format "
-            "(--format xorweights) with --allow-raw",
+            "(`format='xorweights'`) with `allow_raw`",
             path=source,
             items=[source.name],
             nbytes=source.stat().st_size,
@@ -226,7 +226,7 @@ def _warn_unmasked_tail(source: Path, base: Path) -> None:
     if tail > 0 and source.name.lower().endswith(WEIGHT_SUFFIXES):
         logger.warning(
             "%s: its last %d bytes lie past the end of its base file and are stored unmasked, as the "
-            "legacy format does; the native format (--format xorweights) masks tensor by tensor",
+            "legacy format does; the native format (`format='xorweights'`) masks tensor by tensor",
             shown(source.name),
             tail,
         )
@@ -263,7 +263,7 @@ def refuse_plain_payload(payload_dir: Path, raw: Sequence[str], only: Collection
         if plain:
             raise ImplausibleOutputError(
                 f"payload file {entry.path} is a valid {plausible.kind(name)} as it is, so it was not "
-                f"XOR-ed: {payload_dir} looks like a model (an additive delta? give --recipe; or a native "
+                f"XOR-ed: {payload_dir} looks like a model (an additive delta? give `recipe`; or a native "
                 f"payload missing its {MANIFEST_NAME}), not an XOR payload",
                 path=entry.path,
                 algorithm="plausibility",

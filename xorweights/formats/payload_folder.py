@@ -51,7 +51,7 @@ class PayloadHints:
     """File names the release's checksums list (a legacy payload's files carry the output names)."""
     repo_name: str | None = None
     """The repo's name (or the download folder's), matched against folder names."""
-    choose: str = "--subfolder SUBFOLDER"
+    choose: str = "`subfolder=SUBFOLDER`"
     """How the user picks one, for the message listing the candidates."""
 
 

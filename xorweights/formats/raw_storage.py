@@ -374,7 +374,7 @@ def refuse_unallowed(
     if publishing:
         message = (
             f"refusing to publish: {where} stores {what} ({human_bytes(nbytes)}) in the clear: {listed}; "
-            "to publish them unmasked on purpose, pass the --allow-raw patterns the payload was encoded with"
+            "to publish them unmasked on purpose, pass the `allow_raw` patterns the payload was encoded with"
         )
     else:
         if files:
@@ -390,7 +390,7 @@ def refuse_unallowed(
         message = (
             f"refusing to store {what} ({human_bytes(nbytes)}) in the clear: {where} does not mask "
             f"{listed}; likely cause: {cause}; to store them raw on purpose, name them with "
-            "--allow-raw PATTERN"
+            "`allow_raw=PATTERN`"
         )
     raise RawStorageError(message, path=where, items=[i.label for i in refused], nbytes=nbytes)
 

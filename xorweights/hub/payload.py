@@ -144,13 +144,13 @@ def fetch(
     offline = offline_default() if access.offline is None else access.offline
     if stream and offline:
         raise InputError(
-            f"{spec}: --stream reads the payload from the Hub, which offline mode forbids; "
-            "decode from the cache without --stream",
+            f"{spec}: `stream` reads the payload from the Hub, which offline mode forbids; "
+            "decode from the cache without `stream`",
             path=spec,
         )
     kw = download_kwargs(access, progress)
     local = access.local_dir is not None
-    choose = f"{repo_id}{'@' + rs.revision if rs.revision else ''}:SUBFOLDER (or --subfolder SUBFOLDER)"
+    choose = f"{repo_id}{'@' + rs.revision if rs.revision else ''}:SUBFOLDER (or `subfolder=SUBFOLDER`)"
 
     def hints(found: ChecksumManifest | None) -> PayloadHints:
         return PayloadHints(rs.subfolder, checksum_names(found), repo_id.split("/")[-1], choose)
@@ -253,7 +253,7 @@ def locate_payload(
                 there = Path(folder).resolve()
                 if here == there or there in here.parents or here in there.parents:
                     raise InputError(
-                        f"--local-dir {access.local_dir} overlaps the {role} folder {folder}: the download "
+                        f"`local_dir` {access.local_dir} overlaps the {role} folder {folder}: the download "
                         "would overwrite it; choose another folder",
                         path=access.local_dir,
                     )
@@ -268,7 +268,7 @@ def locate_payload(
         )
         check_lfs_files(fetched, [MANIFEST_NAME], jobs=1, progress=False)
         return fetched.payload_dir, fetched
-    for option, given in (("--revision", revision is not None), ("--stream", stream)):
+    for option, given in (("`revision`", revision is not None), ("`stream`", stream)):
         if given:
             raise InputError(
                 f"{option} applies to a Hub repo id, not to the local folder {payload}", path=payload

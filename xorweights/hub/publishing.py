@@ -143,12 +143,12 @@ def _release(
         return _Release("xorweights", release, want, manifest, raw)
     if allow_raw:
         raise InputError(
-            f"{payload_dir} is a file-level (oasst) payload: --allow-raw applies to native payloads",
+            f"{payload_dir} is a file-level (oasst) payload: `allow_raw` applies to native payloads",
             path=payload_dir,
         )
     if checksums is None:
         raise InputError(
-            f"{payload_dir} is a file-level (oasst) payload: pass --checksums with the manifest "
+            f"{payload_dir} is a file-level (oasst) payload: pass `checksums` with the manifest "
             "`xorweights encode --manifest` wrote, so the card can carry the base and decoded checksums",
             path=payload_dir,
         )
@@ -452,7 +452,7 @@ def _ensure_repo(api: Any, repo_id: str, *, private: bool) -> bool:
         if private and not info.private:
             raise InputError(
                 f"{repo_id} exists and is public: publishing would not make it private; change its "
-                "visibility on the Hub first, or publish without --private",
+                "visibility on the Hub first, or publish without `private`",
                 path=repo_id,
             )
         return True

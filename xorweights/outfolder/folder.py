@@ -276,7 +276,7 @@ class OutputFolder:
         except BlockingIOError:
             os.close(fd)
             raise FolderLockedError(
-                f"{self.path} is in use by another xorweights process; wait for it or use another --out",
+                f"{self.path} is in use by another xorweights process; wait for it or use another `out`",
                 path=self.path,
             ) from None
         self._fd = fd

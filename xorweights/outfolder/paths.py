@@ -238,6 +238,6 @@ def check_out_dir(out: Path, inputs: dict[str, Path]) -> None:
     """
     for role, folder in inputs.items():
         if out.resolve() == folder.resolve():
-            raise InputError(f"--out must differ from the {role} folder ({folder})", path=out)
+            raise InputError(f"`out` must differ from the {role} folder ({folder})", path=out)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out must be a folder: {out}", path=out)
+        raise InputError(f"`out` must be a folder: {out}", path=out)

@@ -128,7 +128,7 @@ class SpaceWatch:
         return NoSpaceError(
             f"not enough free space in {os.fspath(self.shown_as)}: the disk filled up while writing "
             f"{self.name}{left} (a compressed output's size is known only as it is written; the partial "
-            "file is removed): free some space or choose another --out, and run again",
+            "file is removed): free some space or choose another `out`, and run again",
             path=self.shown_as,
             actual=free,
         )

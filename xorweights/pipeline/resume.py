@@ -144,7 +144,7 @@ def triage(
         raise OutputExistsError(
             f"{folder.path} already holds {abridged(taken)}, not made by xorweights"
             + (" and not matching the published checksums" if expected else "")
-            + "; refusing to overwrite (use --force)",
+            + "; refusing to overwrite (use `force=True`)",
             path=folder.path / taken[0],
         )
     return todo, kept
