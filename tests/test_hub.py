@@ -261,7 +261,7 @@ def test_publish_refuses_a_payload_that_changed_since_encoding(native_release, h
 
 
 def test_publish_legacy_payload_needs_its_manifest(legacy_release, hub) -> None:
-    with pytest.raises(xorweights.InputError, match="pass --checksums"):
+    with pytest.raises(xorweights.InputError, match="pass `checksums`"):
         publish(legacy_release["payload"], "me/legacy-xor", **_pub(hub))
 
 
@@ -320,7 +320,7 @@ def test_encode_base_name_reaches_the_card_front_matter(native_release, hub, tmp
 
 def test_legacy_base_name_goes_through_the_checksum_manifest(hub, tmp_path) -> None:
     base, ft = legacy_folders(tmp_path)
-    with pytest.raises(xorweights.InputError, match="pass --manifest too"):
+    with pytest.raises(xorweights.InputError, match=r"pass `with_checksums=True` too"):
         xorweights.encode(ft, base=base, out=tmp_path / "p0", format="oasst", base_name="meta/llama-7b")
     report = xorweights.encode(
         ft,

@@ -154,12 +154,12 @@ def test_a_killed_streaming_decode_resumes_keeping_what_it_finished(legacy_relea
 
 
 def test_stream_needs_a_repo_id_and_the_network(native_release, hub, tmp_path) -> None:
-    with pytest.raises(InputError, match="--stream applies to a Hub repo id"):
+    with pytest.raises(InputError, match="`stream` applies to a Hub repo id"):
         xorweights.decode(
             native_release["payload"], base=native_release["base"], out=tmp_path / "o", stream=True
         )
     publish(native_release["payload"], "org/ft-xor", endpoint=hub.url, token=TOKEN)
-    with pytest.raises(InputError, match="--stream reads the payload from the Hub"):
+    with pytest.raises(InputError, match="`stream` reads the payload from the Hub"):
         xorweights.decode(
             "org/ft-xor", base=native_release["base"], out=tmp_path / "o", **kw(hub, tmp_path, offline=True)
         )

@@ -170,7 +170,7 @@ def test_out_may_not_be_an_input_folder(tmp_path: Path, model_pair) -> None:
 def test_plain_payload_that_would_look_like_gzip_is_refused(tmp_path: Path) -> None:
     base = write_files(tmp_path / "base", {"w.dat": b"\x00\x00\x00rest"})
     tuned = write_files(tmp_path / "tuned", {"w.dat": b"\x1f\x8b\x08data"})
-    with pytest.raises(xorweights.FormatError, match="--compress gzip"):
+    with pytest.raises(xorweights.FormatError, match="encode with `compress='gzip'`"):
         xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload")
     assert tree(tmp_path / "payload") == {}
     xorweights.encode(tuned, format="oasst", base=base, out=tmp_path / "payload", compress="gzip")

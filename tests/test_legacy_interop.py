@@ -249,7 +249,7 @@ def test_plain_payload_starting_like_gzip_decodes_with_compression_none(tmp_path
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_auto_failing_on_gzip_magic_suggests_compression_none(tmp_path: Path, backend: str) -> None:
     base, _, payload = magic_pair(tmp_path)
-    with pytest.raises(xorweights.FormatError, match="--payload-compression none") as info:
+    with pytest.raises(xorweights.FormatError, match="decode with `payload_compression=\"none\"`") as info:
         xorweights.decode(payload, base=base, out=tmp_path / "out", gzip_backend=backend)
     assert info.value.path == str(payload / "tokenizer.model")
     assert "tokenizer.model" not in tree(tmp_path / "out")

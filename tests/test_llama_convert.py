@@ -287,7 +287,7 @@ def test_base_convert_refuses_its_source_as_out_and_a_fifo_shard(tmp_path: Path)
     src = tmp_path / "meta"
     shutil.copytree(GOLDEN / CASES[0] / "meta", src)
     before = {p.name: p.read_bytes() for p in src.iterdir()}
-    with pytest.raises(InputError, match="--out must differ from the source folder"):
+    with pytest.raises(InputError, match="`out` must differ from the source folder"):
         convert_base(src, src, force=True)
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
     (src / "consolidated.00.pth").unlink()

@@ -52,7 +52,7 @@ def test_partial_base_is_refused_before_anything_is_written(tmp_path: Path) -> N
     assert sorted(e.items) == sorted(f"model.safetensors:{n}" for n in dropped)
     ft_sd = load_file(str(ft / "model.safetensors"))
     assert e.nbytes == sum(ft_sd[n].numel() * ft_sd[n].element_size() for n in dropped)
-    assert "3 fine-tuned tensors" in str(e) and "--allow-raw" in str(e) and "partial base" in str(e)
+    assert "3 fine-tuned tensors" in str(e) and "`allow_raw=PATTERN`" in str(e) and "partial base" in str(e)
     assert "\n" not in str(e)
     assert not out.exists()  # nothing written, not even the folder
 

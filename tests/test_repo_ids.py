@@ -112,7 +112,7 @@ def test_ambiguous_folders_are_listed_with_the_way_to_choose(release, hub, tmp_p
     with pytest.raises(InputError) as e:
         xorweights.decode("me/two", base=release["base"], out=tmp_path / "o", **kw)
     message = str(e.value)
-    assert "'a', 'decoy'" in message and "me/two:SUBFOLDER (or --subfolder SUBFOLDER)" in message
+    assert "'a', 'decoy'" in message and "me/two:SUBFOLDER (or `subfolder=SUBFOLDER`)" in message
     assert not (tmp_path / "o").exists()
 
     xorweights.decode("me/two:a", base=release["base"], out=tmp_path / "o1", **kw)
@@ -230,7 +230,7 @@ def test_iter_tensors_and_load_state_dict_take_a_repo_id(hub, tmp_path) -> None:
     )
     assert sorted(got) == sorted(tuned) and all(np.array_equal(got[n], tuned[n]) for n in tuned)
     assert list(one) == ["w1"] and np.array_equal(one["w1"], tuned["w1"])
-    with pytest.raises(InputError, match="--revision applies to a Hub repo id, not to the local folder"):
+    with pytest.raises(InputError, match="`revision` applies to a Hub repo id, not to the local folder"):
         next(xorweights.iter_tensors(tmp_path / "payload", tmp_path / "base", revision="main"))
 
 
