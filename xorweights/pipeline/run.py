@@ -29,7 +29,7 @@ from ..outfolder.folder import OutputFolder
 from ..outfolder.space import SpaceWatch, check_outputs
 from ..reports import FileReport
 from ..sources import CompressingSource, PayloadSource
-from .job import Job, die_after_rename_for_tests, run_job
+from .job import Job, run_job
 from .plan import Plan, Step
 from .resume import Inputs, triage
 
@@ -302,7 +302,6 @@ def _publish_staged(
             sources = {"data": f.input_digests, "base": f.base_digests}
             folder.intend(f.name, f.size, f.digests, inputs[f.name], sources=sources)
             os.replace(stage.path / f.name, folder.path / f.name)
-            die_after_rename_for_tests()
             folder.record(f.name, f.digests, inputs[f.name], sources)
             stage.discard([f.name])
         fsync_dir(folder.path)
