@@ -11,19 +11,18 @@ from pathlib import Path
 import pytest
 
 import xorweights
+from tests import die_after_rename
 from tests.conftest import tree
-from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME, STATE_FILE, STATE_JOURNAL
+from xorweights.constants import STATE_FILE, STATE_JOURNAL
 from xorweights.outfolder.folder import STATE_DIGEST, OutputFolder
 
 
 def _cli(*args: object, die_after: int | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "XORWEIGHTS_DISABLE_PROGRESS_BARS": "1"}
-    env.pop(ENV_TEST_DIE_AFTER_RENAME, None)
-    if die_after is not None:
-        env[ENV_TEST_DIE_AFTER_RENAME] = str(die_after)
-    return subprocess.run(
-        [sys.executable, "-m", "xorweights.cli", *map(str, args)], env=env, capture_output=True, text=True
-    )
+    cmd = [sys.executable, "-m", "xorweights.cli", *map(str, args)]
+    if die_after is not None:  # killed right after its `die_after`th rename (tests/die_after_rename.py)
+        cmd = die_after_rename.command(die_after, cmd)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True)
 
 
 def outputs(folder: Path) -> set[str]:

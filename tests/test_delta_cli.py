@@ -140,12 +140,11 @@ def test_wrong_base_is_one_line_and_writes_nothing(tmp_path, capsys) -> None:
 
 
 def test_a_killed_recovery_resumes_and_ends_as_an_uninterrupted_one(tmp_path, capsys) -> None:
-    import os
     import subprocess
     import sys
 
+    from tests import die_after_rename
     from tests.conftest import tree
-    from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME
 
     base = llama_state()
     save_model(tmp_path / "base", base)
@@ -176,7 +175,7 @@ def test_a_killed_recovery_resumes_and_ends_as_an_uninterrupted_one(tmp_path, ca
         out,
         *map(str, common),
     ]
-    killed = subprocess.run(args, env={**os.environ, ENV_TEST_DIE_AFTER_RENAME: "2"}, capture_output=True)
+    killed = subprocess.run(die_after_rename.command(2, args), capture_output=True)
     assert killed.returncode == 9
     assert not list((tmp_path / "out").glob("model*.safetensors"))  # staged: nothing is in place yet
     again = subprocess.run(args, capture_output=True, text=True)
@@ -290,11 +289,10 @@ def test_a_hand_edited_manifest_is_not_trusted_on_a_rerun(tmp_path, capsys, reco
 def test_shards_staged_by_an_interrupted_run_are_hashed_not_taken_from_the_old_manifest(
     tmp_path, capsys
 ) -> None:
-    import os
     import subprocess
     import sys
 
-    from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME
+    from tests import die_after_rename
 
     base = llama_state()
     save_model(tmp_path / "base", base)
@@ -330,7 +328,7 @@ def test_shards_staged_by_an_interrupted_run_are_hashed_not_taken_from_the_old_m
         str(out),
         *common,
     ]
-    killed = subprocess.run(args, env={**os.environ, ENV_TEST_DIE_AFTER_RENAME: "3"}, capture_output=True)
+    killed = subprocess.run(die_after_rename.command(3, args), capture_output=True)
     assert killed.returncode == 9
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import xorweights
-from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME, STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
+from xorweights.constants import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.hub import publishing
 
+from . import die_after_rename
 from .conftest import random_bytes, tree, write_files
 from .process_states import signal_stopped, step_until
 
@@ -126,7 +127,7 @@ def test_rerun_after_a_kill_at_each_rename_keeps_what_was_finished(setup) -> Non
     for n in range(1, renames + 1):
         out = tmp_path / f"out-{n}"
         cmd = encode_cmd(ft, base, out, fmt)
-        died = run(cmd, **{ENV_TEST_DIE_AFTER_RENAME: str(n)})
+        died = run(die_after_rename.command(n, cmd))
         assert died.returncode == 9, died.stderr
         kept, _ = rerun_after(cmd, out, reference)
         assert kept >= min(n, SHARDS + 1)  # at least the files renamed before the kill
@@ -204,7 +205,7 @@ def test_publish_of_a_resumed_payload_sends_no_state(setup) -> None:
     cmd = encode_cmd(ft, base, out, fmt)
     if fmt == "oasst":  # the killed run computed the checksums too (else its files are made again)
         cmd += ["--manifest", str(tmp_path / "m.json")]
-    assert run(cmd, **{ENV_TEST_DIE_AFTER_RENAME: "2"}).returncode == 9
+    assert run(die_after_rename.command(2, cmd)).returncode == 9
     report = xorweights.encode(ft, base=base, out=out, format=fmt, with_checksums=True)  # type: ignore[arg-type]
     assert any(f.kept for f in report.files)
     rel = publishing._release(out, "me/x", report.manifest if fmt == "oasst" else None)
@@ -252,6 +253,6 @@ def test_a_forced_encode_killed_midway_keeps_the_finished_payload_whole(tmp_path
     for p in ft.iterdir():
         (changed / p.name).write_bytes(p.read_bytes())
     (changed / "config.json").write_bytes(b'{"model_type": "other"}\n')
-    died = run([*encode_cmd(changed, base, out, "xorweights"), "--force"], **{ENV_TEST_DIE_AFTER_RENAME: "1"})
+    died = run(die_after_rename.command(1, [*encode_cmd(changed, base, out, "xorweights"), "--force"]))
     assert died.returncode == 9, died.stderr
     assert payload(out) == before  # xorweights.json included

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 import xorweights
+from tests import die_after_rename
 from tests.conftest import random_bytes, tree, write_files
 from tests.hubserver import TOKEN, HubServer
 from xorweights import publish
-from xorweights.constants import ENV_TEST_DIE_AFTER_RENAME
 from xorweights.errors import InputError, PayloadMismatchError
 
 pytestmark = pytest.mark.hub
@@ -138,9 +138,7 @@ def test_a_killed_streaming_decode_resumes_keeping_what_it_finished(legacy_relea
         "--out",
         str(tmp_path / "out"),
     ]
-    killed = subprocess.run(
-        args, env={**env, ENV_TEST_DIE_AFTER_RENAME: "1"}, capture_output=True, timeout=300
-    )
+    killed = subprocess.run(die_after_rename.command(1, args), env=env, capture_output=True, timeout=300)
     assert killed.returncode == 9
     first = [n for n in tree(tmp_path / "out") if not n.startswith(".")]
     assert len(first) == 1  # one output renamed into place, then the process died

@@ -168,6 +168,30 @@ def test_headers_and_members_split_across_reads(backend: str) -> None:
             b"".join(_gzip.inflate(io.BytesIO(stream), backend, block=5))
 
 
+def test_isal_inflates_every_member_zlib_only_what_isal_cannot_read(monkeypatch) -> None:
+    """ISA-L reads a member whose header comes in its first bytes, even split across reads; zlib
+    takes over only a header longer than those, or reserved flag bits (which ISA-L ignores)."""
+    zlib_members = []
+    inflate_zlib = _gzip._inflate_zlib
+
+    def counted(src, piece):  # type: ignore[no-untyped-def]
+        zlib_members.append(src.consumed)
+        return inflate_zlib(src, piece)
+
+    monkeypatch.setattr(_gzip, "_inflate_zlib", counted)
+    for case in ("every flag", "members with other flags", "many small members", "FNAME 3 MiB"):
+        stream, expected = VALID[case]
+        for block in (7, _gzip.BLOCK) if len(stream) < 1 << 20 else (_gzip.BLOCK,):
+            assert b"".join(_gzip.inflate(io.BytesIO(stream), "isal", block=block)) == expected
+            assert zlib_members == [], (case, block)
+    stream, expected = VALID["FCOMMENT past 32 MiB"]
+    assert b"".join(_gzip.inflate(io.BytesIO(stream), "isal")) == expected
+    assert zlib_members == [0]
+    with pytest.raises(gzip.BadGzipFile, match="reserved header flag bits set"):
+        b"".join(_gzip.inflate(io.BytesIO(INVALID["reserved flag bit, second member"]), "isal"))
+    assert zlib_members == [0, len(member(DATA[:HALF]))]  # the second member only
+
+
 def xor(a: bytes, b: bytes) -> bytes:
     """The legacy XOR: as long as `a`, `b` zero-padded or truncated."""
     x = np.frombuffer(a, np.uint8)
@@ -249,7 +273,7 @@ def test_plain_payload_starting_like_gzip_decodes_with_compression_none(tmp_path
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_auto_failing_on_gzip_magic_suggests_compression_none(tmp_path: Path, backend: str) -> None:
     base, _, payload = magic_pair(tmp_path)
-    with pytest.raises(xorweights.FormatError, match="decode with `payload_compression=\"none\"`") as info:
+    with pytest.raises(xorweights.FormatError, match='decode with `payload_compression="none"`') as info:
         xorweights.decode(payload, base=base, out=tmp_path / "out", gzip_backend=backend)
     assert info.value.path == str(payload / "tokenizer.model")
     assert "tokenizer.model" not in tree(tmp_path / "out")

@@ -47,12 +47,15 @@ def test_file_bytes_equal_the_reference_library(tmp_path: Path) -> None:
 
 
 def test_sharding_follows_huggingface_hub() -> None:
+    """Shards as `save_pretrained` makes them from the torch tensors the specs describe: greedy in
+    state-dict order, a tensor above the limit alone in a shard placed before the one being filled."""
     from huggingface_hub import split_torch_state_dict_into_shards
 
     sizes = [30, 50, 20, 120, 10, 40, 45, 5]
     state = {f"t{i}": torch.zeros(n, dtype=torch.uint8) for i, n in enumerate(sizes)}
     specs = [TensorSpec(k, "U8", tuple(v.shape)) for k, v in state.items()]
     ours = split_shards(specs, 100)
+    assert [[s.name for s in g] for g in ours] == [["t3"], ["t0", "t1", "t2"], ["t4", "t5", "t6", "t7"]]
     names = shard_file_names(len(ours))
     ref = split_torch_state_dict_into_shards(
         state, max_shard_size=100, filename_pattern="model{suffix}.safetensors"
@@ -62,3 +65,23 @@ def test_sharding_follows_huggingface_hub() -> None:
     assert index["weight_map"] == ref.tensor_to_filename
     assert index["metadata"] == {"total_size": sum(sizes), "total_parameters": sum(sizes)}
     assert np.sum(sizes) == ref.metadata["total_size"]
+
+
+def test_shards_are_sized_in_bytes_not_elements() -> None:
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    shapes = {
+        "a": ("F32", (10,)),
+        "b": ("BF16", (10,)),
+        "c": ("I64", (3,)),
+        "d": ("U8", (0,)),
+        "e": ("F16", (2, 3)),
+    }
+    state = {n: torch.zeros(shape, dtype=_TORCH[dt]) for n, (dt, shape) in shapes.items()}
+    specs = [TensorSpec(n, dt, shape) for n, (dt, shape) in shapes.items()]
+    for limit in (1, 24, 40, 60, 64, 1000):
+        ours = split_shards(specs, limit)
+        ref = split_torch_state_dict_into_shards(state, max_shard_size=limit, filename_pattern="m{suffix}")
+        assert [[s.name for s in g] for g in ours] == list(ref.filename_to_tensors.values()), limit
+    assert [[s.name for s in g] for g in split_shards(specs, 1000)] == [list(shapes)]
+    assert split_shards([], 100) == [[]]

@@ -87,9 +87,6 @@ STATE_FORMAT = "xorweights-state/1"
 #: before each output's rename, `done` after it, `drop` for a removed output. Folded into
 #: `STATE_FILE` when the folder is opened and when the run ends, then removed.
 STATE_JOURNAL = ".xorweights-state.journal"
-#: Test only: a decode or encode exits (`os._exit(9)`) right after renaming its Nth output, before
-#: recording it, so that tests can kill a run at that instant. Never set it otherwise.
-ENV_TEST_DIE_AFTER_RENAME = "XORWEIGHTS_TEST_DIE_AFTER_RENAME"
 
 #: Prefix of every temporary file written in a destination folder.
 TEMP_PREFIX = ".xorweights-"

@@ -1,17 +1,17 @@
-"""One strict RFC 1952 reader for both gzip backends, decompressing in a thread of its own.
+"""One strict gzip (RFC 1952) reader for both backends, decompressing in a thread of its own.
 
-The member framing (header, trailer, members one after another) is parsed here, in one place;
-a backend only inflates the raw deflate data and computes CRC-32 (`zlib`, or python-isal's
-`igzip_lib`, about twice as fast, which computes the CRC-32 while it inflates). So both backends
-accept exactly the same streams and refuse exactly the same ones, which their own gzip readers do
-not: the standard library skips a header CRC (FHCRC) without checking it and accepts reserved flag
-bits, and python-isal's threaded reader fails on a header (a long FNAME or FCOMMENT) longer than
-its buffer.
-
-Accepted: one or more members, each with any of FTEXT, FHCRC, FEXTRA, FNAME and FCOMMENT, of any
-length; zero bytes after a member (padding). Refused, with `gzip.BadGzipFile`: a member not
-starting with `1f 8b 08`, reserved flag bits set, a wrong header CRC, a wrong CRC-32 or length in
-a trailer, other bytes after a member. Refused with `EOFError`: a stream that ends inside a member.
+zlib's `decompressobj(wbits=31)` reads a member whole: its header (checking the reserved flag bits
+and the header CRC, FHCRC), deflate data and trailer (CRC-32 and length). Members follow one
+another, with zero bytes allowed between and after them (padding). python-isal's
+`IgzipDecompressor` (`DECOMP_GZIP`, about twice as fast, which computes the CRC-32 while it
+inflates) does the same, except that ISA-L ignores reserved flag bits and misreads a header
+(FEXTRA, FHCRC, FNAME with FCOMMENT) given to it in more than one piece. So it is handed each
+member's first 128 KiB (or the rest of the file) at once, and zlib reads the member instead when
+ISA-L makes nothing of them (no output, no end: a longer header, a damaged one), when it refuses
+them, or when reserved flag bits are set. Both backends thus accept and refuse the same streams,
+with the same words: `gzip.BadGzipFile` for a member not starting with `1f 8b 08`, reserved flag
+bits, a wrong header CRC, a wrong CRC-32 or length in a trailer; `EOFError` for a stream ending
+inside a member; the library's own error for corrupt deflate data.
 
 `GzipReader` inflates ahead in a thread of its own, started by the first `readinto`, into a few
 blocks of at most `BLOCK` bytes (memory stays bounded whatever the file); `readinto` copies them
@@ -28,7 +28,6 @@ import gzip
 import io
 import logging
 import os
-import struct
 import threading
 import weakref
 import zlib
@@ -48,19 +47,10 @@ BLOCK = 4 << 20
 DEPTH = 3
 #: The smallest input handed to zlib after a step that stopped at its output limit (see `_inflate_zlib`).
 _MIN_FEED = 64 << 10
-
-_FHCRC, _FEXTRA, _FNAME, _FCOMMENT, _RESERVED = 0x02, 0x04, 0x08, 0x10, 0xE0
-_MAGIC = b"\x1f\x8b"
-_DEFLATE = 8
-
-
-def library(backend: str) -> Any:
-    """The module that inflates and checksums for `backend` (`isal` or `zlib`)."""
-    if backend == "isal":
-        from isal import isal_zlib
-
-        return isal_zlib
-    return zlib
+#: What ISA-L is handed at once at the start of a member: its whole header, unless that is longer.
+_HEAD = 128 << 10
+#: Flag bits RFC 1952 reserves (ISA-L does not check them).
+_RESERVED = 0xE0
 
 
 class _Stopped(Exception):
@@ -68,15 +58,16 @@ class _Stopped(Exception):
 
 
 class _Source:
-    """Buffered reads of the compressed file."""
+    """Reads of the compressed file, a block at a time, with what a member left over given back."""
 
     def __init__(self, raw: BinaryIO, block: int, stop: threading.Event | None = None) -> None:
         self.raw, self.block, self.stop = raw, block, stop
         self.view: memoryview | None = None
         """Where the file is read into: one buffer, reused (no fresh pages to fault in per block)."""
-        self.buf, self.pos = b"", 0
+        self.pending: bytes | bytearray | memoryview = b""
+        """Bytes given back, to be taken before the file is read again."""
         self.consumed = 0
-        """Bytes of the file handed out so far (for messages)."""
+        """Bytes of the file taken and not given back (where the next member starts, for messages)."""
 
     def _read(self) -> memoryview:
         """The next block of the file, valid until the next read (empty at the end)."""
@@ -88,150 +79,96 @@ class _Source:
 
     def release(self) -> None:
         """Drop the buffers (the end of the file, or a failure)."""
-        self.view, self.buf, self.pos = None, b"", 0
+        self.view, self.pending = None, b""
 
-    def _fill(self) -> bool:
-        data = self._read()
-        if not data:
-            return False
-        self.buf, self.pos = self.buf[self.pos :] + data, 0
-        return True
-
-    def take(self, n: int, what: str) -> bytes:
-        """Exactly `n` bytes; `EOFError` naming `what` if the file ends first."""
-        while len(self.buf) - self.pos < n:
-            if not self._fill():
-                at = self.consumed + len(self.buf) - self.pos
-                raise EOFError(f"gzip stream ends inside {what} at byte {at}")
-        out = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        self.consumed += n
-        return out
-
-    def skip_string(self, crc: int, crc32: Any, what: str) -> int:
-        """Skip a zero-terminated field of any length; returns the CRC updated with its bytes."""
-        while True:
-            end = self.buf.find(b"\0", self.pos)
-            if end >= 0:
-                crc = crc32(self.buf[self.pos : end + 1], crc)
-                self.consumed += end + 1 - self.pos
-                self.pos = end + 1
-                return int(crc)
-            crc = crc32(self.buf[self.pos :], crc)
-            self.consumed += len(self.buf) - self.pos
-            self.buf, self.pos = b"", 0
-            if not self._fill():
-                raise EOFError(f"gzip stream ends inside the {what} field at byte {self.consumed}")
-
-    def chunk(self) -> bytes | memoryview:
-        """The buffered bytes, or the next block of the file (empty at its end; valid until the next read)."""
-        if self.pos < len(self.buf):
-            out = self.buf[self.pos :]
-        else:
+    def take(self, least: int = 1) -> bytes | bytearray | memoryview:
+        """The bytes given back, or else the next block of the file; at least `least` bytes unless the
+        file ends first (empty at its end). Valid until the next read."""
+        out, self.pending = self.pending, b""
+        if not out:
             out = self._read()
-        self.buf, self.pos = b"", 0
+        if len(out) < least:
+            joined = bytearray(out)
+            while len(joined) < least and (more := self._read()):
+                joined += more
+            out = joined
         self.consumed += len(out)
         return out
 
-    def give_back(self, data: bytes) -> None:
-        """Return bytes taken by `chunk` but not used (what follows a member's deflate data)."""
-        self.buf, self.pos = data + self.buf[self.pos :], 0
+    def give_back(self, data: bytes | bytearray | memoryview) -> None:
+        """Return the end of what `take` gave that a member did not use."""
+        self.pending = data
         self.consumed -= len(data)
+
+    def peek(self, n: int) -> bytes:
+        """The next `n` bytes (fewer at the end of the file), left to be taken."""
+        data = self.take(n)
+        self.give_back(data)
+        return bytes(data[:n])
 
     def only_padding_left(self) -> bool:
         """Skip zero bytes; True when the file ends after them."""
-        while True:
-            rest = self.buf[self.pos :].lstrip(b"\0")
-            self.consumed += len(self.buf) - self.pos - len(rest)
-            self.buf, self.pos = rest, 0
-            if rest:
+        while data := self.take():
+            if data[0]:
+                self.give_back(data)
                 return False
-            if not self._fill():
-                return True
+            zeros = len(data) - len(bytes(data).lstrip(b"\0"))
+            if zeros < len(data):
+                self.give_back(data[zeros:])
+                return False
+        return True
 
 
-def _read_header(src: _Source, crc32: Any) -> None:
-    """Parse and check one member header (RFC 1952, 2.3)."""
-    at = src.consumed
-    magic = src.take(2, "a member header")
-    if magic != _MAGIC:
-        raise gzip.BadGzipFile(f"not a gzip member at byte {at} (starts with {magic.hex()})")
-    fixed = magic + src.take(8, "a member header")
-    if fixed[2] != _DEFLATE:
-        raise gzip.BadGzipFile(f"unknown compression method {fixed[2]} in the member at byte {at}")
-    flags = fixed[3]
-    if flags & _RESERVED:
-        raise gzip.BadGzipFile(f"reserved header flag bits set ({flags:#04x}) in the member at byte {at}")
-    crc = crc32(fixed)
-    if flags & _FEXTRA:
-        xlen = src.take(2, "the FEXTRA length")
-        crc = crc32(src.take(struct.unpack("<H", xlen)[0], "the FEXTRA field"), crc32(xlen, crc))
-    if flags & _FNAME:
-        crc = src.skip_string(crc, crc32, "FNAME")
-    if flags & _FCOMMENT:
-        crc = src.skip_string(crc, crc32, "FCOMMENT")
-    if flags & _FHCRC:
-        (stored,) = struct.unpack("<H", src.take(2, "the header CRC"))
-        if stored != crc & 0xFFFF:
-            raise gzip.BadGzipFile(
-                f"header CRC mismatch in the member at byte {at} "
-                f"(stored {stored:04x}, computed {crc & 0xFFFF:04x})"
-            )
-
-
-def _truncated(src: _Source) -> EOFError:
-    return EOFError(f"gzip stream ends inside compressed data at byte {src.consumed}")
-
-
-def _inflate_isal(src: _Source, piece: int) -> Generator[bytes, None, tuple[int, int]]:
-    """One member's deflate data with python-isal; returns its CRC-32 and length.
+def _inflate_isal(src: _Source, piece: int) -> Generator[bytes, None, bool | None]:
+    """One member with python-isal: True at its end, False if the file ends first, None (nothing
+    taken) when ISA-L makes nothing of its first `_HEAD` bytes and zlib must read it.
 
     `IgzipDecompressor` allocates each output block once, at its full size, and inflates into it in
     one step; it keeps unconsumed input itself (no tail copied back on every step) and computes the
-    CRC-32 while it inflates (`DECOMP_GZIP_NO_HDR`: raw deflate, the trailer left to us).
+    CRC-32 while it inflates.
     """
     from isal import igzip_lib
 
-    d = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP_NO_HDR, hist_bits=15)
-    size = 0
-    while not d.eof:
-        data = b""
-        if d.needs_input:
-            data = src.chunk()
-            if not data:
-                out = d.decompress(b"", piece)
-                if not out:
-                    raise _truncated(src)
-                size += len(out)
-                yield out
-                continue
-        out = d.decompress(data, piece)
+    d = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP, hist_bits=15)
+    first = src.take(_HEAD)
+    try:
+        out = d.decompress(first, piece)
+    except igzip_lib.IsalError:
+        out = b""
+    if not out and not d.eof:
+        src.give_back(first)
+        return None
+    while True:
         if out:
-            size += len(out)
             yield out
-    src.give_back(d.unused_data)  # all input after the deflate end
-    return int(d.crc), size
+        if d.eof:
+            src.give_back(d.unused_data)  # all input after the trailer
+            return True
+        data = src.take() if d.needs_input else b""
+        ended = d.needs_input and not data  # the file ended: only output ISA-L still holds may come
+        out = d.decompress(data, piece)
+        if ended and not out:
+            return False
 
 
-def _inflate_zlib(src: _Source, piece: int) -> Generator[bytes, None, tuple[int, int]]:
-    """One member's deflate data with zlib; returns its CRC-32 and length.
+def _inflate_zlib(src: _Source, piece: int) -> Generator[bytes, None, bool]:
+    """One member with zlib: True at its end, False if the file ends first.
 
     zlib copies the input it did not consume (`unconsumed_tail`) on every step that stops at its
     output limit. So it is handed slices of the block read: all of it at first, and after a step
     that stopped at the limit, about twice what that step consumed (so the copied tail stays about
     as long as the input consumed, and inflating highly compressible data is not quadratic).
     """
-    d = zlib.decompressobj(-15)
-    crc = size = 0
+    d = zlib.decompressobj(31)
     data, fed = memoryview(b""), 0  # the block read, and how much of it zlib has taken
     limit = src.block
     while not d.eof:
         if fed == len(data):
-            data, fed = memoryview(src.chunk()), 0
+            data, fed = memoryview(src.take()), 0
         if not data:  # the file ended: only output zlib still holds may come
             out = d.decompress(b"", piece)
             if not out:
-                raise _truncated(src)
+                return False
         else:
             step = data[fed : fed + limit]
             out = d.decompress(step, piece)
@@ -240,22 +177,46 @@ def _inflate_zlib(src: _Source, piece: int) -> Generator[bytes, None, tuple[int,
             fed += len(step) if d.eof else used
             limit = max(_MIN_FEED, 2 * used) if left else src.block
         if out:
-            crc = zlib.crc32(out, crc)
-            size += len(out)
             yield out
-    src.give_back(d.unused_data + data[fed:])  # what followed the deflate end, taken or not
-    return crc, size
+    src.give_back(data[fed - len(d.unused_data) :])  # what follows the trailer, taken or not
+    return True
 
 
-def _inflate_member(src: _Source, backend: str, piece: int) -> Iterator[bytes]:
-    """Inflate one member's deflate data in pieces of at most `piece` bytes, then check its trailer."""
-    inflater = _inflate_isal if backend == "isal" else _inflate_zlib
-    crc, size = yield from inflater(src, piece)
-    stored_crc, stored_size = struct.unpack("<II", src.take(8, "a member trailer"))
-    if stored_crc != crc:
-        raise gzip.BadGzipFile(f"CRC-32 mismatch (stored {stored_crc:08x}, computed {crc:08x})")
-    if stored_size != size & 0xFFFFFFFF:
-        raise gzip.BadGzipFile(f"length mismatch (stored {stored_size}, inflated {size} bytes)")
+def _framing_error(e: Exception, at: int, head: bytes) -> Exception:
+    """What zlib (or ISA-L) reports of a member's framing, in the same words for both; `e` itself
+    for corrupt deflate data. `head`: the member's first bytes."""
+    said = str(e).lower()
+    where = f"in the member at byte {at}"
+    if "incorrect header check" in said:
+        return gzip.BadGzipFile(f"not a gzip member at byte {at} (starts with {head[:2].hex()})")
+    if "unknown compression method" in said:
+        return gzip.BadGzipFile(f"unknown compression method {head[2]} {where}")
+    if "unknown header flags set" in said:
+        return gzip.BadGzipFile(f"reserved header flag bits set ({head[3]:#04x}) {where}")
+    if "header crc mismatch" in said:
+        return gzip.BadGzipFile(f"header CRC mismatch {where}")
+    # zlib tells a wrong CRC-32 (data check) from a wrong length; ISA-L reports either as a checksum
+    if any(s in said for s in ("incorrect data check", "incorrect length check", "incorrect checksum")):
+        return gzip.BadGzipFile(f"CRC-32 or length mismatch in the trailer of the member at byte {at}")
+    return e
+
+
+def _member(src: _Source, backend: str, piece: int) -> Iterator[bytes]:
+    """Inflate one member in pieces of at most `piece` bytes, checking its header and trailer."""
+    at, head = src.consumed, src.peek(4)
+    try:
+        ended = None
+        if backend == "isal" and len(head) == 4 and not head[3] & _RESERVED:
+            ended = yield from _inflate_isal(src, piece)
+        if ended is None:
+            ended = yield from _inflate_zlib(src, piece)
+    except GZIP_ERRORS as e:
+        error = _framing_error(e, at, head)
+        if error is e:
+            raise
+        raise error from None
+    if not ended:
+        raise EOFError(f"gzip stream ends at byte {src.consumed}, inside the member starting at byte {at}")
 
 
 def inflate(
@@ -265,14 +226,11 @@ def inflate(
 
     The file is read `block` bytes at a time. Once `stop` is set, the next read raises `_Stopped`.
     """
-    crc32 = library(backend).crc32
     src = _Source(raw, block, stop)
-    first = True
     try:
-        while first or not src.only_padding_left():
-            _read_header(src, crc32)
-            yield from _inflate_member(src, backend, block)
-            first = False
+        yield from _member(src, backend, block)
+        while not src.only_padding_left():
+            yield from _member(src, backend, block)
     finally:
         src.release()  # an error raised here may be kept, with this frame: not the buffer
 
@@ -469,7 +427,7 @@ def open_source(
 ) -> tuple[BinaryIO, bool]:
     """Open a payload (or fine-tuned) file; gzip streams are recognised by their magic bytes.
 
-    Both backends read gzip through `GzipReader`: one strict RFC 1952 parser, inflating in a
+    Both backends read gzip through `GzipReader`: one strict RFC 1952 reader, inflating in a
     thread of its own (overlapping the XOR pass) with zlib or python-isal.
 
     Args:

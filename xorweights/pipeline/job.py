@@ -16,7 +16,6 @@ from typing import Any, Literal
 from .. import _cancel
 from .._line_endings import line_ending_hint
 from ..checksum_types import FileDigest
-from ..constants import ENV_TEST_DIE_AFTER_RENAME
 from ..errors import (
     BaseMismatchError,
     ChecksumMismatchError,
@@ -205,21 +204,6 @@ def _stored_progress(stream: Any, bar: Any) -> Any:
     return update
 
 
-_renamed = [0]
-_renamed_lock = threading.Lock()
-
-
-def die_after_rename_for_tests() -> None:
-    """`ENV_TEST_DIE_AFTER_RENAME=N`: exit at once after the Nth rename, before it is recorded."""
-    n = os.environ.get(ENV_TEST_DIE_AFTER_RENAME)
-    if not n:
-        return
-    with _renamed_lock:
-        _renamed[0] += 1
-        if _renamed[0] >= int(n):
-            os._exit(9)
-
-
 class _CrcFile(io.BufferedWriter):
     """The output file, taking the CRC-32 every output's record holds (`STATE_DIGEST`) as bytes
     are written. A `BufferedWriter` itself, so the engine still starts writeback behind it."""
@@ -391,7 +375,6 @@ def _commit(
         atomic.commit(durable=job.fsync)
     except OSError as e:
         raise IOFailure("saving", job.out, e) from e
-    die_after_rename_for_tests()
     folder.record(name, digests, job.inputs, sources)
     return size
 

@@ -28,7 +28,7 @@ from ..errors import ImplausibleOutputError, IOFailure
 from ..outfolder.atomic import AtomicFile, fsync_dir
 from ..outfolder.folder import STATE_DIGEST, Crc32, OutputFolder
 from ..outfolder.space import SpaceWatch, check_outputs
-from .job import Job, die_after_rename_for_tests, run_job
+from .job import Job, run_job
 from .plan import Plan, Sidecars, Staged, Step
 from .report import FileReport
 from .resume import Inputs, triage
@@ -313,7 +313,6 @@ def _publish_staged(
             sources = {"data": f.input_digests, "base": f.base_digests}
             folder.intend(f.name, f.size, f.digests, inputs[f.name], sources=sources)
             os.replace(stage.path / f.name, folder.path / f.name)
-            die_after_rename_for_tests()
             folder.record(f.name, f.digests, inputs[f.name], sources)
             stage.discard([f.name])
         fsync_dir(folder.path)

@@ -2,9 +2,9 @@
 
 Header: `{"__metadata__": ..., name: {"dtype", "shape", "data_offsets"}, ...}` as compact JSON,
 tensors ordered by descending dtype (the library's enum order) then by name, data laid out in the
-same order, the header padded with spaces to a multiple of 8 bytes. Sharding follows
-huggingface_hub's `split_state_dict_into_shards_factory`: greedy in state-dict order; a tensor
-larger than the limit gets a shard of its own, placed before the shard being filled.
+same order, the header padded with spaces to a multiple of 8 bytes. Sharding is huggingface_hub's
+`split_state_dict_into_shards_factory`: greedy in state-dict order; a tensor larger than the limit
+gets a shard of its own, placed before the shard being filled.
 """
 
 from __future__ import annotations
@@ -63,22 +63,14 @@ def header_bytes(specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None
 
 
 def split_shards(specs: Sequence[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:
-    """Tensors per shard, in state-dict order, split as huggingface_hub splits a state dict."""
-    shards: list[list[TensorSpec]] = []
-    current: list[TensorSpec] = []
-    size = 0
-    for s in specs:
-        if s.nbytes > max_bytes:
-            shards.append([s])
-            continue
-        if size + s.nbytes > max_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append(s)
-        size += s.nbytes
-    if current:
-        shards.append(current)
-    return [s for s in shards if s] or [[]]
+    """Tensors per shard, in state-dict order, split by huggingface_hub (as `save_pretrained` splits)."""
+    from huggingface_hub import split_state_dict_into_shards_factory
+
+    by_name = {s.name: s for s in specs}
+    split = split_state_dict_into_shards_factory(
+        by_name, get_storage_size=lambda s: s.nbytes, filename_pattern="{suffix}", max_shard_size=max_bytes
+    )
+    return [[by_name[n] for n in names] for names in split.filename_to_tensors.values()] or [[]]
 
 
 def shard_file_names(n: int, *, stem: str = "model", suffix: str = ".safetensors") -> list[str]:
