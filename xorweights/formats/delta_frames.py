@@ -35,9 +35,9 @@ import bisect
 import logging
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +46,6 @@ from ..errors import FormatError
 logger = logging.getLogger(__name__)
 
 STORED, DELTA, GROUPED = 0, 1, 2
-TRANSFORMS = (STORED, DELTA, GROUPED)
 #: What a reader accepts at most, in bytes of output: bounds the memory one frame takes.
 MAX_FRAME_BYTES = 1 << 25
 #: zstd level of every plane (levels above 1 were measured no smaller on fine-tuning deltas).
@@ -58,7 +57,58 @@ _INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 #: The grouping key of each float dtype: 1 float16's exponent, 2 the byte after the sign bit.
 GROUP_KEYS = {"F16": 1, "BF16": 2, "F32": 2}
 
-Transform = Literal[0, 1, 2]
+
+def _exponent_order(base: np.ndarray, key: int) -> np.ndarray:
+    """The stable order of the elements by their key (the base's exponent: recomputable from it)."""
+    if key == 1:
+        keys = ((base >> 10) & 0x1F).astype(np.uint8)
+    else:  # bfloat16 and float32: the exponent is the top byte once the sign bit is shifted out
+        keys = np.ascontiguousarray((base << 1).view(np.uint8)[base.itemsize - 1 :: base.itemsize])
+    return np.argsort(keys, kind="stable")
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One way a frame turns output bytes into planes: the byte in its head, the `compress` mode of
+    an encode that writes it, the grouping keys it takes, and the order of its values (None: the
+    elements' own)."""
+
+    code: int
+    mode: str | None
+    """The encode mode writing it (None: written by every mode, for what no base masks)."""
+    keys: Mapping[int, tuple[int, ...]]
+    """Each grouping key the head may give, with the element widths it takes."""
+    order: Callable[[np.ndarray, int], np.ndarray] | None = None
+    """The order of the values, from the base's elements and the key (where the dtype has a key,
+    `GROUP_KEYS`; elsewhere an encode writes the plain delta in its place)."""
+
+
+TRANSFORMS: dict[int, Transform] = {}
+"""The frame transforms a reader accepts and a writer may choose, by code (`register`)."""
+
+
+def register(transform: Transform) -> Transform:
+    """Add a transform (its code must be new)."""
+    if transform.code in TRANSFORMS:
+        raise ValueError(f"frame transform {transform.code} is registered already")
+    TRANSFORMS[transform.code] = transform
+    return transform
+
+
+register(Transform(STORED, None, {0: (1,)}))
+register(Transform(DELTA, "zstd", {0: (1, 2, 4, 8)}))
+register(Transform(GROUPED, "zstd-grouped", {1: (2,), 2: (2, 4)}, order=_exponent_order))
+
+
+def modes() -> dict[str, int]:
+    """The encode modes that write delta frames, with the transform each writes."""
+    return {t.mode: t.code for t in TRANSFORMS.values() if t.mode is not None}
+
+
+def transform_for(code: int, dtype: str) -> int:
+    """The transform a tensor of `dtype` gets when an encode asks for `code`: one that orders by a
+    grouping key needs the dtype to have one; without, the plain delta."""
+    return DELTA if TRANSFORMS[code].order is not None and dtype not in GROUP_KEYS else code
 
 
 def _zstd() -> Any:
@@ -88,15 +138,6 @@ class FrameHead:
         return self.count * self.width
 
 
-def _exponent_order(base: np.ndarray, key: int) -> np.ndarray:
-    """The stable order of the elements by their key (the base's exponent: recomputable from it)."""
-    if key == 1:
-        keys = ((base >> 10) & 0x1F).astype(np.uint8)
-    else:  # bfloat16 and float32: the exponent is the top byte once the sign bit is shifted out
-        keys = np.ascontiguousarray((base << 1).view(np.uint8)[base.itemsize - 1 :: base.itemsize])
-    return np.argsort(keys, kind="stable")
-
-
 def encode_frame(
     out: memoryview | bytes, base: memoryview | bytes, transform: int, width: int, dtype: str, cctx: Any
 ) -> bytes:
@@ -107,15 +148,16 @@ def encode_frame(
     if transform == STORED:
         planes = [cctx.compress(bytes(out))]
         return _HEAD.pack(STORED, 1, 0, 0, len(out)) + struct.pack("<I", len(planes[0])) + planes[0]
-    key = GROUP_KEYS[dtype] if transform == GROUPED else 0
+    order = TRANSFORMS[transform].order
+    key = GROUP_KEYS[dtype] if order is not None else 0
     if len(out) % width or len(base) != len(out):
         raise ValueError(f"frame of {len(out)} bytes, base {len(base)}, is not whole {width}-byte elements")
     f = np.frombuffer(out, dtype=_UINT[width])
     b = np.frombuffer(base, dtype=_UINT[width])
     d = (f - b).view(_INT[width])
     z = ((d << 1) ^ (d >> (8 * width - 1))).view(_UINT[width])
-    if transform == GROUPED:
-        z = z[_exponent_order(b, key)]
+    if order is not None:
+        z = z[order(b, key)]
     rows = z.view(np.uint8).reshape(-1, width).T.copy()  # row j: byte j of every value
     planes = [cctx.compress(row.data) for row in rows]
     sizes = struct.pack(f"<{width}I", *(len(p) for p in planes))
@@ -135,8 +177,7 @@ def parse_head(head: bytes, where: str) -> FrameHead:
         raise FormatError(f"{where}: unknown frame (transform {transform}, reserved {reserved})", path=where)
     if width not in _UINT or (transform == STORED and width != 1):
         raise FormatError(f"{where}: frame element width {width}; expected 1, 2, 4 or 8", path=where)
-    keys = {1: (2,), 2: (2, 4)} if transform == GROUPED else {0: (width,)}
-    if width not in keys.get(key, ()):
+    if width not in TRANSFORMS[transform].keys.get(key, ()):
         raise FormatError(f"{where}: grouping key {key} for {width}-byte elements", path=where)
     if count * width > MAX_FRAME_BYTES:
         raise FormatError(f"{where}: frame of {count * width} bytes, more than {MAX_FRAME_BYTES}", path=where)
@@ -233,10 +274,11 @@ def decode_frame(
     z = (out[: n * w] if out is not None else np.empty(n * w, np.uint8)).view(_UINT[w])
     rows = [np.frombuffer(_plane(blob, n, dctx, where), dtype=np.uint8) for blob in planes]
     b = np.frombuffer(base, dtype=_UINT[w])
-    if head.transform == GROUPED:
+    order = TRANSFORMS[head.transform].order
+    if order is not None:
         u = _scratch("order", n * w).view(_UINT[w])
         _join(rows, u, 0, n)
-        z[_exponent_order(b, head.key)] = u
+        z[order(b, head.key)] = u
         _undelta(z, b)
     else:
         for i in range(0, n, _BLOCK):  # every step on one block while it is in the cache

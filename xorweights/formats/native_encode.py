@@ -30,7 +30,7 @@ from ..pipeline import FileSource, Step
 from ..tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES
 from ..tensors.safetensors_header import SafetensorsHeader, read_header
 from ..tensors.store import nbytes_of
-from .delta_frames import DELTA, GROUP_KEYS, GROUPED, STORED
+from .delta_frames import STORED, modes, transform_for
 from .frame_stream import FRAME_ELEMENTS, Span
 from .native import hash_all, segments
 from .native_manifest import (
@@ -68,8 +68,7 @@ BIN_NOTE = (
 
 #: How an encode stores tensor-xor files: delta frames (`zstd`), grouped ones, or as they are.
 Compress = Literal["zstd", "zstd-grouped", "none"]
-COMPRESS_MODES: tuple[str, ...] = ("zstd", "zstd-grouped", "none")
-_TRANSFORMS = {"zstd": DELTA, "zstd-grouped": GROUPED}
+COMPRESS_MODES: tuple[str, ...] = (*modes(), "none")
 
 
 def spans(header: SafetensorsHeader, bases: Mapping[str, str | None], transform: int) -> tuple[Span, ...]:
@@ -81,7 +80,7 @@ def spans(header: SafetensorsHeader, bases: Mapping[str, str | None], transform:
         if bases.get(t.name) is None or width not in (1, 2, 4, 8):
             out.append(Span(t.nbytes, STORED))
         else:
-            how = transform if transform != GROUPED or t.dtype in GROUP_KEYS else DELTA
+            how = transform_for(transform, t.dtype)
             out.append(Span(t.nbytes, how, width, t.dtype))
     return tuple(out)
 
@@ -275,7 +274,7 @@ def prepare_encode(
             if compress == "none":
                 steps.append(Step(name, data, image))
                 continue
-            transform = _TRANSFORMS[compress]
+            transform = modes()[compress]
             framed = CompressingSource(
                 src_dir / name,
                 image,
