@@ -15,9 +15,9 @@ from .constants import default_jobs
 from .errors import InputError, MissingFileError, OutputExistsError, XorWeightsError
 from .formats import native_encode, oasst, raw_storage
 from .formats.native_manifest import MANIFEST_NAME, NativeManifest, check_base_model, load_manifest
+from .hashing import hash_file
 from .outfolder.atomic import AtomicFile
 from .outfolder.folder import STATE_DIGEST
-from .outfolder.folder import hash_path as hash_file
 from .outfolder.paths import check_out_dir
 from .pipeline import Options, Plan, Sink, Step, run
 from .reports import EncodeReport, FileReport

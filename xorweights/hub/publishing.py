@@ -23,7 +23,7 @@ from typing import Any
 
 from .._display import abridged
 from .._progress import bars_shown
-from ..checksums import ChecksumManifest, git_blob_hasher, hash_files, list_files, load_checksums
+from ..checksums import ChecksumManifest, list_files, load_checksums
 from ..constants import default_jobs
 from ..errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
 from ..formats import native
@@ -35,6 +35,7 @@ from ..formats.native_manifest import (
     load_manifest,
 )
 from ..formats.raw_storage import RawItem, manifest_items, refuse_unallowed
+from ..hashing import git_blob_hasher, hash_files
 from ..outfolder.paths import check_regular_file
 from ..sources import FileSource
 from . import model_card

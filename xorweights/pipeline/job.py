@@ -28,8 +28,9 @@ from ..errors import (
     XorWeightsError,
 )
 from ..formats import gzip_stream, plausible
+from ..hashing import Crc32
 from ..outfolder.atomic import AtomicFile, HashingWriter
-from ..outfolder.folder import STATE_DIGEST, Crc32, OutputFolder
+from ..outfolder.folder import STATE_DIGEST, OutputFolder
 from ..outfolder.space import SpaceWatch
 from ..reports import FileReport
 from ..sources import GeneratedSource, PayloadSource, Source, transcoding
