@@ -180,10 +180,10 @@ def hash_many(
             bar.update(n)
 
         workers = max(1, min(jobs, len(items)))
+        largest_first = sorted(range(len(items)), key=lambda i: -items[i][2])
         with ThreadPoolExecutor(workers, thread_name_prefix="xorweights-hash") as pool, _cancel.guard(pool):
-            futures: list[Future[T]] = [None] * len(items)  # type: ignore[list-item]
-            for i in sorted(range(len(items)), key=lambda i: -items[i][2]):
-                futures[i] = pool.submit(items[i][1], update)
+            submitted = {i: pool.submit(items[i][1], update) for i in largest_first}
+            futures = [submitted[i] for i in range(len(items))]
             pending = set(futures)
             for (key, _, _), fut in zip(items, futures, strict=True):
                 while not fut.done():
