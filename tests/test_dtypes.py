@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xorweights.tensors.dtypes import DTYPES, FLOAT_DTYPES, STORAGE_DTYPES, STORAGE_TYPES
+from xorweights.tensors.dtypes import (
+    DTYPE_SIZES,
+    DTYPES,
+    FLAX_DTYPES,
+    FLOAT_DTYPES,
+    SAFETENSORS_ORDER,
+    STORAGE_DTYPES,
+    STORAGE_TYPES,
+)
 
 
 def test_sizes_and_numpy_types_agree_with_numpy() -> None:
@@ -28,3 +36,14 @@ def test_names_agree_with_safetensors_and_torch() -> None:
         if d.storage is not None:
             assert getattr(torch, d.storage)().element_size() == d.size, d.storage
     assert set(DTYPES) <= set(_TYPES)  # every dtype we read is one safetensors defines
+
+
+def test_the_other_vocabularies_name_dtypes_of_the_table() -> None:
+    """flax's names are numpy's (bfloat16 being ml_dtypes'), for the floats; the safetensors enum
+    order ranks every dtype of the table."""
+    assert set(FLAX_DTYPES.values()) == set(FLOAT_DTYPES)
+    for name, dtype in FLAX_DTYPES.items():
+        if name != "bfloat16":
+            assert np.dtype(name).itemsize == DTYPE_SIZES[dtype], name
+    assert set(DTYPES) <= set(SAFETENSORS_ORDER)
+    assert len(set(SAFETENSORS_ORDER)) == len(SAFETENSORS_ORDER)

@@ -8,17 +8,17 @@ it in chunks, and says so when that form has the published size or digest.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterator, Mapping
-from typing import IO, Any
+from typing import IO
 
 from .constants import ALGORITHMS, LINE_ENDING_CHECK_LIMIT
+from .hashing import GIT_BLOB, new_hasher
 
 #: Algorithms a published digest may be given in; `git-sha1` is a git blob id (sha1 over
 #: `blob <size>\0` and the bytes).
-HINT_ALGORITHMS = (*ALGORITHMS, "sha1", "git-sha1")
+HINT_ALGORITHMS = (*ALGORITHMS, "sha1", GIT_BLOB)
 #: git's test for binary content: a NUL byte among the first this many bytes (never converted).
 _SNIFF_BYTES = 8000
 _CHUNK_SIZE = 1 << 20
@@ -43,12 +43,6 @@ def _restored(seg: bytes, form: str) -> bytes:
     CRLF -> LF; a CRLF pair stays as it is, as git's autocrlf leaves it)."""
     lf = seg.replace(b"\r\n", b"\n")
     return lf if form == "lf" else lf.replace(b"\n", b"\r\n")
-
-
-def _hasher(algorithm: str, size: int) -> Any:
-    from .checksum_folders import git_blob_hasher  # checksum_folders reports its mismatches with this module
-
-    return git_blob_hasher(size) if algorithm == "git-sha1" else hashlib.new(algorithm)
 
 
 def line_ending_hint(
@@ -101,7 +95,7 @@ def line_ending_hint(
                 return None
             if digests:
                 f.seek(0)
-                hashers = {form: {a: _hasher(a, sizes[form]) for a in digests} for form in forms}
+                hashers = {form: {a: new_hasher(a, sizes[form]) for a in digests} for form in forms}
                 for seg in _segments(f, _chunk_size):
                     for form in forms:
                         data = _restored(seg, form)

@@ -1,69 +1,23 @@
-"""Hashing files and folders, and checking a folder against a manifest stage (`verify`) or
-writing its `md5sum`/`sha256sum` lines (`checksum`). `xorweights.checksums` re-exports all of this.
+"""Checking a folder against a manifest stage (`verify`) or writing its `md5sum`/`sha256sum` lines
+(`checksum`), the files hashed by `hashing`. `xorweights.checksums` re-exports all of this.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from . import _cancel
 from ._line_endings import line_ending_hint
-from ._progress import byte_bar
 from .checksum_manifests import RemoteChecksums, load_checksums
 from .checksum_types import ChecksumManifest, ChecksumReport, Mismatch, VerifyReport
-from .constants import ALGORITHMS, CHUNK_SIZE, TEMP_PREFIX, default_jobs
+from .constants import ALGORITHMS, TEMP_PREFIX, default_jobs
 from .errors import InputError, MissingFileError
+from .hashing import hash_files
 from .outfolder.atomic import AtomicFile
 
 logger = logging.getLogger("xorweights.checksums")  # the name it logged under before the split
-
-
-def git_blob_hasher(size: int) -> Any:
-    """sha1 begun with git's blob header: fed the `size` bytes of a file, its hexdigest is the file's
-    git blob id (what the Hub lists for files not in LFS)."""
-    return hashlib.sha1(b"blob %d\0" % size)
-
-
-def hash_file(
-    path: os.PathLike[str] | str,
-    algorithms: Iterable[str],
-    *,
-    chunk_size: int = CHUNK_SIZE,
-    on_progress: Any = None,
-) -> dict[str, str]:
-    """Digests of a file, all algorithms in one read."""
-    hs = {a: hashlib.new(a) for a in algorithms}
-    buf = bytearray(chunk_size)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            _cancel.check()
-            for h in hs.values():
-                h.update(view[:n])
-            if on_progress is not None:
-                on_progress(n)
-    return {a: h.hexdigest() for a, h in hs.items()}
-
-
-def hash_files(
-    paths: Mapping[str, Path], algorithms: Sequence[str], *, jobs: int, progress: bool, desc: str
-) -> Iterator[tuple[str, dict[str, str]]]:
-    """Digests of several files, `jobs` at once, under one byte progress bar; yields in order."""
-    total = sum(p.stat().st_size for p in paths.values())
-    with byte_bar(total, desc, enabled=progress) as bar:
-
-        def work(name: str) -> tuple[str, dict[str, str]]:
-            return name, hash_file(paths[name], algorithms, on_progress=bar.update)
-
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, _cancel.guard(pool):
-            yield from pool.map(work, paths)
 
 
 def list_files(root: os.PathLike[str] | str) -> list[str]:
@@ -203,15 +157,14 @@ def checksum(
     if output is not None:
         out_path = Path(output).resolve()
         names = [n for n in names if (folder / n).resolve() != out_path]
-    total = sum((folder / n).stat().st_size for n in names)
-    with byte_bar(total, f"{algorithm}sum", enabled=progress) as bar:
-        with ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool, _cancel.guard(pool):
-            digests = dict(
-                pool.map(
-                    lambda n: (n, hash_file(folder / n, [algorithm], on_progress=bar.update)[algorithm]),
-                    names,
-                )
-            )
+    hashed = hash_files(
+        {n: folder / n for n in names},
+        [algorithm],
+        jobs=jobs or default_jobs(),
+        progress=progress,
+        desc=f"{algorithm}sum",
+    )
+    digests = {n: d[algorithm] for n, d in hashed}
     report = ChecksumReport(
         folder=str(folder),
         algorithm=algorithm,

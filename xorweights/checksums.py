@@ -4,12 +4,13 @@ A manifest (`checksums/<release>.json`) lists digests per stage: `meta_original`
 `hf_base` (the pinned HF conversion the XOR was made against) and `decoded` (the fine-tuned
 result). A line file holds one stage without saying which, so it applies to whichever is asked.
 
-This module is what the rest of xorweights imports from; the work is done in four others:
+This module is what the rest of xorweights imports from; the work is done in five others:
 
 - `checksum_types`: the values (`FileDigest`, `ChecksumManifest`, `VerifyReport`, ...);
 - `checksum_lines`: coreutils line files, parsed and written;
 - `checksum_manifests`: JSON manifests parsed strictly, the bundled ones, `load_checksums`;
-- `checksum_folders`: hashing files, `verify` a folder against a stage, `checksum` a folder.
+- `checksum_folders`: `verify` a folder against a stage, `checksum` a folder;
+- `hashing`: hashing files (`hash_file`, `hash_files`, `git_blob_hasher`), shared by the package.
 
 (It is a module, not a package: `xorweights/checksums/` is where the wheel ships the bundled
 manifests.)
@@ -21,7 +22,7 @@ import os
 from typing import Any
 
 from . import checksum_folders, checksum_manifests
-from .checksum_folders import checksum, git_blob_hasher, hash_file, hash_files, list_files
+from .checksum_folders import checksum, list_files
 from .checksum_lines import format_sum_lines, parse_sum_lines
 from .checksum_manifests import (
     bundled_release,
@@ -31,6 +32,7 @@ from .checksum_manifests import (
     parse_manifest,
 )
 from .checksum_types import ChecksumManifest, ChecksumReport, FileDigest, Mismatch, VerifyReport
+from .hashing import git_blob_hasher, hash_file, hash_files
 
 __all__ = [
     "ChecksumManifest",

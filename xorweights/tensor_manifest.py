@@ -12,7 +12,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from . import _json
-from ._progress import byte_bar
 from .checksum_manifests import check_hex
 from .checksum_types import Mismatch, VerifyReport
 from .constants import CHUNK_SIZE, default_jobs
 from .errors import FormatError, MissingFileError
+from .hashing import hash_many
 from .llama.tensors import open_tensors
 from .outfolder.paths import read_bounded
 from .tensors.dtypes import DTYPE_SIZES
@@ -178,18 +177,17 @@ def verify_tensors(
             bad.append(Mismatch(name, "shape", "x".join(map(str, want.shape)), "x".join(map(str, t.shape))))
         elif t is not None:
             todo.append(name)
-    total = sum(store.tensors[n].nbytes for n in todo)
-    with (
-        byte_bar(total, "verify tensors", enabled=progress) as bar,
-        ThreadPoolExecutor(jobs or default_jobs()) as pool,
-    ):
-        hashed = pool.map(
-            lambda n: tensor_sha256(
-                store.tensors[n], manifest.tensors[n].dtype, lambda p: bar.update(p.nbytes)
+    work = [
+        (
+            n,
+            lambda update, n=n: tensor_sha256(
+                store.tensors[n], manifest.tensors[n].dtype, lambda p: update(p.nbytes)
             ),
-            todo,
+            store.tensors[n].nbytes,
         )
-        digests = dict(zip(todo, hashed, strict=True))
+        for n in todo
+    ]
+    digests = dict(hash_many(work, jobs=jobs or default_jobs(), progress=progress, desc="verify tensors"))
     matched = []
     for name in todo:
         want, (got, exact), stored = manifest.tensors[name], digests[name], store.tensors[name].dtype

@@ -12,7 +12,8 @@ from ..constants import default_jobs
 from ..errors import InputError, MissingFileError, OutputExistsError, XorWeightsError
 from ..formats import native, native_encode, plausible, raw_storage
 from ..formats.native_manifest import MANIFEST_NAME, is_native, load_manifest
-from ..outfolder.folder import STATE_DIGEST, hash_path
+from ..hashing import hash_file
+from ..outfolder.folder import STATE_DIGEST
 from ..outfolder.paths import check_out_dir
 from ..pipeline import FileReport, FileSource, Outcome, Plan, Sidecars, Sink, Staged, Step
 from .base import DecodeRequest, EncodeRequest, Planned, check_listed, register
@@ -176,10 +177,10 @@ def _recognise_payload(
                 return None
             if out_file.stat().st_size != entry.payload_size or src.stat().st_size != entry.size:
                 return None
-            got = hash_path(out_file, ["sha256", STATE_DIGEST])
-            if got["sha256"] != entry.payload_sha256 or hash_path(src, ["sha256"])["sha256"] != entry.sha256:
+            got = hash_file(out_file, ["sha256", STATE_DIGEST])
+            if got["sha256"] != entry.payload_sha256 or hash_file(src, ["sha256"])["sha256"] != entry.sha256:
                 return None
-            base = hash_path(base_dir / entry.name, ["sha256"]) if entry.base_file is not None else {}
+            base = hash_file(base_dir / entry.name, ["sha256"]) if entry.base_file is not None else {}
             if entry.base_file is not None and base["sha256"] != entry.base_file.sha256:
                 return None
             reports.append(

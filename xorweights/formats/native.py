@@ -11,18 +11,15 @@ hashed and checked against the manifest before any output is written. Encoding: 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import _cancel
 from .._display import abridged
 from .._line_endings import line_ending_hint
-from .._progress import byte_bar
-from ..checksum_folders import hash_file
 from ..checksum_types import ChecksumManifest, FileDigest
 from ..errors import BaseMismatchError, FormatError, InputError, MissingFileError
+from ..hashing import hash_file, hash_many
 from ..llama.tensors import open_tensors
 from ..outfolder.paths import check_regular_file, is_regular
 from ..pipeline import FileSource, Source, Step
@@ -96,34 +93,6 @@ def digest_mismatch(have: StoredTensor, want: BaseTensor, actual: str) -> BaseMi
     )
 
 
-def hash_all(
-    work: Sequence[tuple[str, Callable[[Callable[[int], None]], str], int]],
-    jobs: int,
-    progress: bool,
-    desc: str,
-) -> dict[str, str]:
-    """Run `(key, hasher, size)` jobs in parallel threads (hashlib releases the GIL)."""
-    if not work:
-        return {}
-    total = sum(w[2] for w in work)
-    with (
-        byte_bar(total, desc, enabled=progress) as bar,
-        ThreadPoolExecutor(max(1, jobs)) as pool,
-        _cancel.guard(pool),
-    ):
-        futures = {key: pool.submit(fn, bar.update) for key, fn, _ in sorted(work, key=lambda w: -w[2])}
-        return {key: fut.result() for key, fut in futures.items()}
-
-
-def _file_sha256(path: Path) -> Callable[[Callable[[int], None]], str]:
-    def run(update: Callable[[int], None]) -> str:
-        digest = hash_file(path, {"sha256": ""})["sha256"]
-        update(path.stat().st_size)
-        return digest
-
-    return run
-
-
 def check_base(
     manifest: NativeManifest,
     store: TensorStore | None,
@@ -179,8 +148,14 @@ def check_base(
                 algorithm="size",
                 stage="base",
             )
-        work.append((f"f:{f.name}", _file_sha256(path), f.base_file.size))
-    got = hash_all(work, jobs, progress, "verify base")
+        work.append(
+            (
+                f"f:{f.name}",
+                lambda update, p=path: hash_file(p, ["sha256"], on_progress=update)["sha256"],
+                f.base_file.size,
+            )
+        )
+    got = dict(hash_many(work, jobs=jobs, progress=progress, desc="verify base"))
     for name in sorted(wanted):
         want = manifest.base_tensors[name]
         actual = got[f"t:{name}"]

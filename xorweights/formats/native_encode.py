@@ -10,20 +10,17 @@ XOR-ed tensors (`none`, format version 1).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import _cancel
 from .._display import abridged, shown
-from .._progress import byte_bar
 from ..constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TORCH_SUFFIXES
 from ..errors import FormatError, InputError
+from ..hashing import feed, hash_many, new_hasher
 from ..llama.tensors import open_tensors
 from ..outfolder.paths import check_regular_file, is_regular
 from ..pipeline import FileSource, Step
@@ -32,7 +29,7 @@ from ..tensors.safetensors_header import SafetensorsHeader, read_header
 from ..tensors.store import nbytes_of
 from .delta_frames import STORED, modes, transform_for
 from .frame_stream import FRAME_ELEMENTS, Span
-from .native import hash_all, segments
+from .native import segments
 from .native_manifest import (
     COMPRESSION,
     MANIFEST_NAME,
@@ -154,23 +151,14 @@ def _tensor_hashes(
     def run(update: Callable[[int], None]) -> tuple[dict[str, str], str]:
         out: dict[str, str] = {}
         buf = bytearray(CHUNK_SIZE)
-        whole = hashlib.sha256()
+        whole = new_hasher("sha256")
         with open(path, "rb") as f:
-            head = f.read(header.data_start)
-            whole.update(head)
-            if len(head) != header.data_start:
+            if feed(f, [whole], header.data_start) != header.data_start:
                 raise FormatError(f"{path}: file ends inside its header", path=path)
             for t in sorted(header.tensors.values(), key=lambda t: t.begin):
-                h, left = hashlib.sha256(), t.nbytes
-                while left:
-                    _cancel.check()
-                    n = f.readinto(memoryview(buf)[: min(left, len(buf))])
-                    if not n:
-                        raise FormatError(f"{path}: file ends inside tensor {t.name}", path=path)
-                    h.update(memoryview(buf)[:n])
-                    whole.update(memoryview(buf)[:n])
-                    left -= n
-                    update(n)
+                h = new_hasher("sha256")
+                if feed(f, [h, whole], t.nbytes, buffer=buf, on_progress=update) != t.nbytes:
+                    raise FormatError(f"{path}: file ends inside tensor {t.name}", path=path)
                 out[t.name] = h.hexdigest()
             if f.read(1):
                 raise FormatError(f"{path}: longer than its header says (changed?)", path=path)
@@ -253,17 +241,12 @@ def prepare_encode(
         (n, lambda update, n=n: store.sha256(n, dtypes[n], update), nbytes_of(dtypes[n], shapes[n]))  # type: ignore[union-attr]
         for n in sorted(dtypes)
     ]
-    base_sha = hash_all(work, jobs, progress, "hash base")
-    hashes: dict[str, tuple[dict[str, str], str]] = {}
-    if headers:
-        total = sum(sum(t.nbytes for t in h.tensors.values()) for h in headers.values())
-        with (
-            byte_bar(total, "hash tensors", enabled=progress) as bar,
-            ThreadPoolExecutor(max(1, jobs)) as pool,
-            _cancel.guard(pool),
-        ):
-            futures = {n: pool.submit(_tensor_hashes(src_dir / n, h), bar.update) for n, h in headers.items()}
-            hashes = {n: f.result() for n, f in futures.items()}
+    base_sha = dict(hash_many(work, jobs=jobs, progress=progress, desc="hash base"))
+    tensor_work = [
+        (n, _tensor_hashes(src_dir / n, h), sum(t.nbytes for t in h.tensors.values()))
+        for n, h in headers.items()
+    ]
+    hashes = dict(hash_many(tensor_work, jobs=jobs, progress=progress, desc="hash tensors"))
     steps: list[Step] = []
     for name, method in methods.items():
         data = FileSource(src_dir / name)

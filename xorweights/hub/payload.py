@@ -15,11 +15,11 @@ from typing import Any
 
 from .._display import quoted
 from .._line_endings import line_ending_hint
-from ..checksum_folders import git_blob_hasher, hash_files
 from ..checksum_types import ChecksumManifest
 from ..errors import HubError, InputError, PayloadMismatchError, XorWeightsError
 from ..formats.native_manifest import MANIFEST_NAME
 from ..formats.payload_folder import PayloadHints, files_below, find_payload_dir, find_payload_in_listing
+from ..hashing import GIT_BLOB, hash_file, hash_files
 from ..outfolder.paths import check_name, check_regular_file
 from .access import (
     HubAccess,
@@ -387,11 +387,7 @@ def _checked(
 
 def git_blob_id(path: Path) -> str:
     """The git blob id of a file: sha1 of `blob <size>\\0` and its bytes."""
-    h = git_blob_hasher(path.stat().st_size)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_file(path, [GIT_BLOB])[GIT_BLOB]
 
 
 def check_lfs_files(payload: HubPayload, names: Iterable[str], *, jobs: int, progress: bool) -> None:

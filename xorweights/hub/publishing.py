@@ -24,7 +24,7 @@ from typing import Any
 from .._display import abridged
 from .._progress import bars_shown
 from .._version import version
-from ..checksum_folders import git_blob_hasher, hash_files, list_files
+from ..checksum_folders import list_files
 from ..checksum_manifests import load_checksums
 from ..checksum_types import ChecksumManifest
 from ..constants import default_jobs
@@ -38,6 +38,7 @@ from ..formats.native_manifest import (
     load_manifest,
 )
 from ..formats.raw_storage import RawItem, manifest_items, refuse_unallowed
+from ..hashing import git_blob_hasher, hash_files
 from ..outfolder.paths import check_regular_file
 from ..pipeline import FileSource
 from . import model_card

@@ -17,7 +17,6 @@ byte is handed over, so no output made from it is ever committed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import queue
 import threading
@@ -29,6 +28,7 @@ from typing import Any, BinaryIO
 from .. import _cancel
 from .._cancel import Cancelled
 from ..errors import FormatError, HubError, IOFailure, PayloadMismatchError, XorWeightsError
+from ..hashing import git_blob_hasher, new_hasher
 from .access import HubFile, hf_lib, short_error
 from .watch import MAX_REOPENS, POLL, PROGRESS, Watch, network_error, requested_wait
 
@@ -104,7 +104,7 @@ class HubStream:
         self.pos = 0
         """Bytes handed over (and hashed)."""
         self.reopens = 0
-        self._hash = hashlib.sha256() if listed.sha256 else hashlib.sha1(b"blob %d\0" % listed.size)
+        self._hash = new_hasher("sha256") if listed.sha256 else git_blob_hasher(listed.size)
         self._left = memoryview(b"")
         self._watch = Watch(label)
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(_QUEUED)

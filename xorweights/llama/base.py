@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -221,7 +220,7 @@ class GeneratedBase:
         if name in self._small:
             return len(self._small[name])
         if name in self._shards:
-            nbytes = {n: math.prod(s) * (4 if dt == "F32" else 2) for n, dt, s in self.layout.tensors()}
+            nbytes = self.layout.nbytes()
             groups = dict(zip(self.layout.shard_names(), self.layout.shards(), strict=True))
             return sum(nbytes[t] for t in groups[name])
         if self._tokenizer is None:

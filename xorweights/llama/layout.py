@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..tensors.dtypes import DTYPE_SIZES
+
 #: What `save_pretrained` wrote in its `transformers_version` fields at the pinned commit.
 PINNED_TRANSFORMERS_VERSION = "4.29.0.dev0"
 #: `save_pretrained`'s default `max_shard_size` ("10GB").
@@ -116,12 +118,15 @@ class LlamaLayout:
         out += [("model.norm.weight", "F16", (d,)), ("lm_head.weight", "F16", (v, d))]
         return out
 
+    def nbytes(self) -> dict[str, int]:
+        """Each tensor's size in bytes, by name, in state-dict order."""
+        return {name: math.prod(shape) * DTYPE_SIZES[dtype] for name, dtype, shape in self.tensors()}
+
     def shards(self, max_bytes: int = MAX_SHARD_BYTES) -> list[list[str]]:
         """Tensor names per shard file, split greedily as `save_pretrained` does."""
         blocks: list[list[str]] = [[]]
         size = 0
-        for name, dtype, shape in self.tensors():
-            n = math.prod(shape) * (4 if dtype == "F32" else 2)
+        for name, n in self.nbytes().items():
             if size + n > max_bytes and blocks[-1]:
                 blocks.append([])
                 size = 0
@@ -135,7 +140,7 @@ class LlamaLayout:
         return shard_file_names(len(self.shards(max_bytes)), stem="pytorch_model", suffix=".bin")
 
     def total_size(self) -> int:
-        return sum(math.prod(s) * (4 if dt == "F32" else 2) for _, dt, s in self.tensors())
+        return sum(self.nbytes().values())
 
     # --- the small files ---------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from typing import Any, BinaryIO
 
 from ..constants import TEMP_PREFIX, TEMP_SUFFIX
 from ..errors import IOFailure, XorWeightsError
+from ..hashing import new_hasher
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class HashingWriter:
 
     def __init__(self, sink: BinaryIO, algorithms: Sequence[str]) -> None:
         self.sink = sink
-        self.hashers = {a: hashlib.new(a) for a in algorithms}
+        self.hashers = {a: new_hasher(a) for a in algorithms}
         self.count = 0
 
     def write(self, data: Any) -> int:

@@ -24,8 +24,9 @@ from ..errors import (
     IOFailure,
     XorWeightsError,
 )
+from ..hashing import Crc32
 from ..outfolder.atomic import AtomicFile, HashingWriter
-from ..outfolder.folder import STATE_DIGEST, Crc32, OutputFolder
+from ..outfolder.folder import STATE_DIGEST, OutputFolder
 from ..outfolder.space import SpaceWatch
 from .engine import StreamError, XorStats, xor_stream
 from .plan import Step, Verb

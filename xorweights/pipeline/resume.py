@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .._display import abridged
 from ..errors import OutputExistsError, XorWeightsError
-from ..outfolder.folder import STATE_DIGEST, Done, OutputFolder, hash_path
+from ..hashing import hash_file as hash_path
+from ..outfolder.folder import STATE_DIGEST, Done, OutputFolder
 from ..outfolder.paths import check_not_escaping_link
 from .job import same_output
 from .plan import Keep, Step

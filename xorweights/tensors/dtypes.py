@@ -1,6 +1,7 @@
 """The one dtype table: every safetensors dtype, its size, and what numpy and torch call it.
 
-Every other table of the package is derived from `DTYPES` below.
+Every other table of the package is derived from `DTYPES` below, or kept beside it here (the
+safetensors library's enum order, and the names flax records).
 """
 
 from __future__ import annotations
@@ -61,3 +62,29 @@ STORAGE_TYPES: dict[str, str] = {n: d.storage for n, d in DTYPES.items() if d.st
 STORAGE_DTYPES: dict[str, tuple[str, int]] = {d.storage: (n, d.size) for n, d in DTYPES.items() if d.storage}
 #: torch dtype attribute names, by dtype.
 TORCH_DTYPES: dict[str, str] = {n: d.torch for n, d in DTYPES.items() if d.torch}
+#: The dtypes flax's `to_bytes` writes (EasyLM checkpoints), by the numpy name it records.
+FLAX_DTYPES: dict[str, str] = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
+#: The safetensors library's dtype enum, in its order (a header lists higher ones first); it also
+#: names dtypes the table above lacks (sub-byte floats, complex), which are never written here.
+SAFETENSORS_ORDER: tuple[str, ...] = (
+    "BOOL",
+    "F4",
+    "F6_E2M3",
+    "F6_E3M2",
+    "U8",
+    "I8",
+    "F8_E5M2",
+    "F8_E4M3",
+    "F8_E8M0",
+    "I16",
+    "U16",
+    "F16",
+    "BF16",
+    "I32",
+    "U32",
+    "F32",
+    "C64",
+    "F64",
+    "I64",
+    "U64",
+)

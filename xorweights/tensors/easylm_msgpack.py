@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import FormatError
+from .dtypes import DTYPE_SIZES, FLAX_DTYPES
 
-#: The numpy dtype names flax writes, as safetensors dtypes.
-_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
 _NDARRAY_EXT = 1
 _MAX_KEY_PARTS = 16
 _MAX_DIMS = 8
@@ -144,12 +143,12 @@ def read_streaming_checkpoint(path: os.PathLike[str] | str) -> list[EasyLMTensor
                 raise r.fail(f"{'/'.join(key)}: {dims} dimensions")
             shape = tuple(r.integer() for _ in range(dims))
             name = r.string()
-            dtype = _DTYPES.get(name)
+            dtype = FLAX_DTYPES.get(name)
             if dtype is None:
-                raise r.fail(f"{'/'.join(key)}: dtype {name!r}, expected one of {', '.join(_DTYPES)}")
+                raise r.fail(f"{'/'.join(key)}: dtype {name!r}, expected one of {', '.join(FLAX_DTYPES)}")
             nbytes = r.bin_len()
             offset = f.tell()
-            want = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}[dtype]
+            want = DTYPE_SIZES[dtype]
             for d in shape:
                 want *= d
             if nbytes != want or offset + nbytes != end or end > size:

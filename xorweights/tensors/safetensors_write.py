@@ -13,32 +13,10 @@ import json
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 
+from .dtypes import SAFETENSORS_ORDER
 from .spec import TensorSpec
 
-#: The safetensors library's dtype enum order (a header lists higher ones first).
-_DTYPE_ORDER = (
-    "BOOL",
-    "F4",
-    "F6_E2M3",
-    "F6_E3M2",
-    "U8",
-    "I8",
-    "F8_E5M2",
-    "F8_E4M3",
-    "F8_E8M0",
-    "I16",
-    "U16",
-    "F16",
-    "BF16",
-    "I32",
-    "U32",
-    "F32",
-    "C64",
-    "F64",
-    "I64",
-    "U64",
-)
-_RANK = {d: i for i, d in enumerate(_DTYPE_ORDER)}
+_RANK = {d: i for i, d in enumerate(SAFETENSORS_ORDER)}
 #: The metadata transformers' `save_pretrained` writes into every safetensors file.
 PT_METADATA = {"format": "pt"}
 

@@ -13,7 +13,6 @@ yields the fp16 bytes exactly.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import math
@@ -25,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import _cancel
 from .._buffers import work_buffer
 from ..constants import CHUNK_SIZE
 from ..errors import FormatError, MissingFileError
+from ..hashing import hash_stream
 from ..outfolder.paths import is_regular
 from .dtypes import DTYPE_SIZES, FLOAT_DTYPES, NUMPY_DTYPES
 from .safetensors_header import read_header
@@ -233,15 +232,9 @@ class TensorStore:
         self, name: str, dtype: str | None = None, on_progress: Callable[[int], None] | None = None
     ) -> str:
         """sha256 of tensor `name`'s bytes as `dtype`."""
-        h = hashlib.sha256()
         buf = work_buffer(CHUNK_SIZE)  # its pages are touched only as far as the tensor goes
         with self.reader(name, dtype) as r:
-            while n := r.readinto(buf):
-                _cancel.check()
-                h.update(memoryview(buf)[:n])
-                if on_progress is not None:
-                    on_progress(n)
-        return h.hexdigest()
+            return hash_stream(r, ["sha256"], buffer=buf, on_progress=on_progress)["sha256"]
 
     def identity(self) -> tuple[int, int]:
         """Total size and newest modification time of the files read (for resume records)."""
