@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import xorweights
-from xorweights.constants import STATE_FILE
+from xorweights.outfolder.folder import STATE_FILE
 
 # The test Hub server (tests/hubserver.py) speaks the Hub's HTTP and git-LFS protocols but not Xet:
 # set before anything imports huggingface_hub, which reads it once. Subprocesses inherit it.

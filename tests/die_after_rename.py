@@ -27,8 +27,8 @@ from typing import Any
 if __name__ == "__main__":
     sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the checkout, not tests/
 
-from xorweights.constants import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX  # noqa: E402
 from xorweights.formats.native_manifest import MANIFEST_NAME  # noqa: E402
+from xorweights.outfolder.atomic import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX  # noqa: E402
 from xorweights.tensor_manifest import TENSORS_NAME  # noqa: E402
 
 _CLI = ("-m", "xorweights.cli")

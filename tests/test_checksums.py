@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import xorweights
 from tests.conftest import tree, write_files
+from xorweights.checksum_types import MANIFEST_FORMAT
 from xorweights.checksums import (
     ChecksumManifest,
     FileDigest,
@@ -22,7 +23,6 @@ from xorweights.checksums import (
     parse_manifest,
     parse_sum_lines,
 )
-from xorweights.constants import MANIFEST_FORMAT
 
 REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "checksums"
 
@@ -408,7 +408,7 @@ def test_mismatch_stages_are_a_closed_vocabulary() -> None:
     """Every stage an error names is one of `errors.STAGE_NAMES`; the release stages among them."""
     import re
 
-    from xorweights.constants import STAGES
+    from xorweights.checksum_types import STAGES
     from xorweights.errors import STAGE_NAMES, ChecksumMismatchError
 
     assert set(STAGES) <= set(STAGE_NAMES)

@@ -13,8 +13,7 @@ import pytest
 import xorweights
 from tests import die_after_rename
 from tests.conftest import tree
-from xorweights.constants import STATE_FILE, STATE_JOURNAL
-from xorweights.outfolder.folder import STATE_DIGEST, OutputFolder
+from xorweights.outfolder.folder import STATE_DIGEST, STATE_FILE, STATE_JOURNAL, OutputFolder
 
 
 def _cli(*args: object, die_after: int | None = None) -> subprocess.CompletedProcess[str]:

@@ -18,10 +18,10 @@ import pytest
 import xorweights
 from tests.conftest import encoded_release, write_files
 from xorweights.cli import main
-from xorweights.constants import STATE_FILE, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.errors import IOFailure, NoSpaceError
 from xorweights.outfolder import space as _space
-from xorweights.outfolder.atomic import AtomicFile
+from xorweights.outfolder.atomic import TEMP_PREFIX, TEMP_SUFFIX, AtomicFile
+from xorweights.outfolder.folder import STATE_FILE
 
 MiB = 1024 * 1024
 

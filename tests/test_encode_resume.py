@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import xorweights
-from xorweights.constants import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.hub import publishing
+from xorweights.outfolder.atomic import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
 
 from . import die_after_rename
 from .conftest import random_bytes, tree, write_files

@@ -20,7 +20,8 @@ import pytest
 import xorweights
 from tests.conftest import encoded_release, write_files
 from tests.process_states import signal_stopped, step_until
-from xorweights.constants import STATE_FILE, TEMP_PREFIX, TEMP_SUFFIX
+from xorweights.outfolder.atomic import TEMP_PREFIX, TEMP_SUFFIX
+from xorweights.outfolder.folder import STATE_FILE
 
 IS_ROOT = os.geteuid() == 0
 MiB = 1024 * 1024

@@ -21,9 +21,10 @@ import xorweights
 from tests.conftest import random_bytes, tree, write_files, zip_checkpoint
 from tests.process_states import signal_stopped, step_until
 from xorweights.cli import main
-from xorweights.constants import STAGING_DIR, STATE_FILE, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.errors import ImplausibleOutputError
 from xorweights.formats import plausible
+from xorweights.outfolder.atomic import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
+from xorweights.outfolder.folder import STATE_FILE
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:

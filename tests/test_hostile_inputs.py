@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 import xorweights
 from tests.conftest import tree, write_files
-from xorweights.constants import MANIFEST_FORMAT, STATE_FILE, STATE_FORMAT
+from xorweights.checksum_types import MANIFEST_FORMAT
 from xorweights.errors import FormatError, InputError, UnsafePathError
 from xorweights.hub import parse_repo_spec, validate_revision
-from xorweights.outfolder.folder import OutputFolder
+from xorweights.outfolder.folder import STATE_FILE, STATE_FORMAT, OutputFolder
 from xorweights.outfolder.paths import check_name
 from xorweights.tensors.safetensors_header import parse_header, read_header
 from xorweights.tensors.torch_zip import read_checkpoint

@@ -21,9 +21,9 @@ import xorweights
 from tests.conftest import legacy_folders, random_bytes, tree, write_files
 from tests.hubserver import TOKEN, HubServer
 from xorweights import publish
-from xorweights.constants import STATE_FILE
 from xorweights.errors import HubError, PayloadMismatchError, UnsafePathError
 from xorweights.hub import model_card
+from xorweights.outfolder.folder import STATE_FILE
 
 
 def nested_repo(folder: Path, payload: Path, name: str, *, decoy: bool = False) -> Path:

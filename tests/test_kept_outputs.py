@@ -22,8 +22,8 @@ from tests.conftest import legacy_folders, tree
 from tests.delta_models import VOCAB, llama_state, perturbed, save_model
 from tests.test_half_made_payloads import native_pair
 from xorweights.cli import main
-from xorweights.constants import STATE_JOURNAL
 from xorweights.delta.recover import SEAL_NAME
+from xorweights.outfolder.folder import STATE_JOURNAL
 from xorweights.tensor_manifest import TENSORS_NAME
 
 

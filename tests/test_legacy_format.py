@@ -11,7 +11,7 @@ import pytest
 import xorweights
 from tests import legacy_reference as ref
 from tests.conftest import random_bytes, tree, write_files
-from xorweights.constants import CHUNK_SIZE
+from xorweights._sizing import CHUNK_SIZE
 
 
 def legacy_payload(tmp_path: Path, base: Path, tuned: Path, *, compress: bool = False) -> Path:

@@ -17,8 +17,8 @@ import pytest
 import xorweights
 from tests import legacy_reference as ref
 from tests.conftest import legacy_folders, random_bytes, tree, write_files
+from xorweights.checksum_types import MANIFEST_FORMAT
 from xorweights.cli import main
-from xorweights.constants import MANIFEST_FORMAT
 from xorweights.formats import gzip_stream as _gzip
 
 BACKENDS = ("zlib", "isal")

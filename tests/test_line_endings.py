@@ -14,9 +14,8 @@ import pytest
 
 import xorweights
 from xorweights import _line_endings
-from xorweights._line_endings import line_ending_hint
+from xorweights._line_endings import LINE_ENDING_CHECK_LIMIT, line_ending_hint
 from xorweights.cli import main
-from xorweights.constants import LINE_ENDING_CHECK_LIMIT
 from xorweights.errors import BaseMismatchError, ChecksumMismatchError, FormatError
 from xorweights.llama.layout import LlamaLayout
 

@@ -26,13 +26,13 @@ from tests.conftest import random_bytes, tree, write_files
 from xorweights import hub
 from xorweights._display import needs_escape, shown
 from xorweights.cli import _ShownFormatter, main
-from xorweights.constants import STATE_FILE, STATE_FORMAT, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.errors import UnsafePathError
 from xorweights.formats import oasst as legacy
 from xorweights.formats import payload_folder
 from xorweights.formats.native_manifest import MANIFEST_NAME
 from xorweights.hub import payload as hub_payload
-from xorweights.outfolder.folder import OutputFolder
+from xorweights.outfolder.atomic import TEMP_PREFIX, TEMP_SUFFIX
+from xorweights.outfolder.folder import STATE_FILE, STATE_FORMAT, OutputFolder
 from xorweights.outfolder.paths import check_name, check_regular_file
 from xorweights.pipeline import resume
 

@@ -15,6 +15,10 @@ from typing import Any
 from ._display import quoted
 from .errors import FormatError
 
+#: JSON files of a model folder larger than this are not parsed (the largest, a tokenizer.json, is a
+#: few tens of MiB): a plausibility check leaves them unchecked, the legacy raw rule takes them as not JSON.
+MAX_JSON_FILE_BYTES = 64 * 1024 * 1024
+
 #: Longest integer accepted, in digits (sizes and offsets need 20 at most).
 MAX_INT_DIGITS = 40
 

@@ -13,8 +13,12 @@ import stat
 from collections.abc import Iterator, Mapping
 from typing import IO
 
-from .constants import ALGORITHMS, LINE_ENDING_CHECK_LIMIT
+from .checksum_types import ALGORITHMS
 from .hashing import GIT_BLOB, new_hasher
+
+#: A file with a wrong digest or size is checked for converted line endings (CRLF/LF, as git's
+#: autocrlf does) only up to this size: the text files of a model folder are smaller.
+LINE_ENDING_CHECK_LIMIT = 64 * 1024 * 1024
 
 #: Algorithms a published digest may be given in; `git-sha1` is a git blob id (sha1 over
 #: `blob <size>\0` and the bytes).

@@ -20,8 +20,17 @@ import threading
 import time
 from typing import Any
 
+from ._env import env_flag
 from ._units import human_bytes, human_duration, human_rate
-from .constants import ENV_DISABLE_PROGRESS_BARS, ENV_HF_DISABLE_PROGRESS_BARS, ENV_TQDM_DISABLE, env_flag
+
+#: Silences all progress output (same effect as `--quiet`).
+ENV_DISABLE_PROGRESS_BARS = "XORWEIGHTS_DISABLE_PROGRESS_BARS"
+
+#: huggingface_hub's switch for its bars; a true value (as `is_true`) silences ours too.
+ENV_HF_DISABLE_PROGRESS_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"
+
+#: tqdm's own switch; as tqdm reads it, any non-empty value silences every bar.
+ENV_TQDM_DISABLE = "TQDM_DISABLE"
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ._line_endings import line_ending_hint
+from ._sizing import default_jobs
 from .checksum_manifests import RemoteChecksums, load_checksums
-from .checksum_types import ChecksumManifest, ChecksumReport, Mismatch, VerifyReport
-from .constants import ALGORITHMS, TEMP_PREFIX, default_jobs
+from .checksum_types import ALGORITHMS, ChecksumManifest, ChecksumReport, Mismatch, VerifyReport
 from .errors import InputError, MissingFileError
 from .hashing import hash_files
-from .outfolder.atomic import AtomicFile
+from .outfolder.atomic import TEMP_PREFIX, AtomicFile
 
 logger = logging.getLogger("xorweights.checksums")  # the name it logged under before the split
 

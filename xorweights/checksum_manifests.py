@@ -20,8 +20,16 @@ from typing import Any
 from . import _json
 from ._display import quoted
 from .checksum_lines import parse_sum_lines
-from .checksum_types import BASE_MODEL_RULE, ChecksumManifest, FileDigest, is_base_model
-from .constants import HEX_LENGTH, MANIFEST_FORMAT, MAX_MANIFEST_BYTES, STAGES
+from .checksum_types import (
+    BASE_MODEL_RULE,
+    HEX_LENGTH,
+    MANIFEST_FORMAT,
+    MAX_MANIFEST_BYTES,
+    STAGES,
+    ChecksumManifest,
+    FileDigest,
+    is_base_model,
+)
 from .errors import FormatError, InputError, MissingFileError, UnknownReleaseError
 from .outfolder.paths import check_listed_name, read_bounded
 

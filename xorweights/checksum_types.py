@@ -11,8 +11,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .checksum_lines import format_sum_lines
-from .constants import ALGORITHMS, MANIFEST_FORMAT, STAGES
 from .errors import InputError
+
+#: Checksum algorithms understood everywhere, with the hex length that identifies them.
+ALGORITHMS = ("md5", "sha256")
+
+HEX_LENGTH = {"md5": 32, "sha256": 64}
+
+#: Checksum stages of a release, in the order a user meets them.
+STAGES = ("meta_original", "hf_base", "decoded")
+
+#: Checksum files, manifests and state files larger than this are refused unread.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+#: Schema tag of the JSON checksum manifests in `checksums/`.
+MANIFEST_FORMAT = "xorweights-checksums/1"
 
 BASE_MODEL_RULE = (
     "a Hub repo id (owner/name) or a plain name: one line of at most 200 letters, digits, spaces "

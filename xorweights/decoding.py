@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import hub
+from ._sizing import default_jobs
 from ._units import parse_size
 from .checksums import ChecksumManifest, load_checksums
 from .codecs import CODECS, Codec, DecodeRequest, codec, encodable
-from .constants import WEIGHT_SUFFIXES, default_jobs
 from .delta.recipes import recipe as find_recipe
 from .delta.registry import DeltaRelease, find_delta_release
 from .errors import InputError
@@ -22,6 +22,7 @@ from .formats.gzip_stream import gzip_backend as pick_gzip_backend
 from .formats.legacy_source import PayloadCompression
 from .formats.native_manifest import MANIFEST_NAME
 from .hub.stream import mismatch_over_format_error
+from .model_files import WEIGHT_SUFFIXES
 from .outfolder.paths import check_regular_file
 from .pipeline import Options, run
 from .reports import DecodeReport

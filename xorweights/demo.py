@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from ._sizing import CHUNK_SIZE
 from .checksums import VerifyReport, verify
-from .constants import CHUNK_SIZE
 from .decoding import decode
 from .encoding import encode
 from .formats.native_manifest import MANIFEST_NAME

@@ -139,7 +139,7 @@ class HubError(XorWeightsError, OSError):
 
 
 #: Where a mismatch was found, a closed vocabulary: the stages a release publishes checksums for
-#: (`meta_original`, `hf_base`, `decoded`; `constants.STAGES`), `base` (a native payload's base
+#: (`meta_original`, `hf_base`, `decoded`; `checksum_types.STAGES`), `base` (a native payload's base
 #: tensors and whole base files, proven against `xorweights.json`) and `payload` (a payload file
 #: against its manifest or the digest the Hub reports).
 Stage = Literal["meta_original", "hf_base", "decoded", "base", "payload"]

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from . import _cancel
 from ._progress import byte_bar
-from .constants import CHUNK_SIZE
+from ._sizing import CHUNK_SIZE
 from .errors import FormatError
 
 try:  # the same CRC-32 as zlib's, about 7x faster

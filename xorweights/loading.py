@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import hub
-from .constants import TORCH_SUFFIXES, default_jobs
+from ._sizing import default_jobs
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
 from .formats.frame_stream import FrameReader
 from .formats.native import (
@@ -34,6 +34,7 @@ from .formats.native import (
 )
 from .formats.native_manifest import MANIFEST_NAME, FileEntry, NativeManifest, load_manifest
 from .formats.native_sources import BaseImage
+from .model_files import TORCH_SUFFIXES
 from .outfolder.paths import check_regular_file
 from .pipeline import FileSource
 from .pipeline.engine import read_full

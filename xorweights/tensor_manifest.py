@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from . import _json
+from ._sizing import CHUNK_SIZE, default_jobs
 from .checksum_manifests import check_hex
 from .checksum_types import Mismatch, VerifyReport
-from .constants import CHUNK_SIZE, default_jobs
 from .errors import FormatError, MissingFileError
 from .hashing import hash_many
 from .llama.tensors import open_tensors

@@ -12,11 +12,15 @@ from typing import Any
 import click
 
 from .._display import shown
-from ..constants import ENV_DEBUG, HTTP_MODULES, env_flag
+from .._env import env_flag
 from ..errors import ChecksumMismatchError, XorWeightsError
+from ..hub.watch import HTTP_MODULES
 from ._group import as_flags, cli
 from ._render import emit_json
 from ._signals import INTERRUPTED, Interrupted
+
+#: Makes the CLI print full tracebacks.
+ENV_DEBUG = "XORWEIGHTS_DEBUG"
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 

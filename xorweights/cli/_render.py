@@ -12,9 +12,10 @@ import click
 from .._display import escaped, json_safe, needs_escape, shown
 from .._units import human_bytes as _human
 from .._units import human_rate
+from ..checksum_types import STAGES
 from ..checksums import ChecksumManifest, ChecksumReport, VerifyReport
-from ..constants import STAGES, WEIGHT_SUFFIXES
 from ..formats.raw_storage import manifest_items
+from ..model_files import WEIGHT_SUFFIXES
 from ..reports import DecodeReport, EncodeReport
 
 if TYPE_CHECKING:  # these modules load only when their command runs

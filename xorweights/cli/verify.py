@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from .._display import shown
+from ..checksum_types import ALGORITHMS, STAGES
 from ..checksums import checksum, load_checksums, verify
-from ..constants import ALGORITHMS, STAGES
 from ._errors import EXIT_MISMATCH, EXIT_OK
 from ._group import EXAMPLES, cli
 from ._options import hub_options, jobs_option, json_option, quiet_option

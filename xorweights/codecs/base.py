@@ -16,8 +16,8 @@ from typing import Any, Literal, Protocol
 
 from .._display import abridged
 from ..checksum_types import ChecksumManifest
-from ..constants import WEIGHT_SUFFIXES
 from ..errors import InputError, MissingFileError
+from ..model_files import WEIGHT_SUFFIXES
 from ..pipeline import Options, Outcome, Plan
 
 PayloadCompression = Literal["auto", "none", "gzip"]

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..constants import default_jobs
+from .._sizing import default_jobs
 from ..errors import InputError, MissingFileError, OutputExistsError, XorWeightsError
 from ..formats import native, native_encode, plausible, raw_storage
 from ..formats.native_manifest import MANIFEST_NAME, is_native, load_manifest

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ..checksum_types import ChecksumManifest, FileDigest
-from ..constants import INFLATE_SLACK
 from ..errors import InputError
 from ..formats import gzip_stream, oasst, plausible
 from ..formats.legacy_source import PayloadSource, refuse_gzip_head
 from ..formats.native_manifest import is_native
+from ..formats.oasst import INFLATE_SLACK
 from ..outfolder.paths import check_out_dir
 from ..pipeline import Immediate, Outcome, Plan, Sink, Step
 from .base import DecodeRequest, EncodeRequest, Planned, check_listed, register

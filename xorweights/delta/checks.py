@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import _json
 from .._display import abridged, quoted
-from ..constants import MAX_JSON_FILE_BYTES
+from .._json import MAX_JSON_FILE_BYTES
 from ..errors import BaseMismatchError, FormatError
 from ..outfolder.paths import is_regular, read_bounded
 from ..tensors.store import StoredTensor, TensorStore

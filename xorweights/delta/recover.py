@@ -21,7 +21,8 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 
 from .._display import abridged
-from ..constants import MAX_MANIFEST_BYTES, default_jobs
+from .._sizing import default_jobs
+from ..checksum_types import MAX_MANIFEST_BYTES
 from ..errors import FormatError, InputError, MissingFileError
 from ..generated_file import GeneratedFile
 from ..llama.layout import MAX_SHARD_BYTES as BIN_SHARD_BYTES  # the 2023 default ("10GB")

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import _json
 from ..checksum_manifests import manifests_dir
-from ..constants import MAX_MANIFEST_BYTES
+from ..checksum_types import MAX_MANIFEST_BYTES
 from ..errors import FormatError
 from ..outfolder.paths import read_bounded
 from .recipes import RECIPES

@@ -36,8 +36,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .._tracebacks import detached
-from ..constants import ENV_GZIP_BACKEND, GZIP_BACKENDS, GZIP_MAGIC
 from ..errors import FormatError, InputError
+
+#: gzip member header: ID1 ID2 CM=deflate. A legacy payload starting with these is gzip.
+GZIP_MAGIC = b"\x1f\x8b\x08"
+
+#: gzip decompressor: `auto` (python-isal when installed, else zlib), `isal` or `zlib`.
+ENV_GZIP_BACKEND = "XORWEIGHTS_GZIP_BACKEND"
+
+GZIP_BACKENDS = ("auto", "isal", "zlib")
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._display import abridged, shown
-from ..constants import CHUNK_SIZE, OPAQUE_WEIGHT_SUFFIXES, TORCH_SUFFIXES
+from .._sizing import CHUNK_SIZE
 from ..errors import FormatError, InputError
 from ..hashing import feed, hash_many, new_hasher
 from ..llama.tensors import open_tensors
+from ..model_files import OPAQUE_WEIGHT_SUFFIXES, TORCH_SUFFIXES
 from ..outfolder.paths import check_regular_file, is_regular
 from ..pipeline import FileSource, Step
 from ..tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES

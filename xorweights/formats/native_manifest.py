@@ -20,8 +20,7 @@ from typing import Any, Literal
 
 from .. import _json
 from .._display import quoted, shown
-from ..checksum_types import BASE_MODEL_RULE, ChecksumManifest, FileDigest, is_base_model
-from ..constants import MAX_MANIFEST_BYTES
+from ..checksum_types import BASE_MODEL_RULE, MAX_MANIFEST_BYTES, ChecksumManifest, FileDigest, is_base_model
 from ..errors import FormatError, InputError, MissingFileError
 from ..outfolder.paths import check_name, read_bounded
 from ..tensors.dtypes import DTYPE_SIZES

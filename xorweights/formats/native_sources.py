@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ..constants import CHUNK_SIZE
+from .._sizing import CHUNK_SIZE
 from ..pipeline.source import FileSource, Source
 from .delta_frames import MaskedSpans
 from .frame_stream import FrameReader, FrameWriter, Span

@@ -18,16 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .._display import abridged, shown
+from .._json import MAX_JSON_FILE_BYTES
 from .._json import loads as json_loads
-from ..constants import (
-    GZIP_MAGIC,
-    INFLATE_SLACK,
-    LEGACY_RAW_FILES,
-    MAX_JSON_FILE_BYTES,
-    TEMP_PREFIX,
-    TORCH_SUFFIXES,
-    WEIGHT_SUFFIXES,
-)
 from ..errors import (
     BaseMismatchError,
     ChecksumMismatchError,
@@ -39,6 +31,8 @@ from ..errors import (
     RawStorageError,
 )
 from ..llama.base import GeneratedSource
+from ..model_files import TORCH_SUFFIXES, WEIGHT_SUFFIXES
+from ..outfolder.atomic import TEMP_PREFIX
 from ..outfolder.paths import (
     check_name,
     check_not_escaping_link,
@@ -50,7 +44,7 @@ from ..pipeline import FileSource, Source, Step, output_digests
 from ..pipeline.job import converted
 from . import plausible
 from .delta_frames import starts_with_frame
-from .gzip_stream import check_gzip_head
+from .gzip_stream import GZIP_MAGIC, check_gzip_head
 from .legacy_source import PayloadSource
 from .native_manifest import MANIFEST_NAME
 from .payload_folder import left_by_us
@@ -58,6 +52,13 @@ from .raw_storage import copy_refusal
 
 if TYPE_CHECKING:
     from ..llama.base import GeneratedBase
+
+#: Without a published size, a gzip payload may inflate to at most twice its base plus this.
+INFLATE_SLACK = 64 * 1024 * 1024
+
+#: Files the legacy script first copies raw, then XORs over that copy when the base holds one
+#: (stock LLaMA has no such file, so the OA releases carry it raw); see `formats.oasst.raw_rule`.
+LEGACY_RAW_FILES = ("added_tokens.json",)
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._display import abridged, quoted
-from ..constants import STAGING_DIR, STATE_FILE, STATE_JOURNAL, TEMP_PREFIX, TEMP_SUFFIX
 from ..errors import InputError, MissingFileError
+from ..outfolder.atomic import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
+from ..outfolder.folder import STATE_FILE, STATE_JOURNAL
 from ..outfolder.paths import check_folder_inside, check_name, check_regular_file
 
 logger = logging.getLogger(__name__)

@@ -14,8 +14,9 @@ import zipfile
 from pathlib import Path
 
 from .. import _json
-from ..constants import MAX_JSON_FILE_BYTES, TORCH_SUFFIXES
+from .._json import MAX_JSON_FILE_BYTES
 from ..errors import FileTooLargeError, FormatError
+from ..model_files import TORCH_SUFFIXES
 from ..outfolder.paths import read_bounded
 from ..tensors.safetensors_header import read_header
 

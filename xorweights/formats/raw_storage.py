@@ -27,7 +27,9 @@ from typing import Any, Literal
 
 from .._display import abridged
 from .._units import human_bytes
-from ..constants import (
+from ..errors import FormatError, IOFailure, RawStorageError, UnmaskedFrameError
+from ..llama.tokenizer import model_refusal
+from ..model_files import (
     RAW_FILE_LIMIT,
     TEXT_FILE_LIMIT,
     TEXT_NAMES,
@@ -35,8 +37,6 @@ from ..constants import (
     TOKENIZER_FILE_LIMIT,
     TOKENIZER_MODELS,
 )
-from ..errors import FormatError, IOFailure, RawStorageError, UnmaskedFrameError
-from ..llama.tokenizer import model_refusal
 from ..pipeline import FileSource
 from ..tensors.store import nbytes_of
 from .delta_frames import STORED, frame_heads

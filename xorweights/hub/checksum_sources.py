@@ -12,8 +12,7 @@ from typing import Any
 
 from .._display import quoted
 from ..checksum_manifests import bundled_release
-from ..checksum_types import ChecksumManifest
-from ..constants import MAX_MANIFEST_BYTES
+from ..checksum_types import MAX_MANIFEST_BYTES, ChecksumManifest
 from ..errors import HubError, InputError, XorWeightsError
 from ..outfolder.paths import check_regular_file, read_bounded
 from . import model_card

@@ -21,8 +21,7 @@ from .. import _json
 from .._display import quoted
 from .._units import human_bytes
 from ..checksum_manifests import parse_manifest
-from ..checksum_types import ChecksumManifest, FileDigest
-from ..constants import MAX_MANIFEST_BYTES
+from ..checksum_types import MAX_MANIFEST_BYTES, ChecksumManifest, FileDigest
 from ..errors import FormatError, InputError
 from ..formats.native_manifest import MANIFEST_NAME, NativeManifest
 from ..formats.raw_storage import RawItem

@@ -23,11 +23,11 @@ from typing import Any
 
 from .._display import abridged
 from .._progress import bars_shown
+from .._sizing import default_jobs
 from .._version import version
 from ..checksum_folders import list_files
 from ..checksum_manifests import load_checksums
 from ..checksum_types import ChecksumManifest
-from ..constants import default_jobs
 from ..errors import ChecksumMismatchError, HubError, InputError, MissingFileError, XorWeightsError
 from ..formats import native
 from ..formats.native_manifest import (

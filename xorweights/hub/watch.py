@@ -36,8 +36,10 @@ from typing import Any
 
 from .. import _cancel
 from .._cancel import Cancelled
-from ..constants import HTTP_MODULES
 from ..errors import HubError, XorWeightsError
+
+#: The HTTP clients huggingface_hub uses (by version): their errors are the network's.
+HTTP_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "h11", "requests", "urllib3")
 
 logger = logging.getLogger(__name__)
 

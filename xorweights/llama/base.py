@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import _json
+from .._json import MAX_JSON_FILE_BYTES
 from ..checksum_manifests import load_checksums
 from ..checksum_types import ChecksumManifest
-from ..constants import MAX_JSON_FILE_BYTES
 from ..errors import FormatError, InputError
 from ..generated_file import GeneratedFile
 from ..outfolder.paths import check_out_dir, read_bounded

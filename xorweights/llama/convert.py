@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .. import _json
-from ..constants import MAX_JSON_FILE_BYTES
+from .._json import MAX_JSON_FILE_BYTES
 from ..errors import FormatError, MissingFileError
 from ..outfolder.paths import check_regular_file, is_regular, read_bounded
 from ..tensors.dtypes import NUMPY_DTYPES

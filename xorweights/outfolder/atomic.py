@@ -8,9 +8,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..constants import TEMP_PREFIX, TEMP_SUFFIX
 from ..errors import IOFailure, XorWeightsError
 from ..hashing import new_hasher
+
+#: Prefix of every temporary file written in a destination folder.
+TEMP_PREFIX = ".xorweights-"
+
+TEMP_SUFFIX = ".part"
+
+#: Hidden folder inside an encode's `--out`: a native encode's finished payload files wait there until
+#: every file is done (then they are renamed into place and `xorweights.json` is written last), and
+#: the encode's records live there (`.payload-state/`), so that a killed encode resumes.
+STAGING_DIR = TEMP_PREFIX + "staging"
 
 logger = logging.getLogger(__name__)
 

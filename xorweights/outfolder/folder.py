@@ -37,19 +37,21 @@ from pathlib import Path
 from typing import Any
 
 from .._json import loads
-from ..constants import (
-    HEX_LENGTH,
-    MAX_MANIFEST_BYTES,
-    STATE_FILE,
-    STATE_FORMAT,
-    STATE_JOURNAL,
-    TEMP_PREFIX,
-    TEMP_SUFFIX,
-)
+from ..checksum_types import HEX_LENGTH, MAX_MANIFEST_BYTES
 from ..errors import FolderLockedError, InputError, IOFailure
 from ..hashing import CRC32, hash_file
-from .atomic import AtomicFile, fsync_dir
+from .atomic import TEMP_PREFIX, TEMP_SUFFIX, AtomicFile, fsync_dir
 from .paths import check_name, read_bounded
+
+#: Record of finished outputs in an output folder (hidden; see `outfolder/folder.py`).
+STATE_FILE = ".xorweights-state.json"
+
+STATE_FORMAT = "xorweights-state/1"
+
+#: Append-only journal of the current (or a killed) run, one JSON object a line: an `intent`
+#: before each output's rename, `done` after it, `drop` for a removed output. Folded into
+#: `STATE_FILE` when the folder is opened and when the run ends, then removed.
+STATE_JOURNAL = ".xorweights-state.journal"
 
 logger = logging.getLogger(__name__)
 

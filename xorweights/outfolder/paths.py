@@ -16,7 +16,6 @@ import stat
 from pathlib import Path
 
 from .._units import human_bytes
-from ..constants import TEMP_PREFIX
 from ..errors import (
     FileTooLargeError,
     FormatError,
@@ -26,6 +25,7 @@ from ..errors import (
     NotRegularFileError,
     UnsafePathError,
 )
+from .atomic import TEMP_PREFIX
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -17,8 +17,8 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from .._env import env_flag
 from .._units import human_bytes
-from ..constants import env_flag
 from ..errors import NoSpaceError
 
 ENV_SKIP_SPACE_CHECK = "XORWEIGHTS_SKIP_SPACE_CHECK"

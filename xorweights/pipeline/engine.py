@@ -27,9 +27,18 @@ import numpy as np
 
 from .._buffers import work_buffer
 from .._cancel import Cancelled
+from .._sizing import CHUNK_SIZE
 from .._tracebacks import drop_locals
-from ..constants import CHUNK_SIZE, PIPELINE_DEPTH, WRITEBACK_WINDOW
 from ..outfolder import oscache
+
+#: Chunks in flight per file: memory per file is about DEPTH * 2 * CHUNK_SIZE.
+PIPELINE_DEPTH = 4
+
+#: Chunks in flight across all files decoded at once; each file gets a share, at least 2.
+PIPELINE_SLOTS = 8
+
+#: With `drop_cache`, written bytes further back than this are waited for and dropped from the cache.
+WRITEBACK_WINDOW = 4 * CHUNK_SIZE
 
 logger = logging.getLogger(__name__)
 

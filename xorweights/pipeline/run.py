@@ -23,12 +23,13 @@ from .. import _cancel
 from .._cancel import Cancelled
 from .._display import shown
 from .._progress import byte_bar
-from ..constants import PIPELINE_DEPTH, PIPELINE_SLOTS, STAGING_DIR, default_jobs
+from .._sizing import default_jobs
 from ..errors import ImplausibleOutputError, IOFailure
 from ..hashing import Crc32
-from ..outfolder.atomic import AtomicFile, fsync_dir
+from ..outfolder.atomic import STAGING_DIR, AtomicFile, fsync_dir
 from ..outfolder.folder import STATE_DIGEST, OutputFolder
 from ..outfolder.space import SpaceWatch, check_outputs
+from .engine import PIPELINE_DEPTH, PIPELINE_SLOTS
 from .job import Job, run_job
 from .plan import Plan, Sidecars, Staged, Step
 from .report import FileReport

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._buffers import work_buffer
-from ..constants import CHUNK_SIZE
+from .._sizing import CHUNK_SIZE
 from ..errors import FormatError, MissingFileError
 from ..hashing import hash_stream
 from ..outfolder.paths import is_regular
