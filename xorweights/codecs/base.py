@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from .._display import abridged
+from .._registry import Registry
 from ..checksum_types import ChecksumManifest
 from ..errors import InputError, MissingFileError
 from ..model_files import WEIGHT_SUFFIXES
@@ -102,32 +103,18 @@ class Codec(Protocol):
         """The encode's plan (a format without one raises `InputError`)."""
 
 
-CODECS: dict[str, Codec] = {}
+CODECS: Registry[Codec] = Registry("payload format")
 """The codec registry, by name (`register`)."""
 
 
 def register(codec: Codec) -> Codec:
-    """Add a codec to the registry.
-
-    Raises:
-        `InputError`: a codec of that name is registered already.
-    """
-    if codec.name in CODECS:
-        raise InputError(f"codec {codec.name!r} is registered already")
-    CODECS[codec.name] = codec
-    return codec
+    """Add a codec to the registry (`InputError` for a name taken)."""
+    return CODECS.add(codec.name, codec)
 
 
 def codec(name: str) -> Codec:
-    """The codec called `name`.
-
-    Raises:
-        `InputError`: no such codec (the known ones are listed).
-    """
-    found = CODECS.get(name)
-    if found is None:
-        raise InputError(f"unknown payload format {name!r}; expected {' or '.join(CODECS)}")
-    return found
+    """The codec called `name` (`InputError` naming the known ones for another)."""
+    return CODECS.find(name)
 
 
 def encodable() -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..errors import InputError
+from .._registry import Registry
 from ..tensors.dtypes import NUMPY_DTYPES
 from ..tensors.store import cast
 
@@ -124,32 +124,19 @@ def _tensor_ready(a: np.ndarray) -> np.ndarray:
     return a if a.flags.writeable else a.copy()
 
 
-RECIPES: dict[str, Recipe] = {}
+RECIPES: Registry[Recipe] = Registry("recipe")
 """The recipe registry, by name (`register`)."""
 
 
 def register(entry: Recipe) -> Recipe:
-    """Add a recipe to the registry (the CLI's `--recipe` choices, `decode(recipe=...)`).
-
-    Raises:
-        `InputError`: a recipe of that name is registered already.
-    """
-    if entry.name in RECIPES:
-        raise InputError(f"recipe {entry.name!r} is registered already")
-    RECIPES[entry.name] = entry
-    return entry
+    """Add a recipe to the registry (the CLI's `--recipe` choices, `decode(recipe=...)`); a name
+    registered already is an `InputError`."""
+    return RECIPES.add(entry.name, entry)
 
 
 def recipe(name: str) -> Recipe:
-    """The recipe called `name`.
-
-    Raises:
-        `InputError`: no such recipe (the known ones are listed).
-    """
-    found = RECIPES.get(name)
-    if found is None:
-        raise InputError(f"unknown recipe {name!r}; expected one of {', '.join(RECIPES)}")
-    return found
+    """The recipe called `name` (`InputError` naming the known ones for another)."""
+    return RECIPES.find(name)
 
 
 for _entry in (
