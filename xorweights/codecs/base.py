@@ -12,16 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from .._display import abridged
 from .._registry import Registry
 from ..checksum_types import ChecksumManifest
+from ..delta.decode import OutputFormat
+from ..delta.registry import DeltaRelease
 from ..errors import InputError, MissingFileError
+from ..formats.legacy_source import PayloadCompression
 from ..model_files import WEIGHT_SUFFIXES
 from ..pipeline import Options, Outcome, Plan
-
-PayloadCompression = Literal["auto", "none", "gzip"]
+from ..tensor_manifest import TensorManifest
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,11 @@ class DecodeRequest:
     gzip_backend: str = "zlib"
     base_mode: str = "auto"
     recipe: str | None = None
-    release: Any = None
-    """The known delta release the payload or the checksums name (`delta.registry.DeltaRelease`)."""
-    expect: Any = None
-    """A delta's per-tensor digests to meet (`tensor_manifest.TensorManifest`)."""
-    output_format: str = "safetensors"
+    release: DeltaRelease | None = None
+    """The known delta release the payload or the checksums name."""
+    expect: TensorManifest | None = None
+    """A delta's per-tensor digests to meet."""
+    output_format: OutputFormat = "safetensors"
     max_shard_bytes: int | None = None
 
 

@@ -25,7 +25,7 @@ class DeltaCodec:
     def plan_decode(self, request: DecodeRequest) -> Planned:
         how = DeltaOptions(
             request.recipe,
-            request.output_format,  # type: ignore[arg-type]
+            request.output_format,
             request.max_shard_bytes,
             request.release,
             request.expect,
