@@ -12,6 +12,11 @@ id for a file outside LFS): a file that differs raises `PayloadMismatchError` be
 byte is handed over, so no output made from it is ever committed.
 
 `HubFileSource` is the `sources.Source` of such a file.
+
+huggingface_hub's `HfFileSystem` reads a file likewise, but reopens a dropped connection once per
+`read` and from the bytes handed over (its block files fetch a whole block again), has no stall
+rule and blocks its reading thread through its own waits: `benchmarks/bench_hffs_stream.py`
+measures both (`benchmarks/results/bench_hffs_stream.txt`).
 """
 
 from __future__ import annotations
