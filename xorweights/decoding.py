@@ -118,9 +118,7 @@ def decode(
     _check_choice("payload format", format, ("auto", *encodable()))
     _check_choice("payload compression", payload_compression, ("auto", "none", "gzip"))
     started = time.perf_counter()
-    if local_dir is not None and download_dir is not None and Path(local_dir) != Path(download_dir):
-        raise InputError("local_dir and download_dir (its old name) name different folders", path=local_dir)
-    local = local_dir if local_dir is not None else download_dir
+    local = _one_local_dir(local_dir, download_dir)
     access = hub.HubAccess(
         local_dir=local, cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline
     )
@@ -193,6 +191,16 @@ def _run(chosen: Codec, ask: DecodeRequest, where: _Located, started: float) -> 
         streamed=tuple(sorted(fetched.streamed)) if fetched else (),
         **fields,
     )
+
+
+def _one_local_dir(
+    local_dir: os.PathLike[str] | str | None, download_dir: os.PathLike[str] | str | None
+) -> os.PathLike[str] | str | None:
+    """`local_dir`, or `download_dir` (its old name); `InputError` when both name different folders."""
+    if local_dir is not None and download_dir is not None and Path(local_dir) != Path(download_dir):
+        msg = "`local_dir` and `download_dir` (its old name) name different folders"
+        raise InputError(msg, path=local_dir)
+    return local_dir if local_dir is not None else download_dir
 
 
 def _pick(payload_dir: Path, format: str) -> Codec:

@@ -152,3 +152,20 @@ def check_listed(
             f"payload file for ({abridged(absent, 3)}); an incomplete download or copy?",
             path=where / absent[0],
         )
+
+
+def refuse_delta_options(request: DecodeRequest, what: str) -> None:
+    """Refuse the options of a delta recovery for an XOR payload (`what`), which has its own files."""
+    given = [
+        f"`{name}`"
+        for name, value in (
+            ("output_format", request.output_format),
+            ("max_shard_size", request.max_shard_bytes),
+        )
+        if value not in ("safetensors", None)
+    ]
+    if given:
+        raise InputError(
+            f"{request.payload_dir} is {what}: {' and '.join(given)} applies to an additive delta (`recipe`)",
+            path=request.payload_dir,
+        )

@@ -20,7 +20,17 @@ class DeltaCodec:
         return False  # a delta looks like any model: it is recovered only when a recipe is named
 
     def check(self, request: DecodeRequest) -> None:
-        pass  # a recipe's own refusals come with its plan (`delta.decode`)
+        """Refuse the options of XOR payloads (a recipe's own refusals come with its plan)."""
+        given = [
+            f"`{name}='{value}'`"
+            for name, value in (
+                ("payload_compression", request.payload_compression),
+                ("base_mode", request.base_mode),
+            )
+            if value != "auto"
+        ]
+        if given:
+            raise InputError(f"{' and '.join(given)} applies to XOR payloads, not to an additive delta")
 
     def plan_decode(self, request: DecodeRequest) -> Planned:
         how = DeltaOptions(

@@ -16,7 +16,7 @@ from ..hashing import hash_file
 from ..outfolder.folder import STATE_DIGEST
 from ..outfolder.paths import check_out_dir
 from ..pipeline import FileReport, FileSource, Outcome, Plan, Sidecars, Sink, Staged, Step
-from .base import DecodeRequest, EncodeRequest, Planned, check_listed, register
+from .base import DecodeRequest, EncodeRequest, Planned, check_listed, refuse_delta_options, register
 
 
 class NativeCodec:
@@ -30,6 +30,7 @@ class NativeCodec:
         return is_native(payload_dir)
 
     def check(self, request: DecodeRequest) -> None:
+        refuse_delta_options(request, "a native payload")
         if request.payload_compression == "gzip":
             raise InputError(
                 f"{request.payload_dir} is a native payload, never gzip; `payload_compression='gzip'` "

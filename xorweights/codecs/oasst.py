@@ -17,7 +17,7 @@ from ..formats.native_manifest import is_native
 from ..formats.oasst import INFLATE_SLACK
 from ..outfolder.paths import check_out_dir
 from ..pipeline import Immediate, Outcome, Plan, Sink, Step
-from .base import DecodeRequest, EncodeRequest, Planned, check_listed, register
+from .base import DecodeRequest, EncodeRequest, Planned, check_listed, refuse_delta_options, register
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class OasstCodec:
         return not is_native(payload_dir)
 
     def check(self, request: DecodeRequest) -> None:
-        pass
+        refuse_delta_options(request, "a legacy payload")
 
     def plan_decode(self, request: DecodeRequest) -> Planned:
         """Decode file by file, against the base folder's files or a generated base."""
@@ -89,7 +89,7 @@ class OasstCodec:
         rerun keeps the payload files an earlier run made from the same inputs with the same options
         (and, with checksums, recorded the digests of)."""
         if request.allow_raw:
-            raise InputError("allow_raw applies to native payloads; a legacy payload needs every base file")
+            raise InputError("`allow_raw` applies to native payloads; a legacy payload needs every base file")
         if request.base_name is not None and not request.with_checksums:
             raise InputError(
                 "a legacy (oasst) payload records its base name in the checksum manifest: "

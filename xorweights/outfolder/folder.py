@@ -229,6 +229,9 @@ class OutputFolder:
         self._journal: int | None = None
         self._lock = threading.Lock()
         self.done: dict[str, Done] = {}
+        self._pending: dict[str, Done] = {}
+        """Outputs journaled as about to be renamed and not yet recorded (an interrupt between the
+        two): confirmed by their digests when the folder is closed, as the next run would."""
         self.recovered: list[str] = []
         """Outputs a killed run renamed into place without recording them, recognised by their digests."""
 
@@ -265,6 +268,7 @@ class OutputFolder:
                 os.close(self._journal)
                 self._journal = None
                 try:
+                    self._settle_pending()
                     self._compact()
                 except OSError as e:  # the journal stays: the next run replays it
                     logger.warning("could not save the state file in %s (%s)", self.path, e)
@@ -298,6 +302,15 @@ class OutputFolder:
             os.close(self._journal)
             self._journal = None
         self.keep_state = False
+
+    def _settle_pending(self) -> None:
+        """Record the outputs renamed into place whose record an interrupt cut off (by their digests);
+        the snapshot then holds them, as a replay of the journal would."""
+        for name, intent in list(self._pending.items()):
+            confirmed = self._confirm(name, intent)
+            if confirmed is not None:
+                self.done[name] = confirmed
+        self._pending.clear()
 
     def _compact(self) -> None:
         """Write the snapshot of `done`, then remove the journal (replaying it again is harmless)."""
@@ -471,7 +484,11 @@ class OutputFolder:
         }
         if sources and any(sources.values()):
             fields["sources"] = {k: dict(v) for k, v in sources.items() if v}
+        pending = Done(
+            size, 0, dict(digests), dict(inputs), None, {k: dict(v) for k, v in (sources or {}).items() if v}
+        )
         with self._lock:
+            self._pending[name] = pending
             self._append(_journal_line("intent", name, fields), sync=durable)
 
     def record(
@@ -490,6 +507,7 @@ class OutputFolder:
         done = Done(st.st_size, st.st_mtime_ns, dict(digests), dict(inputs), st.st_ctime_ns, src)
         with self._lock:
             self.done[name] = done
+            self._pending.pop(name, None)
             self._append(_journal_line("done", name, _entry_json(done)), sync=False)
         return done
 
@@ -502,6 +520,7 @@ class OutputFolder:
         with self._lock:
             for n in gone:
                 (self.path / n).unlink(missing_ok=True)  # first: a record of a missing file is harmless
+                self._pending.pop(n, None)
                 self._append(_journal_line("drop", n, {}), sync=False)
                 del self.done[n]
         return gone

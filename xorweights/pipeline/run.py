@@ -26,7 +26,7 @@ from .._progress import byte_bar
 from .._sizing import default_jobs
 from ..errors import ImplausibleOutputError, IOFailure
 from ..hashing import Crc32
-from ..outfolder.atomic import STAGING_DIR, AtomicFile, fsync_dir
+from ..outfolder.atomic import STAGING_DIR, TEMP_PREFIX, AtomicFile, fsync_dir
 from ..outfolder.folder import STATE_DIGEST, OutputFolder
 from ..outfolder.space import SpaceWatch, check_outputs
 from .engine import PIPELINE_DEPTH, PIPELINE_SLOTS
@@ -98,7 +98,8 @@ def run(plan: Plan, options: Options = Options()) -> Outcome:
                 made = _make(plan, options, folder, todo, inputs)
                 outcome = Outcome(tuple(made), tuple(kept))
         if isinstance(commit, Staged):
-            folder.close_state()
+            if plan.published:  # its records live in the staging folder: done with, as it is
+                folder.close_state()
             _remove(out_dir / STAGING_DIR)
     return outcome
 
@@ -160,28 +161,48 @@ def _run_staged(
                 outcome = _write_sidecars(folder, commit.sidecars, outcome, reused=False, fsync=options.fsync)
     except Exception:  # a failure (not a kill or an interrupt): nothing half-made stays behind
         folder.close_state()
-        shutil.rmtree(staging, ignore_errors=True)
+        _drop_staged(staging, keep=PAYLOAD_STATE if plan.published else None)
         raise
     return outcome
+
+
+def _drop_staged(staging: Path, keep: str | None) -> None:
+    """Remove what the staging folder holds but `keep` (a published folder's records, which the next
+    run needs to recognise the outputs already moved into place)."""
+    if keep is None:
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    for entry in staging.iterdir() if staging.is_dir() else ():
+        if entry.name != keep:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def _write_sidecars(
     folder: OutputFolder, sidecars: Sidecars, outcome: Outcome, *, reused: bool, fsync: bool
 ) -> Outcome:
-    """Write the plan's sidecar files last, each journaled before its rename and recorded after it."""
+    """Write the plan's sidecar files last, each journaled before its rename and recorded after it
+    (a hidden one, xorweights' own bookkeeping like the records themselves, is only written)."""
     files = dict(sidecars.make(outcome.files, reused))
     for name, data in files.items():
         crc = Crc32()
         crc.update(data)
         digests = {STATE_DIGEST: crc.hexdigest()}
-        folder.intend(name, len(data), digests, {}, durable=fsync)
+        journaled = not name.startswith(TEMP_PREFIX)
+        if journaled:
+            folder.intend(name, len(data), digests, {}, durable=fsync)
         try:
             with AtomicFile(folder.path / name) as f:
                 f.write(data)
                 f.commit(durable=fsync)
+        except IOFailure:
+            raise
         except OSError as e:
             raise IOFailure("saving", folder.path / name, e) from e
-        folder.record(name, digests, {})
+        if journaled:
+            folder.record(name, digests, {})
     return Outcome(outcome.made, outcome.kept, files)
 
 
