@@ -20,7 +20,7 @@ from .._progress import bars_shown, tqdm_class
 from ..errors import HubError
 from ..outfolder.paths import check_regular_file, read_bounded
 from .access import HubAccess, short_error
-from .watch import Watch, from_http_client, network_error, wait_for
+from .watch import Watch, from_http_client, network_error, requested_wait, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,12 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
                 ) from e
             except Exception as e:
                 attempt += 1
+                wait = _asked_wait(e)  # granted by the watch (within its bound) when it saw the answer
+                if wait is not None and attempt <= _RESUME_TRIES:  # huggingface_hub 0.x does not wait
+                    if stop.wait(wait):
+                        raise Cancelled() from None
+                    logger.info("%s: %s: the Hub asked to wait %g s; asking again", repo_id, path, wait)
+                    continue
                 if attempt > _RESUME_TRIES or not _broke_off(e, resumes) or stop.wait(1):
                     if (err := network_error(e, label)) is e:
                         raise
@@ -143,6 +149,15 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
 
 #: How often a file whose download broke off (the connection lost) is asked for again.
 _RESUME_TRIES = 3
+
+
+def _asked_wait(e: BaseException) -> float | None:
+    """The seconds an HTTP error's answer asked to wait before asking again (`Retry-After`), or None."""
+    response = getattr(e, "response", None)
+    status = getattr(response, "status_code", None)
+    if not isinstance(status, int):
+        return None
+    return requested_wait(status, getattr(response, "headers", None) or {})
 
 
 def _broke_off(e: BaseException, resumes: bool) -> bool:
