@@ -304,13 +304,23 @@ def test_published_size_is_checked_even_when_the_digest_matches(model_pair, tmp_
     assert "config.json" not in tree(tmp_path / "out")
 
 
-def test_a_failed_native_encode_leaves_no_staging_folder(tmp_path: Path) -> None:
+def test_a_failed_native_encode_leaves_no_staged_file_and_the_rerun_finishes(tmp_path: Path) -> None:
     ft, base = native_pair(tmp_path)
     out = tmp_path / "payload"
     (out / "model-2.safetensors").mkdir(parents=True)  # a folder where a payload file must go
     with pytest.raises(xorweights.XorWeightsError):
         xorweights.encode(ft, base=base, out=out, force=True)
-    assert not (out / STAGING_DIR).exists() and not (out / "xorweights.json").exists()
+    assert not (out / "xorweights.json").exists()
+    # No staged payload file stays; the records of the files already moved into place do.
+    left = sorted(p.relative_to(out / STAGING_DIR).parts[0] for p in (out / STAGING_DIR).rglob("*"))
+    assert set(left) <= {".payload-state"}
+    (out / "model-2.safetensors").rmdir()
+    again = xorweights.encode(ft, base=base, out=out)  # no force: the moved files are known
+    assert any(f.kept for f in again.files) and (out / "xorweights.json").is_file()
+    assert not (out / STAGING_DIR).exists()
+    fresh = tmp_path / "fresh"
+    xorweights.encode(ft, base=base, out=fresh)
+    assert tree(out) == tree(fresh)
 
 
 def test_outputs_without_digest_from_a_wrong_pair_are_removed(model_pair, tmp_path: Path, capsys) -> None:

@@ -511,6 +511,11 @@ class OutputFolder:
             self._append(_journal_line("done", name, _entry_json(done)), sync=False)
         return done
 
+    def has_records(self) -> bool:
+        """Whether any output in place is recorded, or was journaled on its way into place."""
+        with self._lock:
+            return bool(self.done or self._pending)
+
     def discard(self, names: Sequence[str]) -> list[str]:
         """Remove recorded outputs and their records (they came from inputs now known to be wrong);
         returns the names removed."""

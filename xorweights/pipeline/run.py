@@ -161,7 +161,10 @@ def _run_staged(
                 outcome = _write_sidecars(folder, commit.sidecars, outcome, reused=False, fsync=options.fsync)
     except Exception:  # a failure (not a kill or an interrupt): nothing half-made stays behind
         folder.close_state()
-        _drop_staged(staging, keep=PAYLOAD_STATE if plan.published else None)
+        # A published folder's records stay while they describe outputs in place: the next run
+        # recognises those (say the disk filled while the manifest was written).
+        keep = PAYLOAD_STATE if plan.published and folder.has_records() else None
+        _drop_staged(staging, keep=keep)
         raise
     return outcome
 
