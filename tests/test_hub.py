@@ -132,7 +132,9 @@ def test_payload_not_matching_the_hubs_sha256_is_refused_before_decoding(
         xorweights.decode("org/legacy-xor", base=legacy_release["base"], out=out, **hub_kw(hub, tmp_path))
     good = hashlib.sha256((legacy_release["payload"] / "pytorch_model-00002-of-00002.bin").read_bytes())
     assert "pytorch_model-00002-of-00002.bin" in str(e.value) and e.value.expected == good.hexdigest()
-    assert "org/legacy-xor@" in str(e.value) and "Delete" in str(e.value)
+    assert "org/legacy-xor@" in str(e.value) and "/blobs/" in str(e.value)  # names the blob
+    # downloaded, found to differ, downloaded once more (as --force-download would), then refused
+    assert len(hub.requests_for("GET", "payload/pytorch_model-00002-of-00002.bin")) == 2
     assert tree(out) == {}  # no output at all, not even the files that were fine
 
 

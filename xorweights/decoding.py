@@ -21,6 +21,7 @@ from .errors import InputError
 from .formats.gzip_stream import gzip_backend as pick_gzip_backend
 from .formats.legacy_source import PayloadCompression
 from .formats.native_manifest import MANIFEST_NAME
+from .hub.base_repo import fetch_base
 from .hub.stream import mismatch_over_format_error
 from .model_files import WEIGHT_SUFFIXES
 from .outfolder.paths import check_regular_file
@@ -64,6 +65,7 @@ def decode(
     endpoint: str | None = None,
     token: str | bool | None = None,
     offline: bool | None = None,
+    force_download: bool = False,
     progress: bool = False,
     revision: str | None = None,
     subfolder: str | None = None,
@@ -79,7 +81,9 @@ def decode(
         payload: the payload folder (or a download holding it a few levels down), or a Hub repo
             `owner/name[@revision][:subfolder]`: only its files are downloaded, each checked against
             the Hub's sha256 before it is read; checksums come from `checksums/` or the model card.
-        base: the folder with the base files, named as in the payload.
+        base: the folder with the base files, named as in the payload, or a Hub repo
+            `owner/name[@revision]` (a local folder of that name wins): only the files the payload
+            reads are taken from the Hub cache or downloaded, each checked against the Hub.
         out: where the decoded files go; created if needed.
         checksums (*optional*): a release name, repo id, manifest or `md5sum` file; base files are
             held to `hf_base` and outputs to `decoded` in the same pass, renamed in only if both match.
@@ -95,6 +99,8 @@ def decode(
         verify: prove outputs in place (md5/sha256, else made again in memory); remake any that differ.
         local_dir (alias `download_dir`), cache_dir, endpoint, token, offline: Hub access for a
             repo id (defaults: the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
+        force_download: download the payload's (and a Hub base's) files again even when cached; a
+            cached file that fails its size or sha256 check is downloaded again anyway, once.
         revision: the repo's branch, tag or commit (or `owner/name@revision`).
         subfolder: the payload folder when several hold model files (or `owner/name:subfolder`).
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
@@ -120,7 +126,12 @@ def decode(
     started = time.perf_counter()
     local = _one_local_dir(local_dir, download_dir)
     access = hub.HubAccess(
-        local_dir=local, cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline
+        local_dir=local,
+        cache_dir=cache_dir,
+        endpoint=endpoint,
+        token=token,
+        offline=offline,
+        force_download=force_download,
     )
     options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
     ask = DecodeRequest(
@@ -139,9 +150,28 @@ def decode(
     )
     where = _locate_any(payload, ask, checksums, access, revision, subfolder, stream)
     if ask.recipe is not None or ask.release is not None:
-        return _run(CODECS["delta"], ask, where, started)
-    ask = replace(ask, gzip_backend=pick_gzip_backend(gzip_backend))
-    return _run(_pick(where.payload_dir, format), ask, where, started)
+        chosen = CODECS["delta"]
+    else:
+        ask = replace(ask, gzip_backend=pick_gzip_backend(gzip_backend))
+        chosen = _pick(where.payload_dir, format)
+    return _run(chosen, ask, where, started, _base_from_hub(base, chosen, ask, where, access))
+
+
+def _base_from_hub(
+    base: os.PathLike[str] | str, chosen: Codec, ask: DecodeRequest, where: _Located, access: hub.HubAccess
+) -> hub.HubPayload | None:
+    """The base's files, when `base` is a Hub repo id (a local folder of that name wins): only
+    those the payload reads, from the Hub cache or downloaded, each checked against the Hub."""
+    if not hub.is_repo_spec(base) or ":" in str(base):
+        return None
+    wants = chosen.base_wants(replace(ask, payload_dir=where.payload_dir, only=_only(where.fetched)))
+    jobs = ask.options.jobs or default_jobs()
+    return fetch_base(str(base), access, wants, jobs=jobs, progress=ask.options.progress)
+
+
+def _only(fetched: hub.HubPayload | None) -> frozenset[str] | None:
+    """The payload files there are when it came from the Hub (None: the folder's)."""
+    return frozenset({*fetched.files, *fetched.streamed}) if fetched else None
 
 
 def _locate_any(
@@ -159,16 +189,20 @@ def _locate_any(
     return _locate(payload, ask, checksums, access, revision=revision, subfolder=subfolder, stream=stream)
 
 
-def _run(chosen: Codec, ask: DecodeRequest, where: _Located, started: float) -> DecodeReport:
-    """Check, plan and run the decode with the chosen codec; the report."""
+def _run(
+    chosen: Codec, ask: DecodeRequest, where: _Located, started: float, base: hub.HubPayload | None
+) -> DecodeReport:
+    """Check, plan and run the decode with the chosen codec (against `base`, a base fetched from
+    the Hub, when there is one); the report."""
     options = ask.options
     fetched = where.fetched
     request = replace(
         ask,
         payload_dir=where.payload_dir,
+        base_dir=base.root if base is not None else ask.base_dir,
         checksums=where.checksums,
         remote=dict(fetched.streamed) if fetched else {},
-        only=frozenset({*fetched.files, *fetched.streamed}) if fetched else None,
+        only=_only(fetched),
         hub_check=_hub_check(fetched, options),
         source=fetched.source if fetched else None,
         expect=where.expect,
@@ -188,6 +222,7 @@ def _run(chosen: Codec, ask: DecodeRequest, where: _Located, started: float) -> 
         base_dir=str(request.base_dir),
         out_dir=str(request.out_dir),
         source=request.source,
+        base_source=base.source if base is not None else None,
         streamed=tuple(sorted(fetched.streamed)) if fetched else (),
         **fields,
     )

@@ -34,6 +34,7 @@ from .formats.native import (
 )
 from .formats.native_manifest import MANIFEST_NAME, FileEntry, NativeManifest, load_manifest
 from .formats.native_sources import BaseImage
+from .hub.base_repo import BaseWants, fetch_base
 from .model_files import TORCH_SUFFIXES
 from .outfolder.paths import check_regular_file
 from .pipeline import FileSource
@@ -74,6 +75,7 @@ def iter_tensors(
     local_dir: os.PathLike[str] | str | None = None,
     endpoint: str | None = None,
     offline: bool | None = None,
+    force_download: bool = False,
 ) -> Iterator[tuple[str, Any]]:
     """Yield `(name, tensor)` for every tensor of a native payload, one at a time.
 
@@ -84,11 +86,13 @@ def iter_tensors(
         payload: the payload folder (with `xorweights.json`), or a Hub repo
             `owner/name[@revision][:subfolder]`: its payload files are downloaded (Hub cache or
             `local_dir`) and checked against the sha256 the Hub reports before they are read.
-        base: the base model folder, in any container (safetensors, `.bin`, Meta's LLaMA).
+        base: the base model folder, in any container (safetensors, `.bin`, Meta's LLaMA), or a
+            Hub repo `owner/name[@revision]` (a local folder of that name wins): only the weight
+            files holding the base tensors read are taken from the Hub cache or downloaded.
         framework: `numpy` (arrays; bfloat16 is refused) or `pt` (torch tensors).
         names (*optional*): only these tensors.
-        revision, subfolder, token, cache_dir, local_dir, endpoint, offline (*optional*): as for
-            `decode`.
+        revision, subfolder, token, cache_dir, local_dir, endpoint, offline, force_download
+            (*optional*): as for `decode`.
 
     Raises:
         `BaseMismatchError`: a base tensor is not the one the payload was made against (named with
@@ -100,7 +104,12 @@ def iter_tensors(
     if framework not in ("numpy", "pt"):
         raise InputError(f"unknown framework {framework!r}; expected numpy or pt")
     access = hub.HubAccess(
-        local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        endpoint=endpoint,
+        token=token,
+        offline=offline,
+        force_download=force_download,
     )
     payload_dir, fetched = hub.locate_payload(
         payload, access, revision=revision, subfolder=subfolder, apart={"base": base}
@@ -125,8 +134,21 @@ def iter_tensors(
             raise InputError(
                 f"{payload_dir}: no tensor named {unknown[0]!r} in the payload", path=payload_dir
             )
-    store = open_store(manifest, Path(base))
-    yield from _tensors(manifest, payload_dir, Path(base), store, framework, wanted)
+    base_dir = _base_dir(base, manifest, wanted, access)
+    store = open_store(manifest, base_dir)
+    yield from _tensors(manifest, payload_dir, base_dir, store, framework, wanted)
+
+
+def _base_dir(
+    base: os.PathLike[str] | str, manifest: NativeManifest, wanted: set[str] | None, access: hub.HubAccess
+) -> Path:
+    """The base folder: `base`, or for a Hub repo id the cached files holding the tensors read."""
+    if not hub.is_repo_spec(base) or ":" in str(base):
+        return Path(base)
+    tensors = {
+        t.base for f in manifest.files for t in f.tensors if t.base and (wanted is None or t.name in wanted)
+    }
+    return fetch_base(str(base), access, BaseWants(tensors=tensors), jobs=default_jobs()).root
 
 
 def _tensors(
@@ -274,6 +296,7 @@ def load_state_dict(
     local_dir: os.PathLike[str] | str | None = None,
     endpoint: str | None = None,
     offline: bool | None = None,
+    force_download: bool = False,
 ) -> dict[str, Any]:
     """Every tensor of a native payload, rebuilt against `base` and verified, as a dict.
 
@@ -292,5 +315,6 @@ def load_state_dict(
         local_dir=local_dir,
         endpoint=endpoint,
         offline=offline,
+        force_download=force_download,
     )
     return dict(tensors)

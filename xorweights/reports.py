@@ -55,6 +55,8 @@ class DecodeReport(_Report):
     """`xorweights` (native, tensor-level), `oasst` (legacy, file-level) or `delta:RECIPE`."""
     source: str | None = None
     """The Hub repo and commit the payload came from (`owner/name@commit`), if any."""
+    base_source: str | None = None
+    """The Hub repo and commit the base came from (`owner/name@commit`), if any."""
     streamed: tuple[str, ...] = ()
     """Payload files read from the Hub as they were decoded (`stream`), never on disk."""
     tensor_manifest: str | None = None
@@ -72,6 +74,7 @@ class DecodeReport(_Report):
             "source": self.source,
             "streamed": list(self.streamed),
             "base_dir": self.base_dir,
+            "base_source": self.base_source,
             "out_dir": self.out_dir,
             "release": self.release,
             "gzip_backend": self.gzip_backend,

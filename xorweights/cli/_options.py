@@ -76,11 +76,16 @@ def hub_options(f: Any) -> Any:
 
 
 def download_options(f: Any) -> Any:
-    """`hub_options`, plus `--local-dir` (hidden alias `--download-dir`) and `--subfolder`."""
+    """`hub_options`, `--local-dir` (hidden alias `--download-dir`), `--force-download`, `--subfolder`."""
     f = click.option(
         "--subfolder",
         default=None,
         help="The payload folder, when several folders hold model files (also OWNER/NAME:SUBFOLDER).",
+    )(f)
+    f = click.option(
+        "--force-download",
+        is_flag=True,
+        help="For a repo id (payload or --base): download every file again, even when the cache has it.",
     )(f)
     f = click.option("--download-dir", type=click.Path(path_type=Path), default=None, hidden=True)(f)
     f = click.option(

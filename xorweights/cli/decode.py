@@ -23,7 +23,12 @@ from ._render import emit_json, print_decode
 
 @cli.command("decode", epilog=f"Example: {EXAMPLES['decode']}")
 @click.argument("payload")
-@click.option("--base", required=True, type=click.Path(path_type=Path), help="Folder of the base files.")
+@click.option(
+    "--base",
+    required=True,
+    help="Folder of the base files, or a Hub repo OWNER/NAME[@REVISION] (a local folder of that name "
+    "wins): only the files the payload reads are taken from the cache or downloaded.",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the decoded files.")
 @click.option(
     "--checksums", help="Release name or repo id (see `xorweights releases`), or a manifest/md5sum file."
@@ -110,7 +115,7 @@ from ._render import emit_json, print_decode
 @json_option
 def decode_cmd(
     payload: str,
-    base: Path,
+    base: str,
     out: Path,
     checksums: str | None,
     fmt: str,
@@ -130,6 +135,7 @@ def decode_cmd(
     cache_dir: Path | None,
     local_dir: Path | None,
     download_dir: Path | None,
+    force_download: bool,
     subfolder: str | None,
     jobs: int | None,
     quiet: bool,
@@ -158,6 +164,7 @@ def decode_cmd(
         verify=verify,
         local_dir=local_dir,
         download_dir=download_dir,
+        force_download=force_download,
         cache_dir=cache_dir,
         token=token,
         revision=revision,

@@ -21,6 +21,7 @@ from ..delta.decode import OutputFormat
 from ..delta.registry import DeltaRelease
 from ..errors import InputError, MissingFileError
 from ..formats.legacy_source import PayloadCompression
+from ..hub.base_repo import BaseWants
 from ..model_files import WEIGHT_SUFFIXES
 from ..pipeline import Options, Outcome, Plan
 from ..tensor_manifest import TensorManifest
@@ -103,6 +104,9 @@ class Codec(Protocol):
 
     def plan_encode(self, request: EncodeRequest) -> Planned:
         """The encode's plan (a format without one raises `InputError`)."""
+
+    def base_wants(self, request: DecodeRequest) -> BaseWants:
+        """What the decode reads of its base (for a base on the Hub, fetched in part)."""
 
 
 CODECS: Registry[Codec] = Registry("payload format")

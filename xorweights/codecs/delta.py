@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..delta.decode import DeltaOptions, plan_delta
 from ..errors import InputError
-from .base import DecodeRequest, EncodeRequest, Planned, register
+from .base import BaseWants, DecodeRequest, EncodeRequest, Planned, register
 
 
 class DeltaCodec:
@@ -52,6 +52,10 @@ class DeltaCodec:
 
     def plan_encode(self, request: EncodeRequest) -> Planned:
         raise InputError("additive deltas are recovered, not made: encode makes XOR payloads")
+
+    def base_wants(self, request: DecodeRequest) -> BaseWants:
+        """The whole base model: every tensor is added to, with its config."""
+        return BaseWants(tensors=None)
 
 
 register(DeltaCodec())

@@ -16,7 +16,15 @@ from ..hashing import hash_file
 from ..outfolder.folder import STATE_DIGEST
 from ..outfolder.paths import check_out_dir
 from ..pipeline import FileReport, FileSource, Outcome, Plan, Sidecars, Sink, Staged, Step
-from .base import DecodeRequest, EncodeRequest, Planned, check_listed, refuse_delta_options, register
+from .base import (
+    BaseWants,
+    DecodeRequest,
+    EncodeRequest,
+    Planned,
+    check_listed,
+    refuse_delta_options,
+    register,
+)
 
 
 class NativeCodec:
@@ -97,6 +105,12 @@ class NativeCodec:
             return {"files": tuple(sorted([*made, *outcome.kept], key=lambda f: f.name)), "format": self.name}
 
         return Planned(plan, report)
+
+    def base_wants(self, request: DecodeRequest) -> BaseWants:
+        """The base tensors the manifest names, and the base files it reads whole."""
+        manifest = load_manifest(request.payload_dir / MANIFEST_NAME)
+        files = {f.base_file.name for f in manifest.files if f.base_file}
+        return BaseWants(files=files, tensors=set(manifest.base_tensors))
 
     def plan_encode(self, request: EncodeRequest) -> Planned:
         """Encode tensor by tensor. The payload folder's records live in its hidden staging folder,

@@ -17,7 +17,15 @@ from ..formats.native_manifest import is_native
 from ..formats.oasst import INFLATE_SLACK
 from ..outfolder.paths import check_out_dir
 from ..pipeline import Immediate, Outcome, Plan, Sink, Step
-from .base import DecodeRequest, EncodeRequest, Planned, check_listed, refuse_delta_options, register
+from .base import (
+    BaseWants,
+    DecodeRequest,
+    EncodeRequest,
+    Planned,
+    check_listed,
+    refuse_delta_options,
+    register,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +41,13 @@ class OasstCodec:
 
     def check(self, request: DecodeRequest) -> None:
         refuse_delta_options(request, "a legacy payload")
+
+    def base_wants(self, request: DecodeRequest) -> BaseWants:
+        """The base files named as the payload's (or, to generate them, LLaMA weights in any form)."""
+        if request.base_mode == "generate":
+            return BaseWants(tensors=None, generate=True)
+        names = request.only if request.only is not None else oasst.payload_names(request.payload_dir)
+        return BaseWants(files=sorted(names), generate=request.base_mode == "auto")
 
     def plan_decode(self, request: DecodeRequest) -> Planned:
         """Decode file by file, against the base folder's files or a generated base."""

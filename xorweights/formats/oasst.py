@@ -66,7 +66,7 @@ logger = logging.getLogger(__name__)
 Action = Literal["xor", "copy"]
 
 
-def _files(folder: Path) -> list[str]:
+def payload_names(folder: Path) -> list[str]:
     """Names of the regular files in `folder`; hidden ones, ours and subfolders skipped.
 
     Raises:
@@ -165,7 +165,7 @@ def plan(
         raise InputError(f"base must be a folder, got a file: {base_dir}", path=base_dir)
     raw_patterns = tuple(raw_patterns)
     remote = remote or {}
-    names = sorted({n for n in [*_files(source_dir), *remote] if only is None or n in only})
+    names = sorted({n for n in [*payload_names(source_dir), *remote] if only is None or n in only})
     if not names:
         raise InputError(f"no files to process in {source_dir}", path=source_dir)
     skipped = [e.name for e in os.scandir(source_dir) if e.is_dir() and not e.name.startswith(".")]

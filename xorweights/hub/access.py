@@ -30,6 +30,8 @@ class HubAccess:
     """None: `HF_TOKEN` or the saved login; False: send none."""
     offline: bool | None = None
     """None: `HF_HUB_OFFLINE`."""
+    force_download: bool = False
+    """Download every file again, even when a cached copy looks complete (`hf download --force-download`)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,10 @@ def hub_error(
         return HubError(f"{repo_id} on {endpoint} has no revision {revision!r}", path=repo_id)
     if isinstance(e, hf.GatedRepoError):
         return HubError(
-            f"{repo_id} on {endpoint} is gated: accept its terms on the Hub, then set HF_TOKEN", path=repo_id
+            f"{repo_id} on {endpoint} is gated and "
+            + ("no token was sent" if _sent_no_token(e) else "this token has no access to it")
+            + f": ask for access at {endpoint.rstrip('/')}/{repo_id}, then set HF_TOKEN (or `hf auth login`)",
+            path=repo_id,
         )
     if isinstance(e, hf.RepositoryNotFoundError):
         return HubError(
@@ -81,7 +86,16 @@ def hub_error(
     status = getattr(getattr(e, "response", None), "status_code", None)
     if isinstance(e, hf.HfHubHTTPError) and status in (401, 403):
         return HubError(f"{endpoint} refused {repo_id} (HTTP {status}); check HF_TOKEN", path=repo_id)
+    if isinstance(e, hf.HfHubHTTPError) and isinstance(status, int) and 400 <= status < 500 and status != 429:
+        return HubError(f"{endpoint} answered HTTP {status} for {repo_id}: {short_error(e)}", path=repo_id)
     return None
+
+
+def _sent_no_token(e: BaseException) -> bool:
+    """Whether the request a Hub error answers carried no token (an anonymous request)."""
+    request = getattr(getattr(e, "response", None), "request", None)
+    headers = getattr(request, "headers", None) or {}
+    return not any(k.lower() == "authorization" for k in headers)
 
 
 def is_unreachable(e: BaseException) -> bool:
@@ -117,7 +131,9 @@ def list_repo(api: Any, repo_id: str, revision: str) -> tuple[str, dict[str, Hub
 
 def short_error(e: BaseException | None, limit: int = 300) -> str:
     """An error's text on one line; a long one is cut at a word boundary, marked with `...`."""
-    text = " ".join(str(e).split()) if e is not None else ""
+    lines = str(e).splitlines() if e is not None else []
+    # httpx's pointer to a page on HTTP status codes says nothing about this error.
+    text = " ".join(" ".join(ln for ln in lines if not ln.startswith("For more information check")).split())
     if len(text) <= limit:
         return text
     return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."

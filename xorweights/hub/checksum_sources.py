@@ -147,7 +147,9 @@ def remote_checksums(
                         f"the model card of {rs.repo_id}@{revision} is too large to read", path=spec
                     )
         if offline or unreachable is not None:  # the card cached by an earlier run, if any
-            kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")} | {"local_files_only": True}
+            kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token", "force_download")} | {
+                "local_files_only": True
+            }
         root = download_files(hf, rs.repo_id, revision, [CARD_NAME], **kw)
     except XorWeightsError:
         raise

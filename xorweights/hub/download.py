@@ -19,7 +19,7 @@ from .._cancel import Cancelled
 from .._progress import bars_shown, tqdm_class
 from ..errors import HubError
 from ..outfolder.paths import check_regular_file, read_bounded
-from .access import HubAccess, short_error
+from .access import HubAccess, hub_error, short_error
 from .watch import Watch, from_http_client, network_error, requested_wait, wait_for
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def download_kwargs(access: HubAccess, progress: bool) -> dict[str, Any]:
         kw["local_dir"] = str(access.local_dir)
     if access.cache_dir is not None:
         kw["cache_dir"] = str(access.cache_dir)
+    if access.force_download:
+        kw["force_download"] = True
     kw["tqdm_class"] = tqdm_class(enabled=progress)
     return kw
 
@@ -111,6 +113,9 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
                     logger.info("%s: %s: the Hub asked to wait %g s; asking again", repo_id, path, wait)
                     continue
                 if attempt > _RESUME_TRIES or not _broke_off(e, resumes) or stop.wait(1):
+                    answered = hub_error(e, repo_id, revision, kw.get("endpoint") or hf.constants.ENDPOINT)
+                    if answered is not None:
+                        raise answered from e
                     if (err := network_error(e, label)) is e:
                         raise
                     raise err from e
@@ -289,3 +294,19 @@ def recorded_etag(root: Path, local: bool, path: str) -> str | None:
             return None
     target = root / path
     return Path(os.readlink(target)).name if target.is_symlink() else None
+
+
+def download_again(hf: Any, repo_id: str, revision: str, path: str, root: Path, **kw: Any) -> Path:
+    """Move the copy of `path` under `root` aside and download it once more (`force_download`), as
+    `hf download --force-download` would: a truncated or damaged blob in the cache (or a file in a
+    download folder) heals itself. The copy moved aside is removed once the download has ended."""
+    blob = Path(os.path.realpath(root / path))
+    aside = blob.with_name(blob.name + ".damaged")
+    moved = blob.is_file()
+    if moved:
+        os.replace(blob, aside)
+    try:
+        return download_files(hf, repo_id, revision, [path], **{**kw, "force_download": True})
+    finally:
+        if moved:
+            aside.unlink(missing_ok=True)

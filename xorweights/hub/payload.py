@@ -16,7 +16,7 @@ from typing import Any
 from .._display import quoted
 from .._line_endings import line_ending_hint
 from ..checksum_types import ChecksumManifest
-from ..errors import HubError, InputError, PayloadMismatchError, XorWeightsError
+from ..errors import BaseMismatchError, HubError, InputError, PayloadMismatchError, XorWeightsError
 from ..formats.native_manifest import MANIFEST_NAME
 from ..formats.payload_folder import PayloadHints, files_below, find_payload_dir, find_payload_in_listing
 from ..hashing import GIT_BLOB, hash_file, hash_files
@@ -38,7 +38,14 @@ from .checksum_sources import (
     checksum_names,
     first_checksums,
 )
-from .download import download_files, download_kwargs, recorded_commit, recorded_etag, snapshot
+from .download import (
+    download_again,
+    download_files,
+    download_kwargs,
+    recorded_commit,
+    recorded_etag,
+    snapshot,
+)
 from .model_card import CARD_NAME
 from .repo_spec import RepoSpec, is_repo_spec, parse_payload_spec
 from .stream import HubFileSource
@@ -67,6 +74,10 @@ class HubPayload:
     """The release's checksums (given, bundled for the repo id, or from the card), if any."""
     streamed: Mapping[str, HubFileSource] = field(default_factory=dict)
     """Payload files read from the Hub as they are decoded (`stream`), by payload name: not on disk."""
+    refetch: Callable[[str], None] | None = None
+    """Downloads a repo path again, its damaged copy moved aside (None: offline, no second chance)."""
+    role: str = "payload"
+    """`payload`, or `base` (a base model's files): which error a mismatch is."""
 
     @property
     def source(self) -> str:
@@ -148,6 +159,8 @@ def fetch(
             "decode from the cache without `stream`",
             path=spec,
         )
+    if access.force_download and offline:
+        raise InputError(f"{spec}: `force_download` downloads again, which offline mode forbids", path=spec)
     kw = download_kwargs(access, progress)
     local = access.local_dir is not None
     choose = f"{repo_id}{'@' + rs.revision if rs.revision else ''}:SUBFOLDER (or `subfolder=SUBFOLDER`)"
@@ -184,7 +197,8 @@ def fetch(
             files = {p: listing[p] for p in paths if p not in remote}
             if remote:  # every payload file may be streamed: the folder is then made here
                 (root / sub).mkdir(parents=True, exist_ok=True)
-            fetched = _checked(repo_id, revision, commit, root, sub, files, found)
+            refetch = refetcher(hf, repo_id, commit, root, kw)
+            fetched = checked_files(repo_id, revision, commit, root, sub, files, found, refetch)
             prefix = f"{sub}/" if sub else ""
             streamed = {
                 p[len(prefix) :]: HubFileSource(repo_id, p, commit, listing[p], api.endpoint, access.token)
@@ -205,6 +219,15 @@ def _unreachable(e: Exception, repo_id: str, revision: str, endpoint: str, spec:
         raise err from e
     logger.info("cannot reach %s (%s); looking in the local cache", endpoint, short_error(e))
     return e
+
+
+def refetcher(hf: Any, repo_id: str, commit: str, root: Path, kw: Mapping[str, Any]) -> Callable[[str], None]:
+    """Downloads a repo path of `root` again (`download_again`), its damaged copy moved aside."""
+
+    def refetch(path: str) -> None:
+        download_again(hf, repo_id, commit, path, root, **kw)
+
+    return refetch
 
 
 def _empty_snapshot(hf: Any, repo_id: str, commit: str, kw: Mapping[str, Any]) -> Path:
@@ -291,7 +314,7 @@ def _from_cache(
     why = "offline mode (HF_HUB_OFFLINE)"
     if unreachable is not None:
         why = f"the Hub is unreachable ({describe(unreachable)})"
-    kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token")}
+    kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token", "force_download")}
     try:
         root = snapshot(hf, repo_id, revision, [], local_files_only=True, **kw)
         if local and not (root / ".cache" / "huggingface" / "download").is_dir():
@@ -328,10 +351,10 @@ def _from_cache(
     (logger.warning if unreachable is not None else logger.info)(
         "%s: using the cached copy at %s (%s)", repo_id, root, why
     )
-    return _checked(repo_id, revision, commit, root, sub, files, found)
+    return checked_files(repo_id, revision, commit, root, sub, files, found)
 
 
-def _checked(
+def checked_files(
     repo_id: str,
     revision: str,
     commit: str | None,
@@ -339,38 +362,21 @@ def _checked(
     sub: str,
     files: dict[str, HubFile],
     checksums: ChecksumManifest | None = None,
+    refetch: Callable[[str], None] | None = None,
+    role: str = "payload",
 ) -> HubPayload:
-    """Check every file's size and each non-LFS file's git blob id; key files by payload name."""
+    """Check every file's size and each non-LFS file's git blob id; key files by payload name. A
+    file that fails is downloaded again once (`refetch`); only a second failure is an error."""
     prefix = f"{sub}/" if sub else ""
     for path, f in files.items():
         check_name(path, f"{repo_id} listing")
-        local = root / path
-        check_regular_file(local, root)  # a link out of the download, or a FIFO, is refused
-        size = local.stat().st_size
-        if size != f.size:
-            hint = line_ending_hint(local, {"git-sha1": f.blob_id, "sha256": f.sha256}, expected_size=f.size)
-            raise PayloadMismatchError(
-                f"{local}: {size} bytes, but {repo_id}@{commit} lists {f.size} for {path}"
-                + (f"; {hint}" if hint else ""),
-                path=local,
-                expected=str(f.size),
-                actual=str(size),
-                algorithm="size",
-                stage="payload",
-            )
-        if f.sha256 is None and f.blob_id is not None:
-            actual = git_blob_id(local)
-            if actual != f.blob_id:
-                hint = line_ending_hint(local, {"git-sha1": f.blob_id})
-                raise PayloadMismatchError(
-                    f"{local}: git blob id {actual}, but {repo_id}@{commit} lists {f.blob_id} for {path}"
-                    + (f"; {hint}" if hint else ""),
-                    path=local,
-                    expected=f.blob_id,
-                    actual=actual,
-                    algorithm="git-sha1",
-                    stage="payload",
-                )
+        mismatch = _file_mismatch(repo_id, commit, root, path, f, role)
+        if mismatch is not None and refetch is not None:
+            logger.warning("%s; downloading it again", mismatch)
+            refetch(path)
+            mismatch = _file_mismatch(repo_id, commit, root, path, f, role)
+        if mismatch is not None:
+            raise mismatch
     named = {p[len(prefix) :]: f for p, f in files.items() if p.startswith(prefix) and p != CARD_NAME}
     card = root / CARD_NAME if CARD_NAME in files else None
     return HubPayload(
@@ -382,7 +388,54 @@ def _checked(
         files=named,
         card=card,
         checksums=checksums,
+        refetch=refetch,
+        role=role,
     )
+
+
+def _file_mismatch(
+    repo_id: str, commit: str | None, root: Path, path: str, f: HubFile, role: str
+) -> PayloadMismatchError | BaseMismatchError | None:
+    """How the downloaded copy of `path` differs from the listing (size; git blob id outside LFS),
+    naming the blob it is; None when it matches."""
+    local = root / path
+    check_regular_file(local, root)  # a link out of the download, or a FIFO, is refused
+    blob = os.path.realpath(local)
+    size = local.stat().st_size
+    if size != f.size:
+        hint = line_ending_hint(local, {"git-sha1": f.blob_id, "sha256": f.sha256}, expected_size=f.size)
+        return _mismatch(role)(
+            f"{blob}: {size} bytes, but {repo_id}@{commit} lists {f.size} for {path}"
+            + (f"; {hint}" if hint else ""),
+            path=local,
+            expected=str(f.size),
+            actual=str(size),
+            algorithm="size",
+            stage=_STAGES[role],
+        )
+    if f.sha256 is None and f.blob_id is not None:
+        actual = git_blob_id(local)
+        if actual != f.blob_id:
+            hint = line_ending_hint(local, {"git-sha1": f.blob_id})
+            return _mismatch(role)(
+                f"{blob}: git blob id {actual}, but {repo_id}@{commit} lists {f.blob_id} for {path}"
+                + (f"; {hint}" if hint else ""),
+                path=local,
+                expected=f.blob_id,
+                actual=actual,
+                algorithm="git-sha1",
+                stage=_STAGES[role],
+            )
+    return None
+
+
+#: The stage a mismatch of a downloaded file is reported at, by the file's role.
+_STAGES: dict[str, Any] = {"payload": "payload", "base": "hf_base"}
+
+
+def _mismatch(role: str) -> type[PayloadMismatchError] | type[BaseMismatchError]:
+    """The error class of a downloaded file that differs from the Hub's listing, by its role."""
+    return BaseMismatchError if role == "base" else PayloadMismatchError
 
 
 def git_blob_id(path: Path) -> str:
@@ -391,10 +444,11 @@ def git_blob_id(path: Path) -> str:
 
 
 def check_lfs_files(payload: HubPayload, names: Iterable[str], *, jobs: int, progress: bool) -> None:
-    """Hash the named LFS payload files and compare with the sha256 the Hub reports, in parallel.
+    """Hash the named LFS payload files and compare with the sha256 the Hub reports, in parallel. A
+    file that differs is downloaded again once (when online); only a second mismatch is an error.
 
     Raises:
-        `PayloadMismatchError`: naming the file, the repo commit, and both digests.
+        `PayloadMismatchError`: naming the blob, the repo commit, and both digests.
     """
     todo = {
         n: payload.payload_dir / n
@@ -402,18 +456,30 @@ def check_lfs_files(payload: HubPayload, names: Iterable[str], *, jobs: int, pro
         if n in payload.files and payload.files[n].sha256 and n not in payload.streamed
     }
     for name, got in hash_files(todo, ("sha256",), jobs=jobs, progress=progress, desc="check payload"):
-        want, actual = payload.files[name].sha256, got["sha256"]
-        if actual != want:
-            path = todo[name]
-            hint = line_ending_hint(path, {"sha256": want})
-            raise PayloadMismatchError(
-                f"{path}: sha256 {actual}, but {payload.source} reports {want} for it"
-                + (f" ({hint})" if hint else "")
-                + f"; nothing was decoded. Delete {os.path.realpath(path)} and run again to fetch it afresh",
-                path=path,
-                expected=want,
-                actual=actual,
-                algorithm="sha256",
-                stage="payload",
-            )
+        mismatch = _sha256_mismatch(payload, todo[name], payload.files[name].sha256, got["sha256"])
+        if mismatch is not None and payload.refetch is not None:
+            logger.warning("%s; downloading it again", mismatch)
+            payload.refetch(todo[name].relative_to(payload.root).as_posix())
+            again = hash_file(todo[name], ["sha256"])["sha256"]
+            mismatch = _sha256_mismatch(payload, todo[name], payload.files[name].sha256, again)
+        if mismatch is not None:
+            raise mismatch
     logger.info("%d payload files match the sha256 the Hub reports", len(todo))
+
+
+def _sha256_mismatch(
+    payload: HubPayload, path: Path, want: str | None, actual: str
+) -> PayloadMismatchError | None:
+    """The error of a downloaded file whose sha256 is not the Hub's (naming its blob), or None."""
+    if actual == want:
+        return None
+    hint = line_ending_hint(path, {"sha256": want})
+    return _mismatch(payload.role)(
+        f"{os.path.realpath(path)}: sha256 {actual}, but {payload.source} reports {want} for "
+        f"{path.relative_to(payload.root).as_posix()}" + (f" ({hint})" if hint else ""),
+        path=path,
+        expected=want,
+        actual=actual,
+        algorithm="sha256",
+        stage=_STAGES[payload.role],
+    )

@@ -9,9 +9,9 @@ starting and ending with a letter or digit, with no `--` or `..`. A revision is 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from .._display import quoted
 from ..errors import InputError
@@ -108,13 +108,22 @@ def parse_payload_spec(spec: str, *, revision: str | None = None, subfolder: str
     return RepoSpec(repo_id, rev or revision, chosen)
 
 
-def is_repo_spec(payload: object) -> bool:
-    """Whether `payload` names a Hub repo (`owner/name[@revision][:subfolder]`), not a local folder.
+def looks_local(arg: str) -> bool:
+    """Whether `arg` is a local path whatever else it looks like: it starts with `./`, `../`, `/` or
+    `~`, or its first component exists on disk (`small/paylaod` beside a folder `small`)."""
+    if arg.startswith(("./", "../", "/", "~", ".\\", "..\\")) or arg in (".", ".."):
+        return True
+    first = arg.split("/", 1)[0].split("\\", 1)[0]
+    return bool(first) and os.path.lexists(first)
 
-    A `Path`, or a string naming an existing path, is local; so is anything not shaped like
-    `owner/name`.
+
+def is_repo_spec(arg: object) -> bool:
+    """Whether `arg` names a Hub repo (`owner/name[@revision][:subfolder]`), not a local path.
+
+    A `Path` is local; so is a string naming an existing path or looking local (`looks_local`), and
+    anything not shaped like `owner/name`: such a string is never sent to the Hub.
     """
-    if not isinstance(payload, str) or Path(payload).exists():
+    if not isinstance(arg, str) or os.path.lexists(arg) or looks_local(arg):
         return False
-    parts = payload.partition(":")[0].partition("@")[0].split("/")
+    parts = arg.partition(":")[0].partition("@")[0].split("/")
     return len(parts) == 2 and all(_PART.fullmatch(p) for p in parts)
