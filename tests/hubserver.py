@@ -18,6 +18,8 @@ Faults for tests: `cut_after[path] = n` closes the connection after `n` body byt
 (a `Retry-After`, a trickled body, a redirect loop, a corrupt gzip body, a dropped connection, an
 illegal status line), and `faulted` is set once the server has met a request that way (`trickling`
 once the first trickled byte is sent): states tests wait for.
+A gated repo (`add_folder(..., gated=True)`) lists its files to anyone but serves them only to the
+token, once `HubState.granted` holds it (401 without a token, 403 without access, as the Hub).
 Namespaces in `HubState.foreign` belong to someone else: the token may read their public repos but
 not create or write there (403, as the Hub answers).
 """
@@ -88,6 +90,8 @@ class Fault:
 class Repo:
     repo_id: str
     private: bool = False
+    gated: bool = False
+    """Its files are served only to the token, and only once `HubState.granted` holds the repo."""
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, dict[str, Entry]] = field(default_factory=dict)
 
@@ -106,6 +110,8 @@ class HubState:
         self.cut_after: dict[str, int] = {}
         self.rate: float | None = None
         """Bytes per second at most for each file download (None: unthrottled)."""
+        self.granted: set[str] = set()
+        """Gated repos whose terms the token's user has accepted."""
         self.foreign: set[str] = set()
         """Namespaces the token's user may not create or write repos in."""
         self.faults: dict[str, Fault] = {}
@@ -140,9 +146,11 @@ class HubState:
             repo.branches[branch] = sha
             return sha
 
-    def add_folder(self, repo_id: str, folder: Path, *, private: bool = False, branch: str = "main") -> str:
+    def add_folder(
+        self, repo_id: str, folder: Path, *, private: bool = False, branch: str = "main", gated: bool = False
+    ) -> str:
         """Create (or update) `repo_id` with every file below `folder`; returns the commit id."""
-        repo = self.repos.setdefault(repo_id, Repo(repo_id, private=private))
+        repo = self.repos.setdefault(repo_id, Repo(repo_id, private=private, gated=gated))
         files: dict[str, Entry | None] = {}
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             data = path.read_bytes()
@@ -317,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "sha": sha,
                 "private": repo.private,
                 "disabled": False,
-                "gated": False,
+                "gated": "manual" if repo.gated else False,
                 "downloads": 0,
                 "likes": 0,
                 "lastModified": stamp,
@@ -361,6 +369,20 @@ class _Handler(BaseHTTPRequestHandler):
         if found is None:
             return
         repo, sha = found
+        if repo.gated and not (self._authorized() and repo_id in self.state.granted):
+            # As the Hub answers: 401 to a request without a token, 403 to a token without access.
+            anonymous = "Authorization" not in self.headers
+            self._error(
+                401 if anonymous else 403,
+                "GatedRepo",
+                f"Access to model {repo_id} is restricted"
+                + (
+                    ". You must have access to it and be authenticated to access it. Please log in."
+                    if anonymous
+                    else f" and you are not in the authorized list. Visit {repo_id} to ask for access."
+                ),
+            )
+            return
         name = unquote(file)
         entry = repo.commits[sha].get(name)
         if entry is None:

@@ -39,6 +39,10 @@ def print_decode(report: DecodeReport) -> None:
             else "files read were first checked against the sha256 the Hub reports"
         )
         click.echo(f"payload {shown(report.source)}" + (f": {how}" if fresh else ""))
+    if report.base_source:
+        click.echo(
+            f"base {shown(report.base_source)}: files read were checked against the Hub's sizes and sha256"
+        )
     delta = report.format.startswith("delta:")
     for f in report.files:
         how = "copied" if f.action == "copy" else ("xor, compressed" if f.compressed else "xor")

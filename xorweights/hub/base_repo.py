@@ -84,10 +84,15 @@ def fetch_base(
                 "cannot reach %s (%s); looking for %s in the Hub cache", api.endpoint, describe(e), spec
             )
         else:
-            read_index = _index_reader(hf, repo_id, commit, kw)
+            read_index = _IndexReader(hf, repo_id, commit, kw)
             paths = base_paths(listing, wants, read_index, where=f"{repo_id}@{commit}")
             logger.info("%s: %d files of the base (commit %s)", repo_id, len(paths), commit)
-            root = download_files(hf, repo_id, commit, paths, **kw)
+            # By the revision asked for, so that the cache records where it points (for offline use).
+            rest = [p for p in paths if p not in read_index.fetched]  # never empty: weights are not
+            root = download_files(hf, repo_id, revision, rest, **kw)
+            if root.name != commit:  # the branch moved between listing and download: list again
+                commit, listing = list_repo(api, repo_id, root.name)
+                paths = [p for p in paths if p in listing]
             refetch = refetcher(hf, repo_id, commit, root, kw)
             files = {p: listing[p] for p in paths}
             got = checked_files(repo_id, revision, commit, root, "", files, None, refetch, role="base")
@@ -127,14 +132,17 @@ def _cached_base(
     return got
 
 
-def _index_reader(hf: Any, repo_id: str, commit: str, kw: Mapping[str, Any]) -> Any:
-    """Reads a small file of the repo (a weights index): downloaded into the cache first."""
+class _IndexReader:
+    """Reads a small file of the repo (a weights index), downloaded into the cache first."""
 
-    def read(path: str) -> bytes:
-        root = download_files(hf, repo_id, commit, [path], **kw)
+    def __init__(self, hf: Any, repo_id: str, commit: str, kw: Mapping[str, Any]) -> None:
+        self.hf, self.repo_id, self.commit, self.kw = hf, repo_id, commit, kw
+        self.fetched: set[str] = set()
+
+    def __call__(self, path: str) -> bytes:
+        root = download_files(self.hf, self.repo_id, self.commit, [path], **self.kw)
+        self.fetched.add(path)
         return read_bounded(root / path, _INDEX_BYTES, "a weights index")
-
-    return read
 
 
 def base_paths(listing: Mapping[str, HubFile], wants: BaseWants, read_index: Any, *, where: str) -> list[str]:

@@ -476,7 +476,9 @@ def _sha256_mismatch(
     hint = line_ending_hint(path, {"sha256": want})
     return _mismatch(payload.role)(
         f"{os.path.realpath(path)}: sha256 {actual}, but {payload.source} reports {want} for "
-        f"{path.relative_to(payload.root).as_posix()}" + (f" ({hint})" if hint else ""),
+        f"{path.relative_to(payload.root).as_posix()}"
+        + (f" ({hint})" if hint else "")
+        + ("" if payload.refetch is not None else "; run online to download it again"),
         path=path,
         expected=want,
         actual=actual,
