@@ -81,9 +81,8 @@ def decode(
         payload: the payload folder (or a download holding it a few levels down), or a Hub repo
             `owner/name[@revision][:subfolder]`: only its files are downloaded, each checked against
             the Hub's sha256 before it is read; checksums come from `checksums/` or the model card.
-        base: the folder with the base files, named as in the payload, or a Hub repo
-            `owner/name[@revision]` (a local folder of that name wins): only the files the payload
-            reads are taken from the Hub cache or downloaded, each checked against the Hub.
+        base: the base folder, or a Hub repo `owner/name[@revision]` (a local folder of that
+            name wins): only the files the payload reads are fetched, checked as payload files are.
         out: where the decoded files go; created if needed.
         checksums (*optional*): a release name, repo id, manifest or `md5sum` file; base files are
             held to `hf_base` and outputs to `decoded` in the same pass, renamed in only if both match.
@@ -97,10 +96,8 @@ def decode(
             conversion's files from LLaMA weights in any form (Meta's original, any HF copy);
             `auto` generates when files the payload needs are missing and LLaMA weights are there.
         verify: prove outputs in place (md5/sha256, else made again in memory); remake any that differ.
-        local_dir (alias `download_dir`), cache_dir, endpoint, token, offline: Hub access for a
-            repo id (defaults: the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
-        force_download: download the payload's (and a Hub base's) files again even when cached; a
-            cached file that fails its size or sha256 check is downloaded again anyway, once.
+        local_dir (alias `download_dir`), cache_dir, endpoint, token, offline, force_download: Hub
+            access (defaults: the Hub cache, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`, no).
         revision: the repo's branch, tag or commit (or `owner/name@revision`).
         subfolder: the payload folder when several hold model files (or `owner/name:subfolder`).
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
@@ -125,14 +122,7 @@ def decode(
     _check_choice("payload compression", payload_compression, ("auto", "none", "gzip"))
     started = time.perf_counter()
     local = _one_local_dir(local_dir, download_dir)
-    access = hub.HubAccess(
-        local_dir=local,
-        cache_dir=cache_dir,
-        endpoint=endpoint,
-        token=token,
-        offline=offline,
-        force_download=force_download,
-    )
+    access = hub.HubAccess(local, cache_dir, endpoint, token, offline, force_download)
     options = Options(jobs=jobs, progress=progress, fsync=fsync, drop_cache=drop_cache)
     ask = DecodeRequest(
         Path(payload),

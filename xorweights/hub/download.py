@@ -113,10 +113,7 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
                     logger.info("%s: %s: the Hub asked to wait %g s; asking again", repo_id, path, wait)
                     continue
                 if attempt > _RESUME_TRIES or not _broke_off(e, resumes) or stop.wait(1):
-                    answered = hub_error(e, repo_id, revision, kw.get("endpoint") or hf.constants.ENDPOINT)
-                    if answered is not None:
-                        raise answered from e
-                    if (err := network_error(e, label)) is e:
+                    if (err := _failure(e, label, kw.get("endpoint") or hf.constants.ENDPOINT)) is e:
                         raise
                     raise err from e
                 logger.info("%s: %s broke off (%s); asking for it again", repo_id, path, short_error(e))
@@ -150,6 +147,14 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
     if "local_dir" in kw:
         return Path(kw["local_dir"])
     return Path(done[0]).parents[len(Path(paths[0]).parts) - 1]
+
+
+def _failure(e: BaseException, label: str, endpoint: str) -> BaseException:
+    """The error a failed download of `label` (`owner/name@revision:path`) ends with: the Hub's
+    answer in our words (a gated repo, a 404), a network error as one `HubError`, or `e` itself."""
+    repo_id, _, revision = label.partition(":")[0].partition("@")
+    answered = hub_error(e, repo_id, revision, endpoint) if isinstance(e, Exception) else None
+    return answered if answered is not None else network_error(e, label)
 
 
 #: How often a file whose download broke off (the connection lost) is asked for again.
