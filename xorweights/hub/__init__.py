@@ -8,6 +8,7 @@
 - `download`: interruptible, retried file downloads and huggingface_hub's download records.
 - `checksum_sources`: a release's checksums: given, bundled for its repo id, or its model card's.
 - `payload`: `fetch`/`locate_payload` a payload and check its files against the Hub's digests.
+- `base_repo`: `fetch_base`, a base by repo id: only the files a payload reads, checked the same way.
 - `model_card`: the generated `README.md` of a release and its checksum block.
 - `publishing`: `publish` an encoded payload with its card, and check the upload.
 
