@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -200,7 +200,7 @@ def _run(
     with mismatch_over_format_error(fetched.streamed if fetched else {}):  # Hub bytes first
         chosen.check(request)
         planned = chosen.plan_decode(request)
-        outcome = run(planned.plan, planned.options or options)
+        outcome = run(planned.plan, options)
         fields: dict[str, Any] = {
             "files": tuple(outcome.files),
             "release": where.checksums.release if where.checksums else None,
@@ -289,7 +289,7 @@ def _locate(
     return _Located(payload_dir, manifest, fetched)
 
 
-def _hub_check(fetched: hub.HubPayload | None, options: Options) -> Any:
+def _hub_check(fetched: hub.HubPayload | None, options: Options) -> Callable[[Sequence[str]], None] | None:
     """The pre-flight check of a downloaded payload: each file to decode matches the Hub's sha256."""
     if fetched is None:
         return None

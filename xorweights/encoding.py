@@ -100,7 +100,7 @@ def encode(
         version=version(),
     )
     planned = chosen.plan_encode(request)
-    outcome = run(planned.plan, planned.options or options)
+    outcome = run(planned.plan, options)
     return EncodeReport(
         files=tuple(outcome.files),
         seconds=time.perf_counter() - started,

@@ -82,8 +82,6 @@ class Planned:
 
     plan: Plan
     report: Callable[[Outcome], Mapping[str, Any]]
-    options: Options | None = None
-    """How to run it, when not as asked (e.g. one file at a time)."""
 
 
 class Codec(Protocol):
