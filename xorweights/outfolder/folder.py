@@ -1,7 +1,9 @@
 """The output folder: one writer at a time, no stale temporaries, and a record of finished files.
 
-The record is a snapshot, `.xorweights-state.json`, and a journal, `.xorweights-state.journal`,
-that a run only appends to (one JSON object a line, never rewritten per output): `intent` with an
+The record is a snapshot, `.xorweights-state.json`, and a journal, `.xorweights-state.journal`, both
+in the folder's `.cache/huggingface/xorweights/` (`BOOKKEEPING_DIR`, which uploads to the Hub leave
+out; a folder written before they moved there has them at its top, and they are moved in when it is
+opened), that a run only appends to (one JSON object a line, never rewritten per output): `intent` with an
 output's name, size, digests and inputs right before it is renamed into place, `done` with its
 stamps right after, `drop` when an output is removed. Opening the folder replays the journal over
 the snapshot, writes the snapshot and removes the journal; so does the end of a run. An intent
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat
 import threading
 from collections.abc import Mapping, Sequence
@@ -38,12 +41,12 @@ from typing import Any
 
 from .._json import loads
 from ..checksum_types import HEX_LENGTH, MAX_MANIFEST_BYTES
-from ..errors import FolderLockedError, InputError, IOFailure
+from ..errors import FolderLockedError, InputError, IOFailure, UnsafePathError
 from ..hashing import CRC32, hash_file
-from .atomic import TEMP_PREFIX, TEMP_SUFFIX, AtomicFile, fsync_dir
+from .atomic import BOOKKEEPING_DIR, STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX, AtomicFile, fsync_dir
 from .paths import check_name, read_bounded
 
-#: Record of finished outputs in an output folder (hidden; see `outfolder/folder.py`).
+#: Record of finished outputs in an output folder's `BOOKKEEPING_DIR` (see `outfolder/folder.py`).
 STATE_FILE = ".xorweights-state.json"
 
 STATE_FORMAT = "xorweights-state/1"
@@ -52,6 +55,10 @@ STATE_FORMAT = "xorweights-state/1"
 #: before each output's rename, `done` after it, `drop` for a removed output. Folded into
 #: `STATE_FILE` when the folder is opened and when the run ends, then removed.
 STATE_JOURNAL = ".xorweights-state.journal"
+
+#: Where the state file and the journal sit in an output folder (relative POSIX paths).
+STATE_PATH = f"{BOOKKEEPING_DIR}/{STATE_FILE}"
+JOURNAL_PATH = f"{BOOKKEEPING_DIR}/{STATE_JOURNAL}"
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +75,10 @@ _STATE_HEX = {**HEX_LENGTH, STATE_DIGEST: 8}
 
 #: A journal larger than this is ignored unread (a snapshot is bounded by `MAX_MANIFEST_BYTES`).
 _MAX_JOURNAL_BYTES = 64 * MAX_MANIFEST_BYTES
+
+#: Where a payload folder's records waited inside the staging folder before they moved to
+#: `BOOKKEEPING_DIR` (read once, to migrate them).
+_OLD_PAYLOAD_STATE = ".payload-state"
 
 
 @dataclass(frozen=True)
@@ -217,13 +228,14 @@ class OutputFolder:
         path: os.PathLike[str] | str,
         *,
         keep_state: bool = True,
-        state_dir: os.PathLike[str] | str | None = None,
+        own_dir: os.PathLike[str] | str | None = None,
     ) -> None:
         self.path = Path(path)
         self.keep_state = keep_state
-        self.state_dir = self.path if state_dir is None else Path(state_dir)
-        """Where the state file and journal live: the folder itself unless told (an encode keeps
-        them in a hidden folder inside the payload folder, which gets published as it is)."""
+        self.own_dir = self.path / BOOKKEEPING_DIR if own_dir is None else Path(own_dir)
+        """Where xorweights keeps its files: the records, the journal and the temporaries of
+        outputs on their way into place (`BOOKKEEPING_DIR` unless told: a staging folder keeps its
+        own beside the files it stages)."""
         self._fd: int | None = None
         self._created = False
         self._journal: int | None = None
@@ -234,6 +246,11 @@ class OutputFolder:
         two): confirmed by their digests when the folder is closed, as the next run would."""
         self.recovered: list[str] = []
         """Outputs a killed run renamed into place without recording them, recognised by their digests."""
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the state file and its journal live (`own_dir`)."""
+        return self.own_dir
 
     def __enter__(self) -> OutputFolder:
         self._created = not os.path.lexists(self.path)
@@ -249,11 +266,12 @@ class OutputFolder:
             ) from None
         self._fd = fd
         try:
-            self._clean_stale(self.path)
+            self._clean_stale(self.path)  # temporaries beside the outputs (a run of an older version)
+            if self.own_dir != self.path:
+                self._make_own_dir(fd)
+                self._migrate()
+                self._clean_stale(self.own_dir)
             if self.keep_state:
-                if self.state_dir != self.path:
-                    self._make_state_dir()
-                    self._clean_stale(self.state_dir)
                 self.done = self._load()
                 if os.path.lexists(self.state_dir / STATE_JOURNAL):
                     self._compact()
@@ -274,6 +292,7 @@ class OutputFolder:
                     logger.warning("could not save the state file in %s (%s)", self.path, e)
         finally:
             if self._fd is not None:
+                self._prune()
                 os.close(self._fd)  # releases the lock
                 self._fd = None
             if exc and exc[0] is not None and self._created:
@@ -282,18 +301,83 @@ class OutputFolder:
                 except OSError:
                     pass
 
-    def _make_state_dir(self) -> None:
-        """Create `state_dir` below `path`; a link or file in its way (never ours) is removed."""
-        rel = self.state_dir.relative_to(self.path)
+    def _make_own_dir(self, fd: int) -> None:
+        """Create `own_dir` below `path`. A link or file in its way is refused (`.cache` may be the
+        user's); so is a folder on another file system (no rename from there would be atomic)."""
         d = self.path
         try:
-            for part in rel.parts:
+            for part in self.own_dir.relative_to(self.path).parts:
                 d = d / part
-                if d.is_symlink() or (d.exists() and not d.is_dir()):
-                    d.unlink()
+                if d.is_symlink() or (os.path.lexists(d) and not d.is_dir()):
+                    raise UnsafePathError(
+                        f"{d} is a link or a file; xorweights keeps its records in {self.own_dir}: "
+                        "move it away or choose another `out`",
+                        path=d,
+                    )
                 d.mkdir(exist_ok=True)
+            same = os.stat(self.own_dir).st_dev == os.fstat(fd).st_dev
         except OSError as e:
-            raise IOFailure("preparing", d, e) from e
+            raise IOFailure("creating", d, e) from e
+        if not same:
+            raise UnsafePathError(
+                f"{self.own_dir} is on another file system than {self.path}: outputs could not be "
+                "renamed into place atomically; choose another `out`",
+                path=self.own_dir,
+            )
+
+    def _migrate(self) -> None:
+        """Move the records an older version kept at the folder's top (the state file, its journal, a
+        recovery's seal, the staging folder) into `own_dir`, then a payload folder's records out of
+        that staging folder, where they were kept; what `own_dir` already holds wins."""
+        top = [Path(e.path) for e in os.scandir(self.path) if e.name.startswith(TEMP_PREFIX)]
+        old = self.own_dir / STAGING_DIR / _OLD_PAYLOAD_STATE
+        try:
+            for src in top:
+                if not src.name.endswith(TEMP_SUFFIX) and not src.is_symlink():
+                    self._move_in(src, self.own_dir / src.name)
+            for name in (STATE_FILE, STATE_JOURNAL):
+                if os.path.lexists(old / name):
+                    self._move_in(old / name, self.own_dir / name)
+            if old.is_dir() and not old.is_symlink() and not any(old.iterdir()):
+                old.rmdir()
+        except OSError as e:
+            raise IOFailure("moving the records of", self.path, e) from e
+
+    @staticmethod
+    def _move_in(src: Path, dst: Path) -> None:
+        if not os.path.lexists(dst):
+            logger.info("moving %s to %s", src, dst)
+            os.replace(src, dst)
+        elif src.is_dir():
+            logger.info("removing %s: %s replaces it", src, dst)
+            shutil.rmtree(src)
+        else:
+            logger.info("removing %s: %s replaces it", src, dst)
+            src.unlink()
+
+    def _prune(self) -> None:
+        """Remove `own_dir` when it holds no file (and `.cache/huggingface/`, `.cache/` once empty)."""
+        if self.own_dir == self.path or not self.own_dir.is_dir() or self.own_dir.is_symlink():
+            return
+        if any(not p.is_dir() or p.is_symlink() for p in self.own_dir.rglob("*")):
+            return
+        shutil.rmtree(self.own_dir, ignore_errors=True)
+        for parent in self.own_dir.relative_to(self.path).parents[:-1]:
+            try:
+                os.rmdir(self.path / parent)
+            except OSError:
+                break
+
+    def drop_records(self) -> None:
+        """Remove the state file and its journal (after `close_state`: their outputs need no record)."""
+        for name in (STATE_FILE, STATE_JOURNAL):
+            try:
+                os.unlink(self.state_dir / name)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise IOFailure("removing", self.state_dir / name, e) from e
+        self.done.clear()
 
     def close_state(self) -> None:
         """Stop recording: close the journal without saving it (the caller then removes the state,
