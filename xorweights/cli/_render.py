@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,6 +147,8 @@ def print_publish(report: PublishReport) -> None:
         + (f"@{report.revision}" if report.revision != "main" else "")
         + " --base BASE_DIR --out OUT_DIR"
     )
+    if report.install:
+        click.echo(f"the card says to install it with: pip install {shlex.quote(report.install)}")
 
 
 def print_convert(report: BaseReport) -> None:

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 import threading
 from collections.abc import Mapping, Sequence
@@ -41,9 +40,10 @@ from typing import Any
 
 from .._json import loads
 from ..checksum_types import HEX_LENGTH, MAX_MANIFEST_BYTES
-from ..errors import FolderLockedError, InputError, IOFailure, UnsafePathError
+from ..errors import FolderLockedError, InputError, IOFailure
 from ..hashing import CRC32, hash_file
-from .atomic import BOOKKEEPING_DIR, STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX, AtomicFile, fsync_dir
+from . import bookkeeping
+from .atomic import BOOKKEEPING_DIR, TEMP_PREFIX, TEMP_SUFFIX, AtomicFile, fsync_dir
 from .paths import check_name, read_bounded
 
 #: Record of finished outputs in an output folder's `BOOKKEEPING_DIR` (see `outfolder/folder.py`).
@@ -75,10 +75,6 @@ _STATE_HEX = {**HEX_LENGTH, STATE_DIGEST: 8}
 
 #: A journal larger than this is ignored unread (a snapshot is bounded by `MAX_MANIFEST_BYTES`).
 _MAX_JOURNAL_BYTES = 64 * MAX_MANIFEST_BYTES
-
-#: Where a payload folder's records waited inside the staging folder before they moved to
-#: `BOOKKEEPING_DIR` (read once, to migrate them).
-_OLD_PAYLOAD_STATE = ".payload-state"
 
 
 @dataclass(frozen=True)
@@ -268,8 +264,8 @@ class OutputFolder:
         try:
             self._clean_stale(self.path)  # temporaries beside the outputs (a run of an older version)
             if self.own_dir != self.path:
-                self._make_own_dir(fd)
-                self._migrate()
+                bookkeeping.make_own_dir(self.path, self.own_dir, fd)
+                bookkeeping.migrate(self.path, self.own_dir, (STATE_FILE, STATE_JOURNAL))
                 self._clean_stale(self.own_dir)
             if self.keep_state:
                 self.done = self._load()
@@ -292,7 +288,7 @@ class OutputFolder:
                     logger.warning("could not save the state file in %s (%s)", self.path, e)
         finally:
             if self._fd is not None:
-                self._prune()
+                bookkeeping.prune(self.path, self.own_dir)
                 os.close(self._fd)  # releases the lock
                 self._fd = None
             if exc and exc[0] is not None and self._created:
@@ -300,73 +296,6 @@ class OutputFolder:
                     os.rmdir(self.path)
                 except OSError:
                     pass
-
-    def _make_own_dir(self, fd: int) -> None:
-        """Create `own_dir` below `path`. A link or file in its way is refused (`.cache` may be the
-        user's); so is a folder on another file system (no rename from there would be atomic)."""
-        d = self.path
-        try:
-            for part in self.own_dir.relative_to(self.path).parts:
-                d = d / part
-                if d.is_symlink() or (os.path.lexists(d) and not d.is_dir()):
-                    raise UnsafePathError(
-                        f"{d} is a link or a file; xorweights keeps its records in {self.own_dir}: "
-                        "move it away or choose another `out`",
-                        path=d,
-                    )
-                d.mkdir(exist_ok=True)
-            same = os.stat(self.own_dir).st_dev == os.fstat(fd).st_dev
-        except OSError as e:
-            raise IOFailure("creating", d, e) from e
-        if not same:
-            raise UnsafePathError(
-                f"{self.own_dir} is on another file system than {self.path}: outputs could not be "
-                "renamed into place atomically; choose another `out`",
-                path=self.own_dir,
-            )
-
-    def _migrate(self) -> None:
-        """Move the records an older version kept at the folder's top (the state file, its journal, a
-        recovery's seal, the staging folder) into `own_dir`, then a payload folder's records out of
-        that staging folder, where they were kept; what `own_dir` already holds wins."""
-        top = [Path(e.path) for e in os.scandir(self.path) if e.name.startswith(TEMP_PREFIX)]
-        old = self.own_dir / STAGING_DIR / _OLD_PAYLOAD_STATE
-        try:
-            for src in top:
-                if not src.name.endswith(TEMP_SUFFIX) and not src.is_symlink():
-                    self._move_in(src, self.own_dir / src.name)
-            for name in (STATE_FILE, STATE_JOURNAL):
-                if os.path.lexists(old / name):
-                    self._move_in(old / name, self.own_dir / name)
-            if old.is_dir() and not old.is_symlink() and not any(old.iterdir()):
-                old.rmdir()
-        except OSError as e:
-            raise IOFailure("moving the records of", self.path, e) from e
-
-    @staticmethod
-    def _move_in(src: Path, dst: Path) -> None:
-        if not os.path.lexists(dst):
-            logger.info("moving %s to %s", src, dst)
-            os.replace(src, dst)
-        elif src.is_dir():
-            logger.info("removing %s: %s replaces it", src, dst)
-            shutil.rmtree(src)
-        else:
-            logger.info("removing %s: %s replaces it", src, dst)
-            src.unlink()
-
-    def _prune(self) -> None:
-        """Remove `own_dir` when it holds no file (and `.cache/huggingface/`, `.cache/` once empty)."""
-        if self.own_dir == self.path or not self.own_dir.is_dir() or self.own_dir.is_symlink():
-            return
-        if any(not p.is_dir() or p.is_symlink() for p in self.own_dir.rglob("*")):
-            return
-        shutil.rmtree(self.own_dir, ignore_errors=True)
-        for parent in self.own_dir.relative_to(self.path).parents[:-1]:
-            try:
-                os.rmdir(self.path / parent)
-            except OSError:
-                break
 
     def drop_records(self) -> None:
         """Remove the state file and its journal (after `close_state`: their outputs need no record)."""
