@@ -132,8 +132,8 @@ def default_install(version: str) -> str:
 
 
 def check_install_from(spec: str) -> str:
-    """Return `spec` if it is one `pip install` argument: a requirement (`xorweights==0.1.0`), a URL
-    (`git+https://...@v0.1.0`, a wheel's) or a path; never an option, never two words.
+    """Return `spec` if it is one `pip install` argument: a requirement (`xorweights==X.Y.Z`), a URL
+    (`git+https://...@vX.Y.Z`, a wheel's) or a path; never an option, never two words.
 
     Raises:
         `InputError`: naming the value.
@@ -148,7 +148,7 @@ def check_install_from(spec: str) -> str:
     ):
         raise InputError(
             f"`install_from` {quoted(str(spec), 80)}: expected one pip install argument, such as "
-            "xorweights==0.1.0, git+https://host/xorweights.git@v0.1.0 or a wheel's URL",
+            "xorweights==X.Y.Z, git+https://host/xorweights.git@vX.Y.Z or a wheel's URL",
             path=str(spec),
         )
     return spec
