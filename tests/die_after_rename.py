@@ -6,13 +6,14 @@ crash tests the commit protocol hardest).
 
 (or `python -m tests.die_after_rename N ...` from the checkout; `command` builds the line.)
 
-Counted renames: a job's temporary `.xorweights-NAME.RANDOM.part` into `NAME` (in the output folder,
-or in the staging folder of a staged run), and a staged file into its final name (out of
-`.xorweights-staging/`). Not counted: the folder's own records (hidden `.xorweights-*` names, such
-as the state file and a recovery's seal), and the manifests written once the outputs are in place
-(`xorweights.json`, `xorweights-tensors.json`). A file the command writes after its run under a name
-of the user's (`encode --manifest PATH`, `checksums --output PATH`) does count: a count past the
-run's outputs kills the process there (the tests kill runs at one of their outputs).
+Counted renames: a job's temporary `.xorweights-NAME.RANDOM.part` (in the output folder's
+`.cache/huggingface/xorweights/`, or in the staging folder of a staged run) into `NAME`, and a staged
+file into its final name (out of `.xorweights-staging/`). Not counted: the folder's own records
+(hidden `.xorweights-*` names, such as the state file and a recovery's seal), and the manifests
+written once the outputs are in place (`xorweights.json`, `xorweights-tensors.json`). A file the
+command writes after its run under a name of the user's (`encode --manifest PATH`, `checksums
+--output PATH`) does count: a count past the run's outputs kills the process there (the tests kill
+runs at one of their outputs).
 """
 
 from __future__ import annotations

@@ -82,8 +82,10 @@ def test_unknown_release_lists_the_known_ones() -> None:
 
 
 def test_stage_not_published_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(xorweights.InputError, match="publishes no decoded checksums"):
+    with pytest.raises(xorweights.InputError, match="publishes decoded checksums, but xorweights does not"):
         xorweights.verify(tmp_path, "oasst-sft-7-llama-30b")
+    with pytest.raises(xorweights.InputError, match="publishes no meta_original checksums"):
+        xorweights.verify(tmp_path, "pygmalion-7b", stage="meta_original")
 
 
 # --- line files ----------------------------------------------------------------------------------

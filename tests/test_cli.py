@@ -132,6 +132,51 @@ def test_releases_lists_stages_and_needs(capsys) -> None:
     docs = {d["release"]: d for d in json.loads(out)}
     assert docs["oasst-sft-6-llama-30b"]["stages"]["hf_base"] == {"files": 14, "algorithms": ["md5"]}
     assert "decoded" not in docs["oasst-sft-7-llama-30b"]["stages"]
+    assert set(docs["oasst-sft-7-llama-30b"]["not_included"]) == {"hf_base", "decoded"}
+
+
+def _entry(out: str, release: str) -> list[str]:
+    """The lines `releases` prints for one release, its header first."""
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"{release}  ("))
+    end = lines.index("", at)
+    return lines[at:end]
+
+
+def test_releases_say_in_plain_words_what_is_published_and_checked(capsys) -> None:
+    code, out, _ = run(capsys, "releases")
+    assert code == 0
+    checked = "published; {} files, md5, checked by xorweights"
+    left_out = "published, but not included in xorweights, so not checked"
+    sft6 = _entry(out, "oasst-sft-6-llama-30b")
+    for stage, files in (("meta_original", 5), ("hf_base", 14), ("decoded", 14)):
+        assert f"    {stage:<14} {checked.format(files)}" in sft6
+    sft7 = _entry(out, "oasst-sft-7-llama-30b")
+    assert f"    {'meta_original':<14} {checked.format(5)}" in sft7
+    for stage in ("hf_base", "decoded"):
+        line = next(x for x in sft7 if x.startswith(f"    {stage} "))
+        assert left_out in line and "not published" not in line  # the card has it; we do not
+    rlhf2 = _entry(out, "oasst-rlhf-2-llama-30b-7k-steps")
+    assert f"    {'decoded':<14} {checked.format(15)}" in rlhf2
+    pyg = _entry(out, "pygmalion-7b")
+    assert f"    {'hf_base':<14} not published by the release" in pyg
+    for entry in (sft6, sft7, rlhf2, pyg):  # caveats speak to the user, not to whoever built the lists
+        text = "\n".join(entry)
+        assert "See report" not in text and "stored cop" not in text and "OMITTED" not in text
+        assert "xor_payload_lfs_sha256" not in text and "DISAGREEMENT" not in text
+    vicuna = _entry(out, "vicuna-13b-delta-v1.1")
+    assert vicuna[2].startswith("  recipe fastchat; base: ")
+    assert vicuna[3] == "  published sum of all weights: none (nothing published to check the result against)"
+    alpaca = _entry(out, "alpaca-7b-wdiff")
+    assert alpaca[3] == "  published sum of all weights: 50637.1836 (checked by xorweights)"
+
+
+def test_a_stage_left_out_is_not_said_to_be_unpublished(tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "verify", tmp_path, "--checksums", "oasst-sft-7-llama-30b")
+    assert code == 2
+    assert "oasst-sft-7-llama-30b publishes decoded checksums, but xorweights does not include them" in err
+    code, _, err = run(capsys, "verify", tmp_path, "--checksums", "pygmalion-7b", "--stage", "hf_base")
+    assert code == 2 and "pygmalion-7b publishes no hf_base checksums" in err
 
 
 def test_no_arguments_prints_help(capsys) -> None:

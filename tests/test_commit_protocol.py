@@ -13,7 +13,7 @@ import pytest
 import xorweights
 from tests import die_after_rename
 from tests.conftest import tree
-from xorweights.outfolder.folder import STATE_DIGEST, STATE_FILE, STATE_JOURNAL, OutputFolder
+from xorweights.outfolder.folder import JOURNAL_PATH, STATE_DIGEST, STATE_PATH, OutputFolder
 
 
 def _cli(*args: object, die_after: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -25,7 +25,7 @@ def _cli(*args: object, die_after: int | None = None) -> subprocess.CompletedPro
 
 
 def outputs(folder: Path) -> set[str]:
-    return {n for n in tree(folder) if n != STATE_JOURNAL}
+    return {n for n in tree(folder) if n != JOURNAL_PATH}
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_a_kill_between_rename_and_record_leaves_an_output_the_rerun_recognises(
     killed = _cli("decode", payload, "--base", base, "--out", out, "-q", "-j", "1", die_after=die_after)
     assert killed.returncode == 9, killed.stderr  # the process died right after a rename
     renamed = outputs(out)
-    assert len(renamed) == die_after and (out / STATE_JOURNAL).exists()
+    assert len(renamed) == die_after and (out / JOURNAL_PATH).exists()
     # No published checksums: only the journal's intent says the file is ours.
     again = _cli("decode", payload, "--base", base, "--out", out, "--json", "-q", "-j", "1")
     assert again.returncode == 0, again.stderr
@@ -53,8 +53,8 @@ def test_a_kill_between_rename_and_record_leaves_an_output_the_rerun_recognises(
     kept = {f["name"] for f in report["files"] if f["kept"]}
     assert kept == renamed
     assert tree(out) == expected
-    assert not (out / STATE_JOURNAL).exists()
-    state = json.loads((out / STATE_FILE).read_text())["files"]
+    assert not (out / JOURNAL_PATH).exists()
+    state = json.loads((out / STATE_PATH).read_text())["files"]
     assert set(state) == set(expected) and all(len(e["digests"][STATE_DIGEST]) == 8 for e in state.values())
 
 
@@ -108,13 +108,13 @@ def test_the_state_is_a_journal_appended_to_and_folded_at_the_end(tmp_path: Path
             (tmp_path / f"f{i}").write_bytes(b"x" * i)
             folder.intend(f"f{i}", i, {"sha256": "0" * 64}, {"payload": (1, 2)}, durable=False)
             folder.record(f"f{i}", {"sha256": "0" * 64}, {"payload": (1, 2)})
-        lines = (tmp_path / STATE_JOURNAL).read_text().splitlines()
+        lines = (tmp_path / JOURNAL_PATH).read_text().splitlines()
         assert [json.loads(line)["op"] for line in lines] == ["intent", "done"] * 3
-        assert not (tmp_path / STATE_FILE).exists()  # nothing rewritten per output
-    assert not (tmp_path / STATE_JOURNAL).exists()
-    assert set(json.loads((tmp_path / STATE_FILE).read_text())["files"]) == {"f0", "f1", "f2"}
+        assert not (tmp_path / STATE_PATH).exists()  # nothing rewritten per output
+    assert not (tmp_path / JOURNAL_PATH).exists()
+    assert set(json.loads((tmp_path / STATE_PATH).read_text())["files"]) == {"f0", "f1", "f2"}
     # A line cut short by a kill is ignored; the lines before it count.
-    (tmp_path / STATE_JOURNAL).write_text('{"op":"drop","name":"f1"}\n{"op":"done","na')
+    (tmp_path / JOURNAL_PATH).write_text('{"op":"drop","name":"f1"}\n{"op":"done","na')
     with OutputFolder(tmp_path) as folder:
         assert set(folder.done) == {"f0", "f2"}
-    assert not (tmp_path / STATE_JOURNAL).exists()
+    assert not (tmp_path / JOURNAL_PATH).exists()

@@ -20,16 +20,18 @@ from tests.conftest import encoded_release, write_files
 from xorweights.cli import main
 from xorweights.errors import IOFailure, NoSpaceError
 from xorweights.outfolder import space as _space
-from xorweights.outfolder.atomic import TEMP_PREFIX, TEMP_SUFFIX, AtomicFile
-from xorweights.outfolder.folder import STATE_FILE
+from xorweights.outfolder.atomic import BOOKKEEPING_DIR, TEMP_PREFIX, TEMP_SUFFIX, AtomicFile
+from xorweights.outfolder.folder import STATE_FILE, STATE_PATH
 
 MiB = 1024 * 1024
 
 
 def temporaries(folder: Path) -> list[str]:
-    """Temporaries left in `folder` (none when a failed run left no folder at all)."""
+    """Temporaries left in `folder` or its bookkeeping (none when a failed run left no folder at all)."""
     return [
-        p.name for p in _entries(folder) if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX)
+        p.name
+        for p in [*_entries(folder), *_entries(folder / BOOKKEEPING_DIR)]
+        if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX)
     ]
 
 
@@ -109,7 +111,7 @@ def test_refused_before_writing_with_both_figures(release, tmpfs, capsys) -> Non
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"Error: not enough free space in {out}: "), err
     assert " needed for 4 outputs, " in err[0] and err[0].endswith(" MiB free"), err
-    assert finals(out) == {} and temporaries(out) == [] and not (out / STATE_FILE).exists()
+    assert finals(out) == {} and temporaries(out) == [] and not (out / STATE_PATH).exists()
     with pytest.raises(NoSpaceError) as e:
         xorweights.decode(payload, base=base, out=out, checksums=manifest)
     assert e.value.expected > 18 * MiB > 8 * MiB >= e.value.actual
@@ -187,7 +189,7 @@ def test_state_file_write_fails_no_part_and_rerun_keeps_output(release, tmp_path
     try:
         xorweights.decode(payload, base=base, out=out, checksums=manifest, jobs=1)
     except IOFailure as e:  # or the record is kept elsewhere until it can be saved
-        assert str(e) == f"writing {out / STATE_FILE}: No space left on device"
+        assert str(e) == f"writing {out / STATE_PATH}: No space left on device"
     assert temporaries(out) == []
     done = finals(out)
     assert done and all(data == expected[n] for n, data in done.items())

@@ -18,7 +18,7 @@ import pytest
 
 import xorweights
 from xorweights.hub import publishing
-from xorweights.outfolder.atomic import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
+from xorweights.outfolder.atomic import BOOKKEEPING_DIR, STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
 
 from . import die_after_rename
 from .conftest import random_bytes, tree, write_files
@@ -80,7 +80,7 @@ def run(cmd: list[str], **env: str) -> subprocess.CompletedProcess[str]:
 def complete_files(out: Path) -> set[str]:
     """Payload files under a final name, in the folder or staged (no temporary, no state)."""
     found = set()
-    for folder in (out, out / STAGING_DIR):
+    for folder in (out, out / BOOKKEEPING_DIR / STAGING_DIR):
         if folder.is_dir():
             for p in folder.iterdir():
                 if p.is_file() and not p.name.startswith(TEMP_PREFIX) and p.name != "xorweights.json":
@@ -89,8 +89,8 @@ def complete_files(out: Path) -> set[str]:
 
 
 def payload(out: Path) -> dict[str, bytes]:
-    """The payload as published: what `tree` sees, the hidden records left out."""
-    return {k: v for k, v in tree(out).items() if not k.startswith(STAGING_DIR + "/")}
+    """The payload as published: what `tree` sees, the records (which no upload takes) left out."""
+    return {k: v for k, v in tree(out).items() if not k.startswith(".cache/huggingface/")}
 
 
 def rerun_after(cmd: list[str], out: Path, reference: dict[str, bytes]) -> tuple[int, int]:
@@ -133,7 +133,7 @@ def test_rerun_after_a_kill_at_each_rename_keeps_what_was_finished(setup) -> Non
         assert kept >= min(n, SHARDS + 1)  # at least the files renamed before the kill
         kept_some |= kept > 0
         if fmt == "xorweights":
-            assert not (out / STAGING_DIR).exists()
+            assert not (out / ".cache").exists()
     assert kept_some
 
 
@@ -143,7 +143,7 @@ def _making(out: Path, done: int) -> Callable[[int], bool]:
     def state(_pid: int) -> bool:
         temps = [
             p
-            for folder in (out, out / STAGING_DIR)
+            for folder in (out / BOOKKEEPING_DIR, out / BOOKKEEPING_DIR / STAGING_DIR)
             if folder.is_dir()
             for p in folder.iterdir()
             if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX)

@@ -20,7 +20,7 @@ import pytest
 import xorweights
 from tests.conftest import encoded_release, write_files
 from tests.process_states import signal_stopped, step_until
-from xorweights.outfolder.atomic import TEMP_PREFIX, TEMP_SUFFIX
+from xorweights.outfolder.atomic import BOOKKEEPING_DIR, TEMP_PREFIX, TEMP_SUFFIX
 from xorweights.outfolder.folder import STATE_FILE
 
 IS_ROOT = os.geteuid() == 0
@@ -64,7 +64,9 @@ def finals(out: Path) -> dict[str, bytes]:
 
 
 def temporaries(out: Path) -> list[str]:
-    return [p.name for p in _entries(out) if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX)]
+    """Temporaries in `out` or its bookkeeping folder, where a run writes them."""
+    entries = [*_entries(out), *_entries(out / BOOKKEEPING_DIR)]
+    return [p.name for p in entries if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX)]
 
 
 def _mid_run(out: Path, done: int, inside: bool) -> Callable[[int], bool]:
@@ -72,9 +74,8 @@ def _mid_run(out: Path, done: int, inside: bool) -> Callable[[int], bool]:
     temporary holds bytes: the kill lands inside a file)."""
 
     def state(_pid: int) -> bool:
-        entries = _entries(out)
-        finished = [p for p in entries if not p.name.startswith(".")]
-        parts = [p for p in entries if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX)]
+        finished = [p for p in _entries(out) if not p.name.startswith(".")]
+        parts = [p for p in _entries(out / BOOKKEEPING_DIR) if p.name.endswith(TEMP_SUFFIX)]
         return len(finished) >= done and any(p.stat().st_size > 0 or not inside for p in parts)
 
     return state
@@ -107,7 +108,8 @@ def _kill_and_resume(release, out: Path, rng: random.Random) -> tuple[int, bool]
     assert proc.returncode == 0, stderr
     report = json.loads(stdout)
     assert finals(out) == expected
-    assert temporaries(out) == [] and {p.name for p in out.iterdir()} == {*expected, STATE_FILE}
+    assert temporaries(out) == [] and {p.name for p in out.iterdir()} == {*expected, ".cache"}
+    assert {p.name for p in (out / BOOKKEEPING_DIR).iterdir()} == {STATE_FILE}
     kept = {f["name"] for f in report["files"] if f["kept"]}
     assert kept == set(before), "outputs completed before the kill are kept, the rest redone"
     for name in kept:
@@ -166,9 +168,11 @@ def test_foreign_outputs_matching_their_checksums_are_kept_others_refused(releas
     assert finals(out) == expected
 
 
-def test_stale_temporaries_are_cleaned(release, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["", f"{BOOKKEEPING_DIR}/"])  # an older version wrote them beside
+def test_stale_temporaries_are_cleaned(release, tmp_path: Path, where: str) -> None:
     payload, base, manifest, expected = release
-    out = write_files(tmp_path / "o", {f"{TEMP_PREFIX}config.json.abc123.part": b"half"})
+    out = write_files(tmp_path / "o", {f"{where}{TEMP_PREFIX}config.json.abc123.part": b"half"})
+    assert temporaries(out) == [f"{TEMP_PREFIX}config.json.abc123.part"]
     xorweights.decode(payload, base=base, out=out, checksums=manifest)
     assert temporaries(out) == [] and finals(out) == expected
 
@@ -252,7 +256,7 @@ def test_permission_denied_names_the_path(release, tmp_path: Path) -> None:
         proc = cli("decode", payload, "--base", tmp_path / "base", "--out", out, "-q", preexec_fn=preexec)
         _, err = proc.communicate()
         assert proc.returncode == 2
-        assert err.startswith(f"Error: creating a file in {out}: Permission denied"), err
+        assert err.startswith(f"Error: creating {out / '.cache'}: Permission denied"), err
         assert list(out.iterdir()) == []
         # An unreadable base file is named too.
         out.chmod(0o755)
@@ -302,7 +306,7 @@ def test_input_truncated_while_read_is_refused(tmp_path: Path) -> None:
     proc = cli("decode", payload, "--base", base, "--out", out, "-q")
 
     def midway(_pid: int) -> bool:
-        parts = list(out.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}")) if out.exists() else []
+        parts = list((out / BOOKKEEPING_DIR).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"))
         return bool(parts) and 0 < parts[0].stat().st_size < size // 2
 
     caught = step_until(proc, midway)  # the decode left stopped there

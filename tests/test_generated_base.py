@@ -85,10 +85,7 @@ def test_decode_from_meta_files_streams_the_base(release, tmp_path: Path) -> Non
     assert all(f.base_verified for f in report.files if f.action == "xor")
     assert all(f.verified for f in report.files)
     assert set(tree(release["root"] / "LLaMA")) == before  # nothing written beside the source
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {
-        *tree(release["tuned"]),
-        ".xorweights-state.json",
-    }
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {*tree(release["tuned"]), ".cache"}
 
 
 def test_decode_from_a_resharded_safetensors_copy(release, tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from tests.process_states import signal_stopped, step_until
 from xorweights.cli import main
 from xorweights.errors import ImplausibleOutputError
 from xorweights.formats import plausible
-from xorweights.outfolder.atomic import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
-from xorweights.outfolder.folder import STATE_FILE
+from xorweights.outfolder.atomic import BOOKKEEPING_DIR, STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
+from xorweights.outfolder.folder import STATE_FILE, STATE_JOURNAL, STATE_PATH
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -179,7 +179,7 @@ def test_native_encode_stages_files_and_writes_the_manifest_last(tmp_path: Path)
     ft, base = native_pair(tmp_path)
     payload = tmp_path / "payload"
     xorweights.encode(ft, base=base, out=payload)
-    assert not (payload / STAGING_DIR).exists()
+    assert not (payload / ".cache").exists()  # no staging folder, no records left
     names = sorted(p.name for p in payload.iterdir())
     assert names == [
         "config.json",
@@ -202,7 +202,7 @@ def _encode_moment(payload: Path, moment: str) -> Callable[[int], bool]:
     moving into place (some there, no manifest yet); the manifest written."""
     if moment == "started":
         return lambda pid: True
-    staging = payload / STAGING_DIR
+    staging = payload / BOOKKEEPING_DIR / STAGING_DIR
     if moment == "staging":
         return lambda pid: (
             staging.is_dir()
@@ -312,12 +312,12 @@ def test_a_failed_native_encode_leaves_no_staged_file_and_the_rerun_finishes(tmp
         xorweights.encode(ft, base=base, out=out, force=True)
     assert not (out / "xorweights.json").exists()
     # No staged payload file stays; the records of the files already moved into place do.
-    left = sorted(p.relative_to(out / STAGING_DIR).parts[0] for p in (out / STAGING_DIR).rglob("*"))
-    assert set(left) <= {".payload-state"}
+    assert {p.name for p in (out / BOOKKEEPING_DIR).iterdir()} <= {STATE_FILE, STATE_JOURNAL}
+    assert any((out / BOOKKEEPING_DIR).iterdir())
     (out / "model-2.safetensors").rmdir()
     again = xorweights.encode(ft, base=base, out=out)  # no force: the moved files are known
     assert any(f.kept for f in again.files) and (out / "xorweights.json").is_file()
-    assert not (out / STAGING_DIR).exists()
+    assert not (out / ".cache").exists()
     fresh = tmp_path / "fresh"
     xorweights.encode(ft, base=base, out=fresh)
     assert tree(out) == tree(fresh)
@@ -332,4 +332,4 @@ def test_outputs_without_digest_from_a_wrong_pair_are_removed(model_pair, tmp_pa
     code, err = run_cli(["decode", payload, "--base", base, "--out", out, "-q", "-j", "1"], capsys)
     assert code == 1 and "decoded config.json is not a valid JSON file" in err
     assert tree(out) == {}  # the outputs made before the check failed are gone, with their records
-    assert json.loads((out / STATE_FILE).read_text())["files"] == {}
+    assert json.loads((out / STATE_PATH).read_text())["files"] == {}

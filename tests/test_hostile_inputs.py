@@ -22,7 +22,7 @@ from tests.conftest import tree, write_files
 from xorweights.checksum_types import MANIFEST_FORMAT
 from xorweights.errors import FormatError, InputError, UnsafePathError
 from xorweights.hub import parse_repo_spec, validate_revision
-from xorweights.outfolder.folder import STATE_FILE, STATE_FORMAT, OutputFolder
+from xorweights.outfolder.folder import STATE_FORMAT, STATE_PATH, OutputFolder
 from xorweights.outfolder.paths import check_name
 from xorweights.tensors.safetensors_header import parse_header, read_header
 from xorweights.tensors.torch_zip import read_checkpoint
@@ -81,10 +81,10 @@ def test_state_file_with_hostile_names_is_ignored(tmp_path: Path) -> None:
             "fine.bin": {"size": 1, "mtime_ns": 2},
         },
     }
-    write_files(tmp_path, {STATE_FILE: json.dumps(state).encode()})
+    write_files(tmp_path, {STATE_PATH: json.dumps(state).encode()})
     with OutputFolder(tmp_path) as folder:
         assert set(folder.done) == {"fine.bin"}
-    write_files(tmp_path, {STATE_FILE: b"\x00garbage"})
+    write_files(tmp_path, {STATE_PATH: b"\x00garbage"})
     with OutputFolder(tmp_path) as folder:
         assert folder.done == {}
 
@@ -412,7 +412,8 @@ def test_torch_mutated_real_pickle_fuzz(tmp_path: Path, data: st.DataObject) -> 
 @given(st.dictionaries(st.text(max_size=12), _json_value, max_size=4) | _json_value)
 def test_state_file_fuzz(tmp_path: Path, files: object) -> None:
     """Whatever the state file holds, the folder opens; only well-formed, safe entries count."""
-    (tmp_path / STATE_FILE).write_text(json.dumps({"format": STATE_FORMAT, "files": files}))
+    (tmp_path / STATE_PATH).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / STATE_PATH).write_text(json.dumps({"format": STATE_FORMAT, "files": files}))
     with OutputFolder(tmp_path) as folder:
         for name, done in folder.done.items():
             check_name(name, "state")

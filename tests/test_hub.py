@@ -23,7 +23,7 @@ from tests.hubserver import TOKEN, HubServer
 from xorweights import publish
 from xorweights.errors import HubError, PayloadMismatchError, UnsafePathError
 from xorweights.hub import model_card
-from xorweights.outfolder.folder import STATE_FILE
+from xorweights.outfolder.folder import STATE_PATH
 
 
 def nested_repo(folder: Path, payload: Path, name: str, *, decoy: bool = False) -> Path:
@@ -95,9 +95,9 @@ def test_second_call_returns_at_once_and_verify_rehashes(native_release, hub, tm
     assert tree(out) == tree(native_release["ft"])
     # A change no stamp shows (the record forged to match): kept unread, remade when asked to verify.
     data = corrupt()
-    state = json.loads((out / STATE_FILE).read_text())
+    state = json.loads((out / STATE_PATH).read_text())
     state["files"]["model.safetensors"]["ctime_ns"] = target.stat().st_ctime_ns
-    (out / STATE_FILE).write_text(json.dumps(state))
+    (out / STATE_PATH).write_text(json.dumps(state))
     quick = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, **kw)
     assert all(f.kept for f in quick.files) and target.read_bytes() == data
     checked = xorweights.decode("org/ft-xor", base=native_release["base"], out=out, verify=True, **kw)

@@ -22,8 +22,7 @@ from tests.conftest import legacy_folders, tree
 from tests.delta_models import VOCAB, llama_state, perturbed, save_model
 from tests.test_half_made_payloads import native_pair
 from xorweights.cli import main
-from xorweights.delta.recover import SEAL_NAME
-from xorweights.outfolder.folder import STATE_JOURNAL
+from xorweights.outfolder.atomic import BOOKKEEPING_DIR
 from xorweights.tensor_manifest import TENSORS_NAME
 
 
@@ -93,12 +92,9 @@ class Case:
         return [*self.decode, "--out", out, "--quiet", "--json", *more]
 
 
-STATE_PREFIX = STATE_JOURNAL.rsplit(".", 1)[0]  # the state file and its journal
-
-
 def outputs(folder: Path) -> dict[str, bytes]:
     """The folder's files but the records that differ from folder to folder (stamps)."""
-    return {n: b for n, b in tree(folder).items() if n != SEAL_NAME and not n.startswith(STATE_PREFIX)}
+    return {n: b for n, b in tree(folder).items() if not n.startswith(f"{BOOKKEEPING_DIR}/")}
 
 
 def stamps(folder: Path) -> dict[str, tuple[int, int, int]]:

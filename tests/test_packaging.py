@@ -1,35 +1,105 @@
-"""The wheel carries the release manifests and the console script; the default install needs no torch."""
+"""The package as published: `python -m build` makes an sdist and a wheel that `twine check` passes,
+the wheel built from the sdist equals the one built from the tree, the version comes from one place;
+the wheel carries the release manifests and the console script; the default install needs no torch."""
 
 from __future__ import annotations
 
+import email
 import json
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
+
+import pytest
+
+import xorweights
+from xorweights.hub import model_card
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_ships_the_manifests(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = tmp_path.glob("xorweights-*.whl")
+def _run(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`python -m build` (the sdist, then the wheel built from it) and a wheel built from the tree,
+    with the hatchling installed here (no download: `--no-isolation`)."""
+    out = tmp_path_factory.mktemp("dist")
+    _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out / "release", ROOT)
+    _run(sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", out / "tree", ROOT)
+    (sdist,) = (out / "release").glob("xorweights-*.tar.gz")
+    (wheel,) = (out / "release").glob("xorweights-*.whl")
+    (tree_wheel,) = (out / "tree").glob("xorweights-*.whl")
+    return {"sdist": sdist, "wheel": wheel, "tree_wheel": tree_wheel, "dir": out / "release"}
+
+
+def _members(wheel: Path) -> dict[str, bytes]:
     with zipfile.ZipFile(wheel) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
+def test_the_wheel_from_the_sdist_equals_the_wheel_from_the_tree(dist: dict[str, Path]) -> None:
+    from_sdist, from_tree = _members(dist["wheel"]), _members(dist["tree_wheel"])
+    assert sorted(from_sdist) == sorted(from_tree)
+    assert [n for n in from_sdist if from_sdist[n] != from_tree[n]] == []
+    with tarfile.open(dist["sdist"]) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    assert {"pyproject.toml", "README.md", "xorweights/__init__.py", "checksums/pygmalion-7b.json"} <= names
+
+
+def test_twine_check_passes_on_both(dist: dict[str, Path]) -> None:
+    done = _run(sys.executable, "-m", "twine", "check", "--strict", dist["sdist"], dist["wheel"])
+    assert done.stdout.count("PASSED") == 2, done.stdout
+
+
+def test_one_version_in_the_metadata_the_package_and_the_command(dist: dict[str, Path]) -> None:
+    with zipfile.ZipFile(dist["wheel"]) as z:
+        (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = email.message_from_bytes(z.read(meta))
+    assert metadata["Name"] == "xorweights" and metadata["Requires-Python"] == ">=3.10"
+    assert metadata["Version"] == xorweights.__version__ != "0+unknown"
+    assert dist["wheel"].name == f"xorweights-{xorweights.__version__}-py3-none-any.whl"
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    assert metadata.get_payload() == (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = _run(sys.executable, "-m", "xorweights.cli", "--version").stdout
+    assert shown == f"xorweights, version {xorweights.__version__}\n"
+    # The version lives in pyproject.toml alone: the package reads it from its installed metadata.
+    literal = f'"{xorweights.__version__}"'
+    assert [p.name for p in (ROOT / "xorweights").rglob("*.py") if literal in p.read_text()] == []
+
+
+def test_the_cards_default_install_line_names_this_wheel(dist: dict[str, Path]) -> None:
+    """What a published card tells its reader to run, by default, installs the wheel built here."""
+    requirement = model_card.default_install(xorweights.__version__)
+    done = _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--isolated",  # no pip configuration: only the folder built here is looked in
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--no-deps",
+        "--no-index",
+        "--find-links",
+        dist["dir"],
+        "--quiet",
+        "--report",
+        "-",
+        requirement,
+    )
+    (chosen,) = json.loads(done.stdout)["install"]
+    assert chosen["download_info"]["url"] == dist["wheel"].as_uri()
+
+
+def test_wheel_ships_the_manifests(dist: dict[str, Path]) -> None:
+    with zipfile.ZipFile(dist["wheel"]) as z:
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     shipped = {

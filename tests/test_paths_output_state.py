@@ -32,7 +32,7 @@ from xorweights.formats import payload_folder
 from xorweights.formats.native_manifest import MANIFEST_NAME
 from xorweights.hub import payload as hub_payload
 from xorweights.outfolder.atomic import TEMP_PREFIX, TEMP_SUFFIX
-from xorweights.outfolder.folder import STATE_FILE, STATE_FORMAT, OutputFolder
+from xorweights.outfolder.folder import STATE_FILE, STATE_FORMAT, STATE_PATH, OutputFolder
 from xorweights.outfolder.paths import check_name, check_regular_file
 from xorweights.pipeline import resume
 
@@ -115,7 +115,16 @@ def link_out(path: Path, outside: Path) -> None:
 # --- 3. paths ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [".xorweights-foo", ".XORWEIGHTS-state.json", "sub/.xorweights-x.part"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".xorweights-foo",
+        ".XORWEIGHTS-state.json",
+        "sub/.xorweights-x.part",
+        ".cache/huggingface/xorweights/x",
+        ".Cache/HuggingFace/download/model.bin.metadata",
+    ],
+)
 def test_names_reserved_for_our_own_files_are_refused(name: str) -> None:
     with pytest.raises(UnsafePathError, match="reserved"):
         check_name(name, "listing")
@@ -306,14 +315,14 @@ def test_cli_decode_of_undecodable_names(tmp_path: Path, capsys) -> None:
     printed, err = capsys.readouterr()
     _clean(printed + err)
     assert "caf\\xe9.dat" in printed and "\\xff\\xfe.dat" in printed
-    assert {os.fsencode(n) for n in os.listdir(out) if n != STATE_FILE} == {*UNDECODABLE, b"plain.dat"}
+    assert {os.fsencode(n) for n in os.listdir(out)} == {*UNDECODABLE, b"plain.dat", b".cache"}
     # A second run keeps all three: the state file records the names it cannot store as text.
     assert main(["decode", str(payload), "--base", str(base), "--out", str(out), "-q", "--json"]) == 0
     printed, err = capsys.readouterr()
     _clean(printed + err)
     doc = json.loads(printed)
     assert {f["name"] for f in doc["files"] if f["kept"]} == {"caf\\xe9.dat", "\\xff\\xfe.dat", "plain.dat"}
-    state = json.loads((out / STATE_FILE).read_text())
+    state = json.loads((out / STATE_PATH).read_text())
     assert set(state["files"]) == {"plain.dat"} and len(state["files_hex"]) == 2
 
 
@@ -419,12 +428,12 @@ def test_recorded_size_disagreeing_with_the_published_one_is_not_trusted(
     target = out / "tokenizer.model"
     with open(target, "ab") as f:
         f.write(b"!")
-    state = json.loads((out / STATE_FILE).read_text())
+    state = json.loads((out / STATE_PATH).read_text())
     st = target.stat()
     state["files"]["tokenizer.model"].update(
         size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns
     )
-    (out / STATE_FILE).write_text(json.dumps(state))  # a record that matches the file, not the release
+    (out / STATE_PATH).write_text(json.dumps(state))  # a record that matches the file, not the release
     report = xorweights.decode(payload, base=base, out=out, checksums=legacy_release["manifest"])
     assert remade(report) == {"tokenizer.model"}
     assert tree(out) == tree(legacy_release["ft"])
@@ -444,10 +453,10 @@ def test_old_records_without_change_time_are_rehashed(legacy_release, tmp_path: 
     payload, base, out = legacy_release["payload"], legacy_release["base"], tmp_path / "out"
     kw = {"base": base, "out": out, "checksums": legacy_release["manifest"]}
     xorweights.decode(payload, **kw)
-    state = json.loads((out / STATE_FILE).read_text())
+    state = json.loads((out / STATE_PATH).read_text())
     for entry in state["files"].values():
         del entry["ctime_ns"]
-    (out / STATE_FILE).write_text(json.dumps(state))
+    (out / STATE_PATH).write_text(json.dumps(state))
     hashed: list[str] = []
     real = resume.hash_path
     monkeypatch.setattr(
@@ -497,7 +506,7 @@ HOSTILE_FILES = {
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_STATES))
 def test_hostile_state_entries_are_ignored(tmp_path: Path, case: str, caplog) -> None:
-    write_files(tmp_path, {STATE_FILE: HOSTILE_STATES[case]})
+    write_files(tmp_path, {STATE_PATH: HOSTILE_STATES[case]})
     with caplog.at_level(logging.WARNING), OutputFolder(tmp_path) as folder:
         assert set(folder.done) == {"ok.bin"}
     assert "ignoring entry 'bad.bin'" in caplog.text
@@ -505,7 +514,7 @@ def test_hostile_state_entries_are_ignored(tmp_path: Path, case: str, caplog) ->
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
 def test_hostile_state_files_are_ignored(tmp_path: Path, case: str, caplog) -> None:
-    write_files(tmp_path, {STATE_FILE: HOSTILE_FILES[case]})
+    write_files(tmp_path, {STATE_PATH: HOSTILE_FILES[case]})
     with caplog.at_level(logging.WARNING), OutputFolder(tmp_path) as folder:
         assert folder.done == {}
     assert "ignoring" in caplog.text
@@ -513,7 +522,8 @@ def test_hostile_state_files_are_ignored(tmp_path: Path, case: str, caplog) -> N
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink", "folder"])
 def test_state_file_that_is_not_a_regular_file_is_ignored(tmp_path: Path, kind: str) -> None:
-    state = tmp_path / STATE_FILE
+    state = tmp_path / STATE_PATH
+    state.parent.mkdir(parents=True)
     if kind == "fifo":
         os.mkfifo(state)
     elif kind == "symlink":
@@ -534,7 +544,7 @@ def test_state_entries_with_hostile_hex_names_are_ignored(tmp_path: Path) -> Non
     by_hex = {"zz": entry, b"../x".hex(): entry, b".xorweights-a".hex(): entry, b"caf\xe9".hex(): entry}
     write_files(
         tmp_path,
-        {STATE_FILE: json.dumps({"format": STATE_FORMAT, "files": {}, "files_hex": by_hex}).encode()},
+        {STATE_PATH: json.dumps({"format": STATE_FORMAT, "files": {}, "files_hex": by_hex}).encode()},
     )
     with OutputFolder(tmp_path) as folder:
         assert set(folder.done) == {fsname(b"caf\xe9")}
@@ -561,7 +571,8 @@ _entry = st.fixed_dictionaries(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=300))
 def test_state_file_bytes_fuzz(tmp_path: Path, data: bytes) -> None:
-    (tmp_path / STATE_FILE).write_bytes(data)
+    (tmp_path / STATE_PATH).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / STATE_PATH).write_bytes(data)
     with OutputFolder(tmp_path) as folder:
         assert all(isinstance(d.size, int) for d in folder.done.values())
 
@@ -574,7 +585,8 @@ def test_state_file_bytes_fuzz(tmp_path: Path, data: bytes) -> None:
 def test_state_file_entries_fuzz(tmp_path: Path, files: dict[str, Any], by_hex: dict[str, Any]) -> None:
     """Whatever the entries hold, the folder opens, and only well-typed, safe entries count."""
     doc = {"format": STATE_FORMAT, "files": files, "files_hex": by_hex}
-    (tmp_path / STATE_FILE).write_text(json.dumps(doc))
+    (tmp_path / STATE_PATH).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / STATE_PATH).write_text(json.dumps(doc))
     with OutputFolder(tmp_path) as folder:
         for name, done in folder.done.items():
             check_name(name, "state")

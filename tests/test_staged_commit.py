@@ -14,8 +14,8 @@ import pytest
 
 import xorweights
 from tests.conftest import make_native_release, tree
-from xorweights.outfolder.atomic import STAGING_DIR
-from xorweights.outfolder.folder import STATE_JOURNAL
+from xorweights.outfolder.atomic import BOOKKEEPING_DIR, STAGING_DIR
+from xorweights.outfolder.folder import JOURNAL_PATH, STATE_FILE, STATE_JOURNAL
 
 
 def _interrupt_after_staged_rename(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
@@ -69,10 +69,12 @@ def test_a_failed_manifest_write_leaves_a_payload_the_rerun_finishes(
         with pytest.raises(xorweights.XorWeightsError, match="xorweights.json"):
             xorweights.encode(release["ft"], base=release["base"], out=out)
     assert not (out / "xorweights.json").exists()
-    assert (out / STAGING_DIR).is_dir()  # the records of the files already in place
+    # The records of the files already in place stay (out of sight of an upload); nothing staged does.
+    assert {p.name for p in (out / BOOKKEEPING_DIR).iterdir()} <= {STATE_FILE, STATE_JOURNAL}
+    assert any((out / BOOKKEEPING_DIR).iterdir())
     xorweights.encode(release["ft"], base=release["base"], out=out)
     assert tree(out) == want
-    assert not (out / STAGING_DIR).exists()
+    assert not (out / ".cache").exists()  # a finished payload folder keeps no records
 
 
 def test_a_finished_recovery_reruns_without_a_warning_and_folds_its_journal(
@@ -81,7 +83,7 @@ def test_a_finished_recovery_reruns_without_a_warning_and_folds_its_journal(
     delta, base = delta_pair
     out = tmp_path / "out"
     xorweights.decode(delta, base=base, out=out, recipe="fastchat")
-    assert not (out / STATE_JOURNAL).exists()
+    assert not (out / JOURNAL_PATH).exists()
     first = tree(out)
     with caplog.at_level(logging.WARNING, logger="xorweights"):
         report = xorweights.decode(delta, base=base, out=out, recipe="fastchat")

@@ -76,6 +76,12 @@ def verify(
         checksums if isinstance(checksums, ChecksumManifest) else load_checksums(checksums, remote=remote)
     )
     entries = manifest.stage(stage)
+    if not entries and stage in manifest.not_included:
+        raise InputError(
+            f"{manifest.release} publishes {stage} checksums, but xorweights does not include them: "
+            f"{manifest.not_included[stage]}",
+            path=manifest.path,
+        )
     if not entries:
         raise InputError(
             f"{manifest.release} publishes no {stage} checksums"

@@ -142,6 +142,14 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
 
     repo_id = _str("repo_id")
     base_model = _str("base_model")
+    not_included = _strmap("not_included")
+    for stage in not_included:
+        if stage not in STAGES:
+            raise FormatError(
+                f'{source}: "not_included" names unknown stage {quoted(stage)}; expected one of '
+                + ", ".join(STAGES),
+                path=source,
+            )
     if base_model is not None:
         if not is_base_model(base_model):
             raise FormatError(
@@ -156,6 +164,7 @@ def parse_manifest(doc: Any, source: str) -> ChecksumManifest:
         sources=_strmap("sources"),
         caveats=_strs("caveats"),
         needs=_strmap("needs"),
+        not_included=not_included,
         raw_files=_strs("raw_files"),
         path=source,
     )

@@ -92,6 +92,9 @@ class ChecksumManifest:
     path: str | None = None
     base_model: str | None = None
     """The base the release was made against, as its publisher named it (informational)."""
+    not_included: Mapping[str, str] = field(default_factory=dict)
+    """Stages the release publishes that this manifest does not carry, each with why (informational:
+    "not published" is said only of a stage found neither in `stages` nor here)."""
 
     def stage(self, name: str) -> Mapping[str, FileDigest]:
         """Entries of stage `name` (empty when the release publishes none)."""
@@ -121,6 +124,8 @@ class ChecksumManifest:
             doc["sources"] = dict(self.sources)
         if self.caveats:
             doc["caveats"] = list(self.caveats)
+        if self.not_included:
+            doc["not_included"] = dict(self.not_included)
         return doc
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,8 @@ def print_publish(report: PublishReport) -> None:
         + (f"@{report.revision}" if report.revision != "main" else "")
         + " --base BASE_DIR --out OUT_DIR"
     )
+    if report.install:
+        click.echo(f"the card says to install it with: pip install {shlex.quote(report.install)}")
 
 
 def print_convert(report: BaseReport) -> None:
@@ -211,21 +214,30 @@ def release_doc(m: ChecksumManifest) -> dict[str, Any]:
             s: {"files": len(f), "algorithms": sorted({a for d in f.values() for a in d.algorithms()})}
             for s, f in m.stages.items()
         },
+        "not_included": dict(m.not_included),
         "needs": dict(m.needs),
         "caveats": list(m.caveats),
     }
 
 
 def print_releases(docs: list[dict[str, Any]]) -> None:
-    """Each release (`release_doc`): its stages, what decoding it needs, its caveats."""
+    """Each release (`release_doc`): the checksums it publishes by stage and which of them xorweights
+    carries (and checks), what decoding it needs, its caveats."""
     for d in docs:
         click.echo(f"{d['release']}  ({d['repo_id']})")
         if d["description"]:
             click.echo(f"  {d['description']}")
+        click.echo("  checksums:")
         for stage in STAGES:
             s = d["stages"].get(stage)
-            have = f"{s['files']} files, {'+'.join(s['algorithms'])}" if s else "not published"
-            click.echo(f"  {stage:<14} {have}")
+            if s:
+                have = f"published; {s['files']} files, {'+'.join(s['algorithms'])}, checked by xorweights"
+            elif stage in d["not_included"]:
+                why = d["not_included"][stage]
+                have = f"published, but not included in xorweights, so not checked ({why})"
+            else:
+                have = "not published by the release"
+            click.echo(f"    {stage:<14} {have}")
         for what, need in d["needs"].items():
             click.echo(f"  needs ({what}): {need}")
         for c in d["caveats"]:
@@ -242,7 +254,9 @@ def print_delta_releases(docs: list[dict[str, Any]]) -> None:
         total = d["model_sum"]
         if total:
             where = total["value"] if total["value"] is not None else f"the repo's {total['file']}"
-            click.echo(f"  published sum of all weights: {where}")
+            click.echo(f"  published sum of all weights: {where} (checked by xorweights)")
+        else:
+            click.echo("  published sum of all weights: none (nothing published to check the result against)")
         click.echo("")
 
 

@@ -37,6 +37,27 @@ from ._render import emit_json, print_publish
     metavar="ID",
     help="The card's Hub license identifier, e.g. apache-2.0 [default: other, the base's terms apply].",
 )
+@click.option(
+    "--license-name",
+    default=None,
+    metavar="NAME",
+    help="With --license other: the release's terms by name (an identifier, e.g. my-license-1.0); "
+    "needs --license-link.",
+)
+@click.option(
+    "--license-link",
+    default=None,
+    metavar="URL",
+    help="With --license other: where the terms are (an http(s) URL, or a file of the repo such as "
+    "LICENSE); needs --license-name.",
+)
+@click.option(
+    "--install-from",
+    default=None,
+    metavar="SPEC",
+    help="What the card tells readers to pip install (a requirement, a git URL or a wheel's URL) "
+    "[default: xorweights==THIS_VERSION from PyPI].",
+)
 @allow_raw_option
 @jobs_option
 @quiet_option
@@ -50,6 +71,9 @@ def publish_cmd(
     message: str | None,
     base_name: str | None,
     license_id: str | None,
+    license_name: str | None,
+    license_link: str | None,
+    install_from: str | None,
     allow_raw: tuple[str, ...],
     jobs: int | None,
     quiet: bool,
@@ -57,10 +81,11 @@ def publish_cmd(
 ) -> int:
     """Upload an encoded PAYLOAD folder to REPO_ID with a generated model card.
 
-    The card holds the decode command, the base and decoded checksums, the payload format and the
-    xorweights version; `xorweights decode REPO_ID` reads its checksums back. Publishing again is
-    safe: an unchanged release makes no commit, and a changed one deletes the earlier payload's
-    files it no longer has. Uses HF_TOKEN and HF_ENDPOINT.
+    The card holds the install and decode commands (the xorweights version that wrote the
+    payload, and where to get it), the base and decoded checksums and the payload format;
+    `xorweights decode REPO_ID` reads its checksums back. Publishing again is safe: an unchanged
+    release makes no commit, and a changed one deletes the earlier payload's files it no longer
+    has. Uses HF_TOKEN and HF_ENDPOINT.
     """
     from ..hub import publish
 
@@ -76,6 +101,9 @@ def publish_cmd(
         progress=not quiet,
         base_name=base_name,
         license=license_id,
+        license_name=license_name,
+        license_link=license_link,
+        install_from=install_from,
     )
     if as_json:
         emit_json(report.to_dict())

@@ -13,8 +13,8 @@ from ._render import emit_json, print_delta_releases, print_releases, release_do
 @quiet_option
 @json_option
 def releases_cmd(quiet: bool, as_json: bool) -> int:  # -q: accepted here as after any command
-    """List the known releases: XOR payloads (checksum stages, what decoding each needs) and
-    additive deltas (recipe, base, published sum)."""
+    """List the known releases: XOR payloads (the checksums each publishes, which of them
+    xorweights checks, what decoding each needs) and additive deltas (recipe, base, published sum)."""
     from ..delta.registry import delta_releases
 
     docs = [release_doc(m) for m in known_releases()]

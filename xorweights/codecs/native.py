@@ -113,9 +113,10 @@ class NativeCodec:
         return BaseWants(files=files, tensors=set(manifest.base_tensors))
 
     def plan_encode(self, request: EncodeRequest) -> Planned:
-        """Encode tensor by tensor. The payload folder's records live in its hidden staging folder,
-        removed once the payload is finished: `xorweights.json` is then the record. A rerun after a
-        kill keeps the payload files already in place and the complete staged ones."""
+        """Encode tensor by tensor. The payload folder's records (in its bookkeeping folder, which
+        no upload takes) are removed once the payload is finished: `xorweights.json` is then the
+        record. A rerun after a kill keeps the payload files already in place and the complete
+        staged ones."""
         src_dir, base_dir, out_dir = request.src_dir, request.base_dir, request.out_dir
         if not base_dir.is_dir():
             raise MissingFileError(f"base folder not found: {base_dir}", path=base_dir)

@@ -28,6 +28,7 @@ from ..generated_file import GeneratedFile
 from ..llama.layout import MAX_SHARD_BYTES as BIN_SHARD_BYTES  # the 2023 default ("10GB")
 from ..llama.tensors import open_tensors
 from ..llama.torch_save import record_order, save_state_dict
+from ..outfolder.atomic import BOOKKEEPING_DIR
 from ..outfolder.paths import is_regular, read_bounded
 from ..pipeline import BytesSource, FileSource, Plan, Sidecars, Staged, Step
 from ..pipeline.plan import Keep
@@ -359,9 +360,11 @@ def _refuse_other_layouts(out_dir: Path, names: set[str]) -> None:
         )
 
 
-#: Beside the manifest, what ties it to the files it was written with (not part of the manifest,
-#: which is meant to be shared): their sizes and modification times, and a sha256 of both.
-SEAL_NAME = ".xorweights-tensors.seal"
+#: In the folder's bookkeeping, what ties the manifest to the files it was written with (not part
+#: of the manifest, which is meant to be shared): their sizes and modification times, and a sha256
+#: of both. Where it lived before the bookkeeping moved: `_OLD_SEAL_NAME`, read too.
+SEAL_NAME = f"{BOOKKEEPING_DIR}/.xorweights-tensors.seal"
+_OLD_SEAL_NAME = ".xorweights-tensors.seal"
 
 
 def seal(manifest: bytes, files: dict[str, list[int]]) -> bytes:
@@ -383,7 +386,7 @@ def _previous_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResul
 
     try:
         text = read_bounded(path, MAX_TENSOR_MANIFEST_BYTES, "a tensor manifest")
-        sealed = read_bounded(path.parent / SEAL_NAME, MAX_MANIFEST_BYTES, "a seal")
+        sealed = _read_seal(path.parent)
         files = json.loads(sealed)["files"]
         if seal(text, files) != sealed:
             return {}
@@ -392,6 +395,13 @@ def _previous_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResul
     except (OSError, TypeError, ValueError, KeyError, AttributeError):
         return {}
     return _recorded_digests(path, info)
+
+
+def _read_seal(folder: Path) -> bytes:
+    try:
+        return read_bounded(folder / SEAL_NAME, MAX_MANIFEST_BYTES, "a seal")
+    except FileNotFoundError:  # a folder recovered before the bookkeeping moved (moved in on open)
+        return read_bounded(folder / _OLD_SEAL_NAME, MAX_MANIFEST_BYTES, "a seal")
 
 
 def _recorded_digests(path: Path, info: dict[str, Any]) -> dict[str, TensorResult]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .._display import abridged, quoted
 from ..errors import InputError, MissingFileError
-from ..outfolder.atomic import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX
+from ..outfolder.atomic import STAGING_DIR, TEMP_PREFIX, TEMP_SUFFIX, is_bookkeeping
 from ..outfolder.folder import STATE_FILE, STATE_JOURNAL
 from ..outfolder.paths import check_folder_inside, check_name, check_regular_file
 
@@ -57,7 +57,9 @@ class PayloadHints:
 
 
 def left_by_us(name: str) -> bool:
-    """A state file or temporary that xorweights itself leaves in a folder it wrote."""
+    """A state file or temporary that xorweights itself left beside the files of a folder it wrote
+    (now kept in the folder's `.cache/huggingface/xorweights/`; an older version's, or a temporary
+    written beside its target)."""
     ours = name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
     return ours or name in (STATE_FILE, STATE_JOURNAL)
 
@@ -137,8 +139,8 @@ def find_payload_in_listing(paths: Iterable[str], where: str, hints: PayloadHint
     by_dir: dict[str, list[str]] = {}
     for path in paths:
         parts = path.split("/")
-        if STAGING_DIR in parts[:-1] or left_by_us(parts[-1]):
-            continue  # what an encode or decode of ours left in the folder it made (never downloaded)
+        if is_bookkeeping(path) or STAGING_DIR in parts[:-1] or left_by_us(parts[-1]):
+            continue  # records of ours or huggingface_hub's (never downloaded), or of an older version
         check_name(path, where)  # also refuses other names reserved for our own files
         folder, _, name = path.rpartition("/")
         if not any(part.startswith(".") for part in path.split("/")):

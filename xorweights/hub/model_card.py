@@ -7,7 +7,9 @@ payloads, the `hf_base` stage. Everything else in the card is for people and MAY
 
 The front matter is written with huggingface_hub's `ModelCardData`: `library_name: xorweights`,
 `tags`, `license` (default `other`: the decoded weights fall under the base's license, which the
-card says in its prose) and, when the base is named as a Hub repo id, `base_model`.
+card says in its prose), with `license: other` the `license_name` and `license_link` of the terms
+when the publisher names them (both or neither, as the Hub's card metadata asks), and, when the
+base is named as a Hub repo id, `base_model`.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from .. import _json
 from .._display import quoted
 from .._units import human_bytes
 from ..checksum_manifests import parse_manifest
 from ..checksum_types import MAX_MANIFEST_BYTES, ChecksumManifest, FileDigest
-from ..errors import FormatError, InputError
+from ..errors import FormatError, InputError, UnsafePathError
 from ..formats.native_manifest import MANIFEST_NAME, NativeManifest
 from ..formats.raw_storage import RawItem
+from ..outfolder.paths import CONTROL, check_name
 from .repo_spec import validate_repo_id
 
 logger = logging.getLogger(__name__)
@@ -59,6 +64,96 @@ def check_license(license: str) -> str:
     return license
 
 
+#: A URL the card links the license to (or a file of the repo: see `check_license_terms`).
+_URL = re.compile(r"https?://[^\s<>`\"']+")
+
+
+@dataclass(frozen=True)
+class License:
+    """The card's license: a Hub identifier and, for `other`, the name and link of the terms."""
+
+    id: str = DEFAULT_LICENSE
+    name: str | None = None
+    """`license_name`: an identifier for terms the Hub does not list (`my-license-1.0`)."""
+    link: str | None = None
+    """`license_link`: a URL, or a file of the repo (`LICENSE`, `LICENSE.md`)."""
+
+
+def check_license_terms(license: str | None, name: str | None, link: str | None) -> License:
+    """The card's license from the arguments of `publish`, checked against the Hub's card metadata
+    rules: `license_name` and `license_link` come together and only with the license `other`.
+
+    Raises:
+        `InputError`: naming the value or the option at fault.
+    """
+    license = check_license(license or DEFAULT_LICENSE)
+    if name is None and link is None:
+        return License(license)
+    if license != DEFAULT_LICENSE:
+        raise InputError(
+            "`license_name` and `license_link` name terms the Hub does not list, for the license "
+            f"other only; the card's license is {license!r}: leave them out",
+            path=license,
+        )
+    if name is None or link is None:
+        given, missing = ("license_name", "license_link")
+        if name is None:
+            given, missing = missing, given
+        raise InputError(
+            f"`{given}` needs `{missing}` too: the Hub shows a license `other` by its name and link",
+            path=str(name or link),
+        )
+    if not _LICENSE.fullmatch(name):
+        raise InputError(
+            f"license name {quoted(name, 60)}: expected an identifier such as my-license-1.0 "
+            "(lowercase letters, digits, '.', '-', '+')",
+            path=name,
+        )
+    if not _URL.fullmatch(link) and not _repo_file(link):
+        raise InputError(
+            f"license link {quoted(link, 80)}: expected an http(s) URL or a file of the repo such as LICENSE",
+            path=link,
+        )
+    return License(license, name, link)
+
+
+def _repo_file(link: str) -> bool:
+    try:
+        check_name(link, "license_link")
+    except UnsafePathError:
+        return False
+    return ":" not in link
+
+
+def default_install(version: str) -> str:
+    """What `pip install` is given when the publisher names nothing: the version that wrote the
+    payload, from the Python Package Index."""
+    return f"{LIBRARY_NAME}=={version}"
+
+
+def check_install_from(spec: str) -> str:
+    """Return `spec` if it is one `pip install` argument: a requirement (`xorweights==X.Y.Z`), a URL
+    (`git+https://...@vX.Y.Z`, a wheel's) or a path; never an option, never two words.
+
+    Raises:
+        `InputError`: naming the value.
+    """
+    if (
+        not isinstance(spec, str)
+        or not spec.strip()
+        or len(spec) > 1000
+        or spec.startswith("-")
+        or CONTROL.search(spec)
+        or any(c.isspace() for c in spec)
+    ):
+        raise InputError(
+            f"`install_from` {quoted(str(spec), 80)}: expected one pip install argument, such as "
+            "xorweights==X.Y.Z, git+https://host/xorweights.git@vX.Y.Z or a wheel's URL",
+            path=str(spec),
+        )
+    return spec
+
+
 def tags(payload_format: str) -> list[str]:
     """The card's tags: the library, the kind of repo, and the payload format."""
     return list(dict.fromkeys([LIBRARY_NAME, "xor-payload", payload_format]))
@@ -91,21 +186,27 @@ def render(
     raw: Sequence[RawItem] = (),
     revision: str = "main",
     base_model: str | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: License | str = DEFAULT_LICENSE,
+    install_from: str | None = None,
 ) -> str:
     """The card of a release: front matter, decode command, payload facts, base and decoded checksums.
 
     `base_model` names the base (a Hub repo id also goes into the front matter); `license` is a
-    Hub license identifier.
+    Hub license identifier (or a `License` with the name and link of terms `other`);
+    `install_from` is what `pip install` is given on the card (default: `xorweights==version`,
+    from the Python Package Index).
     """
     from huggingface_hub import ModelCard
 
-    check_license(license)
+    if not isinstance(license, License):
+        license = License(check_license(license))
+    install = check_install_from(install_from) if install_from is not None else None
     decoded = checksums.stage("decoded")
     grown = [r for r in raw if r.grown]
     raw = [r for r in raw if not r.grown]
     lines = [
         *_decode_section(repo_id, payload_format, revision=revision, base_model=base_model, raw=raw),
+        *_install_section(version, install),
         *_license_section(license),
         *_payload_section(payload_format, len(decoded), payload_bytes, version, native, raw, grown),
         *_base_checksums_section(checksums, native),
@@ -115,6 +216,23 @@ def render(
         *_checksum_block(checksums),
     ]
     return str(ModelCard(_front_matter(payload_format, base_model, license) + "\n".join(lines)))
+
+
+def _install_section(version: str, install: str | None) -> list[str]:
+    """`## Install`: the version that wrote the payload, and where that one comes from."""
+    if install is None:
+        where = (
+            f"This payload was written by xorweights {version}. The command installs that version from the "
+            "Python Package Index (PyPI):"
+        )
+        spec = default_install(version)
+    else:
+        where = (
+            f"This payload was written by xorweights {version}. The publisher names where to get it; "
+            "the command installs from there:"
+        )
+        spec = install
+    return ["## Install", "", where, "", "```bash", f"pip install {shlex.quote(spec)}", "```", ""]
 
 
 def _raw_bytes(items: Sequence[RawItem]) -> str:
@@ -142,8 +260,9 @@ def _decode_section(
         "",
         "## Decode",
         "",
+        "With xorweights installed (see *Install*):",
+        "",
         "```bash",
-        "pip install xorweights",
         f"xorweights decode {repo_id}{'' if revision == 'main' else '@' + revision} --base /path/to/base "
         f"--out {name.removesuffix('-xor')}",
         "```",
@@ -162,12 +281,14 @@ def _decode_section(
     return [*lines, ""]
 
 
-def _license_section(license: str) -> list[str]:
+def _license_section(license: License) -> list[str]:
     """`## License`: the base's terms apply to the decoded weights (and the release's own, if named)."""
-    if license == DEFAULT_LICENSE:
+    if license.name is not None:
+        terms = f", as well as this release's `{license.name}` ({license.link})."
+    elif license.id == DEFAULT_LICENSE:
         terms = " (the front matter's `license: other`)."
     else:
-        terms = f", as well as this release's `{license}`."
+        terms = f", as well as this release's `{license.id}`."
     return [
         "## License",
         "",
@@ -256,13 +377,15 @@ def _checksum_block(checksums: ChecksumManifest) -> list[str]:
     ]
 
 
-def _front_matter(payload_format: str, base_model: str | None, license: str) -> str:
+def _front_matter(payload_format: str, base_model: str | None, license: License) -> str:
     """The card's YAML front matter, written by huggingface_hub's `ModelCardData`."""
     from huggingface_hub import ModelCardData
 
     data = ModelCardData(
         base_model=_hub_repo_id(base_model),
-        license=license,
+        license=license.id,
+        license_name=license.name,
+        license_link=license.link,
         library_name=LIBRARY_NAME,
         tags=tags(payload_format),
     )

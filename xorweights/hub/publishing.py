@@ -78,6 +78,10 @@ class PublishReport:
     """Repo paths of an earlier payload that the commit deleted."""
     base_model: str | None = None
     license: str = model_card.DEFAULT_LICENSE
+    license_name: str | None = None
+    license_link: str | None = None
+    install: str = ""
+    """What the card tells its reader to `pip install`."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -93,6 +97,9 @@ class PublishReport:
             "removed": list(self.removed),
             "base_model": self.base_model,
             "license": self.license,
+            "license_name": self.license_name,
+            "license_link": self.license_link,
+            "install": self.install,
             "seconds": round(self.seconds, 3),
         }
 
@@ -193,6 +200,9 @@ def publish(
     progress: bool = False,
     base_name: str | None = None,
     license: str | None = None,
+    license_name: str | None = None,
+    license_link: str | None = None,
+    install_from: str | None = None,
 ) -> PublishReport:
     """Upload an encoded payload folder to a Hub repo with a generated model card.
 
@@ -210,6 +220,10 @@ def publish(
         base_name: the base model for the card (a Hub repo id becomes its `base_model`); default:
             the one `encode --base-name` recorded.
         license: the card's Hub license identifier; default `other` (the base's terms apply).
+        license_name, license_link: for the license `other` only, both or neither: the name
+            (`my-license-1.0`) and link (a URL or a repo file) of the terms, in the front matter.
+        install_from: what the card says to `pip install` (a requirement, a git or wheel URL);
+            default `xorweights==<this version>`, from the Python Package Index, as the card says.
         allow_raw: the patterns the payload was encoded with, when its manifest stores fine-tuned
             tensors unmasked: each raw tensor must be named by one of them again.
         commit_message: default "Publish <name> with xorweights <version>".
@@ -225,11 +239,13 @@ def publish(
         `ChecksumMismatchError`: a payload file differs from xorweights.json, or the Hub lists
             another sha256 after the upload.
         `HubError`: the Hub refused the repo or the upload, or the repo is someone else's.
-        `InputError`: a malformed repo id, branch, base name or license, or `private` for an
-            existing public repo.
+        `InputError`: a malformed repo id, branch, base name, license or `install_from`, license
+            terms the Hub's card rules refuse, or `private` for an existing public repo.
     """
     started = time.perf_counter()
-    payload_dir, license = _checked_arguments(payload, repo_id, revision, base_name, license)
+    payload_dir = _checked_arguments(payload, repo_id, revision, base_name)
+    terms = model_card.check_license_terms(license, license_name, license_link)
+    install = model_card.check_install_from(install_from) if install_from is not None else None
     rel = _release(payload_dir, repo_id, checksums, allow_raw)
     release = _named_base(rel.checksums, base_name)
     names = rel.names
@@ -239,18 +255,7 @@ def publish(
     sizes = {n: (payload_dir / n).stat().st_size for n in names}
     payload_bytes = sum(sizes.values())
     branch = revision or "main"
-    card = model_card.render(
-        repo_id,
-        release,
-        payload_format=rel.format,
-        version=_version(),
-        payload_bytes=payload_bytes,
-        native=rel.native,
-        raw=rel.raw,
-        revision=branch,
-        base_model=release.base_model,
-        license=license,
-    )
+    card = _card(repo_id, rel, release, payload_bytes, branch, terms, install)
     message = commit_message or f"Publish {repo_id.split('/')[-1]} with xorweights {_version()}"
 
     from huggingface_hub import HfApi
@@ -274,7 +279,35 @@ def publish(
         unchanged=sent.unchanged,
         removed=sent.removed,
         base_model=release.base_model,
-        license=license,
+        license=terms.id,
+        license_name=terms.name,
+        license_link=terms.link,
+        install=install or model_card.default_install(_version()),
+    )
+
+
+def _card(
+    repo_id: str,
+    rel: _Release,
+    release: ChecksumManifest,
+    payload_bytes: int,
+    branch: str,
+    terms: model_card.License,
+    install_from: str | None,
+) -> str:
+    """The release's model card (`install_from` None: this version, from the package index)."""
+    return model_card.render(
+        repo_id,
+        release,
+        payload_format=rel.format,
+        version=_version(),
+        payload_bytes=payload_bytes,
+        native=rel.native,
+        raw=rel.raw,
+        revision=branch,
+        base_model=release.base_model,
+        license=terms,
+        install_from=install_from,
     )
 
 
@@ -283,12 +316,11 @@ def _checked_arguments(
     repo_id: str,
     revision: str | None,
     base_name: str | None,
-    license: str | None,
-) -> tuple[Path, str]:
-    """The payload folder and the card's license, once the arguments of `publish` are found good.
+) -> Path:
+    """The payload folder, once the arguments of `publish` are found good.
 
     Raises:
-        `InputError`: a malformed repo id, branch, base name or license.
+        `InputError`: a malformed repo id, branch or base name.
         `MissingFileError`: the payload folder is missing.
     """
     validate_repo_id(repo_id)
@@ -296,13 +328,12 @@ def _checked_arguments(
         raise InputError(f"repo id {repo_id!r}: expected owner/name", path=repo_id)
     if revision is not None:
         validate_revision(revision)
-    license = model_card.check_license(license or model_card.DEFAULT_LICENSE)
     if base_name is not None:
         check_base_model(base_name)
     payload_dir = Path(payload)
     if not payload_dir.is_dir():
         raise MissingFileError(f"payload folder not found: {payload_dir}", path=payload_dir)
-    return payload_dir, license
+    return payload_dir
 
 
 def _named_base(release: ChecksumManifest, base_name: str | None) -> ChecksumManifest:

@@ -11,15 +11,28 @@ from typing import Any, BinaryIO
 from ..errors import IOFailure, XorWeightsError
 from ..hashing import new_hasher
 
-#: Prefix of every temporary file written in a destination folder.
+#: Prefix of every file and folder of xorweights' own: temporaries, records, the staging folder.
 TEMP_PREFIX = ".xorweights-"
 
 TEMP_SUFFIX = ".part"
 
-#: Hidden folder inside an encode's `--out`: a native encode's finished payload files wait there until
-#: every file is done (then they are renamed into place and `xorweights.json` is written last), and
-#: the encode's records live there (`.payload-state/`), so that a killed encode resumes.
+#: Where xorweights keeps its own files inside a folder it writes (relative POSIX path): the
+#: records, the journal, a recovery's seal, the staging folder and the temporaries of outputs not yet
+#: renamed into place. Below `.cache/huggingface/`, which huggingface_hub leaves out of every upload
+#: (`upload_folder` and `hf upload` ignore it by default, its commits refuse a `.cache` path), and
+#: beside its own `download/` records of a `local_dir` download; a rename from there into the folder
+#: stays on one file system, so it stays atomic.
+BOOKKEEPING_DIR = ".cache/huggingface/xorweights"
+
+#: Inside `BOOKKEEPING_DIR`: the outputs of a staged run (a native encode, a delta recovery) wait
+#: there until every one is done and checked; then they are renamed into place together.
 STAGING_DIR = TEMP_PREFIX + "staging"
+
+
+def is_bookkeeping(name: str) -> bool:
+    """Whether a relative name lies in a folder's `.cache/huggingface/` (ours, or huggingface_hub's)."""
+    return name.replace("\\", "/").casefold().startswith(".cache/huggingface/")
+
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +58,8 @@ def fsync_dir(folder: Path) -> None:
 
 
 class AtomicFile:
-    """A file written to `.xorweights-<name>.<random>.part` in the target's folder.
+    """A file written to `.xorweights-<name>.<random>.part` in `temp_dir` (default: the target's
+    folder; it must be on the target's file system).
 
     Nothing appears under the final name until `commit()`, which flushes, fsyncs and renames.
     Leaving the `with` block without `commit()` (an error, a failed verification) removes the
@@ -62,17 +76,20 @@ class AtomicFile:
         ...     f.commit()
     """
 
-    def __init__(self, final: os.PathLike[str] | str) -> None:
+    def __init__(
+        self, final: os.PathLike[str] | str, *, temp_dir: os.PathLike[str] | str | None = None
+    ) -> None:
         self.final = Path(final)
         import tempfile
 
+        where = self.final.parent if temp_dir is None else Path(temp_dir)
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(
-                prefix=f"{TEMP_PREFIX}{self.final.name}.", suffix=TEMP_SUFFIX, dir=self.final.parent
+                prefix=f"{TEMP_PREFIX}{self.final.name}.", suffix=TEMP_SUFFIX, dir=where
             )
         except OSError as e:
-            raise _failure("creating a file in", self.final.parent, e) from e
+            raise _failure("creating a file in", where, e) from e
         self.temp = Path(tmp)
         self.file: BinaryIO = os.fdopen(fd, "wb")
         self.committed = False

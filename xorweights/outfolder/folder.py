@@ -1,7 +1,9 @@
 """The output folder: one writer at a time, no stale temporaries, and a record of finished files.
 
-The record is a snapshot, `.xorweights-state.json`, and a journal, `.xorweights-state.journal`,
-that a run only appends to (one JSON object a line, never rewritten per output): `intent` with an
+The record is a snapshot, `.xorweights-state.json`, and a journal, `.xorweights-state.journal`, both
+in the folder's `.cache/huggingface/xorweights/` (`BOOKKEEPING_DIR`, which uploads to the Hub leave
+out; a folder written before they moved there has them at its top, and they are moved in when it is
+opened), that a run only appends to (one JSON object a line, never rewritten per output): `intent` with an
 output's name, size, digests and inputs right before it is renamed into place, `done` with its
 stamps right after, `drop` when an output is removed. Opening the folder replays the journal over
 the snapshot, writes the snapshot and removes the journal; so does the end of a run. An intent
@@ -40,10 +42,11 @@ from .._json import loads
 from ..checksum_types import HEX_LENGTH, MAX_MANIFEST_BYTES
 from ..errors import FolderLockedError, InputError, IOFailure
 from ..hashing import CRC32, hash_file
-from .atomic import TEMP_PREFIX, TEMP_SUFFIX, AtomicFile, fsync_dir
+from . import bookkeeping
+from .atomic import BOOKKEEPING_DIR, TEMP_PREFIX, TEMP_SUFFIX, AtomicFile, fsync_dir
 from .paths import check_name, read_bounded
 
-#: Record of finished outputs in an output folder (hidden; see `outfolder/folder.py`).
+#: Record of finished outputs in an output folder's `BOOKKEEPING_DIR` (see `outfolder/folder.py`).
 STATE_FILE = ".xorweights-state.json"
 
 STATE_FORMAT = "xorweights-state/1"
@@ -52,6 +55,10 @@ STATE_FORMAT = "xorweights-state/1"
 #: before each output's rename, `done` after it, `drop` for a removed output. Folded into
 #: `STATE_FILE` when the folder is opened and when the run ends, then removed.
 STATE_JOURNAL = ".xorweights-state.journal"
+
+#: Where the state file and the journal sit in an output folder (relative POSIX paths).
+STATE_PATH = f"{BOOKKEEPING_DIR}/{STATE_FILE}"
+JOURNAL_PATH = f"{BOOKKEEPING_DIR}/{STATE_JOURNAL}"
 
 logger = logging.getLogger(__name__)
 
@@ -217,13 +224,14 @@ class OutputFolder:
         path: os.PathLike[str] | str,
         *,
         keep_state: bool = True,
-        state_dir: os.PathLike[str] | str | None = None,
+        own_dir: os.PathLike[str] | str | None = None,
     ) -> None:
         self.path = Path(path)
         self.keep_state = keep_state
-        self.state_dir = self.path if state_dir is None else Path(state_dir)
-        """Where the state file and journal live: the folder itself unless told (an encode keeps
-        them in a hidden folder inside the payload folder, which gets published as it is)."""
+        self.own_dir = self.path / BOOKKEEPING_DIR if own_dir is None else Path(own_dir)
+        """Where xorweights keeps its files: the records, the journal and the temporaries of
+        outputs on their way into place (`BOOKKEEPING_DIR` unless told: a staging folder keeps its
+        own beside the files it stages)."""
         self._fd: int | None = None
         self._created = False
         self._journal: int | None = None
@@ -234,6 +242,11 @@ class OutputFolder:
         two): confirmed by their digests when the folder is closed, as the next run would."""
         self.recovered: list[str] = []
         """Outputs a killed run renamed into place without recording them, recognised by their digests."""
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the state file and its journal live (`own_dir`)."""
+        return self.own_dir
 
     def __enter__(self) -> OutputFolder:
         self._created = not os.path.lexists(self.path)
@@ -249,11 +262,12 @@ class OutputFolder:
             ) from None
         self._fd = fd
         try:
-            self._clean_stale(self.path)
+            self._clean_stale(self.path)  # temporaries beside the outputs (a run of an older version)
+            if self.own_dir != self.path:
+                bookkeeping.make_own_dir(self.path, self.own_dir, fd)
+                bookkeeping.migrate(self.path, self.own_dir, (STATE_FILE, STATE_JOURNAL))
+                self._clean_stale(self.own_dir)
             if self.keep_state:
-                if self.state_dir != self.path:
-                    self._make_state_dir()
-                    self._clean_stale(self.state_dir)
                 self.done = self._load()
                 if os.path.lexists(self.state_dir / STATE_JOURNAL):
                     self._compact()
@@ -274,6 +288,7 @@ class OutputFolder:
                     logger.warning("could not save the state file in %s (%s)", self.path, e)
         finally:
             if self._fd is not None:
+                bookkeeping.prune(self.path, self.own_dir)
                 os.close(self._fd)  # releases the lock
                 self._fd = None
             if exc and exc[0] is not None and self._created:
@@ -282,18 +297,16 @@ class OutputFolder:
                 except OSError:
                     pass
 
-    def _make_state_dir(self) -> None:
-        """Create `state_dir` below `path`; a link or file in its way (never ours) is removed."""
-        rel = self.state_dir.relative_to(self.path)
-        d = self.path
-        try:
-            for part in rel.parts:
-                d = d / part
-                if d.is_symlink() or (d.exists() and not d.is_dir()):
-                    d.unlink()
-                d.mkdir(exist_ok=True)
-        except OSError as e:
-            raise IOFailure("preparing", d, e) from e
+    def drop_records(self) -> None:
+        """Remove the state file and its journal (after `close_state`: their outputs need no record)."""
+        for name in (STATE_FILE, STATE_JOURNAL):
+            try:
+                os.unlink(self.state_dir / name)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise IOFailure("removing", self.state_dir / name, e) from e
+        self.done.clear()
 
     def close_state(self) -> None:
         """Stop recording: close the journal without saving it (the caller then removes the state,

@@ -2,7 +2,8 @@
 
 A name is a relative path inside a folder: no absolute paths, no drive letters, no `..`, no
 empty or `.` parts, no NUL or control characters, no part named like xorweights' own files
-(`.xorweights-...`), and at most 255 bytes per part. A file read from a folder must be a regular
+(`.xorweights-...`), nothing in `.cache/huggingface/` (where xorweights and huggingface_hub keep
+their records), and at most 255 bytes per part. A file read from a folder must be a regular
 file that resolves inside it (`check_regular_file`): a link out of it, a FIFO, a device or a
 socket is refused before anything opens it, so no read can block or leak. A file read whole is read
 with `read_bounded`: a regular file no larger than the bound of its kind, checked on the open file.
@@ -25,7 +26,7 @@ from ..errors import (
     NotRegularFileError,
     UnsafePathError,
 )
-from .atomic import TEMP_PREFIX
+from .atomic import BOOKKEEPING_DIR, TEMP_PREFIX, is_bookkeeping
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -49,6 +50,12 @@ def check_name(name: object, where: str, *, path: str | None = None) -> str:
     parts = re.split(r"[\\/]", name)
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafePathError(f"{where}: file name {name!r} must stay inside its folder", path=path)
+    if is_bookkeeping("/".join(parts)):
+        raise UnsafePathError(
+            f"{where}: file name {name!r} is reserved for the bookkeeping of xorweights and "
+            f"huggingface_hub ({BOOKKEEPING_DIR.rpartition('/')[0]}/...)",
+            path=path,
+        )
     if any(p.casefold().startswith(TEMP_PREFIX) for p in parts):
         raise UnsafePathError(
             f"{where}: file name {name!r} is reserved for xorweights' own files ({TEMP_PREFIX}...)",

@@ -240,7 +240,7 @@ def run_job(job: Job, bar: Any, stop: threading.Event, depth: int, folder: Outpu
     with ExitStack() as stack:
         data = _enter(stack, step.data)
         base = _enter(stack, step.base)
-        atomic = stack.enter_context(_create(job.out))
+        atomic = stack.enter_context(_create(job.out, folder.own_dir))
         out_file = _CrcFile(atomic, job.space)
         wrapped = step.sink.wrap is not None
         written = (
@@ -283,9 +283,9 @@ def _data_size(job: Job, data: Any, stats: XorStats) -> int | None:
     return int(data.consumed()) if job.verb == "encode" and transcoding(data) else None
 
 
-def _create(out: Path) -> AtomicFile:
+def _create(out: Path, temp_dir: Path) -> AtomicFile:
     try:
-        return AtomicFile(out)
+        return AtomicFile(out, temp_dir=temp_dir)
     except OSError as e:
         raise IOFailure("creating a file in", out.parent, e) from e
 

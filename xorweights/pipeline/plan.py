@@ -129,7 +129,8 @@ class Plan:
     rehash: bool = False
     """Hash outputs already in place even when their records say they are unchanged."""
     published: bool = False
-    """The folder gets published as it is (a payload): its records live in a hidden folder inside it."""
+    """The folder gets published as it is (a payload): a staged run's records are removed once it is
+    finished (its manifest then says what it holds), and a failed one's that no output needs."""
     preflight: Callable[[Sequence[Step]], None] | None = None
     """Called with the steps still to run, before any runs: checks (a base proof, the Hub's sha256)."""
     plausible: Callable[[Path, str], str | None] | None = None

@@ -13,9 +13,8 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from .._progress import byte_bar
 from .._sizing import default_jobs
 from ..errors import ImplausibleOutputError, IOFailure
 from ..hashing import Crc32
-from ..outfolder.atomic import STAGING_DIR, TEMP_PREFIX, AtomicFile, fsync_dir
+from ..outfolder.atomic import STAGING_DIR, AtomicFile, fsync_dir, is_bookkeeping
 from ..outfolder.folder import STATE_DIGEST, OutputFolder
 from ..outfolder.space import SpaceWatch, check_outputs
 from .engine import PIPELINE_DEPTH, PIPELINE_SLOTS
@@ -37,10 +36,6 @@ from .resume import Inputs, triage
 from .source import sized_as_written, space_bound
 
 logger = logging.getLogger(__name__)
-
-#: Inside a payload folder's staging folder: the record of the payload files in the folder itself
-#: (a payload folder gets published as it is, so it holds no state file of its own).
-PAYLOAD_STATE = ".payload-state"
 
 
 @dataclass(frozen=True)
@@ -76,11 +71,7 @@ def run(plan: Plan, options: Options = Options()) -> Outcome:
             output in question is discarded, others already committed stay (a rerun keeps them).
     """
     out_dir, commit = plan.out_dir, plan.commit
-    state_dir = out_dir / STAGING_DIR / PAYLOAD_STATE if plan.published else None
-    with (
-        _drop_empty_staging(out_dir / STAGING_DIR, plan.published),
-        OutputFolder(out_dir, state_dir=state_dir) as folder,
-    ):
+    with OutputFolder(out_dir) as folder:
         found = commit.reuse() if isinstance(commit, Staged) and commit.reuse is not None else None
         if found is not None:
             logger.info("%s already holds this payload, made from the same inputs; kept", out_dir)
@@ -98,9 +89,10 @@ def run(plan: Plan, options: Options = Options()) -> Outcome:
                 made = _make(plan, options, folder, todo, inputs)
                 outcome = Outcome(tuple(made), tuple(kept))
         if isinstance(commit, Staged):
-            if plan.published:  # its records live in the staging folder: done with, as it is
+            if plan.published:  # its manifest now says what it holds: the records are done with
                 folder.close_state()
-            _remove(out_dir / STAGING_DIR)
+                folder.drop_records()
+            _remove(folder.own_dir / STAGING_DIR)
     return outcome
 
 
@@ -146,10 +138,10 @@ def _run_staged(
 ) -> Outcome:
     """Make the outputs in the staging folder, check them, move them all into place, then write the
     sidecars."""
-    staging = _fresh_staging(folder.path)
+    staging = _fresh_staging(folder.own_dir)
     retire = commit.sidecars.names if commit.sidecars is not None else ()
     try:
-        with OutputFolder(staging) as stage:
+        with OutputFolder(staging, own_dir=staging) as stage:
             # Staged files are ours whatever their records say (force): only complete ones are kept.
             todo, staged = triage(todo, inputs, stage, force=True, rehash=False)
             made = _make(plan, options, stage, todo, inputs)
@@ -163,41 +155,28 @@ def _run_staged(
         folder.close_state()
         # A published folder's records stay while they describe outputs in place: the next run
         # recognises those (say the disk filled while the manifest was written).
-        keep = PAYLOAD_STATE if plan.published and folder.has_records() else None
-        _drop_staged(staging, keep=keep)
+        if plan.published and not folder.has_records():
+            folder.drop_records()
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     return outcome
-
-
-def _drop_staged(staging: Path, keep: str | None) -> None:
-    """Remove what the staging folder holds but `keep` (a published folder's records, which the next
-    run needs to recognise the outputs already moved into place)."""
-    if keep is None:
-        shutil.rmtree(staging, ignore_errors=True)
-        return
-    for entry in staging.iterdir() if staging.is_dir() else ():
-        if entry.name != keep:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
 
 
 def _write_sidecars(
     folder: OutputFolder, sidecars: Sidecars, outcome: Outcome, *, reused: bool, fsync: bool
 ) -> Outcome:
     """Write the plan's sidecar files last, each journaled before its rename and recorded after it
-    (a hidden one, xorweights' own bookkeeping like the records themselves, is only written)."""
+    (one in the folder's bookkeeping, like the records themselves, is only written)."""
     files = dict(sidecars.make(outcome.files, reused))
     for name, data in files.items():
         crc = Crc32()
         crc.update(data)
         digests = {STATE_DIGEST: crc.hexdigest()}
-        journaled = not name.startswith(TEMP_PREFIX)
+        journaled = not is_bookkeeping(name)
         if journaled:
             folder.intend(name, len(data), digests, {}, durable=fsync)
         try:
-            with AtomicFile(folder.path / name) as f:
+            with AtomicFile(folder.path / name, temp_dir=folder.own_dir) as f:
                 f.write(data)
                 f.commit(durable=fsync)
         except IOFailure:
@@ -283,10 +262,11 @@ def _collect(
 # --- the staging folder ------------------------------------------------------------------------
 
 
-def _fresh_staging(out_dir: Path) -> Path:
-    """The staging folder inside `out_dir`. What a killed run staged there is kept: its records
-    (the folder's own state file) say which staged files are complete and from which inputs."""
-    staging = out_dir / STAGING_DIR
+def _fresh_staging(own_dir: Path) -> Path:
+    """The staging folder inside an output folder's `own_dir`. What a killed run staged there is
+    kept: its records (the staging folder's own state file) say which staged files are complete and
+    from which inputs."""
+    staging = own_dir / STAGING_DIR
     try:
         if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
             staging.unlink()
@@ -303,22 +283,6 @@ def _remove(staging: Path) -> None:
         pass
     except OSError as e:
         raise IOFailure("removing", staging, e) from e
-
-
-@contextmanager
-def _drop_empty_staging(staging: Path, applies: bool) -> Iterator[None]:
-    """On a failure, remove a staging folder that holds no file (only the folders a refused run made)."""
-    try:
-        yield
-    except Exception:
-        if (
-            applies
-            and staging.is_dir()
-            and not staging.is_symlink()
-            and not any(p.is_file() for p in staging.rglob("*"))
-        ):
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _publish_staged(
