@@ -19,6 +19,7 @@ import numpy as np
 
 from . import hub
 from ._sizing import default_jobs
+from ._torch import require_torch
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
 from .formats.frame_stream import FrameReader
 from .formats.native import (
@@ -48,8 +49,7 @@ Framework = Literal["numpy", "pt"]
 
 def _as_framework(buf: bytearray, dtype: str, shape: tuple[int, ...], framework: Framework, name: str) -> Any:
     if framework == "pt":
-        import torch
-
+        torch = require_torch('`framework="pt"`')
         tdtype = getattr(torch, TORCH_DTYPES.get(dtype, ""), None)
         if tdtype is None:
             raise FormatError(f"tensor {name}: dtype {dtype} has no torch equivalent")
@@ -75,7 +75,7 @@ def iter_tensors(
     endpoint: str | None = None,
     offline: bool | None = None,
 ) -> Iterator[tuple[str, Any]]:
-    """Yield `(name, tensor)` for every tensor of a native payload, one at a time.
+    """`(name, tensor)` for every tensor of a native payload, one at a time.
 
     Memory holds one tensor (plus a chunk of its base), so a model larger than RAM can be streamed
     into a training process shard by shard.
@@ -85,7 +85,8 @@ def iter_tensors(
             `owner/name[@revision][:subfolder]`: its payload files are downloaded (Hub cache or
             `local_dir`) and checked against the sha256 the Hub reports before they are read.
         base: the base model folder, in any container (safetensors, `.bin`, Meta's LLaMA).
-        framework: `numpy` (arrays; bfloat16 is refused) or `pt` (torch tensors).
+        framework: `numpy` (arrays; bfloat16 is refused) or `pt` (torch tensors: needs torch,
+            `pip install "xorweights[torch]"`). Checked when called, before the payload is located.
         names (*optional*): only these tensors.
         revision, subfolder, token, cache_dir, local_dir, endpoint, offline (*optional*): as for
             `decode`.
@@ -95,10 +96,47 @@ def iter_tensors(
             its file, the expected and the actual sha256).
         `ChecksumMismatchError`: a rebuilt tensor differs from the manifest (a corrupt payload).
         `InputError`: the payload holds weights encoded per file (`.bin` fine-tunes); decode those
-            with `xorweights decode` instead.
+            with `xorweights decode` instead. Or, raised by the call itself: an unknown `framework`,
+            or `framework="pt"` without torch installed.
     """
+    _check_framework(framework)  # before anything is located or downloaded
+    return _iter_tensors(
+        payload,
+        base,
+        framework=framework,
+        names=names,
+        revision=revision,
+        subfolder=subfolder,
+        token=token,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+        endpoint=endpoint,
+        offline=offline,
+    )
+
+
+def _check_framework(framework: str) -> None:
+    """Refuse an unknown framework, or `pt` where torch cannot be imported."""
     if framework not in ("numpy", "pt"):
         raise InputError(f"unknown framework {framework!r}; expected numpy or pt")
+    if framework == "pt":
+        require_torch('`framework="pt"`')
+
+
+def _iter_tensors(
+    payload: os.PathLike[str] | str,
+    base: os.PathLike[str] | str,
+    *,
+    framework: Framework,
+    names: Iterable[str] | None,
+    revision: str | None,
+    subfolder: str | None,
+    token: str | bool | None,
+    cache_dir: os.PathLike[str] | str | None,
+    local_dir: os.PathLike[str] | str | None,
+    endpoint: str | None,
+    offline: bool | None,
+) -> Iterator[tuple[str, Any]]:
     access = hub.HubAccess(
         local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint, token=token, offline=offline
     )
