@@ -34,12 +34,13 @@ from .formats.native import (
     tensor_offsets,
 )
 from .formats.native_manifest import MANIFEST_NAME, FileEntry, NativeManifest, load_manifest
-from .formats.native_sources import BaseImage
+from .formats.native_sources import BaseImage, damaged_payload
 from .model_files import TORCH_SUFFIXES
 from .outfolder.paths import check_regular_file
 from .pipeline import FileSource
 from .pipeline.engine import read_full
 from .tensors.dtypes import NUMPY_DTYPES, TORCH_DTYPES
+from .tensors.safetensors_header import SafetensorsHeader
 from .tensors.store import TensorStore
 
 logger = logging.getLogger(__name__)
@@ -237,6 +238,24 @@ def _framed(
     check_base(manifest, store, base_dir, jobs=default_jobs(), names=needed, files=set())
     image = BaseImage(store, segments(header, bases, {n: b.dtype for n, b in manifest.base_tensors.items()}))
     by_name = {t.name: t for t in f.tensors}
+    try:
+        yield from _frames(f, path, header, image, by_name, wanted)
+    except FormatError as e:
+        damaged = damaged_payload(path, f.payload_sha256, e)
+        if damaged is not None:
+            raise damaged from e
+        raise
+
+
+def _frames(
+    f: FileEntry,
+    path: Path,
+    header: SafetensorsHeader,
+    image: BaseImage,
+    by_name: dict[str, Any],
+    wanted: set[str] | None,
+) -> Iterator[tuple[Any, bytearray]]:
+    """`_framed`'s pass: the frames read in file order, the wanted tensors yielded."""
     payload = open(path, "rb")  # noqa: SIM115 (the reader closes it)
     with FrameReader(
         payload,

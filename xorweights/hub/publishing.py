@@ -93,6 +93,7 @@ class PublishReport:
             "removed": list(self.removed),
             "base_model": self.base_model,
             "license": self.license,
+            "card": self.card,
             "seconds": round(self.seconds, 3),
         }
 
