@@ -39,7 +39,6 @@ def release(tmp_path: Path, model_pair, capsys) -> tuple[Path, Path, Path, Path]
             str(tmp_path / "release.json"),
             "--release",
             "t",
-            "--quiet",
         ]
     )
     assert code == 0
@@ -55,13 +54,13 @@ def decode_args(release, out: Path, *extra: object) -> list[object]:
 
 def test_decode_then_verify(tmp_path: Path, capsys, release) -> None:
     base, tuned, payload, manifest = release
-    code, out, err = run(capsys, *decode_args(release, tmp_path / "out", "--quiet"))
+    code, out, err = run(capsys, *decode_args(release, tmp_path / "out"))
     assert code == 0, err
     assert "verified against t: 6 outputs, 5 base files" in out
     assert tree(tmp_path / "out") == tree(tuned)
-    code, out, _ = run(capsys, "verify", tmp_path / "out", "--checksums", manifest, "--quiet")
+    code, out, _ = run(capsys, "verify", tmp_path / "out", "--checksums", manifest)
     assert code == 0 and "OK: 6/6 files of t [decoded] match" in out
-    code, out, _ = run(capsys, "verify", base, "--checksums", manifest, "--stage", "hf_base", "--quiet")
+    code, out, _ = run(capsys, "verify", base, "--checksums", manifest, "--stage", "hf_base")
     assert code == 0 and "OK: 5/5" in out
 
 
@@ -185,7 +184,7 @@ def test_no_arguments_prints_help(capsys) -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
-    code, out, err = run(capsys, "demo", "--size-mb", "32", "--workdir", tmp_path / "demo", "--quiet")
+    code, out, err = run(capsys, "demo", "--size-mb", "32", "--workdir", tmp_path / "demo")
     assert code == 0, err
     assert "demo OK" in out
     for step in ("2. encode", "3. re-save", "4. decode", "5. verify", "6. load", "7. encode", "9. verify"):

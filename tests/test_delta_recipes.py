@@ -14,7 +14,7 @@ from safetensors import safe_open
 import xorweights
 from tests.delta_models import VOCAB, llama_state, perturbed, save_model
 from xorweights.delta import recipes
-from xorweights.errors import BaseMismatchError
+from xorweights.errors import IncompatibleBaseError
 from xorweights.tensor_manifest import TENSORS_NAME, load_tensor_manifest
 
 GROWN = ("model.embed_tokens.weight", "lm_head.weight")
@@ -140,7 +140,7 @@ def test_mismatched_vocabulary_is_named_before_writing(tmp_path: Path) -> None:
     delta = {k: v.half() for k, v in perturbed(base, VOCAB + 1, 5).items()}
     save_model(tmp_path / "base", base)
     save_model(tmp_path / "delta", delta)
-    with pytest.raises(BaseMismatchError, match=r"vocabulary is 41 = 40 \+ 1 added tokens.*fastchat-v0"):
+    with pytest.raises(IncompatibleBaseError, match=r"vocabulary is 41 = 40 \+ 1 added tokens.*fastchat-v0"):
         xorweights.decode(tmp_path / "delta", base=tmp_path / "base", out=tmp_path / "out", recipe="fastchat")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -149,7 +149,7 @@ def test_llama2_base_is_refused(tmp_path: Path) -> None:
     base = llama_state()
     save_model(tmp_path / "base", base, max_position_embeddings=4096, rms_norm_eps=1e-5)
     save_model(tmp_path / "delta", {k: v.half() for k, v in base.items()})
-    with pytest.raises(BaseMismatchError, match="looks like LLaMA-2"):
+    with pytest.raises(IncompatibleBaseError, match="looks like LLaMA-2"):
         xorweights.decode(tmp_path / "delta", base=tmp_path / "base", out=tmp_path / "out", recipe="fastchat")
 
 
@@ -347,7 +347,7 @@ def test_a_wrong_base_is_named_before_writing(tmp_path: Path, change: str, said:
         delta = {"model.norm.weight": torch.zeros(5120).half()}
     save_model(tmp_path / "base", base, container="safetensors")
     save_model(tmp_path / "delta", delta)
-    with pytest.raises(BaseMismatchError, match=re.escape(said)):
+    with pytest.raises(IncompatibleBaseError, match=re.escape(said)):
         xorweights.decode(tmp_path / "delta", base=tmp_path / "base", out=tmp_path / "out", recipe="fastchat")
     assert not list((tmp_path / "out").glob("*.safetensors"))
 
@@ -390,7 +390,7 @@ def test_llama2_is_told_from_meta_params(tmp_path: Path, params: dict[str, objec
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "params.json").write_text(json.dumps(params))
     if llama2:
-        with pytest.raises(BaseMismatchError, match="looks like LLaMA-2"):
+        with pytest.raises(IncompatibleBaseError, match="looks like LLaMA-2"):
             _refuse_llama2(tmp_path, tmp_path / "base")
     else:
         _refuse_llama2(tmp_path, tmp_path / "base")

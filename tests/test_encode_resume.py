@@ -192,7 +192,7 @@ def test_rerun_of_a_finished_encode_keeps_everything(setup) -> None:
     src.write_bytes(bytes(data))
     res = run(encode_cmd(ft, base, out, fmt))
     if fmt == "xorweights":
-        assert res.returncode != 0 and "--force" in res.stderr
+        assert res.returncode != 0 and "--force" in json.loads(res.stdout)["error"]["message"]
         res = run([*encode_cmd(ft, base, out, fmt), "--force"])
     assert res.returncode == 0, res.stderr
     made = {f["name"] for f in json.loads(res.stdout)["files"] if not f["kept"]}

@@ -165,7 +165,6 @@ def test_cli_decode_with_generated_base(release, tmp_path: Path, capsys) -> None
             str(release["manifest"]),
             "--base-mode",
             "generate",
-            "--quiet",
         ]
     )
     out = capsys.readouterr().out

@@ -72,7 +72,7 @@ def test_plausibility_of_each_kind(tmp_path: Path) -> None:
 def test_model_folder_passed_as_payload_is_refused(model_pair, tmp_path: Path, capsys) -> None:
     base, tuned = model_pair()
     code, err = run_cli(["decode", tuned, "--base", base, "--out", tmp_path / "out", "-q"], capsys)
-    assert code == 1
+    assert code == 2  # a wrong payload kind is bad input, not a mismatch
     line = err.splitlines()[0]
     assert "was not XOR-ed" in line and "looks like a model" in line and str(tuned) in line
     assert not (tmp_path / "out").exists() or tree(tmp_path / "out") == {}
@@ -156,7 +156,7 @@ def native_pair(root: Path, mib: int = 1) -> tuple[Path, Path]:
     [
         (
             "none",
-            1,
+            2,  # not a payload: bad input
             "looks like a model (an additive delta? give --recipe; or a native payload missing its "
             "xorweights.json)",
         ),
@@ -276,7 +276,7 @@ def test_model_folder_with_linked_files_is_refused_too(tmp_path: Path, capsys) -
     (payload / "model.safetensors").symlink_to(payload / "blobs" / "0a1b")
     base = write_files(tmp_path / "base", {"model.safetensors": safetensors_bytes(2)})
     code, err = run_cli(["decode", payload, "--base", base, "--out", tmp_path / "out", "-q"], capsys)
-    assert code == 1 and "looks like a model" in err.splitlines()[0]
+    assert code == 2 and "looks like a model" in err.splitlines()[0]
 
 
 def test_published_size_is_checked_even_when_the_digest_matches(model_pair, tmp_path: Path, capsys) -> None:

@@ -467,12 +467,12 @@ def _cli(args: list[object], env: dict[str, str]) -> subprocess.CompletedProcess
 
 def test_cli_publish_and_decode_with_hf_environment(native_release, hub, tmp_path) -> None:
     env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
-    pub = _cli(["publish", native_release["payload"], "me/cli-xor", "--private", "-q"], env)
+    pub = _cli(["publish", native_release["payload"], "me/cli-xor", "--private"], env)
     assert pub.returncode == 0, pub.stderr
     assert "decode with: xorweights decode me/cli-xor --base" in pub.stdout
 
     base = native_release["base"]
-    dec = _cli(["decode", "me/cli-xor", "--base", base, "--out", tmp_path / "a", "-q"], env)
+    dec = _cli(["decode", "me/cli-xor", "--base", base, "--out", tmp_path / "a"], env)
     assert dec.returncode == 0, dec.stderr
     assert "me/cli-xor@" in dec.stdout and "checked against the sha256 the Hub reports" in dec.stdout
     assert tree(tmp_path / "a") == tree(native_release["ft"])
@@ -480,7 +480,7 @@ def test_cli_publish_and_decode_with_hf_environment(native_release, hub, tmp_pat
 
     offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
     again = _cli(["decode", "me/cli-xor", "--base", base, "--out", tmp_path / "b", "-q"], offline)
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 0 and again.stdout == again.stderr == "", again.stderr  # -q: nothing
     assert tree(tmp_path / "b") == tree(native_release["ft"])
 
     cold = _cli(
@@ -504,7 +504,7 @@ def test_cli_publish_reports_the_total_size_and_a_repeat(native_release, hub, tm
     from xorweights.cli import _human
 
     env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
-    args = ["publish", native_release["payload"], "me/cli2-xor", "--base-name", "meta/llama-7b", "-q"]
+    args = ["publish", native_release["payload"], "me/cli2-xor", "--base-name", "meta/llama-7b"]
     total = _human(sum(len(d) for d in files_of(native_release["payload"]).values()))
     first = _cli([*args, "--license", "apache-2.0"], env)
     assert first.returncode == 0, first.stderr

@@ -170,7 +170,7 @@ def test_unknown_file_is_refused_unless_named_or_xored(tmp_path: Path, name: str
     assert not (tmp_path / "p1").exists()
 
     out = tmp_path / "p2"  # named: stored raw, recorded, counted by the report
-    code = main(["encode", str(ft), "--base", str(base), "--out", str(out), "--allow-raw", name, "-q"])
+    code = main(["encode", str(ft), "--base", str(base), "--out", str(out), "--allow-raw", name])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert f"1 items ({human_bytes(len(data))}) stored raw as allowed by --allow-raw" in printed.out

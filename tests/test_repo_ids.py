@@ -240,7 +240,7 @@ def test_iter_tensors_and_load_state_dict_take_a_repo_id(hub, tmp_path) -> None:
 def _json_error(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
     doc = json.loads(proc.stdout)
     assert list(doc) == ["error"] and set(doc["error"]) == {"type", "message", "path", "exit_code"}
-    assert doc["error"]["exit_code"] == proc.returncode and proc.stderr.startswith("Error: ")
+    assert doc["error"]["exit_code"] == proc.returncode and proc.stderr == ""  # the object is all
     return doc["error"]
 
 
@@ -315,7 +315,7 @@ def test_hub_text_is_never_cut_mid_word() -> None:
 
 def test_gzip_encode_reports_the_rate_of_model_bytes(model_pair, tmp_path) -> None:
     base, tuned = model_pair()
-    args = ["encode", tuned, "--base", base, "--format", "oasst", "--compress", "gzip", "-q"]
+    args = ["encode", tuned, "--base", base, "--format", "oasst", "--compress", "gzip"]
     text = _cli(*args, "--out", tmp_path / "p1")
     doc = json.loads(_cli(*args, "--out", tmp_path / "p2", "--json").stdout)
     assert text.returncode == 0, text.stderr

@@ -8,6 +8,11 @@ works as before.
 from __future__ import annotations
 
 import importlib
+import logging
+
+# The library logs and never prints: without an application's logging configuration, its records
+# (the Hub's fallback warnings among them) go nowhere, not to stderr through logging.lastResort.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 TYPE_CHECKING = False  # not `typing`'s: importing typing would cost more than this whole module
 if TYPE_CHECKING:
@@ -32,8 +37,10 @@ if TYPE_CHECKING:
         FormatError,
         HubError,
         ImplausibleOutputError,
+        IncompatibleBaseError,
         InputError,
         MissingFileError,
+        NotAPayloadError,
         OutputExistsError,
         PayloadMismatchError,
         RawStorageError,
@@ -72,8 +79,10 @@ _MODULES = {
             "FormatError",
             "HubError",
             "ImplausibleOutputError",
+            "IncompatibleBaseError",
             "InputError",
             "MissingFileError",
+            "NotAPayloadError",
             "OutputExistsError",
             "PayloadMismatchError",
             "RawStorageError",
@@ -117,6 +126,8 @@ __all__ = [
     "PayloadMismatchError",
     "ImplausibleOutputError",
     "RawStorageError",
+    "NotAPayloadError",
+    "IncompatibleBaseError",
     "HubError",
 ]
 

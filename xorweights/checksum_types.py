@@ -184,6 +184,14 @@ class ChecksumReport:
     entries: Mapping[str, str]
     output: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "folder": self.folder,
+            "algorithm": self.algorithm,
+            "entries": dict(self.entries),
+            "output": self.output,
+        }
+
     def lines(self) -> str:
         """The report as `md5sum`/`sha256sum` lines."""
         return format_sum_lines(self.entries)

@@ -117,6 +117,7 @@ def decode(
         `PayloadMismatchError`: a downloaded payload file differs from the Hub's sha256.
         `BaseMismatchError`, `ChecksumMismatchError`: a base file or an output is not the published one.
         `OutputExistsError`: `out` already holds an output file and `force` is false.
+        `NotAPayloadError`, `IncompatibleBaseError`: the wrong kind of payload, or of base or recipe.
     """
     _check_choice("payload format", format, ("auto", *encodable()))
     _check_choice("payload compression", payload_compression, ("auto", "none", "gzip"))

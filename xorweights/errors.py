@@ -126,6 +126,18 @@ class UnmaskedFrameError(RawStorageError):
     stored frames (its fine-tuned bytes as they are). `items` names `file:tensor` of each."""
 
 
+class NotAPayloadError(InputError):
+    """The folder given as the payload is not the kind its decode needs: its weight files are valid
+    model files as they are (a model, or an additive delta given without `recipe`: nothing was
+    XOR-ed), or it is an XOR payload given with `recipe`."""
+
+
+class IncompatibleBaseError(InputError):
+    """An additive delta and its base cannot belong together, told by their tensors before anything
+    is added: the base lacks the delta's tensors, holds others, has other shapes or is another model
+    (LLaMA-2 for a LLaMA-1 delta), or the recipe is not the delta's (a vocabulary it does not grow)."""
+
+
 class NoSpaceError(InputError):
     """The output folder's file system has less free space than the outputs still to write need
     (checked before anything is written). `expected` is the bytes needed, `actual` the bytes free."""
@@ -175,8 +187,9 @@ class BaseMismatchError(ChecksumMismatchError):
 
 class ImplausibleOutputError(ChecksumMismatchError):
     """A decoded file with no published digest is not what its name says (a `.json` that does not
-    parse, a safetensors file whose header does not tile its data, a zip with no central directory),
-    or the payload itself is a plain model file: the payload and the base do not belong together."""
+    parse, a safetensors file whose header does not tile its data, a zip with no central directory):
+    the payload and the base do not belong together. (A payload folder that is a plain model is a
+    `NotAPayloadError`: bad input, found before anything is decoded.)"""
 
 
 class PayloadMismatchError(ChecksumMismatchError):

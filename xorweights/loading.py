@@ -19,6 +19,7 @@ import numpy as np
 
 from . import hub
 from ._sizing import default_jobs
+from ._torch import require_torch
 from .errors import BaseMismatchError, ChecksumMismatchError, FormatError, InputError
 from .formats.frame_stream import FrameReader
 from .formats.native import (
@@ -33,13 +34,14 @@ from .formats.native import (
     tensor_offsets,
 )
 from .formats.native_manifest import MANIFEST_NAME, FileEntry, NativeManifest, load_manifest
-from .formats.native_sources import BaseImage
+from .formats.native_sources import BaseImage, damaged_payload
 from .hub.base_repo import BaseWants, fetch_base
 from .model_files import TORCH_SUFFIXES
 from .outfolder.paths import check_regular_file
 from .pipeline import FileSource
 from .pipeline.engine import read_full
 from .tensors.dtypes import NUMPY_DTYPES, TORCH_DTYPES
+from .tensors.safetensors_header import SafetensorsHeader
 from .tensors.store import TensorStore
 
 logger = logging.getLogger(__name__)
@@ -49,8 +51,7 @@ Framework = Literal["numpy", "pt"]
 
 def _as_framework(buf: bytearray, dtype: str, shape: tuple[int, ...], framework: Framework, name: str) -> Any:
     if framework == "pt":
-        import torch
-
+        torch = require_torch('`framework="pt"`')
         tdtype = getattr(torch, TORCH_DTYPES.get(dtype, ""), None)
         if tdtype is None:
             raise FormatError(f"tensor {name}: dtype {dtype} has no torch equivalent")
@@ -77,7 +78,7 @@ def iter_tensors(
     offline: bool | None = None,
     force_download: bool = False,
 ) -> Iterator[tuple[str, Any]]:
-    """Yield `(name, tensor)` for every tensor of a native payload, one at a time.
+    """`(name, tensor)` for every tensor of a native payload, one at a time.
 
     Memory holds one tensor (plus a chunk of its base), so a model larger than RAM can be streamed
     into a training process shard by shard.
@@ -89,7 +90,8 @@ def iter_tensors(
         base: the base model folder, in any container (safetensors, `.bin`, Meta's LLaMA), or a
             Hub repo `owner/name[@revision]` (a local folder of that name wins): only the weight
             files holding the base tensors read are taken from the Hub cache or downloaded.
-        framework: `numpy` (arrays; bfloat16 is refused) or `pt` (torch tensors).
+        framework: `numpy` (arrays; bfloat16 is refused) or `pt` (torch tensors: needs torch,
+            `pip install "xorweights[torch]"`). Checked when called, before the payload is located.
         names (*optional*): only these tensors.
         revision, subfolder, token, cache_dir, local_dir, endpoint, offline, force_download
             (*optional*): as for `decode`.
@@ -99,10 +101,47 @@ def iter_tensors(
             its file, the expected and the actual sha256).
         `ChecksumMismatchError`: a rebuilt tensor differs from the manifest (a corrupt payload).
         `InputError`: the payload holds weights encoded per file (`.bin` fine-tunes); decode those
-            with `xorweights decode` instead.
+            with `xorweights decode` instead. Or, raised by the call itself: an unknown `framework`,
+            or `framework="pt"` without torch installed.
     """
+    _check_framework(framework)  # before anything is located or downloaded
+    return _iter_tensors(
+        payload,
+        base,
+        framework=framework,
+        names=names,
+        revision=revision,
+        subfolder=subfolder,
+        token=token,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+        endpoint=endpoint,
+        offline=offline,
+    )
+
+
+def _check_framework(framework: str) -> None:
+    """Refuse an unknown framework, or `pt` where torch cannot be imported."""
     if framework not in ("numpy", "pt"):
         raise InputError(f"unknown framework {framework!r}; expected numpy or pt")
+    if framework == "pt":
+        require_torch('`framework="pt"`')
+
+
+def _iter_tensors(
+    payload: os.PathLike[str] | str,
+    base: os.PathLike[str] | str,
+    *,
+    framework: Framework,
+    names: Iterable[str] | None,
+    revision: str | None,
+    subfolder: str | None,
+    token: str | bool | None,
+    cache_dir: os.PathLike[str] | str | None,
+    local_dir: os.PathLike[str] | str | None,
+    endpoint: str | None,
+    offline: bool | None,
+) -> Iterator[tuple[str, Any]]:
     access = hub.HubAccess(
         local_dir=local_dir,
         cache_dir=cache_dir,
@@ -221,6 +260,24 @@ def _framed(
     check_base(manifest, store, base_dir, jobs=default_jobs(), names=needed, files=set())
     image = BaseImage(store, segments(header, bases, {n: b.dtype for n, b in manifest.base_tensors.items()}))
     by_name = {t.name: t for t in f.tensors}
+    try:
+        yield from _frames(f, path, header, image, by_name, wanted)
+    except FormatError as e:
+        damaged = damaged_payload(path, f.payload_sha256, e)
+        if damaged is not None:
+            raise damaged from e
+        raise
+
+
+def _frames(
+    f: FileEntry,
+    path: Path,
+    header: SafetensorsHeader,
+    image: BaseImage,
+    by_name: dict[str, Any],
+    wanted: set[str] | None,
+) -> Iterator[tuple[Any, bytearray]]:
+    """`_framed`'s pass: the frames read in file order, the wanted tensors yielded."""
     payload = open(path, "rb")  # noqa: SIM115 (the reader closes it)
     with FrameReader(
         payload,

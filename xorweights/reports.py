@@ -35,7 +35,7 @@ class _Report:
             "bytes_written": self.bytes_written,
             "bytes_processed": self.bytes_processed,
             "throughput_bytes_per_s": round(self.throughput),
-            "files": [_file_dict(f) for f in self.files],
+            "files": [f.to_dict() for f in self.files],
         }
 
 
@@ -107,12 +107,7 @@ class EncodeReport(_Report):
             "base_dir": self.base_dir,
             "out_dir": self.out_dir,
             "compress": self.compress,
+            "manifest": self.manifest.to_json() if self.manifest is not None else None,
+            "native_manifest": self.native_manifest.to_json() if self.native_manifest is not None else None,
             **self._summary(),
         }
-
-
-def _file_dict(f: FileReport) -> dict[str, Any]:
-    d = dict(f.__dict__)
-    for k in ("digests", "input_digests", "base_digests"):
-        d[k] = dict(d[k])
-    return d

@@ -3,6 +3,7 @@ also as one JSON error object on stdout)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -15,7 +16,7 @@ from .._display import shown
 from .._env import env_flag
 from ..errors import ChecksumMismatchError, XorWeightsError
 from ..hub.watch import HTTP_MODULES
-from ._group import as_flags, cli
+from ._group import HeldLog, as_flags, cli
 from ._render import emit_json
 from ._signals import INTERRUPTED, Interrupted
 
@@ -63,17 +64,34 @@ _REPORTED = (
 
 
 def run(argv: Sequence[str] | None) -> int:
-    """Run the command `argv` (default: the program's arguments); returns its exit code."""
+    """Run the command `argv` (default: the program's arguments); returns its exit code.
+
+    Its log records are held until it ends (`HeldLog`): written after it, dropped if it failed, so
+    that a failed command prints one line on stderr (with `--json`, none: the JSON error object on
+    stdout is its only error output)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    log = HeldLog()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(log)
+    root.setLevel(logging.WARNING)
+    failed = True
     try:
-        return int(cli.main(args=args or ["--help"], prog_name="xorweights", standalone_mode=False) or 0)
+        code = int(cli.main(args=args or ["--help"], prog_name="xorweights", standalone_mode=False) or 0)
+        failed = False
+        return code
     except BaseException as e:
         if not isinstance(e, _REPORTED) and not _from_the_network(e):
             raise
-        code, message = _failure(e)
-        if _wants_json(args):
+        as_json = _wants_json(args)
+        code, message = _failure(e, on_stderr=not as_json)
+        if as_json:
             emit_json(_error_doc(e, message, code))
         return code
+    finally:
+        log.end(ok=not failed)
+        root.removeHandler(log)
+        root.setLevel(level)
 
 
 #: The HTTP clients and huggingface_hub: an error of theirs that reached here is the network's.
@@ -86,25 +104,39 @@ def _from_the_network(e: BaseException) -> bool:
     return type(e).__module__.split(".")[0] in _NETWORK_MODULES
 
 
-def _failure(e: BaseException) -> tuple[int, str]:
-    """Report a failed command on stderr in one line; returns its exit code and that line."""
+def _failure(e: BaseException, *, on_stderr: bool = True) -> tuple[int, str]:
+    """A failed command's exit code and its one line, written to stderr (`on_stderr`)."""
+    code, message = _verdict(e)
+    if on_stderr:
+        click.echo(message, err=True)  # one line; XORWEIGHTS_DEBUG=1 adds the traceback
+        if env_flag(ENV_DEBUG) and not isinstance(e, _NOT_ERRORS):
+            traceback.print_exc()
+    return code, message.removeprefix("Error: ")
+
+
+#: What ends a command without an error of its own: no traceback, whatever XORWEIGHTS_DEBUG says.
+_NOT_ERRORS = (Interrupted, KeyboardInterrupt, click.exceptions.ClickException, click.exceptions.Abort)
+
+
+def _verdict(e: BaseException) -> tuple[int, str]:
+    """The exit code of a failed command, and its line."""
     if isinstance(e, Interrupted):
-        click.echo(INTERRUPTED, err=True)
         return e.code, INTERRUPTED
     if isinstance(e, click.exceptions.Abort):
         # A KeyboardInterrupt not sent by a signal (or click's own abort).
-        message = INTERRUPTED if isinstance(e.__context__, KeyboardInterrupt) else "Aborted."
-        click.echo(message, err=True)
-        return 130, message
-    if isinstance(e, click.exceptions.ClickException):
-        e.show()
-        return EXIT_BAD_INPUT, e.format_message()
+        return 130, INTERRUPTED if isinstance(e.__context__, KeyboardInterrupt) else "Aborted."
     if isinstance(e, KeyboardInterrupt):
-        click.echo(INTERRUPTED, err=True)
         return 130, INTERRUPTED
+    if isinstance(e, click.exceptions.UsageError):
+        # click's usage block ("Usage: ...", "Try ... --help", the error) as one line.
+        where = f" Try '{e.ctx.command_path} --help'." if e.ctx is not None else ""
+        return EXIT_BAD_INPUT, f"Error: {_joined(e.format_message())}{where}"
+    if isinstance(e, click.exceptions.ClickException):
+        return EXIT_BAD_INPUT, f"Error: {_joined(e.format_message())}"
     code = EXIT_MISMATCH if isinstance(e, ChecksumMismatchError) else EXIT_BAD_INPUT
-    message = _one_line(e)
-    click.echo(f"Error: {message}", err=True)  # one line; XORWEIGHTS_DEBUG=1 adds the traceback
-    if env_flag(ENV_DEBUG):
-        traceback.print_exc()
-    return code, message
+    return code, f"Error: {_one_line(e)}"
+
+
+def _joined(text: str) -> str:
+    """A message of several lines as one (names in it escaped)."""
+    return shown(" ".join(line.strip() for line in text.splitlines() if line.strip()))

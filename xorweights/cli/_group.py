@@ -5,10 +5,10 @@ the command line as its flag (`--force`, `--payload-compression none`, `--out`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
-import sys
 
 import click
 
@@ -32,18 +32,72 @@ class _ShownFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class HeldLog(logging.Handler):
+    """The CLI's log handler, on the root logger for one command: its records are held until the
+    command ends, then written to stderr after a success and dropped after a failure, whose one
+    error line is all a failing command prints; with `-v` they are written as they come."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
+        self.live = False
+        self.quiet = False
+        """`-q`: the held records are dropped after a success too (unless `-v` wrote them as they came)."""
+        self._held: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.live:
+            self._write(record)
+        else:
+            self._held.append(record)
+
+    def _write(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:
+            self.handleError(record)
+
+    def end(self, *, ok: bool) -> None:
+        """The command ended: write the held records (`ok`) or drop them."""
+        with self.lock or contextlib.nullcontext():
+            held, self._held = self._held, []
+        for record in held if ok and not self.quiet else ():
+            self._write(record)
+
+
+def set_quiet() -> None:
+    """`-q` given: a successful command prints nothing, its log records included."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, HeldLog):
+            h.quiet = True
+
+
+def set_verbosity(count: int) -> None:
+    """`-v` given `count` times in all: the log level (-v info, -vv debug), and log lines as they come."""
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING - 10 * min(count, 2))
+    for h in root.handlers:
+        if isinstance(h, HeldLog):
+            h.live = count > 0
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xorweights")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug); also after the command.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output; also after the command.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Print nothing on success (no progress, no report; --json still prints its report); also after "
+    "the command.",
+)
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Rebuild fine-tuned weights from XOR payloads and a license-held base, and prove them."""
     ctx.ensure_object(dict).update(verbose=verbose, quiet=quiet)
-    level = logging.WARNING - 10 * min(verbose, 2)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
+    set_verbosity(verbose)
+    if quiet:
+        set_quiet()
     # huggingface_hub prints its own messages with its own handler: not twice.
     logging.getLogger("huggingface_hub").propagate = False
 

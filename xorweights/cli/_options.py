@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import click
+
+from ._group import set_quiet, set_verbosity
 
 
 def _set_verbosity(ctx: click.Context, _param: click.Parameter, count: int) -> int:
@@ -14,7 +15,7 @@ def _set_verbosity(ctx: click.Context, _param: click.Parameter, count: int) -> i
     if count:
         state = ctx.ensure_object(dict)
         state["verbose"] = state.get("verbose", 0) + count
-        logging.getLogger().setLevel(logging.WARNING - 10 * min(state["verbose"], 2))
+        set_verbosity(state["verbose"])
     return count
 
 
@@ -22,17 +23,27 @@ def _merge_quiet(ctx: click.Context, _param: click.Parameter, quiet: bool) -> bo
     """`-q` before or after the subcommand."""
     state = ctx.ensure_object(dict)
     state["quiet"] = bool(quiet or state.get("quiet"))
+    if state["quiet"]:
+        set_quiet()
     return state["quiet"]
 
 
 _verbose = click.option(
     "-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity, help="More log output."
 )
-_quiet = click.option("--quiet", "-q", is_flag=True, callback=_merge_quiet, help="No progress output.")
+_quiet = click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    callback=_merge_quiet,
+    help="Print nothing on success (--json still prints).",
+)
 
 
 def quiet_option(f: Any) -> Any:
-    """`-q/--quiet` (passed as `quiet`) and `-v/--verbose`, accepted after the subcommand too."""
+    """`-q/--quiet` (passed as `quiet`) and `-v/--verbose`, accepted after the subcommand too. A quiet
+    command prints nothing when it succeeds: no progress, no report, no note (its `--json` report, or
+    the data it exists to print, still)."""
     return _quiet(_verbose(f))
 
 

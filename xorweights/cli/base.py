@@ -56,5 +56,6 @@ def base_convert_cmd(
     if as_json:
         emit_json(report.to_dict())
         return EXIT_OK
-    print_convert(report)
+    if not quiet:
+        print_convert(report)
     return EXIT_OK

@@ -177,6 +177,6 @@ def decode_cmd(
     )
     if as_json:
         emit_json(report.to_dict())
-    else:
+    elif not quiet:
         print_decode(report)
     return EXIT_OK

@@ -37,11 +37,12 @@ def demo_cmd(size_mb: int, workdir: Path | None, jobs: int | None, quiet: bool, 
 
     with tempfile.TemporaryDirectory(prefix="xorweights-demo-") as tmp:
         where = workdir if workdir is not None else Path(tmp)
-        if not as_json:
+        if not as_json and not quiet:
             click.echo(f"generating a {size_mb} MiB LLaMA-shaped model and a fine-tuned copy in {where} ...")
         rep = run_demo(where, size_mb=size_mb, jobs=jobs, progress=not quiet)
         if as_json:
             emit_json(rep.to_dict())
             return EXIT_OK if rep.ok else EXIT_MISMATCH
-        print_demo(rep, workdir)
+        if not quiet or not rep.ok:
+            print_demo(rep, workdir)
         return EXIT_OK if rep.ok else EXIT_MISMATCH

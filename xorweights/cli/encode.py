@@ -108,9 +108,9 @@ def encode_cmd(
             f.commit()
     if as_json:
         doc = report.to_dict()
-        doc["manifest"] = str(manifest) if manifest else None
+        doc["manifest_file"] = str(manifest) if manifest else None  # "manifest" is its content
         emit_json(doc)
-    else:
+    elif not quiet:
         print_encode(report, manifest)
     return EXIT_OK
 

@@ -107,6 +107,6 @@ def publish_cmd(
     )
     if as_json:
         emit_json(report.to_dict())
-    else:
+    elif not quiet:
         print_publish(report)
     return EXIT_OK

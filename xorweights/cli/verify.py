@@ -53,7 +53,7 @@ def verify_cmd(
         report = verify(folder, manifest, stage=stage, jobs=jobs, progress=not quiet)
     if as_json:
         emit_json(report.to_dict())
-    else:
+    elif not quiet or not report.ok:  # a mismatch is reported, quiet or not
         print_verify(report)
     return EXIT_OK if report.ok else EXIT_MISMATCH
 
@@ -74,7 +74,7 @@ def checksum_cmd(folder: Path, algorithm: str, output: Path | None, jobs: int | 
     """Print md5sum/sha256sum-compatible lines for every file in FOLDER."""
     report = checksum(folder, algorithm=algorithm, output=output, jobs=jobs, progress=not quiet)
     if output is None:
-        print_sum_lines(report)
-    else:
+        print_sum_lines(report)  # the lines are the command's result: printed when quiet too
+    elif not quiet:
         click.echo(f"{len(report.entries)} {algorithm} lines written to {shown(output)}", err=True)
     return EXIT_OK

@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..delta.decode import DeltaOptions, plan_delta
-from ..errors import InputError
+from ..errors import InputError, IOFailure, NotAPayloadError
+from ..formats import plausible
+from ..formats.native_manifest import MANIFEST_NAME, is_native
+from ..model_files import TORCH_SUFFIXES
+from ..outfolder.paths import is_regular
 from .base import BaseWants, DecodeRequest, EncodeRequest, Planned, register
 
 
@@ -31,6 +35,7 @@ class DeltaCodec:
         ]
         if given:
             raise InputError(f"{' and '.join(given)} applies to XOR payloads, not to an additive delta")
+        refuse_xor_payload(request.payload_dir)
 
     def plan_decode(self, request: DecodeRequest) -> Planned:
         how = DeltaOptions(
@@ -56,6 +61,38 @@ class DeltaCodec:
     def base_wants(self, request: DecodeRequest) -> BaseWants:
         """The whole base model: every tensor is added to, with its config."""
         return BaseWants(tensors=None)
+
+
+def refuse_xor_payload(payload_dir: Path) -> None:
+    """Refuse an XOR payload given as an additive delta: a native one (it has `xorweights.json`), or a
+    legacy one (none of its weight files is a valid model file as it is).
+
+    Raises:
+        `NotAPayloadError`: saying which, and to decode it without `recipe`.
+    """
+    if not payload_dir.is_dir():
+        return  # a delta in one file (Koala's EasyLM): its reader judges it
+    if is_native(payload_dir):
+        raise NotAPayloadError(
+            f"{payload_dir} is a native XOR payload (it has {MANIFEST_NAME}), not an additive delta: "
+            "decode it without `recipe`",
+            path=payload_dir,
+        )
+    weights = sorted(
+        p
+        for p in payload_dir.iterdir()
+        if p.name.endswith((".safetensors", *TORCH_SUFFIXES)) and is_regular(p)
+    )
+    try:
+        why = [plausible.problem(p, p.name) for p in weights]
+    except OSError as e:
+        raise IOFailure("reading", payload_dir, e) from e
+    if weights and all(w is not None for w in why):
+        raise NotAPayloadError(
+            f"{payload_dir} is not an additive delta: no weight file in it is a valid model file as it is "
+            f"({weights[0].name}: {why[0]}); an XOR payload? decode it without `recipe`",
+            path=weights[0],
+        )
 
 
 register(DeltaCodec())

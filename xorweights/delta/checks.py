@@ -13,7 +13,7 @@ from typing import Any
 from .. import _json
 from .._display import abridged, quoted
 from .._json import MAX_JSON_FILE_BYTES
-from ..errors import BaseMismatchError, FormatError
+from ..errors import FormatError, IncompatibleBaseError
 from ..outfolder.paths import is_regular, read_bounded
 from ..tensors.store import StoredTensor, TensorStore
 from .recipes import VOCAB_TENSORS, Recipe
@@ -47,7 +47,7 @@ def pair_tensors(recipe: Recipe, delta: TensorStore, base: TensorStore) -> list[
     """The output tensors in the delta's order, each with its base tensor.
 
     Raises:
-        `BaseMismatchError`: the base lacks tensors the delta has, holds tensors the recipe's peer
+        `IncompatibleBaseError`: the base lacks tensors the delta has, holds tensors the recipe's peer
             refused, or has other shapes; the message names the likely cause.
     """
     _refuse_llama2(delta.folder, base.folder)
@@ -69,14 +69,13 @@ def pair_tensors(recipe: Recipe, delta: TensorStore, base: TensorStore) -> list[
         _check_shape(recipe, t, b, base.folder)
         pairs.append(Pair(t, b))
     if missing:
-        raise BaseMismatchError(_missing_cause(missing, base), path=base.folder, stage="base")
+        raise IncompatibleBaseError(_missing_cause(missing, base), path=base.folder)
     extra = sorted(n for n in base.tensors if n not in delta.tensors and not skipped(n))
     if extra and not recipe.base_extra_ok:
-        raise BaseMismatchError(
+        raise IncompatibleBaseError(
             f"{base.folder} holds {len(extra)} tensors the delta {delta.folder} lacks ({extra[0]}, ...); "
             f"the {recipe.name} recipe adds every base tensor, so the base is another model",
             path=base.folder,
-            stage="base",
         )
     for p in pairs:
         for t, what in ((p.delta, "a delta"), (p.base, "a base")):
@@ -100,7 +99,7 @@ def _check_shape(recipe: Recipe, t: StoredTensor, b: StoredTensor, base_dir: Pat
     )
     if grown and recipe.grown != "refuse":
         return
-    raise BaseMismatchError(f"{b.source}: {t.name} {_shape_cause(recipe, t, b)}", path=base_dir, stage="base")
+    raise IncompatibleBaseError(f"{b.source}: {t.name} {_shape_cause(recipe, t, b)}", path=base_dir)
 
 
 def _shape_cause(recipe: Recipe, t: StoredTensor, b: StoredTensor) -> str:
@@ -154,11 +153,10 @@ def _refuse_llama2(delta_dir: Path, base_dir: Path) -> None:
     meta_2 = "norm_eps" in base and ("n_kv_heads" in base or (eps == 1e-5 and base.get("dim") != 8192))
     looks_2 = positions == 4096 or meta_2
     if looks_2 and (delta is None or delta.get("max_position_embeddings", 2048) == 2048):
-        raise BaseMismatchError(
+        raise IncompatibleBaseError(
             f"{base_dir} looks like LLaMA-2 (max_position_embeddings {positions}, norm eps {eps}); this "
             "delta was made against LLaMA-1 (2048 positions): the output would be wrong with no error",
             path=base_dir,
-            stage="base",
         )
 
 

@@ -33,7 +33,7 @@ from .native_manifest import (
     FileEntry,
     NativeManifest,
 )
-from .native_sources import BaseImageSource, FramedSource
+from .native_sources import BaseImageSource, FramedSource, damaged_payload
 
 logger = logging.getLogger(__name__)
 
@@ -244,8 +244,14 @@ def payload_header(source: Source, entry: FileEntry) -> SafetensorsHeader:
                     ) from None
             raise
     else:
-        with FrameReader(source.open(), _Zeros(), path, limit=entry.size) as frames:
-            header = read_header_from(frames, entry.size, path)
+        try:
+            with FrameReader(source.open(), _Zeros(), path, limit=entry.size) as frames:
+                header = read_header_from(frames, entry.size, path)
+        except FormatError as e:
+            damaged = damaged_payload(source.path, entry.payload_sha256, e)
+            if damaged is not None:
+                raise damaged from e
+            raise
     listed = {t.name: (t.dtype, t.shape) for t in entry.tensors}
     found = {t.name: (t.dtype, t.shape) for t in header.tensors.values()}
     if listed != found:
@@ -299,7 +305,9 @@ def decode_plan(
                 steps.append(Step(f.name, data, image))
                 continue
             masked = masked_spans(header, f)
-            framed = FramedSource(data, image, tensor_offsets(header), workers, f.size, masked)
+            framed = FramedSource(
+                data, image, tensor_offsets(header), workers, f.size, masked, recorded=f.payload_sha256
+            )
             steps.append(Step(f.name, framed, options={"base": image.identity()}, masked=True))
         elif f.method == "file-xor":
             assert f.base_file is not None

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._sizing import CHUNK_SIZE
+from ..errors import ChecksumMismatchError, FormatError
+from ..hashing import hash_file
 from ..pipeline.source import FileSource, Source
 from .delta_frames import MaskedSpans
 from .frame_stream import FrameReader, FrameWriter, Span
@@ -112,10 +114,16 @@ class FramedSource:
     """The output's size: frames beyond it are refused (a hostile file cannot fill the disk)."""
     masked: MaskedSpans | None = None
     """Where the output MUST come from delta frames (the tensors masked by a base tensor)."""
+    recorded: str | None = None
+    """The payload file's sha256 as `xorweights.json` records it (see `damaged_payload`)."""
 
     @property
     def label(self) -> str:
         return self.payload.label
+
+    def explain(self, error: BaseException) -> BaseException | None:
+        """Frames that fail to decode in a file that differs from its recorded digest: a mismatch."""
+        return damaged_payload(self.path, self.recorded, error)
 
     @property
     def path(self) -> Path | None:
@@ -147,6 +155,31 @@ class FramedSource:
 
     def identity(self) -> tuple[int, int]:
         return self.payload.identity()
+
+
+def damaged_payload(path: Path | None, recorded: str | None, error: BaseException) -> BaseException | None:
+    """A payload file whose frames fail to decode (`error`, a `FormatError`), told apart: when its
+    sha256 differs from the one `xorweights.json` records, it changed or was damaged since it was made,
+    a verification mismatch (`ChecksumMismatchError`, as a damaged uncompressed payload file is
+    found by its output's digest); otherwise None (it was made so: the format error stands)."""
+    if not isinstance(error, FormatError) or path is None or recorded is None:
+        return None
+    try:
+        actual = hash_file(path, ["sha256"])["sha256"]
+    except OSError:
+        return None
+    if actual == recorded:
+        return None
+    why = str(error).removeprefix(f"{path}: ")
+    return ChecksumMismatchError(
+        f"payload file {path}: sha256 {actual}, but xorweights.json records {recorded}: it changed or "
+        f"was damaged since it was made ({why}); download or copy it again",
+        path=path,
+        expected=recorded,
+        actual=actual,
+        algorithm="sha256",
+        stage="payload",
+    )
 
 
 @dataclass(frozen=True)

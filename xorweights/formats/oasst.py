@@ -24,10 +24,10 @@ from ..errors import (
     BaseMismatchError,
     ChecksumMismatchError,
     FormatError,
-    ImplausibleOutputError,
     InputError,
     IOFailure,
     MissingFileError,
+    NotAPayloadError,
     RawStorageError,
 )
 from ..llama.base import GeneratedSource
@@ -240,7 +240,7 @@ def refuse_plain_payload(payload_dir: Path, raw: Sequence[str], only: Collection
     """Refuse a legacy payload whose weight files are valid model files as they are (never XOR-ed).
 
     Raises:
-        `ImplausibleOutputError`: naming the first such file.
+        `NotAPayloadError`: naming the first such file.
     """
     weights = (".safetensors", *TORCH_SUFFIXES)
     for entry in sorted(os.scandir(payload_dir), key=lambda e: e.name):
@@ -262,13 +262,11 @@ def refuse_plain_payload(payload_dir: Path, raw: Sequence[str], only: Collection
                 path=entry.path,
             )
         if plain:
-            raise ImplausibleOutputError(
+            raise NotAPayloadError(
                 f"payload file {entry.path} is a valid {plausible.kind(name)} as it is, so it was not "
                 f"XOR-ed: {payload_dir} looks like a model (an additive delta? give `recipe`; or a native "
                 f"payload missing its {MANIFEST_NAME}), not an XOR payload",
                 path=entry.path,
-                algorithm="plausibility",
-                stage="payload",
             )
 
 

@@ -100,6 +100,7 @@ class PublishReport:
             "license_name": self.license_name,
             "license_link": self.license_link,
             "install": self.install,
+            "card": self.card,
             "seconds": round(self.seconds, 3),
         }
 

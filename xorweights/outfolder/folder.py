@@ -250,8 +250,11 @@ class OutputFolder:
 
     def __enter__(self) -> OutputFolder:
         self._created = not os.path.lexists(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as e:  # a read-only file system, a file in the way: named, typed
+            raise IOFailure("creating" if self._created else "opening", self.path, e) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -157,12 +157,12 @@ def _check(kind: Literal["base", "out"], job: Job, got: Mapping[str, str]) -> bo
 def _stream_failure(e: StreamError, job: Job) -> BaseException:
     """Turn a failed read or write into an error that names the file and the operation."""
     step, cause = job.step, e.cause
-    if isinstance(cause, XorWeightsError):
-        return cause
     source = {"data": step.data, "base": step.base}.get(e.role)
-    own = explain(source, cause) if source is not None else None
+    own = explain(source, cause) if source is not None else None  # a source may reword our own errors too
     if own is not None:
         return own
+    if isinstance(cause, XorWeightsError):
+        return cause
     where = job.out if e.role == "out" else (source.path or source.label) if source is not None else None
     if isinstance(cause, OSError) and e.role == "out" and e.op == "write":
         return _write_error(job, cause)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -31,3 +31,9 @@ class FileReport:
     """The base file matched a published digest."""
     kept: bool = False
     """The output was already in place (an earlier run made it, or it matched its digest)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for k in ("digests", "input_digests", "base_digests"):
+            d[k] = dict(d[k])
+        return d
