@@ -105,19 +105,8 @@ def iter_tensors(
             or `framework="pt"` without torch installed.
     """
     _check_framework(framework)  # before anything is located or downloaded
-    return _iter_tensors(
-        payload,
-        base,
-        framework=framework,
-        names=names,
-        revision=revision,
-        subfolder=subfolder,
-        token=token,
-        cache_dir=cache_dir,
-        local_dir=local_dir,
-        endpoint=endpoint,
-        offline=offline,
-    )
+    access = hub.HubAccess(local_dir, cache_dir, endpoint, token, offline, force_download)
+    return _iter_tensors(payload, base, access, framework, names, revision, subfolder)
 
 
 def _check_framework(framework: str) -> None:
@@ -131,25 +120,12 @@ def _check_framework(framework: str) -> None:
 def _iter_tensors(
     payload: os.PathLike[str] | str,
     base: os.PathLike[str] | str,
-    *,
+    access: hub.HubAccess,
     framework: Framework,
     names: Iterable[str] | None,
     revision: str | None,
     subfolder: str | None,
-    token: str | bool | None,
-    cache_dir: os.PathLike[str] | str | None,
-    local_dir: os.PathLike[str] | str | None,
-    endpoint: str | None,
-    offline: bool | None,
 ) -> Iterator[tuple[str, Any]]:
-    access = hub.HubAccess(
-        local_dir=local_dir,
-        cache_dir=cache_dir,
-        endpoint=endpoint,
-        token=token,
-        offline=offline,
-        force_download=force_download,
-    )
     payload_dir, fetched = hub.locate_payload(
         payload, access, revision=revision, subfolder=subfolder, apart={"base": base}
     )
