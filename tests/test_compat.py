@@ -35,3 +35,26 @@ def test_transformers_and_xorweights_import_together() -> None:
     transformers_version, hub_version = done.stdout.split()
     if transformers_version.startswith("4."):  # the install kept huggingface_hub below 1.0
         assert hub_version.startswith("0."), hub_version
+
+
+def test_from_pretrained_loads_a_decoded_folder_and_ignores_its_records(tmp_path) -> None:
+    """The output folder's records (`.cache/huggingface/xorweights/`) are invisible to transformers:
+    a decoded folder loads as the fine-tune itself, every weight equal."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    import xorweights
+    from tests.delta_models import VOCAB, llama_state, perturbed, save_model
+
+    base_sd = llama_state(inv_freq=False)
+    ft_sd = perturbed(base_sd, VOCAB, 3)
+    base = save_model(tmp_path / "base", base_sd, container="safetensors")
+    ft = save_model(tmp_path / "ft", ft_sd, container="safetensors")
+    xorweights.encode(ft, base=base, out=tmp_path / "payload")
+    out = tmp_path / "out"
+    xorweights.decode(tmp_path / "payload", base=base, out=out)
+    assert any((out / ".cache" / "huggingface" / "xorweights").iterdir())  # the records are there
+    model = LlamaForCausalLM.from_pretrained(out, torch_dtype=torch.float16)
+    loaded = model.state_dict()
+    for name, want in ft_sd.items():
+        assert torch.equal(loaded[name], want.half()), name

@@ -31,6 +31,7 @@ from tests.hubserver import TOKEN
 from tests.process_states import handles, opened, signal_stopped, step_until
 from xorweights import errors
 from xorweights.cli import EXIT_BAD_INPUT, EXIT_MISMATCH
+from xorweights.outfolder.atomic import BOOKKEEPING_DIR
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, mounts tmpfs")
 
@@ -222,7 +223,7 @@ def case_input_changed(root: Path) -> tuple[list[object], Callable[[int], bool],
     payload, base, _ = legacy(root)
     out = root / "out"
     in_pass = opened(payload, lambda f: f.endswith(".bin"))
-    state = lambda pid: any(out.glob(".xorweights-*.part")) and in_pass(pid)  # noqa: E731
+    state = lambda pid: any((out / BOOKKEEPING_DIR).glob(".xorweights-*.part")) and in_pass(pid)  # noqa: E731
     return ["decode", payload, "--base", base, "--out", out, "-j", "1"], state, payload / "pytorch_model.bin"
 
 
@@ -394,7 +395,14 @@ def test_interrupted_exits_130_or_143(tmp_path: Path, sig: int, code: int) -> No
     ]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     in_pass = opened(payload, lambda f: f.endswith(".bin"))
-    ready = lambda pid: handles(signal.SIGTERM)(pid) and any(out.glob(".xorweights-*.part")) and in_pass(pid)  # noqa: E731
+
+    def ready(pid: int) -> bool:
+        return (
+            handles(signal.SIGTERM)(pid)
+            and any((out / BOOKKEEPING_DIR).glob(".xorweights-*.part"))
+            and in_pass(pid)
+        )
+
     assert step_until(proc, ready), proc.communicate()
     signal_stopped(proc, sig)
     stdout, stderr = proc.communicate(timeout=300)

@@ -180,7 +180,7 @@ def test_model_card_linked_out_of_the_download_is_refused(tmp_path: Path) -> Non
     assert info.value.path == str(root / "README.md")
     with pytest.raises(UnsafePathError, match="outside"):
         files = {"w.bin": hub.HubFile(1), "README.md": hub.HubFile(8)}
-        hub_payload._checked("me/x", "main", None, root, "", files)
+        hub_payload.checked_files("me/x", "main", None, root, "", files)
 
 
 def test_cli_names_the_linked_manifest_in_one_line(native, tmp_path: Path, capsys) -> None:
@@ -253,7 +253,7 @@ def test_reserved_names_in_a_legacy_listing_are_refused(legacy_release, tmp_path
         payload_folder.find_payload_in_listing([".XORWEIGHTS-x", "config.json"], "org/repo")
     # What a run of ours leaves behind is skipped; any other name of ours is refused.
     write_files(payload, {STATE_FILE: b"{}", f"{TEMP_PREFIX}w.bin.1234{TEMP_SUFFIX}": b"half"})
-    assert STATE_FILE not in legacy._files(payload) and len(legacy._files(payload)) == 6
+    assert STATE_FILE not in legacy.payload_names(payload) and len(legacy.payload_names(payload)) == 6
     write_files(payload, {".xorweights-foo": b"x"})
     with pytest.raises(UnsafePathError, match="reserved"):
         xorweights.decode(payload, base=legacy_release["base"], out=tmp_path / "out")

@@ -95,7 +95,7 @@ def test_cli_publish_license_terms_and_install_from(native_release, hub, tmp_pat
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf")}
     args = [sys.executable, "-m", "xorweights.cli", "publish", str(native_release["payload"]), "me/cli-terms"]
     spec = "https://example.org/wheels/xorweights-0.1.0-py3-none-any.whl"
-    more = ["--license-name", "my-license-1.0", "--license-link", "LICENSE.md", "--install-from", spec, "-q"]
+    more = ["--license-name", "my-license-1.0", "--license-link", "LICENSE.md", "--install-from", spec]
     done = subprocess.run([*args, *more], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"the card says to install it with: pip install {spec}" in done.stdout

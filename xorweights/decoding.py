@@ -101,8 +101,7 @@ def decode(
         revision: the repo's branch, tag or commit (or `owner/name@revision`).
         subfolder: the payload folder when several hold model files (or `owner/name:subfolder`).
         progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
-        stream: with a repo id, read the payload's LFS files over HTTP as they are decoded (never
-            on disk), each checked against the Hub's sha256 in the pass.
+        stream: with a repo id, read the payload's LFS files over HTTP as they are decoded.
         recipe: the payload is an additive delta made by this registered recipe (docs/recipes.md),
             picked for a known delta release (repo id or checksums).
         output_format, max_shard_size: a delta recovery's weight files: `safetensors` or `bin`
@@ -116,8 +115,8 @@ def decode(
         `HubError`: the repo cannot be fetched. `FormatError`: a payload file is corrupt.
         `PayloadMismatchError`: a downloaded payload file differs from the Hub's sha256.
         `BaseMismatchError`, `ChecksumMismatchError`: a base file or an output is not the published one.
-        `OutputExistsError`: `out` already holds an output file and `force` is false.
-        `NotAPayloadError`, `IncompatibleBaseError`: the wrong kind of payload, or of base or recipe.
+        `OutputExistsError`: `out` holds an output and not `force`. `NotAPayloadError`,
+        `IncompatibleBaseError`: the wrong kind of payload, or of base or recipe.
     """
     _check_choice("payload format", format, ("auto", *encodable()))
     _check_choice("payload compression", payload_compression, ("auto", "none", "gzip"))

@@ -28,10 +28,12 @@ EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 
 def _one_line(e: BaseException) -> str:
     """The error as one printable line: names in it escaped, never raw."""
-    if isinstance(e, OSError) and not isinstance(e, XorWeightsError):
+    if isinstance(e, XorWeightsError):
+        return shown(as_flags(str(e)))
+    if isinstance(e, OSError):
         where = f": {e.filename!s}" if e.filename else ""
         return shown(f"{e.strerror or e}{where}")
-    return shown(as_flags(str(e)))
+    return _joined(str(e))  # another library's message (the network's) may run over several lines
 
 
 def _wants_json(args: Sequence[str]) -> bool:

@@ -109,7 +109,9 @@ def _cached_base(
     try:
         root = snapshot(hf, repo_id, revision, [], local_files_only=True, **kw)
         on_disk = {e.name: HubFile(0) for e in os.scandir(root) if not e.name.startswith(".")}
-        paths = base_paths(on_disk, wants, lambda p: (root / p).read_bytes(), where=str(root))
+        paths = base_paths(
+            on_disk, wants, lambda p: read_bounded(root / p, _INDEX_BYTES, "a weights index"), where=str(root)
+        )
         files = {}
         for p in paths:
             etag = recorded_etag(root, False, p)
