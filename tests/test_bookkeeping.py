@@ -26,7 +26,13 @@ def uploaded(hub, folder: Path, repo_id: str) -> set[str]:
 
     api = HfApi(endpoint=hub.url, token=TOKEN)
     api.create_repo(repo_id)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    try:
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    except ValueError as e:
+        # huggingface_hub 0.x commits, then cannot parse a commit URL on a host other than
+        # HF_ENDPOINT's (this test server); the listing below shows what the commit holds.
+        if not str(e).startswith("Unable to retrieve user and repo ID"):
+            raise
     return set(api.list_repo_files(repo_id)) - {".gitattributes"}  # the Hub's first commit
 
 
