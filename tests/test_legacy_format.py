@@ -327,3 +327,19 @@ def test_raw_rule_readings_are_tried_whole_whatever_the_published_size(
     report = xorweights.decode(pay, base=base, out=tmp_path / "out", checksums=sums)
     assert [(f.action, f.verified) for f in report.files] == [("copy", True)]
     assert (tmp_path / "out" / "added_tokens.json").read_bytes() == stored
+
+
+def test_an_unmasked_tail_is_in_the_report_and_the_cli_notes_it(tmp_path: Path) -> None:
+    """A fine-tuned weight file longer than its base: the legacy format stores the part past the
+    base's end as it is. The report names it (the library logs no warning); the CLI prints a note."""
+    import subprocess
+    import sys
+
+    base = write_files(tmp_path / "base", {"w.bin": random_bytes(5000, 1), "config.json": b"{}"})
+    tuned = write_files(tmp_path / "ft", {"w.bin": random_bytes(5300, 2), "config.json": b'{"a": 1}'})
+    report = xorweights.encode(tuned, base=base, out=tmp_path / "p", format="oasst")
+    assert report.unmasked_tails == (("w.bin", 300),) and report.to_dict()["unmasked_tails"] == [["w.bin", 300]]
+    cli = [sys.executable, "-m", "xorweights.cli", "encode", tuned, "--base", base, "--format", "oasst"]
+    done = subprocess.run([*map(str, cli), "--out", str(tmp_path / "q")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("note: w.bin: its last 300 B lie past the end of its base file") == 1

@@ -98,6 +98,9 @@ class EncodeReport(_Report):
     format: str = "oasst"
     native_manifest: NativeManifest | None = None
     """The `xorweights.json` written with a native payload."""
+    unmasked_tails: tuple[tuple[str, int], ...] = ()
+    """A legacy payload's weight files whose last bytes lie past their base file's end, stored
+    unmasked as that format does: (name, bytes)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,5 +112,6 @@ class EncodeReport(_Report):
             "compress": self.compress,
             "manifest": self.manifest.to_json() if self.manifest is not None else None,
             "native_manifest": self.native_manifest.to_json() if self.native_manifest is not None else None,
+            "unmasked_tails": [[n, b] for n, b in self.unmasked_tails],
             **self._summary(),
         }

@@ -129,6 +129,13 @@ def print_encode(report: EncodeReport, manifest: Path | None) -> None:
         for f in report.native_manifest.files:
             if f.note:
                 click.echo(f"note: {shown(f.name)}: {shown(f.note)}", err=True)
+    for name, tail in report.unmasked_tails:
+        click.echo(
+            f"note: {shown(name)}: its last {_human(tail)} lie past the end of its base file and are "
+            "stored unmasked, as the legacy format does; the native format (--format xorweights) masks "
+            "tensor by tensor",
+            err=True,
+        )
     if manifest:
         click.echo(f"checksums written to {manifest}")
 
@@ -303,7 +310,7 @@ def print_demo(rep: DemoReport, workdir: Path | None) -> None:
     click.echo("legacy format (oasst): file by file, the base must be byte-identical")
     click.echo(
         f"7. encode    finetuned/ XOR base/ -> oasst-payload/: {_done(rep.legacy_encode)}; "
-        "oasst-checksums.json written"
+        "oasst-checksums.json written" + _tails(rep.legacy_encode.unmasked_tails)
     )
     ldec = rep.legacy_decode
     click.echo(
@@ -319,3 +326,11 @@ def print_demo(rep: DemoReport, workdir: Path | None) -> None:
     )
     if workdir is not None:
         click.echo(f"files kept in {workdir}")
+
+
+def _tails(tails: tuple[tuple[str, int], ...]) -> str:
+    """The demo's words for a legacy payload's unmasked tails."""
+    if not tails:
+        return ""
+    total = _human(sum(t for _, t in tails))
+    return f"; {total} of {len(tails)} files past their base's end stored unmasked, as that format does"

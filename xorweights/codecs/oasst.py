@@ -136,7 +136,11 @@ class OasstCodec:
             if request.with_checksums:
                 name = request.release or out_dir.resolve().name
                 manifest = _legacy_checksums(steps, outcome.files, name, request.base_name)
-            return {"compress": "gzip" if gzip else None, "manifest": manifest}
+            tails = (
+                (s.name, oasst.unmasked_tail(src_dir / s.name, base_dir / s.name)) for s in steps if s.base
+            )
+            unmasked = tuple((n, t) for n, t in tails if t)
+            return {"compress": "gzip" if gzip else None, "manifest": manifest, "unmasked_tails": unmasked}
 
         return Planned(plan, report)
 

@@ -194,8 +194,6 @@ def plan(
         elif not is_regular(base_dir / name):
             missing.append(name)
         else:
-            if encoding:
-                _warn_unmasked_tail(source_dir / name, base_dir / name)
             steps.append(Step(name, data, FileSource(base_dir / name)))
     if missing:
         raise MissingFileError(
@@ -222,15 +220,11 @@ def _refuse_unknown_raw(source: Path) -> None:
         )
 
 
-def _warn_unmasked_tail(source: Path, base: Path) -> None:
+def unmasked_tail(source: Path, base: Path) -> int:
+    """The bytes of a fine-tuned weight file past the end of its base file, which the legacy
+    format stores unmasked (0 for other files); the encode's report names them."""
     tail = source.stat().st_size - base.stat().st_size
-    if tail > 0 and source.name.lower().endswith(WEIGHT_SUFFIXES):
-        logger.warning(
-            "%s: its last %d bytes lie past the end of its base file and are stored unmasked, as the "
-            "legacy format does; the native format (`format='xorweights'`) masks tensor by tensor",
-            shown(source.name),
-            tail,
-        )
+    return tail if tail > 0 and source.name.lower().endswith(WEIGHT_SUFFIXES) else 0
 
 
 # --- decode checks -----------------------------------------------------------------------------
