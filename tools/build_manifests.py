@@ -23,7 +23,7 @@ _PINNED = (
 )
 _META_30B = "Meta's original LLaMA-30B: consolidated.00-03.pth, params.json, tokenizer.model"
 
-_SFT7_MISSING = "the copies of the model card these lists were built from end before it"
+_SFT7_MISSING = "the model card lists them, but they were not read into this package; see the caveat below"
 
 RELEASES = {
     "oasst-sft-6-llama-30b-xor.json": {
