@@ -338,7 +338,9 @@ def test_an_unmasked_tail_is_in_the_report_and_the_cli_notes_it(tmp_path: Path) 
     base = write_files(tmp_path / "base", {"w.bin": random_bytes(5000, 1), "config.json": b"{}"})
     tuned = write_files(tmp_path / "ft", {"w.bin": random_bytes(5300, 2), "config.json": b'{"a": 1}'})
     report = xorweights.encode(tuned, base=base, out=tmp_path / "p", format="oasst")
-    assert report.unmasked_tails == (("w.bin", 300),) and report.to_dict()["unmasked_tails"] == [["w.bin", 300]]
+    assert report.unmasked_tails == (("w.bin", 300),) and report.to_dict()["unmasked_tails"] == [
+        ["w.bin", 300]
+    ]
     cli = [sys.executable, "-m", "xorweights.cli", "encode", tuned, "--base", base, "--format", "oasst"]
     done = subprocess.run([*map(str, cli), "--out", str(tmp_path / "q")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -353,10 +353,8 @@ def test_publish_recomputes_raw_items_from_an_edited_manifest(hub, tmp_path: Pat
     assert "me/broad-xor" not in hub.state.repos
 
 
-def test_legacy_encode_warns_about_bytes_past_the_base(model_pair, tmp_path: Path, caplog) -> None:
-    """The legacy format masks only up to the base file's length; encode says so for weight files."""
+def test_legacy_encode_reports_bytes_past_the_base(model_pair, tmp_path: Path) -> None:
+    """The legacy format masks only up to the base file's length; encode's report says so for weight files."""
     base, tuned = model_pair()
-    with caplog.at_level("WARNING", logger="xorweights.formats.oasst"):
-        xorweights.encode(tuned, base=base, out=tmp_path / "p", format="oasst")
-    warned = [r.getMessage() for r in caplog.records if "stored unmasked" in r.getMessage()]
-    assert len(warned) == 1 and warned[0].startswith("pytorch_model-00001-of-00002.bin: its last 208 bytes")
+    report = xorweights.encode(tuned, base=base, out=tmp_path / "p", format="oasst")
+    assert report.unmasked_tails == (("pytorch_model-00001-of-00002.bin", 208),)
