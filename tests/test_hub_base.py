@@ -17,7 +17,7 @@ import xorweights
 from tests.conftest import tree
 from tests.hubserver import TOKEN, HubServer
 from tests.test_hub import _cli, hub_kw
-from xorweights.errors import BaseMismatchError, HubError, MissingFileError
+from xorweights.errors import BaseMismatchError, HubError, InputError, MissingFileError
 
 pytestmark = pytest.mark.hub
 
@@ -338,3 +338,11 @@ def test_json_prints_nothing_on_stderr_when_a_damaged_blob_is_healed(served, hub
     plain = _cli([*args, "--out", tmp_path / "c"], env)  # the warning, after the report
     assert plain.returncode == 0 and plain.stderr.startswith("WARNING ")
     assert "downloading it again" in plain.stderr
+
+
+def test_force_download_of_a_base_offline_is_refused(served, native_release, tmp_path) -> None:
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "a", **served["kw"])
+    offline = {**served["kw"], "offline": True, "force_download": True}
+    with pytest.raises(InputError, match="org/base: `force_download` downloads again, which offline mode"):
+        xorweights.decode(native_release["payload"], base="org/base", out=tmp_path / "b", **offline)
+    assert not (tmp_path / "b").exists()

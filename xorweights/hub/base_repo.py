@@ -62,12 +62,15 @@ def fetch_base(
 
     Raises:
         `HubError`: unknown or gated repo without access, or not cached offline (one line each).
+        `InputError`: `force_download` offline.
         `BaseMismatchError`: a file still differs from the Hub's listing after a second download.
     """
     repo_id, revision = parse_repo_spec(spec)
     revision = revision or "main"
     access = replace(access, local_dir=None)
     offline = offline_default() if access.offline is None else access.offline
+    if access.force_download and offline:
+        raise InputError(f"{spec}: `force_download` downloads again, which offline mode forbids", path=spec)
     hf = hf_lib()
     kw = download_kwargs(access, progress)
     if not offline:
