@@ -346,3 +346,17 @@ def test_force_download_of_a_base_offline_is_refused(served, native_release, tmp
     with pytest.raises(InputError, match="org/base: `force_download` downloads again, which offline mode"):
         xorweights.decode(native_release["payload"], base="org/base", out=tmp_path / "b", **offline)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_cached_payload_damaged_in_its_first_frame_is_downloaded_again(served, hub, tmp_path) -> None:
+    """The first frames of a compressed payload file are read to plan the decode, before the files
+    are hashed: a byte flipped there is healed like any other damage, not reported as final."""
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "a", **served["kw"])
+    path = next(p for p in fetched(hub, "org/ft-xor") if p.endswith(".safetensors"))
+    blob = _blob(Path(served["kw"]["cache_dir"]), "org/ft-xor", path)
+    whole = blob.read_bytes()
+    blob.write_bytes(whole[:100] + bytes([whole[100] ^ 1]) + whole[101:])
+    gets = fetched(hub, "org/ft-xor").count(path)
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "b", **served["kw"])
+    assert tree(tmp_path / "b") == tree(served["ft"])
+    assert blob.read_bytes() == whole and fetched(hub, "org/ft-xor").count(path) == gets + 1
