@@ -360,3 +360,14 @@ def test_a_cached_payload_damaged_in_its_first_frame_is_downloaded_again(served,
     xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "b", **served["kw"])
     assert tree(tmp_path / "b") == tree(served["ft"])
     assert blob.read_bytes() == whole and fetched(hub, "org/ft-xor").count(path) == gets + 1
+
+
+def test_a_base_not_cached_says_why_the_hub_was_not_asked(native_release, tmp_path) -> None:
+    """Online with the Hub out of reach, the error says so, not only `run once online`."""
+    down = {"endpoint": "http://127.0.0.1:9", "cache_dir": tmp_path / "cold", "token": TOKEN}
+    payload = native_release["payload"]
+    with pytest.raises(HubError, match=r"http://127\.0\.0\.1:9 is unreachable \(.*\); run once online"):
+        xorweights.decode(payload, base="org/base", out=tmp_path / "a", **down)
+    with pytest.raises(HubError, match=r"offline mode \(HF_HUB_OFFLINE\); run once online"):
+        xorweights.decode(payload, base="org/base", out=tmp_path / "b", offline=True, **down)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

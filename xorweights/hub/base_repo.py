@@ -73,6 +73,7 @@ def fetch_base(
         raise InputError(f"{spec}: `force_download` downloads again, which offline mode forbids", path=spec)
     hf = hf_lib()
     kw = download_kwargs(access, progress)
+    why = "offline mode (HF_HUB_OFFLINE)"
     if not offline:
         api = hf.HfApi(endpoint=access.endpoint, token=access.token)
         try:
@@ -83,9 +84,8 @@ def fetch_base(
                 raise err from e
             if not is_unreachable(e):
                 raise
-            logger.warning(
-                "cannot reach %s (%s); looking for %s in the Hub cache", api.endpoint, describe(e), spec
-            )
+            why = f"{api.endpoint} is unreachable ({describe(e)})"
+            logger.warning("%s; looking for %s in the Hub cache", why, spec)
         else:
             read_index = _IndexReader(hf, repo_id, revision, commit, listing, kw, jobs)
             paths = base_paths(listing, wants, read_index, where=f"{repo_id}@{commit}")
@@ -101,13 +101,20 @@ def fetch_base(
             got = checked_files(repo_id, revision, commit, root, "", files, None, refetch, role="base")
             check_lfs_files(got, paths, jobs=jobs, progress=progress)
             return got
-    return _cached_base(hf, repo_id, revision, spec, wants, kw, jobs)
+    return _cached_base(hf, repo_id, revision, spec, wants, kw, jobs, why)
 
 
 def _cached_base(
-    hf: Any, repo_id: str, revision: str, spec: str, wants: BaseWants, kw: dict[str, Any], jobs: int
+    hf: Any,
+    repo_id: str,
+    revision: str,
+    spec: str,
+    wants: BaseWants,
+    kw: dict[str, Any],
+    jobs: int,
+    why: str,
 ) -> HubPayload:
-    """The base as an earlier run left it in the Hub cache (offline, or the Hub out of reach)."""
+    """The base as an earlier run left it in the Hub cache (offline, or the Hub out of reach: `why`)."""
     kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token", "force_download")}
     try:
         root = snapshot(hf, repo_id, revision, [], local_files_only=True, **kw)
@@ -131,7 +138,7 @@ def _cached_base(
     except Exception as e:  # LocalEntryNotFoundError, missing files
         raise HubError(
             f"no local folder {spec!r}, and the base {repo_id}@{revision} is not in the Hub cache with the "
-            "files this payload reads: run once online to download them",
+            f"files this payload reads: {why}; run once online to download them",
             path=spec,
         ) from e
     got = checked_files(
