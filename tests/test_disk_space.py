@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import subprocess
 import tempfile
@@ -330,3 +331,26 @@ def test_the_space_watch_stops_before_the_disk_is_full(tmpfs) -> None:
     watch = _space.SpaceWatch(disk, "model.safetensors", disk)
     with pytest.raises(NoSpaceError, match=f"^not enough free space in {disk}: the disk filled up while "):
         watch.wrote(4096)
+
+
+def test_a_full_disk_while_the_base_downloads_is_one_line_naming_the_file(
+    legacy_release, hub, tmpfs, tmp_path: Path
+) -> None:
+    """huggingface_hub warns that the cache has too little room, then the write fails: the run
+    prints the one error line, naming the file and the folder (the warning is dropped with it)."""
+    from tests.hubserver import TOKEN
+    from tests.test_hub import _cli
+
+    hub.state.add_folder("org/legacy-base", legacy_release["base"])
+    cache = tmpfs(5)  # the 24 MB shard does not fit
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
+    args = ["decode", legacy_release["payload"], "--base", "org/legacy-base", "--out", tmp_path / "o"]
+    args += ["--checksums", legacy_release["manifest"], "--cache-dir", cache]
+    res = _cli(args, env)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("Error: downloading org/legacy-base@main:pytorch_model-00001-of-00002.bin")
+    assert f"into {cache}: No space left on device" in res.stderr
+    as_json = _cli([*args, "--json"], env)
+    assert as_json.returncode == 2 and as_json.stderr == "", as_json.stderr
+    assert json.loads(as_json.stdout)["error"]["type"] == "IOFailure"
+    assert not (tmp_path / "o").exists()

@@ -17,7 +17,7 @@ import xorweights
 from tests.conftest import tree
 from tests.hubserver import TOKEN, HubServer
 from tests.test_hub import _cli, hub_kw
-from xorweights.errors import BaseMismatchError, HubError, MissingFileError
+from xorweights.errors import BaseMismatchError, HubError, InputError, MissingFileError
 
 pytestmark = pytest.mark.hub
 
@@ -264,3 +264,110 @@ def test_the_base_goes_to_the_hub_cache_whatever_local_dir_the_payload_uses(serv
     xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "o", local_dir=local, **served["kw"])
     assert (local / "xorweights.json").is_file() and not list(local.glob("*.index.json"))
     assert (Path(served["kw"]["cache_dir"]) / "models--org--base").is_dir()
+
+
+# --- a damaged or malformed index, copies left aside, --json on a healed run ---------------------
+
+
+def test_a_truncated_cached_index_is_downloaded_again_before_it_is_read(served, hub, tmp_path) -> None:
+    """The index is read to choose the shards: a copy cut short is healed first, not reported as
+    invalid JSON on every run."""
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "a", **served["kw"])
+    index = "model.safetensors.index.json"
+    blob = _blob(Path(served["kw"]["cache_dir"]), "org/base", index)
+    whole = blob.read_bytes()
+    blob.write_bytes(whole[: len(whole) // 2])
+    gets = fetched(hub, "org/base").count(index)
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "b", **served["kw"])
+    assert tree(tmp_path / "b") == tree(served["ft"])
+    assert blob.read_bytes() == whole and fetched(hub, "org/base").count(index) == gets + 1
+
+
+def test_a_copy_left_aside_by_a_killed_run_is_removed(served, hub, tmp_path) -> None:
+    """A run killed while it downloads a damaged file again leaves `<blob>.damaged`; the next run
+    that finds the file whole removes it (it may be as large as a shard)."""
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "a", **served["kw"])
+    cache = Path(served["kw"]["cache_dir"])
+    blob = _blob(cache, "org/base", "model-00001-of-00002.safetensors")
+    aside = blob.with_name(blob.name + ".damaged")
+    aside.write_bytes(b"cut")
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "b", **served["kw"])
+    assert not aside.exists() and tree(tmp_path / "b") == tree(served["ft"])
+
+
+@pytest.mark.parametrize(
+    "index", [b"[]", b'{"weight_map": {"model.norm.weight": ["x"]}}', b'{"weight_map": 1}']
+)
+def test_a_malformed_index_is_no_index(native_release, hub, tmp_path, index) -> None:
+    """An index that is no object, or maps tensors to no file name: every weight file is read."""
+    folder = base_repo(native_release, tmp_path / "base-repo")
+    (folder / "model.safetensors.index.json").write_bytes(index)
+    hub.state.add_folder("org/ft-xor", native_release["payload"])
+    hub.state.add_folder("org/base", folder)
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "out", **hub_kw(hub, tmp_path))
+    assert tree(tmp_path / "out") == tree(native_release["ft"])
+    assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"} <= set(
+        fetched(hub, "org/base")
+    )
+
+
+def test_offline_a_cache_lacking_a_shard_the_index_names_says_so(served, hub, tmp_path) -> None:
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "a", **served["kw"])
+    cache = Path(served["kw"]["cache_dir"])
+    shard = "model-00002-of-00002.safetensors"
+    blob = _blob(cache, "org/base", shard)
+    blob.unlink()  # and its link: as a run that fetched only the other shard leaves the snapshot
+    repo = blob.parent.parent
+    (repo / "snapshots" / (repo / "refs" / "main").read_text() / shard).unlink()
+    offline = {**served["kw"], "offline": True, "endpoint": "http://127.0.0.1:9"}
+    with pytest.raises(HubError, match="the base org/base@main is not in the Hub cache"):
+        xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "b", **offline)
+    assert not (tmp_path / "b").exists()
+
+
+def test_json_prints_nothing_on_stderr_when_a_damaged_blob_is_healed(served, hub, tmp_path) -> None:
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
+    args = ["decode", "org/ft-xor", "--base", "org/base"]
+    assert _cli([*args, "--out", tmp_path / "a", "-q"], env).returncode == 0
+    blob = _blob(tmp_path / "hf-home" / "hub", "org/base", "model-00001-of-00002.safetensors")
+    blob.write_bytes(b"")
+    as_json = _cli([*args, "--out", tmp_path / "b", "--json"], env)
+    assert as_json.returncode == 0 and as_json.stderr == "", as_json.stderr
+    assert json.loads(as_json.stdout)["base_source"].startswith("org/base@")
+    blob.write_bytes(b"")
+    plain = _cli([*args, "--out", tmp_path / "c"], env)  # the warning, after the report
+    assert plain.returncode == 0 and plain.stderr.startswith("WARNING ")
+    assert "downloading it again" in plain.stderr
+
+
+def test_force_download_of_a_base_offline_is_refused(served, native_release, tmp_path) -> None:
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "a", **served["kw"])
+    offline = {**served["kw"], "offline": True, "force_download": True}
+    with pytest.raises(InputError, match="org/base: `force_download` downloads again, which offline mode"):
+        xorweights.decode(native_release["payload"], base="org/base", out=tmp_path / "b", **offline)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_cached_payload_damaged_in_its_first_frame_is_downloaded_again(served, hub, tmp_path) -> None:
+    """The first frames of a compressed payload file are read to plan the decode, before the files
+    are hashed: a byte flipped there is healed like any other damage, not reported as final."""
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "a", **served["kw"])
+    path = next(p for p in fetched(hub, "org/ft-xor") if p.endswith(".safetensors"))
+    blob = _blob(Path(served["kw"]["cache_dir"]), "org/ft-xor", path)
+    whole = blob.read_bytes()
+    blob.write_bytes(whole[:100] + bytes([whole[100] ^ 1]) + whole[101:])
+    gets = fetched(hub, "org/ft-xor").count(path)
+    xorweights.decode("org/ft-xor", base="org/base", out=tmp_path / "b", **served["kw"])
+    assert tree(tmp_path / "b") == tree(served["ft"])
+    assert blob.read_bytes() == whole and fetched(hub, "org/ft-xor").count(path) == gets + 1
+
+
+def test_a_base_not_cached_says_why_the_hub_was_not_asked(native_release, tmp_path) -> None:
+    """Online with the Hub out of reach, the error says so, not only `run once online`."""
+    down = {"endpoint": "http://127.0.0.1:9", "cache_dir": tmp_path / "cold", "token": TOKEN}
+    payload = native_release["payload"]
+    with pytest.raises(HubError, match=r"http://127\.0\.0\.1:9 is unreachable \(.*\); run once online"):
+        xorweights.decode(payload, base="org/base", out=tmp_path / "a", **down)
+    with pytest.raises(HubError, match=r"offline mode \(HF_HUB_OFFLINE\); run once online"):
+        xorweights.decode(payload, base="org/base", out=tmp_path / "b", offline=True, **down)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

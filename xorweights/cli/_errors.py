@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,10 +74,13 @@ def run(argv: Sequence[str] | None) -> int:
     stdout is its only error output)."""
     args = list(sys.argv[1:] if argv is None else argv)
     log = HeldLog()
+    log.quiet = _wants_json(args)  # with --json, stderr holds nothing but progress
     root = logging.getLogger()
     level = root.level
     root.addHandler(log)
     root.setLevel(logging.WARNING)
+    shown_before = warnings.showwarning
+    warnings.showwarning = _log_warning  # another library's warnings are held as log records are
     failed = True
     try:
         code = int(cli.main(args=args or ["--help"], prog_name="xorweights", standalone_mode=False) or 0)
@@ -94,6 +98,12 @@ def run(argv: Sequence[str] | None) -> int:
         log.end(ok=not failed)
         root.removeHandler(log)
         root.setLevel(level)
+        warnings.showwarning = shown_before
+
+
+def _log_warning(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
+    """A Python warning (huggingface_hub's low-disk warning, say) as one log line of its module."""
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, _joined(str(message)))
 
 
 #: The HTTP clients and huggingface_hub: an error of theirs that reached here is the network's.

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .._sizing import default_jobs
-from ..errors import InputError, MissingFileError, OutputExistsError, XorWeightsError
+from ..errors import ChecksumMismatchError, InputError, MissingFileError, OutputExistsError, XorWeightsError
 from ..formats import native, native_encode, plausible, raw_storage
 from ..formats.native_manifest import MANIFEST_NAME, is_native, load_manifest
 from ..hashing import hash_file
@@ -61,18 +61,29 @@ class NativeCodec:
         store = native.open_store(manifest, base_dir)
         expected = native.expected_outputs(manifest, published)
         jobs = request.options.jobs or default_jobs()
-        steps = [
-            replace(s, expect_out=expected[s.name])
-            for s in native.decode_plan(
-                manifest,
-                payload_dir,
-                base_dir,
-                store,
-                workers=jobs,
-                open_payload=lambda f: remote.get(f.name) or FileSource(payload_dir / f.name),
-            )
-        ]
         hub_check = request.hub_check
+
+        def plan_steps() -> list[Step]:
+            return [
+                replace(s, expect_out=expected[s.name])
+                for s in native.decode_plan(
+                    manifest,
+                    payload_dir,
+                    base_dir,
+                    store,
+                    workers=jobs,
+                    open_payload=lambda f: remote.get(f.name) or FileSource(payload_dir / f.name),
+                )
+            ]
+
+        try:
+            steps = plan_steps()
+        except ChecksumMismatchError as e:  # a damaged payload file's first frames, read to plan
+            name = Path(e.path or "").name
+            if hub_check is None or e.stage != "payload" or Path(e.path or "") != payload_dir / name:
+                raise
+            hub_check([name])  # downloaded again when it is not the Hub's file
+            steps = plan_steps()
 
         def preflight(todo: Sequence[Step]) -> None:
             names = {s.name for s in todo}

@@ -62,14 +62,18 @@ def fetch_base(
 
     Raises:
         `HubError`: unknown or gated repo without access, or not cached offline (one line each).
+        `InputError`: `force_download` offline.
         `BaseMismatchError`: a file still differs from the Hub's listing after a second download.
     """
     repo_id, revision = parse_repo_spec(spec)
     revision = revision or "main"
     access = replace(access, local_dir=None)
     offline = offline_default() if access.offline is None else access.offline
+    if access.force_download and offline:
+        raise InputError(f"{spec}: `force_download` downloads again, which offline mode forbids", path=spec)
     hf = hf_lib()
     kw = download_kwargs(access, progress)
+    why = "offline mode (HF_HUB_OFFLINE)"
     if not offline:
         api = hf.HfApi(endpoint=access.endpoint, token=access.token)
         try:
@@ -80,11 +84,10 @@ def fetch_base(
                 raise err from e
             if not is_unreachable(e):
                 raise
-            logger.warning(
-                "cannot reach %s (%s); looking for %s in the Hub cache", api.endpoint, describe(e), spec
-            )
+            why = f"{api.endpoint} is unreachable ({describe(e)})"
+            logger.warning("%s; looking for %s in the Hub cache", why, spec)
         else:
-            read_index = _IndexReader(hf, repo_id, commit, kw)
+            read_index = _IndexReader(hf, repo_id, revision, commit, listing, kw, jobs)
             paths = base_paths(listing, wants, read_index, where=f"{repo_id}@{commit}")
             logger.info("%s: %d files of the base (commit %s)", repo_id, len(paths), commit)
             # By the revision asked for, so that the cache records where it points (for offline use).
@@ -98,19 +101,30 @@ def fetch_base(
             got = checked_files(repo_id, revision, commit, root, "", files, None, refetch, role="base")
             check_lfs_files(got, paths, jobs=jobs, progress=progress)
             return got
-    return _cached_base(hf, repo_id, revision, spec, wants, kw, jobs)
+    return _cached_base(hf, repo_id, revision, spec, wants, kw, jobs, why)
 
 
 def _cached_base(
-    hf: Any, repo_id: str, revision: str, spec: str, wants: BaseWants, kw: dict[str, Any], jobs: int
+    hf: Any,
+    repo_id: str,
+    revision: str,
+    spec: str,
+    wants: BaseWants,
+    kw: dict[str, Any],
+    jobs: int,
+    why: str,
 ) -> HubPayload:
-    """The base as an earlier run left it in the Hub cache (offline, or the Hub out of reach)."""
+    """The base as an earlier run left it in the Hub cache (offline, or the Hub out of reach: `why`)."""
     kw = {k: v for k, v in kw.items() if k not in ("endpoint", "token", "force_download")}
     try:
         root = snapshot(hf, repo_id, revision, [], local_files_only=True, **kw)
         on_disk = {e.name: HubFile(0) for e in os.scandir(root) if not e.name.startswith(".")}
         paths = base_paths(
-            on_disk, wants, lambda p: read_bounded(root / p, _INDEX_BYTES, "a weights index"), where=str(root)
+            on_disk,
+            wants,
+            lambda p: read_bounded(root / p, _INDEX_BYTES, "a weights index"),
+            where=str(root),
+            complete=False,
         )
         files = {}
         for p in paths:
@@ -124,7 +138,7 @@ def _cached_base(
     except Exception as e:  # LocalEntryNotFoundError, missing files
         raise HubError(
             f"no local folder {spec!r}, and the base {repo_id}@{revision} is not in the Hub cache with the "
-            "files this payload reads: run once online to download them",
+            f"files this payload reads: {why}; run once online to download them",
             path=spec,
         ) from e
     got = checked_files(
@@ -135,23 +149,45 @@ def _cached_base(
 
 
 class _IndexReader:
-    """Reads a small file of the repo (a weights index), downloaded into the cache first."""
+    """Reads a small file of the repo (a weights index), downloaded into the cache first and checked
+    against the listing as every base file is (a damaged cached copy downloaded again once)."""
 
-    def __init__(self, hf: Any, repo_id: str, commit: str, kw: Mapping[str, Any]) -> None:
-        self.hf, self.repo_id, self.commit, self.kw = hf, repo_id, commit, kw
+    def __init__(
+        self,
+        hf: Any,
+        repo_id: str,
+        revision: str,
+        commit: str,
+        listing: Mapping[str, HubFile],
+        kw: Mapping[str, Any],
+        jobs: int,
+    ) -> None:
+        self.hf, self.repo_id, self.revision, self.commit, self.kw = hf, repo_id, revision, commit, kw
+        self.listing, self.jobs = listing, jobs
         self.fetched: set[str] = set()
 
     def __call__(self, path: str) -> bytes:
         root = download_files(self.hf, self.repo_id, self.commit, [path], **self.kw)
         self.fetched.add(path)
+        refetch = refetcher(self.hf, self.repo_id, self.commit, root, self.kw)
+        files = {path: self.listing[path]}
+        got = checked_files(
+            self.repo_id, self.revision, self.commit, root, "", files, None, refetch, role="base"
+        )
+        check_lfs_files(got, [path], jobs=self.jobs, progress=False)
         return read_bounded(root / path, _INDEX_BYTES, "a weights index")
 
 
-def base_paths(listing: Mapping[str, HubFile], wants: BaseWants, read_index: Any, *, where: str) -> list[str]:
+def base_paths(
+    listing: Mapping[str, HubFile], wants: BaseWants, read_index: Any, *, where: str, complete: bool = True
+) -> list[str]:
     """The repo paths (top folder only) a decode reads of a base whose files are `listing`.
+
+    `complete`: `listing` is the repo's (else the files a cache holds, which may lack some).
 
     Raises:
         `InputError`: the decode reads tensors and the repo holds no weights.
+        `FileNotFoundError`: `listing` is not `complete` and lacks a shard the index names.
     """
     top = sorted(p for p in listing if "/" not in p)
     named = [n for n in wants.files if n in listing]
@@ -172,9 +208,20 @@ def base_paths(listing: Mapping[str, HubFile], wants: BaseWants, read_index: Any
         )
     extra = [*_CONFIGS, *(_LLAMA_EXTRA if index is None or wants.generate else ())]
     if index in listing and wants.tensors and not (wants.generate and absent):
-        weight_map = _json.loads(read_index(index), f"{where}:{index}").get("weight_map")
-        shards = {weight_map.get(t) for t in wants.tensors} if isinstance(weight_map, dict) else {None}
-        if None not in shards and shards <= set(weights):
-            weights = sorted(shards)  # type: ignore[arg-type]
+        shards = _index_shards(_json.loads(read_index(index), f"{where}:{index}"), wants.tensors)
+        if shards is not None and not complete and not shards <= set(weights):
+            raise FileNotFoundError(f"{where}: no {abridged(sorted(shards - set(weights)), 3)}")
+        if shards is not None and shards <= set(weights):
+            weights = sorted(shards)
         extra.append(index)
     return sorted({*named, *weights, *(p for p in extra if p in listing)})
+
+
+def _index_shards(doc: Any, tensors: Collection[str]) -> set[str] | None:
+    """The files a weights index names for `tensors`; None when it does not name them all (a
+    malformed index is no index: every weight file is read)."""
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict):
+        return None
+    named = [weight_map.get(t) for t in tensors]
+    return set(named) if all(isinstance(s, str) for s in named) else None  # type: ignore[arg-type]

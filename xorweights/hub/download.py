@@ -17,7 +17,7 @@ from typing import Any
 from .. import _cancel
 from .._cancel import Cancelled
 from .._progress import bars_shown, tqdm_class
-from ..errors import HubError
+from ..errors import HubError, IOFailure
 from ..outfolder.paths import check_regular_file, read_bounded
 from .access import HubAccess, hub_error, short_error
 from .watch import Watch, from_http_client, network_error, requested_wait, wait_for
@@ -113,7 +113,7 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
                     logger.info("%s: %s: the Hub asked to wait %g s; asking again", repo_id, path, wait)
                     continue
                 if attempt > _RESUME_TRIES or not _broke_off(e, resumes) or stop.wait(1):
-                    if (err := _failure(e, label, kw.get("endpoint") or hf.constants.ENDPOINT)) is e:
+                    if (err := _failure(e, label, hf, kw)) is e:
                         raise
                     raise err from e
                 logger.info("%s: %s broke off (%s); asking for it again", repo_id, path, short_error(e))
@@ -149,12 +149,24 @@ def download_files(hf: Any, repo_id: str, revision: str, paths: list[str], **kw:
     return Path(done[0]).parents[len(Path(paths[0]).parts) - 1]
 
 
-def _failure(e: BaseException, label: str, endpoint: str) -> BaseException:
-    """The error a failed download of `label` (`owner/name@revision:path`) ends with: the Hub's
-    answer in our words (a gated repo, a 404), a network error as one `HubError`, or `e` itself."""
+def _failure(e: BaseException, label: str, hf: Any, kw: dict[str, Any]) -> BaseException:
+    """The error a failed download of `label` (`owner/name@revision:path`, with `hf_hub_download`'s
+    keyword arguments `kw`) ends with: the Hub's answer in our words (a gated repo, a 404), a
+    network error as one `HubError`, an error of this machine (a full disk) as an `IOFailure`
+    naming the file and the folder it went to, or `e` itself."""
     repo_id, _, revision = label.partition(":")[0].partition("@")
+    endpoint = kw.get("endpoint") or hf.constants.ENDPOINT
     answered = hub_error(e, repo_id, revision, endpoint) if isinstance(e, Exception) else None
+    if answered is None and _local_error(e):
+        into = kw.get("local_dir") or kw.get("cache_dir") or hf.constants.HF_HUB_CACHE
+        return IOFailure(f"downloading {label} into", into, e)
     return answered if answered is not None else network_error(e, label)
+
+
+def _local_error(e: BaseException) -> bool:
+    """Whether `e` is a plain OS error of this machine (a full disk, a folder not writable), not one
+    of the network or of ours."""
+    return type(e).__module__ == "builtins" and isinstance(e, OSError) and not isinstance(e, ConnectionError)
 
 
 #: How often a file whose download broke off (the connection lost) is asked for again.
@@ -306,7 +318,7 @@ def download_again(hf: Any, repo_id: str, revision: str, path: str, root: Path, 
     `hf download --force-download` would: a truncated or damaged blob in the cache (or a file in a
     download folder) heals itself. The copy moved aside is removed once the download has ended."""
     blob = Path(os.path.realpath(root / path))
-    aside = blob.with_name(blob.name + ".damaged")
+    aside = _aside(blob)
     moved = blob.is_file()
     if moved:
         os.replace(blob, aside)
@@ -315,3 +327,20 @@ def download_again(hf: Any, repo_id: str, revision: str, path: str, root: Path, 
     finally:
         if moved:
             aside.unlink(missing_ok=True)
+
+
+def _aside(blob: Path) -> Path:
+    """Where `download_again` moves a damaged copy while it downloads the file again."""
+    return blob.with_name(blob.name + ".damaged")
+
+
+def drop_stale_aside(root: Path, path: str) -> None:
+    """Remove the damaged copy of `path` that a `download_again` killed midway left beside it (the
+    file itself was downloaded again since): it would stay in the cache forever otherwise."""
+    aside = _aside(Path(os.path.realpath(root / path)))
+    try:
+        if aside.is_file() and not aside.is_symlink():
+            aside.unlink()
+            logger.info("removed %s, left by an interrupted download", aside)
+    except OSError:
+        pass

@@ -42,6 +42,7 @@ from .download import (
     download_again,
     download_files,
     download_kwargs,
+    drop_stale_aside,
     recorded_commit,
     recorded_etag,
     snapshot,
@@ -377,6 +378,7 @@ def checked_files(
             mismatch = _file_mismatch(repo_id, commit, root, path, f, role)
         if mismatch is not None:
             raise mismatch
+        drop_stale_aside(root, path)
     named = {p[len(prefix) :]: f for p, f in files.items() if p.startswith(prefix) and p != CARD_NAME}
     card = root / CARD_NAME if CARD_NAME in files else None
     return HubPayload(
