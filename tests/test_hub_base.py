@@ -371,3 +371,9 @@ def test_a_base_not_cached_says_why_the_hub_was_not_asked(native_release, tmp_pa
     with pytest.raises(HubError, match=r"offline mode \(HF_HUB_OFFLINE\); run once online"):
         xorweights.decode(payload, base="org/base", out=tmp_path / "b", offline=True, **down)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_base_with_a_subfolder_is_refused_in_one_line(served, native_release, hub, tmp_path) -> None:
+    with pytest.raises(xorweights.InputError, match="without a subfolder"):
+        xorweights.decode(native_release["payload"], base="org/base:sub", out=tmp_path / "o", **served["kw"])
+    assert hub.state.requests == [] and not (tmp_path / "o").exists()

@@ -152,7 +152,7 @@ def _base_from_hub(
 ) -> hub.HubPayload | None:
     """The base's files, when `base` is a Hub repo id (a local folder of that name wins): only
     those the payload reads, from the Hub cache or downloaded, each checked against the Hub."""
-    if not hub.is_repo_spec(base) or ":" in str(base):
+    if not hub.is_repo_spec(base):
         return None
     wants = chosen.base_wants(replace(ask, payload_dir=where.payload_dir, only=_only(where.fetched)))
     jobs = ask.options.jobs or default_jobs()

@@ -158,7 +158,7 @@ def _base_dir(
     base: os.PathLike[str] | str, manifest: NativeManifest, wanted: set[str] | None, access: hub.HubAccess
 ) -> Path:
     """The base folder: `base`, or for a Hub repo id the cached files holding the tensors read."""
-    if not hub.is_repo_spec(base) or ":" in str(base):
+    if not hub.is_repo_spec(base):
         return Path(base)
     tensors = {
         t.base for f in manifest.files for t in f.tensors if t.base and (wanted is None or t.name in wanted)

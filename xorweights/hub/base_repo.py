@@ -65,6 +65,12 @@ def fetch_base(
         `InputError`: `force_download` offline.
         `BaseMismatchError`: a file still differs from the Hub's listing after a second download.
     """
+    if ":" in spec:
+        raise InputError(
+            f"base {spec}: a base repo is OWNER/NAME[@REVISION], without a subfolder (its files are read "
+            "from the repo's top folder)",
+            path=spec,
+        )
     repo_id, revision = parse_repo_spec(spec)
     revision = revision or "main"
     access = replace(access, local_dir=None)
