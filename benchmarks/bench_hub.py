@@ -12,7 +12,10 @@ times, each as its own `xorweights` process under GNU time (wall seconds, peak R
     Hub's sha256, decode);
   - the same command again with everything in place;
   - `decode OWNER/NAME` offline from the cache into a new folder (check + decode, no download);
-  - `decode PAYLOAD_DIR` of the same payload folder (no Hub, no payload check).
+  - `decode PAYLOAD_DIR` of the same payload folder (no Hub, no payload check);
+  - `decode OWNER/NAME --base OWNER/BASE` (the base uploaded with `HfApi.upload_folder`) into an
+    empty out folder, downloading the base; then offline from the cache: minus the offline run
+    with the base as a folder, what the base's check against the Hub costs.
 
 The offline run minus the local one is what the payload check costs. Download speed over
 localhost from a Python test server says nothing about the real Hub; it is reported for
@@ -274,28 +277,42 @@ def main() -> None:
                 ],
             ),
         ]
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=url, token="hf_bench")
+        api.create_repo("me/bench-base")
+        try:
+            api.upload_folder(folder_path=str(base), repo_id="me/bench-base")
+        except ValueError as e:  # huggingface_hub 0.x: the commit is made, its URL unparsable here
+            if not str(e).startswith("Unable to retrieve user and repo ID"):
+                raise
+        by_id = [*xw, "decode", "me/bench-xor", "--base", "me/bench-base", "-q", "--out"]
+        steps += [
+            ("decode, base by repo id (download)", [[*by_id, str(work / "out4")]]),
+            ("decode offline, base by repo id", [["env", "HF_HUB_OFFLINE=1", *by_id, str(work / "out5")]]),
+        ]
         results: dict[str, tuple[float, int]] = {}
         for name, cmds in steps:
             settle(False)
             secs, rss = run(cmds, work)
             results[name] = (secs, rss)
-            print(f"{name:<32} {secs:8.2f} s {rss / 2**20:7.0f} MiB", flush=True)
+            print(f"{name:<36} {secs:8.2f} s {rss / 2**20:7.0f} MiB", flush=True)
         rate_lines = compare_rates(server, rates, dec, work, work / "out1", size) if rates else []
         server.stdin.close()  # type: ignore[union-attr]
         server.wait(timeout=30)
         server_log.close()
-        for a, b in (("out1", "out2"), ("out1", "out3")):
+        for a, b in (("out1", "out2"), ("out1", "out3"), ("out1", "out4"), ("out1", "out5")):
             for f in (work / a).iterdir():
                 if not f.name.startswith("."):
                     assert f.read_bytes() == (work / b / f.name).read_bytes(), f
         cp_s = results["cp -r payload"][0]
         lines = [
             f"payload {size / 1e6:.0f} MB; python {sys.version.split()[0]}; {os.cpu_count()} cores",
-            f"{'step':<32} {'wall s':>8} {'MB/s':>8} {'peak RSS':>10} {'x cp':>6}",
+            f"{'step':<36} {'wall s':>8} {'MB/s':>8} {'peak RSS':>10} {'x cp':>6}",
         ]
         for name, (secs, rss) in results.items():
             lines.append(
-                f"{name:<32} {secs:8.2f} {size / secs / 1e6:8.0f} {rss / 2**20:7.0f} MiB {secs / cp_s:6.2f}"
+                f"{name:<36} {secs:8.2f} {size / secs / 1e6:8.0f} {rss / 2**20:7.0f} MiB {secs / cp_s:6.2f}"
             )
         check = results["decode offline (check+decode)"][0] - results["decode local folder"][0]
         lines += [
@@ -303,6 +320,14 @@ def main() -> None:
             f"sha256 check of the payload against the Hub's digests: {check:.2f} s "
             f"({size / max(check, 1e-9) / 1e6:.0f} MB/s)",
         ]
+        base_size = sum(p.stat().st_size for p in base.iterdir())
+        base_check = (
+            results["decode offline, base by repo id"][0] - results["decode offline (check+decode)"][0]
+        )
+        lines.append(
+            f"base by repo id (files checked against the Hub's sha256 before use), {base_size / 1e6:.0f} MB: "
+            f"{base_check:.2f} s more than the same decode with the base as a folder"
+        )
         if rate_lines:
             lines += [
                 "",
