@@ -4,8 +4,10 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +278,27 @@ def delta_pair(tmp_path: Path) -> tuple[Path, Path]:
     save_model(tmp_path / "base", base)
     save_model(tmp_path / "delta", {k: target[k] - base[k].half() for k in target})
     return tmp_path / "delta", tmp_path / "base"
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[..., Path]]:
+    """Mounts small tmpfs file systems (root only; skipped, saying so, elsewhere): a real full
+    disk (`tmpfs(mib)`), or a read-only one (`tmpfs(read_only=True)`); unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(mib: int = 1, read_only: bool = False) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to mount a small tmpfs (a real full or read-only disk)")
+        where = Path(tempfile.mkdtemp(prefix="xw-tmpfs-"))
+        opts = f"size={mib}m" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True)
+        if done.returncode != 0:
+            where.rmdir()
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)
+        where.rmdir()

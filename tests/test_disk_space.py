@@ -10,8 +10,6 @@ import io
 import json
 import os
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,30 +40,6 @@ def _entries(folder: Path) -> list[Path]:
 
 def finals(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in _entries(folder) if p.is_file() and not p.name.startswith(".")}
-
-
-@pytest.fixture
-def tmpfs() -> Iterator[Callable[[int], Path]]:
-    """Mounts small tmpfs file systems (root only); `resize(path, mib)` gives one more room."""
-    mounted: list[Path] = []
-
-    def mount(mib: int) -> Path:
-        if os.geteuid() != 0:
-            pytest.skip("needs root to mount a small tmpfs (a real full disk)")
-        where = Path(tempfile.mkdtemp(prefix="xw-space-"))
-        proc = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(where)], capture_output=True
-        )
-        if proc.returncode != 0:
-            where.rmdir()
-            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", str(where)], check=True)
-        where.rmdir()
 
 
 def resize(where: Path, mib: int) -> None:

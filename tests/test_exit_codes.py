@@ -252,31 +252,6 @@ CASES: dict[str, Callable[..., object]] = {
 }
 
 
-@pytest.fixture
-def tmpfs() -> Iterator[Callable[..., Path]]:
-    """Small tmpfs mounts (root only): a full disk, or a read-only one."""
-    mounted: list[Path] = []
-
-    def mount(mib: int = 1, read_only: bool = False) -> Path:
-        if os.geteuid() != 0:
-            pytest.skip("needs root to mount a tmpfs")
-        import tempfile
-
-        where = Path(tempfile.mkdtemp(prefix="xw-exit-"))
-        opts = f"size={mib}m" + (",ro" if read_only else "")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True)
-        if done.returncode != 0:
-            where.rmdir()
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", str(where)], check=False)
-        where.rmdir()
-
-
 def test_every_error_class_has_a_case() -> None:
     names = {c.__name__ for c in concrete_errors()}
     assert names == set(CASES), (
