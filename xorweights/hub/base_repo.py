@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from .. import _json
@@ -102,11 +103,9 @@ def fetch_base(
             if root.name != commit:  # the branch moved between listing and download: list again
                 commit, listing = list_repo(api, repo_id, root.name)
                 paths = [p for p in paths if p in listing]
-            refetch = refetcher(hf, repo_id, commit, root, kw)
-            files = {p: listing[p] for p in paths}
-            got = checked_files(repo_id, revision, commit, root, "", files, None, refetch, role="base")
-            check_lfs_files(got, paths, jobs=jobs, progress=progress)
-            return got
+            return _checked(
+                hf, repo_id, (revision, commit), root, {p: listing[p] for p in paths}, kw, jobs, progress
+            )
     return _cached_base(hf, repo_id, revision, spec, wants, kw, jobs, why)
 
 
@@ -175,13 +174,28 @@ class _IndexReader:
     def __call__(self, path: str) -> bytes:
         root = download_files(self.hf, self.repo_id, self.commit, [path], **self.kw)
         self.fetched.add(path)
-        refetch = refetcher(self.hf, self.repo_id, self.commit, root, self.kw)
-        files = {path: self.listing[path]}
-        got = checked_files(
-            self.repo_id, self.revision, self.commit, root, "", files, None, refetch, role="base"
-        )
-        check_lfs_files(got, [path], jobs=self.jobs, progress=False)
+        at = (self.revision, self.commit)
+        _checked(self.hf, self.repo_id, at, root, {path: self.listing[path]}, self.kw, self.jobs, False)
         return read_bounded(root / path, _INDEX_BYTES, "a weights index")
+
+
+def _checked(
+    hf: Any,
+    repo_id: str,
+    at: tuple[str, str],
+    root: Path,
+    files: Mapping[str, HubFile],
+    kw: Mapping[str, Any],
+    jobs: int,
+    progress: bool,
+) -> HubPayload:
+    """The downloaded `files` under `root` checked against the listing (size, git blob id, sha256),
+    a damaged copy downloaded again once; `at` is the revision asked for and its commit."""
+    revision, commit = at
+    refetch = refetcher(hf, repo_id, commit, root, kw)
+    got = checked_files(repo_id, revision, commit, root, "", dict(files), None, refetch, role="base")
+    check_lfs_files(got, list(files), jobs=jobs, progress=progress)
+    return got
 
 
 def base_paths(
