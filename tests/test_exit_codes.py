@@ -391,3 +391,17 @@ def test_success_is_0(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stdout == done.stderr == ""
     digest = hashlib.sha256((tmp_path / "out" / "config.json").read_bytes()).hexdigest()
     assert digest in (tmp_path / "m.json").read_text()
+
+
+def test_a_bug_exits_70_with_its_traceback_never_1(tmp_path: Path) -> None:
+    """An error of no kind the boundary knows (here a ZeroDivisionError raised where the decode
+    command calls the library) is a bug: its traceback and exit 70, never 1 (a mismatch to CI)."""
+    code = (
+        "import sys, xorweights.cli as c, xorweights.cli.decode as d\n"
+        "d.decode = lambda *a, **k: 1 / 0\n"
+        "sys.argv = ['xorweights', 'decode', 'p', '--base', 'b', '--out', 'o']\n"
+        "c.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 70, done.stderr
+    assert "Traceback" in done.stderr and "ZeroDivisionError" in done.stderr

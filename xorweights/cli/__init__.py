@@ -1,6 +1,7 @@
 """Command-line interface: the only place that prints or exits.
 
-Exit codes: 0 success; 1 a checksum or verification mismatch; 2 bad usage or bad input.
+Exit codes: 0 success; 1 a checksum or verification mismatch; 2 bad usage or bad input; 130/143
+interrupted; 70 an internal error (a bug, printed with its traceback).
 
 `_signals` loads first and installs its handlers at once: a signal while the rest loads exits with
 the one line and 130/143. Each command module registers its command on the group (`_group.cli`).
@@ -21,7 +22,7 @@ import click  # noqa: E402
 
 from .._units import human_bytes as _human  # noqa: E402
 from . import base, decode, demo, encode, publish, releases, verify  # noqa: E402, F401 (register the commands)
-from ._errors import EXIT_BAD_INPUT, EXIT_MISMATCH, EXIT_OK, run  # noqa: E402
+from ._errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_MISMATCH, EXIT_OK, run  # noqa: E402
 from ._group import EXAMPLES, _ShownFormatter, cli  # noqa: E402
 from ._signals import INTERRUPTED, Interrupted  # noqa: E402
 
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "EXAMPLES",
     "EXIT_BAD_INPUT",
+    "EXIT_INTERNAL",
     "EXIT_MISMATCH",
     "EXIT_OK",
     "INTERRUPTED",
@@ -63,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo(INTERRUPTED, err=True)
         code = e.code
         _signals.finishing(code)  # no second `Interrupted`: the handler takes one signal only
-    except Exception:  # a bug: the traceback, as Python would print it, and exit 1
+    except Exception:  # a bug: the traceback, as Python would print it; never 1, which CI reads as a mismatch
         traceback.print_exc()
-        code = 1
+        code = EXIT_INTERNAL
         _signals.finishing(code)
     _signals.exit_now(code)

@@ -25,6 +25,8 @@ from ._signals import INTERRUPTED, Interrupted
 ENV_DEBUG = "XORWEIGHTS_DEBUG"
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
+#: A bug (an error of no kind the boundary knows), printed with its traceback: sysexits' EX_SOFTWARE.
+EXIT_INTERNAL = 70
 
 
 def _one_line(e: BaseException) -> str:
