@@ -130,3 +130,38 @@ def test_demo_runs_without_torch(tmp_path: Path) -> None:
     report = json.loads(done.stdout)
     assert report["ok"] and report["native"]["load"]["equal"]
     assert (tmp_path / "payload" / "xorweights.json").is_file()
+
+
+def test_a_release_can_carry_its_wheel_and_the_card_installs_it(dist, native_release, hub, tmp_path) -> None:
+    """`publish(attach_wheel=...)`: the wheel built here goes to `install/`, is checked in the
+    listing after the commit, and the card's two commands (download it from the repo, install it)
+    work for a reader: the download through huggingface_hub, the install resolved by pip."""
+    from huggingface_hub import ModelCard, hf_hub_download
+
+    from tests.hubserver import TOKEN
+
+    wheel = dist["wheel"]
+    kw = {"endpoint": hub.url, "token": TOKEN}
+    report = xorweights.publish(native_release["payload"], "me/with-wheel", attach_wheel=wheel, **kw)
+    path = f"install/{wheel.name}"
+    assert path in report.files and report.install == path
+    card = ModelCard(report.card).text
+    assert f"hf download me/with-wheel {path} --local-dir ." in card and f"pip install ./{path}" in card
+
+    got = Path(hf_hub_download("me/with-wheel", path, local_dir=tmp_path / "reader", **kw))
+    assert got.read_bytes() == wheel.read_bytes()
+    pip = [sys.executable, "-m", "pip", "--isolated", "install", "--dry-run", "--ignore-installed"]
+    done = _run(*pip, "--no-deps", "--no-index", "--quiet", "--report", "-", got)
+    (chosen,) = json.loads(done.stdout)["install"]
+    assert (
+        chosen["metadata"]["name"] == "xorweights" and chosen["metadata"]["version"] == xorweights.__version__
+    )
+
+    again = xorweights.publish(native_release["payload"], "me/with-wheel", attach_wheel=wheel, **kw)
+    assert again.unchanged  # the wheel is part of what an unchanged release holds
+    with pytest.raises(xorweights.InputError, match="give one"):
+        xorweights.publish(native_release["payload"], "me/x", attach_wheel=wheel, install_from="x==1", **kw)
+    other = tmp_path / "xorweights-9.9.9-py3-none-any.whl"
+    other.write_bytes(wheel.read_bytes())
+    with pytest.raises(xorweights.InputError, match="the version publishing this payload"):
+        xorweights.publish(native_release["payload"], "me/x", attach_wheel=other, **kw)

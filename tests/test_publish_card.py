@@ -114,3 +114,23 @@ def test_cli_publish_license_terms_and_install_from(native_release, hub, tmp_pat
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--license-name and --license-link name terms the Hub does not list" in bad.stderr
+
+
+def test_the_default_install_line_from_a_local_install_is_said_to_be_unproven(
+    native_release, hub, tmp_path
+) -> None:
+    """This suite runs an install from a local checkout (PEP 610 `direct_url.json`): the card's
+    default `pip install xorweights==V` is not known to work for its readers, and publish says so
+    after its report; with a wheel attached or a source named, it says nothing of the kind."""
+    from importlib.metadata import distribution
+
+    assert distribution("xorweights").read_text("direct_url.json")  # an install from a local copy
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf")}
+    args = [sys.executable, "-m", "xorweights.cli", "publish", str(native_release["payload"]), "me/default"]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "not from a package index" in done.stderr and "attach its wheel" in done.stderr
+    named = subprocess.run(
+        [*args, "--install-from", "xorweights==0.1.0"], capture_output=True, text=True, env=env
+    )
+    assert named.returncode == 0 and "package index" not in named.stderr

@@ -58,6 +58,14 @@ from ._render import emit_json, print_publish
     help="What the card tells readers to pip install (a requirement, a git URL or a wheel's URL) "
     "[default: xorweights==THIS_VERSION from PyPI].",
 )
+@click.option(
+    "--attach-wheel",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="WHEEL",
+    help="Commit this xorweights version's wheel (python -m build) to the repo's install/ folder; the "
+    "card then says to download and install it, which works for every reader (instead of --install-from).",
+)
 @allow_raw_option
 @jobs_option
 @quiet_option
@@ -74,6 +82,7 @@ def publish_cmd(
     license_name: str | None,
     license_link: str | None,
     install_from: str | None,
+    attach_wheel: Path | None,
     allow_raw: tuple[str, ...],
     jobs: int | None,
     quiet: bool,
@@ -104,6 +113,7 @@ def publish_cmd(
         license_name=license_name,
         license_link=license_link,
         install_from=install_from,
+        attach_wheel=attach_wheel,
     )
     if as_json:
         emit_json(report.to_dict())

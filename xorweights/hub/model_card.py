@@ -188,13 +188,14 @@ def render(
     base_model: str | None = None,
     license: License | str = DEFAULT_LICENSE,
     install_from: str | None = None,
+    wheel: str | None = None,
 ) -> str:
     """The card of a release: front matter, decode command, payload facts, base and decoded checksums.
 
     `base_model` names the base (a Hub repo id also goes into the front matter); `license` is a
     Hub license identifier (or a `License` with the name and link of terms `other`);
     `install_from` is what `pip install` is given on the card (default: `xorweights==version`,
-    from the Python Package Index).
+    from the Python Package Index); `wheel`, the repo path of the wheel the release carries.
     """
     from huggingface_hub import ModelCard
 
@@ -206,7 +207,9 @@ def render(
     raw = [r for r in raw if not r.grown]
     lines = [
         *_decode_section(repo_id, payload_format, revision=revision, base_model=base_model, raw=raw),
-        *_install_section(version, install),
+        *_install_section(
+            version, install, wheel, repo_id + ("" if revision == "main" else f" --revision {revision}")
+        ),  # noqa: E501
         *_license_section(license),
         *_payload_section(payload_format, len(decoded), payload_bytes, version, native, raw, grown),
         *_base_checksums_section(checksums, native),
@@ -218,8 +221,22 @@ def render(
     return str(ModelCard(_front_matter(payload_format, base_model, license) + "\n".join(lines)))
 
 
-def _install_section(version: str, install: str | None) -> list[str]:
-    """`## Install`: the version that wrote the payload, and where that one comes from."""
+def _install_section(version: str, install: str | None, wheel: str | None, repo: str) -> list[str]:
+    """`## Install`: the version that wrote the payload, and where that one comes from (`wheel`:
+    its wheel's path in the repo, `repo` being `owner/name` with `--revision R` when not main)."""
+    if wheel is not None:
+        return [
+            "## Install",
+            "",
+            f"This payload was written by xorweights {version}, whose wheel this repo holds "
+            f"(`{wheel}`). Download it (a gated repo needs your token, as for the payload) and install it:",
+            "",
+            "```bash",
+            f"hf download {repo} {shlex.quote(wheel)} --local-dir .",
+            f"pip install {shlex.quote('./' + wheel)}",
+            "```",
+            "",
+        ]
     if install is None:
         where = (
             f"This payload was written by xorweights {version}. The command installs that version from the "

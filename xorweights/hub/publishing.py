@@ -24,7 +24,7 @@ from typing import Any
 from .._display import abridged
 from .._progress import bars_shown
 from .._sizing import default_jobs
-from .._version import version
+from .._version import installed_from, version
 from ..checksum_folders import list_files
 from ..checksum_manifests import load_checksums
 from ..checksum_types import ChecksumManifest
@@ -38,7 +38,7 @@ from ..formats.native_manifest import (
     load_manifest,
 )
 from ..formats.raw_storage import RawItem, manifest_items, refuse_unallowed
-from ..hashing import git_blob_hasher, hash_files
+from ..hashing import git_blob_hasher, hash_file, hash_files
 from ..outfolder.paths import check_regular_file
 from ..pipeline import FileSource
 from . import model_card
@@ -49,6 +49,7 @@ from .model_card import CARD_NAME
 from .payload import git_blob_id
 from .repo_spec import validate_repo_id, validate_revision
 from .watch import PUBLISH_ANSWER, Watch, describe, from_http_client, stall_timeout
+from .wheel import WHEEL_FOLDER, check_wheel
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ def publish(
     license_name: str | None = None,
     license_link: str | None = None,
     install_from: str | None = None,
+    attach_wheel: os.PathLike[str] | str | None = None,
 ) -> PublishReport:
     """Upload an encoded payload folder to a Hub repo with a generated model card.
 
@@ -225,6 +227,9 @@ def publish(
             (`my-license-1.0`) and link (a URL or a repo file) of the terms, in the front matter.
         install_from: what the card says to `pip install` (a requirement, a git or wheel URL);
             default `xorweights==<this version>`, from the Python Package Index, as the card says.
+        attach_wheel: the wheel of this xorweights version (`python -m build`), committed to the
+            repo's `install/` folder; the card then says to download and install that file, which
+            works for every reader of the repo (instead of `install_from`).
         allow_raw: the patterns the payload was encoded with, when its manifest stores fine-tuned
             tensors unmasked: each raw tensor must be named by one of them again.
         commit_message: default "Publish <name> with xorweights <version>".
@@ -247,6 +252,15 @@ def publish(
     payload_dir = _checked_arguments(payload, repo_id, revision, base_name)
     terms = model_card.check_license_terms(license, license_name, license_link)
     install = model_card.check_install_from(install_from) if install_from is not None else None
+    if install is not None and attach_wheel is not None:
+        raise InputError("`install_from` and `attach_wheel` both say where to get xorweights: give one")
+    extra = (
+        {}
+        if attach_wheel is None
+        else {_wheel_path(check_wheel(attach_wheel, _version())): Path(attach_wheel)}
+    )
+    if install is None and not extra:
+        install = _default_install()
     rel = _release(payload_dir, repo_id, checksums, allow_raw)
     release = _named_base(rel.checksums, base_name)
     names = rel.names
@@ -254,9 +268,10 @@ def publish(
         check_regular_file(payload_dir / n, payload_dir)
     sha256 = _hash_all(payload_dir, names, rel.want, jobs=jobs or default_jobs(), progress=progress)
     sizes = {n: (payload_dir / n).stat().st_size for n in names}
+    extra_sha = {p: hash_file(f, ["sha256"])["sha256"] for p, f in extra.items()}
     payload_bytes = sum(sizes.values())
     branch = revision or "main"
-    card = _card(repo_id, rel, release, payload_bytes, branch, terms, install)
+    card = _card(repo_id, rel, release, payload_bytes, branch, terms, install, next(iter(extra), None))
     message = commit_message or f"Publish {repo_id.split('/')[-1]} with xorweights {_version()}"
 
     from huggingface_hub import HfApi
@@ -264,8 +279,11 @@ def publish(
     api = HfApi(endpoint=endpoint, token=token)
     # Waits the Hub asks for: 60 s at most; a silent Hub: PUBLISH_ANSWER x T per request, 3 requests.
     with Watch(f"{repo_id}@{branch}", answer=PUBLISH_ANSWER * stall_timeout()).active():
-        sent = _send(api, repo_id, branch, payload_dir, sizes, sha256, card, message, private, progress)
+        sent = _send(
+            api, repo_id, branch, payload_dir, sizes, sha256, card, message, private, progress, extra
+        )
     _check_listing(repo_id, sent.commit, sent.listed, payload_dir, sizes, sha256)
+    _check_extra(repo_id, sent.commit, sent.listed, extra, extra_sha)
     logger.info("published %s files to %s@%s", len(names), repo_id, sent.commit)
     return PublishReport(
         repo_id=repo_id,
@@ -273,7 +291,7 @@ def publish(
         commit=sent.commit,
         url=f"{api.endpoint}/{repo_id}",
         format=rel.format,
-        files=tuple([*(f"{_FOLDER}{n}" for n in names), CARD_NAME]),
+        files=tuple([*(f"{_FOLDER}{n}" for n in names), *extra, CARD_NAME]),
         payload_bytes=payload_bytes,
         card=card,
         seconds=time.perf_counter() - started,
@@ -283,7 +301,7 @@ def publish(
         license=terms.id,
         license_name=terms.name,
         license_link=terms.link,
-        install=install or model_card.default_install(_version()),
+        install=next(iter(extra), None) or install or model_card.default_install(_version()),
     )
 
 
@@ -295,8 +313,10 @@ def _card(
     branch: str,
     terms: model_card.License,
     install_from: str | None,
+    wheel: str | None = None,
 ) -> str:
-    """The release's model card (`install_from` None: this version, from the package index)."""
+    """The release's model card (`install_from` None: this version, from the package index;
+    `wheel`: the repo path of the wheel it carries)."""
     return model_card.render(
         repo_id,
         release,
@@ -309,6 +329,7 @@ def _card(
         base_model=release.base_model,
         license=terms,
         install_from=install_from,
+        wheel=wheel,
     )
 
 
@@ -370,6 +391,7 @@ def _send(
     message: str,
     private: bool,
     progress: bool,
+    extra: Mapping[str, Path],
 ) -> _Sent:
     """Create the repo and branch if missing, then commit the payload and card unless the branch
     already holds them; files of an earlier payload in `payload/` are deleted by the same commit.
@@ -385,10 +407,13 @@ def _send(
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         head, before = list_repo(api, repo_id, branch)
         removed = tuple(sorted(p for p in before if p.startswith(_FOLDER) and p[len(_FOLDER) :] not in sizes))
-        if not removed and _holds(before, payload_dir, sizes, sha256, card.encode()):
+        same_extra = all(_listed_as(before.get(p), f) for p, f in extra.items())
+        if not removed and same_extra and _holds(before, payload_dir, sizes, sha256, card.encode()):
             logger.info("%s@%s already holds this release; nothing to commit", repo_id, branch)
             return _Sent(head, before, removed, unchanged=True)
-        commit = _upload_release(api, repo_id, branch, payload_dir, list(sizes), card, message, progress)
+        commit = _upload_release(
+            api, repo_id, branch, payload_dir, list(sizes), card, message, progress, extra
+        )
         return _Sent(commit, list_repo(api, repo_id, commit)[1], removed, unchanged=False)
     except XorWeightsError:
         raise
@@ -412,17 +437,23 @@ def _upload_release(
     card: str,
     message: str,
     progress: bool,
+    extra: Mapping[str, Path],
 ) -> str:
-    """Commit the payload files to `payload/` and the card beside it; returns the commit id."""
+    """Commit the payload files to `payload/`, the card beside it and the `extra` files (a wheel)
+    at their repo paths; returns the commit id."""
     with tempfile.TemporaryDirectory(prefix="xorweights-publish-") as tmp:
         staging = Path(tmp)
         (staging / model_card.PAYLOAD_FOLDER).mkdir()
         for n in names:  # links: the upload reads the payload where it is
             (staging / model_card.PAYLOAD_FOLDER / n).symlink_to((payload_dir / n).resolve())
         (staging / CARD_NAME).write_text(card, encoding="utf-8")
-        # Whatever else `payload/` holds is an earlier payload's: deleted in the same commit.
+        for repo_path, local in extra.items():
+            (staging / repo_path).parent.mkdir(parents=True, exist_ok=True)
+            (staging / repo_path).symlink_to(local.resolve())
+        # Whatever else `payload/` (or `install/`) holds is an earlier release's: deleted in the same commit.
+        delete = [f"{_FOLDER}*", f"{WHEEL_FOLDER}/*"]
         with contextlib.nullcontext() if bars_shown(progress) else hub_bars_off(None):
-            return _upload_folder(api, repo_id, staging, branch, message, delete=[f"{_FOLDER}*"])
+            return _upload_folder(api, repo_id, staging, branch, message, delete=delete)
 
 
 def _check_listing(
@@ -458,6 +489,68 @@ def _check_listing(
                 algorithm="sha256",
                 stage="payload",
             )
+
+
+def _check_extra(
+    repo_id: str,
+    commit: str,
+    listed: Mapping[str, HubFile],
+    extra: Mapping[str, Path],
+    sha256: Mapping[str, str],
+) -> None:
+    """Check that each `extra` file (a wheel) is listed at `commit` with its size and sha256.
+
+    Raises:
+        `ChecksumMismatchError`: a file is missing, or listed with another size or sha256.
+    """
+    for path, local in extra.items():
+        got = listed.get(path)
+        if not _listed_as(got, local):
+            raise ChecksumMismatchError(
+                f"{repo_id}@{commit}: {path} is "
+                + (f"listed with sha256 {got.sha256}" if got else "missing")
+                + f", but the local file has {sha256[path]}",
+                path=local,
+                expected=sha256[path],
+                actual=got.sha256 if got else None,
+                algorithm="sha256",
+                stage="payload",
+            )
+
+
+def _default_install() -> str | None:
+    """What the card says to install when the publisher names nothing: this xorweights from the
+    git URL and commit it was installed from, if so; else None (this version from the package
+    index), said in a warning to be unproven when it was installed from a local copy."""
+    origin = installed_from()
+    if origin is None:
+        return None
+    vcs = origin.get("vcs_info")
+    if isinstance(vcs, dict) and vcs.get("vcs") == "git" and isinstance(vcs.get("commit_id"), str):
+        return f"xorweights@git+{origin['url']}@{vcs['commit_id']}"
+    logger.warning(
+        "xorweights %s was installed from %s, not from a package index: the card says `pip install "
+        "xorweights==%s`, which works for its readers once that version is on PyPI; to be sure, attach "
+        "its wheel (`attach_wheel=`, built with `python -m build`) or name its source (`install_from=`)",
+        _version(),
+        origin["url"],
+        _version(),
+    )
+    return None
+
+
+def _listed_as(got: HubFile | None, local: Path) -> bool:
+    """Whether a listed file is `local` (its size, and its sha256 or git blob id)."""
+    if got is None or got.size != local.stat().st_size:
+        return False
+    if got.sha256 is not None:
+        return got.sha256 == hash_file(local, ["sha256"])["sha256"]
+    return got.blob_id == git_blob_id(local)
+
+
+def _wheel_path(wheel: Path) -> str:
+    """The repo path of a release's wheel."""
+    return f"{WHEEL_FOLDER}/{wheel.name}"
 
 
 def _status(e: BaseException) -> int | None:
