@@ -158,7 +158,9 @@ def print_publish(report: PublishReport) -> None:
         + (f"@{report.revision}" if report.revision != "main" else "")
         + " --base BASE_DIR --out OUT_DIR"
     )
-    if report.install:
+    if report.install.startswith("install/"):  # the wheel the release carries
+        click.echo(f"the card says to install xorweights from the repo's {shlex.quote(report.install)}")
+    elif report.install:
         click.echo(f"the card says to install it with: pip install {shlex.quote(report.install)}")
 
 

@@ -82,7 +82,8 @@ class PublishReport:
     license_name: str | None = None
     license_link: str | None = None
     install: str = ""
-    """What the card tells its reader to `pip install`."""
+    """What the card tells its reader to `pip install`, or the repo path of the wheel it carries
+    (`install/...`), which the card says to download and install."""
 
     def to_dict(self) -> dict[str, object]:
         return {
