@@ -117,6 +117,7 @@ def _whole_file_reads(tree: ast.AST) -> list[int]:
 #: Whole-file reads left outside `read_bounded`, with why they need no bound.
 UNBOUNDED = {
     "demo.py": "copies a file the demo itself generated a moment before",
+    "_version.py": "the installed distribution's direct_url.json, which pip writes (a few hundred bytes)",
 }
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from .._display import abridged
 from .._progress import bars_shown
 from .._sizing import default_jobs
-from .._version import installed_from, version
+from .._version import version
 from ..checksum_folders import list_files
 from ..checksum_manifests import load_checksums
 from ..checksum_types import ChecksumManifest
@@ -38,7 +38,7 @@ from ..formats.native_manifest import (
     load_manifest,
 )
 from ..formats.raw_storage import RawItem, manifest_items, refuse_unallowed
-from ..hashing import git_blob_hasher, hash_file, hash_files
+from ..hashing import git_blob_hasher, hash_files
 from ..outfolder.paths import check_regular_file
 from ..pipeline import FileSource
 from . import model_card
@@ -48,8 +48,9 @@ from .download import hub_bars_off
 from .model_card import CARD_NAME
 from .payload import git_blob_id
 from .repo_spec import validate_repo_id, validate_revision
+from .upload import ensure_repo, http_status, upload_folder
 from .watch import PUBLISH_ANSWER, Watch, describe, from_http_client, stall_timeout
-from .wheel import WHEEL_FOLDER, check_wheel
+from .wheel import WHEEL_FOLDER, check_attached, install_plan, listed_as
 
 logger = logging.getLogger(__name__)
 
@@ -221,22 +222,15 @@ def publish(
         private: create the repo private; an existing public repo is then refused, not changed.
         revision: a branch to commit to (created from `main` if missing); default `main`.
         checksums: for a file-level (`oasst`) payload, the manifest `encode --manifest` wrote.
-        base_name: the base model for the card (a Hub repo id becomes its `base_model`); default:
-            the one `encode --base-name` recorded.
-        license: the card's Hub license identifier; default `other` (the base's terms apply).
-        license_name, license_link: for the license `other` only, both or neither: the name
-            (`my-license-1.0`) and link (a URL or a repo file) of the terms, in the front matter.
-        install_from: what the card says to `pip install` (a requirement, a git or wheel URL);
-            default `xorweights==<this version>`, from the Python Package Index, as the card says.
-        attach_wheel: the wheel of this xorweights version (`python -m build`), committed to the
-            repo's `install/` folder; the card then says to download and install that file, which
-            works for every reader of the repo (instead of `install_from`).
+        base_name: the card's base model (a Hub repo id is its `base_model`); default: encode's.
+        license, license_name, license_link: the card's Hub license (default `other`: the base's
+            terms), and for `other` the terms' name and link (both or neither).
+        install_from, attach_wheel: where the card says to get xorweights: any `pip install`
+            argument, or this version's wheel, committed to `install/` (docs/hub.md).
         allow_raw: the patterns the payload was encoded with, when its manifest stores fine-tuned
             tensors unmasked: each raw tensor must be named by one of them again.
         commit_message: default "Publish <name> with xorweights <version>".
-        endpoint, token: as for `huggingface_hub` (default: `HF_ENDPOINT`, `HF_TOKEN`).
-        jobs: files hashed at once.
-        progress: show progress on stderr (a bar on a terminal, else a line every 30 s).
+        endpoint, token, jobs, progress: `HF_ENDPOINT`, `HF_TOKEN`; files hashed at once; bars.
 
     Raises:
         `RawStorageError`: the payload stores fine-tuned tensors unmasked that `allow_raw` does
@@ -252,16 +246,7 @@ def publish(
     started = time.perf_counter()
     payload_dir = _checked_arguments(payload, repo_id, revision, base_name)
     terms = model_card.check_license_terms(license, license_name, license_link)
-    install = model_card.check_install_from(install_from) if install_from is not None else None
-    if install is not None and attach_wheel is not None:
-        raise InputError("`install_from` and `attach_wheel` both say where to get xorweights: give one")
-    extra = (
-        {}
-        if attach_wheel is None
-        else {_wheel_path(check_wheel(attach_wheel, _version())): Path(attach_wheel)}
-    )
-    if install is None and not extra:
-        install = _default_install()
+    install, extra = install_plan(install_from, attach_wheel, _version())
     rel = _release(payload_dir, repo_id, checksums, allow_raw)
     release = _named_base(rel.checksums, base_name)
     names = rel.names
@@ -269,7 +254,6 @@ def publish(
         check_regular_file(payload_dir / n, payload_dir)
     sha256 = _hash_all(payload_dir, names, rel.want, jobs=jobs or default_jobs(), progress=progress)
     sizes = {n: (payload_dir / n).stat().st_size for n in names}
-    extra_sha = {p: hash_file(f, ["sha256"])["sha256"] for p, f in extra.items()}
     payload_bytes = sum(sizes.values())
     branch = revision or "main"
     card = _card(repo_id, rel, release, payload_bytes, branch, terms, install, next(iter(extra), None))
@@ -284,7 +268,7 @@ def publish(
             api, repo_id, branch, payload_dir, sizes, sha256, card, message, private, progress, extra
         )
     _check_listing(repo_id, sent.commit, sent.listed, payload_dir, sizes, sha256)
-    _check_extra(repo_id, sent.commit, sent.listed, extra, extra_sha)
+    check_attached(repo_id, sent.commit, sent.listed, extra)
     logger.info("published %s files to %s@%s", len(names), repo_id, sent.commit)
     return PublishReport(
         repo_id=repo_id,
@@ -403,12 +387,12 @@ def _send(
     """
     existed = False
     try:
-        existed = _ensure_repo(api, repo_id, private=private)
+        existed = ensure_repo(api, repo_id, private=private)
         if branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         head, before = list_repo(api, repo_id, branch)
         removed = tuple(sorted(p for p in before if p.startswith(_FOLDER) and p[len(_FOLDER) :] not in sizes))
-        same_extra = all(_listed_as(before.get(p), f) for p, f in extra.items())
+        same_extra = all(listed_as(before.get(p), f) for p, f in extra.items())
         if not removed and same_extra and _holds(before, payload_dir, sizes, sha256, card.encode()):
             logger.info("%s@%s already holds this release; nothing to commit", repo_id, branch)
             return _Sent(head, before, removed, unchanged=True)
@@ -422,7 +406,7 @@ def _send(
         hint, said = "", short_error(e)
         if from_http_client(e):  # the network's: in words
             hint, said = "; try again later", describe(e)
-        if _status(e) in (401, 403):
+        if http_status(e) in (401, 403):
             hint = "; check HF_TOKEN (a write token is needed)"
             if existed:
                 hint = f"; {repo_id} exists, but this token may not write to it (someone else's?){hint}"
@@ -454,7 +438,7 @@ def _upload_release(
         # Whatever else `payload/` (or `install/`) holds is an earlier release's: deleted in the same commit.
         delete = [f"{_FOLDER}*", f"{WHEEL_FOLDER}/*"]
         with contextlib.nullcontext() if bars_shown(progress) else hub_bars_off(None):
-            return _upload_folder(api, repo_id, staging, branch, message, delete=delete)
+            return upload_folder(api, repo_id, staging, branch, message, delete=delete)
 
 
 def _check_listing(
@@ -492,111 +476,6 @@ def _check_listing(
             )
 
 
-def _check_extra(
-    repo_id: str,
-    commit: str,
-    listed: Mapping[str, HubFile],
-    extra: Mapping[str, Path],
-    sha256: Mapping[str, str],
-) -> None:
-    """Check that each `extra` file (a wheel) is listed at `commit` with its size and sha256.
-
-    Raises:
-        `ChecksumMismatchError`: a file is missing, or listed with another size or sha256.
-    """
-    for path, local in extra.items():
-        got = listed.get(path)
-        if not _listed_as(got, local):
-            raise ChecksumMismatchError(
-                f"{repo_id}@{commit}: {path} is "
-                + (f"listed with sha256 {got.sha256}" if got else "missing")
-                + f", but the local file has {sha256[path]}",
-                path=local,
-                expected=sha256[path],
-                actual=got.sha256 if got else None,
-                algorithm="sha256",
-                stage="payload",
-            )
-
-
-def _default_install() -> str | None:
-    """What the card says to install when the publisher names nothing: this xorweights from the
-    git URL and commit it was installed from, if so; else None (this version from the package
-    index), said in a warning to be unproven when it was installed from a local copy."""
-    origin = installed_from()
-    if origin is None:
-        return None
-    vcs = origin.get("vcs_info")
-    if isinstance(vcs, dict) and vcs.get("vcs") == "git" and isinstance(vcs.get("commit_id"), str):
-        return f"xorweights@git+{origin['url']}@{vcs['commit_id']}"
-    logger.warning(
-        "xorweights %s was installed from %s, not from a package index: the card says `pip install "
-        "xorweights==%s`, which works for its readers once that version is on PyPI; to be sure, attach "
-        "its wheel (`attach_wheel=`, built with `python -m build`) or name its source (`install_from=`)",
-        _version(),
-        origin["url"],
-        _version(),
-    )
-    return None
-
-
-def _listed_as(got: HubFile | None, local: Path) -> bool:
-    """Whether a listed file is `local` (its size, and its sha256 or git blob id)."""
-    if got is None or got.size != local.stat().st_size:
-        return False
-    if got.sha256 is not None:
-        return got.sha256 == hash_file(local, ["sha256"])["sha256"]
-    return got.blob_id == git_blob_id(local)
-
-
-def _wheel_path(wheel: Path) -> str:
-    """The repo path of a release's wheel."""
-    return f"{WHEEL_FOLDER}/{wheel.name}"
-
-
-def _status(e: BaseException) -> int | None:
-    """The HTTP status of a huggingface_hub error (None: no HTTP answer)."""
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _ensure_repo(api: Any, repo_id: str, *, private: bool) -> bool:
-    """Create `repo_id` unless it exists; whether it existed. An existing repo is used as it is
-    (whether this token may write to it shows at the commit); a public one is refused when
-    `private` was asked for.
-
-    Raises:
-        `HubError`: the repo cannot be created under its owner with this token.
-        `InputError`: `private` for an existing public repo.
-    """
-    from huggingface_hub.utils import RepositoryNotFoundError
-
-    try:
-        info = api.repo_info(repo_id)
-    except RepositoryNotFoundError:
-        info = None
-    if info is not None:
-        if private and not info.private:
-            raise InputError(
-                f"{repo_id} exists and is public: publishing would not make it private; change its "
-                "visibility on the Hub first, or publish without `private`",
-                path=repo_id,
-            )
-        return True
-    try:  # exist_ok: a repo made meanwhile, or one this token cannot see, answers 409
-        api.create_repo(repo_id, private=private, exist_ok=True)
-    except Exception as e:
-        if _status(e) not in (401, 403):
-            raise
-        owner = repo_id.split("/")[0]
-        raise HubError(
-            f"cannot create {repo_id} on {api.endpoint} (HTTP {_status(e)}): this token may not create "
-            f"repos under {owner!r}, or the repo is someone else's; create it there first, or check HF_TOKEN",
-            path=repo_id,
-        ) from e
-    return False
-
-
 def _holds(
     listed: Mapping[str, HubFile],
     payload_dir: Path,
@@ -620,43 +499,6 @@ def _holds(
     h.update(card)
     blob = h.hexdigest()
     return listed_card is not None and listed_card.size == len(card) and listed_card.blob_id == blob
-
-
-def _upload_folder(
-    api: Any, repo_id: str, folder: Path, branch: str, message: str, delete: list[str] | None = None
-) -> str:
-    """Commit `folder` to `branch` of `repo_id`, deleting the repo files `delete` matches that the
-    folder does not have; returns the commit id.
-
-    An older huggingface_hub (0.x, 1.0) makes the commit, then cannot parse a commit URL on a
-    host other than `HF_ENDPOINT`'s (a self-hosted Hub given as `endpoint=`): the commit is then
-    taken as the head of `branch`, whose files the caller checks.
-    """
-    try:
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            revision=branch,
-            commit_message=message,
-            delete_patterns=delete,
-        )
-    except ValueError as e:
-        import huggingface_hub
-        from huggingface_hub.hf_api import CommitInfo
-
-        if not str(e).startswith("Unable to retrieve user and repo ID") or "_endpoint" in {
-            f.name for f in dataclasses.fields(CommitInfo)
-        }:
-            raise
-        logger.info(
-            "huggingface_hub %s cannot read the commit URL %s returned (not on HF_ENDPOINT); "
-            "taking the head of %s as the commit",
-            huggingface_hub.__version__,
-            api.endpoint,
-            branch,
-        )
-        return str(api.repo_info(repo_id, revision=branch).sha)
-    return str(info.oid)
 
 
 def _hash_all(
