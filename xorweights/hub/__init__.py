@@ -11,6 +11,8 @@
 - `base_repo`: `fetch_base`, a base by repo id: only the files a payload reads, checked the same way.
 - `model_card`: the generated `README.md` of a release and its checksum block.
 - `publishing`: `publish` an encoded payload with its card, and check the upload.
+- `upload`: create a repo and commit a folder; `wheel`: the card's install line, and the wheel a
+  release may carry.
 
 huggingface_hub is imported only inside the functions that call it; torch never is.
 """
