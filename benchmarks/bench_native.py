@@ -156,6 +156,7 @@ def minilm(workdir: Path, repeat: int) -> None:
     zstd and ZipNN (`zipnn_sizes.py`)."""
     import zstandard
 
+    from benchmarks.entropy_floor import floor
     from benchmarks.minilm_pair import make_pair, venv_python
     from benchmarks.zipnn_sizes import zipnn_xor_sizes
 
@@ -165,7 +166,7 @@ def minilm(workdir: Path, repeat: int) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-minilm-"))
     modes = ("zstd", "zstd-grouped", "none")
     print(
-        f"{'dtype':<5} {'steps':>5} {'model MB':>8} {'zstd-1':>7} {'ZipNN':>7} {'ZipNN XOR':>9} "
+        f"{'dtype':<5} {'steps':>5} {'model MB':>8} {'zstd-1':>7} {'ZipNN':>7} {'ZipNN XOR':>9} {'floor':>6} "
         + " ".join(f"{m:>13}" for m in modes)
         + f" {'decode s':>8} {'v1 s':>6} {'cp s':>6} {'peak RSS':>9}"
     )
@@ -176,6 +177,7 @@ def minilm(workdir: Path, repeat: int) -> None:
                 model = ft / "model.safetensors"
                 size = model.stat().st_size
                 z = zipnn_xor_sizes(zipnn_py, base, ft)
+                bound = floor(base, ft)["floor_ratio"]
                 zstd1 = len(zstandard.ZstdCompressor(level=1).compress(model.read_bytes())) / size
                 ratios = {}
                 for mode in modes:
@@ -212,7 +214,7 @@ def minilm(workdir: Path, repeat: int) -> None:
                 med = {m: statistics.median(t) for m, t in times.items()}
                 print(
                     f"{dt:<5} {steps:>5} {size / 1e6:8.1f} {zstd1:7.3f} {z['zipnn_finetuned_ratio']:7.3f} "
-                    f"{z['zipnn_xor_ratio']:9.3f} "
+                    f"{z['zipnn_xor_ratio']:9.3f} {bound:6.3f} "
                     + " ".join(f"{ratios[m]:13.3f}" for m in modes)
                     + f" {med['zstd']:8.2f} {med['none']:6.2f} {med['cp']:6.2f} {peak / 2**20:5.0f} MiB",
                     flush=True,
@@ -221,8 +223,9 @@ def minilm(workdir: Path, repeat: int) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     print(
         "sizes are of model.safetensors (payload / fine-tuned); ZipNN on the fine-tuned tensors and on "
-        "their XOR with the base, per tensor; decode s: median wall of the whole command, v1 = "
-        "--compress none; every compressed decode checked byte for byte"
+        "their XOR with the base, per tensor; floor: order-0 entropy of the zigzag difference per byte "
+        "plane given the base's exponent (entropy_floor.py); decode s: median wall of the whole command, "
+        "v1 = --compress none; every compressed decode checked byte for byte"
     )
 
 
