@@ -75,7 +75,7 @@ def run(argv: Sequence[str] | None) -> int:
     that a failed command prints one line on stderr (with `--json`, none: the JSON error object on
     stdout is its only error output)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    log = HeldLog()
+    log = _held_log()
     log.quiet = _wants_json(args)  # with --json, stderr holds nothing but progress
     root = logging.getLogger()
     level = root.level
@@ -106,6 +106,20 @@ def run(argv: Sequence[str] | None) -> int:
 def _log_warning(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
     """A Python warning (huggingface_hub's low-disk warning, say) as one log line of its module."""
     logging.getLogger("py.warnings").warning("%s: %s", category.__name__, _joined(str(message)))
+
+
+_LOG: list[HeldLog] = []
+
+
+def _held_log() -> HeldLog:
+    """The process's one `HeldLog`, reset for a command. Never freed while the process lives: a
+    handler freed at the end of a command runs logging's weakref callback, which takes logging's
+    lock, and a signal arriving just then would be "Exception ignored" with a traceback."""
+    if not _LOG:
+        _LOG.append(HeldLog())
+    log = _LOG[0]
+    log.reset()
+    return log
 
 
 #: The HTTP clients and huggingface_hub: an error of theirs that reached here is the network's.

@@ -45,6 +45,12 @@ class HeldLog(logging.Handler):
         """`-q`: the held records are dropped after a success too (unless `-v` wrote them as they came)."""
         self._held: list[logging.LogRecord] = []
 
+    def reset(self) -> None:
+        """Ready for a new command: nothing held, records held, not quiet."""
+        with self.lock or contextlib.nullcontext():
+            self._held = []
+        self.live = self.quiet = False
+
     def emit(self, record: logging.LogRecord) -> None:
         if self.live:
             self._write(record)
