@@ -66,7 +66,7 @@ def test_every_dtype_round_trips_compressed(tmp_path: Path, monkeypatch, compres
     base, ft, tuned = pair(tmp_path)
     report = xorweights.encode(ft, base=base, out=tmp_path / "payload", compress=compress)
     m = report.native_manifest
-    assert m is not None and m.format_version == 2
+    assert m is not None and m.format_version == 3
     assert m.file("model.safetensors").compression == "delta-frames"
     assert m.file("config.json").compression is None
     assert load_manifest(tmp_path / "payload") == m
@@ -75,12 +75,14 @@ def test_every_dtype_round_trips_compressed(tmp_path: Path, monkeypatch, compres
         data = (tmp_path / "payload" / "model.safetensors").read_bytes()
         pos = 0
         while pos < len(data):
-            head = delta_frames.parse_head(data[pos : pos + 40], "t")
+            head = delta_frames.parse_head(data[pos : pos + delta_frames.head_size(data[pos : pos + 2])], "t")
             heads.append(head)
             pos += head.size
-        assert len(heads) > 100 and {h.transform for h in heads} >= {delta_frames.STORED, delta_frames.DELTA}
-        if compress == "zstd-grouped":
-            assert delta_frames.GROUPED in {h.transform for h in heads}
+        assert len(heads) > 100 and {h.transform for h in heads} == {delta_frames.STORED, delta_frames.PLANES}
+        codings = {c for h in heads for c in h.codings}
+        assert delta_frames.ZSTD in codings and delta_frames.RAW in codings
+        if compress == "zstd":  # (frames of 64 elements are too small for grouping to pay)
+            assert delta_frames.ZSTD_GROUPED not in codings
     monkeypatch.undo()  # the reader takes frames of any size up to its limit
     xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out")
     assert tree(tmp_path / "out") == tree(ft)
@@ -101,7 +103,7 @@ def test_compressed_and_uncompressed_payloads_decode_to_the_same_files(tmp_path:
         xorweights.decode(tmp_path / f"p-{mode}", base=base, out=tmp_path / f"out-{mode}")
     assert tree(tmp_path / "out-zstd") == tree(tmp_path / "out-none") == tree(ft)
     v1, v2 = load_manifest(tmp_path / "p-none"), load_manifest(tmp_path / "p-zstd")
-    assert v1.format_version == 1 and v2.format_version == 2
+    assert v1.format_version == 1 and v2.format_version == 3
     assert {f.name: f.sha256 for f in v1.files} == {f.name: f.sha256 for f in v2.files}
 
 
@@ -175,11 +177,15 @@ def test_a_frame_with_a_lying_plane_length_is_the_one_named(tmp_path: Path, monk
     target = tmp_path / "payload" / "model.safetensors"
     data, pos, k = bytearray(target.read_bytes()), 0, 0
     while True:
-        head = delta_frames.parse_head(bytes(data[pos : pos + 40]), "t")
-        if head.transform == delta_frames.DELTA and k > 3:
+        head = delta_frames.parse_head(
+            bytes(data[pos : pos + delta_frames.head_size(data[pos : pos + 2])]), "t"
+        )
+        if delta_frames.ZSTD in head.codings and k > 3:
             break
         pos, k = pos + head.size, k + 1
-    struct.pack_into("<I", data, pos + 8, head.planes[0] + 5)  # its first plane "grows" by 5 bytes
+    j = head.codings.index(delta_frames.ZSTD)
+    at = pos + 8 + head.width + 4 * j
+    struct.pack_into("<I", data, at, head.planes[j] + 5)  # a zstd plane "grows" by 5 bytes
     target.write_bytes(bytes(data))
     doc = json.loads((tmp_path / "payload" / "xorweights.json").read_text())
     entry = next(f for f in doc["files"] if f["name"] == "model.safetensors")

@@ -15,7 +15,11 @@ from xorweights.formats.delta_frames import (
     DELTA,
     GROUPED,
     MAX_FRAME_BYTES,
+    PLANES,
+    RAW,
     STORED,
+    ZSTD,
+    ZSTD_GROUPED,
     compressor,
     decode_frame,
     decompressor,
@@ -84,12 +88,13 @@ def _pair(dtype: str, n: int, seed: int) -> tuple[bytes, bytes]:
 @pytest.mark.parametrize("n", [0, 1, 3, 4097, (1 << 20) + 1])
 def test_round_trip(dtype: str, n: int) -> None:
     out, base = _pair(dtype, n, seed=n)
-    transforms = [STORED, DELTA] + ([GROUPED] if dtype in ("F16", "BF16", "F32") else [])
+    transforms = [STORED, DELTA, PLANES] + ([GROUPED] if dtype in ("F16", "BF16", "F32") else [])
     for t in transforms:
-        frame = encode_frame(out, base, t, WIDTH[dtype], dtype, compressor())
-        head, planes = _split(frame)
-        got = decode_frame(head, planes, base if t != STORED else b"", decompressor(), "f")
-        assert got.tobytes() == out, (dtype, n, t)
+        for group in (False, True) if t == PLANES else (False,):
+            frame = encode_frame(out, base, t, WIDTH[dtype], dtype, compressor(), group=group)
+            head, planes = _split(frame)
+            got = decode_frame(head, planes, base if t != STORED else b"", decompressor(), "f")
+            assert got.tobytes() == out, (dtype, n, t, group)
 
 
 def test_exact_layout_of_a_delta_frame() -> None:
@@ -122,6 +127,73 @@ def test_grouped_frame_orders_values_by_the_base_exponent() -> None:
     low = zstandard.ZstdDecompressor().decompress(planes[0])
     assert list(low) == [values[i] & 0xFF for i in order]
     assert decode_frame(head, planes, base, decompressor(), "f").tobytes() == out
+
+
+def _finetune_like(n: int, seed: int) -> tuple[bytes, bytes]:
+    """float16 bases over 8 binades, changed by a few percent (noise in the low byte) and by steps
+    of one absolute size (as an optimizer makes): the bit patterns move more where the base's
+    exponent is small, so grouping by it pays."""
+    rng = np.random.default_rng(seed)
+    base = (rng.standard_normal(n) * 2.0 ** -rng.integers(0, 8, n)).astype(np.float16)
+    b = base.astype(np.float32)
+    out = (b * (1 + 0.05 * rng.standard_normal(n)) + rng.choice([-2, -1, 0, 1, 2], n) * 2.0**-9).astype(
+        np.float16
+    )
+    return out.tobytes(), base.tobytes()
+
+
+def test_exact_layout_of_a_planes_frame() -> None:
+    """Transform 3: a coding byte per plane, then the lengths; the low plane (noise) as it is, the
+    high plane zstd, or zstd of the stable order of the base's exponents where that is smaller."""
+    out, base = _finetune_like(1 << 16, seed=3)
+    values = [
+        _zigzag(o, b, 2)
+        for o, b in zip(struct.unpack(f"<{1 << 16}H", out), struct.unpack(f"<{1 << 16}H", base), strict=True)
+    ]
+    low, high = bytes(v & 0xFF for v in values), bytes(v >> 8 for v in values)
+    keys = [(b >> 10) & 0x1F for b in struct.unpack(f"<{1 << 16}H", base)]
+    order = sorted(range(1 << 16), key=lambda i: (keys[i], i))
+    for group in (False, True):
+        frame = encode_frame(out, base, PLANES, 2, "F16", compressor(), group=group)
+        assert frame[:8] == bytes([PLANES, 2, 1 if group else 0, 0]) + struct.pack("<I", 1 << 16)
+        assert frame[8:10] == bytes([RAW, ZSTD_GROUPED if group else ZSTD])
+        n0, n1 = struct.unpack_from("<2I", frame, 10)
+        assert n0 == 1 << 16 and frame[18 : 18 + n0] == low  # the low plane as it is
+        plane = zstandard.ZstdDecompressor().decompress(frame[18 + n0 :])
+        assert len(frame) == 18 + n0 + n1 and zstandard.frame_content_size(frame[18 + n0 :]) == 1 << 16
+        assert plane == (bytes(high[i] for i in order) if group else high)
+        head, planes = _split(frame)
+        assert head.codings == (RAW, ZSTD_GROUPED if group else ZSTD)
+        assert decode_frame(head, planes, base, decompressor(), "f").tobytes() == out
+    # Grouping is kept only where it pays: on this pair, the high plane 10% smaller or more.
+    sizes = [len(encode_frame(out, base, PLANES, 2, "F16", compressor(), group=g)) for g in (False, True)]
+    assert sizes[1] < 0.97 * sizes[0]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: f[:8] + bytes([3]) + f[9:], r"plane codings \[3, 1\]"),
+        (lambda f: f[:2] + b"\x01" + f[3:], r"grouping key 1 with plane codings \[0, 1\]"),
+        (
+            lambda f: f[:8] + bytes([RAW, ZSTD_GROUPED]) + f[10:],
+            r"grouping key 0 with plane codings \[0, 2\]",
+        ),
+        (
+            lambda f: f[:10] + struct.pack("<I", 100) + f[14:],
+            "a plane stored as it is of 100 bytes, not 4096",
+        ),
+        (lambda f: f[:8] + bytes([ZSTD]) + f[9:], "not one valid zstd frame"),
+        (lambda f: f[:9] + bytes([RAW]) + f[10:], "a plane stored as it is of"),
+    ],
+)
+def test_damaged_planes_frames_are_refused(damage, message: str) -> None:
+    out, base = _finetune_like(4096, seed=4)
+    frame = encode_frame(out, base, PLANES, 2, "F16", compressor())
+    assert frame[8:10] == bytes([RAW, ZSTD])
+    with pytest.raises(FormatError, match=message):
+        head, planes = _split(damage(frame))
+        decode_frame(head, planes, base, decompressor(), "payload.xwz frame 3")
 
 
 def test_stored_frame_layout() -> None:

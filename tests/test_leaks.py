@@ -71,7 +71,7 @@ def tampered(tmp_path: Path) -> dict[str, Path]:
     ft, base = make_pair(tmp_path)
     honest = tmp_path / "honest"
     xorweights.encode(ft, base=base, out=honest)
-    assert load_manifest(honest).format_version == 2 and check_frames(load_manifest(honest), honest) > 0
+    assert load_manifest(honest).format_version == 3 and check_frames(load_manifest(honest), honest) > 0
     payload = tmp_path / "tampered"
     shutil.copytree(honest, payload)
     _store_in_the_clear(payload, ft, {"lm_head.weight"})

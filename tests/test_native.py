@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import xorweights
 from tests.conftest import tree
 from xorweights.errors import UnsafePathError
-from xorweights.formats.delta_frames import DELTA, FrameHead, head_size, parse_head
+from xorweights.formats.delta_frames import PLANES, ZSTD, FrameHead, head_size, parse_head
 from xorweights.formats.native_manifest import RawNote, load_manifest
 from xorweights.formats.raw_storage import GROWN_ROWS
 
@@ -96,7 +96,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     report = xorweights.encode(ft, base=base, out=root / "payload", allow_raw=["*.adapter.weight"])
     assert report.format == "xorweights" and report.native_manifest is not None
-    assert report.native_manifest.format_version == 2
+    assert report.native_manifest.format_version == 3
     xorweights.encode(ft, base=base, out=root / "payload-v1", allow_raw=["*.adapter.weight"], compress="none")
     return {"root": root, "base": base, "ft": ft, "payload": root / "payload", "v1": root / "payload-v1"}
 
@@ -297,7 +297,9 @@ def test_a_corrupt_frame_is_named_and_nothing_is_committed(release, tmp_path: Pa
     shutil.copytree(release["payload"], payload)
     target = payload / "model-00001-of-00002.safetensors"
     frames = frame_offsets(target)
-    k, (pos, head) = next((i, f) for i, f in enumerate(frames) if f[1].transform == DELTA)
+    k, (pos, head) = next(
+        (i, f) for i, f in enumerate(frames) if f[1].transform == PLANES and f[1].codings[-1] == ZSTD
+    )
     data = bytearray(target.read_bytes())
     data[pos + head.size - 6] ^= 0x55  # inside its last plane
     target.write_bytes(bytes(data))
@@ -378,7 +380,7 @@ def test_bin_copies_beside_safetensors_are_left_out(release, tmp_path: Path) -> 
         (lambda d: d["files"][0].update(name="../evil"), "must stay inside its folder"),
         (lambda d: d["files"][0].update(sha256="abc"), "must be a sha256"),
         (lambda d: d["files"][0].update(method="exec"), "method must be one of"),
-        (lambda d: d.update(format_version=3), "format_version 3 is not supported"),
+        (lambda d: d.update(format_version=4), "format_version 4 is not supported"),
         (lambda d: d["files"][0].update(compression="lz4"), "unknown compression 'lz4'"),
         (
             lambda d: d.update(format_version=1) or d["files"][0].update(compression="delta-frames"),

@@ -40,8 +40,8 @@ from ._render import emit_json, print_encode
     "--compress",
     type=RegistryChoice(compress_modes),
     default=None,
-    help="How payload files are stored. xorweights: zstd (default: delta frames, format 2), "
-    "zstd-grouped (a few percent smaller, slower to decode), none (format 1). "
+    help="How payload files are stored. xorweights: zstd (default: delta frames, format 3), "
+    "zstd-grouped (5-15% smaller, slower to decode), none (format 1). "
     "oasst: gzip, or none (default).",
 )
 @click.option(

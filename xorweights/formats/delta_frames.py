@@ -1,18 +1,20 @@
-"""Delta frames: the compressed form of a native payload's bytes (format version 2).
+"""Delta frames: the compressed form of a native payload's bytes (format versions 2 and 3).
 
 A compressed payload file is a sequence of frames covering the output file's bytes in order.
 Each frame is decodable on its own, given the base bytes of the same span (the base image, which
 is zeros where the output holds its header or a tensor stored raw):
 
     offset  size     field (little-endian)
-    0       1        transform: 0 stored, 1 delta, 2 delta grouped by the base's exponent
+    0       1        transform: 0 stored, 1 delta, 2 delta grouped by the base's exponent,
+                     3 delta with a coding per plane (version 3)
     1       1        element width w in bytes: 1, 2, 4 or 8 (1 for stored)
-    2       1        grouping key (grouped only, else 0): 1 float16's exponent (bits 10-14),
-                     2 the byte after the sign bit (bfloat16's and float32's exponent)
+    2       1        grouping key (else 0): 1 float16's exponent (bits 10-14), 2 the byte after
+                     the sign bit (bfloat16's and float32's exponent)
     3       1        reserved, 0
     4       4        n: elements in the frame (bytes, for stored); n * w at most MAX_FRAME_BYTES
-    8       4 * w    compressed length of each plane, least significant plane first
-    8 + 4w  ...      the planes, each one zstd frame that declares its content size, n bytes
+    [transform 3: 8, w bytes: each plane's coding: 0 as it is, 1 zstd, 2 zstd of the grouped order]
+    then     4 * w   the stored length of each plane, least significant plane first
+    then     ...     the planes (transforms 0-2: each one zstd frame that declares its content size, n bytes)
 
 - stored: one plane, the n output bytes as they are.
 - delta: element i's value is zigzag(out_i - base_i), the wrapping difference of the bit
@@ -21,12 +23,16 @@ is zeros where the output holds its header or a tensor stored raw):
 - delta grouped: as delta, but the values are in the order of a stable sort of the elements by
   the key of the base's element, which the decoder recomputes from the base (key 1 with w = 2,
   key 2 with w = 2 or 4).
+- planes (3): as delta, each plane stored its own way: as it is (n bytes; what zstd shrinks by
+  less than 2%, which then costs nothing to decode), one zstd frame, or one zstd frame of the
+  plane's bytes in the grouped order (the key in the head; only where that is smaller).
 
 Writers cut frames at tensor boundaries, at most `frame_stream.FRAME_ELEMENTS` elements (stored
 frames: `frame_stream.STORED_FRAME_BYTES` bytes), and never make a frame of no element. Readers
 refuse a frame of over `MAX_FRAME_BYTES` bytes of output, a reserved field that is not 0, a plane
-that is not one zstd frame of exactly n bytes, and any byte after the last frame's planes that is
-not another frame; a file's reader (`frame_stream.FrameReader`) also refuses a frame of no element.
+that is not one zstd frame of exactly n bytes (or, as it is, not n bytes), and any byte after the
+last frame's planes that is not another frame; a file's reader (`frame_stream.FrameReader`) also
+refuses a frame of no element.
 """
 
 from __future__ import annotations
@@ -45,7 +51,15 @@ from ..errors import FormatError
 
 logger = logging.getLogger(__name__)
 
-STORED, DELTA, GROUPED = 0, 1, 2
+STORED, DELTA, GROUPED, PLANES = 0, 1, 2, 3
+#: How a plane of a `PLANES` frame is stored: as it is, zstd, zstd of the grouped order.
+RAW, ZSTD, ZSTD_GROUPED = 0, 1, 2
+#: A plane is stored as it is unless zstd makes it smaller than this fraction (a raw plane costs
+#: nothing to decode; the low planes of a fine-tune's deltas shrink by 1% at most).
+RAW_ABOVE = 0.98
+#: A plane is grouped only when that makes it smaller than this fraction of plain zstd (a grouped
+#: plane costs its decoder a sort of the frame's elements by their key).
+GROUP_BELOW = 0.99
 #: What a reader accepts at most, in bytes of output: bounds the memory one frame takes.
 MAX_FRAME_BYTES = 1 << 25
 #: zstd level of every plane (levels above 1 were measured no smaller on fine-tuning deltas).
@@ -69,18 +83,14 @@ def _exponent_order(base: np.ndarray, key: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Transform:
-    """One way a frame turns output bytes into planes: the byte in its head, the `compress` mode of
-    an encode that writes it, the grouping keys it takes, and the order of its values (None: the
-    elements' own)."""
+    """One way a frame turns output bytes into planes: the byte in its head, the grouping keys it
+    takes, and the order of its values (None: the elements' own)."""
 
     code: int
-    mode: str | None
-    """The encode mode writing it (None: written by every mode, for what no base masks)."""
     keys: Mapping[int, tuple[int, ...]]
     """Each grouping key the head may give, with the element widths it takes."""
     order: Callable[[np.ndarray, int], np.ndarray] | None = None
-    """The order of the values, from the base's elements and the key (where the dtype has a key,
-    `GROUP_KEYS`; elsewhere an encode writes the plain delta in its place)."""
+    """The order of the values, from the base's elements and the key (`GROUP_KEYS`)."""
 
 
 TRANSFORMS: dict[int, Transform] = {}
@@ -95,20 +105,14 @@ def register(transform: Transform) -> Transform:
     return transform
 
 
-register(Transform(STORED, None, {0: (1,)}))
-register(Transform(DELTA, "zstd", {0: (1, 2, 4, 8)}))
-register(Transform(GROUPED, "zstd-grouped", {1: (2,), 2: (2, 4)}, order=_exponent_order))
+register(Transform(STORED, {0: (1,)}))
+register(Transform(DELTA, {0: (1, 2, 4, 8)}))
+register(Transform(GROUPED, {1: (2,), 2: (2, 4)}, order=_exponent_order))
+register(Transform(PLANES, {0: (1, 2, 4, 8), 1: (2,), 2: (2, 4)}, order=_exponent_order))
 
-
-def modes() -> dict[str, int]:
-    """The encode modes that write delta frames, with the transform each writes."""
-    return {t.mode: t.code for t in TRANSFORMS.values() if t.mode is not None}
-
-
-def transform_for(code: int, dtype: str) -> int:
-    """The transform a tensor of `dtype` gets when an encode asks for `code`: one that orders by a
-    grouping key needs the dtype to have one; without, the plain delta."""
-    return DELTA if TRANSFORMS[code].order is not None and dtype not in GROUP_KEYS else code
+#: The encode modes that write delta frames: the transform, and whether planes may be grouped
+#: (by the key of the tensor's dtype, `GROUP_KEYS`). Transforms 1 and 2 are read, no longer written.
+MODES: dict[str, tuple[int, bool]] = {"zstd": (PLANES, False), "zstd-grouped": (PLANES, True)}
 
 
 def _zstd() -> Any:
@@ -119,18 +123,21 @@ def _zstd() -> Any:
 
 @dataclass(frozen=True)
 class FrameHead:
-    """A frame's fixed fields and the compressed length of each of its planes."""
+    """A frame's fixed fields, the stored length of each of its planes, and (transform 3) how each
+    plane is stored."""
 
     transform: int
     width: int
     key: int
     count: int
     planes: tuple[int, ...]
+    codings: tuple[int, ...] = ()
+    """`RAW`, `ZSTD` or `ZSTD_GROUPED` per plane (transform 3; else every plane is zstd)."""
 
     @property
     def size(self) -> int:
         """Bytes of the frame: its head and its planes."""
-        return _HEAD.size + 4 * len(self.planes) + sum(self.planes)
+        return _HEAD.size + len(self.codings) + 4 * len(self.planes) + sum(self.planes)
 
     @property
     def out_size(self) -> int:
@@ -138,34 +145,77 @@ class FrameHead:
         return self.count * self.width
 
 
-def encode_frame(
-    out: memoryview | bytes, base: memoryview | bytes, transform: int, width: int, dtype: str, cctx: Any
-) -> bytes:
-    """One frame making the bytes `out` from the base bytes `base` (as long as `out`).
-
-    `dtype` (a safetensors dtype name) gives the grouped transform its key (`GROUP_KEYS`).
-    """
-    if transform == STORED:
-        planes = [cctx.compress(bytes(out))]
-        return _HEAD.pack(STORED, 1, 0, 0, len(out)) + struct.pack("<I", len(planes[0])) + planes[0]
-    order = TRANSFORMS[transform].order
-    key = GROUP_KEYS[dtype] if order is not None else 0
+def _zigzag(out: memoryview | bytes, base: memoryview | bytes, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The zigzagged wrapping differences of `out` from `base` as `width`-byte integers, and the base's."""
     if len(out) % width or len(base) != len(out):
         raise ValueError(f"frame of {len(out)} bytes, base {len(base)}, is not whole {width}-byte elements")
     f = np.frombuffer(out, dtype=_UINT[width])
     b = np.frombuffer(base, dtype=_UINT[width])
     d = (f - b).view(_INT[width])
-    z = ((d << 1) ^ (d >> (8 * width - 1))).view(_UINT[width])
+    return ((d << 1) ^ (d >> (8 * width - 1))).view(_UINT[width]), b
+
+
+def encode_frame(
+    out: memoryview | bytes,
+    base: memoryview | bytes,
+    transform: int,
+    width: int,
+    dtype: str,
+    cctx: Any,
+    *,
+    group: bool = False,
+) -> bytes:
+    """One frame making the bytes `out` from the base bytes `base` (as long as `out`).
+
+    `dtype` (a safetensors dtype name) gives grouping its key (`GROUP_KEYS`); a transform 3 frame
+    groups a plane only with `group` (and where that pays, `GROUP_BELOW`).
+    """
+    if transform == STORED:
+        planes = [cctx.compress(bytes(out))]
+        return _HEAD.pack(STORED, 1, 0, 0, len(out)) + struct.pack("<I", len(planes[0])) + planes[0]
+    if transform == PLANES:
+        return _encode_planes(out, base, width, GROUP_KEYS.get(dtype, 0) if group else 0, cctx)
+    order = TRANSFORMS[transform].order
+    key = GROUP_KEYS[dtype] if order is not None else 0
+    z, b = _zigzag(out, base, width)
     if order is not None:
         z = z[order(b, key)]
     rows = z.view(np.uint8).reshape(-1, width).T.copy()  # row j: byte j of every value
     planes = [cctx.compress(row.data) for row in rows]
     sizes = struct.pack(f"<{width}I", *(len(p) for p in planes))
-    return _HEAD.pack(transform, width, key, 0, len(f)) + sizes + b"".join(planes)
+    return _HEAD.pack(transform, width, key, 0, len(z)) + sizes + b"".join(planes)
+
+
+def _encode_planes(
+    out: memoryview | bytes, base: memoryview | bytes, width: int, key: int, cctx: Any
+) -> bytes:
+    """A transform 3 frame: each plane as it is, zstd, or (with a `key`) zstd of the grouped order,
+    whichever `RAW_ABOVE` and `GROUP_BELOW` choose."""
+    z, b = _zigzag(out, base, width)
+    n = len(z)
+    order = None
+    codings: list[int] = []
+    blobs: list[bytes | memoryview] = []
+    for j in range(width):
+        row = (z >> np.array(8 * j, z.dtype)).astype(np.uint8) if j else z.astype(np.uint8)
+        blob: bytes | memoryview = cctx.compress(row.data)
+        coding = ZSTD
+        if len(blob) > RAW_ABOVE * n:
+            coding, blob = RAW, row.data
+        elif key:
+            order = _exponent_order(b, key) if order is None else order
+            grouped = cctx.compress(row[order].data)
+            if len(grouped) < GROUP_BELOW * len(blob):
+                coding, blob = ZSTD_GROUPED, grouped
+        codings.append(coding)
+        blobs.append(blob)
+    used = key if ZSTD_GROUPED in codings else 0
+    head = _HEAD.pack(PLANES, width, used, 0, n) + bytes(codings)
+    return head + struct.pack(f"<{width}I", *(len(p) for p in blobs)) + b"".join(blobs)
 
 
 def parse_head(head: bytes, where: str) -> FrameHead:
-    """The fixed fields and plane lengths of a frame, from its first `8 + 4w` bytes (`head_size`).
+    """The fixed fields and plane lengths of a frame, from its first bytes (`head_size` of them).
 
     Raises:
         `FormatError`: a field out of range, naming `where`.
@@ -182,14 +232,23 @@ def parse_head(head: bytes, where: str) -> FrameHead:
     if count * width > MAX_FRAME_BYTES:
         raise FormatError(f"{where}: frame of {count * width} bytes, more than {MAX_FRAME_BYTES}", path=where)
     n_planes = 1 if transform == STORED else width
-    if len(head) < _HEAD.size + 4 * n_planes:
+    n_codings = width if transform == PLANES else 0
+    if len(head) < _HEAD.size + n_codings + 4 * n_planes:
         raise FormatError(f"{where}: ends inside a frame head", path=where)
-    planes = struct.unpack_from(f"<{n_planes}I", head, _HEAD.size)
-    if max(planes) > compressed_bound(count):
-        raise FormatError(
-            f"{where}: a plane of {max(planes)} bytes, more than {count} bytes compress to", path=where
-        )
-    return FrameHead(transform, width, key, count, planes)
+    codings = tuple(head[_HEAD.size : _HEAD.size + n_codings])
+    if any(c not in (RAW, ZSTD, ZSTD_GROUPED) for c in codings):
+        raise FormatError(f"{where}: plane codings {list(codings)}; expected 0, 1 or 2 each", path=where)
+    if (ZSTD_GROUPED in codings) != bool(key) and transform == PLANES:
+        raise FormatError(f"{where}: grouping key {key} with plane codings {list(codings)}", path=where)
+    planes = struct.unpack_from(f"<{n_planes}I", head, _HEAD.size + n_codings)
+    for length, coding in zip(planes, codings or (ZSTD,) * n_planes, strict=True):
+        if coding == RAW and length != count:
+            raise FormatError(f"{where}: a plane stored as it is of {length} bytes, not {count}", path=where)
+        if length > compressed_bound(count):
+            raise FormatError(
+                f"{where}: a plane of {length} bytes, more than {count} bytes compress to", path=where
+            )
+    return FrameHead(transform, width, key, count, planes, codings)
 
 
 def compressed_bound(n: int) -> int:
@@ -212,7 +271,9 @@ def head_size(first: bytes) -> int:
     if len(first) < 2:
         return _HEAD.size
     transform, width = first[0], first[1]
-    return _HEAD.size + 4 * (1 if transform == STORED else max(1, width))
+    if transform == STORED:
+        return _HEAD.size + 4
+    return _HEAD.size + (5 if transform == PLANES else 4) * max(1, width)
 
 
 class MaskedSpans:
@@ -272,19 +333,28 @@ def decode_frame(
     if len(base) != n * w:
         raise FormatError(f"{where}: frame spans {n * w} bytes, base gave {len(base)}", path=where)
     z = (out[: n * w] if out is not None else np.empty(n * w, np.uint8)).view(_UINT[w])
-    rows = [np.frombuffer(_plane(blob, n, dctx, where), dtype=np.uint8) for blob in planes]
     b = np.frombuffer(base, dtype=_UINT[w])
     order = TRANSFORMS[head.transform].order
-    if order is not None:
+    if head.transform == GROUPED:
+        rows = [np.frombuffer(_plane(blob, n, dctx, where), dtype=np.uint8) for blob in planes]
         u = _scratch("order", n * w).view(_UINT[w])
         _join(rows, u, 0, n)
-        z[order(b, head.key)] = u
+        z[order(b, head.key)] = u  # type: ignore[misc]
         _undelta(z, b)
-    else:
-        for i in range(0, n, _BLOCK):  # every step on one block while it is in the cache
-            j = min(i + _BLOCK, n)
-            _join(rows, z, i, j)
-            _undelta(z[i:j], b[i:j])
+        return z.view(np.uint8)
+    rows, sort = [], None
+    for j, (blob, coding) in enumerate(zip(planes, head.codings or (ZSTD,) * w, strict=True)):
+        row = np.frombuffer(blob if coding == RAW else _plane(blob, n, dctx, where), dtype=np.uint8)
+        if coding == ZSTD_GROUPED:
+            sort = order(b, head.key) if sort is None else sort  # type: ignore[misc]
+            into = _scratch(f"plane{j}", n)
+            into[sort] = row
+            row = into
+        rows.append(row)
+    for i in range(0, n, _BLOCK):  # every step on one block while it is in the cache
+        j = min(i + _BLOCK, n)
+        _join(rows, z, i, j)
+        _undelta(z[i:j], b[i:j])
     return z.view(np.uint8)
 
 

@@ -101,6 +101,8 @@ class Span:
     transform: int
     width: int = 1
     dtype: str = ""
+    group: bool = False
+    """Planes may be grouped by the key of `dtype` (transform 3)."""
 
 
 def _cuts(spans: Sequence[Span]) -> Iterator[tuple[int, Span]]:
@@ -115,7 +117,7 @@ def _cuts(spans: Sequence[Span]) -> Iterator[tuple[int, Span]]:
 
 
 def _encode(data: bytes, base: bytes, span: Span) -> bytes:
-    return encode_frame(data, base, span.transform, span.width, span.dtype, _cctx())
+    return encode_frame(data, base, span.transform, span.width, span.dtype, _cctx(), group=span.group)
 
 
 class _FrameStream:

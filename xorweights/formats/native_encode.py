@@ -28,11 +28,12 @@ from ..pipeline import FileSource, Step
 from ..tensors.dtypes import DTYPE_SIZES, FLOAT_DTYPES
 from ..tensors.safetensors_header import SafetensorsHeader, read_header
 from ..tensors.store import nbytes_of
-from .delta_frames import STORED, modes, transform_for
+from .delta_frames import MODES, STORED
 from .frame_stream import FRAME_ELEMENTS, Span
 from .native import segments
 from .native_manifest import (
     COMPRESSION,
+    FORMAT_VERSION,
     MANIFEST_NAME,
     BaseFile,
     BaseTensor,
@@ -66,20 +67,20 @@ BIN_NOTE = (
 
 #: How an encode stores tensor-xor files: delta frames (`zstd`), grouped ones, or as they are.
 Compress = Literal["zstd", "zstd-grouped", "none"]
-COMPRESS_MODES: tuple[str, ...] = (*modes(), "none")
+COMPRESS_MODES: tuple[str, ...] = (*MODES, "none")
 
 
-def spans(header: SafetensorsHeader, bases: Mapping[str, str | None], transform: int) -> tuple[Span, ...]:
-    """How a compressed payload file frames its output: the header and raw tensors stored, every
-    tensor with a base as deltas of its elements (grouped only where its dtype has a key)."""
+def spans(header: SafetensorsHeader, bases: Mapping[str, str | None], mode: str) -> tuple[Span, ...]:
+    """How a compressed payload file frames its output (`mode`, one of `MODES`): the header and raw
+    tensors stored, every tensor with a base as deltas of its elements."""
+    transform, group = MODES[mode]
     out = [Span(header.data_start, STORED)]
     for t in sorted(header.tensors.values(), key=lambda t: t.begin):
         width = DTYPE_SIZES[t.dtype]
         if bases.get(t.name) is None or width not in (1, 2, 4, 8):
             out.append(Span(t.nbytes, STORED))
         else:
-            how = transform_for(transform, t.dtype)
-            out.append(Span(t.nbytes, how, width, t.dtype))
+            out.append(Span(t.nbytes, transform, width, t.dtype, group))
     return tuple(out)
 
 
@@ -258,15 +259,18 @@ def prepare_encode(
             if compress == "none":
                 steps.append(Step(name, data, image))
                 continue
-            transform = modes()[compress]
             framed = CompressingSource(
                 src_dir / name,
                 image,
-                spans(headers[name], bases[name], transform),
+                spans(headers[name], bases[name], compress),
                 hashes[name][1],
                 workers=max(1, jobs),
             )
-            options = {"base": image.identity(), "frames": (transform, FRAME_ELEMENTS)}
+            options = {
+                "base": image.identity(),
+                "frames": (FORMAT_VERSION, FRAME_ELEMENTS),
+                "grouped": (int(MODES[compress][1]), 0),
+            }
             steps.append(Step(name, framed, options=options, masked=True))
         elif method == "file-xor":
             steps.append(Step(name, data, FileSource(base_dir / name)))
@@ -334,7 +338,7 @@ def build_manifest(
         encoder=encoder,
         files=tuple(entries),
         base_tensors=plan.base_tensors,
-        format_version=2 if any(e.compression for e in entries) else 1,
+        format_version=FORMAT_VERSION if any(e.compression for e in entries) else 1,
         omitted=tuple(plan.omitted),
         allow_raw=plan.allow_raw,
     )

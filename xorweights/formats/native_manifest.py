@@ -27,9 +27,11 @@ from ..tensors.dtypes import DTYPE_SIZES
 
 MANIFEST_NAME = "xorweights.json"
 FORMAT = "xorweights"
-#: Version 2 is written when a file is compressed, 1 otherwise (so older readers read it).
-READABLE_VERSIONS = (1, 2)
-#: The one compression a payload file may have (version 2): `formats.delta_frames`.
+#: Version 3 is written when a file is compressed (2 was, before plane codings), 1 otherwise
+#: (so older readers read it).
+READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 3
+#: The one compression a payload file may have (versions 2 and 3): `formats.delta_frames`.
 COMPRESSION = "delta-frames"
 #: Larger than a checksum file may be: a 65B model lists about 800 tensors per file.
 MAX_NATIVE_MANIFEST_BYTES = 4 * MAX_MANIFEST_BYTES
@@ -306,7 +308,7 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
     files = _files(c, d.get("files"), base_tensors)
     for f in files:
         if f.compression is not None and (version < 2 or f.method != "tensor-xor"):
-            raise c.fail(f"{f.name}: compression applies to tensor-xor files of format_version 2")
+            raise c.fail(f"{f.name}: compression applies to tensor-xor files of format_version 2 or later")
     omitted = d.get("omitted", [])
     if not isinstance(omitted, list):
         raise c.fail("omitted must be a list")
