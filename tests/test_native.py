@@ -209,7 +209,9 @@ def test_decode_against_a_float32_copy_of_half_precision_weights(release, tmp_pa
     assert tree(tmp_path / "out") == tree(release["ft"])
 
 
-def test_a_mismatching_base_tensor_is_named_before_any_output(release, tmp_path: Path) -> None:
+def test_a_mismatching_base_tensor_is_named_and_its_output_never_made(release, tmp_path: Path) -> None:
+    """The pass that reads the wrong base tensor fails; outputs that do not use it are made
+    (each verified by its own sha256), the one that does never takes its name."""
     sd = base_tensors()
     sd["model.layers.0.mlp.up_proj.weight"][3, 3] += 1
     bad = tmp_path / "base-bad"
@@ -225,7 +227,14 @@ def test_a_mismatching_base_tensor_is_named_before_any_output(release, tmp_path:
     assert e.expected == want and e.actual == sha256(
         sd["model.layers.0.mlp.up_proj.weight"].numpy().tobytes()
     )
-    assert tree(tmp_path / "out") == {}
+    manifest = load_manifest(release["payload"])
+    user = next(
+        f.name
+        for f in manifest.files
+        if any(t.base == "model.layers.0.mlp.up_proj.weight" for t in f.tensors)
+    )
+    made = tree(tmp_path / "out")
+    assert user not in made and all(made[n] == tree(release["ft"])[n] for n in made)
 
 
 def test_load_state_dict_returns_verified_tensors_without_files(release, tmp_path: Path) -> None:
@@ -584,3 +593,84 @@ def test_a_payload_using_no_base_tensor_decodes_without_a_base(tmp_path: Path) -
         report = xorweights.decode(tmp_path / "pay", base=b, out=out)
         assert [f.verified for f in report.files] == [True]
         assert tree(out) == tree(ft)
+
+
+# --- the base proved inside the pass -----------------------------------------------------------
+
+
+def _read_chars() -> int:
+    """Bytes this process has read through system calls so far (page cache included)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def _big_pair(root: Path) -> tuple[Path, Path, int]:
+    """A base of 16 MiB of float16 (two tensors) in safetensors and a fine-tune of it."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(5)
+    base = {f"w{i}": rng.standard_normal((2048, 2048)).astype(np.float16) for i in range(2)}
+    tuned = {n: (t + 0.01 * rng.standard_normal(t.shape)).astype(np.float16) for n, t in base.items()}
+    for name, sd in (("base", base), ("ft", tuned)):
+        (root / name).mkdir()
+        save_file(sd, str(root / name / "model.safetensors"))
+    return root / "base", root / "ft", sum(t.nbytes for t in base.values())
+
+
+@pytest.mark.parametrize("compress", ["zstd", "none"])
+def test_a_decode_reads_the_base_once(tmp_path: Path, compress: str) -> None:
+    """The base tensors are hashed as the pass reads them: a decode reads each base byte once
+    (with a separate proof it read them twice)."""
+    base, ft, base_bytes = _big_pair(tmp_path)
+    xorweights.encode(ft, base=base, out=tmp_path / "payload", compress=compress)
+    payload_bytes = sum(p.stat().st_size for p in (tmp_path / "payload").iterdir() if p.is_file())
+    before = _read_chars()
+    report = xorweights.decode(tmp_path / "payload", base=base, out=tmp_path / "out", jobs=1)
+    read = _read_chars() - before
+    assert all(f.verified and f.base_verified for f in report.files if f.name == "model.safetensors")
+    assert tree(tmp_path / "out") == tree(ft)
+    assert base_bytes < read < payload_bytes + 1.2 * base_bytes, (read, payload_bytes, base_bytes)
+
+
+@pytest.mark.parametrize("compress", ["zstd", "none"])
+def test_a_wrong_base_fails_in_the_pass_and_no_output_takes_its_name(tmp_path: Path, compress: str) -> None:
+    base, ft, _ = _big_pair(tmp_path)
+    xorweights.encode(ft, base=base, out=tmp_path / "payload", compress=compress)
+    from safetensors.numpy import load_file, save_file
+
+    sd = load_file(str(base / "model.safetensors"))
+    sd["w1"][2047, 2047] += 1  # the very last element: found at the end of the pass
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file(sd, str(bad / "model.safetensors"))
+    want = load_manifest(tmp_path / "payload").base_tensors["w1"].sha256
+    with pytest.raises(xorweights.BaseMismatchError) as info:
+        xorweights.decode(tmp_path / "payload", base=bad, out=tmp_path / "out")
+    assert str(info.value).startswith(f"base tensor w1 in {bad / 'model.safetensors'}: sha256 ")
+    assert info.value.expected == want and info.value.actual == sha256(sd["w1"].tobytes())
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix == ".safetensors"]
+
+
+def test_a_base_tensor_longer_than_its_payload_tensor_is_proved_whole(tmp_path: Path) -> None:
+    """A shrunk vocabulary: the pass reads only the rows the fine-tune kept, and hashes the rest
+    of the base tensor too, so a change past them is still found."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    b = {"emb": rng.standard_normal((100, 16)).astype(np.float16)}
+    for name, sd in (("base", b), ("ft", {"emb": (b["emb"][:96] + 0.01).astype(np.float16)})):
+        (tmp_path / name).mkdir()
+        save_file(sd, str(tmp_path / name / "model.safetensors"))
+    xorweights.encode(tmp_path / "ft", base=tmp_path / "base", out=tmp_path / "p")
+    xorweights.decode(tmp_path / "p", base=tmp_path / "base", out=tmp_path / "o")
+    assert tree(tmp_path / "o") == tree(tmp_path / "ft")
+    b["emb"][99, 0] += 1  # past the 96 rows the payload's tensor has
+    (tmp_path / "bad").mkdir()
+    save_file(b, str(tmp_path / "bad" / "model.safetensors"))
+    with pytest.raises(
+        xorweights.BaseMismatchError, match=r"^base tensor emb in .*bad/model.safetensors: sha256"
+    ):
+        xorweights.decode(tmp_path / "p", base=tmp_path / "bad", out=tmp_path / "o2")
+    assert not (tmp_path / "o2" / "model.safetensors").exists()

@@ -47,7 +47,8 @@ class NativeCodec:
             )
 
     def plan_decode(self, request: DecodeRequest) -> Planned:
-        """Prove the base tensors, then rebuild every file in one pass each."""
+        """Check the base (its tensors by name, shape and dtype; its whole files by sha256), then
+        rebuild every file in one pass each, which proves each base tensor as it reads it."""
         payload_dir, base_dir, published = request.payload_dir, request.base_dir, request.checksums
         manifest = load_manifest(payload_dir / MANIFEST_NAME)
         remote = request.remote
@@ -98,6 +99,7 @@ class NativeCodec:
                 progress=request.options.progress,
                 names=needed,
                 files=names,
+                in_pass=native.proven_in_pass(manifest, names),
             )
 
         plan = Plan(

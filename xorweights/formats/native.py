@@ -33,7 +33,7 @@ from .native_manifest import (
     FileEntry,
     NativeManifest,
 )
-from .native_sources import BaseImageSource, FramedSource, damaged_payload
+from .native_sources import BaseImageSource, FramedSource, damaged_payload, digest_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +79,6 @@ def layout_mismatch(have: StoredTensor, want: BaseTensor) -> BaseMismatchError |
     )
 
 
-def digest_mismatch(have: StoredTensor, want: BaseTensor, actual: str) -> BaseMismatchError:
-    """The error for a base tensor whose bytes (read as the manifest's dtype) hash otherwise."""
-    cast_note = f" read as {want.dtype}" if have.dtype != want.dtype else ""
-    return BaseMismatchError(
-        f"base tensor {want.name} in {have.source}{cast_note}: sha256 {actual}, but the payload was made "
-        f"against {want.sha256}; these are not the base weights the release was made from",
-        path=have.source,
-        expected=want.sha256,
-        actual=actual,
-        algorithm="sha256",
-        stage="base",
-    )
-
-
 def check_base(
     manifest: NativeManifest,
     store: TensorStore | None,
@@ -102,8 +88,11 @@ def check_base(
     progress: bool = False,
     names: set[str] | None = None,
     files: set[str] | None = None,
+    in_pass: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> None:
-    """Prove every base tensor and base file the manifest needs, before any output is written.
+    """Prove every base tensor and base file the manifest needs, before any output is written;
+    those `in_pass` (proved by the decode pass as it reads them, `proven_in_pass`) only for
+    presence, shape and dtype, not read here.
 
     Raises:
         `MissingFileError`: a base tensor or base file is absent (the first few named, and how many).
@@ -125,6 +114,8 @@ def check_base(
         bad = layout_mismatch(have, want)
         if bad is not None:
             raise bad
+        if name in in_pass:
+            continue
         work.append(
             (
                 f"t:{name}",
@@ -156,7 +147,7 @@ def check_base(
             )
         )
     got = dict(hash_many(work, jobs=jobs, progress=progress, desc="verify base"))
-    for name in sorted(wanted):
+    for name in sorted(wanted - in_pass):
         want = manifest.base_tensors[name]
         actual = got[f"t:{name}"]
         if actual != want.sha256:
@@ -175,6 +166,18 @@ def check_base(
                 algorithm="sha256",
                 stage="base",
             )
+
+
+def proven_in_pass(manifest: NativeManifest, names: set[str]) -> set[str]:
+    """The base tensors the decode of files `names` proves as it reads them (`BaseImage`): those
+    masking a tensor of at least one byte (an empty one reads nothing of its base)."""
+    return {
+        t.base
+        for f in manifest.files
+        if f.name in names and f.method == "tensor-xor"
+        for t in f.tensors
+        if t.base is not None and nbytes_of(t.dtype, t.shape)
+    }
 
 
 def check_payload_files(
@@ -300,7 +303,12 @@ def decode_plan(
             if store is None and any(t.base for t in f.tensors):
                 raise MissingFileError(f"no base tensors in {base_dir}", path=base_dir)
             label = f"{f.name} base tensors in {base_dir}"
-            image = BaseImageSource(store, segs, label, "its base tensors were verified before the pass")  # type: ignore[arg-type]
+            proof = {
+                name: manifest.base_tensors[name] for length, name, _ in segs if name is not None and length
+            }
+            image = BaseImageSource(
+                store, segs, label, "its base tensors are proved as the pass reads them", proof
+            )  # type: ignore[arg-type]
             if f.compression is None:
                 steps.append(Step(f.name, data, image))
                 continue

@@ -4,21 +4,37 @@ its delta frames), and a fine-tuned file read as its payload's frames (`Compress
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._sizing import CHUNK_SIZE
-from ..errors import ChecksumMismatchError, FormatError
+from ..errors import BaseMismatchError, ChecksumMismatchError, FormatError
 from ..hashing import hash_file
 from ..pipeline.source import FileSource, Source
 from .delta_frames import MaskedSpans
 from .frame_stream import FrameReader, FrameWriter, Span
+from .native_manifest import BaseTensor
 
 if TYPE_CHECKING:
-    from ..tensors.store import TensorStore
+    from ..tensors.store import StoredTensor, TensorStore
+
+
+def digest_mismatch(have: StoredTensor, want: BaseTensor, actual: str) -> BaseMismatchError:
+    """The error for a base tensor whose bytes (read as the manifest's dtype) hash otherwise."""
+    cast_note = f" read as {want.dtype}" if have.dtype != want.dtype else ""
+    return BaseMismatchError(
+        f"base tensor {want.name} in {have.source}{cast_note}: sha256 {actual}, but the payload was made "
+        f"against {want.sha256}; these are not the base weights the release was made from",
+        path=have.source,
+        expected=want.sha256,
+        actual=actual,
+        algorithm="sha256",
+        stage="base",
+    )
 
 
 @dataclass(frozen=True)
@@ -30,13 +46,15 @@ class BaseImageSource:
     segments: tuple[tuple[int, str | None, str | None], ...]
     label: str
     detail: str = ""
+    proof: Mapping[str, BaseTensor] | None = None
+    """Base tensors the image proves as it reads them (each hashed whole, checked at its end)."""
 
     @property
     def path(self) -> None:
         return None
 
     def open(self) -> BinaryIO:
-        return BaseImage(self.store, self.segments)  # type: ignore[return-value]
+        return BaseImage(self.store, self.segments, self.proof)  # type: ignore[return-value]
 
     def size(self) -> int:
         return sum(s[0] for s in self.segments)
@@ -51,10 +69,17 @@ class BaseImage(io.RawIOBase):
     Zeros where the payload holds its header or a raw tensor; where it holds an XOR-ed tensor,
     that base tensor's bytes (read as the manifest's dtype), zero-padded or truncated to the
     payload tensor's size, so that a grown vocabulary works.
+
+    Each base tensor in `proof` is hashed as it is read (the rest of a truncated one too) and
+    checked at the end of its span: a wrong base fails the pass that reads it, in that pass, with
+    no separate reading of the base (`BaseMismatchError`, naming the tensor and its file).
     """
 
     def __init__(
-        self, store: TensorStore | None, segments: Sequence[tuple[int, str | None, str | None]]
+        self,
+        store: TensorStore | None,
+        segments: Sequence[tuple[int, str | None, str | None]],
+        proof: Mapping[str, BaseTensor] | None = None,
     ) -> None:
         super().__init__()
         self.store = store
@@ -62,6 +87,9 @@ class BaseImage(io.RawIOBase):
         self._left = 0
         self._reader: Any = None
         self._zeros = bytes(min(CHUNK_SIZE, max((s[0] for s in segments), default=0)))
+        self._proof = proof or {}
+        self._hash: Any = None
+        self._proving: str | None = None
 
     def readable(self) -> bool:
         return True
@@ -76,8 +104,23 @@ class BaseImage(io.RawIOBase):
                 self._left = length
                 if name is not None and self.store is not None:
                     self._reader = self.store.reader(name, dtype)
+                    if name in self._proof:
+                        self._hash, self._proving = hashlib.sha256(), name
                 return True
         return False
+
+    def _prove(self) -> None:
+        """Check the base tensor whose span just ended: hash what the span left of it, compare."""
+        h, name = self._hash, self._proving
+        self._hash = self._proving = None
+        if h is None or name is None or self.store is None:
+            return
+        rest = bytearray(min(CHUNK_SIZE, self._reader.remaining)) if self._reader.remaining else None
+        while rest is not None and (k := self._reader.readinto(rest)):
+            h.update(memoryview(rest)[:k])
+        actual = h.hexdigest()
+        if actual != self._proof[name].sha256:
+            raise digest_mismatch(self.store.tensors[name], self._proof[name], actual)
 
     def readinto(self, b: Any) -> int:
         view = memoryview(b).cast("B")
@@ -87,10 +130,14 @@ class BaseImage(io.RawIOBase):
             return 0
         want = min(len(view), self._left)
         n = self._reader.readinto(view[:want]) if self._reader is not None else 0
+        if n and self._hash is not None:
+            self._hash.update(view[:n])
         if not n:  # a raw tensor, the header, or the padding past a shorter base tensor
             n = min(want, len(self._zeros))
             view[:n] = self._zeros[:n]
         self._left -= n
+        if not self._left:
+            self._prove()
         return n
 
     def close(self) -> None:

@@ -147,6 +147,11 @@ class TensorReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    @property
+    def remaining(self) -> int:
+        """Bytes of the tensor not read yet."""
+        return max(0, self._left)
+
     def readinto(self, b: Any) -> int:
         view = memoryview(b).cast("B")
         if self._left <= 0 or not len(view):
