@@ -224,7 +224,7 @@ def test_publish_then_decode_from_the_repo_id(native_release, hub, tmp_path) -> 
     manifest = json.loads((native_release["payload"] / "xorweights.json").read_text())
     assert len(manifest["base_tensors"]) == 7
     for name, t in manifest["base_tensors"].items():
-        assert f"{t['sha256']}  {name}" in card  # base checksums
+        assert f"{t['blake3']}  {name}" in card  # base checksums (format version 3: blake3)
     tokenizer = hashlib.sha256((native_release["base"] / "tokenizer.model").read_bytes()).hexdigest()
     assert f"{tokenizer}  tokenizer.model" in card  # the base file XOR-ed whole
     parsed = model_card.parse(card, "README.md")

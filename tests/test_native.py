@@ -22,6 +22,12 @@ from xorweights.formats.native_manifest import RawNote, load_manifest
 from xorweights.formats.raw_storage import GROWN_ROWS
 
 
+def blake3(b: bytes) -> str:
+    import blake3 as b3
+
+    return b3.blake3(b).hexdigest()
+
+
 def sha256(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
@@ -158,7 +164,12 @@ def test_manifest_records_files_tensors_and_base_tensors(release) -> None:
     assert tensors["model.embed_tokens.weight"].base == "model.embed_tokens.weight"
     assert m.base_tensors["model.embed_tokens.weight"].shape == (100, 16)
     want = base_tensors()["model.layers.0.mask"].numpy().tobytes()
-    assert m.base_tensors["model.layers.0.mask"].sha256 == sha256(want)
+    import blake3
+
+    mask = m.base_tensors[
+        "model.layers.0.mask"
+    ]  # version 3: base tensors by blake3, which only xorweights reads
+    assert (mask.algorithm, mask.digest) == ("blake3", blake3.blake3(want).hexdigest())
     assert m.base_tensors["model.layers.0.mask"].dtype == "BOOL"
     assert {m.base_tensors[n].dtype for n in m.base_tensors} == {"F16", "BF16", "F32", "I8", "BOOL"}
 
@@ -220,11 +231,11 @@ def test_a_mismatching_base_tensor_is_named_and_its_output_never_made(release, t
     with pytest.raises(xorweights.BaseMismatchError) as info:
         xorweights.decode(release["payload"], base=bad, out=tmp_path / "out")
     e = info.value
-    want = load_manifest(release["payload"]).base_tensors["model.layers.0.mlp.up_proj.weight"].sha256
+    want = load_manifest(release["payload"]).base_tensors["model.layers.0.mlp.up_proj.weight"].digest
     assert str(e).startswith(
         f"base tensor model.layers.0.mlp.up_proj.weight in {bad / 'pytorch_model-00001-of-00001.bin'}"
     )
-    assert e.expected == want and e.actual == sha256(
+    assert e.expected == want and e.actual == blake3(
         sd["model.layers.0.mlp.up_proj.weight"].numpy().tobytes()
     )
     manifest = load_manifest(release["payload"])
@@ -392,8 +403,16 @@ def test_bin_copies_beside_safetensors_are_left_out(release, tmp_path: Path) -> 
         (lambda d: d.update(format_version=4), "format_version 4 is not supported"),
         (lambda d: d["files"][0].update(compression="lz4"), "unknown compression 'lz4'"),
         (
-            lambda d: d.update(format_version=1) or d["files"][0].update(compression="delta-frames"),
+            lambda d: (
+                d.update(format_version=1)
+                or d["files"][0].update(compression="delta-frames")
+                or [b.update(sha256=b.pop("blake3")) for b in d["base_tensors"].values()]
+            ),
             "compression applies to tensor-xor files of format_version 2",
+        ),
+        (  # version 3 gives base tensors by blake3
+            lambda d: [b.update(sha256=b.pop("blake3")) for b in d["base_tensors"].values()],
+            r"base tensor [\w.]+ blake3 must be a blake3 digest \(64 lowercase hex digits\)",
         ),
         (lambda d: d["base_tensors"].clear(), "not in base_tensors"),
         (lambda d: d.update(base_model="two\nlines"), r"base_model 'two\\nlines': expected a Hub repo id"),
@@ -645,11 +664,13 @@ def test_a_wrong_base_fails_in_the_pass_and_no_output_takes_its_name(tmp_path: P
     bad = tmp_path / "bad"
     bad.mkdir()
     save_file(sd, str(bad / "model.safetensors"))
-    want = load_manifest(tmp_path / "payload").base_tensors["w1"].sha256
+    want = load_manifest(tmp_path / "payload").base_tensors["w1"]
     with pytest.raises(xorweights.BaseMismatchError) as info:
         xorweights.decode(tmp_path / "payload", base=bad, out=tmp_path / "out")
-    assert str(info.value).startswith(f"base tensor w1 in {bad / 'model.safetensors'}: sha256 ")
-    assert info.value.expected == want and info.value.actual == sha256(sd["w1"].tobytes())
+    assert want.algorithm == ("sha256" if compress == "none" else "blake3")  # version 1 keeps sha256
+    assert str(info.value).startswith(f"base tensor w1 in {bad / 'model.safetensors'}: {want.algorithm} ")
+    digest = sha256 if compress == "none" else blake3
+    assert info.value.expected == want.digest and info.value.actual == digest(sd["w1"].tobytes())
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix == ".safetensors"]
 
 
@@ -670,7 +691,7 @@ def test_a_base_tensor_longer_than_its_payload_tensor_is_proved_whole(tmp_path: 
     (tmp_path / "bad").mkdir()
     save_file(b, str(tmp_path / "bad" / "model.safetensors"))
     with pytest.raises(
-        xorweights.BaseMismatchError, match=r"^base tensor emb in .*bad/model.safetensors: sha256"
+        xorweights.BaseMismatchError, match=r"^base tensor emb in .*bad/model.safetensors: blake3"
     ):
         xorweights.decode(tmp_path / "p", base=tmp_path / "bad", out=tmp_path / "o2")
     assert not (tmp_path / "o2" / "model.safetensors").exists()

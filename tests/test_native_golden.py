@@ -134,14 +134,20 @@ def test_the_golden_v2_payload_decodes_independently(tmp_path: Path) -> None:
 
 
 def test_a_tiny_compressed_payload_matches_the_golden_v2_one_but_for_its_frames(tmp_path: Path) -> None:
-    """Version 3 changed the frames only: the manifest is version 2's but for the version and the
-    compressed file's size and digest."""
+    """Version 3 changed the frames and the base tensors' digest (blake3 for sha256): the manifest
+    is version 2's but for those, the version and the compressed file's size and digest."""
+    import blake3
+
     base, tuned = _pair(tmp_path)
     out = tmp_path / "payload"
     xorweights.encode(tuned, base=base, out=out)
     golden = (GOLDEN_V2 / "xorweights.json").read_text().replace("{version}", xorweights.__version__)
     made, want = json.loads((out / "xorweights.json").read_text()), json.loads(golden)
     assert made.pop("format_version") == 3 and want.pop("format_version") == 2
+    b = load_file(str(base / "model.safetensors"))
+    for name, entry in made["base_tensors"].items():
+        assert entry.pop("blake3") == blake3.blake3(b[name].tobytes()).hexdigest()
+        assert want["base_tensors"][name].pop("sha256") == hashlib.sha256(b[name].tobytes()).hexdigest()
     for doc in (made, want):
         doc["files"][1].pop("payload_size"), doc["files"][1].pop("payload_sha256")
     assert made == want
@@ -212,7 +218,9 @@ def _codings(payload: bytes) -> set[int]:
 
 def test_tiny_compressed_payloads_match_the_golden_v3_ones(tmp_path: Path) -> None:
     """Both encode modes: the exact bytes (with the zstd they were made with), every plane coding
-    used, and an independent decode of the golden and the made payload to the fine-tuned file."""
+    used, the base tensors' blake3, and an independent decode of the golden and the made payload to
+    the fine-tuned file."""
+    import blake3
     import zstandard
 
     base, tuned = _pair_v3(tmp_path)
@@ -236,6 +244,10 @@ def test_tiny_compressed_payloads_match_the_golden_v3_ones(tmp_path: Path) -> No
                 doc["files"][0].pop("payload_size"), doc["files"][0].pop("payload_sha256")
             assert made == want
         assert want["format_version"] == 3 and want["files"][0]["compression"] == "delta-frames"
+        b = load_file(str(base / "model.safetensors"))
+        assert {n: t["blake3"] for n, t in want["base_tensors"].items()} == {
+            n: blake3.blake3(a.tobytes()).hexdigest() for n, a in b.items()
+        }
         assert want["files"][0]["payload_sha256"] == hashlib.sha256(golden_payload).hexdigest()
         for payload in (golden_payload, (out / "model.safetensors").read_bytes()):
             assert _codings(payload) == codings

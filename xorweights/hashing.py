@@ -70,6 +70,10 @@ def new_hasher(algorithm: str, size: int | None = None) -> Any:
         if size is None:
             raise ValueError("a git blob id needs the size of the bytes hashed")
         return git_blob_hasher(size)
+    if algorithm == "blake3":
+        import blake3
+
+        return blake3.blake3()
     return hashlib.new(algorithm)
 
 

@@ -35,6 +35,7 @@ from .formats.native import (
 )
 from .formats.native_manifest import MANIFEST_NAME, FileEntry, NativeManifest, load_manifest
 from .formats.native_sources import BaseImage, damaged_payload
+from .hashing import new_hasher
 from .hub.base_repo import BaseWants, fetch_base
 from .model_files import TORCH_SUFFIXES
 from .outfolder.paths import check_regular_file
@@ -294,12 +295,12 @@ def _xor_base(buf: bytearray, manifest: NativeManifest, store: TensorStore | Non
     if have is None:
         where = store.folder if store is not None else "the base"
         raise BaseMismatchError(
-            f"base tensor {name} missing in {where}", path=str(where), expected=want.sha256, actual=None
+            f"base tensor {name} missing in {where}", path=str(where), expected=want.digest, actual=None
         )
     bad = layout_mismatch(have, want)
     if bad is not None:
         raise bad
-    h = hashlib.sha256()
+    h = new_hasher(want.algorithm)
     out = np.frombuffer(buf, dtype=np.uint8)
     pos = 0
     chunk = bytearray(1 << 22)
@@ -312,7 +313,7 @@ def _xor_base(buf: bytearray, manifest: NativeManifest, store: TensorStore | Non
                 np.bitwise_xor(out[pos : pos + k], view[:k], out=out[pos : pos + k])
             pos += n
     actual = h.hexdigest()
-    if actual != want.sha256:
+    if actual != want.digest:
         raise digest_mismatch(have, want, actual)
 
 

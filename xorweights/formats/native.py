@@ -119,7 +119,7 @@ def check_base(
         work.append(
             (
                 f"t:{name}",
-                lambda update, n=name, d=want.dtype: store.sha256(n, d, update),
+                lambda update, n=name, d=want.dtype, a=want.algorithm: store.digest(n, d, update, a),
                 nbytes_of(want.dtype, want.shape),
             )  # type: ignore[union-attr,misc]
         )
@@ -150,7 +150,7 @@ def check_base(
     for name in sorted(wanted - in_pass):
         want = manifest.base_tensors[name]
         actual = got[f"t:{name}"]
-        if actual != want.sha256:
+        if actual != want.digest:
             assert store is not None
             raise digest_mismatch(store.tensors[name], want, actual)
     for f in files_:

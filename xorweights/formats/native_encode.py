@@ -32,6 +32,7 @@ from .delta_frames import MODES, STORED
 from .frame_stream import FRAME_ELEMENTS, Span
 from .native import segments
 from .native_manifest import (
+    BASE_DIGEST,
     COMPRESSION,
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -239,8 +240,13 @@ def prepare_encode(
                 note = RawNote(f"{rows} rows past the base's {have.shape[0]}", GROWN_ROWS) if grown else None
                 raw_items.append(RawItem(fname, t.name, left, where, note=note))
     raw = notes(raw_items, refuse_unallowed(raw_items, allow_raw, where=base_dir))
+    algorithm = "sha256" if compress == "none" else BASE_DIGEST  # version 1 stays readable by old readers
     work: list[tuple[str, Any, int]] = [
-        (n, lambda update, n=n: store.sha256(n, dtypes[n], update), nbytes_of(dtypes[n], shapes[n]))  # type: ignore[union-attr]
+        (
+            n,
+            lambda update, n=n: store.digest(n, dtypes[n], update, algorithm),
+            nbytes_of(dtypes[n], shapes[n]),
+        )  # type: ignore[union-attr]
         for n in sorted(dtypes)
     ]
     base_sha = dict(hash_many(work, jobs=jobs, progress=progress, desc="hash base"))
@@ -281,7 +287,7 @@ def prepare_encode(
         steps=tuple(steps),
         headers=headers,
         bases=bases,
-        base_tensors={n: BaseTensor(n, dtypes[n], shapes[n], base_sha[n]) for n in dtypes},
+        base_tensors={n: BaseTensor(n, dtypes[n], shapes[n], base_sha[n], algorithm) for n in dtypes},
         tensor_sha={n: h[0] for n, h in hashes.items()},
         file_sha={n: h[1] for n, h in hashes.items()},
         omitted=omitted,

@@ -31,6 +31,9 @@ FORMAT = "xorweights"
 #: (so older readers read it).
 READABLE_VERSIONS = (1, 2, 3)
 FORMAT_VERSION = 3
+#: The digest of base tensors from version 3: only xorweights reads it, and a decode hashes every
+#: base byte, so the fastest cryptographic hash (sha256 stays for everything users check).
+BASE_DIGEST = "blake3"
 #: The one compression a payload file may have (versions 2 and 3): `formats.delta_frames`.
 COMPRESSION = "delta-frames"
 #: Larger than a checksum file may be: a 65B model lists about 800 tensors per file.
@@ -79,12 +82,14 @@ class TensorEntry:
 
 @dataclass(frozen=True)
 class BaseTensor:
-    """A base tensor as the payload was made against it: its bytes in `dtype` hash to `sha256`."""
+    """A base tensor as the payload was made against it: its bytes in `dtype` hash to `digest`
+    by `algorithm` (sha256 in format versions 1 and 2, blake3 from version 3)."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
-    sha256: str
+    digest: str
+    algorithm: str = "sha256"
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,7 @@ class NativeManifest:
             **({"base_model": self.base_model} if self.base_model is not None else {}),
             "files": [entry(f) for f in self.files],
             "base_tensors": {
-                n: {"dtype": b.dtype, "shape": list(b.shape), "sha256": b.sha256}
+                n: {"dtype": b.dtype, "shape": list(b.shape), b.algorithm: b.digest}
                 for n, b in sorted(self.base_tensors.items())
             },
         }
@@ -255,7 +260,8 @@ class _Fields:
 
     def digest(self, v: Any, what: str) -> str:
         if not isinstance(v, str) or not _SHA256.fullmatch(v):
-            raise self.fail(f"{what} must be a sha256 (64 lowercase hex digits)")
+            kind = "blake3" if what.endswith("blake3") else "sha256"
+            raise self.fail(f"{what} must be a {kind} digest (64 lowercase hex digits)")
         return v
 
     def dtype(self, v: Any, what: str) -> str:
@@ -304,7 +310,7 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
             f"format_version {version} is not supported by this xorweights (it reads "
             f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade xorweights"
         )
-    base_tensors = _base_tensors(c, c.obj(d.get("base_tensors", {}), "base_tensors"))
+    base_tensors = _base_tensors(c, c.obj(d.get("base_tensors", {}), "base_tensors"), version)
     files = _files(c, d.get("files"), base_tensors)
     for f in files:
         if f.compression is not None and (version < 2 or f.method != "tensor-xor"):
@@ -329,13 +335,16 @@ def parse_manifest(doc: Any, where: str) -> NativeManifest:
     )
 
 
-def _base_tensors(c: _Fields, doc: dict[str, Any]) -> dict[str, BaseTensor]:
+def _base_tensors(c: _Fields, doc: dict[str, Any], version: int) -> dict[str, BaseTensor]:
+    """Each base tensor's dtype, shape and digest: sha256 (versions 1-2) or blake3 (version 3)."""
+    algorithm = BASE_DIGEST if version >= 3 else "sha256"
     return {
         c.text(n, "base tensor name"): BaseTensor(
             n,
             c.dtype(c.obj(b, n).get("dtype"), f"base tensor {n}"),
             c.shape(b.get("shape"), f"base tensor {n} shape"),
-            c.digest(b.get("sha256"), f"base tensor {n} sha256"),
+            c.digest(b.get(algorithm), f"base tensor {n} {algorithm}"),
+            algorithm,
         )
         for n, b in doc.items()
     }

@@ -4,7 +4,6 @@ its delta frames), and a fine-tuned file read as its payload's frames (`Compress
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .._sizing import CHUNK_SIZE
 from ..errors import BaseMismatchError, ChecksumMismatchError, FormatError
-from ..hashing import hash_file
+from ..hashing import hash_file, new_hasher
 from ..pipeline.source import FileSource, Source
 from .delta_frames import MaskedSpans
 from .frame_stream import FrameReader, FrameWriter, Span
@@ -27,12 +26,12 @@ def digest_mismatch(have: StoredTensor, want: BaseTensor, actual: str) -> BaseMi
     """The error for a base tensor whose bytes (read as the manifest's dtype) hash otherwise."""
     cast_note = f" read as {want.dtype}" if have.dtype != want.dtype else ""
     return BaseMismatchError(
-        f"base tensor {want.name} in {have.source}{cast_note}: sha256 {actual}, but the payload was made "
-        f"against {want.sha256}; these are not the base weights the release was made from",
+        f"base tensor {want.name} in {have.source}{cast_note}: {want.algorithm} {actual}, but the payload "
+        f"was made against {want.digest}; these are not the base weights the release was made from",
         path=have.source,
-        expected=want.sha256,
+        expected=want.digest,
         actual=actual,
-        algorithm="sha256",
+        algorithm=want.algorithm,
         stage="base",
     )
 
@@ -105,7 +104,7 @@ class BaseImage(io.RawIOBase):
                 if name is not None and self.store is not None:
                     self._reader = self.store.reader(name, dtype)
                     if name in self._proof:
-                        self._hash, self._proving = hashlib.sha256(), name
+                        self._hash, self._proving = new_hasher(self._proof[name].algorithm), name
                 return True
         return False
 
@@ -119,7 +118,7 @@ class BaseImage(io.RawIOBase):
         while rest is not None and (k := self._reader.readinto(rest)):
             h.update(memoryview(rest)[:k])
         actual = h.hexdigest()
-        if actual != self._proof[name].sha256:
+        if actual != self._proof[name].digest:
             raise digest_mismatch(self.store.tensors[name], self._proof[name], actual)
 
     def readinto(self, b: Any) -> int:

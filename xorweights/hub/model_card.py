@@ -358,9 +358,12 @@ def _base_checksums_section(checksums: ChecksumManifest, native: NativeManifest 
     lines = ["## Base checksums", ""]
     if native is None:
         return lines + _sum_blocks(checksums.stage("hf_base"))
-    lines.append(f"sha256 of each of the {len(native.base_tensors)} base tensors the payload uses")
+    algorithms = sorted({t.algorithm for t in native.base_tensors.values()}) or ["sha256"]
+    lines.append(
+        f"{'/'.join(algorithms)} of each of the {len(native.base_tensors)} base tensors the payload uses"
+    )
     lines += ["", "<details>", "", "```text"]
-    lines += [f"{t.sha256}  {t.name}" for t in sorted(native.base_tensors.values(), key=lambda t: t.name)]
+    lines += [f"{t.digest}  {t.name}" for t in sorted(native.base_tensors.values(), key=lambda t: t.name)]
     lines += ["```", "", "</details>", ""]
     files = {f.base_file.name: f.base_file for f in native.files if f.base_file is not None}
     if files:

@@ -233,13 +233,17 @@ class TensorStore:
         """A stream of tensor `name`'s bytes, as `dtype` (default: as stored)."""
         return TensorReader(self.tensors[name], dtype)
 
-    def sha256(
-        self, name: str, dtype: str | None = None, on_progress: Callable[[int], None] | None = None
+    def digest(
+        self,
+        name: str,
+        dtype: str | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        algorithm: str = "sha256",
     ) -> str:
-        """sha256 of tensor `name`'s bytes as `dtype`."""
+        """The digest (`algorithm`, see `hashing.new_hasher`) of tensor `name`'s bytes as `dtype`."""
         buf = work_buffer(CHUNK_SIZE)  # its pages are touched only as far as the tensor goes
         with self.reader(name, dtype) as r:
-            return hash_stream(r, ["sha256"], buffer=buf, on_progress=on_progress)["sha256"]
+            return hash_stream(r, [algorithm], buffer=buf, on_progress=on_progress)[algorithm]
 
     def identity(self) -> tuple[int, int]:
         """Total size and newest modification time of the files read (for resume records)."""
