@@ -63,8 +63,8 @@ def test_store_prefers_safetensors_and_reads_checkpoints_without_them(tmp_path: 
     (folder / "model.safetensors").unlink()
     store = TensorStore.open(folder)
     assert store.kind == "pytorch" and set(store.tensors) == {"x", "y"}
-    assert store.sha256("y") == hashlib.sha256(Y.tobytes()).hexdigest()
-    assert store.sha256("x") == hashlib.sha256(X.tobytes()).hexdigest()
+    assert store.digest("y") == hashlib.sha256(Y.tobytes()).hexdigest()
+    assert store.digest("x") == hashlib.sha256(X.tobytes()).hexdigest()
 
 
 def test_hf_checkpoint_reads_both_containers_together(tmp_path: Path) -> None:

@@ -110,9 +110,9 @@ def native_manifest() -> NativeManifest:
     """A small native manifest with every method: tensor-xor, file-xor and copy."""
     bases = {
         "model.embed.weight": BaseTensor(
-            name="model.embed.weight", dtype="F16", shape=(3, 4), sha256=_sha("b1")
+            name="model.embed.weight", dtype="F16", shape=(3, 4), digest=_sha("b1")
         ),
-        "model.norm.weight": BaseTensor(name="model.norm.weight", dtype="F32", shape=(4,), sha256=_sha("b2")),
+        "model.norm.weight": BaseTensor(name="model.norm.weight", dtype="F32", shape=(4,), digest=_sha("b2")),
     }
     tensors = (
         TensorEntry(
