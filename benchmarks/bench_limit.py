@@ -126,19 +126,21 @@ def make_pair(work: Path, minilm: Path, dtype: str, strength: str, layers: int, 
     return total
 
 
-def timed(cmd: list[str], scratch: Path) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one command, started by GNU time."""
+def timed(cmd: list[str], scratch: Path) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (bytes) and CPU seconds (user + system) of one command, started by
+    GNU time."""
     settle(False)
     t = time.perf_counter()
     proc = subprocess.run(
-        [TIME, "-f", "%M", "-o", str(scratch / "rss"), *cmd],
+        [TIME, "-f", "%M %U %S", "-o", str(scratch / "rss"), *cmd],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     wall = time.perf_counter() - t
     if proc.returncode:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.decode()[-2000:]}")
-    return wall, int((scratch / "rss").read_text().split()[-1]) * 1024
+    rss, user, system = (scratch / "rss").read_text().split()[-3:]
+    return wall, int(rss) * 1024, float(user) + float(system)
 
 
 def sha256_tree(folder: Path) -> dict[str, str]:
@@ -187,7 +189,7 @@ def main() -> None:
             dest = work / f"payload-{mode}"
             if not (dest / "xorweights.json").exists():
                 shutil.rmtree(dest, ignore_errors=True)
-                t, rss = timed(
+                t, rss, _ = timed(
                     [
                         *py,
                         "encode",
@@ -232,7 +234,7 @@ def main() -> None:
                     "-q",
                     *extra,
                 ]
-        runs: dict[str, list[tuple[float, int]]] = {k: [] for k in contenders}
+        runs: dict[str, list[tuple[float, int, float]]] = {k: [] for k in contenders}
         for _ in range(args.repeat):
             for label, cmd in contenders.items():
                 shutil.rmtree(work / "out", ignore_errors=True)
@@ -242,24 +244,25 @@ def main() -> None:
                 if label.startswith("decode"):
                     got = sha256_tree(work / "out")
                     assert all(got.get(n) == d for n, d in want.items()), f"{label}: outputs differ"
-        floor = min(w for w, _ in runs["sha256 (openssl, one pass over the outputs)"])
+        floor = min(r[0] for r in runs["sha256 (openssl, one pass over the outputs)"])
         print(
             f"# {args.dtype} {args.strength}: output {size / 1e9:.2f} GB, compressed payload "
             f"{psize / size:.3f} of it; {args.repeat} rounds, 2 cores"
         )
         print(
             f"{'contender':<52} {'best s':>7} {'median s':>9} {'GB/s':>6} {'x sha256':>9} "
-            f"{'x uncompressed':>15} {'peak RSS':>9}"
+            f"{'x uncompressed':>15} {'peak RSS':>9} {'CPU s':>6}"
         )
         for label, rs in runs.items():
-            best = min(w for w, _ in rs)
-            med = statistics.median(w for w, _ in rs)
-            rss = max(r for _, r in rs)
+            best = min(r[0] for r in rs)
+            med = statistics.median(r[0] for r in rs)
+            rss = max(r[1] for r in rs)
+            cpu = min(rs)[2]
             twin = runs.get(label.replace("zstd", "none")) if "zstd" in label else None
-            vs = f"{best / min(w for w, _ in twin):15.2f}" if twin else f"{'':>15}"
+            vs = f"{best / min(r[0] for r in twin):15.2f}" if twin else f"{'':>15}"
             print(
                 f"{label:<52} {best:7.2f} {med:9.2f} {size / best / 1e9:6.2f} {best / floor:9.2f} {vs} "
-                f"{rss >> 20:>5} MiB"
+                f"{rss >> 20:>5} MiB {cpu:6.2f}"
             )
     finally:
         if not args.keep:

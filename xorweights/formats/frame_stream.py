@@ -63,12 +63,39 @@ class _Done:
         return False
 
 
+class _SharedPool:
+    """One pool of frame threads for every file read or written at once (frames are balanced
+    across files, not threads per file: the last file of a run still has every core), made by the
+    first user and shut down when the last leaves, so no thread outlives the work."""
+
+    _lock = threading.Lock()
+    _pool: ThreadPoolExecutor | None = None
+    _users = 0
+
+    @classmethod
+    def acquire(cls, workers: int) -> ThreadPoolExecutor:
+        with cls._lock:
+            if cls._pool is None:
+                cls._pool = ThreadPoolExecutor(workers, thread_name_prefix="frames")
+            cls._users += 1
+            return cls._pool
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0 and cls._pool is not None:
+                cls._pool.shutdown(wait=True)
+                cls._pool = None
+
+
 class _Ahead:
-    """Results of tasks in the order given, run on `workers` threads (inline with one), at most
-    `limit` at once: zstd and numpy release the GIL, so frames of one file use every core."""
+    """Results of tasks in the order given, run on the shared pool's threads (`workers` when it
+    is made; inline with one), at most `limit` at once per file: zstd and numpy release the GIL,
+    so frames use every core."""
 
     def __init__(self, workers: int) -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="frames") if workers > 1 else None
+        self._pool = _SharedPool.acquire(workers) if workers > 1 else None
         self._queue: deque[Any] = deque()
         self.limit = workers + AHEAD if workers > 1 else 1
 
@@ -88,9 +115,13 @@ class _Ahead:
     def close(self) -> None:
         for fut in self._queue:
             fut.cancel()
+        for fut in self._queue:  # none may run on after its reader is closed (it writes into its buffers)
+            if not fut.cancelled():
+                fut.exception()
         self._queue.clear()
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool = None
+            _SharedPool.release()
 
 
 @dataclass(frozen=True)
