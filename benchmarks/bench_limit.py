@@ -162,6 +162,9 @@ def main() -> None:
     ap.add_argument("--strength", default="strong", choices=("light", "strong"))
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--modes", default="zstd,zstd-grouped,none", help="encode modes to decode (none is needed)"
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the pair and payloads (reused when present)")
     args = ap.parse_args()
@@ -185,7 +188,7 @@ def main() -> None:
         size = sum(p.stat().st_size for p in (work / "ft").iterdir())
         want = sha256_tree(work / "ft")
         payloads = {}
-        for mode in ("zstd", "none"):
+        for mode in args.modes.split(","):
             dest = work / f"payload-{mode}"
             if not (dest / "xorweights.json").exists():
                 shutil.rmtree(dest, ignore_errors=True)
@@ -210,17 +213,16 @@ def main() -> None:
                     flush=True,
                 )
             payloads[mode] = dest
-        psize = sum(
-            p.stat().st_size
-            for p in payloads["zstd"].iterdir()
-            if p.is_file() and p.name != "xorweights.json"
-        )
+        psizes = {
+            m: sum(p.stat().st_size for p in d.iterdir() if p.is_file() and p.name != "xorweights.json")
+            for m, d in payloads.items()
+        }
         outs = sorted(str(p) for p in (work / "ft").iterdir() if p.suffix == ".safetensors")
         contenders = {
             "sha256 (openssl, one pass over the outputs)": ["openssl", "dgst", "-sha256", *outs],
             "cp of the outputs": ["cp", *outs, str(work / "cp")],
         }
-        for mode in ("zstd", "none"):
+        for mode in args.modes.split(","):
             for extra in ([], ["--no-fsync"]):
                 label = f"decode --compress {mode} payload" + (" --no-fsync" if extra else "")
                 contenders[label] = [
@@ -246,8 +248,9 @@ def main() -> None:
                     assert all(got.get(n) == d for n, d in want.items()), f"{label}: outputs differ"
         floor = min(r[0] for r in runs["sha256 (openssl, one pass over the outputs)"])
         print(
-            f"# {args.dtype} {args.strength}: output {size / 1e9:.2f} GB, compressed payload "
-            f"{psize / size:.3f} of it; {args.repeat} rounds, 2 cores"
+            f"# {args.dtype} {args.strength}: output {size / 1e9:.2f} GB; payload / output: "
+            + ", ".join(f"{m} {b / size:.3f}" for m, b in psizes.items())
+            + f"; {args.repeat} rounds, 2 cores"
         )
         print(
             f"{'contender':<52} {'best s':>7} {'median s':>9} {'GB/s':>6} {'x sha256':>9} "
@@ -258,7 +261,11 @@ def main() -> None:
             med = statistics.median(r[0] for r in rs)
             rss = max(r[1] for r in rs)
             cpu = min(rs)[2]
-            twin = runs.get(label.replace("zstd", "none")) if "zstd" in label else None
+            twin = (
+                runs.get(label.replace("zstd-grouped", "none").replace("zstd", "none"))
+                if "zstd" in label
+                else None
+            )
             vs = f"{best / min(r[0] for r in twin):15.2f}" if twin else f"{'':>15}"
             print(
                 f"{label:<52} {best:7.2f} {med:9.2f} {size / best / 1e9:6.2f} {best / floor:9.2f} {vs} "
