@@ -273,3 +273,38 @@ def test_a_plane_longer_than_its_bytes_can_compress_to_is_refused_from_the_head(
     with pytest.raises(FormatError, match="more than 4 bytes compress to"):
         parse_head(head, "f")
     assert compressed_bound(4) >= len(compressor().compress(b"abcd"))
+
+
+def test_files_read_at_once_share_one_pool_of_frame_threads() -> None:
+    """Frames are balanced across files: two readers of 2 workers each run on 2 threads, not 4,
+    and no frame thread outlives the last reader."""
+    import io
+    import threading
+
+    from xorweights.formats.frame_stream import FrameReader, Span, write_frames
+
+    out, base = _finetune_like(1 << 21, seed=6)
+    sink = io.BytesIO()
+    write_frames(io.BytesIO(out), io.BytesIO(base), [Span(len(out), PLANES, 2, "F16")], sink, workers=2)
+
+    def frame_threads() -> int:
+        return sum(t.name.startswith("frames") for t in threading.enumerate())
+
+    assert frame_threads() == 0
+    readers = [
+        FrameReader(io.BytesIO(sink.getvalue()), io.BytesIO(base), f"p{i}", workers=2) for i in range(2)
+    ]
+    got = [bytearray(), bytearray()]
+    chunk = bytearray(1 << 20)
+    while True:
+        sizes = []
+        for i, r in enumerate(readers):  # in turns: both readers open at once
+            sizes.append(r.readinto(chunk))
+            got[i] += chunk[: sizes[-1]]
+        assert 0 < frame_threads() <= 2 or not any(sizes)
+        if not any(sizes):
+            break
+    assert got[0] == got[1] == out
+    for r in readers:
+        r.close()
+    assert frame_threads() == 0

@@ -85,8 +85,8 @@ class _SharedPool:
         with cls._lock:
             cls._users -= 1
             if cls._users == 0 and cls._pool is not None:
-                cls._pool.shutdown(wait=True)
-                cls._pool = None
+                pool, cls._pool = cls._pool, None  # never handed out again, even if interrupted below
+                pool.shutdown(wait=True)
 
 
 class _Ahead:
