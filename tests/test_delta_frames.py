@@ -283,7 +283,7 @@ def test_files_read_at_once_share_one_pool_of_frame_threads() -> None:
 
     from xorweights.formats.frame_stream import FrameReader, Span, write_frames
 
-    out, base = _finetune_like(1 << 21, seed=6)
+    out, base = _finetune_like(1 << 22, seed=6)  # 4 frames of 2 MiB
     sink = io.BytesIO()
     write_frames(io.BytesIO(out), io.BytesIO(base), [Span(len(out), PLANES, 2, "F16")], sink, workers=2)
 
@@ -295,7 +295,7 @@ def test_files_read_at_once_share_one_pool_of_frame_threads() -> None:
         FrameReader(io.BytesIO(sink.getvalue()), io.BytesIO(base), f"p{i}", workers=2) for i in range(2)
     ]
     got = [bytearray(), bytearray()]
-    chunk = bytearray(1 << 20)
+    chunk = bytearray(4 << 20)  # 2 frames a read: each reader has 2 frames in flight at once
     while True:
         sizes = []
         for i, r in enumerate(readers):  # in turns: both readers open at once
