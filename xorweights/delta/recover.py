@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import math
+import queue
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -100,24 +102,29 @@ class ShardFile:
     def write(self, out: BinaryIO) -> None:
         """Write the file to `out`, recording every tensor's digest in `results`."""
         self.results.clear()
-        if self.fmt == "safetensors":
-            out.write(st.header_bytes(self.specs))
-            for _name, chunks in self._tensors(st.file_order(self.specs)):
-                for chunk in chunks:
-                    out.write(chunk)
-            return
-        stem = Path(self.name).stem
-        save_state_dict(out, stem, self.specs, self._tensors(record_order(self.specs)))
+        with _InOrder("xorweights-tensor-sha256") as digests:
+            if self.fmt == "safetensors":
+                out.write(st.header_bytes(self.specs))
+                for _name, chunks in self._tensors(st.file_order(self.specs), digests):
+                    for chunk in chunks:
+                        out.write(chunk)
+                return
+            stem = Path(self.name).stem
+            save_state_dict(out, stem, self.specs, self._tensors(record_order(self.specs), digests))
 
-    def _tensors(self, order: Sequence[TensorSpec]) -> Iterator[tuple[str, Iterator[memoryview]]]:
+    def _tensors(
+        self, order: Sequence[TensorSpec], digests: _InOrder
+    ) -> Iterator[tuple[str, Iterator[memoryview]]]:
         by_name = {p.name: p for p in self.plans}
         blocks = stream_blocks([by_name[s.name] for s in order], self.workers)
         for spec in order:
-            yield spec.name, self._chunks(spec, blocks)
+            yield spec.name, self._chunks(spec, blocks, digests)
 
     def _chunks(
-        self, spec: TensorSpec, blocks: Iterator[tuple[TensorPlan, np.ndarray | None]]
+        self, spec: TensorSpec, blocks: Iterator[tuple[TensorPlan, np.ndarray | None]], digests: _InOrder
     ) -> Iterator[memoryview]:
+        """The tensor's bytes, block by block; its sha256 is taken on `digests`' thread, in order,
+        while the next blocks are made and written (`results` has it once `write` returns)."""
         h = hashlib.sha256()
         sums: list[float] = []
         for plan, arr in blocks:
@@ -130,9 +137,44 @@ class ShardFile:
             if not arr.size:
                 continue
             view = memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B")
-            h.update(view)
+            digests.put(h.update, view)
             yield view
-        self.results[spec.name] = TensorResult(spec, h.hexdigest(), math.fsum(sums) if self.sums else None)
+        total = math.fsum(sums) if self.sums else None
+        digests.put(lambda: self.results.__setitem__(spec.name, TensorResult(spec, h.hexdigest(), total)))
+
+
+class _InOrder:
+    """Calls run in the order given on a thread of its own, at most `depth` waiting (each holds
+    its arguments, here a block of a tensor: memory stays bounded); leaving the block waits for
+    every call made, and re-raises the first error."""
+
+    def __init__(self, name: str, depth: int = 4) -> None:
+        self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def put(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((fn, args))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    item[0](*item[1])
+                except BaseException as e:  # noqa: BLE001 (handed to the caller)
+                    self._error = e
+
+    def __enter__(self) -> _InOrder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
 
 
 @dataclass(frozen=True)
