@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..delta.decode import DeltaOptions, plan_delta
+from ..delta.recipes import prefetch_torch
 from ..errors import InputError, IOFailure, NotAPayloadError
 from ..formats import plausible
 from ..formats.native_manifest import MANIFEST_NAME, is_native
@@ -38,6 +39,7 @@ class DeltaCodec:
         refuse_xor_payload(request.payload_dir)
 
     def plan_decode(self, request: DecodeRequest) -> Planned:
+        prefetch_torch()  # the fp16 sums of the 2023 recipes are torch's
         how = DeltaOptions(
             request.recipe,
             request.output_format,

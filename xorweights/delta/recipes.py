@@ -9,6 +9,7 @@ torch is never needed (the CPU's fp16 add and fp32-add-then-round agree bit for 
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +101,18 @@ def torch_or_none() -> Any:
                 torch = False  # type: ignore[assignment]
             _torch_module = torch
     return _torch_module or None
+
+
+def prefetch_torch() -> None:
+    """Begin importing torch (about a second) on a thread of its own, so that the plan's checks and
+    the first blocks' reads go on meanwhile; `torch_or_none` then waits for it. Not a daemon: a
+    process never ends in the middle of an import."""
+    if USE_TORCH is False or _torch_module is not None:
+        return
+    if "torch" in sys.modules:  # imported already: nothing to wait for
+        torch_or_none()
+        return
+    threading.Thread(target=torch_or_none, name="xorweights-import-torch").start()
 
 
 def fp16_add(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
