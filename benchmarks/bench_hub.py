@@ -1,6 +1,7 @@
 """What the Hub path costs on top of a local decode: publish, download, the sha256 check, second runs.
 
-Usage: python benchmarks/bench_hub.py [--mb 512] [--rates 100,400] [--save FILE] [--workdir DIR]
+Usage: python benchmarks/bench_hub.py [--mb 512] [--rates 25,100 [--shards 8] [--repeat 2]] [--save FILE]
+       [--workdir DIR]
 
 Makes a float16 model of about `--mb` MB and a fine-tuned copy, encodes a native payload, serves
 an empty Hub from `tests/hubserver.py` in another process on 127.0.0.1 (plain HTTP, no Xet), and
@@ -21,15 +22,23 @@ The offline run minus the local one is what the payload check costs. Download sp
 localhost from a Python test server says nothing about the real Hub; it is reported for
 completeness.
 
-With `--rates` (MB/s, comma-separated; 0 = unthrottled), the server then limits each file download
-to each rate in turn (`HubState.rate`, set over the server's stdin), and for each rate times
-`decode OWNER/NAME` (download, then decode) against `decode OWNER/NAME --stream` (payload weights
-read over HTTP as they are decoded), each into an empty Hub cache (its own HF_HOME) and an empty
-out folder, one process at a time after a `sync`. Per run: wall seconds, peak RSS, the bytes the
-process and its children wrote to disk (`write_bytes` of /proc/PID/io, read from the zombie of the
-GNU time process that ran the command, which holds its reaped children's counts), and the apparent
-size of the regular files left in the cache and out folder (no symlink followed, hard links once).
-The server throttles each file, not the link: files downloaded at the same time add up.
+With `--rates` (MB/s, comma-separated; 0 = unthrottled), the server then limits its link, all
+downloads together, to each rate in turn (`HubState.rate`, set over the server's stdin: files
+downloaded at once share it), and for each rate and each of two payloads of the same model, in
+one file and in `--shards` files (each encoded and published as its own repo), times:
+
+  - the download alone: `snapshot_download` of the payload files into the Hub cache, no decode;
+  - `decode OWNER/NAME --stream` (payload weights read over HTTP as they are decoded);
+  - `decode OWNER/NAME` (download, then decode);
+
+each `--repeat` times (the contenders taking turns), each its own process under GNU time after a
+`sync`, into an empty Hub cache (its own HF_HOME) and an empty out folder. Per contender: best
+and median wall seconds, their ratio to the download alone's, the floor (payload bytes over the
+rate), peak RSS, the bytes the process and its children wrote to disk (`write_bytes` of
+/proc/PID/io, read from the zombie of the GNU time process that ran the command, which holds its
+reaped children's counts), downloads the client hung up on (the test server's log), and, from
+the server's side of the link (median): the seconds from the start of the process to the first
+body byte asked for, and from the last body byte sent to the end of the process.
 `--save FILE` also writes the tables to FILE.
 """
 
@@ -40,6 +49,7 @@ import filecmp
 import os
 import shutil
 import stat
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,35 +64,63 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_decode import TIME, run, settle  # noqa: E402
 
+XW = [sys.executable, "-m", "xorweights.cli"]
+
 SERVE = """
-import sys
+import sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from tests.hubserver import HubServer
 with HubServer(Path({store!r}), token="hf_bench") as hub:
+    send, marks = hub.state.link.send, []
+    def timed(n, rate):  # when body bytes were first asked for, and when the last were sent
+        marks.append(time.time()) if not marks else None
+        send(n, rate)
+        marks[1:] = [time.time()]
+    hub.state.link.send = timed
     print(hub.url, flush=True)
-    for line in sys.stdin:  # "rate BYTES_PER_S" (0: unthrottled), answered "ok"; end of input stops
-        hub.state.rate = float(line.split()[1]) or None
-        print("ok", flush=True)
+    for line in sys.stdin:  # answered by one line; end of input stops
+        if line.startswith("rate "):  # "rate BYTES_PER_S" (0: unthrottled): "ok"
+            hub.state.rate = float(line.split()[1]) or None
+            print("ok", flush=True)
+        elif line.startswith("marks"):  # "FIRST LAST" (unix seconds, 0 0 if none) since the last ask
+            print(*(marks + [0, 0])[:2], flush=True)
+            marks.clear()
 """
-MODES = (("download+decode", []), ("--stream", ["--stream"]))
+DOWNLOAD = """
+import sys
+from huggingface_hub import snapshot_download
+snapshot_download(sys.argv[1], allow_patterns=sys.argv[2:])
+"""
+CONTENDERS = ("download", "--stream", "download+decode")
 
 
 def set_rate(server: subprocess.Popen[str], mbps: float) -> None:
-    """Throttle each file download of the server to `mbps` MB/s (0: unthrottled)."""
+    """Limit the server's link (all downloads together) to `mbps` MB/s (0: unthrottled)."""
     server.stdin.write(f"rate {mbps * 1e6}\n")  # type: ignore[union-attr]
     server.stdin.flush()  # type: ignore[union-attr]
     assert server.stdout.readline().strip() == "ok"  # type: ignore[union-attr]
 
 
-def run_io(cmd: list[str], scratch: Path, env: dict[str, str]) -> tuple[float, int, int, int]:
-    """Run `cmd` under GNU time: wall seconds, peak RSS, write_bytes and cancelled_write_bytes.
+def link_marks(server: subprocess.Popen[str]) -> tuple[float, float]:
+    """When body bytes were first asked for and last sent through the throttled link since the last
+    call (unix seconds; 0, 0 if none)."""
+    server.stdin.write("marks\n")  # type: ignore[union-attr]
+    server.stdin.flush()  # type: ignore[union-attr]
+    first, last = server.stdout.readline().split()  # type: ignore[union-attr]
+    return float(first), float(last)
+
+
+def run_io(cmd: list[str], scratch: Path, env: dict[str, str]) -> tuple[float, int, int, int, float]:
+    """Run `cmd` under GNU time: wall seconds, peak RSS, write_bytes, cancelled_write_bytes and
+    when it started (unix seconds).
 
     The I/O counts are read from /proc of the GNU time process once it has exited but before it is
     reaped: they include those of `cmd` (and its children), which it reaped.
     """
     rss_file, err_file = scratch / "rss.txt", scratch / "stderr.txt"
     with open(err_file, "wb") as err:
+        began = time.time()
         start = time.perf_counter()
         proc = subprocess.Popen(
             [TIME, "-f", "%M", "-o", str(rss_file), *cmd], stdout=subprocess.DEVNULL, stderr=err, env=env
@@ -94,7 +132,7 @@ def run_io(cmd: list[str], scratch: Path, env: dict[str, str]) -> tuple[float, i
     if code != 0:
         raise SystemExit(f"failed ({code}): {' '.join(cmd)}\n{err_file.read_text()}")
     rss = int(rss_file.read_text().split()[-1]) * 1024
-    return secs, rss, int(io["write_bytes"]), int(io["cancelled_write_bytes"])
+    return secs, rss, int(io["write_bytes"]), int(io["cancelled_write_bytes"]), began
 
 
 def disk_bytes(*folders: Path) -> int:
@@ -123,13 +161,28 @@ def same_files(a: Path, b: Path) -> bool:
 
 class RateRun(NamedTuple):
     mbps: float
+    payload: str
     mode: str
     secs: float
     rss: int
     written: int
-    cancelled: int
-    left: int
+    first: float
+    """Seconds from the start of the process to the first body byte asked for (nan: unthrottled)."""
+    tail: float
+    """Seconds from the last body byte sent to the end of the process (nan: unthrottled)."""
     hangups: int
+
+
+class Payload(NamedTuple):
+    """A published payload (`repo`) of the pair `base` -> `ft`, `size` bytes in `files` (their
+    names; `publish` puts them in a folder of the repo)."""
+
+    label: str
+    repo: str
+    base: Path
+    ft: Path
+    files: list[str]
+    size: int
 
 
 def hangups(log: Path, start: int) -> tuple[int, int]:
@@ -139,84 +192,151 @@ def hangups(log: Path, start: int) -> tuple[int, int]:
 
 
 def compare_rates(
-    server: subprocess.Popen[str], rates: list[float], dec: list[str], work: Path, ref: Path, payload: int
+    server: subprocess.Popen[str], rates: list[float], payloads: list[Payload], work: Path, repeat: int
 ) -> list[str]:
-    """Download-then-decode vs `--stream` at each rate; the report lines."""
+    """The download alone, `--stream` and download-then-decode at each rate; the report lines."""
+    py = sys.executable
     _, pos = hangups(work / "server.log", 0)
     runs: list[RateRun] = []
     for mbps in rates:
         set_rate(server, mbps)
-        for mode, extra in MODES:
-            tag = f"{mbps:g}-{'stream' if extra else 'seq'}"
-            home, out = work / f"hf-{tag}", work / f"out-{tag}"
-            settle(False)
-            secs, rss, wrote, cancelled = run_io(
-                [*dec, str(out), *extra], work, {**os.environ, "HF_HOME": str(home)}
-            )
-            left = disk_bytes(home, out)
-            assert same_files(ref, out), f"{out} differs from {ref}"
-            cut, pos = hangups(work / "server.log", pos)
-            runs.append(RateRun(mbps, mode, secs, rss, wrote, cancelled, left, cut))
-            print(
-                f"{mbps:g} MB/s {mode:<16} {secs:8.2f} s {rss / 2**20:7.0f} MiB "
-                f"{wrote / 1e6:8.0f} MB written {left / 1e6:8.0f} MB left",
-                flush=True,
-            )
-            shutil.rmtree(home)
-            shutil.rmtree(out)
+        for pay in payloads:
+            for _ in range(repeat):
+                for mode in CONTENDERS:
+                    home, out = work / "hf-rate", work / "out-rate"
+                    if mode == "download":
+                        cmd = [py, "-c", DOWNLOAD, pay.repo, *pay.files, *(f"*/{f}" for f in pay.files)]
+                    else:
+                        cmd = [*XW, "decode", pay.repo, "--base", str(pay.base), "-q", "--out", str(out)]
+                        cmd += ["--stream"] if mode == "--stream" else []
+                    settle(False)
+                    link_marks(server)
+                    secs, rss, wrote, _, began = run_io(cmd, work, {**os.environ, "HF_HOME": str(home)})
+                    first, last = link_marks(server)
+                    if mode == "download":
+                        got = disk_bytes(home)
+                        assert got >= pay.size, f"downloaded {got} bytes of {pay.size}"
+                    else:
+                        assert same_files(pay.ft, out), f"{out} differs from {pay.ft}"
+                    cut, pos = hangups(work / "server.log", pos)
+                    nan = float("nan")
+                    timed = (first - began, began + secs - last) if first else (nan, nan)
+                    runs.append(RateRun(mbps, pay.label, mode, secs, rss, wrote, *timed, cut))
+                    print(
+                        f"{mbps:g} MB/s {pay.label:<10} {mode:<16} {secs:8.2f} s {rss / 2**20:7.0f} MiB "
+                        f"{wrote / 1e6:8.0f} MB written; 1st byte {timed[0]:6.2f} s, tail {timed[1]:6.2f} s",
+                        flush=True,
+                    )
+                    shutil.rmtree(home, ignore_errors=True)
+                    shutil.rmtree(out, ignore_errors=True)
     set_rate(server, 0)
-    outputs = files_bytes(ref)
     lines = [
-        f"{'rate MB/s':>9} {'mode':<16} {'wall s':>8} {'peak RSS':>10} {'written MB':>11} "
-        f"{'cancel kB':>9} {'left MB':>8} {'x out':>6} {'hang-ups':>8}"
+        f"{'rate MB/s':>9} {'payload':<10} {'mode':<16} {'best s':>7} {'median s':>8} {'x dl best':>9} "
+        f"{'x dl med':>8} {'floor s':>7} {'peak RSS':>10} {'written MB':>10} {'1st byte s':>10} "
+        f"{'tail s':>6} {'hang-ups':>8}"
     ]
-    for r in runs:
-        lines.append(
-            f"{_rate(r.mbps):>9} {r.mode:<16} {r.secs:8.2f} {r.rss / 2**20:6.0f} MiB {r.written / 1e6:11.1f} "
-            f"{r.cancelled / 1e3:9.0f} {r.left / 1e6:8.1f} {r.written / outputs:6.2f} {r.hangups:8d}"
-        )
-    for seq, st in zip(runs[::2], runs[1::2], strict=True):
-        floor = f"; payload at that rate: {payload / (seq.mbps * 1e6):.2f} s" if seq.mbps else ""
-        lines.append(f"{_rate(seq.mbps):>9} stream/sequential wall {st.secs / seq.secs:.2f}{floor}")
+    for mbps in rates:
+        for pay in payloads:
+            group = {
+                m: [r for r in runs if (r.mbps, r.payload, r.mode) == (mbps, pay.label, m)]
+                for m in CONTENDERS
+            }
+            dl_best = min(r.secs for r in group["download"])
+            dl_med = statistics.median(r.secs for r in group["download"])
+            floor = f"{pay.size / (mbps * 1e6):7.2f}" if mbps else f"{'-':>7}"
+            for mode, rs in group.items():
+                best, med = min(r.secs for r in rs), statistics.median(r.secs for r in rs)
+                first, tail = (statistics.median(getattr(r, k) for r in rs) for k in ("first", "tail"))
+                lines.append(
+                    f"{_rate(mbps):>9} {pay.label:<10} {mode:<16} {best:7.2f} {med:8.2f} "
+                    f"{best / dl_best:9.3f} {med / dl_med:8.3f} {floor} "
+                    f"{max(r.rss for r in rs) / 2**20:6.0f} MiB "
+                    f"{statistics.median(r.written for r in rs) / 1e6:10.1f} {first:10.2f} {tail:6.2f} "
+                    f"{sum(r.hangups for r in rs):8d}"
+                )
     lines += [
-        f"outputs {outputs / 1e6:.1f} MB, payload {payload / 1e6:.1f} MB; 'written': write_bytes",
-        "('cancel': cancelled_write_bytes) of the process tree; 'left': files in cache and out after it;",
-        "'x out': written / outputs; 'hang-ups': downloads the client closed early (test server log)",
+        "payloads (safetensors files, all files' bytes): "
+        + "; ".join(f"{p.label} {_weights(p)}, {p.size / 1e6:.1f} MB" for p in payloads),
+        f"{repeat} run(s) each, the contenders taking turns; 'x dl': wall over the download alone's (best",
+        "over best, median over median); 'floor': payload bytes over the rate; 'peak RSS': the highest",
+        "run; 'written': write_bytes of the process tree (median); '1st byte': from the start of the",
+        "process to the first body byte asked for, 'tail': from the last body byte sent to the end of the",
+        "process (median, the server's side of the link); 'hang-ups': downloads the client closed early",
     ]
     return lines
+
+
+def _weights(p: Payload) -> int:
+    return sum(f.endswith(".safetensors") for f in p.files)
 
 
 def _rate(mbps: float) -> str:
     return f"{mbps:g}" if mbps else "none"
 
 
-def make_pair(work: Path, mb: int) -> tuple[Path, Path]:
+def make_tensors(mb: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Base and fine-tune: float16 tensors of 32 MiB, the fine-tune nudged by small noise."""
     rng = np.random.default_rng(0)
-    n = max(1, mb // 32)
     base, ft = {}, {}
-    for i in range(n):
+    for i in range(max(1, mb // 32)):
         t = rng.standard_normal(16 * 2**20, dtype=np.float32).astype(np.float16).reshape(4096, 4096)
         base[f"model.layers.{i}.mlp.up_proj.weight"] = t
         ft[f"model.layers.{i}.mlp.up_proj.weight"] = t + np.float16(1e-3) * rng.standard_normal(
             t.shape
         ).astype(np.float16)
-    (work / "base").mkdir()
-    (work / "ft").mkdir()
-    half = (n + 1) // 2
+    return base, ft
+
+
+def save_pair(
+    folder: Path, base: dict[str, np.ndarray], ft: dict[str, np.ndarray], files: int
+) -> tuple[Path, Path]:
+    """`folder`/base and `folder`/ft: the tensors in `files` safetensors files (fewer if there are
+    fewer tensors), in name order."""
     names = sorted(base)
-    for k, group in enumerate((names[:half], names[half:]), 1):
-        if group:
-            save_file({g: base[g] for g in group}, str(work / "base" / f"model-{k:05d}-of-00002.safetensors"))
-            save_file({g: ft[g] for g in group}, str(work / "ft" / f"model-{k:05d}-of-00002.safetensors"))
-    (work / "ft" / "config.json").write_text('{"model_type": "llama"}\n')
-    return work / "base", work / "ft"
+    files = min(files, len(names))
+    (folder / "base").mkdir(parents=True)
+    (folder / "ft").mkdir()
+    for k in range(files):
+        group = names[len(names) * k // files : len(names) * (k + 1) // files]
+        name = f"model-{k + 1:05d}-of-{files:05d}.safetensors"
+        save_file({g: base[g] for g in group}, str(folder / "base" / name))
+        save_file({g: ft[g] for g in group}, str(folder / "ft" / name))
+    (folder / "ft" / "config.json").write_text('{"model_type": "llama"}\n')
+    return folder / "base", folder / "ft"
+
+
+def make_pair(work: Path, mb: int) -> tuple[Path, Path]:
+    """Base and fine-tune in two files each."""
+    return save_pair(work, *make_tensors(mb), 2)
+
+
+def encode(base: Path, ft: Path, out: Path) -> int:
+    """Encode the native payload of `base` -> `ft` into `out`; its size."""
+    subprocess.run([*XW, "encode", str(ft), "--base", str(base), "--out", str(out), "-q"], check=True)
+    return sum(p.stat().st_size for p in out.iterdir())
+
+
+def rate_payloads(work: Path, mb: int, shards: int) -> list[Payload]:
+    """The same model in one file and in `shards` files, each encoded and published as its own repo."""
+    tensors = make_tensors(mb)
+    payloads = []
+    for label, files in (("one file", 1), (f"{shards} files", shards)):
+        folder = work / f"pair-{files}"
+        base, ft = save_pair(folder, *tensors, files)
+        size = encode(base, ft, folder / "payload")
+        repo = f"me/bench-rate-{files}"
+        subprocess.run([*XW, "publish", str(folder / "payload"), repo, "-q"], check=True)
+        names = sorted(p.name for p in (folder / "payload").iterdir())
+        payloads.append(Payload(label, repo, base, ft, names, size))
+    return payloads
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=512)
-    ap.add_argument("--rates", default="", help="MB/s per file download, comma-separated (0: unthrottled)")
+    ap.add_argument("--rates", default="", help="MB/s of the link, comma-separated (0: unthrottled)")
+    ap.add_argument("--shards", type=int, default=8, help="files of the many-file payload of --rates")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per contender and rate of --rates")
     ap.add_argument("--save", type=Path, default=None, help="also write the tables to this file")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
@@ -225,22 +345,7 @@ def main() -> None:
     try:
         base, ft = make_pair(work, args.mb)
         py = sys.executable
-        subprocess.run(
-            [
-                py,
-                "-m",
-                "xorweights.cli",
-                "encode",
-                str(ft),
-                "--base",
-                str(base),
-                "--out",
-                str(work / "payload"),
-                "-q",
-            ],
-            check=True,
-        )
-        size = sum(p.stat().st_size for p in (work / "payload").iterdir())
+        size = encode(base, ft, work / "payload")
         server_log = open(work / "server.log", "wb")
         server = subprocess.Popen(
             [py, "-c", SERVE.format(root=str(ROOT), store=str(work / "store"))],
@@ -253,7 +358,7 @@ def main() -> None:
         env = {**os.environ, "HF_ENDPOINT": url, "HF_TOKEN": "hf_bench", "HF_HUB_DISABLE_XET": "1"}
         env["HF_HOME"] = str(work / "hf-home")
         os.environ.update(env)
-        xw = [py, "-m", "xorweights.cli"]
+        xw = XW
         dec = [*xw, "decode", "me/bench-xor", "--base", str(base), "-q", "--out"]
         steps = [
             ("cp -r payload", [["cp", "-r", str(work / "payload"), str(work / "cp")]]),
@@ -297,7 +402,10 @@ def main() -> None:
             secs, rss = run(cmds, work)
             results[name] = (secs, rss)
             print(f"{name:<36} {secs:8.2f} s {rss / 2**20:7.0f} MiB", flush=True)
-        rate_lines = compare_rates(server, rates, dec, work, work / "out1", size) if rates else []
+        rate_lines = []
+        if rates:
+            payloads = rate_payloads(work, args.mb, args.shards)
+            rate_lines = compare_rates(server, rates, payloads, work, args.repeat)
         server.stdin.close()  # type: ignore[union-attr]
         server.wait(timeout=30)
         server_log.close()
@@ -331,7 +439,8 @@ def main() -> None:
         if rate_lines:
             lines += [
                 "",
-                "download+decode vs --stream, each file download throttled by the server",
+                "the download alone, --stream and download+decode, the server's link throttled"
+                " (all downloads together)",
                 *rate_lines,
             ]
         text = "\n".join(lines) + "\n"

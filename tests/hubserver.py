@@ -96,6 +96,34 @@ class Repo:
     commits: dict[str, dict[str, Entry]] = field(default_factory=dict)
 
 
+#: Bytes sent at a time while throttled: the granularity of the link's clock (10 ms at 25 MB/s).
+_THROTTLED_CHUNK = 256 * 1024
+
+
+#: Link time an idle link keeps for later (so a sender a little late to its next slot, as Python
+#: threads are, loses no link time; a link idle longer saves nothing more).
+_LINK_SLACK = 0.05
+
+
+class Link:
+    """One link shared by every download: `send` reserves, for each chunk, the next free slot of
+    `n / rate` seconds on one clock, then sleeps until that slot ends (the chunk is then written, as
+    if it had just arrived through the link). Downloads at once share the rate; an idle link saves
+    at most `_LINK_SLACK` seconds of it for later."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free = 0.0
+        """When the link is next free (`time.monotonic`)."""
+
+    def send(self, n: int, rate: float) -> None:
+        with self._lock:
+            self._free = max(self._free, time.monotonic() - _LINK_SLACK) + n / rate
+            end = self._free
+        while (wait := end - time.monotonic()) > 0:
+            time.sleep(wait)
+
+
 class HubState:
     """Repos, commits and content-addressed blobs, kept under `root`."""
 
@@ -109,7 +137,9 @@ class HubState:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.cut_after: dict[str, int] = {}
         self.rate: float | None = None
-        """Bytes per second at most for each file download (None: unthrottled)."""
+        """Bytes per second at most for all downloads together (None: unthrottled): one link they share."""
+        self.link = Link()
+        """The link every download's body is sent through at `rate`."""
         self.granted: set[str] = set()
         """Gated repos whose terms the token's user has accepted."""
         self.foreign: set[str] = set()
@@ -429,11 +459,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             left = (end - start) if cut is None else min(cut, end - start)
             while left > 0:
-                chunk = f.read(min(left, 1 << 20))
+                rate = self.state.rate
+                chunk = f.read(min(left, _THROTTLED_CHUNK if rate else 1 << 20))
+                if rate:
+                    self.state.link.send(len(chunk), rate)
                 self.wfile.write(chunk)  # a client gone early raises here: the cut stays armed
                 left -= len(chunk)
-                if self.state.rate:
-                    time.sleep(len(chunk) / self.state.rate)
         if cut is not None:
             if fault is None or fault.kind != "drop":
                 self.state.cut_after.pop(name, None)

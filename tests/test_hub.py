@@ -525,3 +525,32 @@ def test_unreachable_hub_falls_back_to_a_complete_cache(native_release, hub, tmp
     down = {**kw, "endpoint": "http://127.0.0.1:9"}  # refused connections
     report = xorweights.decode("org/ft-xor", base=native_release["base"], out=tmp_path / "b", **down)
     assert tree(tmp_path / "b") == tree(native_release["ft"]) and report.source
+
+
+def test_the_server_rate_limits_the_link_not_each_download(hub, tmp_path) -> None:
+    """`HubState.rate` is one link: two files downloaded at once share it (the streaming benchmark's
+    floor is the payload's size over the rate, however many files it has)."""
+    import threading
+    import time
+    import urllib.request
+
+    size, rate = 1 << 20, 4 << 20
+    folder = tmp_path / "two"
+    write_files(folder, {"a.safetensors": random_bytes(size, 1), "b.safetensors": random_bytes(size, 2)})
+    hub.state.add_folder("org/two", folder)
+    hub.state.rate = rate
+    got: dict[str, int] = {}
+
+    def get(name: str) -> None:
+        with urllib.request.urlopen(f"{hub.url}/org/two/resolve/main/{name}", timeout=30) as r:
+            got[name] = len(r.read())
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=get, args=(n,)) for n in ("a.safetensors", "b.safetensors")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    both = time.monotonic() - start
+    assert got == {"a.safetensors": size, "b.safetensors": size}
+    assert both >= 0.8 * 2 * size / rate, both  # each throttled alone would take half as long
