@@ -97,7 +97,7 @@ class DemoReport:
 
     @property
     def base_tensors(self) -> int:
-        """Base tensors the native payload uses; decode proves each against its sha256."""
+        """Base tensors the native payload uses; decode proves each against its digest (blake3)."""
         m = self.encode.native_manifest
         return len(m.base_tensors) if m is not None else 0
 

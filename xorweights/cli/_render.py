@@ -284,7 +284,9 @@ def print_demo(rep: DemoReport, workdir: Path | None) -> None:
     assert e.native_manifest is not None
     grown = sum(i.nbytes for i in manifest_items(e.native_manifest, Path(e.out_dir)) if i.grown)
     kept = sum(f.kept for f in d.files)
-    proven = f"{kept} outputs kept from an earlier run, " if kept else f"{rep.base_tensors} base tensors and "
+    algorithms = sorted({t.algorithm for t in e.native_manifest.base_tensors.values()})
+    tensors = f"{rep.base_tensors} base tensors proven by {'/'.join(algorithms)} as the pass read them, "
+    proven = f"{kept} outputs kept from an earlier run, " if kept else tensors
     click.echo(
         f"1. generate  base/ and finetuned/: {rep.layers} layers, {_human(rep.model_bytes)}, vocabulary "
         f"grown by 16 rows, added_tokens.json ({rep.generate_seconds:.1f} s)"
