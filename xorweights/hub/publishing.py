@@ -46,11 +46,10 @@ from .access import HubFile, list_repo, short_error
 from .checksum_sources import checksums_from_hub
 from .download import hub_bars_off
 from .model_card import CARD_NAME
-from .payload import git_blob_id
 from .repo_spec import validate_repo_id, validate_revision
 from .upload import ensure_repo, http_status, upload_folder
 from .watch import PUBLISH_ANSWER, Watch, describe, from_http_client, stall_timeout
-from .wheel import WHEEL_FOLDER, check_attached, install_plan, listed_as
+from .wheel import WHEEL_FOLDER, check_attached, install_plan, listed_as, local_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +252,7 @@ def publish(
     for n in names:
         check_regular_file(payload_dir / n, payload_dir)
     sha256 = _hash_all(payload_dir, names, rel.want, jobs=jobs or default_jobs(), progress=progress)
+    extra_sha256 = local_sha256(extra)
     sizes = {n: (payload_dir / n).stat().st_size for n in names}
     payload_bytes = sum(sizes.values())
     branch = revision or "main"
@@ -265,10 +265,21 @@ def publish(
     # Waits the Hub asks for: 60 s at most; a silent Hub: PUBLISH_ANSWER x T per request, 3 requests.
     with Watch(f"{repo_id}@{branch}", answer=PUBLISH_ANSWER * stall_timeout()).active():
         sent = _send(
-            api, repo_id, branch, payload_dir, sizes, sha256, card, message, private, progress, extra
+            api,
+            repo_id,
+            branch,
+            payload_dir,
+            sizes,
+            sha256,
+            card,
+            message,
+            private,
+            progress,
+            extra,
+            extra_sha256,
         )
     _check_listing(repo_id, sent.commit, sent.listed, payload_dir, sizes, sha256)
-    check_attached(repo_id, sent.commit, sent.listed, extra)
+    check_attached(repo_id, sent.commit, sent.listed, extra, extra_sha256)
     logger.info("published %s files to %s@%s", len(names), repo_id, sent.commit)
     return PublishReport(
         repo_id=repo_id,
@@ -377,6 +388,7 @@ def _send(
     private: bool,
     progress: bool,
     extra: Mapping[str, Path],
+    extra_sha256: Mapping[str, str],
 ) -> _Sent:
     """Create the repo and branch if missing, then commit the payload and card unless the branch
     already holds them; files of an earlier payload in `payload/` are deleted by the same commit.
@@ -392,7 +404,7 @@ def _send(
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         head, before = list_repo(api, repo_id, branch)
         removed = tuple(sorted(p for p in before if p.startswith(_FOLDER) and p[len(_FOLDER) :] not in sizes))
-        same_extra = all(listed_as(before.get(p), f) for p, f in extra.items())
+        same_extra = all(listed_as(before.get(p), f, extra_sha256[p]) for p, f in extra.items())
         if not removed and same_extra and _holds(before, payload_dir, sizes, sha256, card.encode()):
             logger.info("%s@%s already holds this release; nothing to commit", repo_id, branch)
             return _Sent(head, before, removed, unchanged=True)
@@ -485,14 +497,8 @@ def _holds(
 ) -> bool:
     """Whether a listing holds this very card and every payload file (sha256, or git blob id for
     files not in LFS)."""
-    for n, size in sizes.items():
-        got = listed.get(f"{model_card.PAYLOAD_FOLDER}/{n}")
-        if got is None or got.size != size:
-            return False
-        if got.sha256 is not None:
-            if got.sha256 != sha256[n]:
-                return False
-        elif got.blob_id != git_blob_id(payload_dir / n):
+    for n in sizes:
+        if not listed_as(listed.get(f"{model_card.PAYLOAD_FOLDER}/{n}"), payload_dir / n, sha256[n]):
             return False
     listed_card = listed.get(CARD_NAME)
     h = git_blob_hasher(len(card))

@@ -105,27 +105,38 @@ def _default_install(version: str) -> str | None:
     return None
 
 
-def listed_as(got: HubFile | None, local: Path) -> bool:
-    """Whether a listed file is `local` (its size, and its sha256 or git blob id)."""
+def listed_as(got: HubFile | None, local: Path, sha256: str | None = None) -> bool:
+    """Whether a listed file is `local` (its size, and its sha256 or git blob id); `sha256`, when
+    known, is the local file's (it is then not hashed again)."""
     if got is None or got.size != local.stat().st_size:
         return False
     if got.sha256 is not None:
-        return got.sha256 == hash_file(local, ["sha256"])["sha256"]
+        return got.sha256 == (sha256 or hash_file(local, ["sha256"])["sha256"])
     return got.blob_id == hash_file(local, [GIT_BLOB])[GIT_BLOB]
 
 
+def local_sha256(extra: Mapping[str, Path]) -> dict[str, str]:
+    """The sha256 of each file a release carries, by repo path (taken once per publish)."""
+    return {path: hash_file(local, ["sha256"])["sha256"] for path, local in extra.items()}
+
+
 def check_attached(
-    repo_id: str, commit: str, listed: Mapping[str, HubFile], extra: Mapping[str, Path]
+    repo_id: str,
+    commit: str,
+    listed: Mapping[str, HubFile],
+    extra: Mapping[str, Path],
+    sha256: Mapping[str, str],
 ) -> None:
-    """Check that each file the release carries (a wheel) is listed at `commit` as it is here.
+    """Check that each file the release carries (a wheel) is listed at `commit` as it is here
+    (`sha256`: each one's, by repo path, `local_sha256`).
 
     Raises:
         `ChecksumMismatchError`: a file is missing, or listed with another size or digest.
     """
     for path, local in extra.items():
         got = listed.get(path)
-        if not listed_as(got, local):
-            want = hash_file(local, ["sha256"])["sha256"]
+        if not listed_as(got, local, sha256[path]):
+            want = sha256[path]
             raise ChecksumMismatchError(
                 f"{repo_id}@{commit}: {path} is "
                 + (f"listed with size {got.size} and sha256 {got.sha256}" if got else "missing")
