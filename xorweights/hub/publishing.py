@@ -252,7 +252,7 @@ def publish(
     for n in names:
         check_regular_file(payload_dir / n, payload_dir)
     sha256 = _hash_all(payload_dir, names, rel.want, jobs=jobs or default_jobs(), progress=progress)
-    extra_sha256 = local_sha256(extra)
+    attached = _Attached(extra, local_sha256(extra))
     sizes = {n: (payload_dir / n).stat().st_size for n in names}
     payload_bytes = sum(sizes.values())
     branch = revision or "main"
@@ -265,21 +265,10 @@ def publish(
     # Waits the Hub asks for: 60 s at most; a silent Hub: PUBLISH_ANSWER x T per request, 3 requests.
     with Watch(f"{repo_id}@{branch}", answer=PUBLISH_ANSWER * stall_timeout()).active():
         sent = _send(
-            api,
-            repo_id,
-            branch,
-            payload_dir,
-            sizes,
-            sha256,
-            card,
-            message,
-            private,
-            progress,
-            extra,
-            extra_sha256,
+            api, repo_id, branch, payload_dir, sizes, sha256, card, message, private, progress, attached
         )
     _check_listing(repo_id, sent.commit, sent.listed, payload_dir, sizes, sha256)
-    check_attached(repo_id, sent.commit, sent.listed, extra, extra_sha256)
+    check_attached(repo_id, sent.commit, sent.listed, extra, attached.sha256)
     logger.info("published %s files to %s@%s", len(names), repo_id, sent.commit)
     return PublishReport(
         repo_id=repo_id,
@@ -376,6 +365,14 @@ class _Sent:
     """The branch already held this release: nothing was committed."""
 
 
+@dataclass(frozen=True)
+class _Attached:
+    """The files a release carries beside its payload (a wheel), by repo path, with their sha256."""
+
+    files: Mapping[str, Path]
+    sha256: Mapping[str, str]
+
+
 def _send(
     api: Any,
     repo_id: str,
@@ -387,8 +384,7 @@ def _send(
     message: str,
     private: bool,
     progress: bool,
-    extra: Mapping[str, Path],
-    extra_sha256: Mapping[str, str],
+    attached: _Attached,
 ) -> _Sent:
     """Create the repo and branch if missing, then commit the payload and card unless the branch
     already holds them; files of an earlier payload in `payload/` are deleted by the same commit.
@@ -404,7 +400,8 @@ def _send(
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         head, before = list_repo(api, repo_id, branch)
         removed = tuple(sorted(p for p in before if p.startswith(_FOLDER) and p[len(_FOLDER) :] not in sizes))
-        same_extra = all(listed_as(before.get(p), f, extra_sha256[p]) for p, f in extra.items())
+        extra = attached.files
+        same_extra = all(listed_as(before.get(p), f, attached.sha256[p]) for p, f in extra.items())
         if not removed and same_extra and _holds(before, payload_dir, sizes, sha256, card.encode()):
             logger.info("%s@%s already holds this release; nothing to commit", repo_id, branch)
             return _Sent(head, before, removed, unchanged=True)
