@@ -74,7 +74,7 @@ def print_decode(report: DecodeReport) -> None:
         manifest = shown(Path(report.payload_dir) / "xorweights.json")
         click.echo(
             f"verified against {manifest}: {n_ok} outputs (sha256), "
-            "every base tensor and base file they use checked before writing"
+            "every base tensor and base file they use checked before each output took its name"
         )
     elif report.format.startswith("delta:"):
         recipe = report.format.split(":", 1)[1]
